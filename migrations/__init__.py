@@ -1,0 +1,1 @@
+"""Alembic migrations: the only way clearmark's schema changes (`clearmark db upgrade`)."""

@@ -1,0 +1,85 @@
+"""Fixtures for real services: a fresh PostgreSQL database and a Redis db per test run.
+
+PostgreSQL and Redis must be running (`.ci/run` starts them). Set
+CLEARMARK_TEST_PG_ADMIN_URL / CLEARMARK_TEST_REDIS_URL to point elsewhere.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from workers import migrate
+from workers.settings import Settings, set_settings
+
+PG_ADMIN_URL = os.environ.get("CLEARMARK_TEST_PG_ADMIN_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("CLEARMARK_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+def _pg_database(name: str):
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - report the real cause
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not usable: {exc}")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    return admin, url
+
+
+def _drop_pg_database(admin, name: str) -> None:
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_url():
+    """URL of a new, empty PostgreSQL database (dropped afterwards)."""
+    name = f"clearmark_test_{uuid.uuid4().hex[:10]}"
+    admin, url = _pg_database(name)
+    yield url
+    from workers.db import get_engine
+
+    get_engine(url).dispose()
+    _drop_pg_database(admin, name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'clearmark.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A migrated database, on each backend in turn."""
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path, db_url):
+    """Settings for this test: its own database, storage and data dir."""
+    s = Settings(data_dir=tmp_path / "data", database_url=db_url,
+                 storage_uri=(tmp_path / "storage").as_uri(), broker_url=REDIS_URL)
+    set_settings(s)
+    yield s
+    set_settings(None)
+
+
+@pytest.fixture
+def redis_url():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"Redis at {REDIS_URL} is not usable: {exc}")
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()

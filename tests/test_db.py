@@ -1,0 +1,107 @@
+"""Schema, migrations and the job status machine, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, inspect, select
+from sqlalchemy.exc import IntegrityError
+
+from workers import migrate
+from workers.db import (
+    IllegalTransition, Job, JobEvent, JobStatus, check_transition, session_scope,
+)
+from workers.jobs import claim_job, create_job, ensure_tenant, fail_job, finish_job
+
+TABLES = {"tenants", "jobs", "job_metrics", "batches", "job_events", "alembic_version"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite_url", "pg_url"])
+def test_migrations_upgrade_and_downgrade(request, backend):
+    url = request.getfixturevalue(backend)
+    migrate.upgrade(url)
+    engine = create_engine(url)
+    inspector = inspect(engine)
+    assert TABLES <= set(inspector.get_table_names())
+    index_names = {ix["name"] for ix in inspector.get_indexes("jobs")}
+    assert {"ix_jobs_status_created_at", "ix_jobs_tenant_id_created_at",
+            "uq_jobs_tenant_id_idempotency_key"} <= index_names
+    migrate.downgrade(url, "base")
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    migrate.upgrade(url)  # and back up again cleanly
+    assert TABLES <= set(inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_transitions():
+    check_transition("queued", "running")
+    check_transition("running", "succeeded")
+    check_transition("running", "running")  # take-over after a dead worker
+    check_transition("failed", "queued")    # operator retry
+    for old, new in [("queued", "succeeded"), ("succeeded", "running"), ("failed", "succeeded"),
+                     ("no_watermark", "failed")]:
+        with pytest.raises(IllegalTransition):
+            check_transition(old, new)
+
+
+def test_status_check_constraint(db_url):
+    with pytest.raises(IntegrityError):
+        with session_scope(db_url) as session:
+            tenant = ensure_tenant(session, "t")
+            session.add(Job(tenant_id=tenant.id, source_uri="x", status="exploded", attempts=0))
+
+
+def test_idempotency_key_unique_per_tenant(db_url):
+    with session_scope(db_url) as session:
+        a, b = ensure_tenant(session, "a"), ensure_tenant(session, "b")
+        job1, created1 = create_job(session, a, "file:///x.jpg", idempotency_key="k")
+        job2, created2 = create_job(session, a, "file:///x.jpg", idempotency_key="k")
+        job3, created3 = create_job(session, b, "file:///x.jpg", idempotency_key="k")
+        create_job(session, a, "file:///y.jpg")
+        create_job(session, a, "file:///y.jpg")  # no key: no uniqueness
+    assert created1 and not created2 and created3
+    assert job1.id == job2.id != job3.id
+    with pytest.raises(IntegrityError):
+        with session_scope(db_url) as session:
+            session.add(Job(tenant_id=job1.tenant_id, source_uri="z", idempotency_key="k",
+                            status="queued", attempts=0))
+
+
+METRICS = dict(width=10, height=10, mask_area_fraction=0.1, detector_confidence=0.9,
+               residual_score=0.0, ms_decode=1, ms_detect=1, ms_remove=1, ms_encode=1, ms_total=4)
+
+
+def _new_job(db_url) -> str:
+    with session_scope(db_url) as session:
+        job, _ = create_job(session, ensure_tenant(session), "file:///x.jpg")
+        return job.id
+
+
+def test_claim_finish_is_guarded_and_logged(db_url):
+    job_id = _new_job(db_url)
+    first = claim_job(db_url, job_id, max_attempts=3)
+    takeover = claim_job(db_url, job_id, max_attempts=3)  # first worker presumed dead
+    assert (first.attempt, takeover.attempt) == (1, 2)
+    # The dead worker's late result is discarded; the live one is recorded once.
+    assert not finish_job(db_url, first, JobStatus.succeeded, result_uri="r", mask_uri="m",
+                          metrics=METRICS, pipeline_version="v")
+    assert finish_job(db_url, takeover, JobStatus.succeeded, result_uri="r", mask_uri="m",
+                      metrics=METRICS, pipeline_version="v")
+    assert claim_job(db_url, job_id, max_attempts=3) is None  # finished: nothing to do
+    assert not fail_job(db_url, takeover, "x", "late failure")
+    with session_scope(db_url) as session:
+        job = session.get(Job, job_id)
+        assert job.status == "succeeded" and job.attempts == 2 and job.metrics.width == 10
+        events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
+                                 .order_by(JobEvent.id)).all()
+        assert [(e.kind, e.to_status) for e in events] == [
+            ("status", "queued"), ("status", "running"), ("takeover", "running"),
+            ("status", "succeeded")]
+
+
+def test_poison_job_fails_after_max_attempts(db_url):
+    job_id = _new_job(db_url)
+    for _ in range(2):
+        assert claim_job(db_url, job_id, max_attempts=2) is not None  # each worker dies
+    assert claim_job(db_url, job_id, max_attempts=2) is None
+    with session_scope(db_url) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.error_code) == ("failed", "too_many_attempts")

@@ -1,0 +1,1 @@
+"""clearmark's service side: pipeline, Celery app and tasks, database, storage, CLI."""

@@ -1,0 +1,46 @@
+"""The Celery application: Redis broker, late acks, one task at a time per child.
+
+Settings follow the documented recipe for long, idempotent tasks (DESIGN.md, practice
+notes): late acks + prefetch 1, requeue when a child dies, a Redis visibility timeout above
+the hard time limit, and separate queues for uploads, bulk runs and webhooks.
+"""
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from workers.settings import Settings, get_settings
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend or None,
+        task_ignore_result=True,  # the jobs table is the record, not Celery's backend
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.soft_time_limit_s,
+        task_time_limit=settings.hard_time_limit_s,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        visibility_timeout=settings.visibility_timeout_s,
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_soft_shutdown_timeout=30.0,
+        # Models load in the child at start-up; give it time before it counts as dead.
+        worker_proc_alive_timeout=120.0,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_default_queue=settings.queue_uploads,
+        task_queues=[Queue(settings.queue_uploads), Queue(settings.queue_bulk),
+                     Queue(settings.queue_webhooks)],
+        task_routes={"clearmark.clean_image": {"queue": settings.queue_uploads}},
+    )
+
+
+app = Celery("clearmark", include=["workers.tasks"])
+configure(app, get_settings())

@@ -1,0 +1,206 @@
+"""Tables (SQLAlchemy 2.x), the job status machine, and sessions.
+
+The same code runs on SQLite (embedded default) and PostgreSQL (production). The schema
+itself is created only by Alembic migrations (`clearmark db upgrade`).
+"""
+from __future__ import annotations
+
+import enum
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Iterator
+
+from sqlalchemy import (
+    JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
+    Text, create_engine, event, text,
+)
+from sqlalchemy.engine import Engine as SqlEngine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    no_watermark = "no_watermark"
+    needs_review = "needs_review"
+    failed = "failed"
+
+
+FINISHED = frozenset({JobStatus.succeeded, JobStatus.no_watermark, JobStatus.needs_review,
+                      JobStatus.failed})
+
+# Which status may follow which. running -> running is a take-over of a job whose worker
+# died; finished -> queued is an operator's retry or a reprocessing run; needs_review ends
+# with a person's accept (succeeded) or reject (failed).
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.failed}),
+    JobStatus.running: frozenset({JobStatus.running, JobStatus.queued, *FINISHED}),
+    JobStatus.succeeded: frozenset({JobStatus.queued}),
+    JobStatus.no_watermark: frozenset({JobStatus.queued}),
+    JobStatus.needs_review: frozenset({JobStatus.queued, JobStatus.succeeded, JobStatus.failed}),
+    JobStatus.failed: frozenset({JobStatus.queued}),
+}
+
+
+class IllegalTransition(ValueError):
+    pass
+
+
+def check_transition(old: JobStatus | str, new: JobStatus | str) -> None:
+    old, new = JobStatus(old), JobStatus(new)
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"job status cannot go from {old.value} to {new.value}")
+
+
+_STATUS_VALUES = ", ".join(f"'{s.value}'" for s in JobStatus)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    api_key_hash: Mapped[str | None] = mapped_column(String(128))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))  # clean | submit | bulk | reprocess
+    description: Mapped[str | None] = mapped_column(Text)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
+    source_uri: Mapped[str] = mapped_column(Text)
+    source_sha256: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    result_uri: Mapped[str | None] = mapped_column(Text)
+    mask_uri: Mapped[str | None] = mapped_column(Text)
+    pipeline_version: Mapped[str | None] = mapped_column(Text)
+    worker_host: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    metrics: Mapped["JobMetrics | None"] = relationship(back_populates="job", uselist=False)
+
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_valid"),
+        Index("ix_jobs_status_created_at", "status", "created_at"),
+        Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
+        Index("ix_jobs_batch_id", "batch_id"),
+        Index("uq_jobs_tenant_id_idempotency_key", "tenant_id", "idempotency_key", unique=True,
+              postgresql_where=text("idempotency_key IS NOT NULL"),
+              sqlite_where=text("idempotency_key IS NOT NULL")),
+    )
+
+
+class JobMetrics(Base):
+    __tablename__ = "job_metrics"
+    # One row per job: the primary key is the job id, so a job can never hold two.
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    mask_area_fraction: Mapped[float] = mapped_column(Float)
+    detector_confidence: Mapped[float] = mapped_column(Float)
+    residual_score: Mapped[float] = mapped_column(Float)
+    ms_decode: Mapped[float] = mapped_column(Float)
+    ms_detect: Mapped[float] = mapped_column(Float)
+    ms_remove: Mapped[float] = mapped_column(Float)
+    ms_encode: Mapped[float] = mapped_column(Float)
+    ms_total: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="metrics")
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))  # status | retry | takeover | webhook
+    from_status: Mapped[str | None] = mapped_column(String(20))
+    to_status: Mapped[str | None] = mapped_column(String(20))
+    detail: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_job_events_job_id_created_at", "job_id", "created_at"),)
+
+
+METRIC_FIELDS = ("width", "height", "mask_area_fraction", "detector_confidence", "residual_score",
+                 "ms_decode", "ms_detect", "ms_remove", "ms_encode", "ms_total")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+@lru_cache(maxsize=8)
+def get_engine(url: str) -> SqlEngine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+@lru_cache(maxsize=8)
+def _sessionmaker(url: str) -> sessionmaker:
+    return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """A transaction: commits on success, rolls back on error."""
+    session = _sessionmaker(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,216 @@
+"""Job life cycle on the database: create, claim, finish, fail, retry, with an event per change.
+
+`process_job` is the whole of one attempt, used alike by the Celery task and the in-process
+`clearmark clean`. Every step is safe to run twice: a finished job is left alone, a job found
+`running` (its worker died) is taken over, and only the attempt that holds the claim may
+record a result (guarded update on status + attempt number).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from workers.db import (
+    FINISHED, METRIC_FIELDS, Batch, Job, JobEvent, JobMetrics, JobStatus, Tenant,
+    check_transition, session_scope, utcnow,
+)
+from workers.errors import BadInput, ClearmarkError, TransientError
+from workers.settings import Settings, get_settings
+from workers.storage import get_storage, read_uri, write_uri
+
+log = logging.getLogger(__name__)
+DEFAULT_TENANT = "local"
+
+
+def set_status(session: Session, job: Job, new: JobStatus, kind: str = "status",
+               **detail) -> None:
+    """Move a job to `new` (raises IllegalTransition when the machine forbids it)."""
+    old = job.status
+    check_transition(old, new)
+    job.status = new.value
+    job.updated_at = utcnow()
+    session.add(JobEvent(job_id=job.id, kind=kind, from_status=old, to_status=new.value,
+                         detail=detail or None))
+
+
+def ensure_tenant(session: Session, name: str = DEFAULT_TENANT) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def create_batch(session: Session, tenant: Tenant, kind: str, description: str = "",
+                 total: int = 0) -> Batch:
+    batch = Batch(tenant_id=tenant.id, kind=kind, description=description, total=total)
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def create_job(session: Session, tenant: Tenant, source_uri: str, *, batch: Batch | None = None,
+               idempotency_key: str | None = None, result_uri: str | None = None,
+               mask_uri: str | None = None, source_sha256: str | None = None) -> tuple[Job, bool]:
+    """A queued job, or the tenant's existing job with the same idempotency key.
+    Returns (job, created)."""
+    if idempotency_key:
+        existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id,
+                                                    Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            return existing, False
+    job = Job(tenant_id=tenant.id, source_uri=source_uri, batch_id=batch.id if batch else None,
+              idempotency_key=idempotency_key, result_uri=result_uri, mask_uri=mask_uri,
+              source_sha256=source_sha256, status=JobStatus.queued.value, attempts=0)
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:  # lost a race on the idempotency key
+        existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id,
+                                                    Job.idempotency_key == idempotency_key))
+        if existing is None:
+            raise
+        return existing, False
+    session.add(JobEvent(job_id=job.id, kind="status", from_status=None,
+                         to_status=JobStatus.queued.value))
+    return job, True
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    attempt: int
+    source_uri: str
+    result_uri: str | None
+    mask_uri: str | None
+
+
+def _locked_job(session: Session, job_id: str) -> Job | None:
+    # FOR UPDATE on PostgreSQL; SQLite serialises writers anyway.
+    return session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+
+
+def claim_job(db_url: str, job_id: str, max_attempts: int) -> Claim | None:
+    """Mark the job running for this attempt, or None when there is nothing to do."""
+    with session_scope(db_url) as session:
+        job = _locked_job(session, job_id)
+        if job is None:
+            log.warning("job %s does not exist; nothing to do", job_id)
+            return None
+        if JobStatus(job.status) in FINISHED:
+            log.info("job %s already %s; nothing to do", job_id, job.status)
+            return None
+        if job.attempts >= max_attempts:
+            set_status(session, job, JobStatus.failed, attempts=job.attempts)
+            job.error_code = "too_many_attempts"
+            job.error_message = (f"gave up after {job.attempts} attempts (the worker died or a "
+                                 "transient error repeated each time)")
+            job.finished_at = utcnow()
+            return None
+        kind = "takeover" if job.status == JobStatus.running.value else "status"
+        set_status(session, job, JobStatus.running, kind=kind, attempt=job.attempts + 1,
+                   worker=socket.gethostname())
+        job.attempts += 1
+        job.started_at = utcnow()
+        job.worker_host = socket.gethostname()
+        return Claim(job.id, job.attempts, job.source_uri, job.result_uri, job.mask_uri)
+
+
+def _holds_claim(job: Job | None, claim: Claim) -> bool:
+    return (job is not None and job.status == JobStatus.running.value
+            and job.attempts == claim.attempt)
+
+
+def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str | None,
+               mask_uri: str | None, metrics: dict, pipeline_version: str) -> bool:
+    """Record the result; False (and nothing written) when this attempt lost its claim."""
+    with session_scope(db_url) as session:
+        job = _locked_job(session, claim.job_id)
+        if not _holds_claim(job, claim):
+            log.warning("job %s: attempt %s lost its claim; result discarded",
+                        claim.job_id, claim.attempt)
+            return False
+        set_status(session, job, status, attempt=claim.attempt)
+        job.result_uri, job.mask_uri = result_uri, mask_uri
+        job.pipeline_version = pipeline_version
+        job.error_code = job.error_message = None
+        job.finished_at = utcnow()
+        row = session.get(JobMetrics, job.id) or JobMetrics(job_id=job.id)
+        for name in METRIC_FIELDS:
+            setattr(row, name, metrics[name])
+        session.add(row)
+        return True
+
+
+def fail_job(db_url: str, claim: Claim, code: str, message: str) -> bool:
+    with session_scope(db_url) as session:
+        job = _locked_job(session, claim.job_id)
+        if not _holds_claim(job, claim):
+            return False
+        set_status(session, job, JobStatus.failed, attempt=claim.attempt, error_code=code)
+        job.error_code, job.error_message = code, message[:2000]
+        job.finished_at = utcnow()
+        return True
+
+
+def release_for_retry(db_url: str, claim: Claim, reason: str) -> None:
+    """Transient fault: back to queued so the retried task can claim it again."""
+    with session_scope(db_url) as session:
+        job = _locked_job(session, claim.job_id)
+        if _holds_claim(job, claim):
+            set_status(session, job, JobStatus.queued, kind="retry", attempt=claim.attempt,
+                       reason=reason[:500])
+
+
+def output_uris(claim: Claim, extension: str) -> tuple[str, str]:
+    """Where the result and mask go: preset on the job (clean), else keys in storage."""
+    storage = get_storage()
+    result = claim.result_uri or storage.uri(f"results/{claim.job_id}{extension}")
+    mask = claim.mask_uri or storage.uri(f"masks/{claim.job_id}.png")
+    return result, mask
+
+
+def process_job(job_id: str, engines, settings: Settings | None = None) -> str | None:
+    """One attempt at a job. Returns the final status, or None when nothing was done.
+    Bad input fails the job; TransientError propagates (after releasing the job) so the
+    caller can retry; any other exception fails the job with `internal_error`."""
+    from workers.pipeline import process_image
+
+    settings = settings or get_settings()
+    db_url = settings.database_url
+    claim = claim_job(db_url, job_id, settings.max_attempts)
+    if claim is None:
+        return None
+    try:
+        data = read_uri(claim.source_uri, max_bytes=settings.max_bytes)
+        result = process_image(data, engines, settings)
+        result_uri, mask_uri = output_uris(claim, result.extension)
+        write_uri(result_uri, result.image_bytes)
+        write_uri(mask_uri, result.mask_png)
+    except BadInput as exc:
+        log.info("job %s failed: %s (%s)", job_id, exc.message, exc.code)
+        fail_job(db_url, claim, exc.code, exc.message)
+        return JobStatus.failed.value
+    except TransientError as exc:
+        release_for_retry(db_url, claim, str(exc))
+        raise
+    except ClearmarkError as exc:
+        fail_job(db_url, claim, exc.code, exc.message)
+        return JobStatus.failed.value
+    except Exception as exc:  # a bug or an unexpected library error: fail this job only
+        log.exception("job %s: unexpected error", job_id)
+        fail_job(db_url, claim, "internal_error", f"{type(exc).__name__}: {exc}")
+        return JobStatus.failed.value
+    status = JobStatus(result.status)
+    if finish_job(db_url, claim, status, result_uri=result_uri, mask_uri=mask_uri,
+                  metrics=result.metrics, pipeline_version=engines.version):
+        log.info("job %s %s in %.0f ms", job_id, status.value, result.metrics["ms_total"])
+        return status.value
+    return None

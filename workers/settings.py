@@ -1,0 +1,104 @@
+"""The one settings object: every knob is a `CLEARMARK_*` environment variable.
+
+Defaults give the embedded mode: SQLite and local files under `CLEARMARK_DATA_DIR`
+(default `./.clearmark`), nothing else running. Production sets the database and broker
+URLs to PostgreSQL and Redis.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "CLEARMARK_"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(PREFIX + name, default)
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(_env(name, str(default)))
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(_env(name, str(default)))
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", ".clearmark")).resolve())
+    database_url: str = ""
+    broker_url: str = field(default_factory=lambda: _env("BROKER_URL", "redis://127.0.0.1:6379/0"))
+    result_backend: str = field(default_factory=lambda: _env("RESULT_BACKEND", ""))
+    storage_uri: str = ""
+
+    # Input limits: a file over these fails its own job, nothing else.
+    max_bytes: int = field(default_factory=lambda: _env_int("MAX_BYTES", 50 * 1024 * 1024))
+    max_pixels: int = field(default_factory=lambda: _env_int("MAX_PIXELS", 40_000_000))
+    min_side: int = field(default_factory=lambda: _env_int("MIN_SIDE", 16))
+
+    # Pipeline.
+    detect_long_side: int = field(default_factory=lambda: _env_int("DETECT_LONG_SIDE", 640))
+    mask_threshold: float = field(default_factory=lambda: _env_float("MASK_THRESHOLD", 0.5))
+    mask_min_area: int = field(default_factory=lambda: _env_int("MASK_MIN_AREA", 24))
+    mask_dilate_px: int = field(default_factory=lambda: _env_int("MASK_DILATE_PX", 3))
+    remove_crop_margin: int = field(default_factory=lambda: _env_int("REMOVE_CROP_MARGIN", 32))
+    remove_max_crop: int = field(default_factory=lambda: _env_int("REMOVE_MAX_CROP", 1024))
+    # A finished job whose residual score (detector run on the output) or whose detector
+    # confidence falls in these bands goes to `needs_review` instead of `succeeded`.
+    review_residual_min: float = field(default_factory=lambda: _env_float("REVIEW_RESIDUAL_MIN", 0.5))
+    review_confidence_max: float = field(default_factory=lambda: _env_float("REVIEW_CONFIDENCE_MAX", 0.0))
+
+    # Engines.
+    backend: str = field(default_factory=lambda: _env("BACKEND", "auto"))
+    device: str = field(default_factory=lambda: _env("DEVICE", "cpu"))
+    threads: int = field(default_factory=lambda: _env_int("THREADS", 0))
+    engine_dir: str = field(default_factory=lambda: _env("ENGINE_DIR", ""))
+    trt_workspace_mb: int = field(default_factory=lambda: _env_int("TRT_WORKSPACE_MB", 2048))
+
+    # Celery.
+    queue_uploads: str = field(default_factory=lambda: _env("QUEUE_UPLOADS", "clearmark.uploads"))
+    queue_bulk: str = field(default_factory=lambda: _env("QUEUE_BULK", "clearmark.bulk"))
+    queue_webhooks: str = field(default_factory=lambda: _env("QUEUE_WEBHOOKS", "clearmark.webhooks"))
+    soft_time_limit_s: int = field(default_factory=lambda: _env_int("SOFT_TIME_LIMIT_S", 240))
+    hard_time_limit_s: int = field(default_factory=lambda: _env_int("HARD_TIME_LIMIT_S", 300))
+    max_attempts: int = field(default_factory=lambda: _env_int("MAX_ATTEMPTS", 3))
+    worker_concurrency: int = field(default_factory=lambda: _env_int("WORKER_CONCURRENCY", 1))
+
+    def __post_init__(self) -> None:
+        # Paths that default to places inside data_dir are derived once here.
+        if not self.database_url:
+            url = _env("DATABASE_URL", f"sqlite:///{self.data_dir / 'clearmark.db'}")
+            object.__setattr__(self, "database_url", url)
+        if not self.storage_uri:
+            uri = _env("STORAGE_URI", (self.data_dir / "storage").as_uri())
+            object.__setattr__(self, "storage_uri", uri)
+        if not self.engine_dir:
+            object.__setattr__(self, "engine_dir", str(self.data_dir / "engines"))
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        # Above the hard limit plus a generous queue wait, so Redis never re-delivers a
+        # task that is still running (DESIGN.md, practice notes).
+        return self.hard_time_limit_s + 3600
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    global _current
+    if _current is None:
+        _current = Settings()
+    return _current
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Install settings for this process (CLI options, tests); None re-reads the env."""
+    global _current
+    _current = settings
