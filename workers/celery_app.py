@@ -13,7 +13,10 @@ from workers.settings import Settings, get_settings
 
 
 def configure(app: Celery, settings: Settings) -> None:
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    # Sweep for abandoned (unacked) messages every few seconds, at most half the timeout.
+    transport = {"visibility_timeout": settings.visibility_timeout_s,
+                 "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
+                 "unacked_restore_throttle": 1}
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend or None,

@@ -66,6 +66,9 @@ class Settings:
     hard_time_limit_s: int = field(default_factory=lambda: _env_int("HARD_TIME_LIMIT_S", 300))
     max_attempts: int = field(default_factory=lambda: _env_int("MAX_ATTEMPTS", 3))
     worker_concurrency: int = field(default_factory=lambda: _env_int("WORKER_CONCURRENCY", 1))
+    # Seconds before Redis re-delivers an unacknowledged task (its worker died). Must stay
+    # above queue wait + run time; 0 means hard time limit + 1 h (DESIGN.md, practice notes).
+    visibility_timeout_s: int = field(default_factory=lambda: _env_int("VISIBILITY_TIMEOUT_S", 0))
 
     def __post_init__(self) -> None:
         # Paths that default to places inside data_dir are derived once here.
@@ -75,14 +78,10 @@ class Settings:
         if not self.storage_uri:
             uri = _env("STORAGE_URI", (self.data_dir / "storage").as_uri())
             object.__setattr__(self, "storage_uri", uri)
+        if not self.visibility_timeout_s:
+            object.__setattr__(self, "visibility_timeout_s", self.hard_time_limit_s + 3600)
         if not self.engine_dir:
             object.__setattr__(self, "engine_dir", str(self.data_dir / "engines"))
-
-    @property
-    def visibility_timeout_s(self) -> int:
-        # Above the hard limit plus a generous queue wait, so Redis never re-delivers a
-        # task that is still running (DESIGN.md, practice notes).
-        return self.hard_time_limit_s + 3600
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
