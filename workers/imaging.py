@@ -13,9 +13,12 @@ What comes back for odd inputs:
 - 16-bit grayscale PNG (I;16): works on the top 8 bits; output is 16-bit, exact outside
   the mask, `v * 257` inside. 16-bit RGB(A) PNGs are decoded by Pillow as 8-bit RGB(A),
   so they come back as 8-bit PNGs.
-- Palette (P/PA) PNG/GIF, 1-bit and other modes: output is truecolour RGB, or RGBA when
-  the input had transparency, so restored pixels are not posterised and every pixel
-  outside the mask keeps its exact colour and alpha. GIF is written as PNG.
+- GIF stays a single-frame palette GIF with the input's palette: pixels outside the mask
+  keep their exact palette index, restored pixels take the nearest palette colour, and
+  transparent pixels stay transparent.
+- Palette (P/PA) PNG, 1-bit and other modes: output is truecolour RGB, or RGBA when the
+  input had transparency, so restored pixels are not posterised and every pixel outside
+  the mask keeps its exact colour and alpha.
 - JPEG is re-encoded with the input's own quantisation tables and chroma subsampling
   (so untouched areas only see requantisation noise); `jpeg_quality` is the IJG quality
   estimated from the luminance table, used when the tables cannot be reused.
@@ -24,25 +27,29 @@ What comes back for odd inputs:
 from __future__ import annotations
 
 import io
-import struct
-import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import BmpImagePlugin, GifImagePlugin, PngImagePlugin  # noqa: F401
+from PIL import TiffImagePlugin, WebPImagePlugin  # noqa: F401  (registers the formats we open)
 
 from workers.errors import BadInput
 from workers.settings import Settings, get_settings
 
-# Formats we open. Everything else (EPS/PDF need Ghostscript, PSD, ICO ...) is refused.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Formats we open (multi-picture JPEGs open as "MPO" through the JPEG plugin). Everything
+# else (EPS/PDF need Ghostscript, PSD, ICO ...) is refused as not_an_image.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Format we write for each input format, and its file extension.
-OUTPUT_FORMAT = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG",
+OUTPUT_FORMAT = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "GIF",
                  "BMP": "BMP", "TIFF": "TIFF"}
 EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif",
               "BMP": ".bmp", "TIFF": ".tif"}
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 DEFAULT_JPEG_QUALITY = 90
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a",
+               b"II*\x00", b"MM\x00*")
 ORIENTATION = 0x0112
 
 # IJG (libjpeg) standard luminance table, natural order (Annex K of ITU T.81).
@@ -68,6 +75,7 @@ class DecodedImage:
     jpeg_quality: int | None = None
     jpeg_qtables: list | None = None
     jpeg_subsampling: int = -1
+    jpeg_progressive: bool = False
     webp_lossless: bool = False
     frames: int = 1
     notes: list[str] = field(default_factory=list)
@@ -79,6 +87,10 @@ class DecodedImage:
     @property
     def input_extension(self) -> str:
         return EXTENSIONS[self.format]
+
+    @property
+    def output_format(self) -> str:
+        return OUTPUT_FORMAT[self.format]
 
 
 def estimate_jpeg_quality(quantization: dict | None) -> int | None:
@@ -101,42 +113,44 @@ def _refuse(message: str, code: str) -> BadInput:
     return BadInput(message, code=code)
 
 
+def _classify(exc: Exception, stage: str) -> BadInput:
+    """Map what Pillow raised on untrusted bytes to a BadInput code."""
+    text = str(exc).lower()
+    if isinstance(exc, Image.DecompressionBombError):
+        return _refuse(f"image header claims too many pixels (decompression bomb): {exc}",
+                       "decompression_bomb")
+    if "too large" in text:   # a PNG text/ICC chunk inflating past Pillow's safe size
+        return _refuse(f"compressed data expands too far: {exc}", "decompression_bomb")
+    if isinstance(exc, EOFError) or any(w in text for w in ("truncated", "broken data stream",
+                                                            "premature", "out of data")):
+        return _refuse(f"image data ends early: {exc}", "truncated_image")
+    return _refuse(f"corrupt image {stage}: {type(exc).__name__}: {exc}", "corrupt_image")
+
+
 def _open(data: bytes) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise _refuse(f"image header claims too many pixels (decompression bomb): {exc}",
-                      "decompression_bomb") from None
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
+        if any(data.startswith(sig) for sig in _SIGNATURES) or data[8:12] == b"WEBP":
+            raise _refuse("the file has an image signature but its header is corrupt",
+                          "corrupt_image") from None
         raise _refuse("not a recognised image (accepted: JPEG, PNG, WEBP, GIF, BMP, TIFF)",
                       "not_an_image") from None
-    except ValueError as exc:   # e.g. PNG text/ICC chunk that inflates past Pillow's limit
-        if "too large" in str(exc).lower():
-            raise _refuse(f"compressed metadata expands too far: {exc}", "decompression_bomb") from None
-        raise _refuse(f"corrupt image header: {exc}", "corrupt_image") from None
-    except (OSError, SyntaxError, EOFError, struct.error) as exc:
-        raise _refuse(f"corrupt image header: {exc}", "corrupt_image") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything a parser raises on hostile bytes
+        raise _classify(exc, "header") from None
 
 
-def _load(im: Image.Image) -> None:
-    ImageFile.LOAD_TRUNCATED_IMAGES = False   # a truncated file is an error, never padded
+@contextmanager
+def _pixels_guard():
+    """Errors while reading frames/pixels of an opened file become BadInput."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im.load()
-    except Image.DecompressionBombError as exc:
-        raise _refuse(str(exc), "decompression_bomb") from None
-    except EOFError as exc:
-        raise _refuse(f"image data ends early: {exc}", "truncated_image") from None
-    except (OSError, SyntaxError, ValueError, struct.error) as exc:
-        text = str(exc).lower()
-        if "truncated" in text or "broken data stream" in text or "premature" in text:
-            raise _refuse(f"image data ends early: {exc}", "truncated_image") from None
-        if "too large" in text:
-            raise _refuse(str(exc), "decompression_bomb") from None
-        raise _refuse(f"image data cannot be decoded: {exc}", "corrupt_image") from None
+        yield
+    except (BadInput, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything a decoder raises on hostile bytes
+        raise _classify(exc, "data") from None
 
 
 def _exif_bytes(im: Image.Image, notes: list[str]) -> bytes | None:
@@ -152,13 +166,15 @@ def _exif_bytes(im: Image.Image, notes: list[str]) -> bytes | None:
         return None
 
 
-def _split(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, Image.Image]:
+def _split(im: Image.Image, fmt: str) -> tuple[np.ndarray, np.ndarray | None, Image.Image]:
     """Working RGB, alpha and the base image (in the output mode) for an upright frame."""
     mode = im.mode
+    if fmt == "GIF" and mode == "P":   # stays a palette GIF: see _palette_rebuild
+        return np.asarray(im.convert("RGB")), None, im
     if mode in SIXTEEN_BIT:
         v16 = np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
         v8 = (v16 >> 8).astype(np.uint8)
-        return np.repeat(v8[..., None], 3, axis=2), None, Image.fromarray(v16, "I;16")
+        return np.repeat(v8[..., None], 3, axis=2), None, Image.fromarray(v16)
     if mode == "F":
         raise _refuse("32-bit float images are not supported", "unsupported_mode")
     if mode in ("RGB", "L", "CMYK") and "transparency" not in im.info:
@@ -194,34 +210,73 @@ def decode_image(data: bytes, settings: Settings | None = None) -> DecodedImage:
         raise _refuse(f"{w}x{h} = {w * h} pixels, over the limit of {s.max_pixels}", "too_many_pixels")
     if min(w, h) < s.min_side:
         raise _refuse(f"{w}x{h} is smaller than {s.min_side} px on a side", "too_small")
-    frames = int(getattr(im, "n_frames", 1) or 1)
     notes: list[str] = []
-    if frames > 1:
-        im.seek(0)
-        notes.append(f"{frames} frames: only the first is processed")
-    _load(im)
+    with _pixels_guard():
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        if frames > 1:
+            im.seek(0)
+            notes.append(f"{frames} frames: only the first is processed")
+        ImageFile.LOAD_TRUNCATED_IMAGES = False   # a truncated file is an error, never padded
+        im.load()
+        return _finish(data, im, fmt, frames, notes)
+
+
+def _finish(data: bytes, im: Image.Image, fmt: str, frames: int, notes: list[str]) -> DecodedImage:
     stored_mode = im.mode
     quant = getattr(im, "quantization", None) if fmt in ("JPEG", "MPO") else None
     subsampling = JpegImagePlugin.get_sampling(im) if quant else -1
     icc = im.info.get("icc_profile")
-    exif = _exif_bytes(im, notes)
     try:
         upright = ImageOps.exif_transpose(im) or im
     except Exception as exc:  # noqa: BLE001 - an odd orientation tag is not fatal
         notes.append(f"EXIF orientation ignored: {exc}")
         upright = im
-    rgb, alpha, base = _split(upright)
+    exif = _exif_bytes(im, notes)   # after the transpose: this resets Orientation to 1
+    rgb, alpha, base = _split(upright, fmt)
     lossless = fmt == "WEBP" and b"VP8L" in data[12:4096] and b"VP8 " not in data[12:4096]
     return DecodedImage(
         rgb=np.ascontiguousarray(rgb), alpha=alpha, base=base, format=fmt, mode=stored_mode,
         icc_profile=icc, exif=exif, jpeg_quality=estimate_jpeg_quality(quant),
         jpeg_qtables=[list(quant[k]) for k in sorted(quant)] if quant else None,
-        jpeg_subsampling=subsampling, webp_lossless=lossless, frames=frames, notes=notes)
+        jpeg_subsampling=subsampling,
+        jpeg_progressive=bool(quant and (im.info.get("progressive") or im.info.get("progression"))),
+        webp_lossless=lossless, frames=frames, notes=notes)
+
+
+def _nearest_palette_index(colours: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Index of the nearest palette entry (squared RGB distance) for each colour (N x 3)."""
+    out = np.empty(len(colours), np.uint8)
+    pal = palette.astype(np.int32)[None]
+    for i in range(0, len(colours), 16384):
+        block = colours[i:i + 16384].astype(np.int32)[:, None]
+        out[i:i + 16384] = ((block - pal) ** 2).sum(axis=2).argmin(axis=1)
+    return out
+
+
+def _palette_rebuild(base: Image.Image, rgb: np.ndarray, changed: np.ndarray) -> Image.Image:
+    """GIF: same palette and indices outside `changed`; inside, the nearest palette colour
+    (never the transparent index, and transparent pixels stay transparent)."""
+    idx = np.asarray(base).copy()
+    palette = np.asarray(base.getpalette("RGB") or [], np.uint8).reshape(-1, 3)
+    transparency = base.info.get("transparency")
+    choices = np.arange(len(palette))
+    if isinstance(transparency, int):
+        changed = changed & (idx != transparency)
+        choices = choices[choices != transparency]
+    if changed.any() and len(choices):
+        idx[changed] = choices[_nearest_palette_index(rgb[changed], palette[choices])]
+    out = Image.fromarray(idx, "P")
+    out.putpalette(palette.reshape(-1).tolist())
+    if transparency is not None:
+        out.info["transparency"] = transparency
+    return out
 
 
 def _rebuild(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray) -> Image.Image:
     """The output image in the base's mode: the base everywhere, `rgb` where `changed`."""
     base = dec.base
+    if base.mode == "P":
+        return _palette_rebuild(base, rgb, changed)
     if base.mode == "RGB":
         return Image.fromarray(rgb, "RGB")
     if base.mode == "RGBA":
@@ -230,7 +285,7 @@ def _rebuild(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray) -> Image.I
         v16 = np.asarray(base, dtype=np.uint16).copy()
         grey = np.asarray(Image.fromarray(rgb, "RGB").convert("L"), dtype=np.uint16)
         v16[changed] = grey[changed] * 257
-        return Image.fromarray(v16, "I;16")
+        return Image.fromarray(v16)
     out = base.copy()
     if base.mode == "LA":
         grey = Image.fromarray(rgb, "RGB").convert("L")
@@ -245,7 +300,7 @@ def encode_image(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray) -> tup
     """Encode the processed `rgb` (pixels outside `changed` must equal `dec.rgb`) in the
     input's format; returns (bytes, extension)."""
     out = _rebuild(dec, rgb, changed)
-    fmt = OUTPUT_FORMAT[dec.format]
+    fmt = dec.output_format
     kwargs: dict = {}
     if dec.icc_profile:
         kwargs["icc_profile"] = dec.icc_profile
@@ -259,10 +314,16 @@ def encode_image(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray) -> tup
         if dec.jpeg_subsampling >= 0:
             kwargs["subsampling"] = dec.jpeg_subsampling
         kwargs["optimize"] = True
+        kwargs["progressive"] = dec.jpeg_progressive
     elif fmt == "PNG":
         kwargs["compress_level"] = 6
     elif fmt == "WEBP":
         kwargs.update(lossless=True, exact=True) if dec.webp_lossless else kwargs.update(quality=90)
+    elif fmt == "GIF":
+        kwargs.pop("icc_profile", None)
+        kwargs["optimize"] = False
+        if isinstance(dec.base.info.get("transparency"), int):
+            kwargs["transparency"] = dec.base.info["transparency"]
     elif fmt == "TIFF":
         kwargs["compression"] = "tiff_lzw"
     buf = io.BytesIO()

@@ -22,7 +22,7 @@ from workers.settings import Settings, get_settings
 
 PIPELINE_CODE_VERSION = "1"
 # Pixels (N*H*W) per remover call: bounds memory when many crops share a size.
-REMOVE_BATCH_PIXELS = 4_000_000
+REMOVE_BATCH_PIXELS = 2 * 1024 * 1024
 
 
 @dataclass
@@ -53,6 +53,18 @@ class PipelineResult:
                                                   # jpeg_quality, ms_residual, notes
 
 
+def _finite(out: np.ndarray, engine: Engine) -> np.ndarray:
+    """An engine that returns NaN/inf is broken: fail loudly (internal error), never
+    silently call an image clean."""
+    if not np.isfinite(out).all():
+        raise RuntimeError(f"{engine.key} returned non-finite values")
+    return out
+
+
+def _ceil_to(n: int, stride: int) -> int:
+    return -(-n // stride) * stride
+
+
 def _pad_to(x: np.ndarray, stride: int) -> np.ndarray:
     """Reflect-pad an N x C x H x W batch at the bottom/right to multiples of stride."""
     h, w = x.shape[-2:]
@@ -67,14 +79,15 @@ def _to_chw(rgb: np.ndarray) -> np.ndarray:
 
 
 def detect_probability(detector: Engine, rgb: np.ndarray, long_side: int) -> np.ndarray:
-    """Watermark probability, H x W float32 at full resolution. The detector sees a copy
-    whose long side is `long_side` (never upscaled; short side kept >= the stride)."""
+    """Watermark probability, H x W float32 at full resolution (the detector's channel 0;
+    a second, opacity channel is ignored here). The detector sees a copy whose long side
+    is `long_side`: never upscaled, short side kept >= the stride."""
     h, w = rgb.shape[:2]
     scale = min(1.0, long_side / max(h, w))
     scale = max(scale, min(1.0, detector.stride / min(h, w)))
     sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
     small = rgb if (sh, sw) == (h, w) else cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
-    out = detector.run(_pad_to(_to_chw(small)[None], detector.stride))
+    out = _finite(detector.run(_pad_to(_to_chw(small)[None], detector.stride)), detector)
     prob = np.ascontiguousarray(out[0, 0, :sh, :sw], dtype=np.float32)
     if (sh, sw) != (h, w):
         prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -92,15 +105,14 @@ def remove_watermark(remover: Engine, rgb: np.ndarray, mask: Mask, margin: int,
     groups: dict[tuple[int, int], list[Tile]] = defaultdict(list)
     for t in tiles:
         x0, y0, x1, y1 = t.box
-        groups[(-(y1 - y0) // remover.stride * -remover.stride,
-                -(x1 - x0) // remover.stride * -remover.stride)].append(t)
+        groups[(_ceil_to(y1 - y0, remover.stride), _ceil_to(x1 - x0, remover.stride))].append(t)
     for (ph, pw), group in groups.items():
         per_batch = max(1, REMOVE_BATCH_PIXELS // (ph * pw))
         for i in range(0, len(group), per_batch):
             chunk = group[i:i + per_batch]
             batch = np.stack([_pad_to(_crop_input(rgb, mask, t)[None], remover.stride)[0]
                               for t in chunk])
-            restored = remover.run(batch)
+            restored = _finite(remover.run(batch), remover)
             for t, res in zip(chunk, restored):
                 _composite(out, rgb, mask.alpha, t, res)
     return out
@@ -190,7 +202,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         review = residual >= s.review_residual_min or (
             s.review_confidence_max > 0 and confidence <= s.review_confidence_max)
         status = "needs_review" if review else "succeeded"
-        details.update(output_format=ext.lstrip("."), output_mode=dec.base.mode)
+        details.update(output_format=dec.output_format, output_mode=dec.base.mode)
     details["ms_residual"] = ms.get("residual", 0.0)
     metrics = {
         "width": w, "height": h,

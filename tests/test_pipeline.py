@@ -1,0 +1,491 @@
+"""The pipeline's plumbing, with test-double engines that 'detect' a known synthetic mark.
+
+The shipped weights may be untrained, so nothing here depends on detection quality:
+`MagentaDetector` finds pure magenta pixels, `BoxDetector` a fixed rectangle, and
+`GreyRemover` paints the masked pixels grey. One test goes through the real
+`Engines.load()` and checks only shapes, formats and invariants.
+
+JPEG tolerance: the output JPEG is re-encoded with the input's own quantisation tables and
+chroma subsampling, so outside the mask it differs from the decoded input only by one
+decode/re-encode round (requantisation noise). 16x16 MCUs (4:2:0) that touch the mask carry
+new content, and the decoder's chroma upsampling reaches 1-2 px further, so the check
+leaves out an 18 px band around the dilated mask, then requires, per channel value:
+mean |diff| <= 1.0, 99th percentile <= 6 levels, PSNR >= 40 dB. The max is not bounded: at
+sharp colour edges one requantisation can move a single pixel by 20-40 levels. Measured on
+these images: mean 0.01-0.3, p99 <= 3, PSNR 54-66 dB; re-encoding at 4:4:4 instead gives
+mean ~0.5-0.9, a shifted or unrotated image mean > 10.
+"""
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine_build import Engine
+from tests.badfiles import bad_files, encode, photo
+from workers.imaging import decode_image, estimate_jpeg_quality
+from workers.masks import build_mask, component_boxes, plan_tiles
+from workers.pipeline import Engines, PipelineResult, process_image
+from workers.settings import Settings
+
+METRIC_KEYS = {"width", "height", "mask_area_fraction", "detector_confidence", "residual_score",
+               "ms_decode", "ms_detect", "ms_remove", "ms_encode", "ms_total"}
+MAGENTA = (255, 0, 255)
+
+
+class FakeEngine(Engine):
+    backend = "fake"
+
+    def __init__(self):
+        self.shapes: list[tuple[int, ...]] = []
+
+    def _record(self, batch: np.ndarray, channels: int) -> None:
+        assert batch.dtype == np.float32 and batch.ndim == 4 and batch.shape[1] == channels
+        assert batch.shape[2] % self.stride == 0 and batch.shape[3] % self.stride == 0
+        self.shapes.append(batch.shape)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:fake"
+
+
+class MagentaDetector(FakeEngine):
+    kind = "detector"
+
+    def run(self, batch):
+        self._record(batch, 3)
+        r, g, b = batch[:, 0], batch[:, 1], batch[:, 2]
+        return ((r > 0.95) & (g < 0.05) & (b > 0.95)).astype(np.float32)[:, None]
+
+
+class BoxDetector(FakeEngine):
+    """'Detects' a fixed box given as fractions of the (padded) frame, in any image, the
+    output included: use review_residual_min > 1 to get "succeeded"."""
+    kind = "detector"
+
+    def __init__(self, box=(0.25, 0.25, 0.5, 0.5)):
+        super().__init__()
+        self.box = box
+
+    def run(self, batch):
+        self._record(batch, 3)
+        n, _, h, w = batch.shape
+        out = np.zeros((n, 1, h, w), np.float32)
+        x0, y0, x1, y1 = self.box
+        out[:, :, int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)] = 1.0
+        return out
+
+
+class GreyRemover(FakeEngine):
+    kind = "remover"
+
+    def run(self, batch):
+        self._record(batch, 4)
+        return np.where(batch[:, 3:4] > 0.5, np.float32(0.5), batch[:, :3]).astype(np.float32)
+
+
+class IdentityRemover(FakeEngine):
+    kind = "remover"
+
+    def run(self, batch):
+        self._record(batch, 4)
+        return batch[:, :3].copy()
+
+
+def cfg(**kw) -> Settings:
+    """Pipeline settings for these tests (explicit, not read from the environment)."""
+    base = dict(detect_long_side=640, mask_threshold=0.5, mask_min_area=4, mask_dilate_px=3,
+                remove_crop_margin=16, remove_max_crop=1024, review_residual_min=0.5,
+                review_confidence_max=0.0, max_pixels=40_000_000, max_bytes=50 << 20, min_side=16)
+    base.update(kw)
+    return Settings(**base)
+
+
+def fake_engines(detector=None, remover=None) -> Engines:
+    return Engines(detector=detector or MagentaDetector(), remover=remover or GreyRemover())
+
+
+def marked(w=160, h=120, box=(40, 30, 90, 60), seed=0) -> np.ndarray:
+    img = photo(w, h, seed=seed)
+    x0, y0, x1, y1 = box
+    img[y0:y1, x0:x1] = MAGENTA
+    return img
+
+
+def pixels(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+def mask_of(result: PipelineResult) -> np.ndarray:
+    return np.asarray(pixels(result.mask_png)) > 0
+
+
+def is_magenta(a: np.ndarray) -> np.ndarray:
+    a = a.astype(int)
+    return (a[..., 0] > 242) & (a[..., 1] < 13) & (a[..., 2] > 242)   # as MagentaDetector
+
+
+def assert_jpeg_close(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> None:
+    """Within requantisation noise outside the mask (see the module docstring)."""
+    band = cv2.dilate(mask.astype(np.uint8), np.ones((37, 37), np.uint8)) > 0
+    diff = np.abs(a.astype(int) - b.astype(int))[~band]
+    assert diff.size > 0
+    psnr = 10 * np.log10(255.0 ** 2 / max(float((diff.astype(float) ** 2).mean()), 1e-12))
+    assert diff.mean() <= 1.0 and np.percentile(diff, 99) <= 6 and psnr >= 40, \
+        (diff.mean(), np.percentile(diff, 99), diff.max(), psnr)
+
+
+# -- the synthetic mark, end to end ------------------------------------------------------
+
+def test_png_mark_removed_and_outside_untouched():
+    img = marked()
+    data = encode(Image.fromarray(img), "PNG")
+    r = process_image(data, fake_engines(), cfg())
+    assert r.status == "succeeded" and r.extension == ".png"
+    assert set(r.metrics) >= METRIC_KEYS
+    out = pixels(r.image_bytes)
+    assert out.mode == "RGB" and out.size == (160, 120)
+    arr, mask = np.asarray(out), mask_of(r)
+    assert mask.shape == (120, 160)
+    assert mask[30:60, 40:90].all()                      # the whole mark is masked
+    assert not is_magenta(arr).any()                     # and gone
+    assert np.array_equal(arr[~mask], img[~mask])        # byte-identical outside
+    m = r.metrics
+    assert (m["width"], m["height"]) == (160, 120)
+    assert m["detector_confidence"] == pytest.approx(1.0)
+    assert m["residual_score"] == pytest.approx(0.0)
+    assert 50 * 30 / (160 * 120) < m["mask_area_fraction"] < 0.2
+    assert all(m[k] >= 0 for k in METRIC_KEYS if k.startswith("ms_"))
+    assert m["ms_total"] >= m["ms_decode"] + m["ms_detect"] + m["ms_remove"] + m["ms_encode"] - 1
+
+
+def test_feathered_mask_ramps_inside_dilated_region():
+    r = process_image(encode(Image.fromarray(marked()), "PNG"), fake_engines(), cfg())
+    alpha = np.asarray(pixels(r.mask_png))
+    assert alpha[30:60, 40:90].min() == 255              # core fully replaced
+    ring = (alpha > 0) & (alpha < 255)
+    assert ring.any()                                    # soft edge in the dilation ring
+    assert not ring[30:60, 40:90].any()
+    assert (alpha > 0).sum() > 50 * 30                   # dilated beyond the mark
+
+
+def test_no_watermark_returns_input_bytes():
+    data = encode(Image.fromarray(photo(100, 80)), "JPEG", quality=85)
+    r = process_image(data, fake_engines(), cfg())
+    assert r.status == "no_watermark"
+    assert r.image_bytes == data and r.extension == ".jpg"
+    assert not mask_of(r).any() and pixels(r.mask_png).size == (100, 80)
+    assert r.metrics["mask_area_fraction"] == 0 and r.metrics["detector_confidence"] == 0
+
+
+def test_needs_review_when_the_mark_survives():
+    data = encode(Image.fromarray(marked()), "PNG")
+    r = process_image(data, fake_engines(remover=IdentityRemover()), cfg())
+    assert r.status == "needs_review" and r.metrics["residual_score"] == pytest.approx(1.0)
+
+
+def test_needs_review_on_low_confidence_band():
+    data = encode(Image.fromarray(marked()), "PNG")
+    r = process_image(data, fake_engines(), cfg(review_confidence_max=1.0))
+    assert r.status == "needs_review"
+
+
+def test_rgba_alpha_kept_and_rgb_untouched_outside():
+    img = marked()
+    alpha = np.tile(np.linspace(0, 255, 160).astype(np.uint8), (120, 1))
+    data = encode(Image.fromarray(np.dstack([img, alpha])), "PNG")
+    r = process_image(data, fake_engines(), cfg())
+    out = pixels(r.image_bytes)
+    assert out.mode == "RGBA" and out.size == (160, 120)
+    arr, mask = np.asarray(out), mask_of(r)
+    assert np.array_equal(arr[..., 3], alpha)
+    assert np.array_equal(arr[..., :3][~mask], img[~mask])
+    assert not is_magenta(arr[..., :3]).any()
+
+
+def test_jpeg_stays_jpeg_with_same_tables_and_exif_icc():
+    img = marked(256, 192, box=(100, 80, 160, 110), seed=3)
+    icc = b"\0" * 128 + b"fake-profile-bytes"  # Pillow embeds ICC bytes as given
+    exif = Image.Exif()
+    exif[0x010F] = "clearmark-test"
+    data = encode(Image.fromarray(img), "JPEG", quality=90, icc_profile=icc, exif=exif.tobytes())
+    r = process_image(data, fake_engines(), cfg())
+    assert r.status == "succeeded" and r.extension == ".jpg"
+    src, out = pixels(data), pixels(r.image_bytes)
+    assert out.format == "JPEG" and out.mode == "RGB" and out.size == src.size
+    assert out.quantization == src.quantization
+    assert estimate_jpeg_quality(out.quantization) == 90
+    assert out.info.get("icc_profile") == icc
+    assert out.getexif().get(0x010F) == "clearmark-test"
+    assert_jpeg_close(np.asarray(out), np.asarray(src), mask_of(r))
+
+
+@pytest.mark.parametrize("quality", [50, 75, 90, 95])
+def test_quality_estimate_recovers_known_qualities(quality):
+    img = photo(64, 48)
+    pil = pixels(encode(Image.fromarray(img), "JPEG", quality=quality))
+    assert abs(estimate_jpeg_quality(pil.quantization) - quality) <= 2
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])   # libjpeg
+    pil = pixels(buf.tobytes())
+    assert abs(estimate_jpeg_quality(pil.quantization) - quality) <= 2
+
+
+def test_quality_estimate_without_tables():
+    assert estimate_jpeg_quality(None) is None and estimate_jpeg_quality({}) is None
+
+
+def test_exif_rotated_comes_back_upright():
+    data, _ = bad_files()["exif_rotated.jpg"]
+    upright = np.asarray(decode_image(data).rgb)         # what a viewer shows
+    r = process_image(data, fake_engines(detector=BoxDetector()), cfg(review_residual_min=1.01))
+    out = pixels(r.image_bytes)
+    assert r.status == "succeeded" and out.size == (128, 96) and upright.shape == (96, 128, 3)
+    exif = out.getexif()
+    assert exif.get(0x0112) == 1 and exif.get(0x010F) == "clearmark-test"
+    assert_jpeg_close(np.asarray(out), upright, mask_of(r))
+    # and it really is upright: close to the upright picture badfiles drew before rotating
+    drawn = photo(128, 96, seed=1).astype(int)
+    assert np.abs(np.asarray(out).astype(int) - drawn)[~mask_of(r)].mean() < 4
+
+
+# -- format and mode round trips (fixed-box detector) -------------------------------------
+
+def _through(data: bytes, **kw) -> tuple[PipelineResult, Image.Image, np.ndarray]:
+    r = process_image(data, fake_engines(detector=BoxDetector()),
+                      cfg(review_residual_min=1.01, **kw))
+    assert r.status == "succeeded"
+    mask = mask_of(r)
+    assert mask.any() and not mask.all()
+    return r, pixels(r.image_bytes), mask
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_png_modes_preserved(mode):
+    src = Image.fromarray(photo(96, 64)).convert(mode)
+    r, out, mask = _through(encode(src, "PNG"))
+    assert out.mode == mode and out.size == src.size and r.extension == ".png"
+    a, b = np.asarray(out), np.asarray(src)
+    assert np.array_equal(a[~mask], b[~mask])
+    assert not np.array_equal(a[mask], b[mask])          # something changed inside
+    if mode.endswith("A"):
+        assert np.array_equal(a[..., -1], b[..., -1])
+
+
+def test_grey_jpeg_stays_grey():
+    src = Image.fromarray(photo(96, 64)).convert("L")
+    data = encode(src, "JPEG", quality=80)
+    r, out, mask = _through(data)
+    assert out.mode == "L" and r.extension == ".jpg"
+    assert_jpeg_close(np.asarray(out)[..., None], np.asarray(pixels(data))[..., None], mask)
+
+
+def test_cmyk_jpeg_stays_cmyk():
+    data, _ = bad_files()["cmyk.jpg"]
+    r, out, mask = _through(data)
+    src = pixels(data)
+    assert out.mode == "CMYK" and out.size == src.size and r.extension == ".jpg"
+    assert_jpeg_close(np.asarray(out), np.asarray(src), mask)
+
+
+def test_16bit_grey_png_stays_16bit_exact_outside():
+    data, _ = bad_files()["16bit_gray.png"]
+    r, out, mask = _through(data)
+    src = pixels(data)
+    assert out.mode == src.mode == "I;16"
+    a, b = np.asarray(out), np.asarray(src)
+    assert np.array_equal(a[~mask], b[~mask])
+    assert np.all(a[mask] % 257 == 0)                    # 8-bit restored values, scaled
+
+
+def test_16bit_rgb_png_comes_back_8bit():
+    data, _ = bad_files()["16bit.png"]
+    r, out, mask = _through(data)
+    src = pixels(data)                                   # Pillow's own 8-bit decode
+    assert src.mode == out.mode == "RGB"
+    assert np.array_equal(np.asarray(out)[~mask], np.asarray(src)[~mask])
+
+
+def test_palette_with_transparency_becomes_rgba():
+    data, _ = bad_files()["palette_alpha.png"]
+    r, out, mask = _through(data)
+    src = pixels(data).convert("RGBA")
+    assert out.mode == "RGBA" and out.size == src.size
+    a, b = np.asarray(out), np.asarray(src)
+    assert np.array_equal(a[..., 3], b[..., 3])
+    assert np.array_equal(a[~mask], b[~mask])
+
+
+def test_animated_gif_first_frame_as_gif_same_palette():
+    data, _ = bad_files()["animated.gif"]
+    r, out, mask = _through(data)
+    assert r.extension == ".gif" and out.format == "GIF" and out.mode == "P"
+    assert r.details["frames"] == 3 and r.details["notes"]
+    assert getattr(out, "n_frames", 1) == 1
+    first = pixels(data)                                  # frame 0
+    assert out.getpalette() == first.getpalette()
+    a, b = np.asarray(out), np.asarray(first)
+    assert np.array_equal(a[~mask], b[~mask])             # same indices outside
+    assert np.all(a[mask] < 256) and not np.array_equal(a[mask], b[mask])
+
+
+def test_gif_transparency_kept():
+    img = photo(96, 64)
+    pal = Image.fromarray(img).quantize(colors=32)
+    idx = np.asarray(pal).copy()
+    idx[:, :10] = 31                                      # transparent strip, inside the box too
+    idx[20:40, 20:50] = 31
+    src = Image.fromarray(idx, "P")
+    src.putpalette(pal.getpalette())
+    data = encode(src, "GIF", transparency=31)
+    r, out, mask = _through(data)
+    a, b = np.asarray(out), np.asarray(pixels(data))
+    assert out.info.get("transparency") == 31
+    assert np.array_equal(a == 31, b == 31)               # transparency map unchanged
+    assert np.array_equal(a[~mask], b[~mask])
+
+
+@pytest.mark.parametrize("lossless", [True, False])
+def test_webp(lossless):
+    src = Image.fromarray(photo(96, 64))
+    data = encode(src, "WEBP", lossless=lossless, quality=90)
+    r, out, mask = _through(data)
+    assert out.format == "WEBP" and r.extension == ".webp" and out.size == src.size
+    a, b = np.asarray(out.convert("RGB")), np.asarray(pixels(data).convert("RGB"))
+    if lossless:
+        assert np.array_equal(a[~mask], b[~mask])
+    else:
+        assert np.abs(a.astype(int) - b.astype(int))[~mask].mean() < 3
+
+
+def test_progressive_jpeg_and_mpo_stay_jpeg():
+    src = Image.fromarray(photo(96, 64))
+    r, out, mask = _through(encode(src, "JPEG", quality=85, progressive=True))
+    assert out.format == "JPEG" and out.info.get("progressive")
+    second = Image.fromarray(photo(96, 64, seed=9))
+    r, out, mask = _through(encode(src, "MPO", save_all=True, append_images=[second]))
+    assert r.extension == ".jpg" and out.format == "JPEG" and r.details["frames"] == 2
+
+
+def test_non_finite_engine_output_is_an_error_not_a_clean_image():
+    class NanDetector(MagentaDetector):
+        def run(self, batch):
+            return super().run(batch) * np.nan
+
+    with pytest.raises(RuntimeError, match="non-finite"):
+        process_image(encode(Image.fromarray(marked()), "PNG"),
+                      fake_engines(detector=NanDetector()), cfg())
+
+
+@pytest.mark.parametrize("fmt,ext", [("BMP", ".bmp"), ("TIFF", ".tif")])
+def test_other_lossless_formats(fmt, ext):
+    src = Image.fromarray(photo(96, 64))
+    r, out, mask = _through(encode(src, fmt))
+    assert out.format == fmt and r.extension == ext
+    assert np.array_equal(np.asarray(out)[~mask], np.asarray(src)[~mask])
+
+
+# -- detection scale, crops, tiles and batches --------------------------------------------
+
+def test_detection_runs_downscaled_and_mask_is_full_size():
+    img = marked(1200, 900, box=(500, 400, 700, 480), seed=4)
+    det = MagentaDetector()
+    r = process_image(encode(Image.fromarray(img), "PNG"), fake_engines(detector=det),
+                      cfg(detect_long_side=320, mask_dilate_px=6))
+    assert max(det.shapes[0][2:]) <= 320 + 15            # downscaled (plus stride padding)
+    mask = mask_of(r)
+    assert mask.shape == (900, 1200) and mask[400:480, 500:700].all()
+    assert not is_magenta(np.asarray(pixels(r.image_bytes))).any()
+
+
+def test_small_images_are_not_upscaled_for_detection():
+    det = MagentaDetector()
+    process_image(encode(Image.fromarray(marked(100, 40, box=(10, 10, 30, 30))), "PNG"),
+                  fake_engines(detector=det), cfg(detect_long_side=640))
+    assert det.shapes[0][2:] == (48, 112)                 # 40x100 padded to /16
+
+
+def test_large_mark_is_tiled_and_batched():
+    img = marked(400, 300, box=(50, 40, 350, 260), seed=5)
+    rem = GreyRemover()
+    r = process_image(encode(Image.fromarray(img), "PNG"), fake_engines(remover=rem),
+                      cfg(remove_max_crop=128, remove_crop_margin=16))
+    assert r.status == "succeeded"
+    assert all(s[2] <= 128 and s[3] <= 128 for s in rem.shapes)
+    assert any(s[0] > 1 for s in rem.shapes)              # equal-size crops share a batch
+    out, mask = np.asarray(pixels(r.image_bytes)), mask_of(r)
+    assert not is_magenta(out).any()
+    assert np.array_equal(out[~mask], img[~mask])
+
+
+def test_separate_marks_get_separate_crops():
+    img = marked(320, 240, box=(10, 10, 40, 30))
+    img[200:225, 270:310] = MAGENTA
+    rem = GreyRemover()
+    r = process_image(encode(Image.fromarray(img), "PNG"), fake_engines(remover=rem), cfg())
+    assert sum(s[0] for s in rem.shapes) == 2
+    assert sum(s[2] * s[3] for s in rem.shapes) < 320 * 240 / 4   # crops, not the frame
+    assert not is_magenta(np.asarray(pixels(r.image_bytes))).any()
+
+
+def test_mask_threshold_blob_cleanup_and_dilation():
+    prob = np.zeros((60, 80), np.float32)
+    prob[10:20, 10:30] = 0.9        # kept
+    prob[40, 60] = 0.9              # 1 px blob: dropped
+    prob[45:47, 5:7] = 0.4          # under threshold
+    m = build_mask(prob, threshold=0.5, min_area=4, dilate_px=2)
+    assert m.core.sum() == 200 and not m.core[40, 60] and not m.core[45, 5]
+    assert m.dilated[8, 10] and m.dilated[20 + 1, 29] and not m.dilated[7, 10]
+    assert np.array_equal(m.alpha > 0, m.dilated) and (m.alpha[m.core] == 255).all()
+    empty = build_mask(np.zeros((8, 8), np.float32), 0.5, 4, 2)
+    assert empty.empty and empty.area_fraction == 0 and not empty.alpha.any()
+
+
+def test_tile_cores_partition_each_box():
+    mask = np.zeros((500, 700), bool)
+    mask[20:480, 30:650] = True
+    mask[5:9, 690:695] = True
+    boxes = component_boxes(mask, margin=10)
+    tiles = plan_tiles(boxes, mask.shape, max_crop=200, margin=10, stride=16)
+    cover = np.zeros(mask.shape, np.int32)
+    for t in tiles:
+        x0, y0, x1, y1 = t.core
+        bx0, by0, bx1, by1 = t.box
+        assert bx0 <= x0 < x1 <= bx1 and by0 <= y0 < y1 <= by1
+        assert bx1 - bx0 <= 200 and by1 - by0 <= 200
+        assert (bx1 - bx0) % 16 == 0 and (by1 - by0) % 16 == 0
+        cover[y0:y1, x0:x1] += 1
+    assert cover.max() == 1 and (cover[mask] == 1).all()
+
+
+# -- through the real engines: shapes, formats and invariants only ------------------------
+
+@pytest.fixture(scope="module")
+def real_engines(tmp_path_factory):
+    s = Settings(data_dir=tmp_path_factory.mktemp("data"), backend="torch", device="cpu")
+    return Engines.load(s)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_real_engines_invariants(real_engines, fmt):
+    mode = "RGB" if fmt == "JPEG" else "RGBA"
+    src = Image.fromarray(photo(80, 64, seed=7)).convert(mode)
+    data = encode(src, fmt)
+    r = process_image(data, real_engines, cfg(remove_max_crop=64, remove_crop_margin=8))
+    assert r.status in ("succeeded", "no_watermark", "needs_review")
+    assert set(r.metrics) >= METRIC_KEYS
+    assert 0.0 <= r.metrics["mask_area_fraction"] <= 1.0
+    assert 0.0 <= r.metrics["detector_confidence"] <= 1.0
+    assert 0.0 <= r.metrics["residual_score"] <= 1.0
+    out, mask = pixels(r.image_bytes), mask_of(r)
+    assert out.format == fmt and out.mode == mode and out.size == src.size
+    assert mask.shape == (64, 80)
+    if fmt == "PNG":
+        a, b = np.asarray(out), np.asarray(src)
+        assert np.array_equal(a[~mask], b[~mask]) and np.array_equal(a[..., 3], b[..., 3])
+    v = real_engines.version
+    assert real_engines.detector.key in v and real_engines.remover.key in v
