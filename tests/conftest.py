@@ -80,6 +80,5 @@ def redis_url():
         client.ping()
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"Redis at {REDIS_URL} is not usable: {exc}")
-    client.flushdb()
+    # No flushdb: tests isolate themselves by queue name (other runs may share this db).
     yield REDIS_URL
-    client.flushdb()

@@ -7,16 +7,19 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from sqlalchemy import func, select
 
 from tests.badfiles import bad_files
 from workers.celery_app import app, configure
+from workers.cli import find_images
 from workers.db import FINISHED, Job, JobEvent, JobMetrics, session_scope
+from workers.local import clean_folder
 from workers.settings import Settings, set_settings
 from workers.storage import read_uri
 from workers.submit import submit_files
@@ -45,32 +48,49 @@ def db_url(request, pg_url):
     return pg_url
 
 
+def unique_queues() -> dict[str, str]:
+    """Queue names of this test alone, so concurrent test runs on one Redis never take
+    each other's tasks."""
+    run = uuid.uuid4().hex[:8]
+    return {f"queue_{q}": f"clearmark.{q}.{run}" for q in ("uploads", "bulk", "webhooks")}
+
+
 @pytest.fixture
 def service(tmp_path, db_url, redis_url):
     settings = Settings(data_dir=tmp_path / "data", database_url=db_url,
                         storage_uri=(tmp_path / "storage").as_uri(), broker_url=redis_url,
-                        visibility_timeout_s=6)
+                        visibility_timeout_s=6, **unique_queues())
     set_settings(settings)
     configure(app, settings)
-    app.pool.force_close_all()
     yield settings
     set_settings(None)
 
 
-class Worker:
-    """A `clearmark worker` in its own process group, so SIGKILL takes parent and child."""
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment of a `clearmark` subprocess that uses `settings`."""
+    return dict(os.environ,
+                CLEARMARK_DATABASE_URL=settings.database_url,
+                CLEARMARK_BROKER_URL=settings.broker_url,
+                CLEARMARK_STORAGE_URI=settings.storage_uri,
+                CLEARMARK_DATA_DIR=str(settings.data_dir),
+                CLEARMARK_VISIBILITY_TIMEOUT_S=str(settings.visibility_timeout_s),
+                CLEARMARK_QUEUE_UPLOADS=settings.queue_uploads,
+                CLEARMARK_QUEUE_BULK=settings.queue_bulk,
+                CLEARMARK_QUEUE_WEBHOOKS=settings.queue_webhooks,
+                CLEARMARK_WEBHOOK_ALLOW_HOSTS=",".join(settings.webhook_allow_hosts),
+                CLEARMARK_WEBHOOK_BACKOFF_S=str(settings.webhook_backoff_s),
+                CLEARMARK_WEBHOOK_MAX_ATTEMPTS=str(settings.webhook_max_attempts))
 
-    def __init__(self, settings: Settings, log_path: Path, name: str):
-        env = dict(os.environ,
-                   CLEARMARK_DATABASE_URL=settings.database_url,
-                   CLEARMARK_BROKER_URL=settings.broker_url,
-                   CLEARMARK_STORAGE_URI=settings.storage_uri,
-                   CLEARMARK_DATA_DIR=str(settings.data_dir),
-                   CLEARMARK_VISIBILITY_TIMEOUT_S=str(settings.visibility_timeout_s))
+
+class Service:
+    """A `clearmark ARGV...` process in its own process group, so SIGKILL takes parent and
+    children."""
+
+    def __init__(self, settings: Settings, log_path: Path, *argv: str):
         self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", "worker", "-c", "1", "-n", f"{name}@%h"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "workers", *argv],
+                                     env=service_env(settings), stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -89,12 +109,20 @@ class Worker:
         self.log.close()
 
 
+class Worker(Service):
+    """`clearmark worker`, one child; extra options (e.g. -Q, -P) go in args."""
+
+    def __init__(self, settings: Settings, log_path: Path, name: str, *args: str):
+        super().__init__(settings, log_path, "worker", "-c", "1", "-n", f"{name}@%h", *args)
+
+
 @pytest.fixture
 def workers(tmp_path):
     started = []
 
-    def start(settings, name="w"):
-        worker = Worker(settings, tmp_path / f"{name}-{len(started)}.log", name)
+    def start(settings, name="w", *args):
+        """A worker; extra `clearmark worker` options (e.g. -Q, -P) go in args."""
+        worker = Worker(settings, tmp_path / f"{name}-{len(started)}.log", name, *args)
         started.append(worker)
         return worker
 
@@ -147,13 +175,22 @@ def test_worker_processes_good_and_bad_files(service, workers, tmp_path):
         assert job.status in {"succeeded", "no_watermark", "needs_review"}, (path.name, job.error_message)
         out = Image.open(io.BytesIO(read_uri(job.result_uri)))
         source = Image.open(path)
-        assert out.size == source.size and out.format == source.format
-        assert Image.open(io.BytesIO(read_uri(job.mask_uri))).size == source.size
+        upright_size = ImageOps.exif_transpose(source).size  # outputs are upright
+        assert out.size == upright_size and out.format == source.format
+        assert Image.open(io.BytesIO(read_uri(job.mask_uri))).size == upright_size
         assert job.attempts == 1 and job.pipeline_version
     with session_scope(service.database_url) as session:
         good = [j for j in submitted if expected[submitted[j].name] is None]
         assert session.scalar(select(func.count()).select_from(JobMetrics)
                               .where(JobMetrics.job_id.in_(good))) == len(good)
+
+    # The embedded mode (in-process, SQLite) gives the same bytes as the service.
+    set_settings(service.replace(database_url=f"sqlite:///{tmp_path / 'local.db'}"))
+    clean_folder(find_images([inputs], recursive=False), tmp_path / "local-out", None)
+    for job_id, path in submitted.items():
+        if jobs[job_id].status != "failed":
+            assert (tmp_path / "local-out" / path.name).read_bytes() == \
+                read_uri(jobs[job_id].result_uri), path.name
 
 
 def test_sigkilled_worker_job_finishes_exactly_once(service, workers, tmp_path):

@@ -23,7 +23,8 @@ def local_settings(tmp_path):
 def test_every_command_has_help():
     runner = CliRunner()
     for args in ([], ["clean"], ["submit"], ["worker"], ["status"], ["db"], ["db", "upgrade"],
-                 ["train"], ["eval"], ["engines"], ["bench"]):
+                 ["train"], ["eval"], ["engines"], ["bench"], ["api"], ["tenants"],
+                 ["tenants", "create"]):
         result = runner.invoke(cli, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
         assert "Usage:" in result.output

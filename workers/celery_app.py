@@ -41,9 +41,10 @@ def configure(app: Celery, settings: Settings) -> None:
         task_default_queue=settings.queue_uploads,
         task_queues=[Queue(settings.queue_uploads), Queue(settings.queue_bulk),
                      Queue(settings.queue_webhooks)],
-        task_routes={"clearmark.clean_image": {"queue": settings.queue_uploads}},
+        task_routes={"clearmark.clean_image": {"queue": settings.queue_uploads},
+                     "clearmark.deliver_webhook": {"queue": settings.queue_webhooks}},
     )
 
 
-app = Celery("clearmark", include=["workers.tasks"])
+app = Celery("clearmark", include=["workers.tasks", "workers.webhooks"])
 configure(app, get_settings())

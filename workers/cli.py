@@ -21,6 +21,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="clearmark")
 @click.option("--db", "database_url", envvar="CLEARMARK_DATABASE_URL",
               help="Database URL (default: SQLite under CLEARMARK_DATA_DIR, ./.clearmark).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
@@ -159,6 +160,61 @@ def db_current() -> None:
     from workers import migrate
 
     migrate.current()
+
+
+@cli.command()
+@click.option("--host", help="Interface to listen on (default CLEARMARK_API_HOST, 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default CLEARMARK_API_PORT, 8000).")
+@click.option("--workers", "processes", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="uvicorn worker processes.")
+def api(host: str | None, port: int | None, processes: int) -> None:
+    """Serve the storefront HTTP API (OpenAPI document at /v1/openapi.json)."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run("workers.api:app", host=host or settings.api_host, port=port or settings.api_port,
+                workers=processes, proxy_headers=True)
+
+
+@cli.group()
+def tenants() -> None:
+    """Tenants (storefronts) and their API keys."""
+
+
+@tenants.command("create")
+@click.argument("name")
+@click.option("--webhook", help="URL that receives a signed POST when each job finishes.")
+def tenants_create(name: str, webhook: str | None) -> None:
+    """Create tenant NAME and print its API key and webhook secret (shown only this once)."""
+    from workers.db import session_scope
+    from workers.errors import BadInput
+    from workers.tenants import TenantExists, create_tenant
+    from workers.webhooks import check_callback_url
+
+    settings = get_settings()
+    try:
+        if webhook:
+            check_callback_url(webhook, settings)
+        with session_scope(settings.database_url) as session:
+            tenant, key = create_tenant(session, name, webhook_url=webhook)
+            tenant_id, secret = tenant.id, tenant.webhook_secret
+    except (BadInput, TenantExists) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"tenant          {name} ({tenant_id})\napi key         {key}\n"
+               f"webhook secret  {secret}\nStore both now: they are not shown again.")
+
+
+@tenants.command("list")
+def tenants_list() -> None:
+    """Tenants with their id and webhook URL (never keys)."""
+    from sqlalchemy import select
+
+    from workers.db import Tenant, session_scope
+
+    with session_scope(get_settings().database_url) as session:
+        for t in session.scalars(select(Tenant).order_by(Tenant.name)):
+            click.echo(f"{t.id}\t{t.name}\t{'key' if t.api_key_hash else 'no key'}\t"
+                       f"{t.webhook_url or '-'}")
 
 
 cli.add_command(train_command)

@@ -36,6 +36,12 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+class Priority(str, enum.Enum):
+    """Which queue a job goes to: normal -> uploads, low -> bulk (DESIGN: queues, not numbers)."""
+    normal = "normal"
+    low = "low"
+
+
 class JobStatus(str, enum.Enum):
     queued = "queued"
     running = "running"
@@ -72,6 +78,7 @@ def check_transition(old: JobStatus | str, new: JobStatus | str) -> None:
 
 
 _STATUS_VALUES = ", ".join(f"'{s.value}'" for s in JobStatus)
+_PRIORITY_VALUES = ", ".join(f"'{p.value}'" for p in Priority)
 
 
 class Base(DeclarativeBase):
@@ -87,6 +94,8 @@ class Tenant(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_secret: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("uq_tenants_api_key_hash", "api_key_hash", unique=True),)
 
 
 class Batch(Base):
@@ -119,11 +128,15 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    callback_url: Mapped[str | None] = mapped_column(Text)  # else the tenant's webhook_url
+    priority: Mapped[str] = mapped_column(String(16), default=Priority.normal.value,
+                                          server_default=Priority.normal.value)
 
     metrics: Mapped["JobMetrics | None"] = relationship(back_populates="job", uselist=False)
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_valid"),
+        CheckConstraint(f"priority IN ({_PRIORITY_VALUES})", name="priority_valid"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
         Index("ix_jobs_batch_id", "batch_id"),

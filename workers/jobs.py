@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from workers.db import (
-    FINISHED, METRIC_FIELDS, Batch, Job, JobEvent, JobMetrics, JobStatus, Tenant,
+    FINISHED, METRIC_FIELDS, Batch, Job, JobEvent, JobMetrics, JobStatus, Priority, Tenant,
     check_transition, session_scope, utcnow,
 )
 from workers.errors import BadInput, ClearmarkError, TransientError
@@ -57,7 +57,9 @@ def create_batch(session: Session, tenant: Tenant, kind: str, description: str =
 
 def create_job(session: Session, tenant: Tenant, source_uri: str, *, batch: Batch | None = None,
                idempotency_key: str | None = None, result_uri: str | None = None,
-               mask_uri: str | None = None, source_sha256: str | None = None) -> tuple[Job, bool]:
+               mask_uri: str | None = None, source_sha256: str | None = None,
+               callback_url: str | None = None, priority: str = Priority.normal.value
+               ) -> tuple[Job, bool]:
     """A queued job, or the tenant's existing job with the same idempotency key.
     Returns (job, created)."""
     if idempotency_key:
@@ -67,7 +69,8 @@ def create_job(session: Session, tenant: Tenant, source_uri: str, *, batch: Batc
             return existing, False
     job = Job(tenant_id=tenant.id, source_uri=source_uri, batch_id=batch.id if batch else None,
               idempotency_key=idempotency_key, result_uri=result_uri, mask_uri=mask_uri,
-              source_sha256=source_sha256, status=JobStatus.queued.value, attempts=0)
+              source_sha256=source_sha256, status=JobStatus.queued.value, attempts=0,
+              callback_url=callback_url, priority=priority)
     try:
         with session.begin_nested():
             session.add(job)
@@ -169,6 +172,15 @@ def release_for_retry(db_url: str, claim: Claim, reason: str) -> None:
                        reason=reason[:500])
 
 
+def requeue_job(session: Session, job: Job, reason: str) -> None:
+    """Queue a finished job again (a retry by its owner or an operator) with a fresh
+    attempt budget; the caller enqueues its task after the commit."""
+    set_status(session, job, JobStatus.queued, kind="retry", reason=reason)
+    job.attempts = 0
+    job.error_code = job.error_message = None
+    job.finished_at = None
+
+
 def output_uris(claim: Claim, extension: str) -> tuple[str, str]:
     """Where the result and mask go: preset on the job (clean), else keys in storage."""
     storage = get_storage()
@@ -180,10 +192,20 @@ def output_uris(claim: Claim, extension: str) -> tuple[str, str]:
 def process_job(job_id: str, engines, settings: Settings | None = None) -> str | None:
     """One attempt at a job. Returns the final status, or None when nothing was done.
     Bad input fails the job; TransientError propagates (after releasing the job) so the
-    caller can retry; any other exception fails the job with `internal_error`."""
+    caller can retry; any other exception fails the job with `internal_error`. A job this
+    attempt finished gets its webhook enqueued (when it has a callback URL)."""
+    settings = settings or get_settings()
+    status = _attempt(job_id, engines, settings)
+    if status is not None:
+        from workers.webhooks import notify_finished  # lazy: Celery only when needed
+
+        notify_finished(job_id, settings)
+    return status
+
+
+def _attempt(job_id: str, engines, settings: Settings) -> str | None:
     from workers.pipeline import process_image
 
-    settings = settings or get_settings()
     db_url = settings.database_url
     claim = claim_job(db_url, job_id, settings.max_attempts)
     if claim is None:
@@ -196,18 +218,16 @@ def process_job(job_id: str, engines, settings: Settings | None = None) -> str |
         write_uri(mask_uri, result.mask_png)
     except BadInput as exc:
         log.info("job %s failed: %s (%s)", job_id, exc.message, exc.code)
-        fail_job(db_url, claim, exc.code, exc.message)
-        return JobStatus.failed.value
+        return JobStatus.failed.value if fail_job(db_url, claim, exc.code, exc.message) else None
     except TransientError as exc:
         release_for_retry(db_url, claim, str(exc))
         raise
     except ClearmarkError as exc:
-        fail_job(db_url, claim, exc.code, exc.message)
-        return JobStatus.failed.value
+        return JobStatus.failed.value if fail_job(db_url, claim, exc.code, exc.message) else None
     except Exception as exc:  # a bug or an unexpected library error: fail this job only
         log.exception("job %s: unexpected error", job_id)
-        fail_job(db_url, claim, "internal_error", f"{type(exc).__name__}: {exc}")
-        return JobStatus.failed.value
+        message = f"{type(exc).__name__}: {exc}"
+        return JobStatus.failed.value if fail_job(db_url, claim, "internal_error", message) else None
     status = JobStatus(result.status)
     if finish_job(db_url, claim, status, result_uri=result_uri, mask_uri=mask_uri,
                   metrics=result.metrics, pipeline_version=engines.version):

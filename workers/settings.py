@@ -26,6 +26,10 @@ def _env_float(name: str, default: float) -> float:
     return float(_env(name, str(default)))
 
 
+def _env_list(name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in _env(name, "").split(",") if item.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", ".clearmark")).resolve())
@@ -69,6 +73,21 @@ class Settings:
     # Seconds before Redis re-delivers an unacknowledged task (its worker died). Must stay
     # above queue wait + run time; 0 means hard time limit + 1 h (DESIGN.md, practice notes).
     visibility_timeout_s: int = field(default_factory=lambda: _env_int("VISIBILITY_TIMEOUT_S", 0))
+
+    # HTTP API (`clearmark api`). public_url is the base of links in responses and webhooks
+    # (default: the base URL of each request; webhooks then carry relative links).
+    api_host: str = field(default_factory=lambda: _env("API_HOST", "127.0.0.1"))
+    api_port: int = field(default_factory=lambda: _env_int("API_PORT", 8000))
+    public_url: str = field(default_factory=lambda: _env("PUBLIC_URL", ""))
+
+    # Webhooks: delivery attempts, first retry delay (doubling, capped at 60 s: keep it well
+    # under the visibility timeout), per-request timeout, and the hosts, IPs or CIDR ranges a
+    # callback may reach although they are loopback/private/link-local (empty: none).
+    webhook_max_attempts: int = field(default_factory=lambda: _env_int("WEBHOOK_MAX_ATTEMPTS", 6))
+    webhook_backoff_s: float = field(default_factory=lambda: _env_float("WEBHOOK_BACKOFF_S", 5.0))
+    webhook_timeout_s: float = field(default_factory=lambda: _env_float("WEBHOOK_TIMEOUT_S", 10.0))
+    webhook_allow_hosts: tuple[str, ...] = field(
+        default_factory=lambda: _env_list("WEBHOOK_ALLOW_HOSTS"))
 
     def __post_init__(self) -> None:
         # Paths that default to places inside data_dir are derived once here.

@@ -6,7 +6,9 @@ the root (`..`, absolute paths, backslashes, empty parts) is rejected.
 from __future__ import annotations
 
 import posixpath
+import uuid
 from functools import lru_cache
+from typing import Iterator
 
 import fsspec
 
@@ -58,13 +60,27 @@ def read_uri(uri: str, max_bytes: int | None = None) -> bytes:
     return data
 
 
+def iter_uri(uri: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """The object's bytes in chunks (for streaming responses). Opens eagerly, so a missing
+    object raises FileNotFoundError here rather than in the middle of a response."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    f = fs.open(path, "rb")
+
+    def chunks() -> Iterator[bytes]:
+        with f:
+            while chunk := f.read(chunk_size):
+                yield chunk
+
+    return chunks()
+
+
 def write_uri(uri: str, data: bytes) -> None:
     """Write atomically where the filesystem allows (local: temp file + rename)."""
     fs, path = fsspec.core.url_to_fs(uri)
     try:
         if "file" in fs.protocol or "local" in fs.protocol:
             fs.makedirs(posixpath.dirname(path), exist_ok=True)
-            tmp = f"{path}.part"
+            tmp = f"{path}.{uuid.uuid4().hex[:8]}.part"  # unique: concurrent writers of one key
             with fs.open(tmp, "wb") as f:
                 f.write(data)
             fs.mv(tmp, path)

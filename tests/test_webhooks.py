@@ -1,0 +1,114 @@
+"""Webhook signing, the callback URL guard, and delivery through a real webhook worker
+(compose's command) to a receiver that is down."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from tests.test_api import (  # noqa: F401 - fixtures used here
+    _webhook_events, api_settings, db_url, free_port, receiver, service, workers,
+)
+from tests.test_celery_e2e import statuses, wait_for
+from tests.test_compose import compose_command
+from workers.db import METRIC_FIELDS, JobEvent, JobStatus, session_scope
+from workers.jobs import claim_job, create_job, ensure_tenant, finish_job
+from workers.settings import Settings
+from workers.webhooks import (
+    UnsafeCallback, check_callback_url, deliver, notify_finished, sign, verify_signature,
+)
+
+
+def test_signature_covers_timestamp_and_body():
+    header = sign("s3cret", 1_700_000_000, b'{"a":1}')
+    assert verify_signature("s3cret", header, b'{"a":1}', now=1_700_000_100)
+    assert not verify_signature("s3cret", header, b'{"a":2}', now=1_700_000_100)
+    assert not verify_signature("other", header, b'{"a":1}', now=1_700_000_100)
+    assert not verify_signature("s3cret", header, b'{"a":1}', now=1_700_001_000)  # too old
+    forged = header.replace("t=1700000000", "t=1700000900")
+    assert not verify_signature("s3cret", forged, b'{"a":1}', now=1_700_000_900)
+    assert not verify_signature("s3cret", "garbage", b'{"a":1}')
+
+
+def test_callback_guard():
+    closed = Settings(webhook_allow_hosts=())
+    for url in ("http://127.0.0.1/", "http://localhost:8080/x", "http://10.0.0.8/", "http://[::1]/",
+                "http://169.254.169.254/", "http://[::ffff:192.168.1.1]/", "http://0.0.0.0/",
+                "http://100.64.0.1/", "file:///etc/passwd", "http:///nohost"):
+        with pytest.raises(UnsafeCallback):
+            check_callback_url(url, closed)
+    assert check_callback_url("https://93.184.215.14/hook", closed)
+    opened = Settings(webhook_allow_hosts=("10.0.0.0/8", "receiver"))
+    assert check_callback_url("http://10.1.2.3:8080/hook", opened)
+    assert check_callback_url("http://receiver/hook", opened)  # named: not even resolved
+    with pytest.raises(UnsafeCallback):
+        check_callback_url("http://192.168.0.1/", opened)
+
+
+def finished_job(settings: Settings, callback_url: str | None) -> str:
+    """A job that a worker has finished (without running the pipeline)."""
+    with session_scope(settings.database_url) as session:
+        job, _ = create_job(session, ensure_tenant(session, "shop"), "file:///in.png",
+                            callback_url=callback_url)
+    claim = claim_job(settings.database_url, job.id, settings.max_attempts)
+    finish_job(settings.database_url, claim, JobStatus.succeeded, result_uri="file:///out.png",
+               mask_uri="file:///mask.png", metrics={name: 1 for name in METRIC_FIELDS},
+               pipeline_version="test")
+    return job.id
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_receiver_down_retries_with_backoff_then_fails(api_settings, workers):
+    down = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    job_id = finished_job(api_settings, down)
+    command = compose_command("worker-webhooks", {"-Q": api_settings.queue_webhooks})
+    workers(api_settings, "hooks", *command[1:])
+    notify_finished(job_id, api_settings)
+    events = wait_for(lambda: (e := _webhook_events(api_settings, job_id)) and len(e) >= 3 and e,
+                      60, "three delivery attempts", interval=0.1)
+    assert [e["outcome"] for e in events] == ["retry", "retry", "failed"]
+    assert [e["attempt"] for e in events] == [1, 2, 3]
+    assert all("ConnectError" in e["error"] for e in events)
+    with session_scope(api_settings.database_url) as session:
+        times = [e.created_at for e in session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "webhook")
+            .order_by(JobEvent.id))]
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6, gaps  # backoff 0.3 s, doubling
+    assert statuses(api_settings.database_url, [job_id])[job_id].status == "succeeded"
+
+
+@pytest.mark.integration
+def test_delivery_is_signed_and_refuses_private_urls(api_settings, receiver):
+    job_id = finished_job(api_settings, receiver.url)
+    assert deliver(job_id, 1, api_settings) == "delivered"
+    headers, body = receiver.requests[0]
+    assert headers["Clearmark-Event-Id"].startswith(job_id)
+    assert verify_signature("", headers["Clearmark-Signature"], body)  # tenant without a secret
+    receiver.status = 500
+    assert deliver(job_id, 2, api_settings) == "retry"
+    assert deliver(job_id, 3, api_settings) == "failed"  # the last attempt
+    closed = api_settings.replace(webhook_allow_hosts=())
+    assert deliver(job_id, 4, closed) == "refused" and len(receiver.requests) == 3
+
+
+def test_no_callback_needs_no_broker(tmp_path, monkeypatch):
+    """`clearmark clean`: nothing to notify, so the (absent) broker is never touched; a
+    broker that is down only costs a logged event, never the job."""
+    from kombu.exceptions import OperationalError
+
+    from workers import migrate, webhooks
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to the broker. Connection refused.")
+
+    monkeypatch.setattr(webhooks.deliver_webhook, "apply_async", broker_down)
+    s = Settings(data_dir=tmp_path)
+    migrate.upgrade(s.database_url)
+    quiet = finished_job(s, None)
+    notify_finished(quiet, s)
+    assert _webhook_events(s, quiet) == []
+    loud = finished_job(s, "https://93.184.215.14/hook")
+    notify_finished(loud, s)
+    assert [e["outcome"] for e in _webhook_events(s, loud)] == ["not_enqueued"]
+    assert statuses(s.database_url, [loud])[loud].status == "succeeded"

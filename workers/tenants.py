@@ -1,0 +1,47 @@
+"""Tenants (storefronts) and their API keys.
+
+A key is 32 random bytes (URL-safe base64 behind a `cm_` prefix), shown once at creation;
+the database keeps only its sha256. A plain hash is enough for a key with 256 bits of
+entropy (no dictionary to attack), and it can be looked up by an index.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workers.db import Tenant
+from workers.jobs import ensure_tenant
+
+KEY_PREFIX = "cm_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class TenantExists(ValueError):
+    pass
+
+
+def create_tenant(session: Session, name: str, webhook_url: str | None = None
+                  ) -> tuple[Tenant, str]:
+    """A tenant with a new API key and webhook secret; returns (tenant, key). The key is
+    not stored anywhere: the caller shows it once."""
+    tenant = ensure_tenant(session, name)
+    if tenant.api_key_hash:
+        raise TenantExists(f"tenant {name!r} already has an API key")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    tenant.api_key_hash = hash_key(key)
+    tenant.webhook_url = webhook_url
+    tenant.webhook_secret = secrets.token_urlsafe(32)
+    session.flush()
+    return tenant, key
+
+
+def tenant_for_key(session: Session, key: str) -> Tenant | None:
+    if not key.startswith(KEY_PREFIX):
+        return None
+    return session.scalar(select(Tenant).where(Tenant.api_key_hash == hash_key(key)))

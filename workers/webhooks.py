@@ -1,0 +1,188 @@
+"""Signed webhooks: when a job finishes, POST its document to the storefront.
+
+Body: `{"id": <event id>, "type": "job.finished", "created_at": ..., "job": <the same
+document as GET /v1/jobs/{id}>}`. Header `Clearmark-Signature: t=<unix seconds>,v1=<hex>`
+where v1 = HMAC-SHA256(tenant webhook secret, "<t>." + raw body); `verify_signature` is the
+receiver's check. Delivery is its own Celery task on the webhooks queue: non-2xx answers and
+network errors retry with doubling delays, and every attempt is a `webhook` JobEvent.
+
+Callback URLs that resolve to loopback, private, link-local or other non-global addresses
+are refused (checked when the URL is given and again before each attempt; redirects are not
+followed) unless `CLEARMARK_WEBHOOK_ALLOW_HOSTS` names the host or a range holding it.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import func, select
+
+from workers.celery_app import app
+from workers.db import METRIC_FIELDS, Job, JobEvent, JobStatus, Tenant, session_scope, utcnow
+from workers.errors import BadInput
+from workers.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+SIGNATURE_HEADER = "Clearmark-Signature"
+EVENT_HEADER = "Clearmark-Event-Id"
+DONE_OK = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
+
+
+class UnsafeCallback(BadInput):
+    code = "unsafe_callback_url"
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify_signature(secret: str, header: str, body: bytes, tolerance_s: float = 300,
+                     now: float | None = None) -> bool:
+    """True when `header` signs `body` with `secret` and is at most tolerance_s old."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        timestamp = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), f"t={timestamp},v1={fields.get('v1', '')}")
+
+
+def _allowed(host: str, ip, allow: tuple[str, ...]) -> bool:
+    for entry in allow:
+        if entry.lower() == host:
+            return True
+        try:
+            if ip is not None and ip in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue  # a host name, not a range
+    return False
+
+
+def check_callback_url(url: str, settings: Settings | None = None) -> str:
+    """`url` when it may be called, else UnsafeCallback (a bad scheme, an unresolvable host,
+    or an address that is not globally routable and not allow-listed)."""
+    allow = (settings or get_settings()).webhook_allow_hosts
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeCallback(f"callback URL must be http(s)://host/...: {url!r}")
+    host = parts.hostname.lower()
+    if _allowed(host, None, allow):
+        return url
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeCallback(f"cannot resolve callback host {host!r}: {exc}",
+                             code="callback_unresolvable") from None
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        if not ip.is_global and not _allowed(host, ip, allow):
+            raise UnsafeCallback(
+                f"callback host {host!r} resolves to {ip}, a loopback, private or link-local "
+                "address (allow it with CLEARMARK_WEBHOOK_ALLOW_HOSTS)")
+    return url
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value else None
+
+
+def job_document(job: Job, base_url: str = "") -> dict:
+    """A job as the API shows it and webhooks send it (links are relative without a base)."""
+    path = f"{base_url.rstrip('/')}/v1/jobs/{job.id}"
+    done = job.status in DONE_OK and job.result_uri
+    m = job.metrics
+    return {
+        "id": job.id, "status": job.status, "priority": job.priority,
+        "source_sha256": job.source_sha256, "idempotency_key": job.idempotency_key,
+        "attempts": job.attempts, "pipeline_version": job.pipeline_version,
+        "created_at": _iso(job.created_at), "updated_at": _iso(job.updated_at),
+        "finished_at": _iso(job.finished_at),
+        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "metrics": {name: getattr(m, name) for name in METRIC_FIELDS} if m else None,
+        "links": {"self": path,
+                  "result": f"{path}/result" if done else None,
+                  "mask": f"{path}/mask" if done and job.mask_uri else None},
+    }
+
+
+def _log_attempt(db_url: str, job_id: str, **detail) -> None:
+    with session_scope(db_url) as session:
+        session.add(JobEvent(job_id=job_id, kind="webhook", detail=detail))
+
+
+def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
+    """One delivery attempt, logged as a `webhook` event. Returns its outcome: delivered,
+    retry (worth another attempt), failed (last attempt) or refused (unsafe URL)."""
+    s = settings or get_settings()
+    with session_scope(s.database_url) as session:
+        job = session.get(Job, job_id)
+        tenant = session.get(Tenant, job.tenant_id)
+        url, secret = job.callback_url or tenant.webhook_url, tenant.webhook_secret or ""
+        event_id = f"{job.id}.{int(job.finished_at.timestamp() * 1000) if job.finished_at else 0}"
+        body = json.dumps({"id": event_id, "type": "job.finished", "created_at": _iso(utcnow()),
+                           "job": job_document(job, s.public_url)}).encode()
+    detail: dict = {"attempt": attempt, "url": url, "event_id": event_id}
+    try:
+        check_callback_url(url, s)
+        headers = {"Content-Type": "application/json", EVENT_HEADER: event_id,
+                   SIGNATURE_HEADER: sign(secret, int(time.time()), body)}
+        response = httpx.post(url, content=body, headers=headers, timeout=s.webhook_timeout_s,
+                              follow_redirects=False)
+        detail["status_code"] = response.status_code
+        outcome = "delivered" if response.is_success else "retry"
+    except UnsafeCallback as exc:
+        detail["error"] = exc.message
+        outcome = "retry" if exc.code == "callback_unresolvable" else "refused"
+    except httpx.HTTPError as exc:
+        detail["error"] = f"{type(exc).__name__}: {exc}"
+        outcome = "retry"
+    if outcome == "retry" and attempt >= s.webhook_max_attempts:
+        outcome = "failed"
+    _log_attempt(s.database_url, job_id, outcome=outcome, **detail)
+    log.info("job %s: webhook attempt %d %s", job_id, attempt, outcome)
+    return outcome
+
+
+def backoff_s(retries: int, settings: Settings) -> float:
+    """Delay before the next attempt: doubling, capped at 60 s (below the visibility timeout)."""
+    return min(60.0, settings.webhook_backoff_s * 2 ** retries)
+
+
+@app.task(name="clearmark.deliver_webhook", bind=True, max_retries=None)
+def deliver_webhook(self, job_id: str) -> str:
+    settings = get_settings()
+    outcome = deliver(job_id, self.request.retries + 1, settings)
+    if outcome == "retry":
+        raise self.retry(countdown=backoff_s(self.request.retries, settings))
+    return outcome
+
+
+def notify_finished(job_id: str, settings: Settings | None = None) -> None:
+    """Enqueue the webhook of a finished job when the job or its tenant has a callback URL.
+    Never raises: a webhook that cannot be enqueued is logged, and the job stays as it is."""
+    s = settings or get_settings()
+    try:
+        with session_scope(s.database_url) as session:
+            url = session.scalar(select(func.coalesce(Job.callback_url, Tenant.webhook_url))
+                                 .join(Tenant, Tenant.id == Job.tenant_id).where(Job.id == job_id))
+        if url:
+            deliver_webhook.apply_async(args=[job_id], queue=s.queue_webhooks)
+    except Exception as exc:  # noqa: BLE001 - the broker or database is down: log, carry on
+        log.warning("job %s: webhook not enqueued: %s", job_id, exc)
+        try:
+            _log_attempt(s.database_url, job_id, outcome="not_enqueued",
+                         error=f"{type(exc).__name__}: {exc}")
+        except Exception:  # noqa: BLE001
+            log.exception("job %s: cannot record the webhook failure", job_id)
