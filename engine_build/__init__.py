@@ -2,7 +2,13 @@
 
     engine = load_engine("detector", backend="auto", device="cpu")
     probs = engine.run(batch)          # np.float32 N x C x H x W in, N x C' x H x W out
-"""
-from engine_build.base import Engine, load_engine
+    engine.key                         # kind:weights-sha256[:12]:backend:details (job record)
 
-__all__ = ["Engine", "load_engine"]
+Backends: tensorrt (trt_backend), onnxruntime (ort_backend), torch (torch_backend); ONNX
+export in onnx_export; the TensorRT engine cache in trt_cache. Create engines in the
+process that uses them (a Celery worker *child*): the TensorRT/CUDA probes initialise CUDA,
+which does not survive fork.
+"""
+from engine_build.base import BackendUnavailable, Engine, load_engine
+
+__all__ = ["BackendUnavailable", "Engine", "load_engine"]

@@ -1,14 +1,61 @@
-"""The engine interface every backend implements, and `load_engine`, which picks one."""
+"""The engine interface every backend implements, and `load_engine`, which picks one.
+
+Backends: "tensorrt" (engine file + pycuda buffers, NVIDIA GPU), "onnxruntime" (CUDA or
+CPU provider), "torch" (eager PyTorch, CPU or CUDA). "auto" resolves by a fixed rule,
+never by benchmarking at start-up:
+
+  1. a CUDA device asked for (device "cuda[:N]", or "auto" with a GPU present), and
+     tensorrt + pycuda importable with a GPU visible  ->  tensorrt (fp16);
+  2. a CUDA device asked for without TensorRT  ->  torch on CUDA (fp16, channels_last;
+     onnxruntime's CUDA provider would run the fp32 graph);
+  3. CPU  ->  CPU_AUTO_BACKEND, the faster of onnxruntime and torch measured on the
+     development CPU (below).
+
+Each step that is skipped logs why (e.g. "tensorrt not importable"), so a GPU worker that
+silently ended up on CPU shows it in its log; the backend finally used is in `Engine.key`.
+
+CPU measurement behind CPU_AUTO_BACKEND (2026-11-25, 2-core x86-64 VM shared with
+other jobs: load average 5-7 during the runs, so absolute numbers are pessimistic and
+noisy; torch 2.13.0+cpu (channels_last), onnxruntime 1.32.0, default threads, fp32,
+batch 1, 2 warm-up runs then >= 3 s timed; two runs, A with untrained weights, B with
+the first trained weights - weights do not change the cost):
+
+    python -m engine_build.cli bench --backend torch --backend onnxruntime
+                                     --batch 1 --size 512     (and --size 1024)
+
+                      ms/image, run A            ms/image, run B
+    size  model     torch  onnxruntime        torch  onnxruntime
+    512   detector    981      452              899      401
+    512   remover    1012      454             1399      423
+    1024  detector   4725     2058             2409     1095
+    1024  remover    3338     2313             2662     1118
+
+and interleaved single runs (detector, 512, min of 4): 1 thread torch 509 ms vs
+onnxruntime 305 ms; 2 threads 712 ms vs 312 ms. onnxruntime was faster in every run
+(1.4-3.3x), so CPU auto = onnxruntime.
+"""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 from models import STRIDE, weights_sha256
 
+log = logging.getLogger(__name__)
+
+BACKENDS = ("tensorrt", "onnxruntime", "torch")
+CPU_AUTO_BACKEND = "onnxruntime"
+IN_CHANNELS = {"detector": 3, "remover": 4}
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend asked for cannot run here (missing package, no GPU)."""
+
 
 class Engine:
     """One model on one backend. `run` takes a float32 batch N x C x H x W (H, W multiples
-    of `stride`) and returns the model's float32 output for it."""
+    of `stride`, N images of one shape) and returns the model's float32 output for it."""
 
     kind: str
     backend: str
@@ -18,14 +65,123 @@ class Engine:
         raise NotImplementedError
 
     @property
+    def details(self) -> str:
+        """Backend specifics for the key: device, precision, provider, engine hash."""
+        return ""
+
+    @property
     def key(self) -> str:
-        """What produced the numbers: model, weights and backend, for the job record."""
-        return f"{self.kind}:{weights_sha256(self.kind)[:12]}:{self.backend}"
+        """What produced the numbers: model, weights, backend and engine details, for the
+        job record. `kind:weights-sha256[:12]:backend[:details]`."""
+        base = f"{self.kind}:{weights_sha256(self.kind)[:12]}:{self.backend}"
+        return f"{base}:{self.details}" if self.details else base
+
+    def _check_input(self, x: np.ndarray) -> None:
+        want = IN_CHANNELS[self.kind]
+        if x.ndim != 4 or x.shape[1] != want:
+            raise ValueError(f"{self.kind} expects N x {want} x H x W, got {x.shape}")
+        if x.shape[2] % self.stride or x.shape[3] % self.stride:
+            raise ValueError(f"H and W must be multiples of {self.stride}, got {x.shape[2:]}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key}>"
 
 
-def load_engine(kind: str, backend: str = "auto", device: str | None = None) -> Engine:
+def _torch_cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch is a hard dependency
+        return False
+
+
+def resolve_device(device: str | None, settings=None) -> str:
+    """None -> settings.device; "auto" -> "cuda" when a GPU is visible, else "cpu"."""
+    if device is None:
+        from workers.settings import get_settings
+
+        device = (settings or get_settings()).device
+    device = device.strip().lower() or "cpu"
+    if device == "auto":
+        from engine_build.trt_backend import cuda_device_count
+
+        device = "cuda" if (_torch_cuda_available() or cuda_device_count() > 0) else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, not {device!r}")
+    return device
+
+
+def load_engine(kind: str, backend: str = "auto", device: str | None = None,
+                precision: str | None = None, settings=None) -> Engine:
+    """An engine for `kind` ("detector" or "remover").
+
+    backend: "auto" | "tensorrt" | "onnxruntime" | "torch" (None -> settings.backend).
+    device: "cpu" | "cuda[:N]" | "auto" (None -> settings.device).
+    precision: None for the backend's default (fp16 on GPU, fp32 on CPU), or
+    "fp32" | "fp16" | "int8" (int8: TensorRT only).
+    settings: a workers.settings.Settings for engine_dir, threads and the TensorRT
+    workspace/profile (None -> get_settings()).
+    """
+    if kind not in IN_CHANNELS:
+        raise ValueError(f"unknown model kind {kind!r}")
+    if settings is None:
+        from workers.settings import get_settings
+
+        settings = get_settings()
+    backend = (backend or settings.backend).strip().lower()
+    device = resolve_device(device, settings)
+
+    if backend == "auto":
+        return _load_auto(kind, device, precision, settings)
+    if backend in ("tensorrt", "trt"):
+        from engine_build.trt_backend import TrtEngine, tensorrt_status
+
+        ok, why = tensorrt_status()
+        if not ok:
+            raise BackendUnavailable(f"tensorrt backend unavailable: {why}")
+        return TrtEngine(kind, device=device if device.startswith("cuda") else "cuda",
+                         precision=precision or "fp16", settings=settings)
+    if backend in ("onnxruntime", "ort", "onnx"):
+        from engine_build.ort_backend import OrtEngine
+
+        return OrtEngine(kind, device=device, settings=settings)
+    if backend in ("torch", "pytorch"):
+        from engine_build.torch_backend import TorchEngine
+
+        return TorchEngine(kind, device=device, precision=precision, settings=settings)
+    raise ValueError(f"unknown backend {backend!r}; expected auto or one of {BACKENDS}")
+
+
+def _load_auto(kind: str, device: str, precision: str | None, settings) -> Engine:
+    if device.startswith("cuda"):
+        from engine_build.trt_backend import TrtEngine, tensorrt_status
+
+        ok, why = tensorrt_status()
+        if ok:
+            try:
+                return TrtEngine(kind, device=device, precision=precision or "fp16",
+                                 settings=settings)
+            except Exception as exc:  # build/deserialise failure: keep the worker alive
+                log.warning("auto: TensorRT engine for %s failed (%s); falling back", kind, exc)
+        else:
+            log.info("auto: not using tensorrt for %s: %s", kind, why)
+        if _torch_cuda_available():
+            from engine_build.torch_backend import TorchEngine
+
+            log.info("auto: %s on torch/%s", kind, device)
+            return TorchEngine(kind, device=device, precision=precision, settings=settings)
+        log.warning("auto: device %s asked for but torch sees no CUDA GPU; %s runs on CPU",
+                    device, kind)
+    if precision not in (None, "fp32"):
+        log.info("auto: precision %s ignored on CPU (fp32)", precision)
+    if CPU_AUTO_BACKEND == "onnxruntime":
+        try:
+            from engine_build.ort_backend import OrtEngine
+
+            return OrtEngine(kind, device="cpu", settings=settings)
+        except ImportError as exc:
+            log.warning("auto: onnxruntime unavailable (%s); using torch on CPU", exc)
     from engine_build.torch_backend import TorchEngine
 
-    if backend in ("auto", "torch"):
-        return TorchEngine(kind, device=device or "cpu")
-    raise ValueError(f"unknown backend {backend!r}")
+    return TorchEngine(kind, device="cpu", settings=settings)

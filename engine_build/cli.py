@@ -1,5 +1,20 @@
-"""`clearmark engines ...` and `clearmark bench` (mounted by workers/cli.py)."""
+"""`clearmark engines ...` and `clearmark bench` (mounted by workers/cli.py).
+
+Standalone: `python -m engine_build.cli engines export`, `python -m engine_build.cli bench`.
+"""
+from __future__ import annotations
+
+import logging
+
 import click
+
+from models import KINDS
+
+KIND_CHOICE = click.Choice([*KINDS, "all"])
+
+
+def _kinds(kind: str) -> list[str]:
+    return list(KINDS) if kind == "all" else [kind]
 
 
 @click.group("engines")
@@ -7,7 +22,110 @@ def engines_group():
     """Export ONNX models and build TensorRT engines."""
 
 
+@engines_group.command("export")
+@click.option("--kind", type=KIND_CHOICE, default="all", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+              show_default=True, help="fp16: the cast graph TensorRT builds strongly typed.")
+@click.option("--force", is_flag=True, help="Export again even when cached.")
+def export_command(kind: str, precision: str, force: bool):
+    """Export the models to ONNX (dynamic batch/height/width), check and run them."""
+    from engine_build.onnx_export import ONNX_OPSET, export_onnx
+
+    for k in _kinds(kind):
+        path = export_onnx(k, precision, force=force)
+        click.echo(f"{k}: {path} (opset {ONNX_OPSET}, {precision}, checked)")
+
+
+@engines_group.command("build")
+@click.option("--kind", type=KIND_CHOICE, default="all", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16",
+              show_default=True)
+@click.option("--profile", default=None, metavar="MIN,OPT,MAX",
+              help="Shapes NxHxW, e.g. 1x16x16,1x512x512,8x1024x1024 (the default; max side "
+                   "follows settings detect_long_side / remove_max_crop).")
+@click.option("--device", default="cuda:0", show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even when a valid engine is cached.")
+def build_command(kind: str, precision: str, profile: str | None, device: str, force: bool):
+    """Build (or reuse) TensorRT engines from the ONNX files."""
+    from engine_build.trt_backend import _cuda_index, ensure_engine, tensorrt_status
+    from engine_build.trt_cache import parse_profile
+
+    try:
+        prof = parse_profile(profile)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--profile") from None
+    ok, why = tensorrt_status()
+    if not ok:
+        raise click.ClickException(f"cannot build TensorRT engines here: {why}")
+    for k in _kinds(kind):
+        result = ensure_engine(k, precision, prof, device_index=_cuda_index(device), force=force)
+        state = "built" if result.built else "cached"
+        click.echo(f"{k}: {result.path} ({state}; {result.key.precision}, "
+                   f"TensorRT {result.key.trt_version}, {result.key.gpu_name} "
+                   f"sm{result.key.compute_capability}, profile {result.key.profile})")
+
+
+@engines_group.command("info")
+def info_command():
+    """Which backends are usable here and what `auto` picks."""
+    import onnxruntime as ort
+
+    from engine_build.base import CPU_AUTO_BACKEND, resolve_device
+    from engine_build.trt_backend import tensorrt_status
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    ok, why = tensorrt_status()
+    click.echo(f"tensorrt:    {'yes' if ok else 'no'} ({why})")
+    click.echo(f"onnxruntime: {ort.__version__} providers {ort.get_available_providers()}")
+    import torch
+
+    click.echo(f"torch:       {torch.__version__} cuda={torch.cuda.is_available()}")
+    click.echo(f"settings:    backend={settings.backend} device={settings.device} "
+               f"-> {resolve_device(None)}; threads={settings.threads}; "
+               f"engine_dir={settings.engine_dir}")
+    click.echo(f"auto on CPU: {CPU_AUTO_BACKEND}")
+
+
 @click.command("bench")
-def bench_command():
-    """Benchmark the engines (placeholder)."""
-    raise click.ClickException("not built yet")
+@click.option("--backend", "backends", multiple=True,
+              type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]),
+              help="Repeatable; default: torch and onnxruntime, plus tensorrt when usable.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--size", default=512, show_default=True, type=click.IntRange(16),
+              help="Square input side in px (rounded up to a multiple of 16).")
+@click.option("--kind", type=KIND_CHOICE, default="all", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda[:N] or auto (default: settings).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Default: fp16 on GPU, fp32 on CPU.")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(0))
+@click.option("--seconds", default=3.0, show_default=True, type=float,
+              help="Minimum timed seconds per row (at least 3 runs).")
+def bench_command(backends, batch, size, kind, device, precision, warmup, seconds):
+    """Images per second and ms per image for detection and removal, per backend."""
+    from engine_build.bench import bench_one, format_table
+    from engine_build.trt_backend import tensorrt_status
+
+    if not backends:
+        backends = ("torch", "onnxruntime") + (("tensorrt",) if tensorrt_status()[0] else ())
+    rows = []
+    for backend in backends:
+        for k in _kinds(kind):
+            rows.append(bench_one(backend, k, batch, size, device=device, precision=precision,
+                                  warmup=warmup, seconds=seconds))
+    click.echo(format_table(rows))
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True)
+def cli(verbose: bool):
+    """engine_build on its own (the same commands `clearmark` mounts)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(engines_group)
+cli.add_command(bench_command)
+
+if __name__ == "__main__":
+    cli()

@@ -1,23 +1,66 @@
-"""PyTorch backend: the shipped weights run eagerly on CPU or CUDA."""
+"""PyTorch backend: the shipped weights run eagerly on CPU or CUDA.
+
+On CUDA the model runs in fp16 (default there) or fp32, channels_last, cuDNN autotuned.
+On CPU it runs fp32 (CPU fp16 convolutions are slower), also channels_last: measured on
+the 2-core development CPU (detector, 512 x 512, batch 1) channels_last took 509 ms vs
+762 ms contiguous with 1 thread, 712 vs 1444 ms with 2 threads.
+"""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
 
 from engine_build.base import Engine
-from models import load_model
+from engine_build.sources import load_source_model
+
+log = logging.getLogger(__name__)
 
 
 class TorchEngine(Engine):
     backend = "torch"
 
-    def __init__(self, kind: str, device: str = "cpu"):
+    def __init__(self, kind: str, device: str = "cpu", precision: str | None = None,
+                 threads: int | None = None, settings=None):
+        from workers.settings import get_settings
+
         self.kind = kind
         self.device = torch.device(device)
-        self.model = load_model(kind).to(self.device).to(memory_format=torch.channels_last)
+        cuda = self.device.type == "cuda"
+        if precision is None:
+            precision = "fp16" if cuda else "fp32"
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"torch backend precision must be fp32 or fp16, not {precision!r}")
+        if precision == "fp16" and not cuda:
+            log.warning("fp16 is for CUDA only; %s runs fp32 on %s", kind, self.device)
+            precision = "fp32"
+        self.precision = precision
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        threads = (settings or get_settings()).threads if threads is None else threads
+        if threads > 0 and not cuda:
+            torch.set_num_threads(threads)  # process-wide, like the setting itself
+
+        model = load_source_model(kind).to(self.device, self.dtype)
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        self.model = model.to(memory_format=torch.channels_last)
+        self.channels_last = True
 
     @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        y = self.model(x.contiguous(memory_format=torch.channels_last))
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        self._check_input(x)
+        t = torch.from_numpy(x)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        t = t.to(self.dtype)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        y = self.model(t)
         return y.float().cpu().numpy()
+
+    @property
+    def details(self) -> str:
+        layout = ":channels_last" if self.channels_last else ""
+        return f"{self.device}:{self.precision}{layout}"

@@ -6,6 +6,7 @@ CLEARMARK_TEST_PG_ADMIN_URL / CLEARMARK_TEST_REDIS_URL to point elsewhere.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 
 import pytest
@@ -17,6 +18,9 @@ from workers.settings import Settings, set_settings
 PG_ADMIN_URL = os.environ.get("CLEARMARK_TEST_PG_ADMIN_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CLEARMARK_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+# One engine cache (exported ONNX files) for the whole run and its worker subprocesses,
+# so the export happens once rather than in every test's fresh data dir.
+os.environ.setdefault("CLEARMARK_ENGINE_DIR", tempfile.mkdtemp(prefix="clearmark-engines-"))
 
 
 def _pg_database(name: str):

@@ -33,8 +33,8 @@ class Engines:
     @classmethod
     def load(cls, settings: Settings | None = None) -> "Engines":
         s = settings or get_settings()
-        return cls(detector=load_engine("detector", backend=s.backend, device=s.device),
-                   remover=load_engine("remover", backend=s.backend, device=s.device))
+        return cls(detector=load_engine("detector", backend=s.backend, device=s.device, settings=s),
+                   remover=load_engine("remover", backend=s.backend, device=s.device, settings=s))
 
     @property
     def version(self) -> str:

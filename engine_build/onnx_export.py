@@ -1,0 +1,201 @@
+"""ONNX export of the detector and remover, cached under settings.engine_dir/onnx.
+
+- Exporter: `torch.onnx.export(..., dynamo=True)`, one self-contained file
+  (`external_data=False`, the models are a few MB).
+- Opset: fixed at ONNX_OPSET = 18. The graphs only use Conv, Relu, MaxPool,
+  Resize(nearest), Concat, Sigmoid, Slice, Clip and element-wise ops, all stable since
+  opset 13; 18 is the exporter's oldest well-supported opset and is inside what the
+  TensorRT 10 ONNX parser (opsets 9-20+) and ONNX Runtime >= 1.14 accept.
+- Dynamic axes: batch (1..256), height and width as 16*k (k in 1..1024), so a single
+  export serves every padded crop the pipeline sends. Input name "input", output
+  "output", input and output float32 for both precisions.
+- precision "fp16": the same graph with fp16 weights and activations, wrapped in casts
+  (float32 in -> fp16 -> float32 out). It is the graph a *strongly typed* TensorRT
+  network builds from (DESIGN.md practice notes: precision expressed in the ONNX graph).
+- Each file is checked with `onnx.checker` (full check, shape inference) and run once in
+  ONNX Runtime against PyTorch at two shapes before it is kept (fp32 within 1e-3; fp16
+  within 5e-2, where the ONNX Runtime build has the fp16 kernels).
+- Cache: `{kind}-{precision}-opset18-{model identity}.onnx`, the identity being weights
+  sha256 + networks.py hash (engine_build.sources). A cached file that fails the checker
+  is exported again; files are written to a temporary name and renamed, so concurrent
+  processes never read half a file.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine_build.sources import load_source_model, model_identity
+from models import STRIDE
+
+log = logging.getLogger(__name__)
+
+ONNX_OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+CHANNELS = {"detector": 3, "remover": 4}
+OUT_CHANNELS = {"detector": 1, "remover": 3}
+MAX_BATCH = 256
+MAX_BLOCKS = 1024  # height/width up to 16 * 1024 px
+PRECISIONS = ("fp32", "fp16")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+class _CastWrapper(torch.nn.Module):
+    """float32 in -> model in fp16 -> float32 out."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
+
+
+def onnx_dir(engine_dir: str | Path | None = None) -> Path:
+    if engine_dir is None:
+        from workers.settings import get_settings
+
+        engine_dir = get_settings().engine_dir
+    return Path(engine_dir) / "onnx"
+
+
+def onnx_path(kind: str, precision: str = "fp32", engine_dir: str | Path | None = None) -> Path:
+    if precision not in PRECISIONS:
+        raise ValueError(f"ONNX precision must be one of {PRECISIONS}, not {precision!r}")
+    name = f"{kind}-{precision}-opset{ONNX_OPSET}-{model_identity(kind)}.onnx"
+    return onnx_dir(engine_dir) / name
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def example_input(kind: str, batch: int = 2, height: int = 64, width: int = 80,
+                  seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.random((batch, CHANNELS[kind], height, width), dtype=np.float32)
+
+
+def _export(kind: str, precision: str, dest: Path) -> None:
+    model = load_source_model(kind)
+    if precision == "fp16":
+        model = _CastWrapper(model).eval()
+    x = torch.from_numpy(example_input(kind))
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    h = torch.export.Dim("h_blocks", min=1, max=MAX_BLOCKS)
+    w = torch.export.Dim("w_blocks", min=1, max=MAX_BLOCKS)
+    dynamic = ({0: batch, 2: STRIDE * h, 3: STRIDE * w},)
+    # The exporter logs a page of notes (torchvision ops it skips, deprecations); keep
+    # them out of CLI output, errors still raise.
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
+                                            "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in quiet]
+    try:
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (x,), str(dest), dynamo=True, external_data=False,
+                opset_version=ONNX_OPSET, dynamic_shapes=dynamic, optimize=True,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
+            )
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+
+
+def check_onnx(path: str | Path, kind: str) -> None:
+    """onnx.checker (full) and the expected input/output signature with dynamic axes."""
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path), load_external_data=False)
+    if [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] != [ONNX_OPSET]:
+        raise ExportError(f"{path}: opset is not {ONNX_OPSET}")
+    (inp,), (out,) = model.graph.input, model.graph.output
+    if inp.name != INPUT_NAME or out.name != OUTPUT_NAME:
+        raise ExportError(f"{path}: unexpected tensor names {inp.name!r}, {out.name!r}")
+    dims = inp.type.tensor_type.shape.dim
+    if len(dims) != 4 or dims[1].dim_value != CHANNELS[kind]:
+        raise ExportError(f"{path}: input is not N x {CHANNELS[kind]} x H x W")
+    if any(not dims[i].dim_param for i in (0, 2, 3)):
+        raise ExportError(f"{path}: batch, height and width must be dynamic")
+
+
+def verify_with_onnxruntime(path: str | Path, kind: str, atol: float = 1e-3) -> float:
+    """Run the file in ONNX Runtime (CPU) against PyTorch at two shapes; max abs diff."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = load_source_model(kind)
+    worst = 0.0
+    for shape in ((1, 32, 48), (2, 48, 32)):
+        x = example_input(kind, *shape, seed=1)
+        got = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        with torch.no_grad():
+            want = model(torch.from_numpy(x)).numpy()
+        if got.shape != want.shape:
+            raise ExportError(f"{path}: output shape {got.shape} != PyTorch {want.shape}")
+        worst = max(worst, float(np.abs(got - want).max()))
+    if worst > atol:
+        raise ExportError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} > {atol}")
+    return worst
+
+
+def _verify_fp16(path: str | Path, kind: str) -> None:
+    """fp16 graphs are checked loosely (5e-2), and only where ONNX Runtime can run them."""
+    try:
+        verify_with_onnxruntime(path, kind, atol=5e-2)
+    except ExportError:
+        raise
+    except Exception as exc:  # e.g. a CPU provider without an fp16 kernel
+        log.info("fp16 ONNX not run in ONNX Runtime here (%s); checker passed", exc)
+
+
+def export_onnx(kind: str, precision: str = "fp32", engine_dir: str | Path | None = None,
+                force: bool = False) -> Path:
+    """The checked ONNX file for `kind`, exported on first use and cached after."""
+    path = onnx_path(kind, precision, engine_dir)
+    if path.exists() and not force:
+        try:
+            check_onnx(path, kind)
+            return path
+        except Exception as exc:  # corrupt or foreign file: never trust it
+            log.warning("cached ONNX %s is invalid (%s); exporting again", path, exc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        _export(kind, precision, Path(tmp))
+        check_onnx(tmp, kind)
+        if precision == "fp32":
+            verify_with_onnxruntime(tmp, kind)
+        else:
+            _verify_fp16(tmp, kind)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("exported %s (%s) to %s in %.1fs", kind, precision, path, time.perf_counter() - t0)
+    return path

@@ -1,0 +1,63 @@
+"""ONNX Runtime backend: the exported ONNX graph on the CUDA provider when this
+onnxruntime build has it and a CUDA device is asked for, else on the CPU provider."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from engine_build.base import Engine
+from engine_build.onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx
+
+log = logging.getLogger(__name__)
+
+
+def _cuda_index(device: str) -> int | None:
+    if not device.startswith("cuda"):
+        return None
+    _, _, idx = device.partition(":")
+    return int(idx or 0)
+
+
+class OrtEngine(Engine):
+    backend = "onnxruntime"
+
+    def __init__(self, kind: str, device: str = "cpu", threads: int | None = None,
+                 engine_dir: str | None = None, settings=None):
+        import onnxruntime as ort
+
+        from workers.settings import get_settings
+
+        settings = settings or get_settings()
+        self.kind = kind
+        self.path = export_onnx(kind, "fp32", engine_dir or settings.engine_dir)
+        threads = settings.threads if threads is None else threads
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads > 0:  # 0 keeps ONNX Runtime's default (one per physical core)
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+
+        providers: list = ["CPUExecutionProvider"]
+        idx = _cuda_index(device)
+        if idx is not None:
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers = [("CUDAExecutionProvider", {"device_id": idx}), "CPUExecutionProvider"]
+            else:
+                log.warning("onnxruntime has no CUDAExecutionProvider; %s runs on CPU", kind)
+        self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self.threads = threads
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        self._check_input(x)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    @property
+    def details(self) -> str:
+        return f"{self.provider}:opset{ONNX_OPSET}"

@@ -1,0 +1,494 @@
+"""TensorRT backend, written against the TensorRT 10 Python API with pycuda buffers.
+
+Nothing here imports tensorrt or pycuda at module import time: `tensorrt_status()` says
+whether they (and a GPU) are usable, and `load_engine("auto")` falls back when not.
+
+Build (`ensure_engine`, used by `clearmark engines build` and lazily by `TrtEngine`):
+- ONNX from engine_build.onnx_export, network from the ONNX parser; one optimization
+  profile (min, opt, max) on the dynamic input; workspace limit from
+  settings.trt_workspace_mb; a persistent timing cache per (TensorRT version, GPU)
+  beside the engines.
+- Precision (DESIGN.md practice notes: TensorRT 11 drops the FP16/INT8 builder flags and
+  the INT8 calibrators, 10.x deprecates them):
+    fp16, TensorRT >= 10: a *strongly typed* network parsed from the fp16 ONNX graph
+        (fp16 weights/activations, float32 I/O casts in the graph); no precision flags.
+    fp16, TensorRT < 10: the fp32 graph with BuilderFlag.FP16 (the old path, kept only
+        behind this version check).
+    fp32: the fp32 graph, weakly typed, TF32 off (fp32 parity with ONNX Runtime).
+    fp16 on a GPU without fast fp16 (compute capability < 5.3, or 6.1): built as fp32.
+    int8, TensorRT < 11: fp32 graph, BuilderFlag.INT8 (+FP16) with an entropy calibrator
+        over synthetic watermarked images (engine_build.calibration), calibration cache
+        beside the engines. TensorRT >= 11: refused (needs a Q/DQ graph; not exported yet).
+- Cache key (engine_build.trt_cache.EngineCacheKey): weights sha256, ONNX sha256,
+  TensorRT version, GPU name, compute capability, precision, profile. A key mismatch or a
+  corrupt file is rebuilt; an engine that still fails to deserialise is rebuilt once.
+
+Run (`TrtEngine.run`): per call `set_input_shape` for the batch's shape, device buffers and
+pinned host buffers grown on demand and reused across calls, `execute_async_v3` on a
+pycuda stream. One execution context, stream and buffer set per thread (TensorRT: one
+execution context per thread). pycuda sits behind `_PycudaLayer`, a few methods wide, so
+cuda-python could replace it without touching the engine code.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine_build.base import BackendUnavailable, Engine
+from engine_build.onnx_export import CHANNELS, INPUT_NAME, export_onnx, file_sha256
+from engine_build.trt_cache import (
+    EngineCacheKey, Profile, _atomic_write, engine_path, get_or_build, parse_profile,
+    timing_cache_path,
+)
+from models import weights_sha256
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_BATCHES = 16
+
+
+# --------------------------------------------------------------------------- availability
+
+def _import_tensorrt():
+    import tensorrt as trt  # noqa: PLC0415 - lazy by design
+
+    return trt
+
+
+def _import_pycuda():
+    import pycuda.driver as cuda  # noqa: PLC0415 - lazy by design
+
+    return cuda
+
+
+def cuda_device_count() -> int:
+    """GPUs visible to the CUDA driver through pycuda (0 when pycuda or a driver is missing)."""
+    try:
+        cuda = _import_pycuda()
+        cuda.init()
+        return int(cuda.Device.count())
+    except Exception:
+        return 0
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(True, version) when tensorrt, pycuda and a CUDA GPU are usable, else (False, why)."""
+    try:
+        trt = _import_tensorrt()
+    except Exception as exc:
+        return False, f"tensorrt not importable ({exc.__class__.__name__}: {exc})"
+    try:
+        cuda = _import_pycuda()
+    except Exception as exc:
+        return False, f"pycuda not importable ({exc.__class__.__name__}: {exc})"
+    try:
+        cuda.init()
+        count = int(cuda.Device.count())
+    except Exception as exc:
+        return False, f"CUDA driver unusable ({exc.__class__.__name__}: {exc})"
+    if count < 1:
+        return False, "no CUDA GPU visible"
+    return True, f"tensorrt {getattr(trt, '__version__', '?')}, {count} GPU(s)"
+
+
+def _cuda_index(device: str) -> int:
+    _, _, idx = device.partition(":")
+    return int(idx or 0)
+
+
+# --------------------------------------------------------------------------- pycuda layer
+
+class _PycudaLayer:
+    """The buffer layer: a retained primary context, streams, device and pinned memory."""
+
+    def __init__(self, index: int = 0):
+        self.cuda = cuda = _import_pycuda()
+        cuda.init()
+        self.device = cuda.Device(index)
+        self.context = self.device.retain_primary_context()
+
+    @contextlib.contextmanager
+    def active(self):
+        self.context.push()
+        try:
+            yield self
+        finally:
+            self.cuda.Context.pop()
+
+    def identity(self) -> tuple[str, str]:
+        major, minor = self.device.compute_capability()
+        return self.device.name(), f"{major}.{minor}"
+
+    def stream(self):
+        return self.cuda.Stream()
+
+    def alloc(self, nbytes: int):
+        return self.cuda.mem_alloc(max(int(nbytes), 1))
+
+    def pinned(self, count: int, dtype) -> np.ndarray:
+        return self.cuda.pagelocked_empty(max(int(count), 1), dtype)
+
+    def htod(self, dst, src: np.ndarray, stream=None) -> None:
+        if stream is None:
+            self.cuda.memcpy_htod(dst, src)
+        else:
+            self.cuda.memcpy_htod_async(dst, src, stream)
+
+    def dtoh(self, dst: np.ndarray, src, stream) -> None:
+        self.cuda.memcpy_dtoh_async(dst, src, stream)
+
+
+# --------------------------------------------------------------------------- build
+
+def trt_major(version: str) -> int:
+    return int(str(version).split(".")[0])
+
+
+def has_fast_fp16(compute_capability: str) -> bool:
+    major, minor = (int(p) for p in compute_capability.split(".")[:2])
+    return (major, minor) >= (5, 3) and (major, minor) != (6, 1)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What one engine build does; `builder(plan) -> bytes` turns it into an engine."""
+
+    kind: str
+    precision: str           # effective: fp32 | fp16 | int8
+    onnx_path: Path
+    strongly_typed: bool
+    builder_flags: tuple[str, ...]   # names in trt.BuilderFlag
+    profile: Profile
+    workspace_mb: int
+    timing_cache: Path
+    calibration_cache: Path | None
+    device_index: int = 0
+
+
+def plan_precision(precision: str, trt_version: str, compute_capability: str
+                   ) -> tuple[str, str, bool, tuple[str, ...]]:
+    """(effective precision, ONNX precision, strongly typed, builder flags)."""
+    major = trt_major(trt_version)
+    fast16 = has_fast_fp16(compute_capability)
+    if precision == "fp32":
+        return "fp32", "fp32", False, ()
+    if precision == "fp16":
+        if not fast16:
+            log.warning("GPU sm%s has no fast fp16; building fp32", compute_capability)
+            return "fp32", "fp32", False, ()
+        if major >= 10:
+            return "fp16", "fp16", True, ()
+        return "fp16", "fp32", False, ("FP16",)
+    if precision == "int8":
+        if major >= 11:
+            raise BackendUnavailable(
+                f"TensorRT {trt_version} has no INT8 calibrators; INT8 needs Q/DQ nodes in "
+                "the ONNX graph, which clearmark does not export yet: use fp16")
+        return "int8", "fp32", False, ("INT8", "FP16") if fast16 else ("INT8",)
+    raise ValueError(f"precision must be fp32, fp16 or int8, not {precision!r}")
+
+
+def gpu_identity(device_index: int = 0) -> tuple[str, str, str]:
+    """(TensorRT version, GPU name, compute capability)."""
+    trt = _import_tensorrt()
+    name, cc = _PycudaLayer(device_index).identity()
+    return str(trt.__version__), name, cc
+
+
+@dataclass
+class EngineBuild:
+    data: bytes
+    key: EngineCacheKey
+    path: Path
+    built: bool
+    plan: BuildPlan
+
+
+def ensure_engine(kind: str, precision: str = "fp16", profile: Profile | str | None = None,
+                  engine_dir: str | Path | None = None, *, device_index: int = 0,
+                  identity: tuple[str, str, str] | None = None, builder=None,
+                  force: bool = False, settings=None) -> EngineBuild:
+    """The serialized engine for these settings: from the cache when its key matches and
+    its bytes are intact, else built (with `builder`, default the TensorRT builder).
+
+    `identity` = (TensorRT version, GPU name, compute capability) defaults to the real
+    ones; tests on machines without TensorRT pass it (and a fake `builder`) to exercise
+    this same cache path.
+    """
+    from workers.settings import get_settings
+
+    settings = settings or get_settings()
+    engine_dir = Path(engine_dir or settings.engine_dir)
+    if not isinstance(profile, Profile):
+        profile = parse_profile(profile, settings)
+    trt_version, gpu_name, cc = identity or gpu_identity(device_index)
+    eff, onnx_precision, strongly_typed, flags = plan_precision(precision, trt_version, cc)
+    onnx = export_onnx(kind, onnx_precision, engine_dir)
+    key = EngineCacheKey(
+        kind=kind, weights_sha256=weights_sha256(kind), onnx_sha256=file_sha256(onnx),
+        trt_version=trt_version, gpu_name=gpu_name, compute_capability=cc,
+        precision=eff, profile=str(profile))
+    plan = BuildPlan(
+        kind=kind, precision=eff, onnx_path=onnx, strongly_typed=strongly_typed,
+        builder_flags=flags, profile=profile, workspace_mb=settings.trt_workspace_mb,
+        timing_cache=timing_cache_path(engine_dir, trt_version, gpu_name, cc),
+        calibration_cache=(engine_dir / "tensorrt" / f"{kind}-{key.onnx_sha256[:16]}.calib"
+                           if eff == "int8" else None),
+        device_index=device_index)
+    build = builder or build_serialized_engine
+    data, built = get_or_build(engine_dir, key, lambda: build(plan), force=force)
+    return EngineBuild(data=data, key=key, path=engine_path(engine_dir, key), built=built,
+                       plan=plan)
+
+
+def _make_calibrator(trt, layer: _PycudaLayer, kind: str, shape: tuple[int, ...],
+                     cache: Path | None):
+    """An IInt8EntropyCalibrator2 over synthetic watermarked images at `shape` (NCHW)."""
+    from engine_build.calibration import synthetic_batch
+
+    class SyntheticCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.index = 0
+            self.nbytes = int(np.prod(shape)) * 4
+            self.buffer = layer.alloc(self.nbytes)
+
+        def get_batch_size(self):
+            return shape[0]
+
+        def get_batch(self, names):
+            if self.index >= CALIBRATION_BATCHES:
+                return None
+            data = synthetic_batch(kind, shape[0], shape[2], shape[3], seed=1000 + self.index)
+            layer.htod(self.buffer, data)
+            self.index += 1
+            return [int(self.buffer)]
+
+        def read_calibration_cache(self):
+            if cache is not None and cache.exists():
+                return cache.read_bytes()
+            return None
+
+        def write_calibration_cache(self, blob):
+            if cache is not None:
+                _atomic_write(cache, bytes(blob))
+
+    return SyntheticCalibrator()
+
+
+def build_serialized_engine(plan: BuildPlan) -> bytes:
+    """Build one engine with the TensorRT builder (needs tensorrt, pycuda and a GPU)."""
+    trt = _import_tensorrt()
+    layer = _PycudaLayer(plan.device_index)
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    with layer.active():
+        builder = trt.Builder(trt_logger)
+        flags = 0
+        if trt_major(trt.__version__) < 10:  # implicit batch is gone in 10
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        if plan.strongly_typed:
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, trt_logger)
+        if not parser.parse_from_file(str(plan.onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"ONNX parser failed on {plan.onnx_path}: {errors}")
+
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
+
+        timing = None
+        if plan.timing_cache.exists():
+            try:
+                timing = config.create_timing_cache(plan.timing_cache.read_bytes())
+            except Exception as exc:  # unreadable or from another build: start afresh
+                log.warning("timing cache %s unreadable (%s)", plan.timing_cache, exc)
+        else:
+            timing = config.create_timing_cache(b"")
+        if timing is None or not config.set_timing_cache(timing, ignore_mismatch=False):
+            log.warning("timing cache %s unusable; starting a new one", plan.timing_cache)
+            timing = config.create_timing_cache(b"")
+            config.set_timing_cache(timing, ignore_mismatch=True)
+
+        channels = CHANNELS[plan.kind]
+        lo, opt, hi = plan.profile.nchw(channels)
+        optimization = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            optimization.set_shape(network.get_input(i).name, lo, opt, hi)
+        config.add_optimization_profile(optimization)
+
+        for flag in plan.builder_flags:
+            config.set_flag(getattr(trt.BuilderFlag, flag))
+        if plan.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: parity with ONNX
+        calibrator = None
+        if plan.precision == "int8":
+            if not hasattr(trt, "IInt8EntropyCalibrator2"):
+                raise BackendUnavailable(f"TensorRT {trt.__version__} has no INT8 calibrator")
+            calibrator = _make_calibrator(trt, layer, plan.kind, opt, plan.calibration_cache)
+            config.int8_calibrator = calibrator
+            config.set_calibration_profile(optimization)
+
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise RuntimeError(f"TensorRT failed to build {plan.kind} ({plan.precision})")
+        _atomic_write(plan.timing_cache, bytes(config.get_timing_cache().serialize()))
+        del calibrator
+        return bytes(serialized)
+
+
+# --------------------------------------------------------------------------- run
+
+class _ThreadState:
+    """One execution context, stream and buffer set (grown on demand, reused)."""
+
+    def __init__(self, engine, layer: _PycudaLayer):
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError("TensorRT could not create an execution context")
+        self.stream = layer.stream()
+        self.layer = layer
+        self.device: dict[str, tuple[object, int]] = {}
+        self.host: dict[str, np.ndarray] = {}
+
+    def device_buffer(self, name: str, nbytes: int):
+        buf, cap = self.device.get(name, (None, 0))
+        if nbytes > cap:
+            if buf is not None:
+                buf.free()
+            cap = max(nbytes, 2 * cap)
+            buf = self.layer.alloc(cap)
+            self.device[name] = (buf, cap)
+        return buf
+
+    def host_buffer(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        count = int(np.prod(shape))
+        buf = self.host.get(name)
+        if buf is None or buf.size < count or buf.dtype != np.dtype(dtype):
+            size = count if buf is None else max(count, 2 * buf.size)
+            buf = self.layer.pinned(size, dtype)
+            self.host[name] = buf
+        return buf[:count].reshape(shape)
+
+    def free(self) -> None:
+        for buf, _ in self.device.values():
+            buf.free()
+        self.device.clear()
+        self.host.clear()
+        self.context = None
+
+
+class TrtEngine(Engine):
+    backend = "tensorrt"
+
+    def __init__(self, kind: str, device: str = "cuda", precision: str = "fp16",
+                 profile: Profile | str | None = None, engine_dir: str | Path | None = None,
+                 settings=None):
+        trt = _import_tensorrt()
+        self.kind = kind
+        self.device_index = _cuda_index(device)
+        self._layer = _PycudaLayer(self.device_index)
+        self._trt_logger = trt.Logger(trt.Logger.WARNING)
+        with self._layer.active():
+            build = ensure_engine(kind, precision, profile, engine_dir,
+                                  device_index=self.device_index, settings=settings)
+            self._runtime = trt.Runtime(self._trt_logger)
+            engine = self._deserialize(build.data)
+            if engine is None and not build.built:
+                log.warning("cached engine %s failed to deserialise; rebuilding", build.path)
+                build = ensure_engine(kind, precision, profile, engine_dir,
+                                      device_index=self.device_index, force=True,
+                                      settings=settings)
+                engine = self._deserialize(build.data)
+            if engine is None:
+                raise RuntimeError(f"TensorRT could not deserialise {build.path}")
+        self._engine = engine
+        self.cache_key = build.key
+        self.precision = build.key.precision
+        self.profile = build.plan.profile
+        self.engine_path = build.path
+
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise RuntimeError(f"expected one input and one output, got {inputs} / {outputs}")
+        self._in, self._out = inputs[0], outputs[0]
+        if self._in != INPUT_NAME:
+            log.info("engine input is named %r", self._in)
+        self._in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._in)))
+        self._out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._out)))
+        self._local = threading.local()
+        self._states: list[_ThreadState] = []
+        self._lock = threading.Lock()
+
+    def _deserialize(self, data: bytes):
+        """The ICudaEngine, or None for a plan this TensorRT/GPU rejects."""
+        try:
+            return self._runtime.deserialize_cuda_engine(data)
+        except Exception as exc:  # some versions raise instead of returning None
+            log.warning("TensorRT rejected the engine plan: %s", exc)
+            return None
+
+    def _state(self) -> _ThreadState:
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = _ThreadState(self._engine, self._layer)
+            self._local.state = state
+            with self._lock:
+                self._states.append(state)
+        return state
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        self._check_input(x)
+        n, _, h, w = x.shape
+        if not self.profile.contains(n, h, w):
+            raise ValueError(f"batch {n}x{h}x{w} is outside the engine profile {self.profile}; "
+                             "rebuild with `clearmark engines build --profile ...`")
+        with self._layer.active():
+            st = self._state()
+            ctx = st.context
+            if not ctx.set_input_shape(self._in, tuple(x.shape)):
+                raise ValueError(f"TensorRT rejected input shape {x.shape}")
+            out_shape = tuple(int(d) for d in ctx.get_tensor_shape(self._out))
+            host_in = st.host_buffer("in", x.shape, self._in_dtype)
+            np.copyto(host_in, x, casting="unsafe")
+            host_out = st.host_buffer("out", out_shape, self._out_dtype)
+            d_in = st.device_buffer("in", host_in.nbytes)
+            d_out = st.device_buffer("out", host_out.nbytes)
+            ctx.set_tensor_address(self._in, int(d_in))
+            ctx.set_tensor_address(self._out, int(d_out))
+            self._layer.htod(d_in, host_in, st.stream)
+            if not ctx.execute_async_v3(st.stream.handle):
+                raise RuntimeError("TensorRT execute_async_v3 failed")
+            self._layer.dtoh(host_out, d_out, st.stream)
+            st.stream.synchronize()
+            return host_out.astype(np.float32, copy=True)
+
+    def close(self) -> None:
+        layer = getattr(self, "_layer", None)
+        if layer is None:
+            return
+        with layer.active():
+            for st in getattr(self, "_states", []):
+                st.free()
+            self._states = []
+            self._local = threading.local()
+            self._engine = None
+            self._runtime = None
+        self._layer = None
+
+    def __del__(self):  # best effort; CUDA may already be torn down at exit
+        with contextlib.suppress(Exception):
+            self.close()
+
+    @property
+    def details(self) -> str:
+        k = self.cache_key
+        return f"{k.precision}:trt{k.trt_version}:{k.digest[:12]}"

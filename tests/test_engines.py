@@ -1,0 +1,786 @@
+"""engine_build: ONNX export, backend parity, TensorRT engine cache, `auto` fallback.
+
+Fast on CPU: the two fp32 ONNX exports are made once per session (a few seconds each)
+into a temporary engine dir; every other test reuses them. TensorRT execution tests run
+only where tensorrt, pycuda and a GPU exist and are skipped with the reason otherwise;
+the TensorRT *cache* logic runs everywhere, with only the TensorRT builder call faked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import logging
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from engine_build import Engine, load_engine
+from engine_build import base as engine_base
+from engine_build import onnx_export, trt_backend
+from engine_build.calibration import synthetic_batch
+from engine_build.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from engine_build.trt_cache import (
+    EngineCacheKey, cached_engine, engine_path, parse_profile,
+)
+from workers.settings import get_settings, set_settings
+
+SHAPES = [(1, 32, 48), (2, 64, 80), (3, 48, 112), (1, 80, 16)]  # odd multiples of 16 too
+FAKE_IDENTITY = ("10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
+
+
+@pytest.fixture(scope="session")
+def engine_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("engines")
+    previous = get_settings()
+    set_settings(previous.replace(engine_dir=str(path), threads=2))
+    yield path
+    set_settings(previous)
+
+
+@pytest.fixture(scope="session")
+def exported(engine_dir):
+    return {kind: export_onnx(kind, "fp32", engine_dir) for kind in ("detector", "remover")}
+
+
+@pytest.fixture(scope="session")
+def engines(exported):
+    """torch and onnxruntime engines per kind, created once."""
+    return {(kind, backend): load_engine(kind, backend=backend, device="cpu")
+            for kind in ("detector", "remover") for backend in ("torch", "onnxruntime")}
+
+
+# --------------------------------------------------------------------------- export
+
+@pytest.mark.parametrize("kind", ["detector", "remover"])
+def test_export_is_valid_with_dynamic_shapes(exported, kind):
+    import onnx
+    import onnxruntime as ort
+
+    path = exported[kind]
+    onnx_export.check_onnx(path, kind)  # onnx.checker (full) + signature
+    model = onnx.load(str(path))
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [
+        onnx_export.ONNX_OPSET]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+    # one export, one session, several batch sizes and shapes
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out_c = onnx_export.OUT_CHANNELS[kind]
+    for n, h, w in SHAPES:
+        y = sess.run([OUTPUT_NAME], {INPUT_NAME: synthetic_batch(kind, n, h, w)})[0]
+        assert y.shape == (n, out_c, h, w) and y.dtype == np.float32
+        assert np.isfinite(y).all()
+
+
+def test_export_is_cached_by_model_identity(exported, engine_dir):
+    path = exported["detector"]
+    assert path.name.startswith("detector-fp32-opset18-")
+    assert trt_backend.weights_sha256("detector") in path.name  # weights sha256 in the key
+    mtime = path.stat().st_mtime_ns
+    assert export_onnx("detector", "fp32", engine_dir) == path
+    assert path.stat().st_mtime_ns == mtime  # not exported again
+
+
+def test_corrupt_cached_onnx_is_exported_again(exported, tmp_path, monkeypatch):
+    good = exported["detector"].read_bytes()
+    calls = []
+
+    def fake_export(kind, precision, dest):  # stands in for the (slow) dynamo export
+        calls.append(kind)
+        dest.write_bytes(good)
+
+    monkeypatch.setattr(onnx_export, "_export", fake_export)
+    target = onnx_export.onnx_path("detector", "fp32", tmp_path)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(good[: len(good) // 2])  # truncated file
+    assert export_onnx("detector", "fp32", tmp_path) == target
+    assert calls == ["detector"]
+    assert target.read_bytes() == good
+    export_onnx("detector", "fp32", tmp_path)
+    assert calls == ["detector"]  # valid now: reused
+
+
+# --------------------------------------------------------------------------- parity
+
+@pytest.mark.parametrize("kind", ["detector", "remover"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_parity_torch_vs_onnxruntime(engines, kind, shape):
+    x = synthetic_batch(kind, *shape, seed=sum(shape))
+    ref = engines[(kind, "torch")].run(x)
+    got = engines[(kind, "onnxruntime")].run(x)
+    assert ref.shape == got.shape == (shape[0], onnx_export.OUT_CHANNELS[kind], *shape[1:])
+    assert ref.dtype == got.dtype == np.float32
+    assert float(np.abs(ref - got).max()) <= 1e-3
+
+
+def test_batch_equals_single_images(engines):
+    eng = engines[("remover", "onnxruntime")]
+    x = synthetic_batch("remover", 3, 32, 48, seed=5)
+    batched = eng.run(x)
+    singles = np.concatenate([eng.run(x[i:i + 1]) for i in range(3)])
+    assert np.abs(batched - singles).max() <= 1e-5
+
+
+def test_engine_interface_and_keys(engines):
+    t, o = engines[("detector", "torch")], engines[("detector", "onnxruntime")]
+    for eng in (t, o):
+        assert isinstance(eng, Engine) and eng.stride == 16 and eng.kind == "detector"
+        assert eng.key.startswith(f"detector:{trt_backend.weights_sha256('detector')[:12]}:")
+    assert t.backend == "torch" and o.backend == "onnxruntime"
+    assert t.key != o.key
+    assert "onnxruntime:CPUExecutionProvider:opset18" in o.key
+    assert "torch:cpu:fp32" in t.key
+
+
+@pytest.mark.parametrize("bad", [(1, 4, 32, 32), (1, 3, 40, 32), (3, 32, 32)])
+def test_run_rejects_bad_input(engines, bad):
+    with pytest.raises(ValueError):
+        engines[("detector", "onnxruntime")].run(np.zeros(bad, np.float32))
+
+
+# --------------------------------------------------------------------------- cache keys
+
+def _key(**changes) -> EngineCacheKey:
+    base = EngineCacheKey(kind="detector", weights_sha256="a" * 64, onnx_sha256="b" * 64,
+                          trt_version="10.3.0", gpu_name="NVIDIA H100 80GB HBM3",
+                          compute_capability="9.0", precision="fp16",
+                          profile="1x32x32,1x512x512,8x1024x1024")
+    return dataclasses.replace(base, **changes)
+
+
+def test_every_key_field_changes_the_key():
+    base = _key()
+    other = {"kind": "remover", "weights_sha256": "c" * 64, "onnx_sha256": "d" * 64,
+             "trt_version": "10.4.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9",
+             "precision": "fp32", "profile": "1x32x32,1x256x256,4x512x512"}
+    assert set(other) == {f.name for f in dataclasses.fields(EngineCacheKey)}
+    digests = {base.digest}
+    for name, value in other.items():
+        changed = _key(**{name: value})
+        assert changed.digest != base.digest, name
+        assert changed.file_name() != base.file_name(), name
+        digests.add(changed.digest)
+    assert len(digests) == len(other) + 1
+    assert _key().digest == base.digest  # and it is deterministic
+
+
+def test_profile_parsing():
+    previous = get_settings()
+    try:
+        set_settings(previous.replace(detect_long_side=640, remove_max_crop=1024))
+        p = parse_profile(None)
+        assert str(p) == "1x16x16,1x512x512,8x1024x1024"
+        set_settings(previous.replace(remove_max_crop=1500))  # crops the profile must cover
+        assert str(parse_profile("")) == "1x16x16,1x512x512,8x1504x1504"
+    finally:
+        set_settings(previous)
+    assert p.contains(1, 16, 16) and p.contains(1, 640, 1024) and p.contains(8, 1024, 1024) and not p.contains(9, 64, 64)
+    assert p.nchw(4)[2] == (8, 4, 1024, 1024)
+    assert parse_profile("64,2x128x128,4x256x512").min.batch == 1
+    for bad in ("1x32x32,1x64x64", "1x30x32,1x64x64,1x128x128", "4x64x64,1x64x64,8x64x64",
+                "a,b,c"):
+        with pytest.raises(ValueError):
+            parse_profile(bad)
+
+
+def test_precision_plan_follows_tensorrt_version():
+    plan = trt_backend.plan_precision
+    assert plan("fp16", "10.3.0", "8.9") == ("fp16", "fp16", True, ())  # strongly typed
+    assert plan("fp16", "8.6.1", "8.9") == ("fp16", "fp32", False, ("FP16",))  # flag path
+    assert plan("fp16", "10.3.0", "6.1")[0] == "fp32"  # no fast fp16 on this GPU
+    assert plan("fp32", "10.3.0", "9.0") == ("fp32", "fp32", False, ())
+    assert plan("int8", "10.3.0", "9.0") == ("int8", "fp32", False, ("INT8", "FP16"))
+    with pytest.raises(engine_base.BackendUnavailable, match="Q/DQ"):
+        plan("int8", "11.0.0", "9.0")
+
+
+# --------------------------------------------------------------------------- engine cache
+
+@pytest.fixture
+def trt_dir(exported, engine_dir, tmp_path):
+    """A fresh engine dir holding copies of the session's ONNX files (no re-export)."""
+    shutil.copytree(engine_dir / "onnx", tmp_path / "onnx")
+    return tmp_path
+
+
+class FakeBuilder:
+    """Replaces only the TensorRT builder call; everything around it is the real code."""
+
+    def __init__(self):
+        self.plans = []
+
+    def __call__(self, plan):
+        self.plans.append(plan)
+        return f"FAKE-ENGINE {plan.kind} {plan.precision} {plan.profile} #{len(self.plans)}".encode()
+
+
+def _ensure(engine_dir, builder, **kw):
+    kw.setdefault("identity", FAKE_IDENTITY)
+    return trt_backend.ensure_engine("detector", kw.pop("precision", "fp32"),
+                                     kw.pop("profile", "1x32x32,1x64x64,2x128x128"),
+                                     engine_dir, builder=builder, **kw)
+
+
+def test_engine_cache_builds_once_then_reuses(trt_dir):
+    builder = FakeBuilder()
+    first = _ensure(trt_dir, builder)
+    assert first.built and len(builder.plans) == 1
+    plan = builder.plans[0]
+    assert plan.workspace_mb == get_settings().trt_workspace_mb
+    assert plan.timing_cache.parent == first.path.parent  # timing cache beside the engines
+    assert plan.profile == parse_profile("1x32x32,1x64x64,2x128x128")
+    assert first.key.weights_sha256 == trt_backend.weights_sha256("detector")
+    assert first.key.gpu_name == FAKE_IDENTITY[1] and first.key.trt_version == "10.3.0"
+    second = _ensure(trt_dir, builder)
+    assert not second.built and second.data == first.data and len(builder.plans) == 1
+    # another profile, precision or GPU is another engine, never the cached one
+    _ensure(trt_dir, builder, profile="1x32x32,1x128x128,4x256x256")
+    _ensure(trt_dir, builder, identity=("10.3.0", "NVIDIA L4", "8.9"))
+    _ensure(trt_dir, builder, identity=("10.4.0", *FAKE_IDENTITY[1:]))
+    assert len(builder.plans) == 4
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "no-meta", "bad-meta"])
+def test_corrupt_engine_file_is_rebuilt(trt_dir, damage):
+    builder = FakeBuilder()
+    first = _ensure(trt_dir, builder)
+    path, meta = first.path, first.path.with_suffix(".engine.json")
+    data = path.read_bytes()
+    if damage == "flip":
+        path.write_bytes(data[:5] + bytes([data[5] ^ 0xFF]) + data[6:])
+    elif damage == "truncate":
+        path.write_bytes(data[:-3])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "no-meta":
+        meta.unlink()
+    else:
+        meta.write_text("{not json")
+    assert cached_engine(trt_dir, first.key)[0] is None
+    again = _ensure(trt_dir, builder)
+    assert again.built and len(builder.plans) == 2
+    assert path.read_bytes() == again.data != data
+    assert cached_engine(trt_dir, first.key)[0] == again.data  # valid again afterwards
+
+
+@pytest.mark.parametrize("field", ["trt_version", "gpu_name", "compute_capability",
+                                   "precision", "profile", "weights_sha256", "onnx_sha256"])
+def test_mismatched_engine_file_is_rebuilt(trt_dir, field):
+    builder = FakeBuilder()
+    first = _ensure(trt_dir, builder)
+    meta_path = first.path.with_suffix(".engine.json")
+    meta = json.loads(meta_path.read_text())
+    meta["key"][field] = "something-else"  # e.g. an engine from another TensorRT or GPU
+    meta_path.write_text(json.dumps(meta))
+    data, why = cached_engine(trt_dir, first.key)
+    assert data is None and field in why
+    assert _ensure(trt_dir, builder).built and len(builder.plans) == 2
+
+
+def test_new_weights_give_a_new_engine(trt_dir, monkeypatch):
+    builder = FakeBuilder()
+    first = _ensure(trt_dir, builder)
+    monkeypatch.setattr(trt_backend, "weights_sha256", lambda kind: "f" * 64)
+    second = _ensure(trt_dir, builder)
+    assert second.built and second.path != first.path and len(builder.plans) == 2
+
+
+def test_engine_path_layout(tmp_path):
+    key = _key()
+    assert engine_path(tmp_path, key) == tmp_path / "tensorrt" / key.file_name()
+    assert key.file_name().startswith("detector-fp16-")
+
+
+# --------------------------------------------------------------------------- auto
+
+def _hide(monkeypatch, *names):
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+
+
+def _fake_pycuda(monkeypatch, count: int):
+    driver = types.ModuleType("pycuda.driver")
+    driver.init = lambda: None
+    driver.Device = types.SimpleNamespace(count=lambda: count)
+    pkg = types.ModuleType("pycuda")
+    pkg.driver = driver
+    monkeypatch.setitem(sys.modules, "pycuda", pkg)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+
+
+def test_tensorrt_status_reasons(monkeypatch):
+    _hide(monkeypatch, "tensorrt")
+    ok, why = trt_backend.tensorrt_status()
+    assert not ok and "tensorrt not importable" in why
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    _hide(monkeypatch, "pycuda", "pycuda.driver")
+    ok, why = trt_backend.tensorrt_status()
+    assert not ok and "pycuda not importable" in why
+
+    _fake_pycuda(monkeypatch, count=0)
+    ok, why = trt_backend.tensorrt_status()
+    assert not ok and "no CUDA GPU" in why
+
+
+@pytest.mark.parametrize("missing", [("tensorrt",), ("pycuda", "pycuda.driver")])
+def test_auto_falls_back_when_tensorrt_or_pycuda_missing(exported, monkeypatch, caplog, missing):
+    if "tensorrt" not in missing:
+        monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    _hide(monkeypatch, *missing)
+    caplog.set_level(logging.INFO, logger="engine_build")
+    eng = load_engine("detector", backend="auto", device="cuda")
+    assert eng.backend in ("torch", "onnxruntime")  # torch on CUDA where a GPU exists
+    assert f"{missing[0]} not importable" in caplog.text
+    assert eng.run(synthetic_batch("detector", 1, 32, 32)).shape == (1, 1, 32, 32)
+    with pytest.raises(engine_base.BackendUnavailable, match="not importable"):
+        load_engine("detector", backend="tensorrt", device="cuda")
+
+
+def test_auto_falls_back_when_engine_build_fails(exported, monkeypatch, caplog):
+    monkeypatch.setattr(trt_backend, "tensorrt_status", lambda: (True, "fake"))
+
+    def broken(*a, **kw):
+        raise RuntimeError("parser failed")
+
+    monkeypatch.setattr(trt_backend, "TrtEngine", broken)
+    eng = load_engine("detector", backend="auto", device="cuda")
+    assert eng.backend != "tensorrt" and "parser failed" in caplog.text
+
+
+def test_auto_on_cpu_picks_the_measured_faster_backend(exported):
+    eng = load_engine("remover", backend="auto", device="cpu")
+    assert eng.backend == engine_base.CPU_AUTO_BACKEND == "onnxruntime"
+
+
+def test_explicit_settings_object_is_honoured(trt_dir):
+    settings = get_settings().replace(engine_dir=str(trt_dir), threads=1, backend="auto")
+    eng = load_engine("detector", backend=None, device=None, settings=settings)
+    assert eng.backend == "onnxruntime" and eng.threads == 1
+    assert eng.path.parent == trt_dir / "onnx"  # not the process-wide engine dir
+
+
+def test_unknown_backend_and_device():
+    with pytest.raises(ValueError):
+        load_engine("detector", backend="openvino", device="cpu")
+    with pytest.raises(ValueError):
+        load_engine("detector", backend="torch", device="tpu")
+    with pytest.raises(ValueError):
+        load_engine("segmenter", backend="torch", device="cpu")
+
+
+# --------------------------------------------------------------------------- CLI
+
+def test_cli_export_bench_and_build(exported):
+    from click.testing import CliRunner
+
+    from engine_build.cli import bench_command, engines_group
+
+    runner = CliRunner()
+    res = runner.invoke(engines_group, ["export", "--kind", "detector"])
+    assert res.exit_code == 0, res.output
+    assert str(exported["detector"]) in res.output
+    res = runner.invoke(bench_command, ["--backend", "onnxruntime", "--backend", "torch",
+                                        "--size", "32", "--seconds", "0", "--warmup", "1"])
+    assert res.exit_code == 0, res.output
+    assert "images/s" in res.output and "ms/image" in res.output
+    assert res.output.count("detector") >= 2 and res.output.count("remover") >= 2
+    if not trt_backend.tensorrt_status()[0]:
+        res = runner.invoke(engines_group, ["build", "--precision", "fp16"])
+        assert res.exit_code != 0 and "cannot build TensorRT engines here" in res.output
+
+
+# --------------------------------------------------------------------------- TensorRT
+
+def _require_tensorrt():
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (needs an NVIDIA GPU host)")
+    pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
+    if trt_backend.cuda_device_count() < 1:
+        pytest.skip("no CUDA GPU visible to pycuda")
+
+
+@pytest.fixture(scope="module")
+def trt_profile():
+    return "1x16x16,2x64x64,4x128x128"
+
+
+@pytest.mark.parametrize("kind", ["detector", "remover"])
+def test_tensorrt_fp32_matches_onnxruntime(engines, engine_dir, trt_profile, kind):
+    _require_tensorrt()
+    from engine_build.trt_backend import TrtEngine
+
+    eng = TrtEngine(kind, "cuda:0", precision="fp32", profile=trt_profile)
+    assert eng.backend == "tensorrt" and "fp32" in eng.key
+    for shape in SHAPES:
+        x = synthetic_batch(kind, *shape, seed=3)
+        ref = engines[(kind, "onnxruntime")].run(x)
+        assert np.abs(eng.run(x) - ref).max() <= 1e-3
+    with pytest.raises(ValueError, match="outside the engine profile"):
+        eng.run(synthetic_batch(kind, 8, 32, 32))
+
+
+def test_tensorrt_fp16_close_to_onnxruntime(engines, engine_dir, trt_profile):
+    _require_tensorrt()
+    from engine_build.trt_backend import TrtEngine
+
+    eng = TrtEngine("remover", "cuda:0", precision="fp16", profile=trt_profile)
+    x = synthetic_batch("remover", 2, 64, 80, seed=4)
+    ref = engines[("remover", "onnxruntime")].run(x)
+    assert np.abs(eng.run(x) - ref).max() <= 3e-2
+
+
+def test_tensorrt_engine_cache_and_corrupt_file(engine_dir, trt_profile):
+    _require_tensorrt()
+    from engine_build.trt_backend import TrtEngine, ensure_engine
+
+    first = ensure_engine("detector", "fp32", trt_profile, engine_dir)
+    assert not ensure_engine("detector", "fp32", trt_profile, engine_dir).built
+    first.path.write_bytes(first.path.read_bytes()[:1000])  # corrupt it
+    eng = TrtEngine("detector", "cuda:0", precision="fp32", profile=trt_profile)
+    assert eng.run(synthetic_batch("detector", 1, 32, 32)).shape == (1, 1, 32, 32)
+    assert cached_engine(engine_dir, first.key)[0] is not None
+
+
+def test_tensorrt_auto_prefers_tensorrt(exported):
+    _require_tensorrt()
+    assert load_engine("detector", backend="auto", device="cuda").backend == "tensorrt"
+
+
+# --------------------------------------------------------------------------- TensorRT code
+# path against a fake API (here, where TensorRT cannot run). The fake mimics the
+# TensorRT 10 / pycuda calls the backend makes and executes the parsed ONNX graph with
+# ONNX Runtime, so the real build, cache, buffer and run code is exercised end to end.
+# It proves the plumbing, not the real API: the tests above do that on a GPU host.
+
+class _Enum:
+    def __init__(self, *names):
+        for i, n in enumerate(names):
+            setattr(self, n, i)
+
+
+def _make_fake_cuda():
+    mem: dict[int, np.ndarray] = {}
+    serial = iter(range(1, 1 << 30))
+
+    class Alloc:
+        def __init__(self, n):
+            self.buf = np.zeros(n, np.uint8)
+            self.ptr = next(serial) << 32
+            mem[self.ptr] = self.buf
+            self.freed = False
+
+        def __int__(self):
+            return self.ptr
+
+        def free(self):
+            self.freed = True
+            mem.pop(self.ptr, None)
+
+    class Stream:
+        handle = 7
+
+        def synchronize(self):
+            pass
+
+    class Ctx:
+        depth = 0
+
+        def push(self):
+            Ctx.depth += 1
+
+    class Context:
+        @staticmethod
+        def pop():
+            assert Ctx.depth > 0
+            Ctx.depth -= 1
+
+    class Device:
+        def __init__(self, idx):
+            self.idx = idx
+
+        @staticmethod
+        def count():
+            return 1
+
+        def name(self):
+            return "Fake GPU"
+
+        def compute_capability(self):
+            return (8, 9)
+
+        def retain_primary_context(self):
+            return Ctx()
+
+    def htod(dst, src, stream=None):
+        assert Ctx.depth > 0, "CUDA call outside an active context"
+        raw = np.ascontiguousarray(src).view(np.uint8).ravel()
+        dst.buf[: raw.size] = raw
+
+    def dtoh(dst, src, stream=None):
+        assert Ctx.depth > 0, "CUDA call outside an active context"
+        flat = dst.reshape(-1).view(np.uint8)
+        flat[:] = src.buf[: flat.size]
+
+    drv = types.ModuleType("pycuda.driver")
+    drv.init = lambda: None
+    drv.Device, drv.Context, drv.Stream = Device, Context, Stream
+    drv.mem_alloc = lambda n: Alloc(n)
+    drv.pagelocked_empty = lambda n, dtype: np.empty(n, dtype)
+    drv.memcpy_htod = htod
+    drv.memcpy_htod_async = htod
+    drv.memcpy_dtoh_async = dtoh
+    drv.mem = mem
+    drv.ctx = Ctx
+    return drv
+
+
+def _make_fake_trt(cuda):
+    import onnxruntime as ort
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.3.0"
+    trt.builds = []
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
+    trt.NetworkDefinitionCreationFlag = _Enum("EXPLICIT_BATCH", "STRONGLY_TYPED")
+    trt.BuilderFlag = _Enum("FP16", "INT8", "TF32")
+    trt.MemoryPoolType = _Enum("WORKSPACE")
+    trt.TensorIOMode = _Enum("NONE", "INPUT", "OUTPUT")
+    trt.DataType = _Enum("FLOAT", "HALF")
+    trt.nptype = lambda dt: np.float32 if dt == trt.DataType.FLOAT else np.float16
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self):
+            pass
+
+    trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+
+    class Tensor:
+        def __init__(self, name):
+            self.name = name
+
+    class Network:
+        def __init__(self, flags):
+            self.flags, self.onnx = flags, None
+
+        num_inputs = 1
+
+        def get_input(self, i):
+            return Tensor("input")
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            self.network = network
+
+        def parse_from_file(self, path):
+            self.network.onnx = path
+            return True
+
+    class TimingCache:
+        def __init__(self, blob):
+            self.blob = bytes(blob)
+
+        def serialize(self):
+            return self.blob + b"+timing"
+
+    class Config:
+        def __init__(self):
+            self.flags, self.pool, self.profiles = {trt.BuilderFlag.TF32}, {}, []
+            self.int8_calibrator = None
+            self.timing = None
+
+        def set_memory_pool_limit(self, pool, size):
+            self.pool[pool] = size
+
+        def create_timing_cache(self, blob):
+            return TimingCache(blob)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.timing = cache
+            return True
+
+        def get_timing_cache(self):
+            return self.timing
+
+        def add_optimization_profile(self, p):
+            self.profiles.append(p)
+
+        def set_flag(self, f):
+            self.flags.add(f)
+
+        def clear_flag(self, f):
+            self.flags.discard(f)
+
+        def set_calibration_profile(self, p):
+            self.calibration_profile = p
+
+    class OptProfile:
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes = {name: (lo, opt, hi)}
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return Network(flags)
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return OptProfile()
+
+        def build_serialized_network(self, network, config):
+            cal = config.int8_calibrator
+            batches = 0
+            if cal is not None:  # drain the calibrator like TensorRT does
+                while cal.get_batch(["input"]) is not None:
+                    batches += 1
+                cal.write_calibration_cache(b"calib")
+            info = {"onnx": network.onnx, "flags": network.flags, "batches": batches,
+                    "builder_flags": sorted(config.flags), "pool": config.pool,
+                    "shapes": config.profiles[0].shapes["input"]}
+            trt.builds.append(info)
+            return b"FAKETRT" + json.dumps(info).encode()
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.shape, self.addr = engine, None, {}
+
+        def set_input_shape(self, name, shape):
+            lo, _, hi = self.engine.info["shapes"]
+            self.shape = tuple(shape)
+            return all(a <= b <= c for a, b, c in zip(lo, shape, hi))
+
+        def get_tensor_shape(self, name):
+            n, _, h, w = self.shape
+            return (n, self.engine.out_c, h, w)
+
+        def set_tensor_address(self, name, ptr):
+            self.addr[name] = ptr
+
+        def execute_async_v3(self, handle):
+            count = int(np.prod(self.shape))
+            x = cuda.mem[self.addr["input"]][: count * 4].view(np.float32).reshape(self.shape)
+            y = self.engine.session.run(None, {"input": x.copy()})[0]
+            raw = np.ascontiguousarray(y, np.float32).view(np.uint8).ravel()
+            cuda.mem[self.addr["output"]][: raw.size] = raw
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def __init__(self, info):
+            self.info = info
+            self.session = ort.InferenceSession(info["onnx"], providers=["CPUExecutionProvider"])
+            self.out_c = self.session.get_outputs()[0].shape[1]
+
+        def get_tensor_name(self, i):
+            return ("input", "output")[i]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if name == "input" else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name):
+            return trt.DataType.FLOAT
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            if not bytes(data).startswith(b"FAKETRT"):
+                return None  # what TensorRT does with a foreign or broken plan
+            return Engine(json.loads(bytes(data)[7:]))
+
+    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, Parser, Runtime
+    return trt
+
+
+@pytest.fixture
+def fake_trt(trt_dir, monkeypatch):
+    cuda = _make_fake_cuda()
+    pkg = types.ModuleType("pycuda")
+    pkg.driver = cuda
+    trt = _make_fake_trt(cuda)
+    monkeypatch.setitem(sys.modules, "pycuda", pkg)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    set_settings(get_settings().replace(engine_dir=str(trt_dir)))  # undone by _restore_settings
+    return trt, cuda, trt_dir
+
+
+@pytest.fixture(autouse=True)
+def _restore_settings():
+    previous = get_settings()
+    yield
+    set_settings(previous)
+
+
+def test_trt_path_with_fake_api_builds_runs_and_reuses(fake_trt, engines):
+    trt, cuda, trt_dir = fake_trt
+    from engine_build.trt_backend import TrtEngine
+
+    assert trt_backend.tensorrt_status()[0]
+    eng = load_engine("remover", backend="auto", device="cuda")
+    assert isinstance(eng, TrtEngine) and eng.backend == "tensorrt"
+    assert ":fp32:" not in eng.key and "fp16:trt10.3.0:" in eng.key
+    (build,) = trt.builds
+    assert build["onnx"].endswith(".onnx") and "-fp16-" in build["onnx"]  # fp16 graph
+    assert build["flags"] == 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    assert build["builder_flags"] == [trt.BuilderFlag.TF32]  # no FP16 flag when typed
+    assert build["pool"] == {trt.MemoryPoolType.WORKSPACE: get_settings().trt_workspace_mb << 20}
+    assert tuple(build["shapes"][2]) == (8, 4, 1024, 1024)
+    assert eng.engine_path.exists() and list(trt_dir.glob("tensorrt/timing-*.cache"))
+
+    ref = engines[("remover", "onnxruntime")]
+    for shape in [(1, 32, 48), (3, 64, 80), (1, 16, 16), (2, 64, 80)]:
+        x = synthetic_batch("remover", *shape, seed=2)
+        assert np.abs(eng.run(x) - ref.run(x)).max() <= 3e-2  # the fake runs the fp16 ONNX
+    state = eng._state()
+    assert state.host["in"].size >= 3 * 4 * 64 * 80  # grown once, then reused
+    with pytest.raises(ValueError, match="outside the engine profile"):
+        eng.run(synthetic_batch("remover", 9, 16, 16))
+
+    again = TrtEngine("remover", "cuda", precision="fp16")
+    assert len(trt.builds) == 1 and again.key == eng.key  # cached engine reused
+    eng.close()
+    again.close()
+    assert cuda.ctx.depth == 0
+
+
+def test_trt_path_with_fake_api_rebuilds_undeserialisable_engine(fake_trt):
+    trt, _, trt_dir = fake_trt
+    from engine_build.trt_backend import TrtEngine, ensure_engine
+    from engine_build.trt_cache import store_engine
+
+    first = ensure_engine("detector", "fp32", None, trt_dir)
+    store_engine(trt_dir, first.key, b"intact on disk, rejected by this TensorRT")
+    eng = TrtEngine("detector", "cuda:0", precision="fp32")
+    assert len(trt.builds) == 2 and "fp32" in eng.key
+    assert eng.run(synthetic_batch("detector", 1, 32, 32)).shape == (1, 1, 32, 32)
+    assert trt.builds[-1]["builder_flags"] == []  # TF32 cleared for fp32
+    assert trt.builds[-1]["flags"] == 0  # weakly typed fp32 graph
+
+
+def test_trt_path_with_fake_api_int8_calibrates_on_synthetic_images(fake_trt):
+    trt, _, trt_dir = fake_trt
+    from engine_build.trt_backend import CALIBRATION_BATCHES, ensure_engine
+
+    result = ensure_engine("detector", "int8", "1x16x16,1x32x32,2x64x64", trt_dir)
+    (build,) = trt.builds
+    assert build["batches"] == CALIBRATION_BATCHES
+    assert sorted(build["builder_flags"]) == sorted(
+        [trt.BuilderFlag.INT8, trt.BuilderFlag.FP16, trt.BuilderFlag.TF32])
+    assert result.plan.calibration_cache.read_bytes() == b"calib"
+    assert result.key.precision == "int8"
