@@ -11,6 +11,7 @@ import logging
 import socket
 from dataclasses import dataclass
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -224,6 +225,9 @@ def _attempt(job_id: str, engines, settings: Settings) -> str | None:
         raise
     except ClearmarkError as exc:
         return JobStatus.failed.value if fail_job(db_url, claim, exc.code, exc.message) else None
+    except SoftTimeLimitExceeded:
+        message = f"took longer than the soft time limit ({settings.soft_time_limit_s} s)"
+        return JobStatus.failed.value if fail_job(db_url, claim, "time_limit", message) else None
     except Exception as exc:  # a bug or an unexpected library error: fail this job only
         log.exception("job %s: unexpected error", job_id)
         message = f"{type(exc).__name__}: {exc}"
