@@ -289,6 +289,16 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
+@app.get("/metrics", tags=["health"], response_class=Response)
+def prometheus_metrics() -> Response:
+    """Prometheus text format: jobs by status, images per second, queue depth per queue
+    (no auth, like /healthz: keep it off the public interface)."""
+    from workers.metrics import render_state
+
+    body, content_type = render_state()
+    return Response(body, media_type=content_type)
+
+
 @app.get("/readyz", tags=["health"])
 def readyz() -> JSONResponse:
     """Database, broker and storage are reachable (503 naming what is not)."""

@@ -217,6 +217,211 @@ def tenants_list() -> None:
                        f"{t.webhook_url or '-'}")
 
 
+def _follow(items, total: int, desc: str):
+    """A progress bar on stderr over an iterator of chunk sizes (or single items)."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="job", file=sys.stderr) as bar:
+        for n in items:
+            bar.update(n if isinstance(n, int) else 1)
+            yield n
+
+
+@cli.command()
+@click.option("--tenant", help="Only this tenant's jobs (name).")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["succeeded", "no_watermark", "needs_review", "failed"]),
+              help="Only jobs in this status (repeatable; default: every finished status).")
+@click.option("--since", help="Created at or after (ISO 8601, UTC unless an offset is given).")
+@click.option("--until", help="Created before (ISO 8601).")
+@click.option("--outdated", is_flag=True,
+              help="Only jobs whose result was made by other pipeline code or model weights "
+                   "than the current ones (failed jobs without a result: use --status failed).")
+@click.option("--version", "version", help="Only jobs whose pipeline version starts so.")
+@click.option("--batch", help="Only jobs of this batch.")
+@click.option("--ids", "ids_file", type=click.Path(exists=True, dir_okay=False),
+              help="Only these jobs: a file of job ids or source URIs, one per line.")
+@click.option("--dry-run", is_flag=True, help="Print counts by status; queue nothing.")
+@click.option("--resume", "resume", metavar="BATCH",
+              help="Continue an interrupted run (its selection is stored in the batch).")
+@click.option("--chunk", default=500, show_default=True, type=click.IntRange(1, 100_000),
+              help="Jobs per transaction.")
+@click.option("--rate", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="At most this many jobs enqueued per second (0: no limit).")
+def reprocess(tenant, statuses, since, until, outdated, version, batch, ids_file, dry_run,
+              resume, chunk, rate) -> None:
+    """Queue finished jobs again, as a new batch on the bulk queue.
+
+    Select by tenant, status, creation date, pipeline version (--outdated: not made by the
+    current models), batch or a list of ids. Interrupted, run `--resume BATCH`: nothing
+    is enqueued twice and nothing is lost.
+    """
+    from workers import reprocess as rp
+
+    settings = get_settings()
+    if resume:
+        try:
+            selection = rp.load(resume)
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
+        selection = rp.Selection(tenant=tenant, statuses=statuses, since=since, until=until,
+                                 outdated=outdated, version=version, batch=batch,
+                                 ids_file=ids_file and str(Path(ids_file).resolve()))
+    try:
+        counts = rp.dry_run(selection)
+    except ValueError as exc:  # a bad date
+        raise click.ClickException(str(exc)) from None
+    total = sum(counts.values())
+    click.echo("selected: " + (", ".join(f"{s} {n}" for s, n in counts.items()) or "none")
+               + f" (total {total})")
+    earlier = None if resume else rp.unfinished(selection)
+    if earlier:
+        resume, stranded = earlier
+        total += stranded
+        click.echo(f"resuming batch {resume}: its last run stopped with {stranded} jobs "
+                   "queued but not yet sent")
+    if dry_run or not (total or resume):
+        return
+    batch_id = resume or rp.start(selection)
+    click.echo(f"batch {batch_id} -> queue {settings.queue_bulk}")
+    sent = sum(_follow(rp.run(batch_id, chunk=chunk, rate=rate), total, "enqueue"))
+    click.echo(f"queued {sent} jobs in batch {batch_id}; progress: clearmark batches {batch_id}")
+
+
+@cli.command()
+@click.argument("batch_ids", nargs=-1)
+@click.option("--tenant", help="Only this tenant's batches.")
+@click.option("--limit", default=20, show_default=True, help="Newest batches to show.")
+def batches(batch_ids: tuple[str, ...], tenant: str | None, limit: int) -> None:
+    """Batches (newest first) with their jobs by status."""
+    from workers.reports import batch_progress, batches_text
+
+    rows = batch_progress(get_settings().database_url, list(batch_ids), tenant, limit)
+    click.echo(batches_text(rows))
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--tenant", default="local", show_default=True, help="Tenant (storefront) name.")
+@click.option("--chunk", default=500, show_default=True, type=click.IntRange(1, 100_000),
+              help="Jobs per transaction.")
+def bulk(source: str, tenant: str, chunk: int) -> None:
+    """Import a folder or bucket prefix (any fsspec URI) as one batch on the bulk queue.
+
+    Local files are copied into storage; bucket objects are processed in place. A source
+    already imported for the tenant keeps its job, so an interrupted import can simply
+    be run again (the new batch then holds the rest).
+    """
+    from workers.reports import batch_progress, batches_text
+    from workers.submit import list_uri, submit_sources
+
+    if Path(source).exists():
+        sources = [p for p, _ in find_images([Path(source)], recursive=True)]
+    else:
+        sources = list_uri(source, IMAGE_EXTENSIONS)
+    if not sources:
+        raise click.ClickException(f"no images found under {source}")
+    new, batch_id = 0, None
+    for _, _, created, batch_id in _follow(submit_sources(sources, tenant, bulk=True,
+                                                          chunk=chunk), len(sources), "submit"):
+        new += created
+    rows = batch_progress(get_settings().database_url, [batch_id])
+    click.echo(f"batch {batch_id}: {len(sources)} images, {new} new jobs, "
+               f"{len(sources) - new} already known")
+    click.echo(batches_text(rows))
+
+
+@cli.group()
+def review() -> None:
+    """Jobs waiting for a person: residual or confidence in the review band."""
+
+
+@review.command("list")
+@click.option("--tenant", help="Only this tenant's jobs.")
+@click.option("--limit", default=50, show_default=True)
+def review_list(tenant: str | None, limit: int) -> None:
+    """Jobs in needs_review, oldest first: id, confidence, residual, source, result."""
+    from workers.review import pending
+
+    rows = pending(tenant, limit)
+    for job, m in rows:
+        scores = f"conf {m.detector_confidence:.2f}  resid {m.residual_score:.2f}" if m else "-"
+        click.echo(f"{job.id}  {scores}  {job.source_uri}  {job.result_uri or '-'}")
+    click.echo(f"{len(rows)} job(s) need review", err=True)
+
+
+def _decide(job_ids: tuple[str, ...], accept: bool, note: str) -> None:
+    import getpass
+
+    from workers.review import decide
+
+    for job_id in job_ids:
+        try:
+            click.echo(f"{job_id}\t{decide(job_id, accept, getpass.getuser(), note)}")
+        except (LookupError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@review.command("accept")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--note", default="", help="Why (kept in the job's events).")
+def review_accept(job_ids: tuple[str, ...], note: str) -> None:
+    """The result is good: the job becomes succeeded."""
+    _decide(job_ids, True, note)
+
+
+@review.command("reject")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--note", default="", help="Why (kept as the job's error message).")
+def review_reject(job_ids: tuple[str, ...], note: str) -> None:
+    """The result is not good: the job fails with rejected_in_review (retry or reprocess)."""
+    _decide(job_ids, False, note)
+
+
+@cli.command()
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML file to write.")
+@click.option("--tenant", help="Only this tenant's jobs.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S",
+                                               "%Y-%m-%d %H:%M:%S"]),
+              help="Only jobs created since (UTC).")
+@click.option("--sample", default=6, show_default=True, help="Random jobs in the gallery.")
+@click.option("--worst", default=6, show_default=True, help="Lowest-confidence jobs shown.")
+@click.option("--review", "review_n", default=6, show_default=True,
+              help="needs_review jobs shown.")
+def report(out_path: Path, tenant: str | None, since, sample: int, worst: int,
+           review_n: int) -> None:
+    """Write a self-contained HTML quality report: counts, failure reasons, latency
+    percentiles, confidence and mask-area plots, before/after/mask thumbnails."""
+    from datetime import timezone
+
+    from workers.report_html import build_report
+
+    html = build_report(tenant, since and since.replace(tzinfo=timezone.utc), sample=sample,
+                        worst=worst, review=review_n)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(html, encoding="utf-8")
+    click.echo(f"wrote {out_path} ({len(html) // 1024} KiB)")
+
+
+@cli.command()
+@click.option("--port", default=5555, show_default=True)
+@click.option("--basic-auth", "auth", envvar="CLEARMARK_FLOWER_AUTH", metavar="USER:PASSWORD",
+              help="Required (or CLEARMARK_FLOWER_AUTH): Flower has no other protection.")
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, auth: str | None, flower_args: tuple[str, ...]) -> None:
+    """Run Flower (live tasks, workers, retry) on the configured broker; needs the `ops`
+    extra. Extra arguments go to Flower (e.g. --url_prefix=flower)."""
+    import os
+
+    if not auth or ":" not in auth:
+        raise click.ClickException("give --basic-auth USER:PASSWORD (or CLEARMARK_FLOWER_AUTH)")
+    argv = [sys.executable, "-m", "celery", "-A", "workers.tasks", "flower", f"--port={port}",
+            f"--basic-auth={auth}", *flower_args]
+    os.execv(sys.executable, argv)
+
+
 cli.add_command(train_command)
 cli.add_command(eval_command)
 cli.add_command(engines_group)

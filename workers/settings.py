@@ -74,6 +74,10 @@ class Settings:
     # above queue wait + run time; 0 means hard time limit + 1 h (DESIGN.md, practice notes).
     visibility_timeout_s: int = field(default_factory=lambda: _env_int("VISIBILITY_TIMEOUT_S", 0))
 
+    # Prometheus: each worker node serves its metrics on this port (0: off); the API
+    # serves /metrics on its own port.
+    metrics_port: int = field(default_factory=lambda: _env_int("METRICS_PORT", 0))
+
     # HTTP API (`clearmark api`). public_url is the base of links in responses and webhooks
     # (default: the base URL of each request; webhooks then carry relative links).
     api_host: str = field(default_factory=lambda: _env("API_HOST", "127.0.0.1"))

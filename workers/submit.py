@@ -1,38 +1,67 @@
-"""Submitting files as jobs on the broker (`clearmark submit`)."""
+"""Submitting files as jobs on the broker (`clearmark submit`, `clearmark bulk`)."""
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from workers.db import session_scope
+import fsspec
+
+from workers.db import Priority, session_scope
 from workers.jobs import create_batch, create_job, ensure_tenant
 from workers.settings import get_settings
 from workers.storage import get_storage
 
 
-def submit_files(paths: list[Path], tenant: str = "local", bulk: bool = False
-                 ) -> Iterator[tuple[str, Path]]:
-    """Copy each file into storage, create its job and enqueue it. The idempotency key is
-    the file's sha256, so resubmitting a file returns its existing job."""
+def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool = False,
+                   chunk: int = 500) -> Iterator[tuple[str, Path | str, bool, str]]:
+    """Create a job per source as one batch and enqueue it; yields (job id, source, created,
+    batch id).
+
+    A local file is copied into storage and keyed by its sha256; a URI (a bucket object)
+    is used in place and keyed by the URI. Either way, submitting the same source again
+    for the same tenant gives its existing job. Rows are committed a chunk at a time, and
+    each chunk is enqueued only after its commit, so a worker always finds its job."""
     from workers.tasks import enqueue
 
     settings = get_settings()
     storage = get_storage()
     queue = settings.queue_bulk if bulk else settings.queue_uploads
+    priority = (Priority.low if bulk else Priority.normal).value
     with session_scope(settings.database_url) as session:
         owner = ensure_tenant(session, tenant)
-        batch = create_batch(session, owner, "bulk" if bulk else "submit", total=len(paths))
+        batch = create_batch(session, owner, "bulk" if bulk else "submit", total=len(sources))
+    for start in range(0, len(sources), chunk):
         created = []
-        for path in paths:
-            data = path.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            source_uri = storage.put(f"sources/{owner.id}/{digest}{path.suffix.lower()}", data)
-            job, is_new = create_job(session, owner, source_uri, batch=batch,
-                                     idempotency_key=digest, source_sha256=digest)
-            created.append((job.id, path, is_new))
-    # Enqueue only after the rows are committed, so a worker always finds its job.
-    for job_id, path, is_new in created:
-        if is_new:
-            enqueue(job_id, queue)
+        with session_scope(settings.database_url) as session:
+            for source in sources[start:start + chunk]:
+                if isinstance(source, Path):
+                    data = source.read_bytes()
+                    digest = hashlib.sha256(data).hexdigest()
+                    uri = storage.put(f"sources/{owner.id}/{digest}{source.suffix.lower()}", data)
+                    key = digest
+                else:
+                    uri, key, digest = source, f"uri:{source}", None
+                job, is_new = create_job(session, owner, uri, batch=batch,
+                                         idempotency_key=key, source_sha256=digest,
+                                         priority=priority)
+                created.append((job.id, source, is_new))
+        for job_id, source, is_new in created:
+            if is_new:
+                enqueue(job_id, queue)
+            yield job_id, source, is_new, batch.id
+
+
+def submit_files(paths: list[Path], tenant: str = "local", bulk: bool = False
+                 ) -> Iterator[tuple[str, Path]]:
+    """Copy each file into storage, create its job and enqueue it (one batch)."""
+    for job_id, path, _, _ in submit_sources(list(paths), tenant=tenant, bulk=bulk):
         yield job_id, path
+
+
+def list_uri(uri: str, extensions: Iterable[str]) -> list[str]:
+    """URIs of the objects under a bucket prefix (any fsspec URI) with these extensions."""
+    fs, root = fsspec.core.url_to_fs(uri)
+    extensions = {e.lower() for e in extensions}
+    return [fs.unstrip_protocol(p) for p in sorted(fs.find(root))
+            if Path(p).suffix.lower() in extensions]

@@ -1,15 +1,21 @@
 """Celery tasks: thin wrappers around `workers.jobs.process_job`.
 
 The engines are loaded once per worker child (worker_process_init), never per task and
-never in the parent, so CUDA state is not shared across fork.
+never in the parent, so CUDA state is not shared across fork. With CLEARMARK_METRICS_PORT
+set, the parent serves Prometheus metrics that its children write (workers.metrics:
+multiprocess mode, set up in worker_init, i.e. before the pool forks).
 """
 from __future__ import annotations
 
 import logging
+import os
 
-from celery.signals import worker_process_init
+from celery.signals import (
+    worker_init, worker_process_init, worker_process_shutdown, worker_shutdown,
+)
 from sqlalchemy.exc import OperationalError
 
+from workers import metrics
 from workers.celery_app import app
 from workers.errors import TransientError
 from workers.jobs import process_job
@@ -17,6 +23,7 @@ from workers.settings import get_settings
 
 log = logging.getLogger(__name__)
 _engines = None
+_metrics_dir: str | None = None
 
 
 def get_engines():
@@ -26,12 +33,31 @@ def get_engines():
 
         _engines = Engines.load(get_settings())
         log.info("engines loaded: %s", _engines.version)
+        if get_settings().metrics_port:
+            metrics.record_backend(_engines)
     return _engines
+
+
+@worker_init.connect
+def _start_metrics_in_parent(**_kwargs) -> None:
+    global _metrics_dir
+    if get_settings().metrics_port:
+        _metrics_dir = metrics.start_worker_server(get_settings().metrics_port)
+
+
+@worker_shutdown.connect
+def _stop_metrics(**_kwargs) -> None:
+    metrics.stop_worker_server(_metrics_dir)
 
 
 @worker_process_init.connect
 def _load_engines_in_child(**_kwargs) -> None:
     get_engines()
+
+
+@worker_process_shutdown.connect
+def _child_exits(pid=None, **_kwargs) -> None:
+    metrics.child_exited(pid or os.getpid())
 
 
 @app.task(name="clearmark.clean_image", bind=True,
@@ -40,7 +66,11 @@ def _load_engines_in_child(**_kwargs) -> None:
           max_retries=get_settings().max_attempts)
 def clean_image(self, job_id: str) -> str | None:
     """Clean one job's image; the argument is the job id (never image bytes)."""
-    return process_job(job_id, get_engines(), get_settings())
+    settings = get_settings()
+    status = process_job(job_id, get_engines(), settings)
+    if settings.metrics_port:
+        metrics.record_job(job_id, status, settings)
+    return status
 
 
 def enqueue(job_id: str, queue: str | None = None) -> None:

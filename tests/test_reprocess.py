@@ -1,0 +1,179 @@
+"""Bulk operations on real PostgreSQL and Redis: reprocess selection and dry-run counts,
+restart after an interrupt, bulk import, batches, and uploads overtaking a bulk backlog."""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timezone
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
+    all_done, db_url, product_photo, service, wait_for, workers,
+)
+from workers import reprocess as rp
+from workers.cli import cli
+from workers.db import Batch, Job, JobEvent, session_scope
+from workers.jobs import create_batch, create_job, ensure_tenant
+from workers.submit import submit_files
+
+pytestmark = [pytest.mark.integration]
+OLD = "pipeline-0+detector:000000000000:torch+remover:000000000000:torch"
+
+
+def current_version() -> str:
+    return rp.current_model_pattern().replace("%", "onnxruntime")
+
+
+def seed(url: str) -> dict[str, list[str]]:
+    """Two tenants' finished jobs: statuses, versions, dates and a batch to select by."""
+    groups: dict[str, list[str]] = {}
+    rows = [  # (group, tenant, status, version, created)
+        *[("a_old_ok", "a", "succeeded", OLD, "2026-01-10")] * 4,
+        *[("a_new_ok", "a", "succeeded", "current", "2026-03-01")] * 3,
+        *[("a_failed", "a", "failed", None, "2026-03-02")] * 2,   # no result, no version
+        *[("a_review", "a", "needs_review", OLD, "2026-02-01")] * 1,
+        *[("a_running", "a", "running", OLD, "2026-01-05")] * 2,   # never selected
+        *[("b_old", "b", "no_watermark", OLD, "2026-01-20")] * 3,
+    ]
+    with session_scope(url) as session:
+        tenants = {name: ensure_tenant(session, name) for name in ("a", "b")}
+        batch = create_batch(session, tenants["b"], "bulk")
+        for i, (group, tenant, status, version, created) in enumerate(rows):
+            job, _ = create_job(session, tenants[tenant], f"file:///src/{group}/{i}.png",
+                                batch=batch if tenant == "b" else None)
+            job.status = status
+            job.pipeline_version = current_version() if version == "current" else version
+            job.created_at = datetime.fromisoformat(created).replace(tzinfo=timezone.utc)
+            groups.setdefault(group, []).append(job.id)
+        groups["b_batch"] = [batch.id]
+    return groups
+
+
+def test_selection_and_dry_run_counts(service, tmp_path):
+    g = seed(service.database_url)
+    count = lambda **kw: rp.dry_run(rp.Selection(**kw))  # noqa: E731
+    assert count() == {"failed": 2, "needs_review": 1, "no_watermark": 3, "succeeded": 7}
+    assert count(outdated=True) == {"needs_review": 1, "no_watermark": 3, "succeeded": 4}
+    assert count(tenant="a", outdated=True) == {"needs_review": 1, "succeeded": 4}
+    assert count(tenant="a", statuses=("failed",)) == {"failed": 2}
+    assert count(since="2026-01-15", until="2026-02-15") == {"needs_review": 1, "no_watermark": 3}
+    assert count(version="pipeline-0+") == count(outdated=True)
+    assert count(batch=g["b_batch"][0]) == {"no_watermark": 3}
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join([g["a_failed"][0], "file:///src/b_old/12.png",
+                              g["a_running"][0], "# a comment"]) + "\n")
+    assert count(ids_file=str(ids)) == {"failed": 1, "no_watermark": 1}
+    with pytest.raises(ValueError):
+        count(statuses=("running",))
+
+    result = CliRunner().invoke(cli, ["reprocess", "--dry-run", "--outdated", "--tenant", "a"])
+    assert result.exit_code == 0, result.output
+    assert "needs_review 1, succeeded 4 (total 5)" in result.output
+    with session_scope(service.database_url) as session:  # a dry run changes nothing
+        assert session.scalar(select(Batch).where(Batch.kind == "reprocess")) is None
+
+
+def test_interrupted_run_resumes_without_enqueueing_twice(service, monkeypatch):
+    g = seed(service.database_url)
+    selected = set(g["a_old_ok"] + g["a_review"] + g["b_old"])  # --outdated: 8 jobs
+    sent: list[tuple[str, str]] = []
+    interrupts = {5, 7}  # Ctrl-C at the 6th and the 8th enqueue (chunks of 3)
+
+    def enqueue(job_id, queue=None):
+        if len(sent) in interrupts:
+            interrupts.remove(len(sent))
+            raise KeyboardInterrupt
+        sent.append((job_id, queue))
+
+    monkeypatch.setattr("workers.tasks.enqueue", enqueue)
+    run = lambda *args: CliRunner().invoke(cli, ["reprocess", "--chunk", "3", *args])  # noqa
+    first = run("--outdated")
+    assert first.exit_code == 1 and "Aborted" in first.output and len(sent) == 5
+    batch_id = first.output.split("batch ")[1].split()[0]
+    with session_scope(service.database_url) as session:  # chunk 2 committed, one job unsent
+        in_batch = session.scalars(select(Job).where(Job.batch_id == batch_id)).all()
+        assert len(in_batch) == 6 and {j.status for j in in_batch} == {"queued"}
+        assert {j.priority for j in in_batch} == {"low"}
+
+    second = run("--outdated")  # the same command again picks the run up
+    assert f"resuming batch {batch_id}: its last run stopped with 1 jobs" in second.output
+    assert second.exit_code == 1 and len(sent) == 7
+    third = run("--resume", batch_id)
+    assert third.exit_code == 0, third.output
+    assert f"queued 1 jobs in batch {batch_id}" in third.output
+    assert Counter(j for j, _ in sent) == Counter(selected)  # each exactly once
+    assert {q for _, q in sent} == {service.queue_bulk}
+    with session_scope(service.database_url) as session:
+        assert session.get(Batch, batch_id).total == 8
+        assert session.query(Batch).filter(Batch.kind == "reprocess").count() == 1
+        kinds = Counter(e.kind for e in session.scalars(
+            select(JobEvent).where(JobEvent.job_id.in_(selected))))
+    assert kinds["enqueued"] == 8 and kinds["retry"] == 8
+
+    # The same selection again finds nothing: those jobs are queued now, not finished.
+    again = run("--outdated")
+    assert "(total 0)" in again.output and "resuming" not in again.output and len(sent) == 8
+    assert "no reprocess batch" in run("--resume", "nope").output
+
+
+def test_upload_overtakes_bulk_backlog(service, workers, tmp_path):
+    """One worker on both queues (uploads listed first): an upload queued behind a bulk
+    backlog starts after at most the bulk task that was already running, not after the
+    backlog. (Celery polls the queues round robin, so this holds for one worker; dedicated
+    upload workers, as in compose.yaml, give uploads a worker of their own.)"""
+    backlog, uploads = tmp_path / "backlog", tmp_path / "uploads"
+    backlog.mkdir(), uploads.mkdir()
+    for i in range(8):
+        product_photo(i, size=(256, 192)).save(backlog / f"b{i}.png")
+    product_photo(99, size=(256, 192)).save(uploads / "u.png")
+    result = CliRunner().invoke(cli, ["bulk", str(backlog), "--tenant", "shop"])
+    assert result.exit_code == 0, result.output
+    assert "8 images, 8 new jobs" in result.output
+    with session_scope(service.database_url) as session:
+        bulk_ids = session.scalars(select(Job.id).where(Job.priority == "low")).all()
+    assert len(bulk_ids) == 8
+
+    workers(service)
+    first_done = lambda: [j for j in _jobs(service, bulk_ids) if j.finished_at]  # noqa: E731
+    wait_for(first_done, 120, "a first bulk job to finish")
+    (upload_id, _), = submit_files([uploads / "u.png"], tenant="shop")
+    jobs = wait_for(lambda: all_done(service.database_url, bulk_ids + [upload_id]), 240,
+                    "backlog and upload")
+    upload = jobs.pop(upload_id)
+    started_after_upload_queued = [j for j in jobs.values()
+                                   if upload.created_at < j.started_at < upload.started_at]
+    assert len(started_after_upload_queued) <= 1
+    assert sum(j.started_at > upload.started_at for j in jobs.values()) >= 4, \
+        "the upload must start well before the backlog drains"
+
+    out = CliRunner().invoke(cli, ["batches", "--tenant", "shop"]).output
+    assert "bulk" in out and "submit" in out and "8/8" in out
+
+
+def _jobs(service, ids):
+    with session_scope(service.database_url) as session:
+        return session.scalars(select(Job).where(Job.id.in_(ids))).all()
+
+
+def test_bulk_import_of_a_uri_prefix(service, tmp_path):
+    """A bucket prefix (here a file:// URI) is imported in place, once."""
+    from workers.metrics import queue_depths
+
+    bucket = tmp_path / "bucket" / "2026"
+    bucket.mkdir(parents=True)
+    for i in range(3):
+        product_photo(i, size=(64, 48)).save(bucket / f"p{i}.jpg")
+    (bucket / "notes.txt").write_text("not an image")
+    uri = bucket.parent.as_uri()
+    first = CliRunner().invoke(cli, ["bulk", uri, "--tenant", "shop", "--chunk", "2"])
+    assert first.exit_code == 0, first.output
+    assert "3 images, 3 new jobs, 0 already known" in first.output
+    again = CliRunner().invoke(cli, ["bulk", uri, "--tenant", "shop"])
+    assert "3 images, 0 new jobs, 3 already known" in again.output
+    with session_scope(service.database_url) as session:
+        jobs = session.scalars(select(Job)).all()
+    assert sorted(j.source_uri for j in jobs) == [(bucket / f"p{i}.jpg").as_uri() for i in range(3)]
+    assert {j.priority for j in jobs} == {"low"}
+    assert queue_depths(service)[service.queue_bulk] == 3

@@ -1,0 +1,61 @@
+"""The review loop: list needs_review jobs, accept or reject them (SQLite and PostgreSQL)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from workers.cli import cli
+from workers.db import METRIC_FIELDS, Job, JobEvent, JobMetrics, session_scope
+from workers.jobs import create_job, ensure_tenant
+from workers.review import REJECTED, decide, pending
+
+
+def seed(db_url: str) -> list[str]:
+    """Three jobs in needs_review (two for tenant a) and one that succeeded."""
+    ids = []
+    with session_scope(db_url) as session:
+        for i, (tenant, status) in enumerate([("a", "needs_review"), ("a", "needs_review"),
+                                              ("b", "needs_review"), ("a", "succeeded")]):
+            job, _ = create_job(session, ensure_tenant(session, tenant), f"file:///s/{i}.png")
+            job.status, job.result_uri = status, f"file:///r/{i}.png"
+            job.finished_at = datetime(2026, 5, 1, 12, i, tzinfo=timezone.utc)
+            session.flush()
+            values = {**{f: 1.0 for f in METRIC_FIELDS},
+                      "detector_confidence": 0.3 + i / 10, "residual_score": 0.6}
+            session.add(JobMetrics(job_id=job.id, **values))
+            ids.append(job.id)
+    return ids
+
+
+def test_review_list_accept_reject(settings):
+    ids = seed(settings.database_url)
+    assert [job.id for job, _ in pending()] == ids[:3]
+    assert [job.id for job, _ in pending(tenant="a")] == ids[:2]
+
+    listed = CliRunner().invoke(cli, ["review", "list", "--tenant", "a"])
+    assert listed.exit_code == 0, listed.output
+    assert ids[0] in listed.output and "conf 0.30  resid 0.60" in listed.output
+    assert ids[2] not in listed.output
+
+    assert decide(ids[0], accept=True, reviewer="ana") == "succeeded"
+    result = CliRunner().invoke(cli, ["review", "reject", ids[1], "--note", "ghost of the logo"])
+    assert result.exit_code == 0 and f"{ids[1]}\tfailed" in result.output
+    with session_scope(settings.database_url) as session:
+        accepted, rejected = session.get(Job, ids[0]), session.get(Job, ids[1])
+        assert accepted.status == "succeeded" and accepted.error_code is None
+        assert (rejected.status, rejected.error_code, rejected.error_message) == (
+            "failed", REJECTED, "ghost of the logo")
+        event = session.scalars(select(JobEvent).where(JobEvent.job_id == ids[0])
+                                .order_by(JobEvent.id.desc())).first()
+        assert (event.kind, event.from_status, event.to_status, event.detail["reviewer"]) == (
+            "review", "needs_review", "succeeded", "ana")
+    assert [job.id for job, _ in pending()] == [ids[2]]
+
+    # Only needs_review jobs can be decided; unknown ids are errors.
+    again = CliRunner().invoke(cli, ["review", "accept", ids[3]])
+    assert again.exit_code != 0 and "not needs_review" in again.output
+    with pytest.raises(LookupError):
+        decide("nope", accept=False)

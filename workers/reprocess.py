@@ -1,0 +1,209 @@
+"""Bulk reprocessing: select finished jobs and queue them again as a new batch.
+
+A run is a `reprocess` batch whose description holds the selection (JSON), so
+`--resume BATCH` continues it with the same selection. Restart safety, per chunk:
+1. one transaction moves the chunk's jobs to `queued` with `batch_id` = the run's batch
+   (`FOR UPDATE SKIP LOCKED`); a job in the batch is never selected again, and a job that
+   is `queued` is not finished, so it is not selected either;
+2. their tasks go to the bulk queue;
+3. one transaction writes an `enqueued` event per job.
+An interrupt (Ctrl-C, a broker error) still records what went out, so `--resume` (or
+the same command again) sends exactly the batch's queued jobs without an `enqueued` event,
+then goes on with the selection. Only a hard kill between 2 and 3 can send part of one
+chunk twice, which the task absorbs (it is idempotent: a finished job is left alone).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from sqlalchemy import bindparam, exists, func, or_, select
+from sqlalchemy.sql import Select
+
+from workers.db import FINISHED, Batch, Job, JobEvent, JobStatus, Priority, Tenant, session_scope
+from workers.jobs import create_batch, ensure_tenant, requeue_job
+from workers.settings import Settings, get_settings
+
+ENQUEUED = "enqueued"
+
+
+def current_model_pattern() -> str:
+    """LIKE pattern of the pipeline version a worker would write now, any backend:
+    `pipeline-<code>+detector:<sha12>:%+remover:<sha12>:%` (see Engines.version)."""
+    from models.registry import weights_sha256
+    from workers.pipeline import PIPELINE_CODE_VERSION
+
+    return (f"pipeline-{PIPELINE_CODE_VERSION}+detector:{weights_sha256('detector')[:12]}:%"
+            f"+remover:{weights_sha256('remover')[:12]}:%")
+
+
+@dataclass(frozen=True)
+class Selection:
+    tenant: str | None = None
+    statuses: tuple[str, ...] = ()          # empty: every finished status
+    since: str | None = None                # ISO 8601, created at or after
+    until: str | None = None                # ISO 8601, created before
+    outdated: bool = False                  # made by other code or weights than the current
+    version: str | None = None              # pipeline version prefix
+    batch: str | None = None
+    ids_file: str | None = None             # job ids or source URIs, one per line
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Selection":
+        data = json.loads(text)
+        data["statuses"] = tuple(data.get("statuses") or ())
+        return cls(**data)
+
+    def query(self, *what) -> Select:
+        """Finished jobs (or `what` of them) matching the selection."""
+        statuses = self.statuses or tuple(s.value for s in FINISHED)
+        bad = set(statuses) - {s.value for s in FINISHED}
+        if bad:
+            raise ValueError(f"only finished jobs can be reprocessed, not {sorted(bad)}")
+        q = select(*(what or (Job,))).where(Job.status.in_(statuses))
+        if self.tenant:
+            q = q.where(Job.tenant_id == select(Tenant.id).where(Tenant.name == self.tenant)
+                        .scalar_subquery())
+        if self.since:
+            q = q.where(Job.created_at >= _utc(self.since))
+        if self.until:
+            q = q.where(Job.created_at < _utc(self.until))
+        if self.outdated:
+            q = q.where(Job.pipeline_version.not_like(current_model_pattern()))  # NULL: never
+        if self.version:
+            q = q.where(Job.pipeline_version.startswith(self.version, autoescape=True))
+        if self.batch:
+            q = q.where(Job.batch_id == self.batch)
+        if self.ids_file:
+            keys = [line.strip() for line in Path(self.ids_file).read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+            # Inline literals: a list of 100k ids is over PostgreSQL's 65,535 parameters.
+            q = q.where(or_(Job.id.in_(bindparam("ids", keys, expanding=True,
+                                                 literal_execute=True)),
+                            Job.source_uri.in_(bindparam("uris", keys, expanding=True,
+                                                         literal_execute=True))))
+        return q
+
+
+def _utc(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def dry_run(selection: Selection, settings: Settings | None = None) -> dict[str, int]:
+    """How many jobs the selection would queue, by current status."""
+    s = settings or get_settings()
+    with session_scope(s.database_url) as session:
+        rows = session.execute(selection.query(Job.status, func.count())
+                               .group_by(Job.status)).all()
+    return dict(sorted(rows))
+
+
+def start(selection: Selection, tenant: str = "local", settings: Settings | None = None) -> str:
+    """A new reprocess batch recording the selection; returns its id."""
+    s = settings or get_settings()
+    selection.query()  # validate before creating anything
+    with session_scope(s.database_url) as session:
+        owner = ensure_tenant(session, selection.tenant or tenant)
+        return create_batch(session, owner, "reprocess", selection.to_json()).id
+
+
+def load(batch_id: str, settings: Settings | None = None) -> Selection:
+    s = settings or get_settings()
+    with session_scope(s.database_url) as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None or batch.kind != "reprocess":
+            raise LookupError(f"no reprocess batch {batch_id}")
+        return Selection.from_json(batch.description)
+
+
+def _stranded(batch_id: str) -> Select:
+    """Ids of the batch's queued jobs that no run has enqueued."""
+    sent = exists().where(JobEvent.job_id == Job.id, JobEvent.kind == ENQUEUED,
+                          JobEvent.detail["batch"].as_string() == batch_id)
+    return select(Job.id).where(Job.batch_id == batch_id, Job.status == JobStatus.queued.value,
+                                ~sent)
+
+
+def unfinished(selection: Selection, settings: Settings | None = None) -> tuple[str, int] | None:
+    """(batch id, stranded jobs) of the latest run of this same selection when it stopped
+    between commit and enqueue, so running the same command again resumes it."""
+    s = settings or get_settings()
+    with session_scope(s.database_url) as session:
+        batch_id = session.scalar(select(Batch.id).where(
+            Batch.kind == "reprocess", Batch.description == selection.to_json())
+            .order_by(Batch.created_at.desc()).limit(1))
+        if batch_id is None:
+            return None
+        n = session.scalar(select(func.count()).select_from(_stranded(batch_id).subquery()))
+    return (batch_id, n) if n else None
+
+
+def _mark_enqueued(db_url: str, batch_id: str, job_ids: list[str]) -> None:
+    with session_scope(db_url) as session:
+        session.add_all(JobEvent(job_id=j, kind=ENQUEUED, detail={"batch": batch_id})
+                        for j in job_ids)
+
+
+def _send(job_ids: list[str], batch_id: str, s: Settings, pace: Callable[[], None]) -> None:
+    from workers.tasks import enqueue
+
+    sent = []
+    try:
+        for job_id in job_ids:
+            pace()
+            enqueue(job_id, s.queue_bulk)
+            sent.append(job_id)
+    finally:  # interrupted (Ctrl-C, broker error): record what did go out
+        _mark_enqueued(s.database_url, batch_id, sent)
+
+
+def _pacer(rate: float) -> Callable[[], None]:
+    """Sleeps so that calls happen at most `rate` times per second (0: no limit)."""
+    state = {"next": time.monotonic()}
+
+    def pace() -> None:
+        if rate > 0:
+            now = time.monotonic()
+            if state["next"] > now:
+                time.sleep(state["next"] - now)
+            state["next"] = max(now, state["next"]) + 1.0 / rate
+
+    return pace
+
+
+def run(batch_id: str, chunk: int = 500, rate: float = 0, settings: Settings | None = None
+        ) -> Iterator[int]:
+    """Queue the batch's selection chunk by chunk; yields the number sent per chunk.
+    First sends the batch's queued jobs that have no `enqueued` event (an earlier run of
+    this batch stopped between its commit and its enqueue)."""
+    s = settings or get_settings()
+    selection, pace = load(batch_id, s), _pacer(rate)
+    with session_scope(s.database_url) as session:
+        stranded = session.scalars(_stranded(batch_id)).all()
+    for i in range(0, len(stranded), chunk):
+        _send(stranded[i:i + chunk], batch_id, s, pace)
+        yield len(stranded[i:i + chunk])
+    while True:
+        with session_scope(s.database_url) as session:
+            jobs = session.scalars(
+                selection.query().where(or_(Job.batch_id.is_(None), Job.batch_id != batch_id))
+                .order_by(Job.created_at, Job.id).limit(chunk)
+                .with_for_update(skip_locked=True)).all()
+            for job in jobs:
+                requeue_job(session, job, reason=f"reprocess batch {batch_id}")
+                job.batch_id, job.priority = batch_id, Priority.low.value
+            batch = session.get(Batch, batch_id)
+            batch.total += len(jobs)
+            job_ids = [job.id for job in jobs]
+        if not job_ids:
+            return
+        _send(job_ids, batch_id, s, pace)
+        yield len(job_ids)
