@@ -59,7 +59,7 @@ def unique_queues() -> dict[str, str]:
 def service(tmp_path, db_url, redis_url):
     settings = Settings(data_dir=tmp_path / "data", database_url=db_url,
                         storage_uri=(tmp_path / "storage").as_uri(), broker_url=redis_url,
-                        visibility_timeout_s=6, **unique_queues())
+                        visibility_timeout_s=120, **unique_queues())
     set_settings(settings)
     configure(app, settings)
     yield settings
@@ -175,8 +175,10 @@ def test_worker_processes_good_and_bad_files(service, workers, tmp_path):
         assert job.status in {"succeeded", "no_watermark", "needs_review"}, (path.name, job.error_message)
         out = Image.open(io.BytesIO(read_uri(job.result_uri)))
         source = Image.open(path)
-        upright_size = ImageOps.exif_transpose(source).size  # outputs are upright
-        assert out.size == upright_size and out.format == source.format
+        # As displayed (EXIF orientation applied): a cleaned image is stored upright, an
+        # unchanged one (no_watermark) is the input's own bytes.
+        upright_size = ImageOps.exif_transpose(source).size
+        assert ImageOps.exif_transpose(out).size == upright_size and out.format == source.format
         assert Image.open(io.BytesIO(read_uri(job.mask_uri))).size == upright_size
         assert job.attempts == 1 and job.pipeline_version
     with session_scope(service.database_url) as session:
@@ -194,6 +196,8 @@ def test_worker_processes_good_and_bad_files(service, workers, tmp_path):
 
 
 def test_sigkilled_worker_job_finishes_exactly_once(service, workers, tmp_path):
+    # A short visibility timeout, so Redis hands the dead worker's task on within seconds.
+    service = service.replace(visibility_timeout_s=6)
     big = tmp_path / "big.png"
     rng = np.random.default_rng(0)
     # Noise makes PNG decode/encode slow enough to kill the worker mid-task.
