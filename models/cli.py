@@ -1,14 +1,78 @@
-"""`clearmark train` and `clearmark eval` (mounted by workers/cli.py)."""
+"""`clearmark train` and `clearmark eval` (mounted by workers/cli.py).
+
+Also runnable alone: `python -m models.cli train detector --steps 100`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
 import click
+
+from models.registry import KINDS, WEIGHTS_DIR
+from models.scenes import DEFAULT_DATA
 
 
 @click.command("train")
-def train_command():
-    """Train a model (placeholder)."""
-    raise click.ClickException("not built yet")
+@click.argument("kind", type=click.Choice(KINDS))
+@click.option("--steps", default=2400, show_default=True, help="optimizer steps (cosine schedule length)")
+@click.option("--batch", default=16, show_default=True)
+@click.option("--crop", default=160, show_default=True, help="training crop size in px")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--threads", default=1, show_default=True, help="torch CPU threads")
+@click.option("--max-minutes", type=float, default=None, help="stop early after this long")
+@click.option("--init", type=click.Path(exists=True, path_type=Path), default=None,
+              help="start from these weights (fine-tuning)")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA,
+              show_default=True, help="directory holding grocery/")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR,
+              show_default=True)
+def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init, data_dir, out_dir):
+    """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest."""
+    from tqdm import tqdm
+
+    from models.train import train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    with tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
+        recipe = train(kind, steps=steps, batch=batch, crop=crop, seed=seed, lr=lr,
+                       data_dir=data_dir, out_dir=out_dir, threads=threads,
+                       max_minutes=max_minutes, init=init, progress=bar)
+    click.echo(json.dumps(recipe, indent=2))
 
 
 @click.command("eval")
-def eval_command():
-    """Evaluate the shipped models (placeholder)."""
-    raise click.ClickException("not built yet")
+@click.option("--n", "n", default=60, show_default=True, help="watermarked images (plus n/3 clean, n/3 product-text)")
+@click.option("--seed", default=0, show_default=True, help="evaluation seed (never used in training)")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True)
+@click.option("--weights", "weights_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR,
+              show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="also write all numbers here")
+@click.option("--update-manifest", is_flag=True, help="store the summary in the weights manifest")
+def eval_command(n, seed, data_dir, weights_dir, threads, json_path, update_manifest):
+    """Evaluate the shipped models against two baselines on a held-out synthetic set."""
+    from models.evaluate import evaluate, format_table
+
+    results = evaluate(n=n, seed=seed, data_dir=data_dir, weights_dir=weights_dir, threads=threads)
+    click.echo(format_table(results))
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+    if update_manifest:
+        from models.evaluate import store_in_manifest
+        store_in_manifest(results, weights_dir)
+
+
+@click.group()
+def _main():
+    """Model commands (stand-alone entry; the project CLI mounts the same commands)."""
+
+
+_main.add_command(train_command)
+_main.add_command(eval_command)
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,202 @@
+"""Training recipes for the Detector and the Remover (CPU-friendly, deterministic data).
+
+Detector: sees what the pipeline sees, i.e. the photo resized so its long side is 640 px
+(`DETECT_LONG_SIDE`). A crop of `crop` px at that scale is rendered as a window of
+`crop * L / 640` px of an `L`-px catalogue photo (L in 800-1700) and area-downscaled, so
+stroke widths, JPEG blur and text sizes match inference. Target: pixels whose full-res
+watermark coverage is >= 20 % (thin strokes stay in the mask; the pipeline dilates after).
+Loss: BCE + soft dice.
+
+Remover: full-resolution crops around the mark, input mask = GT mask dilated 2-6 px with
+noise (missed blobs, spurious blobs, feathered edges) because at inference it gets the
+detector's thresholded, dilated mask. Loss: L1 of the restored image inside the input
+mask (normalised by its area) + 0.5 x L1 of the predicted opacity against the true `alpha`
+(the blend-inversion branch learns the physics) + a small L1 on image gradients.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.registry import WEIGHTS_DIR, build_model
+from models.synth import make_sample
+
+log = logging.getLogger("clearmark.train")
+DETECT_LONG_SIDE = 640
+DEFAULT_ARCH = {"detector": {"base": 16}, "remover": {"base": 16}}
+TRAIN_TAG = 1  # rng stream tag for training data; evaluation uses another tag
+
+
+def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    """uint8 HxWxC (or float HxW) list -> float N x C x H x W."""
+    x = np.stack([a if a.ndim == 3 else a[..., None] for a in arrays]).astype(np.float32)
+    if arrays[0].dtype == np.uint8:
+        x /= 255.0
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+
+def detector_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None,
+                   source: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    images, targets = [], []
+    for _ in range(batch):
+        long_side = int(rng.integers(800, 1701))
+        region = int(round(crop * long_side / DETECT_LONG_SIDE))
+        s = make_sample(rng, region, region, long_side, data_dir=data_dir, source=source)
+        images.append(cv2.resize(s.composite, (crop, crop), interpolation=cv2.INTER_AREA))
+        cov = cv2.resize(s.mask.astype(np.float32), (crop, crop), interpolation=cv2.INTER_AREA)
+        targets.append((cov >= 0.2).astype(np.float32))
+    return _to_tensor(images), _to_tensor(targets)
+
+
+def noisy_mask(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """The GT mask as the pipeline would hand it over: dilated, imperfect, maybe feathered."""
+    h, w = mask.shape
+    r = int(rng.integers(2, 7))
+    m = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
+    for _ in range(int(rng.poisson(0.6))):  # spurious (+) or missed (-) blobs
+        c = (int(rng.integers(w)), int(rng.integers(h)))
+        axes = (int(rng.integers(3, max(4, w // 6))), int(rng.integers(3, max(4, h // 6))))
+        cv2.ellipse(m, c, axes, float(rng.uniform(0, 180)), 0, 360, int(rng.random() < 0.6), -1)
+    m = m.astype(np.float32)
+    if rng.random() < 0.3:
+        m = np.maximum(m, cv2.GaussianBlur(m, (0, 0), rng.uniform(0.7, 2.0)))
+    return m
+
+
+def remover_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None,
+                  source: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    inputs, cleans, alphas = [], [], []
+    for _ in range(batch):
+        s = make_sample(rng, crop, crop, int(rng.integers(800, 1701)), data_dir=data_dir, p_none=0.0,
+                        source=source)
+        x = _to_tensor([s.composite])[0]
+        inputs.append(torch.cat([x, torch.from_numpy(noisy_mask(rng, s.mask))[None]], 0))
+        cleans.append(s.clean)
+        alphas.append(s.alpha.astype(np.float32))
+    return torch.stack(inputs), _to_tensor(cleans), _to_tensor(alphas)
+
+
+def detector_loss(model, batch) -> torch.Tensor:
+    image, target = batch
+    prob = model(image).clamp(1e-6, 1 - 1e-6)
+    bce = F.binary_cross_entropy(prob, target)
+    inter = (prob * target).sum((1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (prob.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
+    return bce + dice.mean()
+
+
+def _grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+
+def remover_loss(model, batch) -> torch.Tensor:
+    x, clean, alpha = batch
+    mask = x[:, 3:4]
+    restored, alpha_pred = model.parts(x)
+    area = mask.sum((1, 2, 3)).clamp(min=16.0)
+    l1 = ((restored - clean).abs() * mask).sum((1, 2, 3)) / (3 * area)
+    la = ((alpha_pred - alpha).abs() * mask).sum((1, 2, 3)) / area
+    gy, gx = _grad(restored - clean)
+    lg = gy.abs().mean() + gx.abs().mean()
+    return (l1 + 0.5 * la).mean() + 0.5 * lg
+
+
+BATCHES = {"detector": detector_batch, "remover": remover_batch}
+LOSSES = {"detector": detector_loss, "remover": remover_loss}
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def update_manifest(out_dir: Path, kind: str, entry: dict) -> None:
+    """Merge `entry` into manifest.json[kind] (keeps other kinds and keys)."""
+    path = Path(out_dir) / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.setdefault(kind, {}).update(entry)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def save(model, kind: str, out_dir: Path, recipe: dict) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{kind}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)
+    update_manifest(out_dir, kind, {"sha256": file_sha256(path), "architecture": recipe["architecture"],
+                                    "recipe": recipe, "seed": recipe["seed"],
+                                    "steps": recipe["steps_done"]})
+    return path
+
+
+def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: int = 0,
+          lr: float = 2e-3, data_dir=None, out_dir: Path = WEIGHTS_DIR, threads: int = 1,
+          arch: dict | None = None, max_minutes: float | None = None, save_every: int = 100,
+          init: Path | None = None, progress=None) -> dict:
+    """Train `kind` and save weights + manifest every `save_every` steps and at the end.
+
+    `max_minutes` stops early and shortens the cosine schedule to fit; the manifest records
+    the steps actually done. `init` starts from a state_dict (fine-tuning)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    arch = dict(arch or DEFAULT_ARCH[kind])
+    model = build_model(kind, **arch).to(memory_format=torch.channels_last)
+    if init:
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    warm, start = min(100, steps // 10), time.time()
+
+    def progress_of(i: int) -> float:
+        """Fraction of the run done: by steps, or by the time budget if that runs out first
+        (so the cosine anneals to ~0 on a shared, slow CPU too)."""
+        frac = min(i, steps) / steps
+        if max_minutes:
+            frac = max(frac, min(1.0, (time.time() - start) / (max_minutes * 60)))
+        return frac
+
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / max(1, warm)) * 0.5 * (1 + math.cos(math.pi * progress_of(i))))
+    recipe = {"kind": kind, "steps": steps, "batch": batch, "crop": crop, "seed": seed, "lr": lr,
+              "optimizer": "AdamW(wd=1e-4), warmup + cosine over steps or max_minutes, whichever "
+                           "ends first", "max_minutes": max_minutes, "threads": threads,
+              "architecture": arch, "device": "cpu", "init": str(init) if init else None,
+              "data": "models.synth.make_sample, grocery train split + procedural studio scenes"}
+    ema, done = None, 0
+    model.train()
+    for step in range(steps):
+        rng = np.random.default_rng([TRAIN_TAG, seed, step])
+        data = [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
+                for t in BATCHES[kind](rng, batch, crop, data_dir)]
+        loss = LOSSES[kind](model, data)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        done = step + 1
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{ema:.4f}", refresh=False)
+        if done % 50 == 0:
+            log.info("%s step %d/%d loss %.4f (ema %.4f) %.1f min", kind, done, steps, loss.item(),
+                     ema, (time.time() - start) / 60)
+        out_of_time = max_minutes is not None and time.time() - start > max_minutes * 60
+        if done % save_every == 0 or done == steps or out_of_time:
+            recipe.update(steps_done=done, final_loss_ema=round(ema, 5),
+                          train_minutes=round((time.time() - start) / 60, 1))
+            save(model, kind, out_dir, recipe)
+        if out_of_time:
+            log.info("time budget reached at step %d", done)
+            break
+    return recipe

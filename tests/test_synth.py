@@ -1,0 +1,71 @@
+"""The synthesizer: deterministic, and its ground truth explains the composite."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.scenes import DEFAULT_DATA, photo_list, render_background
+from models.synth import KINDS, blend, make_sample, render_watermark, watermark_image
+
+
+def _sample(seed: int, **kw):
+    return make_sample(np.random.default_rng(seed), 96, 128, 1000, source="studio", **kw)
+
+
+def test_same_seed_same_sample():
+    a, b = _sample(7), _sample(7)
+    for field in ("clean", "composite", "alpha", "mask", "product"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert a.kinds == b.kinds and a.quality == b.quality
+    assert not np.array_equal(a.composite, _sample(8).composite)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blend_is_the_compositing_equation(kind):
+    rng = np.random.default_rng(3)
+    bg, _, _ = render_background(rng, 192, 256, 900, source="studio")
+    alpha, premult, labels = render_watermark(rng, 192, 256, 900, [kind])
+    assert labels[0].split("+")[0] == kind
+    assert alpha.min() >= 0 and alpha.max() <= 1 and alpha.max() > 0
+    composite = blend(bg, alpha, premult).astype(np.float64)
+    expected = premult * 255 + (1 - alpha[..., None]) * bg
+    assert np.abs(composite - expected).max() <= 0.5 + 1e-6
+    # where alpha == 0 the background is untouched, bit for bit
+    np.testing.assert_array_equal(composite[alpha == 0], bg[alpha == 0])
+
+
+def test_sample_ground_truth_consistent_up_to_jpeg():
+    for seed in range(4):
+        s = _sample(seed, kinds=["text", "logo"], quality=95)
+        np.testing.assert_array_equal(s.mask, s.alpha > 0)
+        assert s.mask.any() and not (s.product & s.mask).any()
+        a = s.alpha[..., None]
+        model = a * s.colour * 255 + (1 - a) * s.clean
+        err = np.abs(model - s.composite)[s.mask]
+        naive = np.abs(s.clean.astype(np.float32) - s.composite)[s.mask]
+        # inside the mark only JPEG noise (chroma subsampling at coloured edges) is left
+        assert err.mean() < 0.3 * naive.mean() and np.median(err) <= 3, (err.mean(), naive.mean())
+        assert (s.colour[~s.mask] == 0).all()
+
+
+def test_no_watermark_sample_is_clean():
+    s = _sample(1, kinds=[])
+    assert not s.mask.any() and s.kinds == []
+    np.testing.assert_array_equal(s.clean, s.composite)
+
+
+def test_watermark_image_changes_only_the_mask():
+    rgb = np.full((120, 160, 3), 240, np.uint8)
+    out, mask = watermark_image(rgb, np.random.default_rng(5), kinds=["text"], quality=None)
+    assert out.shape == rgb.shape and out.dtype == np.uint8 and mask.dtype == bool
+    assert mask.any()
+    np.testing.assert_array_equal(out[~mask], rgb[~mask])
+
+
+@pytest.mark.skipif(not (DEFAULT_DATA / "grocery").exists(), reason="grocery data not present")
+def test_photo_split_is_disjoint_and_deterministic():
+    for subset in ("iconic", "natural"):
+        train, held = photo_list(str(DEFAULT_DATA), subset, "train"), photo_list(str(DEFAULT_DATA), subset, "eval")
+        assert train and held and not set(train) & set(held)
+    s = make_sample(np.random.default_rng(0), 64, 64, 800, source="photo")
+    assert s.background.startswith("photo_") and s.clean.shape == (64, 64, 3)
