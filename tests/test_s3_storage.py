@@ -1,0 +1,52 @@
+"""Jobs on S3-compatible storage (s3fs), against a local S3 server (moto) on 127.0.0.1."""
+from __future__ import annotations
+
+import io
+
+import fsspec
+import pytest
+from PIL import Image
+
+from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
+from workers.db import Job, session_scope
+from workers.jobs import create_job, ensure_tenant, process_job
+from workers.settings import set_settings
+from workers.storage import Storage, read_uri
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    # compose.yaml sets FSSPEC_S3_ENDPOINT_URL for MinIO; fsspec reads that variable into
+    # fsspec.config.conf at import, which has happened already in this process.
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": f"http://{host}:{port}"})
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # moto keeps buckets in process-wide state, so the bucket may exist from a previous test.
+    fsspec.filesystem("s3", skip_instance_cache=True).makedirs("clearmark", exist_ok=True)
+    yield "s3://clearmark"
+    server.stop()
+
+
+def test_job_reads_and_writes_s3(settings, s3_bucket):
+    storage = Storage(s3_bucket)
+    buf = io.BytesIO()
+    Image.fromarray(marked()).save(buf, "PNG")
+    source = storage.put("sources/shop/photo.png", buf.getvalue())
+    local = settings.replace(storage_uri=s3_bucket)
+    set_settings(local)
+    with session_scope(local.database_url) as session:
+        job, _ = create_job(session, ensure_tenant(session), source)
+        job_id = job.id
+    assert process_job(job_id, fake_engines(MagentaDetector(), GreyRemover()), local) == "succeeded"
+    with session_scope(local.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job.result_uri == f"{s3_bucket}/results/{job_id}.png"
+        result = Image.open(io.BytesIO(read_uri(job.result_uri)))
+        assert result.size == Image.open(buf).size
+        assert Image.open(io.BytesIO(read_uri(job.mask_uri))).mode == "L"
