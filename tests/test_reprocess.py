@@ -16,6 +16,7 @@ from workers import reprocess as rp
 from workers.cli import cli
 from workers.db import Batch, Job, JobEvent, session_scope
 from workers.jobs import create_batch, create_job, ensure_tenant
+from workers.pipeline import current_version_pattern
 from workers.submit import submit_files
 
 pytestmark = [pytest.mark.integration]
@@ -23,7 +24,7 @@ OLD = "pipeline-0+detector:000000000000:torch+remover:000000000000:torch"
 
 
 def current_version() -> str:
-    return rp.current_model_pattern().replace("%", "onnxruntime")
+    return current_version_pattern().replace("%", "onnxruntime")
 
 
 def seed(url: str) -> dict[str, list[str]]:

@@ -14,7 +14,6 @@ import json
 import logging
 import mimetypes
 from datetime import datetime, timezone
-from functools import lru_cache
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.encoders import jsonable_encoder
@@ -107,15 +106,10 @@ def _owned_job(session, tenant: Tenant, job_id: str, lock: bool = False) -> Job:
     return job
 
 
-@lru_cache(maxsize=1)
-def pipeline_fingerprint() -> str:
-    """The pipeline version a new job would get, without loading engines: code version and
-    weights hashes (the backend may differ between workers but not the output's meaning)."""
-    from models.registry import weights_sha256
-    from workers.pipeline import PIPELINE_CODE_VERSION
+def _pipeline_fingerprint() -> str:
+    from workers.pipeline import pipeline_fingerprint  # lazy: the API loads no engines
 
-    return "+".join([f"pipeline-{PIPELINE_CODE_VERSION}",
-                     *(weights_sha256(kind)[:16] for kind in ("detector", "remover"))])
+    return pipeline_fingerprint()
 
 
 def queue_for(priority: str, settings: Settings) -> str:
@@ -192,7 +186,7 @@ def upload_image(request: Request, response: Response,
     with session_scope(settings.database_url) as session:
         job, created = create_job(
             session, session.get(Tenant, tenant.id), source_uri, source_sha256=digest,
-            idempotency_key=idempotency_key or f"sha256:{digest}@{pipeline_fingerprint()}",
+            idempotency_key=idempotency_key or f"sha256:{digest}@{_pipeline_fingerprint()}",
             callback_url=callback_url, priority=priority.value)
         document = job_document(job, _base_url(request))
     if created:

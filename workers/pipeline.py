@@ -41,6 +41,26 @@ class Engines:
         return f"pipeline-{PIPELINE_CODE_VERSION}+{self.detector.key}+{self.remover.key}"
 
 
+# Both below describe the current pipeline without loading engines; they live beside
+# `Engines.version` so that its format is defined in one place.
+def current_version_pattern() -> str:
+    """LIKE pattern of the `Engines.version` a worker would write now, any backend:
+    `pipeline-<code>+detector:<sha12>:%+remover:<sha12>:%` (Engine.key starts kind:sha12:)."""
+    from models.registry import weights_sha256
+
+    return (f"pipeline-{PIPELINE_CODE_VERSION}+detector:{weights_sha256('detector')[:12]}:%"
+            f"+remover:{weights_sha256('remover')[:12]}:%")
+
+
+def pipeline_fingerprint() -> str:
+    """Code version and weights hashes (the backend may differ between workers but not the
+    output's meaning): part of the API's default idempotency key."""
+    from models.registry import weights_sha256
+
+    return "+".join([f"pipeline-{PIPELINE_CODE_VERSION}",
+                     *(weights_sha256(kind)[:16] for kind in ("detector", "remover"))])
+
+
 @dataclass
 class PipelineResult:
     status: str          # "succeeded" | "no_watermark" | "needs_review"

@@ -18,7 +18,6 @@ from PIL import Image, ImageOps
 from sqlalchemy import func, select
 
 from workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
-from workers.reprocess import current_model_pattern
 from workers.settings import Settings, get_settings
 from workers.storage import read_uri
 
@@ -220,7 +219,9 @@ def build_report(tenant: str | None = None, since: datetime | None = None, sampl
                  f'{histogram_svg(metrics["ms_total"], "total ms", fmt="{:.0f}")}</div>')
     else:
         latency = plots = '<p class="empty">no finished jobs with metrics</p>'
-    current = re.compile(re.escape(current_model_pattern()).replace("%", ".*"))
+    from workers.pipeline import current_version_pattern
+
+    current = re.compile(re.escape(current_version_pattern()).replace("%", ".*"))
     version_table = _table(["pipeline version", "jobs", "models"],
                            [[f'<code class="nowrap">{escape(v)}</code>', n,
                              "current" if current.fullmatch(v) else "outdated"]

@@ -31,16 +31,6 @@ from workers.settings import Settings, get_settings
 ENQUEUED = "enqueued"
 
 
-def current_model_pattern() -> str:
-    """LIKE pattern of the pipeline version a worker would write now, any backend:
-    `pipeline-<code>+detector:<sha12>:%+remover:<sha12>:%` (see Engines.version)."""
-    from models.registry import weights_sha256
-    from workers.pipeline import PIPELINE_CODE_VERSION
-
-    return (f"pipeline-{PIPELINE_CODE_VERSION}+detector:{weights_sha256('detector')[:12]}:%"
-            f"+remover:{weights_sha256('remover')[:12]}:%")
-
-
 @dataclass(frozen=True)
 class Selection:
     tenant: str | None = None
@@ -76,7 +66,9 @@ class Selection:
         if self.until:
             q = q.where(Job.created_at < _utc(self.until))
         if self.outdated:
-            q = q.where(Job.pipeline_version.not_like(current_model_pattern()))  # NULL: never
+            from workers.pipeline import current_version_pattern
+
+            q = q.where(Job.pipeline_version.not_like(current_version_pattern()))  # NULL: never
         if self.version:
             q = q.where(Job.pipeline_version.startswith(self.version, autoescape=True))
         if self.batch:
