@@ -116,30 +116,51 @@ def _shade(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 
 def _draw_label(rng: np.random.Generator, img: Image.Image, prod: Image.Image,
                 box: tuple[int, int, int, int], long_side: int) -> None:
-    """Print brand text, descriptors and sometimes a round logo inside `box` (x0,y0,x1,y1)."""
+    """Print brand text, descriptors and sometimes a round logo inside `box` (x0,y0,x1,y1).
+
+    Everything is clipped to `box`: printed text belongs to a surface (a label, a card).
+    Text floating on the backdrop would look exactly like an overlaid mark, and a negative
+    that is indistinguishable from a positive only teaches the detector to doubt itself."""
     x0, y0, x1, y1 = box
     bw, bh = x1 - x0, y1 - y0
     if bw < 8 or bh < 8:
         return
-    d, dp = ImageDraw.Draw(img), ImageDraw.Draw(prod)
+    label, label_prod = img.crop(box), prod.crop(box)
+    d, dp = ImageDraw.Draw(label), ImageDraw.Draw(label_prod)
     ink = tuple(int(v) for v in (rng.uniform(0, 90, 3) if rng.random() < 0.6 else rng.uniform(0, 255, 3)))
-    y = y0 + bh * rng.uniform(0.05, 0.2)
+    y = bh * rng.uniform(0.05, 0.2)
     lines = [BRANDS[int(rng.integers(len(BRANDS)))]] + [WORDS[int(rng.integers(len(WORDS)))]
                                                       for _ in range(int(rng.integers(0, 3)))]
     for i, text in enumerate(lines):
         size = long_side * (rng.uniform(0.03, 0.08) if i == 0 else rng.uniform(0.015, 0.035))
+        size = min(size, bh * 0.45)
         f = font(LATIN_FONTS[int(rng.integers(len(LATIN_FONTS)))], size)
-        x = x0 + bw * rng.uniform(0.05, 0.3)
+        x = bw * rng.uniform(0.05, 0.3)
         d.text((x, y), text, font=f, fill=ink)
         dp.text((x, y), text, font=f, fill=255)
         y += size * 1.3
     if rng.random() < 0.5:  # the product's own logo
-        r = long_side * rng.uniform(0.02, 0.06)
-        cx, cy = x0 + bw * rng.uniform(0.2, 0.8), y + r * 1.2
+        r = min(long_side * rng.uniform(0.02, 0.06), bw * 0.3, bh * 0.3)
+        cx, cy = bw * rng.uniform(0.2, 0.8), min(y + r * 1.2, bh - r)
         col = tuple(int(v) for v in rng.uniform(0, 255, 3))
         for dd, fill in ((d, col), (dp, 255)):
             dd.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
         d.text((cx - r * 0.4, cy - r * 0.6), "B", font=font("DejaVuSans-Bold.ttf", r), fill=ink)
+    img.paste(label, box[:2])
+    prod.paste(label_prod, box[:2])
+
+
+def _card(rng: np.random.Generator, img: Image.Image, h: int, w: int,
+          long_side: int) -> tuple[int, int, int, int]:
+    """A tag or card lying on the backdrop (its own colour and outline); returns its box."""
+    cw, ch = long_side * rng.uniform(0.15, 0.45), long_side * rng.uniform(0.08, 0.3)
+    x0, y0 = rng.uniform(-0.1, 1.0) * w, rng.uniform(-0.1, 1.0) * h
+    box = (int(x0), int(y0), int(x0 + cw), int(y0 + ch))
+    fill = tuple(int(v) for v in (rng.uniform(200, 255, 3) if rng.random() < 0.6 else rng.uniform(0, 255, 3)))
+    edge = tuple(int(v * rng.uniform(0.6, 0.9)) for v in fill)
+    ImageDraw.Draw(img).rounded_rectangle(box, radius=int(min(cw, ch) * 0.05), fill=fill, outline=edge,
+                                          width=max(1, int(long_side * 0.002)))
+    return box
 
 
 def studio_scene(rng: np.random.Generator, h: int, w: int, long_side: int
@@ -177,8 +198,8 @@ def studio_scene(rng: np.random.Generator, h: int, w: int, long_side: int
                                              else rng.uniform(0, 255, 3)))
                 draw.rectangle((lx0, ly0, lx1, ly1), fill=lab)
                 _draw_label(rng, img, prod, (lx0, ly0, lx1, ly1), long_side)
-    if rng.random() < 0.4:  # printed text straight on the backdrop (a tag, a card)
-        _draw_label(rng, img, prod, (int(rng.uniform(0, w)), int(rng.uniform(0, h)), w, h), long_side)
+    if rng.random() < 0.4:  # a printed tag or card on the backdrop
+        _draw_label(rng, img, prod, _card(rng, img, h, w, long_side), long_side)
     out = np.asarray(img, np.float32)
     sig = max(1.0, long_side * 0.01)
     shadow = cv2.GaussianBlur(shadow, (0, 0), sig)

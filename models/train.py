@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -173,10 +174,20 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
               "data": "models.synth.make_sample, grocery train split + procedural studio scenes"}
     ema, done = None, 0
     model.train()
-    for step in range(steps):
+    def make_batch(step: int) -> list[torch.Tensor]:
         rng = np.random.default_rng([TRAIN_TAG, seed, step])
-        data = [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
+        return [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
                 for t in BATCHES[kind](rng, batch, crop, data_dir)]
+
+    # The next batch is synthesised in a thread while this step computes (OpenCV, NumPy and
+    # torch release the GIL); each batch depends only on its step number, so results match
+    # a sequential run exactly.
+    prefetch = ThreadPoolExecutor(max_workers=1)
+    upcoming = prefetch.submit(make_batch, 0)
+    for step in range(steps):
+        data = upcoming.result()
+        if step + 1 < steps:
+            upcoming = prefetch.submit(make_batch, step + 1)
         loss = LOSSES[kind](model, data)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -199,4 +210,6 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
         if out_of_time:
             log.info("time budget reached at step %d", done)
             break
+    upcoming.cancel()
+    prefetch.shutdown(wait=True)
     return recipe

@@ -69,3 +69,23 @@ def test_photo_split_is_disjoint_and_deterministic():
         assert train and held and not set(train) & set(held)
     s = make_sample(np.random.default_rng(0), 64, 64, 800, source="photo")
     assert s.background.startswith("photo_") and s.clean.shape == (64, 64, 3)
+
+
+def test_printed_product_text_stays_on_its_label():
+    """Product text is a negative for the detector only if it sits on a surface; text
+    spilling onto the backdrop would look exactly like an overlaid mark."""
+    from PIL import Image
+
+    from models.scenes import _draw_label
+
+    for seed in range(20):
+        img = Image.new("RGB", (400, 300), (240, 240, 240))
+        prod = Image.new("L", (400, 300), 0)
+        box = (50, 60, 170, 120)  # small label, large text sizes for long_side 2000
+        _draw_label(np.random.default_rng(seed), img, prod, box, 2000)
+        printed, pixels = np.asarray(prod) > 0, np.asarray(img)
+        assert printed[60:120, 50:170].any()
+        outside = np.ones_like(printed)
+        outside[60:120, 50:170] = False
+        assert not printed[outside].any()
+        assert (pixels[outside] == 240).all()
