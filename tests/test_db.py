@@ -9,7 +9,8 @@ from workers import migrate
 from workers.db import (
     IllegalTransition, Job, JobEvent, JobStatus, check_transition, session_scope,
 )
-from workers.jobs import claim_job, create_job, ensure_tenant, fail_job, finish_job
+from workers.jobs import (TooManyAttempts, claim_job, create_job, ensure_tenant, fail_job,
+                          finish_job)
 
 TABLES = {"tenants", "jobs", "job_metrics", "batches", "job_events", "alembic_version"}
 
@@ -101,7 +102,49 @@ def test_poison_job_fails_after_max_attempts(db_url):
     job_id = _new_job(db_url)
     for _ in range(2):
         assert claim_job(db_url, job_id, max_attempts=2) is not None  # each worker dies
-    assert claim_job(db_url, job_id, max_attempts=2) is None
+    with pytest.raises(TooManyAttempts):
+        claim_job(db_url, job_id, max_attempts=2)
     with session_scope(db_url) as session:
         job = session.get(Job, job_id)
         assert (job.status, job.error_code) == ("failed", "too_many_attempts")
+    assert claim_job(db_url, job_id, max_attempts=2) is None  # finished: nothing to do
+
+
+def test_giving_up_is_a_finished_attempt(db_url, monkeypatch):
+    """process_job reports the job it failed as too_many_attempts as finished, so its
+    webhook is sent like any other final status."""
+    from workers import webhooks
+    from workers.jobs import process_job
+    from workers.settings import Settings
+
+    notified = []
+    monkeypatch.setattr(webhooks, "notify_finished", lambda job_id, s: notified.append(job_id))
+    job_id = _new_job(db_url)
+    settings = Settings(database_url=db_url, max_attempts=1)
+    assert claim_job(db_url, job_id, max_attempts=1) is not None  # that worker died
+    assert process_job(job_id, engines=None, settings=settings) == "failed"
+    assert notified == [job_id]
+    assert process_job(job_id, engines=None, settings=settings) is None  # nothing left to do
+    assert notified == [job_id]
+
+
+@pytest.mark.parametrize("backend", ["sqlite_url", "pg_url"])
+def test_every_tenant_gets_a_webhook_secret(request, backend):
+    """Tenants from before 0003 get a secret from the migration, new ones from the model,
+    so no webhook is ever signed with an empty key."""
+    from sqlalchemy import text
+
+    url = request.getfixturevalue(backend)
+    migrate.upgrade(url, "0002")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for name in ("old-a", "old-b"):
+            conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES (:n, :n, :t)"),
+                         {"n": name, "t": "2026-01-01T00:00:00+00:00"})
+    migrate.upgrade(url)
+    with engine.begin() as conn:
+        secrets = dict(conn.execute(text("SELECT id, webhook_secret FROM tenants")).all())
+    assert len(set(secrets.values())) == 2 and all(len(s) >= 32 for s in secrets.values())
+    with session_scope(url) as session:
+        assert len(ensure_tenant(session, "new").webhook_secret) >= 32
+    engine.dispose()

@@ -10,7 +10,7 @@ from tests.test_api import (  # noqa: F401 - fixtures used here
 )
 from tests.test_celery_e2e import statuses, wait_for
 from tests.test_compose import compose_command
-from workers.db import METRIC_FIELDS, JobEvent, JobStatus, session_scope
+from workers.db import METRIC_FIELDS, JobEvent, JobStatus, Tenant, session_scope
 from workers.jobs import claim_job, create_job, ensure_tenant, finish_job
 from workers.settings import Settings
 from workers.webhooks import (
@@ -84,7 +84,10 @@ def test_delivery_is_signed_and_refuses_private_urls(api_settings, receiver):
     assert deliver(job_id, 1, api_settings) == "delivered"
     headers, body = receiver.requests[0]
     assert headers["Clearmark-Event-Id"].startswith(job_id)
-    assert verify_signature("", headers["Clearmark-Signature"], body)  # tenant without a secret
+    with session_scope(api_settings.database_url) as session:
+        secret = session.scalar(select(Tenant.webhook_secret).where(Tenant.name == "shop"))
+    assert verify_signature(secret, headers["Clearmark-Signature"], body)
+    assert not verify_signature("", headers["Clearmark-Signature"], body)
     receiver.status = 500
     assert deliver(job_id, 2, api_settings) == "retry"
     assert deliver(job_id, 3, api_settings) == "failed"  # the last attempt

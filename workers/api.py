@@ -112,13 +112,9 @@ def _pipeline_fingerprint() -> str:
     return pipeline_fingerprint()
 
 
-def queue_for(priority: str, settings: Settings) -> str:
-    return settings.queue_bulk if priority == Priority.low.value else settings.queue_uploads
-
-
 def _enqueue(job_id: str, priority: str, settings: Settings) -> None:
     """Send the job's task; when the broker is down the job fails (retry it later)."""
-    from workers.tasks import enqueue
+    from workers.tasks import enqueue, queue_for
 
     try:
         enqueue(job_id, queue_for(priority, settings))

@@ -6,6 +6,7 @@ itself is created only by Alembic migrations (`clearmark db upgrade`).
 from __future__ import annotations
 
 import enum
+import secrets
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -30,6 +31,10 @@ NAMING = {
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def new_webhook_secret() -> str:
+    return secrets.token_urlsafe(32)
 
 
 def new_id() -> str:
@@ -92,7 +97,9 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     api_key_hash: Mapped[str | None] = mapped_column(String(128))
     webhook_url: Mapped[str | None] = mapped_column(Text)
-    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    # Every tenant signs its webhooks, whichever way it was created (migration 0003 filled
+    # the rows from before this default).
+    webhook_secret: Mapped[str | None] = mapped_column(String(128), default=new_webhook_secret)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("uq_tenants_api_key_hash", "api_key_hash", unique=True),)

@@ -101,8 +101,13 @@ def _locked_job(session: Session, job_id: str) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id).with_for_update())
 
 
+class TooManyAttempts(Exception):
+    """claim_job just failed the job as `too_many_attempts` (committed); it is finished now."""
+
+
 def claim_job(db_url: str, job_id: str, max_attempts: int) -> Claim | None:
-    """Mark the job running for this attempt, or None when there is nothing to do."""
+    """Mark the job running for this attempt, or None when there is nothing to do.
+    Raises TooManyAttempts after failing (and committing) a job whose attempts are used up."""
     with session_scope(db_url) as session:
         job = _locked_job(session, job_id)
         if job is None:
@@ -111,20 +116,24 @@ def claim_job(db_url: str, job_id: str, max_attempts: int) -> Claim | None:
         if JobStatus(job.status) in FINISHED:
             log.info("job %s already %s; nothing to do", job_id, job.status)
             return None
-        if job.attempts >= max_attempts:
+        gave_up = job.attempts >= max_attempts
+        if gave_up:
             set_status(session, job, JobStatus.failed, attempts=job.attempts)
             job.error_code = "too_many_attempts"
             job.error_message = (f"gave up after {job.attempts} attempts (the worker died or a "
                                  "transient error repeated each time)")
             job.finished_at = utcnow()
-            return None
-        kind = "takeover" if job.status == JobStatus.running.value else "status"
-        set_status(session, job, JobStatus.running, kind=kind, attempt=job.attempts + 1,
-                   worker=socket.gethostname())
-        job.attempts += 1
-        job.started_at = utcnow()
-        job.worker_host = socket.gethostname()
-        return Claim(job.id, job.attempts, job.source_uri, job.result_uri, job.mask_uri)
+        else:
+            kind = "takeover" if job.status == JobStatus.running.value else "status"
+            set_status(session, job, JobStatus.running, kind=kind, attempt=job.attempts + 1,
+                       worker=socket.gethostname())
+            job.attempts += 1
+            job.started_at = utcnow()
+            job.worker_host = socket.gethostname()
+        claim = Claim(job.id, job.attempts, job.source_uri, job.result_uri, job.mask_uri)
+    if gave_up:
+        raise TooManyAttempts(f"job {job_id}: {claim.attempt} attempts used up")
+    return claim
 
 
 def _holds_claim(job: Job | None, claim: Claim) -> bool:
@@ -208,7 +217,11 @@ def _attempt(job_id: str, engines, settings: Settings) -> str | None:
     from workers.pipeline import process_image
 
     db_url = settings.database_url
-    claim = claim_job(db_url, job_id, settings.max_attempts)
+    try:
+        claim = claim_job(db_url, job_id, settings.max_attempts)
+    except TooManyAttempts as exc:
+        log.warning("%s: failed as too_many_attempts", exc)
+        return JobStatus.failed.value  # finished now: its webhook goes out like any other
     if claim is None:
         return None
     try:

@@ -22,12 +22,12 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
     is used in place and keyed by the URI. Either way, submitting the same source again
     for the same tenant gives its existing job. Rows are committed a chunk at a time, and
     each chunk is enqueued only after its commit, so a worker always finds its job."""
-    from workers.tasks import enqueue
+    from workers.tasks import enqueue, queue_for
 
     settings = get_settings()
     storage = get_storage()
-    queue = settings.queue_bulk if bulk else settings.queue_uploads
     priority = (Priority.low if bulk else Priority.normal).value
+    queue = queue_for(priority, settings)
     with session_scope(settings.database_url) as session:
         owner = ensure_tenant(session, tenant)
         batch = create_batch(session, owner, "bulk" if bulk else "submit", total=len(sources))

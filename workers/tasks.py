@@ -17,9 +17,10 @@ from sqlalchemy.exc import OperationalError
 
 from workers import metrics
 from workers.celery_app import app
+from workers.db import Priority
 from workers.errors import TransientError
 from workers.jobs import process_job
-from workers.settings import get_settings
+from workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 _engines = None
@@ -71,6 +72,12 @@ def clean_image(self, job_id: str) -> str | None:
     if settings.metrics_port:
         metrics.record_job(job_id, status, settings)
     return status
+
+
+def queue_for(priority: str, settings: Settings | None = None) -> str:
+    """Low-priority (bulk) jobs go to their own queue so they never delay uploads."""
+    s = settings or get_settings()
+    return s.queue_bulk if priority == Priority.low.value else s.queue_uploads
 
 
 def enqueue(job_id: str, queue: str | None = None) -> None:

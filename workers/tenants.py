@@ -12,7 +12,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workers.db import Tenant
+from workers.db import Tenant, new_webhook_secret
 from workers.jobs import ensure_tenant
 
 KEY_PREFIX = "cm_"
@@ -36,7 +36,7 @@ def create_tenant(session: Session, name: str, webhook_url: str | None = None
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     tenant.api_key_hash = hash_key(key)
     tenant.webhook_url = webhook_url
-    tenant.webhook_secret = secrets.token_urlsafe(32)
+    tenant.webhook_secret = new_webhook_secret()  # a fresh one, shown with the key
     session.flush()
     return tenant, key
 
