@@ -164,6 +164,10 @@ def summarize(rows: list[dict]) -> dict:
         clean = [r for r in mine if r["slice"] == "clean"]
         text = [r for r in mine if r["slice"] == "text"]
         out[method]["all"] = {k: _mean(wm, k) for k in ("psnr", "ssim", "psnr_in", "psnr_out", "iou", "f1")}
+        fired = defaultdict(list)
+        for r in clean:
+            fired[r["background"]].append(r["changed"])
+        out[method]["fp_by_background"] = {bg: [int(sum(v)), len(v)] for bg, v in sorted(fired.items())}
         out[method]["all"].update(
             fp_rate=round(float(np.mean([r["changed"] for r in clean])), 4) if clean else float("nan"),
             text_psnr=_mean(text, "text_psnr"), sec=_mean(mine, "sec"), n_wm=len(wm), n_clean=len(clean))
@@ -189,7 +193,7 @@ def format_table(results: dict) -> str:
         lines.append(f"{m:<7} {a['psnr']:6.2f} {a['ssim']:6.4f} {a['psnr_in']:7.2f} {a['psnr_out']:7.2f} "
                      f"{a['iou']:5.3f} {a['f1']:5.3f} {100 * a['fp_rate']:5.1f} {a['text_psnr']:7.2f} "
                      f"{a['sec']:6.2f}")
-    groups = [g for g in next(iter(summ.values())) if g != "all"]
+    groups = [g for g in next(iter(summ.values())) if g not in ("all", "fp_by_background")]
     lines += ["", "breakdown (PSNR / PSNR inside mask / F1), watermarked images:",
               f"{'group':<12} {'n':>3} " + " ".join(f"{m:>20}" for m in summ)]
     for g in groups:
@@ -197,6 +201,10 @@ def format_table(results: dict) -> str:
                          for m in summ)
         lines.append(f"{g:<12} {summ[next(iter(summ))][g]['n']:>3} {cells}")
     lines.append("IoU/F1 of 'telea' use the true mask (oracle); 'none' returns the input.")
+    if "model" in summ:
+        fired = summ["model"]["fp_by_background"]
+        lines.append("clean photos the model changed, by background: " +
+                     ", ".join(f"{bg} {k}/{n}" for bg, (k, n) in fired.items()))
     return "\n".join(lines)
 
 
