@@ -80,7 +80,12 @@ class Remover(nn.Module):
     ground truth so the inversion learns the physics instead of a shortcut. One U-Net
     (base 16, 1.2 M parameters, 4.9 MB) serves all four heads to stay within the CPU budget:
     about 1 s for a 1024x768 crop on this 2-core CPU. Outside the mask the input is passed
-    through exactly (the pipeline feathers the dilation ring itself)."""
+    through exactly (the pipeline feathers the dilation ring itself).
+
+    Measured with the *true* mask (dilated 3 px) on 24 held-out images (eval seed 1): PSNR
+    inside the mark 32.3 dB for the shipped weights, 31.8 dB for the previous ones, and
+    33.8 dB for OpenCV Telea inpainting. So with a perfect mask this head still trails a
+    classical inpainter inside the mark: it is under-trained (CPU only), not yet the limit."""
 
     def __init__(self, base: int = 16):
         super().__init__()
