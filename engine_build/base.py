@@ -41,12 +41,12 @@ import logging
 import numpy as np
 
 from models import STRIDE, weights_sha256
+from models.networks import IN_CHANNELS
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("tensorrt", "onnxruntime", "torch")
 CPU_AUTO_BACKEND = "onnxruntime"
-IN_CHANNELS = {"detector": 3, "remover": 4}
 
 
 class BackendUnavailable(RuntimeError):

@@ -3,12 +3,14 @@
 A studio-like product shot (smooth background, a few flat-shaded shapes, mild noise)
 with a visible watermark blended in as I = a*W + (1-a)*B: tiled text-like strokes, a
 corner badge or a single line of "text", opacity 0.2-0.9. The detector calibrates on the
-blended image (N x 3 x H x W), the remover on image + mask (N x 4 x H x W). Deterministic
+blended image (N x 3 x H x W), the remover on its input, image + mask + prefill (N x 7 x H x W). Deterministic
 for a given seed, numpy only.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from models.networks import remover_input
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -72,10 +74,11 @@ def synthetic_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray
 
 
 def synthetic_batch(kind: str, batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A float32 input batch for `kind` (detector: N x 3, remover: N x 4 x H x W)."""
+    """A float32 input batch for `kind` (detector: N x 3, remover: N x 7 x H x W)."""
     rng = np.random.default_rng(seed)
     items = []
     for _ in range(batch):
         image, mask = synthetic_pair(rng, height, width)
-        items.append(image if kind == "detector" else np.concatenate([image, mask]))
+        rgb = np.rint(image.transpose(1, 2, 0) * 255).astype(np.uint8)
+        items.append(image if kind == "detector" else remover_input(rgb, mask[0]))
     return np.ascontiguousarray(np.stack(items), dtype=np.float32)

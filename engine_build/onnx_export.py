@@ -35,13 +35,13 @@ import torch
 
 from engine_build.sources import load_source_model, model_identity
 from models import STRIDE
+from models.networks import IN_CHANNELS
 
 log = logging.getLogger(__name__)
 
 ONNX_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-CHANNELS = {"detector": 3, "remover": 4}
 OUT_CHANNELS = {"detector": 1, "remover": 3}
 MAX_BATCH = 256
 MAX_BLOCKS = 1024  # height/width up to 16 * 1024 px
@@ -89,7 +89,7 @@ def file_sha256(path: str | Path) -> str:
 def example_input(kind: str, batch: int = 2, height: int = 64, width: int = 80,
                   seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.random((batch, CHANNELS[kind], height, width), dtype=np.float32)
+    return rng.random((batch, IN_CHANNELS[kind], height, width), dtype=np.float32)
 
 
 def _export(kind: str, precision: str, dest: Path) -> None:
@@ -133,8 +133,8 @@ def check_onnx(path: str | Path, kind: str) -> None:
     if inp.name != INPUT_NAME or out.name != OUTPUT_NAME:
         raise ExportError(f"{path}: unexpected tensor names {inp.name!r}, {out.name!r}")
     dims = inp.type.tensor_type.shape.dim
-    if len(dims) != 4 or dims[1].dim_value != CHANNELS[kind]:
-        raise ExportError(f"{path}: input is not N x {CHANNELS[kind]} x H x W")
+    if len(dims) != 4 or dims[1].dim_value != IN_CHANNELS[kind]:
+        raise ExportError(f"{path}: input is not N x {IN_CHANNELS[kind]} x H x W")
     if any(not dims[i].dim_param for i in (0, 2, 3)):
         raise ExportError(f"{path}: batch, height and width must be dynamic")
 

@@ -40,12 +40,13 @@ from pathlib import Path
 import numpy as np
 
 from engine_build.base import BackendUnavailable, Engine
-from engine_build.onnx_export import CHANNELS, INPUT_NAME, export_onnx, file_sha256
+from engine_build.onnx_export import INPUT_NAME, export_onnx, file_sha256
 from engine_build.trt_cache import (
     EngineCacheKey, Profile, _atomic_write, engine_path, get_or_build, parse_profile,
     timing_cache_path,
 )
 from models import weights_sha256
+from models.networks import IN_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ def build_serialized_engine(plan: BuildPlan) -> bytes:
             timing = config.create_timing_cache(b"")
             config.set_timing_cache(timing, ignore_mismatch=True)
 
-        channels = CHANNELS[plan.kind]
+        channels = IN_CHANNELS[plan.kind]
         lo, opt, hi = plan.profile.nchw(channels)
         optimization = builder.create_optimization_profile()
         for i in range(network.num_inputs):

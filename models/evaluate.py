@@ -9,8 +9,9 @@ catalogue resolution (long side 800-1600 px; grocery photos are upscaled to it).
   or on top; the product's own text pixels must survive.
 
 The models run through the production pipeline's own functions (`workers.pipeline`:
-detect at 640 px long side, threshold, min-area, dilate, feathered composite on tiled
-full-resolution crops) with the PyTorch weights from `--weights`.
+detect at 640 px long side (and mirrored, per `detect_flip`), threshold, min-area, dilate,
+Telea prefill and remover on tiled full-resolution crops, feathered composite) with the
+PyTorch weights from `--weights`, under the settings of the environment (`CLEARMARK_*`).
 Baselines: `none` returns the input; `telea` gets the *true* mask dilated like the
 pipeline's and OpenCV's Telea inpainting (radius 3) — an oracle for localisation.
 
@@ -123,8 +124,8 @@ def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, thread
     rem = _ModelEngine(load_model("remover", weights_dir))
 
     def model(rgb):
-        mask = build_mask(detect_probability(det, rgb, st.detect_long_side), st.mask_threshold,
-                          st.mask_min_area, st.mask_dilate_px)
+        prob = detect_probability(det, rgb, st.detect_long_side, st.detect_flip)
+        mask = build_mask(prob, st.mask_threshold, st.mask_min_area, st.mask_dilate_px)
         out = rgb if mask.empty else remove_watermark(rem, rgb, mask, st.remove_crop_margin,
                                                       st.remove_max_crop)
         return out, mask.core

@@ -9,7 +9,8 @@ Loss: BCE + soft dice.
 
 Remover: full-resolution crops around the mark, input mask = GT mask dilated 2-6 px with
 noise (missed blobs, spurious blobs, feathered edges) because at inference it gets the
-detector's thresholded, dilated mask. Loss: L1 of the restored image inside the input
+detector's thresholded, dilated mask; the Telea prefill is computed over that noisy mask,
+exactly as the pipeline does (`models.networks.remover_input`). Loss: L1 of the restored image inside the input
 mask (normalised by its area) + 0.5 x L1 of the predicted opacity against the true `alpha`
 (the blend-inversion branch learns the physics) + a small L1 on image gradients.
 """
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.networks import remover_input
 from models.registry import WEIGHTS_DIR, build_model
 from models.synth import make_sample
 
@@ -79,8 +81,7 @@ def remover_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None
     for _ in range(batch):
         s = make_sample(rng, crop, crop, int(rng.integers(800, 1701)), data_dir=data_dir, p_none=0.0,
                         source=source)
-        x = _to_tensor([s.composite])[0]
-        inputs.append(torch.cat([x, torch.from_numpy(noisy_mask(rng, s.mask))[None]], 0))
+        inputs.append(torch.from_numpy(remover_input(s.composite, noisy_mask(rng, s.mask))))
         cleans.append(s.clean)
         alphas.append(s.alpha.astype(np.float32))
     return torch.stack(inputs), _to_tensor(cleans), _to_tensor(alphas)
@@ -140,6 +141,24 @@ def save(model, kind: str, out_dir: Path, recipe: dict) -> Path:
     return path
 
 
+def load_init(model: torch.nn.Module, state: dict) -> None:
+    """Start from `state`. A first convolution with fewer input channels (the single-stage
+    remover, before the prefill input) is widened with zero weights, and then the prefill
+    correction head (output channels 4-6) starts at zero, so the widened model begins as
+    "inverted blend or prefill" and keeps what the old weights learned."""
+    own = model.state_dict()
+    first = "net.downs.0.0.weight"
+    if first in state and state[first].shape[1] < own[first].shape[1]:
+        widened = torch.zeros_like(own[first])
+        widened[:, :state[first].shape[1]] = state[first]
+        state = {**state, first: widened}
+        if "net.head.weight" in state:
+            head_w, head_b = state["net.head.weight"].clone(), state["net.head.bias"].clone()
+            head_w[4:7], head_b[4:7] = 0.0, 0.0
+            state.update({"net.head.weight": head_w, "net.head.bias": head_b})
+    model.load_state_dict(state)
+
+
 def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: int = 0,
           lr: float = 2e-3, data_dir=None, out_dir: Path = WEIGHTS_DIR, threads: int = 1,
           arch: dict | None = None, max_minutes: float | None = None, save_every: int = 100,
@@ -153,7 +172,7 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
     arch = dict(arch or DEFAULT_ARCH[kind])
     model = build_model(kind, **arch).to(memory_format=torch.channels_last)
     if init:
-        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+        load_init(model, torch.load(init, map_location="cpu", weights_only=True))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warm, start = min(100, steps // 10), time.time()
 

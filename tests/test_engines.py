@@ -740,7 +740,7 @@ def test_trt_path_with_fake_api_builds_runs_and_reuses(fake_trt, engines):
     assert build["flags"] == 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
     assert build["builder_flags"] == [trt.BuilderFlag.TF32]  # no FP16 flag when typed
     assert build["pool"] == {trt.MemoryPoolType.WORKSPACE: get_settings().trt_workspace_mb << 20}
-    assert tuple(build["shapes"][2]) == (8, 4, 1024, 1024)
+    assert tuple(build["shapes"][2]) == (8, 7, 1024, 1024)
     assert eng.engine_path.exists() and list(trt_dir.glob("tensorrt/timing-*.cache"))
 
     ref = engines[("remover", "onnxruntime")]

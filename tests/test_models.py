@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from models import STRIDE, build_model, load_model, weights_path
-from models.train import LOSSES, detector_batch, remover_batch
+from models.networks import remover_input
+from models.train import LOSSES, detector_batch, load_init, remover_batch
 
 torch.set_num_threads(1)
 
@@ -17,20 +18,48 @@ def test_shapes(h, w):
     det, rem = build_model("detector").eval(), build_model("remover").eval()
     with torch.inference_mode():
         p = det(torch.rand(2, 3, h, w))
-        r = rem(torch.rand(2, 4, h, w))
+        r = rem(torch.rand(2, 7, h, w))
     assert p.shape == (2, 1, h, w) and r.shape == (2, 3, h, w)
     assert 0 <= p.min() and p.max() <= 1 and 0 <= r.min() and r.max() <= 1
 
 
 def test_remover_leaves_outside_mask_unchanged():
     rem = build_model("remover").eval()
-    x = torch.rand(1, 4, 64, 96)
+    x = torch.rand(1, 7, 64, 96)
     x[:, 3] = 0
     x[:, 3, 20:40, 30:70] = 1
     with torch.inference_mode():
         out = rem(x)
     outside = x[:, 3:4].expand(-1, 3, -1, -1) == 0
     assert torch.equal(out[outside], x[:, :3][outside])
+
+
+def test_remover_input_prefills_only_the_hole():
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, :, 1] = 200
+    rgb[10:20, 20:40] = (255, 0, 255)  # the "mark"
+    mask = np.zeros((40, 60), np.float32)
+    mask[8:22, 18:42] = 1
+    x = remover_input(rgb, mask)
+    assert x.shape == (7, 40, 60) and x.dtype == np.float32
+    assert np.array_equal(x[:3], rgb.transpose(2, 0, 1) / np.float32(255)) and np.array_equal(x[3], mask)
+    fill = np.rint(x[4:] * 255).astype(int)
+    assert np.array_equal(fill[:, mask == 0], x[:3][:, mask == 0] * 255)  # untouched outside
+    assert np.abs(fill[:, 10:20, 20:40] - np.array([0, 200, 0])[:, None, None]).max() <= 4
+
+
+def test_load_init_widens_a_single_stage_remover():
+    old_first = build_model("remover").state_dict()["net.downs.0.0.weight"]
+    old = {k: torch.randn_like(v) if v.is_floating_point() else v
+           for k, v in build_model("remover").state_dict().items()}
+    old["net.downs.0.0.weight"] = torch.randn(old_first.shape[0], 4, *old_first.shape[2:])
+    model = build_model("remover")
+    load_init(model, old)
+    state = model.state_dict()
+    assert torch.equal(state["net.downs.0.0.weight"][:, :4], old["net.downs.0.0.weight"])
+    assert not state["net.downs.0.0.weight"][:, 4:].any()  # the prefill starts unused
+    assert not state["net.head.weight"][4:7].any() and not state["net.head.bias"][4:7].any()
+    assert torch.equal(state["net.head.weight"][:4], old["net.head.weight"][:4])
 
 
 @pytest.mark.parametrize("kind", ["detector", "remover"])

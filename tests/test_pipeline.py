@@ -25,10 +25,11 @@ import pytest
 from PIL import Image
 
 from engine_build import Engine
+from models.networks import IN_CHANNELS
 from tests.badfiles import bad_files, encode, photo
 from workers.imaging import decode_image, estimate_jpeg_quality
 from workers.masks import build_mask, component_boxes, plan_tiles
-from workers.pipeline import Engines, PipelineResult, process_image
+from workers.pipeline import Engines, PipelineResult, detect_probability, process_image
 from workers.settings import Settings
 
 METRIC_KEYS = {"width", "height", "mask_area_fraction", "detector_confidence", "residual_score",
@@ -56,7 +57,7 @@ class MagentaDetector(FakeEngine):
     kind = "detector"
 
     def run(self, batch):
-        self._record(batch, 3)
+        self._record(batch, IN_CHANNELS["detector"])
         r, g, b = batch[:, 0], batch[:, 1], batch[:, 2]
         return ((r > 0.95) & (g < 0.05) & (b > 0.95)).astype(np.float32)[:, None]
 
@@ -71,7 +72,7 @@ class BoxDetector(FakeEngine):
         self.box = box
 
     def run(self, batch):
-        self._record(batch, 3)
+        self._record(batch, IN_CHANNELS["detector"])
         n, _, h, w = batch.shape
         out = np.zeros((n, 1, h, w), np.float32)
         x0, y0, x1, y1 = self.box
@@ -83,7 +84,7 @@ class GreyRemover(FakeEngine):
     kind = "remover"
 
     def run(self, batch):
-        self._record(batch, 4)
+        self._record(batch, IN_CHANNELS["remover"])
         return np.where(batch[:, 3:4] > 0.5, np.float32(0.5), batch[:, :3]).astype(np.float32)
 
 
@@ -91,13 +92,13 @@ class IdentityRemover(FakeEngine):
     kind = "remover"
 
     def run(self, batch):
-        self._record(batch, 4)
+        self._record(batch, IN_CHANNELS["remover"])
         return batch[:, :3].copy()
 
 
 def cfg(**kw) -> Settings:
     """Pipeline settings for these tests (explicit, not read from the environment)."""
-    base = dict(detect_long_side=640, mask_threshold=0.5, mask_min_area=4, mask_dilate_px=3,
+    base = dict(detect_long_side=640, detect_flip=False, mask_threshold=0.5, mask_min_area=4, mask_dilate_px=3,
                 remove_crop_margin=16, remove_max_crop=1024, review_residual_min=0.5,
                 review_confidence_max=0.0, max_pixels=40_000_000, max_bytes=50 << 20, min_side=16)
     base.update(kw)
@@ -237,6 +238,22 @@ def test_quality_estimate_recovers_known_qualities(quality):
 
 def test_quality_estimate_without_tables():
     assert estimate_jpeg_quality(None) is None and estimate_jpeg_quality({}) is None
+
+
+def test_flip_keeps_what_the_detector_finds_in_the_mirror_image_too():
+    """detect_flip runs the image and its mirror as one batch and keeps the lower score:
+    a hit on only one side is dropped, a mark found in both is kept where both agree."""
+    rgb = photo(96, 48)  # H 48, W 96
+    one_sided = BoxDetector(box=(0.0, 0.0, 0.25, 1.0))  # left quarter, of whatever it sees
+    prob = detect_probability(one_sided, rgb, 640, flip=True)
+    assert one_sided.shapes == [(2, 3, 48, 96)] and not prob.any()
+    assert detect_probability(one_sided, rgb, 640, flip=False)[:, :24].all()
+    centred = BoxDetector(box=(0.25, 0.25, 0.5, 0.75))  # columns 24-47, mirrored 48-71
+    prob = detect_probability(centred, rgb, 640, flip=True)
+    assert not prob.any()
+    rgb[10:20, 40:56] = MAGENTA  # symmetric about the centre column
+    prob = detect_probability(MagentaDetector(), rgb, 640, flip=True)
+    assert np.array_equal(prob > 0.5, np.all(rgb == MAGENTA, axis=2))
 
 
 def test_exif_rotated_comes_back_upright():
@@ -489,3 +506,13 @@ def test_real_engines_invariants(real_engines, fmt):
         assert np.array_equal(a[~mask], b[~mask]) and np.array_equal(a[..., 3], b[..., 3])
     v = real_engines.version
     assert real_engines.detector.key in v and real_engines.remover.key in v
+
+
+def test_detect_flip_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("CLEARMARK_DETECT_FLIP", "off")
+    assert Settings().detect_flip is False
+    monkeypatch.setenv("CLEARMARK_DETECT_FLIP", "1")
+    assert Settings().detect_flip is True
+    monkeypatch.setenv("CLEARMARK_DETECT_FLIP", "maybe")
+    with pytest.raises(ValueError, match="CLEARMARK_DETECT_FLIP"):
+        Settings()

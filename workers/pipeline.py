@@ -16,11 +16,12 @@ import numpy as np
 from PIL import Image
 
 from engine_build import Engine, load_engine
+from models.networks import remover_input
 from workers.imaging import decode_image, encode_image
 from workers.masks import Mask, Tile, build_mask, component_boxes, plan_tiles
 from workers.settings import Settings, get_settings
 
-PIPELINE_CODE_VERSION = "1"
+PIPELINE_CODE_VERSION = "2"  # 2: the remover gets a Telea prefill of its crop
 # Pixels (N*H*W) per remover call: bounds memory when many crops share a size.
 REMOVE_BATCH_PIXELS = 2 * 1024 * 1024
 
@@ -98,17 +99,24 @@ def _to_chw(rgb: np.ndarray) -> np.ndarray:
     return rgb.transpose(2, 0, 1).astype(np.float32) / 255.0
 
 
-def detect_probability(detector: Engine, rgb: np.ndarray, long_side: int) -> np.ndarray:
+def detect_probability(detector: Engine, rgb: np.ndarray, long_side: int,
+                       flip: bool = False) -> np.ndarray:
     """Watermark probability, H x W float32 at full resolution (the detector's channel 0;
     a second, opacity channel is ignored here). The detector sees a copy whose long side
-    is `long_side`: never upscaled, short side kept >= the stride."""
+    is `long_side`: never upscaled, short side kept >= the stride. With `flip`, the copy
+    and its mirror image run as one batch of two and each pixel keeps the lower score."""
     h, w = rgb.shape[:2]
     scale = min(1.0, long_side / max(h, w))
     scale = max(scale, min(1.0, detector.stride / min(h, w)))
     sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
     small = rgb if (sh, sw) == (h, w) else cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
-    out = _finite(detector.run(_pad_to(_to_chw(small)[None], detector.stride)), detector)
-    prob = np.ascontiguousarray(out[0, 0, :sh, :sw], dtype=np.float32)
+    batch = _to_chw(small)[None]
+    if flip:
+        batch = np.concatenate([batch, batch[..., ::-1]])
+    out = _finite(detector.run(_pad_to(batch, detector.stride)), detector)[:, 0, :sh, :sw]
+    if flip:
+        out = np.minimum(out[0], out[1][:, ::-1])[None]
+    prob = np.ascontiguousarray(out[0], dtype=np.float32)
     if (sh, sw) != (h, w):
         prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
     return prob
@@ -140,8 +148,8 @@ def remove_watermark(remover: Engine, rgb: np.ndarray, mask: Mask, margin: int,
 
 def _crop_input(rgb: np.ndarray, mask: Mask, t: Tile) -> np.ndarray:
     x0, y0, x1, y1 = t.box
-    m = mask.dilated[y0:y1, x0:x1].astype(np.float32)[None]
-    return np.concatenate([_to_chw(rgb[y0:y1, x0:x1]), m], axis=0)
+    return remover_input(np.ascontiguousarray(rgb[y0:y1, x0:x1]),
+                         mask.dilated[y0:y1, x0:x1].astype(np.float32))
 
 
 def _composite(out: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, t: Tile,
@@ -194,7 +202,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
 
     dec = decode_image(data, s)
     lap("decode")
-    prob = detect_probability(engines.detector, dec.rgb, s.detect_long_side)
+    prob = detect_probability(engines.detector, dec.rgb, s.detect_long_side, s.detect_flip)
     mask = build_mask(prob, s.mask_threshold, s.mask_min_area, s.mask_dilate_px)
     confidence = _mean_inside(prob, mask.core)
     del prob
@@ -213,7 +221,8 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         restored = remove_watermark(engines.remover, dec.rgb, mask, s.remove_crop_margin,
                                     s.remove_max_crop)
         lap("remove")
-        residual = _mean_inside(detect_probability(engines.detector, restored, s.detect_long_side),
+        residual = _mean_inside(detect_probability(engines.detector, restored, s.detect_long_side,
+                                                    s.detect_flip),
                                 mask.core)
         lap("residual")
         image_bytes, ext = encode_image(dec, restored, mask.dilated)

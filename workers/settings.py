@@ -26,6 +26,13 @@ def _env_float(name: str, default: float) -> float:
     return float(_env(name, str(default)))
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    value = _env(name, "1" if default else "0").strip().lower()
+    if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError(f"{PREFIX}{name}={value!r}: expected 1/0, true/false, yes/no or on/off")
+    return value in ("1", "true", "yes", "on")
+
+
 def _env_list(name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in _env(name, "").split(",") if item.strip())
 
@@ -45,6 +52,9 @@ class Settings:
 
     # Pipeline.
     detect_long_side: int = field(default_factory=lambda: _env_int("DETECT_LONG_SIDE", 640))
+    # Also run the detector on the mirrored image and keep the lower probability of the
+    # two: overlaid marks score high either way, accidental hits on product print less so.
+    detect_flip: bool = field(default_factory=lambda: _env_bool("DETECT_FLIP", True))
     mask_threshold: float = field(default_factory=lambda: _env_float("MASK_THRESHOLD", 0.5))
     mask_min_area: int = field(default_factory=lambda: _env_int("MASK_MIN_AREA", 24))
     mask_dilate_px: int = field(default_factory=lambda: _env_int("MASK_DILATE_PX", 3))
