@@ -3,8 +3,8 @@
 A studio-like product shot (smooth background, a few flat-shaded shapes, mild noise)
 with a visible watermark blended in as I = a*W + (1-a)*B: tiled text-like strokes, a
 corner badge or a single line of "text", opacity 0.2-0.9. The detector calibrates on the
-blended image (N x 3 x H x W), the remover on its input, image + mask + prefill (N x 7 x H x W). Deterministic
-for a given seed, numpy only.
+blended image (N x 3 x H x W), the remover on its input, image + mask + prefill
+(N x 7 x H x W, `models.networks.remover_input`). Deterministic for a given seed.
 """
 from __future__ import annotations
 

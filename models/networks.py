@@ -20,14 +20,18 @@ IN_CHANNELS = {"detector": 3, "remover": 7}
 PREFILL_RADIUS = 3
 
 
+def to_chw(rgb: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 -> 3 x H x W float32 in [0, 1], the networks' input layout."""
+    return rgb.transpose(2, 0, 1).astype(np.float32) / 255.0
+
+
 def remover_input(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The remover's input, 7 x H x W float32: RGB in [0, 1], the mask (H x W float in
     [0, 1]; > 0 means "may change") and the RGB prefill, i.e. OpenCV Telea inpainting of
     `rgb` (H x W x 3 uint8) over the mask. Training and the pipeline both call this."""
     hole = (mask > 0).astype(np.uint8)
     fill = cv2.inpaint(rgb, hole, PREFILL_RADIUS, cv2.INPAINT_TELEA) if hole.any() else rgb
-    chw = lambda a: a.transpose(2, 0, 1).astype(np.float32) / 255.0  # noqa: E731
-    return np.concatenate([chw(rgb), mask.astype(np.float32)[None], chw(fill)], axis=0)
+    return np.concatenate([to_chw(rgb), mask.astype(np.float32)[None], to_chw(fill)], axis=0)
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -97,10 +101,11 @@ class Remover(nn.Module):
     true texture under large semi-transparent marks (WDNet's opacity/colour inversion;
     SLBR's and SplitNet's coarse-then-refine). This two-stage head, widened from the old
     weights and trained 3000 more steps on CPU, reaches 34.7 dB and beats Telea on 30 of
-    the 38 images (33.5 dB after 800 steps, 34.3 after 1500). The opacity output is supervised with the synthesizer's
-    ground truth so the inversion learns the physics. One U-Net (base 16, 1.2 M parameters,
-    4.9 MB) serves all heads to stay within the CPU budget. Outside the mask the input is
-    passed through exactly (the pipeline feathers the dilation ring itself)."""
+    the 38 images (33.5 dB after 800 steps, 34.3 after 1500). The opacity output is
+    supervised with the synthesizer's ground truth so the inversion learns the physics.
+    One U-Net (base 16, 1.2 M parameters, 4.9 MB) serves all heads to stay within the CPU
+    budget. Outside the mask the input is passed through exactly (the pipeline feathers
+    the dilation ring itself)."""
 
     def __init__(self, base: int = 16):
         super().__init__()

@@ -98,8 +98,8 @@ class IdentityRemover(FakeEngine):
 
 def cfg(**kw) -> Settings:
     """Pipeline settings for these tests (explicit, not read from the environment)."""
-    base = dict(detect_long_side=640, detect_flip=False, mask_threshold=0.5, mask_min_area=4, mask_dilate_px=3,
-                remove_crop_margin=16, remove_max_crop=1024, review_residual_min=0.5,
+    base = dict(detect_long_side=640, detect_flip=False, mask_threshold=0.5, mask_min_area=4,
+                mask_dilate_px=3, remove_crop_margin=16, remove_max_crop=1024, review_residual_min=0.5,
                 review_confidence_max=0.0, max_pixels=40_000_000, max_bytes=50 << 20, min_side=16)
     base.update(kw)
     return Settings(**base)

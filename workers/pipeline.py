@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from engine_build import Engine, load_engine
-from models.networks import remover_input
+from models.networks import remover_input, to_chw
 from workers.imaging import decode_image, encode_image
 from workers.masks import Mask, Tile, build_mask, component_boxes, plan_tiles
 from workers.settings import Settings, get_settings
@@ -95,10 +95,6 @@ def _pad_to(x: np.ndarray, stride: int) -> np.ndarray:
     return x
 
 
-def _to_chw(rgb: np.ndarray) -> np.ndarray:
-    return rgb.transpose(2, 0, 1).astype(np.float32) / 255.0
-
-
 def detect_probability(detector: Engine, rgb: np.ndarray, long_side: int,
                        flip: bool = False) -> np.ndarray:
     """Watermark probability, H x W float32 at full resolution (the detector's channel 0;
@@ -110,7 +106,7 @@ def detect_probability(detector: Engine, rgb: np.ndarray, long_side: int,
     scale = max(scale, min(1.0, detector.stride / min(h, w)))
     sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
     small = rgb if (sh, sw) == (h, w) else cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
-    batch = _to_chw(small)[None]
+    batch = to_chw(small)[None]
     if flip:
         batch = np.concatenate([batch, batch[..., ::-1]])
     out = _finite(detector.run(_pad_to(batch, detector.stride)), detector)[:, 0, :sh, :sw]
