@@ -92,8 +92,9 @@ def info_command():
               type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]),
               help="Repeatable; default: torch and onnxruntime, plus tensorrt when usable.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--size", default=512, show_default=True, type=click.IntRange(16),
-              help="Square input side in px (rounded up to a multiple of 16).")
+@click.option("--size", default=None, type=click.IntRange(16),
+              help="Engines: square input side in px, rounded up to a multiple of 16 "
+                   "(default 512). --pipeline: long side of the photos (default 1024).")
 @click.option("--kind", type=KIND_CHOICE, default="all", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda[:N] or auto (default: settings).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
@@ -101,13 +102,29 @@ def info_command():
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(0))
 @click.option("--seconds", default=3.0, show_default=True, type=float,
               help="Minimum timed seconds per row (at least 3 runs).")
-def bench_command(backends, batch, size, kind, device, precision, warmup, seconds):
-    """Images per second and ms per image for detection and removal, per backend."""
+@click.option("--pipeline", is_flag=True,
+              help="Time the whole pipeline (decode to encode) on watermarked JPEG photos "
+                   "instead of the engines alone, with the mirrored detector pass on and off.")
+@click.option("--images", default=8, show_default=True, type=click.IntRange(1),
+              help="--pipeline: how many photos.")
+def bench_command(backends, batch, size, kind, device, precision, warmup, seconds, pipeline,
+                  images):
+    """Images per second and ms per image for detection and removal, per backend; with
+    --pipeline, seconds per photo for the whole pipeline, stage by stage."""
     from engine_build.bench import bench_one, format_table
     from engine_build.trt_backend import tensorrt_status
 
     if not backends:
         backends = ("torch", "onnxruntime") + (("tensorrt",) if tensorrt_status()[0] else ())
+    if pipeline:  # the pipeline lives in workers; imported only for this mode
+        from workers.pipeline_bench import bench_images, bench_pipeline, format_pipeline_table
+
+        files = bench_images(images, size or 1024)
+        click.echo(format_pipeline_table([
+            bench_pipeline(files, backend, flip, device=device, warmup=min(warmup, 1))
+            for backend in backends for flip in (True, False)]))
+        return
+    size = size or 512
     rows = []
     for backend in backends:
         for k in _kinds(kind):

@@ -35,14 +35,13 @@ import torch
 
 from engine_build.sources import load_source_model, model_identity
 from models import STRIDE
-from models.networks import IN_CHANNELS
+from models.networks import IN_CHANNELS, OUT_CHANNELS
 
 log = logging.getLogger(__name__)
 
 ONNX_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-OUT_CHANNELS = {"detector": 1, "remover": 3}
 MAX_BATCH = 256
 MAX_BLOCKS = 1024  # height/width up to 16 * 1024 px
 PRECISIONS = ("fp32", "fp16")

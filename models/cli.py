@@ -16,7 +16,9 @@ from models.scenes import DEFAULT_DATA
 
 @click.command("train")
 @click.argument("kind", type=click.Choice(KINDS))
-@click.option("--steps", default=2400, show_default=True, help="optimizer steps (cosine schedule length)")
+@click.option("--steps", default=2400, show_default=True, type=click.IntRange(0),
+              help="optimizer steps (cosine schedule length); 0 with --init only converts "
+                   "older weights to the current architecture (see models.train.load_init)")
 @click.option("--batch", default=16, show_default=True)
 @click.option("--crop", default=160, show_default=True, help="training crop size in px")
 @click.option("--seed", default=0, show_default=True)

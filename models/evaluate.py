@@ -8,16 +8,17 @@ catalogue resolution (long side 800-1600 px; grocery photos are upscaled to it).
 - `text`: studio scenes whose product carries printed text/logos, watermarked elsewhere
   or on top; the product's own text pixels must survive.
 
-The models run through the production pipeline's own functions (`workers.pipeline`:
+The models run through the production pipeline's own function (`workers.pipeline.clean_rgb`:
 detect at 640 px long side (and mirrored, per `detect_flip`), threshold, min-area, dilate,
-Telea prefill and remover on tiled full-resolution crops, feathered composite) with the
-PyTorch weights from `--weights`, under the settings of the environment (`CLEARMARK_*`).
+Telea prefill and remover on tiled full-resolution crops, feathered composite, regions the
+remover does not confirm left as they were) with the PyTorch weights from `--weights`, under the settings of the environment (`CLEARMARK_*`).
 Baselines: `none` returns the input; `telea` gets the *true* mask dilated like the
 pipeline's and OpenCV's Telea inpainting (radius 3) — an oracle for localisation.
 
 Metrics per image, averaged: PSNR/SSIM of the whole image vs the clean image; PSNR inside
 the true mask; PSNR outside (true mask + 8 px, the JPEG block reach of the mark) vs the
-*input*; mask IoU/F1 of the thresholded detector mask (before dilation) vs the true mask.
+*input*; mask IoU/F1 of the pipeline's `watermark_pixels` (the remover's full-resolution
+mask inside the detector's dilated mask) vs the true mask.
 """
 from __future__ import annotations
 
@@ -114,21 +115,17 @@ def _opacity_band(s) -> str:
 
 
 def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, threads: int = 2) -> dict:
-    from workers.masks import build_mask
-    from workers.pipeline import detect_probability, remove_watermark
+    from workers.pipeline import Engines, clean_rgb
     from workers.settings import get_settings
 
     torch.set_num_threads(threads)
     st = get_settings()
-    det = _ModelEngine(load_model("detector", weights_dir))
-    rem = _ModelEngine(load_model("remover", weights_dir))
+    engines = Engines(detector=_ModelEngine(load_model("detector", weights_dir)),
+                      remover=_ModelEngine(load_model("remover", weights_dir)))
 
     def model(rgb):
-        prob = detect_probability(det, rgb, st.detect_long_side, st.detect_flip)
-        mask = build_mask(prob, st.mask_threshold, st.mask_min_area, st.mask_dilate_px)
-        out = rgb if mask.empty else remove_watermark(rem, rgb, mask, st.remove_crop_margin,
-                                                      st.remove_max_crop)
-        return out, mask.core
+        c = clean_rgb(engines, rgb, st)
+        return c.restored, c.found
 
     methods = {"model": model, "none": lambda rgb: (rgb, np.zeros(rgb.shape[:2], bool))}
     rows: list[dict] = []

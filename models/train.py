@@ -9,10 +9,14 @@ Loss: BCE + soft dice.
 
 Remover: full-resolution crops around the mark, input mask = GT mask dilated 2-6 px with
 noise (missed blobs, spurious blobs, feathered edges) because at inference it gets the
-detector's thresholded, dilated mask; the Telea prefill is computed over that noisy mask,
-exactly as the pipeline does (`models.networks.remover_input`). Loss: L1 of the restored image inside the input
-mask (normalised by its area) + 0.5 x L1 of the predicted opacity against the true `alpha`
-(the blend-inversion branch learns the physics) + a small L1 on image gradients.
+detector's thresholded, dilated mask; in half the crops that show the product's own
+printed text, that text is added to the mask too (the detector's typical false alarm),
+so the remover learns to leave it as it is and to say it is no watermark. The Telea
+prefill is computed over that noisy mask, exactly as the pipeline does
+(`models.networks.remover_input`). Loss: L1 of the restored image inside the input mask
+(normalised by its area) + 0.5 x L1 of the predicted opacity against the true `alpha`
+(the blend-inversion branch learns the physics) + 0.25 x BCE of the full-resolution mask
+output against `alpha > 0` inside the input mask + a small L1 on image gradients.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ log = logging.getLogger("clearmark.train")
 DETECT_LONG_SIDE = 640
 DEFAULT_ARCH = {"detector": {"base": 16}, "remover": {"base": 16}}
 TRAIN_TAG = 1  # rng stream tag for training data; evaluation uses another tag
+MARK_LOSS_WEIGHT = 0.25  # the remover's full-resolution mask head (BCE inside the input mask)
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -81,7 +86,13 @@ def remover_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None
     for _ in range(batch):
         s = make_sample(rng, crop, crop, int(rng.integers(800, 1701)), data_dir=data_dir, p_none=0.0,
                         source=source)
-        inputs.append(torch.from_numpy(remover_input(s.composite, noisy_mask(rng, s.mask))))
+        mask = noisy_mask(rng, s.mask)
+        if s.product.any() and rng.random() < 0.5:  # where the detector errs: product print
+            r = int(rng.integers(2, 7))
+            grown = cv2.dilate(s.product.astype(np.uint8), cv2.getStructuringElement(
+                cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
+            mask = np.maximum(mask, grown.astype(np.float32))
+        inputs.append(torch.from_numpy(remover_input(s.composite, mask)))
         cleans.append(s.clean)
         alphas.append(s.alpha.astype(np.float32))
     return torch.stack(inputs), _to_tensor(cleans), _to_tensor(alphas)
@@ -103,13 +114,16 @@ def _grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def remover_loss(model, batch) -> torch.Tensor:
     x, clean, alpha = batch
     mask = x[:, 3:4]
-    restored, alpha_pred = model.parts(x)
+    restored, alpha_pred, mark = model.parts(x)
     area = mask.sum((1, 2, 3)).clamp(min=16.0)
     l1 = ((restored - clean).abs() * mask).sum((1, 2, 3)) / (3 * area)
     la = ((alpha_pred - alpha).abs() * mask).sum((1, 2, 3)) / area
+    inside = (mask > 0).float()
+    bce = F.binary_cross_entropy(mark.clamp(1e-6, 1 - 1e-6), (alpha > 0).float(), reduction="none")
+    lm = (bce * inside).sum((1, 2, 3)) / inside.sum((1, 2, 3)).clamp(min=16.0)
     gy, gx = _grad(restored - clean)
     lg = gy.abs().mean() + gx.abs().mean()
-    return (l1 + 0.5 * la).mean() + 0.5 * lg
+    return (l1 + 0.5 * la + MARK_LOSS_WEIGHT * lm).mean() + 0.5 * lg
 
 
 BATCHES = {"detector": detector_batch, "remover": remover_batch}
@@ -142,20 +156,24 @@ def save(model, kind: str, out_dir: Path, recipe: dict) -> Path:
 
 
 def load_init(model: torch.nn.Module, state: dict) -> None:
-    """Start from `state`. A first convolution with fewer input channels (the single-stage
-    remover, before the prefill input) is widened with zero weights, and then the prefill
-    correction head (output channels 4-6) starts at zero, so the widened model begins as
-    "inverted blend or prefill" and keeps what the old weights learned."""
-    own = model.state_dict()
-    first = "net.downs.0.0.weight"
+    """Start from `state`, an older remover's weights included:
+    - a first convolution with fewer input channels (the single-stage remover, before the
+      prefill input) is widened with zero weights, and the prefill correction head (output
+      channels 4-6) starts at zero, so the model begins as "inverted blend or prefill";
+    - a head without the mask output (channel 8) gets one copied from the opacity logit,
+      shifted so that it starts as "opacity >= synth.MIN_ALPHA" (sigmoid(-4) = 0.018),
+      which is what the mask output learns: the watermark's pixels."""
+    own, state = model.state_dict(), dict(state)
+    first, head_w, head_b = "net.downs.0.0.weight", "net.head.weight", "net.head.bias"
     if first in state and state[first].shape[1] < own[first].shape[1]:
         widened = torch.zeros_like(own[first])
         widened[:, :state[first].shape[1]] = state[first]
-        state = {**state, first: widened}
-        if "net.head.weight" in state:
-            head_w, head_b = state["net.head.weight"].clone(), state["net.head.bias"].clone()
-            head_w[4:7], head_b[4:7] = 0.0, 0.0
-            state.update({"net.head.weight": head_w, "net.head.bias": head_b})
+        state[first] = widened
+        state[head_w], state[head_b] = state[head_w].clone(), state[head_b].clone()
+        state[head_w][4:7], state[head_b][4:7] = 0.0, 0.0
+    if head_w in state and state[head_w].shape[0] == 8 and own[head_w].shape[0] == 9:
+        state[head_w] = torch.cat([state[head_w], state[head_w][0:1]])
+        state[head_b] = torch.cat([state[head_b], state[head_b][0:1] + 4.0])
     model.load_state_dict(state)
 
 
@@ -179,7 +197,7 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
     def progress_of(i: int) -> float:
         """Fraction of the run done: by steps, or by the time budget if that runs out first
         (so the cosine anneals to ~0 on a shared, slow CPU too)."""
-        frac = min(i, steps) / steps
+        frac = min(i, steps) / max(1, steps)
         if max_minutes:
             frac = max(frac, min(1.0, (time.time() - start) / (max_minutes * 60)))
         return frac
@@ -231,4 +249,7 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
             break
     upcoming.cancel()
     prefetch.shutdown(wait=True)
+    if done == 0:  # steps=0: the (converted) init weights themselves
+        recipe.update(steps_done=0, final_loss_ema=None, train_minutes=0.0)
+        save(model, kind, out_dir, recipe)
     return recipe

@@ -22,6 +22,7 @@ from engine_build import base as engine_base
 from engine_build import onnx_export, trt_backend
 from engine_build.calibration import synthetic_batch
 from engine_build.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from models.networks import OUT_CHANNELS
 from engine_build.trt_cache import (
     EngineCacheKey, cached_engine, engine_path, parse_profile,
 )
@@ -70,7 +71,7 @@ def test_export_is_valid_with_dynamic_shapes(exported, kind):
 
     # one export, one session, several batch sizes and shapes
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out_c = onnx_export.OUT_CHANNELS[kind]
+    out_c = OUT_CHANNELS[kind]
     for n, h, w in SHAPES:
         y = sess.run([OUTPUT_NAME], {INPUT_NAME: synthetic_batch(kind, n, h, w)})[0]
         assert y.shape == (n, out_c, h, w) and y.dtype == np.float32
@@ -113,7 +114,7 @@ def test_parity_torch_vs_onnxruntime(engines, kind, shape):
     x = synthetic_batch(kind, *shape, seed=sum(shape))
     ref = engines[(kind, "torch")].run(x)
     got = engines[(kind, "onnxruntime")].run(x)
-    assert ref.shape == got.shape == (shape[0], onnx_export.OUT_CHANNELS[kind], *shape[1:])
+    assert ref.shape == got.shape == (shape[0], OUT_CHANNELS[kind], *shape[1:])
     assert ref.dtype == got.dtype == np.float32
     assert float(np.abs(ref - got).max()) <= 1e-3
 
@@ -393,6 +394,26 @@ def test_cli_export_bench_and_build(exported):
     if not trt_backend.tensorrt_status()[0]:
         res = runner.invoke(engines_group, ["build", "--precision", "fp16"])
         assert res.exit_code != 0 and "cannot build TensorRT engines here" in res.output
+
+
+def test_cli_bench_pipeline_times_every_stage_of_real_photos():
+    from click.testing import CliRunner
+
+    from engine_build.cli import bench_command
+    from workers.pipeline_bench import STAGES, bench_images, bench_pipeline
+
+    files = bench_images(2, 160)
+    assert len(files) == 2 and all(f[:2] == b"\xff\xd8" for f in files)   # JPEG files
+    row = bench_pipeline(files, "torch", flip=False)
+    assert row.images == 2 and sum(row.statuses.values()) == 2 and len(row.total_ms) == 2
+    assert set(row.stage_ms) == set(STAGES) and row.stage_ms["detect"] > 0
+    assert sum(row.stage_ms.values()) <= sum(row.total_ms) / 2   # the stages are laps of it
+    res = CliRunner().invoke(bench_command, ["--pipeline", "--backend", "torch", "--images", "1",
+                                             "--size", "96", "--warmup", "0"])
+    assert res.exit_code == 0, res.output
+    assert "detect ms" in res.output and "residual ms" in res.output
+    assert [line.split()[:2] for line in res.output.splitlines()[2:]] == [["torch", "on"],
+                                                                         ["torch", "off"]]
 
 
 # --------------------------------------------------------------------------- TensorRT

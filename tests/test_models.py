@@ -19,7 +19,7 @@ def test_shapes(h, w):
     with torch.inference_mode():
         p = det(torch.rand(2, 3, h, w))
         r = rem(torch.rand(2, 7, h, w))
-    assert p.shape == (2, 1, h, w) and r.shape == (2, 3, h, w)
+    assert p.shape == (2, 1, h, w) and r.shape == (2, 4, h, w)
     assert 0 <= p.min() and p.max() <= 1 and 0 <= r.min() and r.max() <= 1
 
 
@@ -31,7 +31,8 @@ def test_remover_leaves_outside_mask_unchanged():
     with torch.inference_mode():
         out = rem(x)
     outside = x[:, 3:4].expand(-1, 3, -1, -1) == 0
-    assert torch.equal(out[outside], x[:, :3][outside])
+    assert torch.equal(out[:, :3][outside], x[:, :3][outside])
+    assert not out[:, 3][x[:, 3] == 0].any()   # no watermark outside the mask either
 
 
 def test_remover_input_prefills_only_the_hole():
@@ -48,11 +49,18 @@ def test_remover_input_prefills_only_the_hole():
     assert np.abs(fill[:, 10:20, 20:40] - np.array([0, 200, 0])[:, None, None]).max() <= 4
 
 
-def test_load_init_widens_a_single_stage_remover():
-    old_first = build_model("remover").state_dict()["net.downs.0.0.weight"]
-    old = {k: torch.randn_like(v) if v.is_floating_point() else v
+def _older_remover(in_channels: int) -> dict:
+    """Random weights shaped like an earlier remover: `in_channels` inputs, no mask head."""
+    old = {k: torch.randn_like(v) if v.is_floating_point() and "running" not in k else v
            for k, v in build_model("remover").state_dict().items()}
-    old["net.downs.0.0.weight"] = torch.randn(old_first.shape[0], 4, *old_first.shape[2:])
+    first = old["net.downs.0.0.weight"]
+    old["net.downs.0.0.weight"] = torch.randn(first.shape[0], in_channels, *first.shape[2:])
+    old["net.head.weight"], old["net.head.bias"] = old["net.head.weight"][:8], old["net.head.bias"][:8]
+    return old
+
+
+def test_load_init_widens_a_single_stage_remover():
+    old = _older_remover(4)
     model = build_model("remover")
     load_init(model, old)
     state = model.state_dict()
@@ -60,6 +68,18 @@ def test_load_init_widens_a_single_stage_remover():
     assert not state["net.downs.0.0.weight"][:, 4:].any()  # the prefill starts unused
     assert not state["net.head.weight"][4:7].any() and not state["net.head.bias"][4:7].any()
     assert torch.equal(state["net.head.weight"][:4], old["net.head.weight"][:4])
+
+
+def test_load_init_starts_the_mask_head_as_thresholded_opacity():
+    old = _older_remover(7)
+    model = build_model("remover").eval()
+    load_init(model, old)
+    x = torch.rand(1, 7, 32, 48)
+    x[:, 3] = 1.0
+    with torch.inference_mode():
+        _, alpha, mark = model.parts(x)
+    assert torch.equal(mark >= 0.5, alpha >= torch.sigmoid(torch.tensor(-4.0)))
+    assert 0 < float((mark >= 0.5).float().mean()) < 1   # a real split, not all one side
 
 
 @pytest.mark.parametrize("kind", ["detector", "remover"])
@@ -87,3 +107,14 @@ def test_few_steps_lower_the_loss(kind):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_train_zero_steps_converts_older_weights(tmp_path):
+    from models.train import train
+
+    old = tmp_path / "old.pt"
+    torch.save(_older_remover(7), old)
+    recipe = train("remover", steps=0, init=old, out_dir=tmp_path / "out")
+    state = torch.load(tmp_path / "out" / "remover.pt", weights_only=True)
+    assert recipe["steps_done"] == 0 and state["net.head.weight"].shape[0] == 9
+    assert torch.equal(state["net.head.bias"][8], torch.load(old)["net.head.bias"][0] + 4.0)

@@ -28,8 +28,9 @@ from engine_build import Engine
 from models.networks import IN_CHANNELS
 from tests.badfiles import bad_files, encode, photo
 from workers.imaging import decode_image, estimate_jpeg_quality
-from workers.masks import build_mask, component_boxes, plan_tiles
-from workers.pipeline import Engines, PipelineResult, detect_probability, process_image
+from workers.masks import build_mask, component_boxes, confirmed, plan_tiles
+from workers.pipeline import (Engines, PipelineResult, detect_probability, process_image,
+                              remove_watermark, residual_score, watermark_pixels)
 from workers.settings import Settings
 
 METRIC_KEYS = {"width", "height", "mask_area_fraction", "detector_confidence", "residual_score",
@@ -53,13 +54,18 @@ class FakeEngine(Engine):
         return f"{self.kind}:fake"
 
 
+def magenta(batch: np.ndarray) -> np.ndarray:
+    """N x 1 x H x W float: 1 where the batch's RGB channels are pure magenta."""
+    r, g, b = batch[:, 0], batch[:, 1], batch[:, 2]
+    return ((r > 0.95) & (g < 0.05) & (b > 0.95)).astype(np.float32)[:, None]
+
+
 class MagentaDetector(FakeEngine):
     kind = "detector"
 
     def run(self, batch):
         self._record(batch, IN_CHANNELS["detector"])
-        r, g, b = batch[:, 0], batch[:, 1], batch[:, 2]
-        return ((r > 0.95) & (g < 0.05) & (b > 0.95)).astype(np.float32)[:, None]
+        return magenta(batch)
 
 
 class BoxDetector(FakeEngine):
@@ -81,26 +87,30 @@ class BoxDetector(FakeEngine):
 
 
 class GreyRemover(FakeEngine):
+    """Paints the masked pixels grey and reports the magenta ones as the mark."""
     kind = "remover"
 
     def run(self, batch):
         self._record(batch, IN_CHANNELS["remover"])
-        return np.where(batch[:, 3:4] > 0.5, np.float32(0.5), batch[:, :3]).astype(np.float32)
+        grey = np.where(batch[:, 3:4] > 0.5, np.float32(0.5), batch[:, :3])
+        return np.concatenate([grey, magenta(batch) * batch[:, 3:4]], axis=1).astype(np.float32)
 
 
 class IdentityRemover(FakeEngine):
+    """Changes nothing, yet reports the magenta pixels as the mark."""
     kind = "remover"
 
     def run(self, batch):
         self._record(batch, IN_CHANNELS["remover"])
-        return batch[:, :3].copy()
+        return np.concatenate([batch[:, :3], magenta(batch) * batch[:, 3:4]], axis=1)
 
 
 def cfg(**kw) -> Settings:
     """Pipeline settings for these tests (explicit, not read from the environment)."""
     base = dict(detect_long_side=640, detect_flip=False, mask_threshold=0.5, mask_min_area=4,
-                mask_dilate_px=3, remove_crop_margin=16, remove_max_crop=1024, review_residual_min=0.5,
-                review_confidence_max=0.0, max_pixels=40_000_000, max_bytes=50 << 20, min_side=16)
+                mask_dilate_px=3, mask_confirm_px=0, remove_crop_margin=16, remove_max_crop=1024,
+                review_residual_min=0.5, review_confidence_max=0.0, max_pixels=40_000_000,
+                max_bytes=50 << 20, min_side=16)
     base.update(kw)
     return Settings(**base)
 
@@ -439,6 +449,63 @@ def test_large_mark_is_tiled_and_batched():
     assert np.array_equal(out[~mask], img[~mask])
 
 
+def test_removers_mark_is_pasted_back_at_full_resolution_across_tiles():
+    img = marked(400, 300, box=(50, 40, 350, 260), seed=5)
+    img[100:104, 60:340] = 30   # a dark bar through the mark: inside the mask, not magenta
+    mask = build_mask(magenta(img.transpose(2, 0, 1)[None] / 255.0)[0, 0], 0.5, 4, 3)
+    mask.core[100:104, 60:340] = mask.dilated[100:104, 60:340] = True
+    restored, mark = remove_watermark(GreyRemover(), img, mask, margin=16, max_crop=96)
+    is_mark = is_magenta(img)
+    assert np.array_equal(mark >= 0.5, is_mark) and np.array_equal(mark > 0, is_mark)
+    assert np.array_equal(watermark_pixels(mask, mark, 0.5), is_mark)
+    assert not is_magenta(restored).any()
+
+
+class MagentaOrDarkDetector(FakeEngine):
+    """Fires on magenta (the mark) and on near-black pixels (the product's own print)."""
+    kind = "detector"
+
+    def run(self, batch):
+        self._record(batch, IN_CHANNELS["detector"])
+        return np.maximum(magenta(batch), (batch[:, :3].max(axis=1, keepdims=True) < 0.1))
+
+
+def test_regions_the_remover_does_not_confirm_are_left_untouched():
+    img = marked(320, 240, box=(10, 10, 60, 40))
+    img[150:190, 200:300] = 5                        # "printed text": detected, not a mark
+    engines = fake_engines(detector=MagentaOrDarkDetector(), remover=GreyRemover())
+    r = process_image(encode(Image.fromarray(img), "PNG"), engines, cfg(mask_confirm_px=24))
+    out, mask = np.asarray(pixels(r.image_bytes)), mask_of(r)
+    assert r.status == "succeeded" and not is_magenta(out).any()
+    assert mask[10:40, 10:60].all() and not mask[140:200, 190:310].any()
+    assert np.array_equal(out[~mask], img[~mask])    # the print is exactly as it was
+    everything = process_image(encode(Image.fromarray(img), "PNG"), engines, cfg(mask_confirm_px=0))
+    assert mask_of(everything)[150:190, 200:300].all()
+
+
+def test_nothing_confirmed_means_no_watermark_and_the_input_back():
+    img = photo(160, 120, seed=2)
+    img[40:80, 50:110] = 5
+    data = encode(Image.fromarray(img), "PNG")
+    r = process_image(data, fake_engines(detector=MagentaOrDarkDetector(), remover=GreyRemover()),
+                      cfg(mask_confirm_px=24))
+    assert r.status == "no_watermark" and r.image_bytes == data and not mask_of(r).any()
+    assert r.metrics["mask_area_fraction"] == 0 and r.metrics["detector_confidence"] == 0
+
+
+def test_confirmed_keeps_components_with_enough_found_pixels():
+    prob = np.zeros((60, 80), np.float32)
+    prob[5:15, 5:25] = prob[40:50, 40:70] = 0.9
+    m = build_mask(prob, 0.5, 4, 2)
+    found = np.zeros_like(m.core)
+    found[6:9, 6:16] = True                          # 30 px in the first region
+    found[41, 41:50] = True                          # 9 px in the second
+    kept = confirmed(m, found, 24)
+    assert kept.dilated[5:15, 5:25].all() and not kept.dilated[35:55, 35:75].any()
+    assert not kept.alpha[35:55, 35:75].any() and np.array_equal(kept.alpha > 0, kept.dilated)
+    assert confirmed(m, found, 0) is m and confirmed(m, found, 9) is m
+
+
 def test_separate_marks_get_separate_crops():
     img = marked(320, 240, box=(10, 10, 40, 30))
     img[200:225, 270:310] = MAGENTA
@@ -506,6 +573,31 @@ def test_real_engines_invariants(real_engines, fmt):
         assert np.array_equal(a[~mask], b[~mask]) and np.array_equal(a[..., 3], b[..., 3])
     v = real_engines.version
     assert real_engines.detector.key in v and real_engines.remover.key in v
+
+
+def test_residual_check_runs_on_a_crop_around_the_mark():
+    img = marked(640, 480, box=(40, 30, 90, 60))
+    det = MagentaDetector()
+    r = process_image(encode(Image.fromarray(img), "PNG"), fake_engines(detector=det,
+                                                                         remover=IdentityRemover()),
+                      cfg(detect_long_side=640))
+    assert r.status == "needs_review" and r.metrics["residual_score"] == pytest.approx(1.0)
+    full, residual = det.shapes
+    assert full[2:] == (480, 640)
+    assert residual[2] * residual[3] < full[2] * full[3] / 4
+
+
+def test_residual_score_on_a_crop_matches_the_whole_image(real_engines):
+    from models.synth import watermark_image
+
+    clean = photo(900, 700, seed=3)
+    det = real_engines.detector
+    for kind, seed in (("corner", 4), ("text", 9)):
+        rgb, true_mask = watermark_image(clean, np.random.default_rng(seed), kinds=[kind])
+        whole = detect_probability(det, rgb, 640, flip=True)
+        assert true_mask.any() and float(whole[true_mask].mean()) > 0.5   # it sees the mark
+        cropped = residual_score(det, rgb, true_mask, 640, flip=True)
+        assert cropped == pytest.approx(float(whole[true_mask].mean()), abs=0.08)
 
 
 def test_detect_flip_reads_the_environment(monkeypatch):

@@ -43,7 +43,7 @@ def build_mask(prob: np.ndarray, threshold: float, min_area: int, dilate_px: int
         dilated = cv2.dilate(core, kernel)
     alpha = np.zeros(core.shape, np.uint8)
     if dilated.any():
-        x0, y0, x1, y1 = _bbox(dilated, pad=1)
+        x0, y0, x1, y1 = bbox(dilated, pad=1)
         sub = dilated[y0:y1, x0:x1]
         # Distance to the nearest pixel outside the mask; the image frame is not "outside".
         dist = cv2.distanceTransform(sub, cv2.DIST_L2, 5)
@@ -54,7 +54,22 @@ def build_mask(prob: np.ndarray, threshold: float, min_area: int, dilate_px: int
     return Mask(core=core.astype(bool), dilated=dilated.astype(bool), alpha=alpha)
 
 
-def _bbox(mask: np.ndarray, pad: int = 0) -> Box:
+def confirmed(mask: Mask, found: np.ndarray, min_px: int) -> Mask:
+    """`mask` without its dilated components that hold fewer than `min_px` pixels of
+    `found` (bool H x W); min_px <= 0 keeps every component."""
+    if min_px <= 0 or mask.empty:
+        return mask
+    n, labels = cv2.connectedComponents(mask.dilated.astype(np.uint8), connectivity=8)
+    keep = np.bincount(labels[found & mask.dilated], minlength=n) >= min_px
+    keep[0] = False
+    if keep[1:].all():
+        return mask
+    sel = keep[labels]
+    return Mask(core=mask.core & sel, dilated=mask.dilated & sel,
+                alpha=np.where(sel, mask.alpha, 0).astype(np.uint8))
+
+
+def bbox(mask: np.ndarray, pad: int = 0) -> Box:
     ys = np.flatnonzero(mask.any(axis=1))
     xs = np.flatnonzero(mask.any(axis=0))
     h, w = mask.shape

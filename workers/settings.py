@@ -58,6 +58,9 @@ class Settings:
     mask_threshold: float = field(default_factory=lambda: _env_float("MASK_THRESHOLD", 0.5))
     mask_min_area: int = field(default_factory=lambda: _env_int("MASK_MIN_AREA", 24))
     mask_dilate_px: int = field(default_factory=lambda: _env_int("MASK_DILATE_PX", 3))
+    # A detected region is changed only if the remover finds at least this many watermark
+    # pixels in it (0: change every detected region).
+    mask_confirm_px: int = field(default_factory=lambda: _env_int("MASK_CONFIRM_PX", 64))
     remove_crop_margin: int = field(default_factory=lambda: _env_int("REMOVE_CROP_MARGIN", 32))
     remove_max_crop: int = field(default_factory=lambda: _env_int("REMOVE_MAX_CROP", 1024))
     # A finished job whose residual score (detector run on the output) or whose detector
