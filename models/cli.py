@@ -27,11 +27,15 @@ from models.scenes import DEFAULT_DATA
 @click.option("--max-minutes", type=float, default=None, help="stop early after this long")
 @click.option("--init", type=click.Path(exists=True, path_type=Path), default=None,
               help="start from these weights (fine-tuning)")
+@click.option("--trainable", type=click.Choice(["all", "mark-head"]), default="all",
+              show_default=True, help="mark-head: train only the remover's mark refiner (the "
+                                      "restored image stays as --init makes it)")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA,
               show_default=True, help="directory holding grocery/")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR,
               show_default=True)
-def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init, data_dir, out_dir):
+def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init, trainable, data_dir,
+                  out_dir):
     """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest."""
     from tqdm import tqdm
 
@@ -41,7 +45,7 @@ def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init
     with tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
         recipe = train(kind, steps=steps, batch=batch, crop=crop, seed=seed, lr=lr,
                        data_dir=data_dir, out_dir=out_dir, threads=threads,
-                       max_minutes=max_minutes, init=init, progress=bar)
+                       max_minutes=max_minutes, init=init, trainable=trainable, progress=bar)
     click.echo(json.dumps(recipe, indent=2))
 
 

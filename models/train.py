@@ -15,8 +15,9 @@ so the remover learns to leave it as it is and to say it is no watermark. The Te
 prefill is computed over that noisy mask, exactly as the pipeline does
 (`models.networks.remover_input`). Loss: L1 of the restored image inside the input mask
 (normalised by its area) + 0.5 x L1 of the predicted opacity against the true `alpha`
-(the blend-inversion branch learns the physics) + 0.25 x BCE of the full-resolution mask
-output against `alpha > 0` inside the input mask + a small L1 on image gradients.
+(the blend-inversion branch learns the physics) + 0.25 x (BCE + soft dice) of the
+full-resolution mask output against `alpha > 0` inside the input mask + a small L1 on
+image gradients. `--trainable mark-head` trains only the mark refiner on the mask loss.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ log = logging.getLogger("clearmark.train")
 DETECT_LONG_SIDE = 640
 DEFAULT_ARCH = {"detector": {"base": 16}, "remover": {"base": 16}}
 TRAIN_TAG = 1  # rng stream tag for training data; evaluation uses another tag
-MARK_LOSS_WEIGHT = 0.25  # the remover's full-resolution mask head (BCE inside the input mask)
+MARK_LOSS_WEIGHT = 0.25  # the remover's full-resolution mask head (`mark_loss`)
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -118,16 +119,34 @@ def remover_loss(model, batch) -> torch.Tensor:
     area = mask.sum((1, 2, 3)).clamp(min=16.0)
     l1 = ((restored - clean).abs() * mask).sum((1, 2, 3)) / (3 * area)
     la = ((alpha_pred - alpha).abs() * mask).sum((1, 2, 3)) / area
-    inside = (mask > 0).float()
-    bce = F.binary_cross_entropy(mark.clamp(1e-6, 1 - 1e-6), (alpha > 0).float(), reduction="none")
-    lm = (bce * inside).sum((1, 2, 3)) / inside.sum((1, 2, 3)).clamp(min=16.0)
     gy, gx = _grad(restored - clean)
     lg = gy.abs().mean() + gx.abs().mean()
-    return (l1 + 0.5 * la + MARK_LOSS_WEIGHT * lm).mean() + 0.5 * lg
+    return (l1 + 0.5 * la + MARK_LOSS_WEIGHT * mark_loss(mark, mask, alpha)).mean() + 0.5 * lg
+
+
+def mark_loss(mark: torch.Tensor, mask: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Per sample: BCE + soft dice of the full-resolution mark (N x 1 x H x W probability)
+    against `alpha > 0`, both inside the input mask (the pipeline scores nothing outside
+    it). Dice is what the evaluation's per-image F1 rewards: edge pixels of thin strokes."""
+    inside = (mask > 0).float()
+    target = (alpha > 0).float() * inside
+    bce = F.binary_cross_entropy(mark.clamp(1e-6, 1 - 1e-6), target, reduction="none")
+    bce = (bce * inside).sum((1, 2, 3)) / inside.sum((1, 2, 3)).clamp(min=16.0)
+    p = mark * inside
+    dice = 1 - (2 * (p * target).sum((1, 2, 3)) + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
+    return bce + dice
+
+
+def mark_head_loss(model, batch) -> torch.Tensor:
+    """`--trainable mark-head`: the mark loss alone (the rest of the remover is frozen)."""
+    x, _, alpha = batch
+    _, _, mark = model.parts(x)
+    return mark_loss(mark, x[:, 3:4], alpha).mean()
 
 
 BATCHES = {"detector": detector_batch, "remover": remover_batch}
 LOSSES = {"detector": detector_loss, "remover": remover_loss}
+TRAINABLE = {"all": "", "mark-head": "refine."}   # parameter-name prefix that trains
 
 
 def file_sha256(path: Path) -> str:
@@ -162,7 +181,8 @@ def load_init(model: torch.nn.Module, state: dict) -> None:
       channels 4-6) starts at zero, so the model begins as "inverted blend or prefill";
     - a head without the mask output (channel 8) gets one copied from the opacity logit,
       shifted so that it starts as "opacity >= synth.MIN_ALPHA" (sigmoid(-4) = 0.018),
-      which is what the mask output learns: the watermark's pixels."""
+      which is what the mask output learns: the watermark's pixels;
+    - a remover without the mark refiner keeps the fresh (zero-output) one."""
     own, state = model.state_dict(), dict(state)
     first, head_w, head_b = "net.downs.0.0.weight", "net.head.weight", "net.head.bias"
     if first in state and state[first].shape[1] < own[first].shape[1]:
@@ -174,24 +194,35 @@ def load_init(model: torch.nn.Module, state: dict) -> None:
     if head_w in state and state[head_w].shape[0] == 8 and own[head_w].shape[0] == 9:
         state[head_w] = torch.cat([state[head_w], state[head_w][0:1]])
         state[head_b] = torch.cat([state[head_b], state[head_b][0:1] + 4.0])
+    for key in own:   # a remover without the mark refiner: the new one starts as a no-op
+        if key.startswith("refine.") and key not in state:
+            state[key] = own[key]
     model.load_state_dict(state)
 
 
 def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: int = 0,
           lr: float = 2e-3, data_dir=None, out_dir: Path = WEIGHTS_DIR, threads: int = 1,
           arch: dict | None = None, max_minutes: float | None = None, save_every: int = 100,
-          init: Path | None = None, progress=None) -> dict:
+          init: Path | None = None, trainable: str = "all", progress=None) -> dict:
     """Train `kind` and save weights + manifest every `save_every` steps and at the end.
 
     `max_minutes` stops early and shortens the cosine schedule to fit; the manifest records
-    the steps actually done. `init` starts from a state_dict (fine-tuning)."""
+    the steps actually done. `init` starts from a state_dict (fine-tuning). `trainable`
+    "mark-head" trains only the remover's mark refiner, on `mark_head_loss`: the restored
+    image stays exactly as `init` makes it."""
+    if trainable not in TRAINABLE or (trainable != "all" and kind != "remover"):
+        raise ValueError(f"trainable={trainable!r} is not available for the {kind}")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     arch = dict(arch or DEFAULT_ARCH[kind])
     model = build_model(kind, **arch).to(memory_format=torch.channels_last)
     if init:
         load_init(model, torch.load(init, map_location="cpu", weights_only=True))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(TRAINABLE[trainable]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_of = mark_head_loss if trainable == "mark-head" else LOSSES[kind]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     warm, start = min(100, steps // 10), time.time()
 
     def progress_of(i: int) -> float:
@@ -208,9 +239,12 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
               "optimizer": "AdamW(wd=1e-4), warmup + cosine over steps or max_minutes, whichever "
                            "ends first", "max_minutes": max_minutes, "threads": threads,
               "architecture": arch, "device": "cpu", "init": str(init) if init else None,
+              "trainable": trainable,
               "data": "models.synth.make_sample, grocery train split + procedural studio scenes"}
     ema, done = None, 0
     model.train()
+    if trainable == "mark-head":
+        model.net.eval()   # frozen: batch norm keeps its running statistics
     def make_batch(step: int) -> list[torch.Tensor]:
         rng = np.random.default_rng([TRAIN_TAG, seed, step])
         return [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
@@ -225,10 +259,10 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
         data = upcoming.result()
         if step + 1 < steps:
             upcoming = prefetch.submit(make_batch, step + 1)
-        loss = LOSSES[kind](model, data)
+        loss = loss_of(model, data)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         done = step + 1
