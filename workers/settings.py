@@ -57,7 +57,7 @@ class Settings:
     detect_flip: bool = field(default_factory=lambda: _env_bool("DETECT_FLIP", True))
     mask_threshold: float = field(default_factory=lambda: _env_float("MASK_THRESHOLD", 0.5))
     mask_min_area: int = field(default_factory=lambda: _env_int("MASK_MIN_AREA", 24))
-    mask_dilate_px: int = field(default_factory=lambda: _env_int("MASK_DILATE_PX", 3))
+    mask_dilate_px: int = field(default_factory=lambda: _env_int("MASK_DILATE_PX", 4))
     # A detected region is changed only if the remover finds at least this many watermark
     # pixels in it (0: change every detected region).
     mask_confirm_px: int = field(default_factory=lambda: _env_int("MASK_CONFIRM_PX", 64))
