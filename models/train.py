@@ -200,6 +200,18 @@ def load_init(model: torch.nn.Module, state: dict) -> None:
     model.load_state_dict(state)
 
 
+def select_trainable(model: torch.nn.Module, trainable: str) -> list[torch.nn.Parameter]:
+    """Put `model` in training mode with only its `trainable` part (a TRAINABLE key)
+    learning, and return those parameters. With "mark-head" the remover's U-Net stays in
+    eval mode, so its batch norm keeps the running statistics too."""
+    model.train()
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(TRAINABLE[trainable]))
+    if trainable == "mark-head":
+        model.net.eval()
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: int = 0,
           lr: float = 2e-3, data_dir=None, out_dir: Path = WEIGHTS_DIR, threads: int = 1,
           arch: dict | None = None, max_minutes: float | None = None, save_every: int = 100,
@@ -218,9 +230,7 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
     model = build_model(kind, **arch).to(memory_format=torch.channels_last)
     if init:
         load_init(model, torch.load(init, map_location="cpu", weights_only=True))
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(TRAINABLE[trainable]))
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = select_trainable(model, trainable)
     loss_of = mark_head_loss if trainable == "mark-head" else LOSSES[kind]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     warm, start = min(100, steps // 10), time.time()
@@ -242,9 +252,6 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
               "trainable": trainable,
               "data": "models.synth.make_sample, grocery train split + procedural studio scenes"}
     ema, done = None, 0
-    model.train()
-    if trainable == "mark-head":
-        model.net.eval()   # frozen: batch norm keeps its running statistics
     def make_batch(step: int) -> list[torch.Tensor]:
         rng = np.random.default_rng([TRAIN_TAG, seed, step])
         return [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t

@@ -8,7 +8,7 @@ import torch
 
 from models import STRIDE, build_model, load_model, weights_path
 from models.networks import remover_input
-from models.train import LOSSES, detector_batch, load_init, remover_batch
+from models.train import LOSSES, detector_batch, load_init, remover_batch, select_trainable
 
 torch.set_num_threads(1)
 
@@ -101,16 +101,21 @@ def test_few_steps_lower_the_loss(kind):
     rng = np.random.default_rng(0)
     make = detector_batch if kind == "detector" else remover_batch
     batch = make(rng, 4, 32, source="studio")
-    model = build_model(kind, base=8).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model = build_model(kind, base=8)
+    losses = _losses_over_steps(LOSSES[kind], model, select_trainable(model, "all"), batch)
+    assert losses[-1] < losses[0]
+
+
+def _losses_over_steps(loss_of, model, params, batch, steps: int = 12) -> list[float]:
+    opt = torch.optim.AdamW(params, lr=3e-3)
     losses = []
-    for _ in range(12):
-        loss = LOSSES[kind](model, batch)
+    for _ in range(steps):
+        loss = loss_of(model, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    return losses
 
 
 def test_train_zero_steps_converts_older_weights(tmp_path):
@@ -137,17 +142,10 @@ def test_mark_head_training_moves_only_the_refiner_and_lowers_its_loss(tmp_path)
     assert moved and all(k.startswith("refine.") for k in moved)   # BN statistics too stay
 
     model = build_model("remover", base=8)
-    model.net.requires_grad_(False)
-    model.net.eval()
+    params = select_trainable(model, "mark-head")
+    assert not model.net.training and {id(p) for p in params} == {id(p) for p in model.refine.parameters()}
     batch = remover_batch(np.random.default_rng(1), 4, 32, source="studio")
-    opt = torch.optim.AdamW(model.refine.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(12):
-        loss = mark_head_loss(model, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _losses_over_steps(mark_head_loss, model, params, batch)
     assert losses[-1] < losses[0]
 
 
