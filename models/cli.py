@@ -30,12 +30,15 @@ from models.scenes import DEFAULT_DATA
 @click.option("--trainable", type=click.Choice(["all", "mark-head"]), default="all",
               show_default=True, help="mark-head: train only the remover's mark refiner (the "
                                       "restored image stays as --init makes it)")
+@click.option("--detector-masks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="remover: mask most crops as this detector (weights file) and "
+                                 "the pipeline would, instead of the noisy true mask")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA,
               show_default=True, help="directory holding grocery/")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR,
               show_default=True)
-def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init, trainable, data_dir,
-                  out_dir):
+def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init, trainable,
+                  detector_masks, data_dir, out_dir):
     """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest."""
     from tqdm import tqdm
 
@@ -45,7 +48,8 @@ def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init
     with tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
         recipe = train(kind, steps=steps, batch=batch, crop=crop, seed=seed, lr=lr,
                        data_dir=data_dir, out_dir=out_dir, threads=threads,
-                       max_minutes=max_minutes, init=init, trainable=trainable, progress=bar)
+                       max_minutes=max_minutes, init=init, trainable=trainable,
+                       detector_masks=detector_masks, progress=bar)
     click.echo(json.dumps(recipe, indent=2))
 
 

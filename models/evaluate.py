@@ -32,26 +32,12 @@ import cv2
 import numpy as np
 import torch
 
-from models.networks import STRIDE
-from models.registry import load_model
+from models.registry import ModelEngine, load_model
 from models.synth import make_sample
 from models.train import update_manifest
 
 EVAL_TAG = 2
 PSNR_CAP = 100.0
-
-
-class _ModelEngine:
-    """The two members of `engine_build.Engine` the pipeline functions use."""
-
-    stride = STRIDE
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    @torch.inference_mode()
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(np.ascontiguousarray(batch, np.float32))).numpy()
 
 
 def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> float:
@@ -121,8 +107,8 @@ def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, thread
 
     torch.set_num_threads(threads)
     st = get_settings()
-    engines = Engines(detector=_ModelEngine(load_model("detector", weights_dir)),
-                      remover=_ModelEngine(load_model("remover", weights_dir)))
+    engines = Engines(detector=ModelEngine(load_model("detector", weights_dir)),
+                      remover=ModelEngine(load_model("remover", weights_dir)))
 
     def model(rgb):
         c = clean_rgb(engines, rgb, st)

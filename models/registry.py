@@ -6,9 +6,10 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from models.networks import Detector, Remover
+from models.networks import STRIDE, Detector, Remover
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
@@ -48,11 +49,31 @@ def weights_sha256(kind: str, weights_dir: Path | None = None) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_model(kind: str, weights_dir: Path | None = None, strict: bool = True) -> torch.nn.Module:
+def load_weights(kind: str, path: Path) -> torch.nn.Module:
+    """The model in eval mode from one weights file, built as the manifest beside it says."""
+    path = Path(path)
+    model = build_model(kind, **architecture(kind, path.parent))
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def load_model(kind: str, weights_dir: Path | None = None) -> torch.nn.Module:
     """The model in eval mode with the shipped weights (random init if none are shipped)."""
-    model = build_model(kind, **architecture(kind, weights_dir))
     path = weights_path(kind, weights_dir)
     if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=strict)
-    return model.eval()
+        return load_weights(kind, path)
+    return build_model(kind, **architecture(kind, weights_dir)).eval()
+
+
+class ModelEngine:
+    """A model in eval mode behind the two members of `engine_build.Engine` that the
+    pipeline's functions use (evaluation and training run them on the models directly)."""
+
+    stride = STRIDE
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+
+    @torch.inference_mode()
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.model(torch.from_numpy(np.ascontiguousarray(batch, np.float32))).numpy()

@@ -17,7 +17,7 @@ makes the final `W = premult / alpha` exact.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -45,6 +45,13 @@ class Sample:
     kinds: list[str] = field(default_factory=list)
     background: str = ""
     quality: int = 95
+
+    def crop(self, y: int, x: int, size: int) -> "Sample":
+        """The `size` x `size` window at (y, x) of every per-pixel array."""
+        win = (slice(y, y + size), slice(x, x + size))
+        return replace(self, clean=self.clean[win], composite=self.composite[win],
+                       alpha=self.alpha[win], colour=self.colour[win], mask=self.mask[win],
+                       product=self.product[win])
 
 
 def _name(rng: np.random.Generator) -> str:

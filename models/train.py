@@ -18,6 +18,10 @@ prefill is computed over that noisy mask, exactly as the pipeline does
 (the blend-inversion branch learns the physics) + 0.25 x (BCE + soft dice) of the
 full-resolution mask output against `alpha > 0` inside the input mask + a small L1 on
 image gradients. `--trainable mark-head` trains only the mark refiner on the mask loss.
+`--detector-masks` swaps the noisy true mask, in most crops, for the one a given detector
+and the pipeline build (`detector_mask`, seen with context around the crop): its false
+alarms hug the mark and follow the photo's own edges and print, which no random blob
+imitates, and the refiner has to learn to reject exactly those pixels.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -35,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from models.networks import remover_input
-from models.registry import WEIGHTS_DIR, build_model
+from models.registry import WEIGHTS_DIR, ModelEngine, build_model, load_weights
 from models.synth import make_sample
 
 log = logging.getLogger("clearmark.train")
@@ -43,6 +48,8 @@ DETECT_LONG_SIDE = 640
 DEFAULT_ARCH = {"detector": {"base": 16}, "remover": {"base": 16}}
 TRAIN_TAG = 1  # rng stream tag for training data; evaluation uses another tag
 MARK_LOSS_WEIGHT = 0.25  # the remover's full-resolution mask head (`mark_loss`)
+DETECTOR_MASK_SHARE = 0.75  # remover crops masked by the detector, when one is given
+DETECTOR_CLEAN_SHARE = 0.2  # of those, photos without a mark: its false alarms, to reject
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -82,21 +89,52 @@ def noisy_mask(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
 
 
 def remover_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None,
-                  source: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  source: str | None = None, detector=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """With a `detector` (a `ModelEngine`), DETECTOR_MASK_SHARE of the crops get the input
+    mask the pipeline would hand over (`detector_mask`) instead of the noisy true mask,
+    centred on a pixel it found or missed; DETECTOR_CLEAN_SHARE of those photos carry no
+    mark, so what it finds there are false alarms, for the mark output to reject."""
     inputs, cleans, alphas = [], [], []
     for _ in range(batch):
-        s = make_sample(rng, crop, crop, int(rng.integers(800, 1701)), data_dir=data_dir, p_none=0.0,
-                        source=source)
-        mask = noisy_mask(rng, s.mask)
-        if s.product.any() and rng.random() < 0.5:  # where the detector errs: product print
-            r = int(rng.integers(2, 7))
-            grown = cv2.dilate(s.product.astype(np.uint8), cv2.getStructuringElement(
-                cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
-            mask = np.maximum(mask, grown.astype(np.float32))
+        long_side = int(rng.integers(800, 1701))
+        mask = None
+        if detector is not None and rng.random() < DETECTOR_MASK_SHARE:
+            window = crop + crop // 2   # the detector sees some context around the crop
+            s = make_sample(rng, window, window, long_side, data_dir=data_dir,
+                            p_none=DETECTOR_CLEAN_SHARE, source=source)
+            found = detector_mask(detector, s.composite, long_side)
+            ys, xs = np.nonzero(found | s.mask)   # a crop around a pixel it found, or missed
+            k = int(rng.integers(len(ys))) if len(ys) else 0
+            y, x = (int(np.clip(c - crop // 2, 0, window - crop)) for c in
+                    ((ys[k], xs[k]) if len(ys) else (0, 0)))
+            s, found = s.crop(y, x, crop), found[y:y + crop, x:x + crop]
+            mask = found.astype(np.float32) if found.any() else None   # it missed: noisy truth
+        else:
+            s = make_sample(rng, crop, crop, long_side, data_dir=data_dir, p_none=0.0, source=source)
+        if mask is None:
+            mask = noisy_mask(rng, s.mask)
+            if s.product.any() and rng.random() < 0.5:  # where the detector errs: product print
+                r = int(rng.integers(2, 7))
+                grown = cv2.dilate(s.product.astype(np.uint8), cv2.getStructuringElement(
+                    cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
+                mask = np.maximum(mask, grown.astype(np.float32))
         inputs.append(torch.from_numpy(remover_input(s.composite, mask)))
         cleans.append(s.clean)
         alphas.append(s.alpha.astype(np.float32))
     return torch.stack(inputs), _to_tensor(cleans), _to_tensor(alphas)
+
+
+def detector_mask(detector, composite: np.ndarray, long_side: int) -> np.ndarray:
+    """The dilated mask (bool H x W) the pipeline builds from `detector` for a window of a
+    photo with long side `long_side`: seen at the pipeline's scale, with its settings."""
+    from workers.masks import build_mask
+    from workers.pipeline import detect_probability
+    from workers.settings import get_settings
+
+    st = get_settings()
+    prob = detect_probability(detector, composite, st.detect_long_side, st.detect_flip,
+                              scale=min(1.0, st.detect_long_side / long_side))
+    return build_mask(prob, st.mask_threshold, st.mask_min_area, st.mask_dilate_px).dilated
 
 
 def detector_loss(model, batch) -> torch.Tensor:
@@ -215,15 +253,19 @@ def select_trainable(model: torch.nn.Module, trainable: str) -> list[torch.nn.Pa
 def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: int = 0,
           lr: float = 2e-3, data_dir=None, out_dir: Path = WEIGHTS_DIR, threads: int = 1,
           arch: dict | None = None, max_minutes: float | None = None, save_every: int = 100,
-          init: Path | None = None, trainable: str = "all", progress=None) -> dict:
+          init: Path | None = None, trainable: str = "all", detector_masks: Path | None = None,
+          progress=None) -> dict:
     """Train `kind` and save weights + manifest every `save_every` steps and at the end.
 
     `max_minutes` stops early and shortens the cosine schedule to fit; the manifest records
     the steps actually done. `init` starts from a state_dict (fine-tuning). `trainable`
     "mark-head" trains only the remover's mark refiner, on `mark_head_loss`: the restored
-    image stays exactly as `init` makes it."""
+    image stays exactly as `init` makes it. `detector_masks` (detector weights, remover
+    only) masks most crops the way that detector and the pipeline would (`remover_batch`)."""
     if trainable not in TRAINABLE or (trainable != "all" and kind != "remover"):
         raise ValueError(f"trainable={trainable!r} is not available for the {kind}")
+    if detector_masks and kind != "remover":
+        raise ValueError("detector_masks is for training the remover")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     arch = dict(arch or DEFAULT_ARCH[kind])
@@ -250,12 +292,19 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
                            "ends first", "max_minutes": max_minutes, "threads": threads,
               "architecture": arch, "device": "cpu", "init": str(init) if init else None,
               "trainable": trainable,
+              "detector_masks": ({"path": str(detector_masks), "sha256": file_sha256(detector_masks),
+                                  "share": DETECTOR_MASK_SHARE} if detector_masks else None),
               "data": "models.synth.make_sample, grocery train split + procedural studio scenes"}
+    batch_of = BATCHES[kind]
+    if detector_masks:
+        batch_of = partial(remover_batch, detector=ModelEngine(load_weights(
+            "detector", detector_masks)))
     ema, done = None, 0
+
     def make_batch(step: int) -> list[torch.Tensor]:
         rng = np.random.default_rng([TRAIN_TAG, seed, step])
         return [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
-                for t in BATCHES[kind](rng, batch, crop, data_dir)]
+                for t in batch_of(rng, batch, crop, data_dir)]
 
     # The next batch is synthesised in a thread while this step computes (OpenCV, NumPy and
     # torch release the GIL); each batch depends only on its step number, so results match

@@ -8,6 +8,8 @@ import torch
 
 from models import STRIDE, build_model, load_model, weights_path
 from models.networks import remover_input
+from models import train as training
+from models.registry import ModelEngine
 from models.train import LOSSES, detector_batch, load_init, remover_batch, select_trainable
 
 torch.set_num_threads(1)
@@ -147,6 +149,43 @@ def test_mark_head_training_moves_only_the_refiner_and_lowers_its_loss(tmp_path)
     batch = remover_batch(np.random.default_rng(1), 4, 32, source="studio")
     losses = _losses_over_steps(mark_head_loss, model, params, batch)
     assert losses[-1] < losses[0]
+
+
+def _uniform_detector(logit: float) -> ModelEngine:
+    """A real detector whose every pixel scores sigmoid(logit)."""
+    model = build_model("detector", base=8)
+    with torch.no_grad():
+        model.net.head.weight.zero_()
+        model.net.head.bias.fill_(logit)
+    return ModelEngine(model)
+
+
+def test_remover_batch_masks_crops_as_the_detector_would(monkeypatch):
+    def batch(logit: float):
+        x, _, alpha = remover_batch(np.random.default_rng(3), 4, 48, source="studio",
+                                    detector=_uniform_detector(logit))
+        return x[:, 3], alpha
+
+    monkeypatch.setattr(training, "DETECTOR_MASK_SHARE", 1.0)
+    monkeypatch.setattr(training, "DETECTOR_CLEAN_SHARE", 0.0)
+    assert bool((batch(20.0)[0] == 1).all())
+    nowhere = batch(-20.0)[0]   # it finds nothing, so each crop gets the noisy true mask
+    assert not (nowhere == 1).flatten(1).all(1).any() and (nowhere > 0).flatten(1).any(1).all()
+    monkeypatch.setattr(training, "DETECTOR_CLEAN_SHARE", 1.0)
+    mask, alpha = batch(20.0)   # photos without a mark: all it finds is false alarms
+    assert bool((mask == 1).all()) and not alpha.any()
+
+
+def test_training_with_detector_masks_records_that_detector(tmp_path):
+    from models.train import file_sha256, train
+
+    weights = tmp_path / "detector.pt"
+    torch.save(build_model("detector").state_dict(), weights)
+    recipe = train("remover", steps=1, batch=2, crop=32, out_dir=tmp_path / "out",
+                   detector_masks=weights)
+    assert recipe["detector_masks"]["sha256"] == file_sha256(weights)
+    with pytest.raises(ValueError, match="remover"):
+        train("detector", steps=1, detector_masks=weights)
 
 
 def test_mark_head_training_is_remover_only():

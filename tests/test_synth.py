@@ -48,6 +48,14 @@ def test_sample_ground_truth_consistent_up_to_jpeg():
         assert (s.colour[~s.mask] == 0).all()
 
 
+def test_sample_crop_cuts_every_pixel_array_alike():
+    s = _sample(5, kinds=["logo"])
+    c = s.crop(10, 20, 48)
+    for field in ("clean", "composite", "alpha", "colour", "mask", "product"):
+        np.testing.assert_array_equal(getattr(c, field), getattr(s, field)[10:58, 20:68])
+    assert c.kinds == s.kinds and c.quality == s.quality
+
+
 def test_no_watermark_sample_is_clean():
     s = _sample(1, kinds=[])
     assert not s.mask.any() and s.kinds == []
