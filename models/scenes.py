@@ -220,3 +220,28 @@ def render_background(rng: np.random.Generator, h: int, w: int, long_side: int,
         return img, prod, "studio"
     img, label = photo_window(rng, h, w, long_side, split, data_dir)
     return img, np.zeros((h, w), bool), label
+
+
+def add_streaks(rng: np.random.Generator, img: np.ndarray, long_side: int) -> np.ndarray:
+    """`img` with 1-3 long straight lines across it (sometimes a parallel pair): the bright
+    edge of a shelf or tray and the highlight along a rail or a glass, which are what the
+    detector takes for a watermark's stroke in clean real photos. Training draws them into
+    some backgrounds as negatives; they are part of the photo, never of the mark."""
+    h, w = img.shape[:2]
+    out = img.astype(np.float32)
+    scale = long_side / 1000
+    for _ in range(int(rng.integers(1, 4))):
+        angle = rng.uniform(0, np.pi)
+        dx, dy = np.cos(angle) * 2 * (h + w), np.sin(angle) * 2 * (h + w)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        thick = max(1, int(round(rng.uniform(1, 5) * scale)))
+        layer = np.zeros((h, w), np.float32)
+        for offset in ([0.0, rng.uniform(4, 20) * scale] if rng.random() < 0.3 else [0.0]):
+            ox, oy = -np.sin(angle) * offset, np.cos(angle) * offset
+            cv2.line(layer, (int(cx - dx + ox), int(cy - dy + oy)), (int(cx + dx + ox), int(cy + dy + oy)),
+                     1.0, thick, cv2.LINE_AA)
+        layer = cv2.GaussianBlur(layer, (0, 0), rng.uniform(0.4, 1.5) * scale)[..., None]
+        colour = rng.uniform(200, 255, 3) if rng.random() < 0.6 else rng.uniform(0, 70, 3)
+        a = rng.uniform(0.35, 1.0) * layer
+        out = out * (1 - a) + a * colour
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

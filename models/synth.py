@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from models.scenes import CJK_FONTS, LATIN_FONTS, font, have_cjk_font, render_background
+from models.scenes import CJK_FONTS, LATIN_FONTS, add_streaks, font, have_cjk_font, render_background
 
 KINDS = ("text", "tiled", "corner", "url", "logo", "cjk")
 NAMES = ["ShopLine", "BestDeals", "mystore", "Lumi Studio", "PhotoMart", "Kaufhaus", "TopSeller",
@@ -270,13 +270,18 @@ def blend(clean: np.ndarray, alpha: np.ndarray, premult: np.ndarray) -> np.ndarr
 
 def make_sample(rng: np.random.Generator, h: int, w: int, long_side: int, split: str = "train",
                 data_dir=None, p_none: float = 0.1, kinds: list[str] | None = None,
-                source: str | None = None, quality: int | None = None) -> Sample:
-    """An `h x w` window of a watermarked catalogue photo with long side `long_side`."""
+                source: str | None = None, quality: int | None = None,
+                streaks: bool = False) -> Sample:
+    """An `h x w` window of a watermarked catalogue photo with long side `long_side`.
+    `streaks` draws straight shelf edges and highlights into the background
+    (`scenes.add_streaks`) after everything else is drawn from `rng`."""
     bg, product, bg_label = render_background(rng, h, w, long_side, split, data_dir, source)
     if kinds is None and rng.random() < p_none:
         kinds = []
     alpha, premult, labels = render_watermark(rng, h, w, long_side, kinds, bg.mean() / 255)
     quality = int(quality or rng.integers(70, 99))
+    if streaks:
+        bg = add_streaks(rng, bg, long_side)
     colour = np.divide(premult, alpha[..., None], out=np.zeros_like(premult), where=alpha[..., None] > 0)
     return Sample(clean=jpeg(bg, quality), composite=jpeg(blend(bg, alpha, premult), quality),
                   alpha=alpha, colour=colour, mask=alpha > 0, product=product & ~(alpha > 0),

@@ -5,6 +5,8 @@ Detector: sees what the pipeline sees, i.e. the photo resized so its long side i
 `crop * L / 640` px of an `L`-px catalogue photo (L in 800-1700) and area-downscaled, so
 stroke widths, JPEG blur and text sizes match inference. Target: pixels whose full-res
 watermark coverage is >= 20 % (thin strokes stay in the mask; the pipeline dilates after).
+STREAK_SHARE of the crops get straight shelf edges and highlights drawn into the background
+(`scenes.add_streaks`): on clean tuning photos those were most of the detector's false alarms.
 Loss: BCE + soft dice.
 
 Remover: full-resolution crops around the mark, input mask = GT mask dilated 2-6 px with
@@ -48,6 +50,7 @@ DETECT_LONG_SIDE = 640
 DEFAULT_ARCH = {"detector": {"base": 16}, "remover": {"base": 16}}
 TRAIN_TAG = 1  # rng stream tag for training data; evaluation uses another tag
 MARK_LOSS_WEIGHT = 0.25  # the remover's full-resolution mask head (`mark_loss`)
+STREAK_SHARE = 0.3  # detector crops with straight shelf edges / highlights (negatives)
 DETECTOR_MASK_SHARE = 0.75  # remover crops masked by the detector, when one is given
 DETECTOR_CLEAN_SHARE = 0.2  # of those, photos without a mark: its false alarms, to reject
 
@@ -66,7 +69,8 @@ def detector_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=Non
     for _ in range(batch):
         long_side = int(rng.integers(800, 1701))
         region = int(round(crop * long_side / DETECT_LONG_SIDE))
-        s = make_sample(rng, region, region, long_side, data_dir=data_dir, source=source)
+        s = make_sample(rng, region, region, long_side, data_dir=data_dir, source=source,
+                        streaks=rng.random() < STREAK_SHARE)
         images.append(cv2.resize(s.composite, (crop, crop), interpolation=cv2.INTER_AREA))
         cov = cv2.resize(s.mask.astype(np.float32), (crop, crop), interpolation=cv2.INTER_AREA)
         targets.append((cov >= 0.2).astype(np.float32))
@@ -293,7 +297,8 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
               "architecture": arch, "device": "cpu", "init": str(init) if init else None,
               "trainable": trainable,
               "detector_masks": ({"path": str(detector_masks), "sha256": file_sha256(detector_masks),
-                                  "share": DETECTOR_MASK_SHARE} if detector_masks else None),
+                                  "share": DETECTOR_MASK_SHARE, "clean_share": DETECTOR_CLEAN_SHARE}
+                                 if detector_masks else None),
               "data": "models.synth.make_sample, grocery train split + procedural studio scenes"}
     batch_of = BATCHES[kind]
     if detector_masks:

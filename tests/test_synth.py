@@ -56,6 +56,14 @@ def test_sample_crop_cuts_every_pixel_array_alike():
     assert c.kinds == s.kinds and c.quality == s.quality
 
 
+def test_streaks_are_drawn_into_the_background_only():
+    plain, streaked = _sample(4, kinds=["text"], quality=95), _sample(4, kinds=["text"], quality=95, streaks=True)
+    for field in ("alpha", "mask", "product"):
+        np.testing.assert_array_equal(getattr(plain, field), getattr(streaked, field))
+    changed = np.abs(plain.clean.astype(int) - streaked.clean).max(axis=2) > 8
+    assert 0 < changed.mean() < 0.5   # a few lines, not a repaint
+
+
 def test_no_watermark_sample_is_clean():
     s = _sample(1, kinds=[])
     assert not s.mask.any() and s.kinds == []
