@@ -108,9 +108,11 @@ def remover_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None
                             p_none=DETECTOR_CLEAN_SHARE, source=source)
             found = detector_mask(detector, s.composite, long_side)
             ys, xs = np.nonzero(found | s.mask)   # a crop around a pixel it found, or missed
-            k = int(rng.integers(len(ys))) if len(ys) else 0
-            y, x = (int(np.clip(c - crop // 2, 0, window - crop)) for c in
-                    ((ys[k], xs[k]) if len(ys) else (0, 0)))
+            centre = (0, 0)
+            if len(ys):
+                k = int(rng.integers(len(ys)))
+                centre = (ys[k], xs[k])
+            y, x = (int(np.clip(c - crop // 2, 0, window - crop)) for c in centre)
             s, found = s.crop(y, x, crop), found[y:y + crop, x:x + crop]
             mask = found.astype(np.float32) if found.any() else None   # it missed: noisy truth
         else:
