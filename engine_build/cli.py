@@ -65,6 +65,29 @@ def build_command(kind: str, precision: str, profile: str | None, device: str, f
                    f"sm{result.key.compute_capability}, profile {result.key.profile})")
 
 
+@engines_group.command("prune")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted, delete nothing.")
+def prune_command(dry_run: bool):
+    """Delete cached ONNX files and TensorRT engines made from other weights or code than
+    the shipped ones (engines for other GPUs or TensorRT versions are kept)."""
+    from engine_build.onnx_export import stale_onnx
+    from engine_build.trt_cache import stale_engines
+    from models import weights_sha256
+    from workers.settings import get_settings
+
+    engine_dir = get_settings().engine_dir
+    stale = stale_onnx(engine_dir) + stale_engines(
+        engine_dir, {k: weights_sha256(k) for k in KINDS})
+    freed = 0
+    for path in stale:
+        freed += path.stat().st_size
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {path}")
+        if not dry_run:
+            path.unlink()
+    click.echo(f"{len(stale)} stale file(s), {freed / 1e6:.1f} MB "
+               f"{'would be freed' if dry_run else 'freed'} in {engine_dir}")
+
+
 @engines_group.command("info")
 def info_command():
     """Which backends are usable here and what `auto` picks."""

@@ -22,7 +22,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -77,12 +76,11 @@ def onnx_path(kind: str, precision: str = "fp32", engine_dir: str | Path | None 
     return onnx_dir(engine_dir) / name
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def stale_onnx(engine_dir: str | Path | None = None) -> list[Path]:
+    """ONNX files in the cache that no current model would load: exported from other
+    weights, another networks.py or another opset (`onnx_path` names every input)."""
+    current = {onnx_path(kind, p, engine_dir).name for kind in IN_CHANNELS for p in PRECISIONS}
+    return sorted(p for p in onnx_dir(engine_dir).glob("*.onnx") if p.name not in current)
 
 
 def example_input(kind: str, batch: int = 2, height: int = 64, width: int = 80,

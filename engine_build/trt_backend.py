@@ -40,12 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from engine_build.base import BackendUnavailable, Engine
-from engine_build.onnx_export import INPUT_NAME, export_onnx, file_sha256
+from engine_build.onnx_export import INPUT_NAME, export_onnx
 from engine_build.trt_cache import (
     EngineCacheKey, Profile, _atomic_write, engine_path, get_or_build, parse_profile,
     timing_cache_path,
 )
-from models import weights_sha256
+from models.registry import file_sha256, weights_sha256
 from models.networks import IN_CHANNELS
 
 log = logging.getLogger(__name__)

@@ -193,6 +193,23 @@ def get_or_build(engine_dir: str | Path, key: EngineCacheKey, build: Callable[[]
     return data, True
 
 
+def stale_engines(engine_dir: str | Path, weights: dict[str, str]) -> list[Path]:
+    """Engine files (and sidecars) built from other weights than `weights` (kind ->
+    sha256), or whose sidecar is missing or unreadable. Engines for other GPUs, TensorRT
+    versions, precisions or profiles stay: workers on other machines may share the dir."""
+    stale = []
+    for path in sorted((Path(engine_dir) / "tensorrt").glob("*.engine")):
+        sidecar = path.with_suffix(path.suffix + ".json")
+        try:
+            key = json.loads(sidecar.read_text())["key"]
+            keep = weights.get(key["kind"]) == key["weights_sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            keep = False
+        if not keep:
+            stale += [path] + ([sidecar] if sidecar.exists() else [])
+    return stale
+
+
 def timing_cache_path(engine_dir: str | Path, trt_version: str, gpu_name: str,
                       compute_capability: str) -> Path:
     """One persistent timing cache per TensorRT version and GPU, beside the engines."""

@@ -35,6 +35,7 @@ import torch
 from models.registry import ModelEngine, load_model
 from models.synth import make_sample
 from models.train import update_manifest
+from workers.masks import dilate_disc
 
 EVAL_TAG = 2
 PSNR_CAP = 100.0
@@ -91,8 +92,7 @@ def eval_set(n: int, seed: int = 0, data_dir=None):
 
 
 def _telea(rgb: np.ndarray, mask: np.ndarray, dilate_px: int) -> np.ndarray:
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1,) * 2)
-    m = cv2.dilate(mask.astype(np.uint8), k)
+    m = dilate_disc(mask, dilate_px)
     return cv2.inpaint(rgb, m, 3, cv2.INPAINT_TELEA) if m.any() else rgb.copy()
 
 

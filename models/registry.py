@@ -41,12 +41,25 @@ def build_model(kind: str, **arch) -> torch.nn.Module:
     return _CLASSES[kind](**arch)
 
 
-@lru_cache(maxsize=None)
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file; remembered until the file's size or mtime changes
+    (workers ask for the weights' hash on every job)."""
+    st = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def weights_sha256(kind: str, weights_dir: Path | None = None) -> str:
     path = weights_path(kind, weights_dir)
-    if not path.exists():
-        return "untrained"
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path) if path.exists() else "untrained"
 
 
 def load_weights(kind: str, path: Path) -> torch.nn.Module:

@@ -1,9 +1,9 @@
 """Training recipes for the Detector and the Remover (CPU-friendly, deterministic data).
 
 Detector: sees what the pipeline sees, i.e. the photo resized so its long side is 640 px
-(`DETECT_LONG_SIDE`). A crop of `crop` px at that scale is rendered as a window of
-`crop * L / 640` px of an `L`-px catalogue photo (L in 800-1700) and area-downscaled, so
-stroke widths, JPEG blur and text sizes match inference. Target: pixels whose full-res
+(`Settings.detect_long_side`, recorded in the recipe). A crop of `crop` px at that scale is
+rendered as a window of `crop * L / 640` px of an `L`-px catalogue photo (L in 800-1700)
+and area-downscaled, so stroke widths, JPEG blur and text sizes match inference. Target: pixels whose full-res
 watermark coverage is >= 20 % (thin strokes stay in the mask; the pipeline dilates after).
 STREAK_SHARE of the crops get straight shelf edges and highlights drawn into the background
 (`scenes.add_streaks`): on clean tuning photos those were most of the detector's false alarms.
@@ -27,7 +27,6 @@ imitates, and the refiner has to learn to reject exactly those pixels.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -42,11 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from models.networks import remover_input
-from models.registry import WEIGHTS_DIR, ModelEngine, build_model, load_weights
+from models.registry import WEIGHTS_DIR, ModelEngine, build_model, file_sha256, load_weights
 from models.synth import make_sample
+from workers.masks import build_mask, dilate_disc
+from workers.settings import get_settings
 
 log = logging.getLogger("clearmark.train")
-DETECT_LONG_SIDE = 640
 DEFAULT_ARCH = {"detector": {"base": 16}, "remover": {"base": 16}}
 TRAIN_TAG = 1  # rng stream tag for training data; evaluation uses another tag
 MARK_LOSS_WEIGHT = 0.25  # the remover's full-resolution mask head (`mark_loss`)
@@ -66,9 +66,10 @@ def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
 def detector_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None,
                    source: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     images, targets = [], []
+    seen_long_side = get_settings().detect_long_side
     for _ in range(batch):
         long_side = int(rng.integers(800, 1701))
-        region = int(round(crop * long_side / DETECT_LONG_SIDE))
+        region = int(round(crop * long_side / seen_long_side))
         s = make_sample(rng, region, region, long_side, data_dir=data_dir, source=source,
                         streaks=rng.random() < STREAK_SHARE)
         images.append(cv2.resize(s.composite, (crop, crop), interpolation=cv2.INTER_AREA))
@@ -81,7 +82,7 @@ def noisy_mask(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     """The GT mask as the pipeline would hand it over: dilated, imperfect, maybe feathered."""
     h, w = mask.shape
     r = int(rng.integers(2, 7))
-    m = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
+    m = dilate_disc(mask, r)
     for _ in range(int(rng.poisson(0.6))):  # spurious (+) or missed (-) blobs
         c = (int(rng.integers(w)), int(rng.integers(h)))
         axes = (int(rng.integers(3, max(4, w // 6))), int(rng.integers(3, max(4, h // 6))))
@@ -120,9 +121,7 @@ def remover_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None
         if mask is None:
             mask = noisy_mask(rng, s.mask)
             if s.product.any() and rng.random() < 0.5:  # where the detector errs: product print
-                r = int(rng.integers(2, 7))
-                grown = cv2.dilate(s.product.astype(np.uint8), cv2.getStructuringElement(
-                    cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
+                grown = dilate_disc(s.product, int(rng.integers(2, 7)))
                 mask = np.maximum(mask, grown.astype(np.float32))
         inputs.append(torch.from_numpy(remover_input(s.composite, mask)))
         cleans.append(s.clean)
@@ -133,9 +132,7 @@ def remover_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None
 def detector_mask(detector, composite: np.ndarray, long_side: int) -> np.ndarray:
     """The dilated mask (bool H x W) the pipeline builds from `detector` for a window of a
     photo with long side `long_side`: seen at the pipeline's scale, with its settings."""
-    from workers.masks import build_mask
     from workers.pipeline import detect_probability
-    from workers.settings import get_settings
 
     st = get_settings()
     prob = detect_probability(detector, composite, st.detect_long_side, st.detect_flip,
@@ -191,10 +188,6 @@ def mark_head_loss(model, batch) -> torch.Tensor:
 BATCHES = {"detector": detector_batch, "remover": remover_batch}
 LOSSES = {"detector": detector_loss, "remover": remover_loss}
 TRAINABLE = {"all": "", "mark-head": "refine."}   # parameter-name prefix that trains
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def update_manifest(out_dir: Path, kind: str, entry: dict) -> None:
@@ -297,7 +290,7 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
               "optimizer": "AdamW(wd=1e-4), warmup + cosine over steps or max_minutes, whichever "
                            "ends first", "max_minutes": max_minutes, "threads": threads,
               "architecture": arch, "device": "cpu", "init": str(init) if init else None,
-              "trainable": trainable,
+              "trainable": trainable, "detect_long_side": get_settings().detect_long_side,
               "detector_masks": ({"path": str(detector_masks), "sha256": file_sha256(detector_masks),
                                   "share": DETECTOR_MASK_SHARE, "clean_share": DETECTOR_CLEAN_SHARE}
                                  if detector_masks else None),

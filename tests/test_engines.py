@@ -21,7 +21,7 @@ from engine_build import Engine, load_engine
 from engine_build import base as engine_base
 from engine_build import onnx_export, trt_backend
 from engine_build.calibration import synthetic_batch
-from engine_build.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from engine_build.onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx
 from models.networks import OUT_CHANNELS
 from engine_build.trt_cache import (
     EngineCacheKey, cached_engine, engine_path, parse_profile,
@@ -289,6 +289,38 @@ def test_new_weights_give_a_new_engine(trt_dir, monkeypatch):
     monkeypatch.setattr(trt_backend, "weights_sha256", lambda kind: "f" * 64)
     second = _ensure(trt_dir, builder)
     assert second.built and second.path != first.path and len(builder.plans) == 2
+
+
+def test_prune_deletes_only_files_from_other_weights_or_code(trt_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from engine_build.cli import engines_group
+
+    builder = FakeBuilder()
+    current = _ensure(trt_dir, builder)
+    other_gpu = _ensure(trt_dir, builder, identity=("10.3.0", "NVIDIA L4", "8.9"))
+    with monkeypatch.context() as m:   # an engine built from earlier weights
+        m.setattr(trt_backend, "weights_sha256", lambda kind: "f" * 64)
+        old = _ensure(trt_dir, builder)
+    orphan = trt_dir / "tensorrt" / "remover-fp16-0123456789abcdef0123.engine"
+    orphan.write_bytes(b"no sidecar")
+    old_onnx = trt_dir / "onnx" / f"detector-fp32-opset{ONNX_OPSET}-{'e' * 64}-0123456789ab.onnx"
+    old_onnx.write_bytes(b"graph of earlier weights")
+    kept = sorted((trt_dir / "onnx").glob("*.onnx"))
+    kept.remove(old_onnx)
+    assert kept, "the session's current exports are in the dir"
+    set_settings(get_settings().replace(engine_dir=str(trt_dir)))  # undone by _restore_settings
+
+    dry = CliRunner().invoke(engines_group, ["prune", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "4 stale file(s)" in dry.output and old.path.exists() and old_onnx.exists()
+    res = CliRunner().invoke(engines_group, ["prune"])
+    assert res.exit_code == 0, res.output
+    assert not old.path.exists() and not old.path.with_suffix(".engine.json").exists()
+    assert not orphan.exists() and not old_onnx.exists()
+    assert current.path.exists() and other_gpu.path.exists()
+    assert all(p.exists() for p in kept)
+    assert cached_engine(trt_dir, current.key)[0] == current.data
 
 
 def test_engine_path_layout(tmp_path):

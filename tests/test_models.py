@@ -2,6 +2,8 @@
 the shipped weights load, and a few training steps lower the loss."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -177,7 +179,8 @@ def test_remover_batch_masks_crops_as_the_detector_would(monkeypatch):
 
 
 def test_training_with_detector_masks_records_that_detector(tmp_path):
-    from models.train import file_sha256, train
+    from models.registry import file_sha256
+    from models.train import train
 
     weights = tmp_path / "detector.pt"
     torch.save(build_model("detector").state_dict(), weights)
@@ -193,3 +196,14 @@ def test_mark_head_training_is_remover_only():
 
     with pytest.raises(ValueError, match="mark-head"):
         train("detector", steps=1, trainable="mark-head")
+
+
+def test_weights_hash_follows_the_file_on_disk(tmp_path):
+    from models.registry import weights_sha256
+
+    assert weights_sha256("detector", tmp_path) == "untrained"
+    path = tmp_path / "detector.pt"
+    path.write_bytes(b"first weights")
+    assert weights_sha256("detector", tmp_path) == hashlib.sha256(b"first weights").hexdigest()
+    path.write_bytes(b"retrained weights")   # a new size: a new hash even with coarse mtimes
+    assert weights_sha256("detector", tmp_path) == hashlib.sha256(b"retrained weights").hexdigest()

@@ -28,6 +28,14 @@ class Mask:
         return float(self.dilated.mean())
 
 
+def dilate_disc(mask: np.ndarray, px: int) -> np.ndarray:
+    """`mask` (bool or uint8 H x W) grown by `px` pixels with a disc, as uint8 0/1."""
+    m = mask.astype(np.uint8)
+    if px <= 0 or not m.any():
+        return m
+    return cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1,) * 2))
+
+
 def build_mask(prob: np.ndarray, threshold: float, min_area: int, dilate_px: int) -> Mask:
     """Threshold `prob` (H x W float), drop 8-connected blobs smaller than `min_area`
     pixels, dilate by `dilate_px` (disc) and feather across the dilation ring."""
@@ -37,10 +45,7 @@ def build_mask(prob: np.ndarray, threshold: float, min_area: int, dilate_px: int
         keep = stats[:, cv2.CC_STAT_AREA] >= min_area
         keep[0] = False
         core = keep[labels].astype(np.uint8)
-    dilated = core
-    if dilate_px > 0 and core.any():
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1,) * 2)
-        dilated = cv2.dilate(core, kernel)
+    dilated = dilate_disc(core, dilate_px)
     alpha = np.zeros(core.shape, np.uint8)
     if dilated.any():
         x0, y0, x1, y1 = bbox(dilated, pad=1)
