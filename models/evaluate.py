@@ -38,6 +38,7 @@ from models.train import update_manifest
 from workers.masks import dilate_disc
 
 EVAL_TAG = 2
+SLICES = ("wm", "clean", "text")
 PSNR_CAP = 100.0
 
 
@@ -71,12 +72,13 @@ def _iou_f1(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     return tp / (tp + fp + fn), 2 * tp / (2 * tp + fp + fn)
 
 
-def eval_set(n: int, seed: int = 0, data_dir=None):
-    """Yield (slice, index, Sample) deterministically; n watermarked + n//3 clean + n//3 text."""
-    plan = [("wm", i) for i in range(n)] + [("clean", i) for i in range(n // 3)] + \
-           [("text", i) for i in range(n // 3)]
+def eval_set(n: int, seed: int = 0, data_dir=None, slices=SLICES):
+    """Yield (slice, index, Sample) deterministically; n watermarked + n//3 clean + n//3 text,
+    of the `slices` asked for (an image depends only on seed, slice and index)."""
+    sizes = {"wm": n, "clean": n // 3, "text": n // 3}
+    plan = [(sl, i) for sl in SLICES if sl in slices for i in range(sizes[sl])]
     for slice_, i in plan:
-        rng = np.random.default_rng([EVAL_TAG, seed, ("wm", "clean", "text").index(slice_), i])
+        rng = np.random.default_rng([EVAL_TAG, seed, SLICES.index(slice_), i])
         long_side = int(rng.integers(800, 1601))
         aspect = [1.0, 4 / 3, 3 / 4, 3 / 2][int(rng.integers(4))]
         h, w = (long_side, int(long_side / aspect)) if aspect < 1 else (int(long_side / aspect), long_side)
@@ -101,7 +103,8 @@ def _opacity_band(s) -> str:
     return "a<0.4" if a < 0.4 else ("a0.4-0.7" if a < 0.7 else "a>=0.7")
 
 
-def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, threads: int = 2) -> dict:
+def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, threads: int = 2,
+             slices=SLICES) -> dict:
     from workers.pipeline import Engines, clean_rgb
     from workers.settings import get_settings
 
@@ -116,7 +119,7 @@ def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, thread
 
     methods = {"model": model, "none": lambda rgb: (rgb, np.zeros(rgb.shape[:2], bool))}
     rows: list[dict] = []
-    for slice_, i, s in eval_set(n, seed, data_dir):
+    for slice_, i, s in eval_set(n, seed, data_dir, slices):
         methods["telea"] = lambda rgb, m=s.mask: (_telea(rgb, m, st.mask_dilate_px), m)
         near = cv2.dilate(s.mask.astype(np.uint8), np.ones((17, 17), np.uint8)).astype(bool)
         for name, fn in methods.items():
@@ -133,7 +136,8 @@ def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, thread
                 "iou": iou, "f1": f1, "changed": bool((out != s.composite).any()),
                 "text_psnr": psnr(out, s.clean, keep) if keep.any() else float("nan"),
             })
-    return {"n": n, "seed": seed, "rows": rows, "summary": summarize(rows)}
+    return {"n": n, "seed": seed, "slices": [sl for sl in SLICES if sl in slices], "rows": rows,
+            "summary": summarize(rows)}
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -171,8 +175,12 @@ def format_table(results: dict) -> str:
     summ = results["summary"]
     head = (f"{'method':<7} {'PSNR':>6} {'SSIM':>6} {'PSNRin':>7} {'PSNRout':>7} {'IoU':>5} "
             f"{'F1':>5} {'FP%':>5} {'txtPSNR':>7} {'s/img':>6}")
-    lines = [f"clearmark eval: n={results['n']} watermarked (+{results['n'] // 3} clean, "
-             f"+{results['n'] // 3} product-text), seed={results['seed']}", head, "-" * len(head)]
+    n, slices = results["n"], results.get("slices", SLICES)
+    parts = [f"{count} {name}" for sl, count, name in
+             (("wm", n, "watermarked"), ("clean", n // 3, "clean"), ("text", n // 3, "product-text"))
+             if sl in slices]
+    lines = [f"clearmark eval: n={n}: {', '.join(parts)}; seed={results['seed']}", head,
+             "-" * len(head)]
     for m, d in summ.items():
         a = d["all"]
         lines.append(f"{m:<7} {a['psnr']:6.2f} {a['ssim']:6.4f} {a['psnr_in']:7.2f} {a['psnr_out']:7.2f} "
@@ -186,7 +194,7 @@ def format_table(results: dict) -> str:
                          for m in summ)
         lines.append(f"{g:<12} {summ[next(iter(summ))][g]['n']:>3} {cells}")
     lines.append("IoU/F1 of 'telea' use the true mask (oracle); 'none' returns the input.")
-    if "model" in summ:
+    if "model" in summ and summ["model"]["fp_by_background"]:
         fired = summ["model"]["fp_by_background"]
         lines.append("clean photos the model changed, by background: " +
                      ", ".join(f"{bg} {k}/{n}" for bg, (k, n) in fired.items()))

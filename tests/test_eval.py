@@ -19,6 +19,9 @@ def test_eval_set_is_deterministic_and_sliced():
     by_slice = {sl: s for sl, _, s in first}
     assert not by_slice["clean"].mask.any() and by_slice["text"].product.any()
     assert all(800 <= max(s.clean.shape[:2]) <= 1600 for _, _, s in first)
+    only_clean = list(eval_set(3, seed=5, slices=("clean",)))
+    assert [(sl, i) for sl, i, _ in only_clean] == [("clean", 0)]
+    np.testing.assert_array_equal(only_clean[0][2].composite, by_slice["clean"].composite)
 
 
 def test_tiny_evaluation_prints_one_table(tmp_path):
@@ -32,6 +35,18 @@ def test_tiny_evaluation_prints_one_table(tmp_path):
     assert all(np.isfinite(model[k]) for k in ("psnr", "ssim", "f1", "fp_rate", "sec"))
     assert sum(n for _, n in summ["model"]["fp_by_background"].values()) == 1  # one clean image
     table = out.output
-    assert table.splitlines()[0].startswith("clearmark eval: n=3 watermarked")
+    assert table.splitlines()[0] == ("clearmark eval: n=3: 3 watermarked, 1 clean, "
+                                     "1 product-text; seed=5")
     for method in ("model", "none", "telea"):
         assert any(line.startswith(method) for line in table.splitlines())
+
+
+def test_eval_of_one_slice_and_what_the_manifest_refuses(tmp_path):
+    out = CliRunner().invoke(cli, ["eval", "--n", "3", "--seed", "6", "--threads", "1",
+                                   "--slice", "clean", "--json", str(tmp_path / "eval.json")])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[0] == "clearmark eval: n=3: 1 clean; seed=6"
+    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert {r["slice"] for r in rows} == {"clean"} and len(rows) == 3   # one image, 3 methods
+    refused = CliRunner().invoke(cli, ["eval", "--n", "3", "--slice", "wm", "--update-manifest"])
+    assert refused.exit_code == 2 and "drop --slice" in refused.output
