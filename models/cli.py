@@ -33,12 +33,16 @@ from models.scenes import DEFAULT_DATA
 @click.option("--detector-masks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="remover: mask most crops as this detector (weights file) and "
                                  "the pipeline would, instead of the noisy true mask")
+@click.option("--device", default="cpu", show_default=True,
+              help="where the network trains: cpu, cuda or cuda:N (a lent GPU)")
+@click.option("--data-workers", default=0, show_default=True, type=click.IntRange(0),
+              help="processes synthesising batches (0: one thread); the batches are the same")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA,
               show_default=True, help="directory holding grocery/")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR,
               show_default=True)
 def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init, trainable,
-                  detector_masks, data_dir, out_dir):
+                  detector_masks, device, data_workers, data_dir, out_dir):
     """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest."""
     from tqdm import tqdm
 
@@ -46,10 +50,14 @@ def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
-        recipe = train(kind, steps=steps, batch=batch, crop=crop, seed=seed, lr=lr,
-                       data_dir=data_dir, out_dir=out_dir, threads=threads,
-                       max_minutes=max_minutes, init=init, trainable=trainable,
-                       detector_masks=detector_masks, progress=bar)
+        try:
+            recipe = train(kind, steps=steps, batch=batch, crop=crop, seed=seed, lr=lr,
+                           data_dir=data_dir, out_dir=out_dir, threads=threads,
+                           max_minutes=max_minutes, init=init, trainable=trainable,
+                           detector_masks=detector_masks, device=device,
+                           data_workers=data_workers, progress=bar)
+        except ValueError as exc:   # options that do not fit together, or no such device
+            raise click.UsageError(str(exc)) from None
     click.echo(json.dumps(recipe, indent=2))
 
 

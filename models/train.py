@@ -31,8 +31,6 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import cv2
@@ -40,8 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.feed import BatchRecipe, batches
 from models.networks import remover_input
-from models.registry import WEIGHTS_DIR, ModelEngine, build_model, file_sha256, load_weights
+from models.registry import WEIGHTS_DIR, build_model, file_sha256
 from models.synth import make_sample
 from workers.masks import build_mask, dilate_disc
 from workers.settings import get_settings
@@ -203,7 +202,7 @@ def save(model, kind: str, out_dir: Path, recipe: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{kind}.pt"
     tmp = path.with_suffix(".tmp")
-    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
     tmp.replace(path)
     update_manifest(out_dir, kind, {"sha256": file_sha256(path), "architecture": recipe["architecture"],
                                     "recipe": recipe, "seed": recipe["seed"],
@@ -253,24 +252,30 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
           lr: float = 2e-3, data_dir=None, out_dir: Path = WEIGHTS_DIR, threads: int = 1,
           arch: dict | None = None, max_minutes: float | None = None, save_every: int = 100,
           init: Path | None = None, trainable: str = "all", detector_masks: Path | None = None,
-          progress=None) -> dict:
+          device: str = "cpu", data_workers: int = 0, progress=None) -> dict:
     """Train `kind` and save weights + manifest every `save_every` steps and at the end.
 
     `max_minutes` stops early and shortens the cosine schedule to fit; the manifest records
     the steps actually done. `init` starts from a state_dict (fine-tuning). `trainable`
     "mark-head" trains only the remover's mark refiner, on `mark_head_loss`: the restored
     image stays exactly as `init` makes it. `detector_masks` (detector weights, remover
-    only) masks most crops the way that detector and the pipeline would (`remover_batch`)."""
+    only) masks most crops the way that detector and the pipeline would (`remover_batch`).
+    `device` is where the network trains ("cuda" on a lent GPU); `data_workers` > 0 makes
+    batches in that many processes (`models.feed`; the same batches either way)."""
     if trainable not in TRAINABLE or (trainable != "all" and kind != "remover"):
         raise ValueError(f"trainable={trainable!r} is not available for the {kind}")
     if detector_masks and kind != "remover":
         raise ValueError("detector_masks is for training the remover")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: PyTorch sees no CUDA GPU here")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     arch = dict(arch or DEFAULT_ARCH[kind])
-    model = build_model(kind, **arch).to(memory_format=torch.channels_last)
+    model = build_model(kind, **arch)
     if init:
         load_init(model, torch.load(init, map_location="cpu", weights_only=True))
+    model = model.to(dev, memory_format=torch.channels_last)
     params = select_trainable(model, trainable)
     loss_of = mark_head_loss if trainable == "mark-head" else LOSSES[kind]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -289,32 +294,19 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
     recipe = {"kind": kind, "steps": steps, "batch": batch, "crop": crop, "seed": seed, "lr": lr,
               "optimizer": "AdamW(wd=1e-4), warmup + cosine over steps or max_minutes, whichever "
                            "ends first", "max_minutes": max_minutes, "threads": threads,
-              "architecture": arch, "device": "cpu", "init": str(init) if init else None,
+              "architecture": arch, "init": str(init) if init else None,
+              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "trainable": trainable, "detect_long_side": get_settings().detect_long_side,
               "detector_masks": ({"path": str(detector_masks), "sha256": file_sha256(detector_masks),
                                   "share": DETECTOR_MASK_SHARE, "clean_share": DETECTOR_CLEAN_SHARE}
                                  if detector_masks else None),
               "data": "models.synth.make_sample, grocery train split + procedural studio scenes"}
-    batch_of = BATCHES[kind]
-    if detector_masks:
-        batch_of = partial(remover_batch, detector=ModelEngine(load_weights(
-            "detector", detector_masks)))
     ema, done = None, 0
-
-    def make_batch(step: int) -> list[torch.Tensor]:
-        rng = np.random.default_rng([TRAIN_TAG, seed, step])
-        return [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
-                for t in batch_of(rng, batch, crop, data_dir)]
-
-    # The next batch is synthesised in a thread while this step computes (OpenCV, NumPy and
-    # torch release the GIL); each batch depends only on its step number, so results match
-    # a sequential run exactly.
-    prefetch = ThreadPoolExecutor(max_workers=1)
-    upcoming = prefetch.submit(make_batch, 0)
-    for step in range(steps):
-        data = upcoming.result()
-        if step + 1 < steps:
-            upcoming = prefetch.submit(make_batch, step + 1)
+    feed = batches(BatchRecipe(kind, seed, batch, crop, data_dir, detector_masks), steps,
+                   data_workers)
+    for step, data in enumerate(feed):
+        data = [t.to(dev, memory_format=torch.channels_last) if t.ndim == 4 else t.to(dev)
+                for t in data]
         loss = loss_of(model, data)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -337,8 +329,7 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
         if out_of_time:
             log.info("time budget reached at step %d", done)
             break
-    upcoming.cancel()
-    prefetch.shutdown(wait=True)
+    feed.close()
     if done == 0:  # steps=0: the (converted) init weights themselves
         recipe.update(steps_done=0, final_loss_ema=None, train_minutes=0.0)
         save(model, kind, out_dir, recipe)

@@ -207,3 +207,35 @@ def test_weights_hash_follows_the_file_on_disk(tmp_path):
     assert weights_sha256("detector", tmp_path) == hashlib.sha256(b"first weights").hexdigest()
     path.write_bytes(b"retrained weights")   # a new size: a new hash even with coarse mtimes
     assert weights_sha256("detector", tmp_path) == hashlib.sha256(b"retrained weights").hexdigest()
+
+
+def test_worker_processes_make_the_same_batches_as_the_thread(tmp_path):
+    from models.feed import BatchRecipe, batches, make_batch
+
+    detector = _uniform_detector(20.0).model   # finds the whole window: no threshold noise
+    torch.save(detector.state_dict(), tmp_path / "detector.pt")
+    (tmp_path / "manifest.json").write_text('{"detector": {"architecture": {"base": 8}}}')
+    for recipe in (BatchRecipe("detector", seed=4, batch=2, crop=32),
+                   BatchRecipe("remover", seed=4, batch=2, crop=32,
+                               detector_masks=tmp_path / "detector.pt")):
+        thread, procs = list(batches(recipe, 3, workers=0)), list(batches(recipe, 3, workers=2))
+        assert len(thread) == len(procs) == 3
+        for ours, theirs in zip(thread, procs):
+            assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+        assert not torch.equal(thread[0][0], thread[1][0])   # each step its own batch
+    rng = np.random.default_rng([training.TRAIN_TAG, 4, 2])
+    direct = detector_batch(rng, 2, 32)
+    assert all(np.array_equal(a, b.numpy())
+               for a, b in zip(make_batch(BatchRecipe("detector", 4, 2, 32), 2), direct))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no GPU is")
+def test_training_on_a_missing_gpu_says_so(tmp_path):
+    from click.testing import CliRunner
+
+    from workers.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", "detector", "--steps", "1", "--device", "cuda",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "no CUDA GPU" in res.output
+    assert not (tmp_path / "detector.pt").exists()

@@ -1,0 +1,78 @@
+"""Training batches, synthesised ahead of the optimizer step.
+
+A batch depends only on its recipe and step number (`models.train.TRAIN_TAG` stream), so
+one thread or several processes make the same batches in the same order. One thread
+suits this 2-core CPU (the trainer has the other core); worker processes feed a lent
+GPU, where synthesis, not the network, is the slow part.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from models.registry import ModelEngine, load_weights
+
+
+@dataclass(frozen=True)
+class BatchRecipe:
+    kind: str
+    seed: int
+    batch: int
+    crop: int
+    data_dir: Path | None = None
+    detector_masks: Path | None = None   # remover: mask crops as this detector would
+
+
+_detectors: dict[Path, ModelEngine] = {}   # per process: loaded on first use
+
+
+def make_batch(recipe: BatchRecipe, step: int) -> list[np.ndarray]:
+    from models.train import BATCHES, TRAIN_TAG, remover_batch
+
+    batch_of = BATCHES[recipe.kind]
+    if recipe.detector_masks:
+        path = recipe.detector_masks
+        if path not in _detectors:
+            _detectors[path] = ModelEngine(load_weights("detector", path))
+        batch_of = partial(remover_batch, detector=_detectors[path])
+    rng = np.random.default_rng([TRAIN_TAG, recipe.seed, step])
+    return [t.numpy() for t in batch_of(rng, recipe.batch, recipe.crop, recipe.data_dir)]
+
+
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def batches(recipe: BatchRecipe, steps: int, workers: int = 0) -> Iterator[list[torch.Tensor]]:
+    """The batches of steps 0 .. steps-1 in order, as CPU tensors: made by one thread one
+    step ahead (`workers` 0), or by `workers` processes up to 2 x workers steps ahead."""
+    if workers > 0:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_one_torch_thread)
+    else:
+        pool = ThreadPoolExecutor(max_workers=1)
+    ahead, pending = max(1, 2 * workers), deque()
+    upcoming = iter(range(steps))
+
+    def top_up() -> None:
+        for step in upcoming:
+            pending.append(pool.submit(make_batch, recipe, step))
+            if len(pending) >= ahead:
+                return
+
+    try:
+        top_up()
+        while pending:
+            current = pending.popleft()
+            top_up()   # the next batches are made while the caller trains on this one
+            yield [torch.from_numpy(a) for a in current.result()]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
