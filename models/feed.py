@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from models.registry import ModelEngine, load_weights
+from models.registry import ModelEngine, file_sha256, load_weights
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class BatchRecipe:
     detector_masks: Path | None = None   # remover: mask crops as this detector would
 
 
-_detectors: dict[Path, ModelEngine] = {}   # per process: loaded on first use
+_detectors: dict[str, ModelEngine] = {}   # per process, by file hash: loaded on first use
 
 
 def make_batch(recipe: BatchRecipe, step: int) -> list[np.ndarray]:
@@ -39,10 +39,10 @@ def make_batch(recipe: BatchRecipe, step: int) -> list[np.ndarray]:
 
     batch_of = BATCHES[recipe.kind]
     if recipe.detector_masks:
-        path = recipe.detector_masks
-        if path not in _detectors:
-            _detectors[path] = ModelEngine(load_weights("detector", path))
-        batch_of = partial(remover_batch, detector=_detectors[path])
+        key = file_sha256(recipe.detector_masks)
+        if key not in _detectors:
+            _detectors[key] = ModelEngine(load_weights("detector", recipe.detector_masks))
+        batch_of = partial(remover_batch, detector=_detectors[key])
     rng = np.random.default_rng([TRAIN_TAG, recipe.seed, step])
     return [t.numpy() for t in batch_of(rng, recipe.batch, recipe.crop, recipe.data_dir)]
 
