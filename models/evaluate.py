@@ -39,6 +39,7 @@ from workers.masks import dilate_disc
 
 EVAL_TAG = 2
 SLICES = ("wm", "clean", "text")
+SLICE_NAMES = {"wm": "watermarked", "clean": "clean", "text": "product-text"}
 PSNR_CAP = 100.0
 
 
@@ -72,10 +73,14 @@ def _iou_f1(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     return tp / (tp + fp + fn), 2 * tp / (2 * tp + fp + fn)
 
 
+def slice_sizes(n: int) -> dict[str, int]:
+    return {"wm": n, "clean": n // 3, "text": n // 3}
+
+
 def eval_set(n: int, seed: int = 0, data_dir=None, slices=SLICES):
     """Yield (slice, index, Sample) deterministically; n watermarked + n//3 clean + n//3 text,
     of the `slices` asked for (an image depends only on seed, slice and index)."""
-    sizes = {"wm": n, "clean": n // 3, "text": n // 3}
+    sizes = slice_sizes(n)
     plan = [(sl, i) for sl in SLICES if sl in slices for i in range(sizes[sl])]
     for slice_, i in plan:
         rng = np.random.default_rng([EVAL_TAG, seed, SLICES.index(slice_), i])
@@ -175,10 +180,8 @@ def format_table(results: dict) -> str:
     summ = results["summary"]
     head = (f"{'method':<7} {'PSNR':>6} {'SSIM':>6} {'PSNRin':>7} {'PSNRout':>7} {'IoU':>5} "
             f"{'F1':>5} {'FP%':>5} {'txtPSNR':>7} {'s/img':>6}")
-    n, slices = results["n"], results.get("slices", SLICES)
-    parts = [f"{count} {name}" for sl, count, name in
-             (("wm", n, "watermarked"), ("clean", n // 3, "clean"), ("text", n // 3, "product-text"))
-             if sl in slices]
+    n, sizes = results["n"], slice_sizes(results["n"])
+    parts = [f"{sizes[sl]} {SLICE_NAMES[sl]}" for sl in results.get("slices", SLICES)]
     lines = [f"clearmark eval: n={n}: {', '.join(parts)}; seed={results['seed']}", head,
              "-" * len(head)]
     for m, d in summ.items():

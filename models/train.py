@@ -3,8 +3,9 @@
 Detector: sees what the pipeline sees, i.e. the photo resized so its long side is 640 px
 (`Settings.detect_long_side`, recorded in the recipe). A crop of `crop` px at that scale is
 rendered as a window of `crop * L / 640` px of an `L`-px catalogue photo (L in 800-1700)
-and area-downscaled, so stroke widths, JPEG blur and text sizes match inference. Target: pixels whose full-res
-watermark coverage is >= 20 % (thin strokes stay in the mask; the pipeline dilates after).
+and area-downscaled, so stroke widths, JPEG blur and text sizes match inference. Target:
+pixels whose full-res watermark coverage is >= 20 % (thin strokes stay in the mask; the
+pipeline dilates after).
 STREAK_SHARE of the crops get straight shelf edges and highlights drawn into the background
 (`scenes.add_streaks`): on clean tuning photos those were most of the detector's false alarms.
 Loss: BCE + soft dice.
