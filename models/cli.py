@@ -14,6 +14,15 @@ from models.registry import KINDS, WEIGHTS_DIR
 from models.scenes import DEFAULT_DATA
 
 
+def _command_line(kind: str) -> str:
+    """This run as one `clearmark train` command with every option spelled out (for the
+    recipe: it repeats the run whatever the defaults become)."""
+    ctx = click.get_current_context()
+    opts = [f"{param.opts[0]} {ctx.params[param.name]}" for param in ctx.command.params
+            if isinstance(param, click.Option) and ctx.params.get(param.name) is not None]
+    return " ".join(["clearmark train", kind, *opts])
+
+
 @click.command("train")
 @click.argument("kind", type=click.Choice(KINDS))
 @click.option("--steps", default=2400, show_default=True, type=click.IntRange(0),
@@ -55,7 +64,8 @@ def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init
                            data_dir=data_dir, out_dir=out_dir, threads=threads,
                            max_minutes=max_minutes, init=init, trainable=trainable,
                            detector_masks=detector_masks, device=device,
-                           data_workers=data_workers, progress=bar)
+                           data_workers=data_workers,
+                           command=_command_line(kind), progress=bar)
         except ValueError as exc:   # options that do not fit together, or no such device
             raise click.UsageError(str(exc)) from None
     click.echo(json.dumps(recipe, indent=2))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import subprocess
 import time
 from pathlib import Path
 
@@ -198,6 +199,35 @@ def update_manifest(out_dir: Path, kind: str, entry: dict) -> None:
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
+def begin_entry(out_dir: Path, kind: str, init: Path | None) -> None:
+    """Ready manifest.json[kind] in `out_dir` for new weights: the old `eval` goes (it
+    measured other weights). When `init` is the file this entry describes, its recipe
+    (with its sha256) joins `history`, so the manifest keeps every run behind the new
+    weights; from scratch or from unrelated weights the history starts empty."""
+    path = Path(out_dir) / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    old = manifest.get(kind, {})
+    lineage = init is not None and "recipe" in old and old.get("sha256") == file_sha256(init)
+    history = old.get("history", []) + [{**old["recipe"], "sha256": old["sha256"]}] if lineage else []
+    manifest[kind] = {k: v for k, v in old.items() if k not in ("eval", "history")}
+    manifest[kind]["history"] = history
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def code_version() -> str | None:
+    """`git <short hash>` of this checkout (`+ changes` when the tree differs), or None."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               text=True, capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"git {head}" + (" + changes" if dirty else "")
+
+
 def save(model, kind: str, out_dir: Path, recipe: dict) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +283,8 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
           lr: float = 2e-3, data_dir=None, out_dir: Path = WEIGHTS_DIR, threads: int = 1,
           arch: dict | None = None, max_minutes: float | None = None, save_every: int = 100,
           init: Path | None = None, trainable: str = "all", detector_masks: Path | None = None,
-          device: str = "cpu", data_workers: int = 0, progress=None) -> dict:
+          device: str = "cpu", data_workers: int = 0, command: str | None = None,
+          progress=None) -> dict:
     """Train `kind` and save weights + manifest every `save_every` steps and at the end.
 
     `max_minutes` stops early and shortens the cosine schedule to fit; the manifest records
@@ -262,7 +293,9 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
     image stays exactly as `init` makes it. `detector_masks` (detector weights, remover
     only) masks most crops the way that detector and the pipeline would (`remover_batch`).
     `device` is where the network trains ("cuda" on a lent GPU); `data_workers` > 0 makes
-    batches in that many processes (`models.feed`; the same batches either way)."""
+    batches in that many processes (`models.feed`; the same batches either way). `command`
+    (the command line) and the code version go into the recipe; `begin_entry` keeps the
+    manifest's history."""
     if trainable not in TRAINABLE or (trainable != "all" and kind != "remover"):
         raise ValueError(f"trainable={trainable!r} is not available for the {kind}")
     if detector_masks and kind != "remover":
@@ -295,13 +328,15 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
     recipe = {"kind": kind, "steps": steps, "batch": batch, "crop": crop, "seed": seed, "lr": lr,
               "optimizer": "AdamW(wd=1e-4), warmup + cosine over steps or max_minutes, whichever "
                            "ends first", "max_minutes": max_minutes, "threads": threads,
-              "architecture": arch, "init": str(init) if init else None,
+              "architecture": arch, "command": command, "code": code_version(),
+              "init": f"{init} (sha256 {file_sha256(init)})" if init else None,
               "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "trainable": trainable, "detect_long_side": get_settings().detect_long_side,
               "detector_masks": ({"path": str(detector_masks), "sha256": file_sha256(detector_masks),
                                   "share": DETECTOR_MASK_SHARE, "clean_share": DETECTOR_CLEAN_SHARE}
                                  if detector_masks else None),
               "data": "models.synth.make_sample, grocery train split + procedural studio scenes"}
+    begin_entry(out_dir, kind, init)
     ema, done = None, 0
     feed = batches(BatchRecipe(kind, seed, batch, crop, data_dir, detector_masks), steps,
                    data_workers)

@@ -239,3 +239,36 @@ def test_training_on_a_missing_gpu_says_so(tmp_path):
                                    "--out", str(tmp_path)])
     assert res.exit_code == 2 and "no CUDA GPU" in res.output
     assert not (tmp_path / "detector.pt").exists()
+
+
+def test_fine_tuning_keeps_the_lineage_in_the_manifest(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from models.registry import file_sha256
+    from workers.cli import cli
+
+    def run(*extra):
+        res = CliRunner().invoke(cli, ["train", "detector", "--steps", "1", "--batch", "2",
+                                       "--crop", "32", "--out", str(tmp_path), *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads((tmp_path / "manifest.json").read_text())["detector"]
+
+    first = run()
+    assert first["history"] == [] and first["recipe"]["command"].startswith(
+        "clearmark train detector --steps 1 --batch 2 --crop 32 --seed 0")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["detector"]["eval"] = {"model": {"f1": 0.5}}   # numbers of the first weights
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    copy = tmp_path / "first.pt"
+    copy.write_bytes((tmp_path / "detector.pt").read_bytes())
+
+    second = run("--init", str(copy), "--seed", "3")
+    assert "eval" not in second and second["sha256"] != first["sha256"]
+    assert [h["sha256"] for h in second["history"]] == [first["sha256"]]
+    assert second["history"][0]["seed"] == 0 and second["recipe"]["seed"] == 3
+    assert file_sha256(copy) in second["recipe"]["init"]
+
+    assert run("--init", str(copy))["history"] == []   # not the weights the entry describes
+    assert run()["history"] == []                        # from scratch
