@@ -191,28 +191,38 @@ LOSSES = {"detector": detector_loss, "remover": remover_loss}
 TRAINABLE = {"all": "", "mark-head": "refine."}   # parameter-name prefix that trains
 
 
+def _read_manifest(directory: Path) -> dict:
+    path = Path(directory) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def update_manifest(out_dir: Path, kind: str, entry: dict) -> None:
     """Merge `entry` into manifest.json[kind] (keeps other kinds and keys)."""
     path = Path(out_dir) / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest = _read_manifest(out_dir)
     manifest.setdefault(kind, {}).update(entry)
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def begin_entry(out_dir: Path, kind: str, init: Path | None) -> None:
     """Ready manifest.json[kind] in `out_dir` for new weights: the old `eval` goes (it
-    measured other weights). When `init` is the file this entry describes, its recipe
-    (with its sha256) joins `history`, so the manifest keeps every run behind the new
-    weights; from scratch or from unrelated weights the history starts empty."""
-    path = Path(out_dir) / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {}
+    measured other weights). When `init` is a file a manifest describes (the one in
+    `out_dir`, or the one beside `init`), its recipe (with its sha256) joins that entry's
+    `history`, so the manifest keeps every run behind the new weights; from scratch or
+    from weights no manifest describes, the history starts empty."""
+    manifest = _read_manifest(out_dir)
     old = manifest.get(kind, {})
-    lineage = init is not None and "recipe" in old and old.get("sha256") == file_sha256(init)
-    history = old.get("history", []) + [{**old["recipe"], "sha256": old["sha256"]}] if lineage else []
+    history = []
+    if init is not None:
+        init_sha = file_sha256(init)
+        for entry in (old, _read_manifest(Path(init).parent).get(kind, {})):
+            if "recipe" in entry and entry.get("sha256") == init_sha:
+                history = entry.get("history", []) + [{**entry["recipe"], "sha256": init_sha}]
+                break
     manifest[kind] = {k: v for k, v in old.items() if k not in ("eval", "history")}
     manifest[kind]["history"] = history
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def code_version() -> str | None:

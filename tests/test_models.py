@@ -249,11 +249,11 @@ def test_fine_tuning_keeps_the_lineage_in_the_manifest(tmp_path):
     from models.registry import file_sha256
     from workers.cli import cli
 
-    def run(*extra):
+    def run(*extra, out=tmp_path):
         res = CliRunner().invoke(cli, ["train", "detector", "--steps", "1", "--batch", "2",
-                                       "--crop", "32", "--out", str(tmp_path), *extra])
+                                       "--crop", "32", "--out", str(out), *extra])
         assert res.exit_code == 0, res.output
-        return json.loads((tmp_path / "manifest.json").read_text())["detector"]
+        return json.loads((out / "manifest.json").read_text())["detector"]
 
     first = run()
     assert first["history"] == [] and first["recipe"]["command"].startswith(
@@ -270,5 +270,8 @@ def test_fine_tuning_keeps_the_lineage_in_the_manifest(tmp_path):
     assert second["history"][0]["seed"] == 0 and second["recipe"]["seed"] == 3
     assert file_sha256(copy) in second["recipe"]["init"]
 
-    assert run("--init", str(copy))["history"] == []   # not the weights the entry describes
+    elsewhere = run("--init", str(tmp_path / "detector.pt"), out=tmp_path / "elsewhere")
+    assert [h["sha256"] for h in elsewhere["history"]] == [first["sha256"], second["sha256"]]
+
+    assert run("--init", str(copy))["history"] == []   # no manifest describes these weights
     assert run()["history"] == []                        # from scratch
