@@ -196,12 +196,17 @@ def _read_manifest(directory: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _write_manifest(directory: Path, manifest: dict) -> None:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    (Path(directory) / "manifest.json").write_text(text)
+
+
 def update_manifest(out_dir: Path, kind: str, entry: dict) -> None:
     """Merge `entry` into manifest.json[kind] (keeps other kinds and keys)."""
-    path = Path(out_dir) / "manifest.json"
     manifest = _read_manifest(out_dir)
     manifest.setdefault(kind, {}).update(entry)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _write_manifest(out_dir, manifest)
 
 
 def begin_entry(out_dir: Path, kind: str, init: Path | None) -> None:
@@ -221,8 +226,7 @@ def begin_entry(out_dir: Path, kind: str, init: Path | None) -> None:
                 break
     manifest[kind] = {k: v for k, v in old.items() if k not in ("eval", "history")}
     manifest[kind]["history"] = history
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _write_manifest(out_dir, manifest)
 
 
 def code_version() -> str | None:
