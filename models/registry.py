@@ -12,7 +12,6 @@ import torch
 from models.networks import STRIDE, Detector, Remover
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-MANIFEST = WEIGHTS_DIR / "manifest.json"
 KINDS = ("detector", "remover")
 _CLASSES = {"detector": Detector, "remover": Remover}
 
@@ -27,13 +26,15 @@ def weights_path(kind: str, weights_dir: Path | None = None) -> Path:
     return Path(weights_dir or WEIGHTS_DIR) / f"{kind}.pt"
 
 
+def read_manifest(weights_dir: Path | None = None) -> dict:
+    """manifest.json of a weights directory ({} when there is none)."""
+    path = Path(weights_dir or WEIGHTS_DIR) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def architecture(kind: str, weights_dir: Path | None = None) -> dict:
     """Constructor arguments recorded in the manifest (defaults when absent)."""
-    manifest = Path(weights_dir or WEIGHTS_DIR) / "manifest.json"
-    if manifest.exists():
-        entry = json.loads(manifest.read_text()).get(kind, {})
-        return dict(entry.get("architecture", {}))
-    return {}
+    return dict(read_manifest(weights_dir).get(kind, {}).get("architecture", {}))
 
 
 def build_model(kind: str, **arch) -> torch.nn.Module:

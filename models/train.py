@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from models.feed import BatchRecipe, batches
 from models.networks import remover_input
-from models.registry import WEIGHTS_DIR, build_model, file_sha256
+from models.registry import WEIGHTS_DIR, build_model, file_sha256, read_manifest
 from models.synth import make_sample
 from workers.masks import build_mask, dilate_disc
 from workers.settings import get_settings
@@ -191,42 +191,30 @@ LOSSES = {"detector": detector_loss, "remover": remover_loss}
 TRAINABLE = {"all": "", "mark-head": "refine."}   # parameter-name prefix that trains
 
 
-def _read_manifest(directory: Path) -> dict:
-    path = Path(directory) / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_manifest(directory: Path, manifest: dict) -> None:
-    Path(directory).mkdir(parents=True, exist_ok=True)
+def update_manifest(out_dir: Path, kind: str, entry: dict, drop: tuple[str, ...] = ()) -> None:
+    """Merge `entry` into manifest.json[kind], less the `drop` keys (keeps other kinds and
+    keys)."""
+    manifest = read_manifest(out_dir)
+    mine = manifest.setdefault(kind, {})
+    mine.update(entry)
+    for key in drop:
+        mine.pop(key, None)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    (Path(directory) / "manifest.json").write_text(text)
+    (Path(out_dir) / "manifest.json").write_text(text)
 
 
-def update_manifest(out_dir: Path, kind: str, entry: dict) -> None:
-    """Merge `entry` into manifest.json[kind] (keeps other kinds and keys)."""
-    manifest = _read_manifest(out_dir)
-    manifest.setdefault(kind, {}).update(entry)
-    _write_manifest(out_dir, manifest)
-
-
-def begin_entry(out_dir: Path, kind: str, init: Path | None) -> None:
-    """Ready manifest.json[kind] in `out_dir` for new weights: the old `eval` goes (it
-    measured other weights). When `init` is a file a manifest describes (the one in
-    `out_dir`, or the one beside `init`), its recipe (with its sha256) joins that entry's
-    `history`, so the manifest keeps every run behind the new weights; from scratch or
-    from weights no manifest describes, the history starts empty."""
-    manifest = _read_manifest(out_dir)
-    old = manifest.get(kind, {})
-    history = []
-    if init is not None:
-        init_sha = file_sha256(init)
-        for entry in (old, _read_manifest(Path(init).parent).get(kind, {})):
-            if "recipe" in entry and entry.get("sha256") == init_sha:
-                history = entry.get("history", []) + [{**entry["recipe"], "sha256": init_sha}]
-                break
-    manifest[kind] = {k: v for k, v in old.items() if k not in ("eval", "history")}
-    manifest[kind]["history"] = history
-    _write_manifest(out_dir, manifest)
+def lineage(out_dir: Path, kind: str, init: Path | None) -> list[dict]:
+    """The `history` of weights trained from `init`: when a manifest (the one in `out_dir`,
+    or the one beside `init`) describes `init`, its history plus its recipe (with its
+    sha256); from scratch or from weights no manifest describes, empty."""
+    if init is None:
+        return []
+    init_sha = file_sha256(init)
+    for directory in (out_dir, Path(init).parent):
+        entry = read_manifest(directory).get(kind, {})
+        if "recipe" in entry and entry.get("sha256") == init_sha:
+            return entry.get("history", []) + [{**entry["recipe"], "sha256": init_sha}]
+    return []
 
 
 def code_version() -> str | None:
@@ -242,7 +230,9 @@ def code_version() -> str | None:
     return f"git {head}" + (" + changes" if dirty else "")
 
 
-def save(model, kind: str, out_dir: Path, recipe: dict) -> Path:
+def save(model, kind: str, out_dir: Path, recipe: dict, history: list[dict]) -> Path:
+    """Write the weights and their manifest entry; the old `eval` goes (it measured the
+    weights this file replaces)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{kind}.pt"
@@ -251,7 +241,8 @@ def save(model, kind: str, out_dir: Path, recipe: dict) -> Path:
     tmp.replace(path)
     update_manifest(out_dir, kind, {"sha256": file_sha256(path), "architecture": recipe["architecture"],
                                     "recipe": recipe, "seed": recipe["seed"],
-                                    "steps": recipe["steps_done"]})
+                                    "steps": recipe["steps_done"], "history": history},
+                    drop=("eval",))
     return path
 
 
@@ -308,7 +299,7 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
     only) masks most crops the way that detector and the pipeline would (`remover_batch`).
     `device` is where the network trains ("cuda" on a lent GPU); `data_workers` > 0 makes
     batches in that many processes (`models.feed`; the same batches either way). `command`
-    (the command line) and the code version go into the recipe; `begin_entry` keeps the
+    (the command line) and the code version go into the recipe; `lineage` gives the
     manifest's history."""
     if trainable not in TRAINABLE or (trainable != "all" and kind != "remover"):
         raise ValueError(f"trainable={trainable!r} is not available for the {kind}")
@@ -350,7 +341,7 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
                                   "share": DETECTOR_MASK_SHARE, "clean_share": DETECTOR_CLEAN_SHARE}
                                  if detector_masks else None),
               "data": "models.synth.make_sample, grocery train split + procedural studio scenes"}
-    begin_entry(out_dir, kind, init)
+    history = lineage(out_dir, kind, init)   # read now: the first save replaces the entry
     ema, done = None, 0
     feed = batches(BatchRecipe(kind, seed, batch, crop, data_dir, detector_masks), steps,
                    data_workers)
@@ -375,12 +366,12 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
         if done % save_every == 0 or done == steps or out_of_time:
             recipe.update(steps_done=done, final_loss_ema=round(ema, 5),
                           train_minutes=round((time.time() - start) / 60, 1))
-            save(model, kind, out_dir, recipe)
+            save(model, kind, out_dir, recipe, history)
         if out_of_time:
             log.info("time budget reached at step %d", done)
             break
     feed.close()
     if done == 0:  # steps=0: the (converted) init weights themselves
         recipe.update(steps_done=0, final_loss_ema=None, train_minutes=0.0)
-        save(model, kind, out_dir, recipe)
+        save(model, kind, out_dir, recipe, history)
     return recipe
