@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from models.scenes import DEFAULT_DATA, photo_list, render_background
-from models.synth import KINDS, blend, make_sample, render_watermark, watermark_image
+from models.synth import (KINDS, MIN_CHANGE, blend, make_sample, render_watermark, visible_part,
+                          watermark_image)
 
 
 def _sample(seed: int, **kw):
@@ -46,6 +47,22 @@ def test_sample_ground_truth_consistent_up_to_jpeg():
         # inside the mark only JPEG noise (chroma subsampling at coloured edges) is left
         assert err.mean() < 0.3 * naive.mean() and np.median(err) <= 3, (err.mean(), naive.mean())
         assert (s.colour[~s.mask] == 0).all()
+
+
+def test_only_the_visible_part_of_a_mark_is_ground_truth():
+    """A white mark crossing from a black to a white backdrop is watermark only where it
+    shows; where it does not, the composite is the background, bit for bit."""
+    rng = np.random.default_rng(2)
+    alpha, _, _ = render_watermark(rng, 96, 256, 900, ["text"])
+    white = np.repeat(alpha[..., None], 3, axis=2)   # the same mark, coloured white
+    bg = np.zeros((96, 256, 3), np.uint8)
+    bg[:, 128:] = 255
+    a, p = visible_part(bg, alpha, white)
+    assert a[:, :128].any() and not a[:, 128:].any()
+    np.testing.assert_array_equal(a[:, :128] > 0, alpha[:, :128] * 255 >= MIN_CHANGE)
+    composite = blend(bg, a, p).astype(int)
+    np.testing.assert_array_equal(composite[a == 0], bg[a == 0])
+    assert (np.abs(composite - bg).max(axis=2)[a > 0] >= MIN_CHANGE - 0.5).all()
 
 
 def test_sample_crop_cuts_every_pixel_array_alike():
