@@ -34,7 +34,7 @@ CJK_WORDS = ["样品", "版权所有", "淘宝店铺", "水印", "正品保证",
 MIN_ALPHA = 0.02  # opacity below this is invisible; it is zeroed so that mask == alpha > 0
 # A mark pixel that moves no channel of its background by this many grey levels cannot be
 # seen (a white logo over a white backdrop); `visible_part` takes it out of the mark. In the
-# seed-0 eval set 12% of the mask pixels were such, two images wholly so.
+# seed-0 eval set about 12% of the mask pixels were such, two images wholly so.
 MIN_CHANGE = 2.0
 Element = tuple[np.ndarray, np.ndarray]  # (alpha HxW, premultiplied colour HxWx3), float32
 
