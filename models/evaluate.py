@@ -77,6 +77,14 @@ def slice_sizes(n: int) -> dict[str, int]:
     return {"wm": n, "clean": n // 3, "text": n // 3}
 
 
+# slice -> (make_sample arguments, what a usable image has)
+_SLICE_DRAW = {
+    "wm": ({"p_none": 0.0}, lambda s: s.mask.any()),   # a white logo on white shows nothing
+    "clean": ({"kinds": []}, lambda s: True),
+    "text": ({"p_none": 0.0, "source": "studio"}, lambda s: s.product.sum() > 200),  # printed text
+}
+
+
 def eval_set(n: int, seed: int = 0, data_dir=None, slices=SLICES):
     """Yield (slice, index, Sample) deterministically; n watermarked + n//3 clean + n//3 text,
     of the `slices` asked for (an image depends only on seed, slice and index)."""
@@ -87,18 +95,11 @@ def eval_set(n: int, seed: int = 0, data_dir=None, slices=SLICES):
         long_side = int(rng.integers(800, 1601))
         aspect = [1.0, 4 / 3, 3 / 4, 3 / 2][int(rng.integers(4))]
         h, w = (long_side, int(long_side / aspect)) if aspect < 1 else (int(long_side / aspect), long_side)
-        if slice_ == "text":
-            for _ in range(20):  # a studio scene that really has printed product text
-                s = make_sample(rng, h, w, long_side, "eval", data_dir, p_none=0.0, source="studio")
-                if s.product.sum() > 200:
-                    break
-        elif slice_ == "clean":
-            s = make_sample(rng, h, w, long_side, "eval", data_dir, kinds=[])
-        else:
-            for _ in range(20):  # a mark that shows (a white logo on white shows nothing)
-                s = make_sample(rng, h, w, long_side, "eval", data_dir, p_none=0.0)
-                if s.mask.any():
-                    break
+        kw, usable = _SLICE_DRAW[slice_]
+        for _ in range(20):   # draw again until the image is what its slice is for
+            s = make_sample(rng, h, w, long_side, "eval", data_dir, **kw)
+            if usable(s):
+                break
         yield slice_, i, s
 
 
