@@ -60,6 +60,7 @@ class Engine:
     kind: str
     backend: str
     stride: int = STRIDE
+    max_batch: int | None = None   # the most images one `run` takes; None: no limit
 
     def run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError

@@ -127,7 +127,8 @@ def info_command():
               help="Minimum timed seconds per row (at least 3 runs).")
 @click.option("--pipeline", is_flag=True,
               help="Time the whole pipeline (decode to encode) on watermarked JPEG photos "
-                   "instead of the engines alone, with the mirrored detector pass on and off.")
+                   "instead of the engines alone, with the mirrored passes (detector and "
+                   "remover) on and off.")
 @click.option("--images", default=8, show_default=True, type=click.IntRange(1),
               help="--pipeline: how many photos.")
 def bench_command(backends, batch, size, kind, device, precision, warmup, seconds, pipeline,

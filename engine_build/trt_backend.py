@@ -412,6 +412,7 @@ class TrtEngine(Engine):
         self.cache_key = build.key
         self.precision = build.key.precision
         self.profile = build.plan.profile
+        self.max_batch = self.profile.max.batch
         self.engine_path = build.path
 
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]

@@ -10,9 +10,10 @@ catalogue resolution (long side 800-1600 px; grocery photos are upscaled to it).
 
 The models run through the production pipeline's own function (`workers.pipeline.clean_rgb`:
 detect at 640 px long side (and mirrored, per `detect_flip`), threshold, min-area, dilate,
-Telea prefill and remover on tiled full-resolution crops, feathered composite, regions the
-remover does not confirm left as they were) with the PyTorch weights from `--weights`,
-under the settings of the environment (`CLEARMARK_*`).
+Telea prefill and remover on tiled full-resolution crops (and their mirror images, per
+`remove_flip`), feathered composite, regions the remover does not confirm left as they
+were) with the PyTorch weights from `--weights`, under the settings of the environment
+(`CLEARMARK_*`).
 Baselines: `none` returns the input; `telea` gets the *true* mask dilated like the
 pipeline's and OpenCV's Telea inpainting (radius 3) — an oracle for localisation.
 

@@ -107,7 +107,8 @@ class IdentityRemover(FakeEngine):
 
 def cfg(**kw) -> Settings:
     """Pipeline settings for these tests (explicit, not read from the environment)."""
-    base = dict(detect_long_side=640, detect_flip=False, mask_threshold=0.5, mask_min_area=4,
+    base = dict(detect_long_side=640, detect_flip=False, remove_flip=False, mask_threshold=0.5,
+                mask_min_area=4,
                 mask_dilate_px=3, mask_confirm_px=0, remove_crop_margin=16, remove_max_crop=1024,
                 review_residual_min=0.5, review_confidence_max=0.0, max_pixels=40_000_000,
                 max_bytes=50 << 20, min_side=16)
@@ -458,6 +459,45 @@ def test_removers_mark_is_pasted_back_at_full_resolution_across_tiles():
     is_mark = is_magenta(img)
     assert np.array_equal(mark >= 0.5, is_mark) and np.array_equal(mark > 0, is_mark)
     assert np.array_equal(watermark_pixels(mask, mark, 0.5), is_mark)
+    assert not is_magenta(restored).any()
+
+
+class LeftHalfRemover(FakeEngine):
+    """Changes nothing and reports the magenta pixels in the left half of each crop only."""
+    kind = "remover"
+
+    def run(self, batch):
+        self._record(batch, IN_CHANNELS["remover"])
+        mark = magenta(batch) * batch[:, 3:4]
+        mark[..., batch.shape[3] // 2:] = 0.0
+        return np.concatenate([batch[:, :3], mark], axis=1)
+
+
+def test_remove_flip_averages_each_crop_with_its_mirror_image():
+    img = marked(160, 120, box=(40, 30, 120, 60))
+    is_mark = is_magenta(img)
+    mask = build_mask(is_mark.astype(np.float32), 0.5, 4, 3)
+    rem = LeftHalfRemover()
+    _, one_sided = remove_watermark(rem, img, mask, margin=16, max_crop=1024)
+    assert 0 < (one_sided >= 0.5).sum() < is_mark.sum()
+    _, mark = remove_watermark(rem, img, mask, margin=16, max_crop=1024, flip=True)
+    assert rem.shapes[-1][0] == 2 * rem.shapes[0][0]      # each crop and its mirror, one batch
+    assert np.array_equal(mark >= 0.5, is_mark)           # each half seen in one of the two
+    assert np.allclose(mark[is_mark], 0.5)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_remover_batches_stay_within_the_engines_max_batch(flip):
+    img = photo(400, 400, seed=3)
+    for y in range(20, 400, 80):      # 25 separate marks: equal-size crops, one group
+        for x in range(20, 400, 80):
+            img[y:y + 12, x:x + 12] = MAGENTA
+    mask = build_mask(is_magenta(img).astype(np.float32), 0.5, 4, 3)
+    rem = GreyRemover()
+    rem.max_batch = 4
+    restored, _ = remove_watermark(rem, img, mask, margin=8, max_crop=1024, flip=flip)
+    assert sum(s[0] for s in rem.shapes) == 25 * (2 if flip else 1)
+    assert max(s[0] for s in rem.shapes) == 4
     assert not is_magenta(restored).any()
 
 

@@ -148,11 +148,13 @@ def residual_score(detector: Engine, restored: np.ndarray, region: np.ndarray, l
 
 
 def remove_watermark(remover: Engine, rgb: np.ndarray, mask: Mask, margin: int,
-                     max_crop: int) -> tuple[np.ndarray, np.ndarray]:
+                     max_crop: int, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(restored, mark): a copy of `rgb` restored inside the mask, composited with the
     feathered alpha (pixels where `mask.alpha == 0` are returned unchanged), and the
     remover's full-resolution watermark probability, H x W float32, 0 outside the dilated
-    mask. Crops of equal padded size run as one batch."""
+    mask. Crops of equal padded size run as one batch (at most REMOVE_BATCH_PIXELS and
+    the engine's `max_batch`). With `flip`, each crop's mirror image runs in the same batch
+    and the two outputs, mirrored back, are averaged."""
     out = rgb.copy()
     mark = np.zeros(rgb.shape[:2], np.float32)
     tiles = plan_tiles(component_boxes(mask.dilated, margin), rgb.shape[:2], max_crop, margin,
@@ -161,13 +163,20 @@ def remove_watermark(remover: Engine, rgb: np.ndarray, mask: Mask, margin: int,
     for t in tiles:
         x0, y0, x1, y1 = t.box
         groups[(_ceil_to(y1 - y0, remover.stride), _ceil_to(x1 - x0, remover.stride))].append(t)
+    copies = 2 if flip else 1
     for (ph, pw), group in groups.items():
-        per_batch = max(1, REMOVE_BATCH_PIXELS // (ph * pw))
+        per_batch = max(1, REMOVE_BATCH_PIXELS // (ph * pw * copies))
+        if remover.max_batch:
+            per_batch = max(1, min(per_batch, remover.max_batch // copies))
         for i in range(0, len(group), per_batch):
             chunk = group[i:i + per_batch]
             batch = np.stack([_pad_to(_crop_input(rgb, mask, t)[None], remover.stride)[0]
                               for t in chunk])
+            if flip:
+                batch = np.concatenate([batch, batch[..., ::-1]])
             restored = _finite(remover.run(batch), remover)
+            if flip:
+                restored = (restored[:len(chunk)] + restored[len(chunk):][..., ::-1]) / 2
             for t, res in zip(chunk, restored):
                 _composite(out, rgb, mask.alpha, t, res[:3])
                 x0, y0, x1, y1 = t.core
@@ -243,7 +252,7 @@ def clean_rgb(engines: Engines, rgb: np.ndarray, s: Settings,
     restored, found = rgb, np.zeros(rgb.shape[:2], bool)
     if not mask.empty:
         restored, mark = remove_watermark(engines.remover, rgb, mask, s.remove_crop_margin,
-                                          s.remove_max_crop)
+                                          s.remove_max_crop, s.remove_flip)
         found = watermark_pixels(mask, mark, s.mask_threshold)
         kept = confirmed(mask, found, s.mask_confirm_px)
         if kept is not mask:

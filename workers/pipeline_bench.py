@@ -53,12 +53,14 @@ def bench_images(n: int, size: int, seed: int = 0) -> list[bytes]:
 
 def bench_pipeline(files: list[bytes], backend: str, flip: bool, device: str | None = None,
                    warmup: int = 1) -> PipelineBenchRow:
-    """Run `process_image` on every file (after `warmup` untimed runs of the first)."""
+    """Run `process_image` on every file (after `warmup` untimed runs of the first).
+    `flip` turns both mirrored passes on or off (`detect_flip`, `remove_flip`)."""
     from engine_build import BackendUnavailable
     from workers.pipeline import Engines, process_image
     from workers.settings import get_settings
 
     settings = dataclasses.replace(get_settings(), backend=backend, detect_flip=flip,
+                                   remove_flip=flip,
                                    **({"device": device} if device else {}))
     size = max(Image.open(io.BytesIO(files[0])).size) if files else 0
     row = PipelineBenchRow(backend, flip, size)

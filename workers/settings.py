@@ -63,6 +63,8 @@ class Settings:
     mask_confirm_px: int = field(default_factory=lambda: _env_int("MASK_CONFIRM_PX", 64))
     remove_crop_margin: int = field(default_factory=lambda: _env_int("REMOVE_CROP_MARGIN", 32))
     remove_max_crop: int = field(default_factory=lambda: _env_int("REMOVE_MAX_CROP", 1024))
+    # Also run the remover on each crop's mirror image and average the two outputs.
+    remove_flip: bool = field(default_factory=lambda: _env_bool("REMOVE_FLIP", True))
     # A finished job whose residual score (detector run on the output) or whose detector
     # confidence falls in these bands goes to `needs_review` instead of `succeeded`.
     review_residual_min: float = field(default_factory=lambda: _env_float("REVIEW_RESIDUAL_MIN", 0.5))
