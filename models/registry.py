@@ -80,10 +80,11 @@ def load_model(kind: str, weights_dir: Path | None = None) -> torch.nn.Module:
 
 
 class ModelEngine:
-    """A model in eval mode behind the two members of `engine_build.Engine` that the
+    """A model in eval mode behind the members of `engine_build.Engine` that the
     pipeline's functions use (evaluation and training run them on the models directly)."""
 
     stride = STRIDE
+    max_batch = None
 
     def __init__(self, model: torch.nn.Module):
         self.model = model.eval()
