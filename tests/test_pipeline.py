@@ -108,10 +108,9 @@ class IdentityRemover(FakeEngine):
 def cfg(**kw) -> Settings:
     """Pipeline settings for these tests (explicit, not read from the environment)."""
     base = dict(detect_long_side=640, detect_flip=False, remove_flip=False, mask_threshold=0.5,
-                mask_min_area=4,
-                mask_dilate_px=3, mask_confirm_px=0, remove_crop_margin=16, remove_max_crop=1024,
-                review_residual_min=0.5, review_confidence_max=0.0, max_pixels=40_000_000,
-                max_bytes=50 << 20, min_side=16)
+                mask_min_area=4, mask_dilate_px=3, mask_confirm_px=0, remove_crop_margin=16,
+                remove_max_crop=1024, review_residual_min=0.5, review_confidence_max=0.0,
+                max_pixels=40_000_000, max_bytes=50 << 20, min_side=16)
     base.update(kw)
     return Settings(**base)
 
@@ -486,18 +485,18 @@ def test_remove_flip_averages_each_crop_with_its_mirror_image():
     assert np.allclose(mark[is_mark], 0.5)
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_remover_batches_stay_within_the_engines_max_batch(flip):
+@pytest.mark.parametrize("max_batch, flip", [(4, False), (4, True), (1, True)])
+def test_remover_batches_stay_within_the_engines_max_batch(max_batch, flip):
     img = photo(400, 400, seed=3)
     for y in range(20, 400, 80):      # 25 separate marks: equal-size crops, one group
         for x in range(20, 400, 80):
             img[y:y + 12, x:x + 12] = MAGENTA
     mask = build_mask(is_magenta(img).astype(np.float32), 0.5, 4, 3)
     rem = GreyRemover()
-    rem.max_batch = 4
+    rem.max_batch = max_batch
     restored, _ = remove_watermark(rem, img, mask, margin=8, max_crop=1024, flip=flip)
     assert sum(s[0] for s in rem.shapes) == 25 * (2 if flip else 1)
-    assert max(s[0] for s in rem.shapes) == 4
+    assert max(s[0] for s in rem.shapes) == max_batch
     assert not is_magenta(restored).any()
 
 

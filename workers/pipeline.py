@@ -172,11 +172,12 @@ def remove_watermark(remover: Engine, rgb: np.ndarray, mask: Mask, margin: int,
             chunk = group[i:i + per_batch]
             batch = np.stack([_pad_to(_crop_input(rgb, mask, t)[None], remover.stride)[0]
                               for t in chunk])
-            if flip:
-                batch = np.concatenate([batch, batch[..., ::-1]])
-            restored = _finite(remover.run(batch), remover)
-            if flip:
-                restored = (restored[:len(chunk)] + restored[len(chunk):][..., ::-1]) / 2
+            views = [batch, batch[..., ::-1]] if flip else [batch]
+            if remover.max_batch and len(views) * len(chunk) > remover.max_batch:
+                outs = [_finite(remover.run(np.ascontiguousarray(v)), remover) for v in views]
+            else:
+                outs = np.split(_finite(remover.run(np.concatenate(views)), remover), len(views))
+            restored = (outs[0] + outs[1][..., ::-1]) / 2 if flip else outs[0]
             for t, res in zip(chunk, restored):
                 _composite(out, rgb, mask.alpha, t, res[:3])
                 x0, y0, x1, y1 = t.core
