@@ -264,6 +264,10 @@ def test_flip_keeps_what_the_detector_finds_in_the_mirror_image_too():
     rgb[10:20, 40:56] = MAGENTA  # symmetric about the centre column
     prob = detect_probability(MagentaDetector(), rgb, 640, flip=True)
     assert np.array_equal(prob > 0.5, np.all(rgb == MAGENTA, axis=2))
+    single = MagentaDetector()
+    single.max_batch = 1        # an engine that takes one image a call gets two calls
+    assert np.array_equal(detect_probability(single, rgb, 640, flip=True), prob)
+    assert single.shapes == [(1, 3, 48, 96)] * 2
 
 
 def test_exif_rotated_comes_back_upright():

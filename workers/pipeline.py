@@ -78,9 +78,13 @@ class PipelineResult:
                                                   # jpeg_quality, ms_residual, notes
 
 
-def _finite(out: np.ndarray, engine: Engine) -> np.ndarray:
-    """An engine that returns NaN/inf is broken: fail loudly (internal error), never
-    silently call an image clean."""
+def _run(engine: Engine, batch: np.ndarray) -> np.ndarray:
+    """`engine.run` over `batch`, in pieces of at most `engine.max_batch` images. An engine
+    that returns NaN/inf is broken: fail loudly (internal error), never silently call an
+    image clean."""
+    step = engine.max_batch or len(batch)
+    outs = [engine.run(np.ascontiguousarray(batch[i:i + step])) for i in range(0, len(batch), step)]
+    out = outs[0] if len(outs) == 1 else np.concatenate(outs)
     if not np.isfinite(out).all():
         raise RuntimeError(f"{engine.key} returned non-finite values")
     return out
@@ -120,7 +124,7 @@ def detect_probability(detector: Engine, rgb: np.ndarray, long_side: int,
     batch = to_chw(small)[None]
     if flip:
         batch = np.concatenate([batch, batch[..., ::-1]])
-    out = _finite(detector.run(_pad_to(batch, detector.stride)), detector)[:, 0, :sh, :sw]
+    out = _run(detector, _pad_to(batch, detector.stride))[:, 0, :sh, :sw]
     if flip:
         out = np.minimum(out[0], out[1][:, ::-1])[None]
     prob = np.ascontiguousarray(out[0], dtype=np.float32)
@@ -152,9 +156,9 @@ def remove_watermark(remover: Engine, rgb: np.ndarray, mask: Mask, margin: int,
     """(restored, mark): a copy of `rgb` restored inside the mask, composited with the
     feathered alpha (pixels where `mask.alpha == 0` are returned unchanged), and the
     remover's full-resolution watermark probability, H x W float32, 0 outside the dilated
-    mask. Crops of equal padded size run as one batch (at most REMOVE_BATCH_PIXELS and
-    the engine's `max_batch`). With `flip`, each crop's mirror image runs in the same batch
-    and the two outputs, mirrored back, are averaged."""
+    mask. Crops of equal padded size run as one batch of at most REMOVE_BATCH_PIXELS
+    (`_run` splits it further to the engine's `max_batch`). With `flip`, each crop's mirror
+    image runs in the same batch and the two outputs, mirrored back, are averaged."""
     out = rgb.copy()
     mark = np.zeros(rgb.shape[:2], np.float32)
     tiles = plan_tiles(component_boxes(mask.dilated, margin), rgb.shape[:2], max_crop, margin,
@@ -166,18 +170,15 @@ def remove_watermark(remover: Engine, rgb: np.ndarray, mask: Mask, margin: int,
     copies = 2 if flip else 1
     for (ph, pw), group in groups.items():
         per_batch = max(1, REMOVE_BATCH_PIXELS // (ph * pw * copies))
-        if remover.max_batch:
-            per_batch = max(1, min(per_batch, remover.max_batch // copies))
         for i in range(0, len(group), per_batch):
             chunk = group[i:i + per_batch]
             batch = np.stack([_pad_to(_crop_input(rgb, mask, t)[None], remover.stride)[0]
                               for t in chunk])
-            views = [batch, batch[..., ::-1]] if flip else [batch]
-            if remover.max_batch and len(views) * len(chunk) > remover.max_batch:
-                outs = [_finite(remover.run(np.ascontiguousarray(v)), remover) for v in views]
-            else:
-                outs = np.split(_finite(remover.run(np.concatenate(views)), remover), len(views))
-            restored = (outs[0] + outs[1][..., ::-1]) / 2 if flip else outs[0]
+            if flip:
+                batch = np.concatenate([batch, batch[..., ::-1]])
+            restored = _run(remover, batch)
+            if flip:
+                restored = (restored[:len(chunk)] + restored[len(chunk):][..., ::-1]) / 2
             for t, res in zip(chunk, restored):
                 _composite(out, rgb, mask.alpha, t, res[:3])
                 x0, y0, x1, y1 = t.core
