@@ -108,7 +108,7 @@ class IdentityRemover(FakeEngine):
 def cfg(**kw) -> Settings:
     """Pipeline settings for these tests (explicit, not read from the environment)."""
     base = dict(detect_long_side=640, detect_flip=False, remove_flip=False, mask_threshold=0.5,
-                mask_min_area=4, mask_dilate_px=3, mask_confirm_px=0, remove_crop_margin=16,
+                mark_threshold=0.5, mask_min_area=4, mask_dilate_px=3, mask_confirm_px=0, remove_crop_margin=16,
                 remove_max_crop=1024, review_residual_min=0.5, review_confidence_max=0.0,
                 max_pixels=40_000_000, max_bytes=50 << 20, min_side=16)
     base.update(kw)
@@ -534,6 +534,25 @@ def test_nothing_confirmed_means_no_watermark_and_the_input_back():
                       cfg(mask_confirm_px=24))
     assert r.status == "no_watermark" and r.image_bytes == data and not mask_of(r).any()
     assert r.metrics["mask_area_fraction"] == 0 and r.metrics["detector_confidence"] == 0
+
+
+class UnsureRemover(GreyRemover):
+    """A GreyRemover that gives the magenta pixels a mark probability of 0.55."""
+
+    def run(self, batch):
+        out = super().run(batch)
+        out[:, 3:4] *= 0.55
+        return out
+
+
+def test_mark_threshold_decides_the_removers_watermark_pixels():
+    img = marked(160, 120, box=(40, 30, 90, 60))
+    data = encode(Image.fromarray(img), "PNG")
+    engines = fake_engines(remover=UnsureRemover())
+    sure = process_image(data, engines, cfg(mark_threshold=0.5, mask_confirm_px=24))
+    assert sure.status == "succeeded" and mask_of(sure)[30:60, 40:90].all()
+    unsure = process_image(data, engines, cfg(mark_threshold=0.6, mask_confirm_px=24))
+    assert unsure.status == "no_watermark" and unsure.image_bytes == data
 
 
 def test_confirmed_keeps_components_with_enough_found_pixels():

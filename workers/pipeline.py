@@ -255,7 +255,7 @@ def clean_rgb(engines: Engines, rgb: np.ndarray, s: Settings,
     if not mask.empty:
         restored, mark = remove_watermark(engines.remover, rgb, mask, s.remove_crop_margin,
                                           s.remove_max_crop, s.remove_flip)
-        found = watermark_pixels(mask, mark, s.mask_threshold)
+        found = watermark_pixels(mask, mark, s.mark_threshold)
         kept = confirmed(mask, found, s.mask_confirm_px)
         if kept is not mask:
             restored = np.where(kept.dilated[..., None], restored, rgb)
