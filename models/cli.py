@@ -42,6 +42,9 @@ def _command_line(kind: str) -> str:
 @click.option("--detector-masks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="remover: mask most crops as this detector (weights file) and "
                                  "the pipeline would, instead of the noisy true mask")
+@click.option("--refine-width", type=click.IntRange(1), default=None,
+              help="remover: hidden channels of the mark refiner (default 16, or --init's); "
+                   "a wider one grows from --init's without changing its output")
 @click.option("--device", default="cpu", show_default=True,
               help="where the network trains: cpu, cuda or cuda:N (a lent GPU)")
 @click.option("--data-workers", default=0, show_default=True, type=click.IntRange(0),
@@ -51,7 +54,7 @@ def _command_line(kind: str) -> str:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR,
               show_default=True)
 def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init, trainable,
-                  detector_masks, device, data_workers, data_dir, out_dir):
+                  detector_masks, refine_width, device, data_workers, data_dir, out_dir):
     """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest."""
     from tqdm import tqdm
 
@@ -63,7 +66,8 @@ def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init
             recipe = train(kind, steps=steps, batch=batch, crop=crop, seed=seed, lr=lr,
                            data_dir=data_dir, out_dir=out_dir, threads=threads,
                            max_minutes=max_minutes, init=init, trainable=trainable,
-                           detector_masks=detector_masks, device=device,
+                           detector_masks=detector_masks, refine_width=refine_width,
+                           device=device,
                            data_workers=data_workers,
                            command=_command_line(kind), progress=bar)
         except ValueError as exc:   # options that do not fit together, or no such device

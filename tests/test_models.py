@@ -12,6 +12,7 @@ from models import STRIDE, build_model, load_model, weights_path
 from models.networks import remover_input
 from models import train as training
 from models.registry import ModelEngine
+from workers.settings import get_settings
 from models.train import LOSSES, detector_batch, load_init, remover_batch, select_trainable
 
 torch.set_num_threads(1)
@@ -178,6 +179,23 @@ def test_remover_batch_masks_crops_as_the_detector_would(monkeypatch):
     assert bool((mask == 1).all()) and not alpha.any()
 
 
+class _RedDetector(torch.nn.Module):
+    """Fires where the red channel is high."""
+
+    def forward(self, x):
+        return torch.sigmoid(40 * (x[:, :1] - 0.5))
+
+
+def test_detector_mask_is_dilated_as_asked():
+    from models.train import detector_mask
+
+    img = np.zeros((96, 96, 3), np.uint8)
+    img[40:56, 40:56, 0] = 255
+    masks = [detector_mask(ModelEngine(_RedDetector()), img, 96, px) for px in (3, 8)]
+    assert masks[0][40:56, 40:56].all() and not masks[0][:36].any() and masks[0][37, 48]
+    assert masks[1].sum() > masks[0].sum() and masks[1][32, 48] and not masks[1][30].any()
+
+
 def test_training_with_detector_masks_records_that_detector(tmp_path):
     from models.registry import file_sha256
     from models.train import train
@@ -187,8 +205,35 @@ def test_training_with_detector_masks_records_that_detector(tmp_path):
     recipe = train("remover", steps=1, batch=2, crop=32, out_dir=tmp_path / "out",
                    detector_masks=weights)
     assert recipe["detector_masks"]["sha256"] == file_sha256(weights)
+    assert recipe["detector_masks"]["dilate_px"] == get_settings().mask_dilate_px
     with pytest.raises(ValueError, match="remover"):
         train("detector", steps=1, detector_masks=weights)
+
+
+def test_a_wider_refiner_grows_from_a_narrow_one_with_the_same_output(tmp_path):
+    from models.registry import load_model
+    from models.train import train
+
+    torch.manual_seed(0)
+    narrow = build_model("remover", base=8, refine_width=4)
+    for param in narrow.refine.parameters():   # a trained refiner: no zero output layer
+        torch.nn.init.normal_(param, std=0.3)
+    wide = build_model("remover", base=8, refine_width=12)
+    load_init(wide, narrow.state_dict())
+    x = torch.rand(2, 7, 32, 48)
+    x[:, 3] = (x[:, 3] > 0.4).float()
+    with torch.inference_mode():
+        assert torch.allclose(narrow.eval()(x), wide.eval()(x), atol=1e-6)
+    assert wide.refine.body[0].weight[4:].abs().sum() > 0   # new channels are not dead
+
+    init = tmp_path / "narrow.pt"
+    torch.save(narrow.state_dict(), init)
+    train("remover", steps=1, batch=2, crop=32, arch={"base": 8}, init=init, refine_width=12,
+          trainable="mark-head", out_dir=tmp_path / "wide")
+    assert load_model("remover", tmp_path / "wide").refine.body[0].weight.shape[0] == 12
+    train("remover", steps=1, batch=2, crop=32, arch={"base": 8}, init=tmp_path / "wide" / "remover.pt",
+          trainable="mark-head", out_dir=tmp_path / "again")   # the width comes with --init
+    assert load_model("remover", tmp_path / "again").refine.body[0].weight.shape[0] == 12
 
 
 def test_mark_head_training_is_remover_only():
