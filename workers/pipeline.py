@@ -23,8 +23,9 @@ from workers.masks import (Mask, Tile, bbox, build_mask, component_boxes, confir
                            plan_tiles)
 from workers.settings import Settings, get_settings
 
-PIPELINE_CODE_VERSION = "3"  # 2: the remover gets a Telea prefill of its crop;
-                             # 3: the remover's mask output confirms what changes
+PIPELINE_CODE_VERSION = "4"  # 2: the remover gets a Telea prefill of its crop;
+                             # 3: the remover's mask output confirms what changes;
+                             # 4: mirrored passes, 6 px dilation, own mark threshold
 # Pixels (N*H*W) per remover call: bounds memory when many crops share a size.
 REMOVE_BATCH_PIXELS = 2 * 1024 * 1024
 RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual check
