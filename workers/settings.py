@@ -60,7 +60,7 @@ class Settings:
     mask_dilate_px: int = field(default_factory=lambda: _env_int("MASK_DILATE_PX", 6))
     # The remover's full-resolution mark probability at or above this, inside the dilated
     # mask, is a watermark pixel (what `confirmed` counts and the job's mask reports).
-    mark_threshold: float = field(default_factory=lambda: _env_float("MARK_THRESHOLD", 0.6))
+    mark_threshold: float = field(default_factory=lambda: _env_float("MARK_THRESHOLD", 0.55))
     # A detected region is changed only if the remover finds at least this many watermark
     # pixels in it (0: change every detected region).
     mask_confirm_px: int = field(default_factory=lambda: _env_int("MASK_CONFIRM_PX", 64))
