@@ -20,7 +20,9 @@ pipeline's and OpenCV's Telea inpainting (radius 3) — an oracle for localisati
 Metrics per image, averaged: PSNR/SSIM of the whole image vs the clean image; PSNR inside
 the true mask; PSNR outside (true mask + 8 px, the JPEG block reach of the mark) vs the
 *input*; mask IoU/F1 of the pipeline's `watermark_pixels` (the remover's full-resolution
-mask inside the detector's dilated mask) vs the true mask.
+mask inside the detector's dilated mask) vs the true mask, and where that mask goes wrong
+(`mask_errors`: missed by the detector, missed by the remover's mark, wrong at stroke edges,
+wrong elsewhere).
 """
 from __future__ import annotations
 
@@ -72,6 +74,27 @@ def _iou_f1(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     if tp + fp + fn == 0:
         return 1.0, 1.0
     return tp / (tp + fp + fn), 2 * tp / (2 * tp + fp + fn)
+
+
+MASK_ERRORS = ("miss_undetected", "miss_unmarked", "false_edge", "false_far")
+EDGE_PX = 2   # a wrongly marked pixel this close to the true mark is a stroke-edge error
+
+
+def mask_errors(pred: np.ndarray, detected: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Where a predicted mask goes wrong, each as a share of the true mark's pixels (bool
+    H x W arrays; `detected` is the region the method searched, the pipeline's dilated
+    detector mask): true pixels outside `detected` (the detector never flagged them), true
+    pixels inside it that `pred` leaves out, and wrongly marked pixels within EDGE_PX of
+    the true mark (stroke edges) or farther away (product print, background). NaN when
+    there is no true mark."""
+    n = float(true.sum())
+    if not n:
+        return dict.fromkeys(MASK_ERRORS, float("nan"))
+    near = dilate_disc(true, EDGE_PX).astype(bool)
+    wrong = pred & ~true
+    counts = ((true & ~detected).sum(), (true & detected & ~pred).sum(),
+              (wrong & near).sum(), (wrong & ~near).sum())
+    return {k: float(c) / n for k, c in zip(MASK_ERRORS, counts)}
 
 
 def slice_sizes(n: int) -> dict[str, int]:
@@ -126,16 +149,19 @@ def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, thread
 
     def model(rgb):
         c = clean_rgb(engines, rgb, st)
-        return c.restored, c.found
+        return c.restored, c.found, c.mask.dilated
 
-    methods = {"model": model, "none": lambda rgb: (rgb, np.zeros(rgb.shape[:2], bool))}
+    def nothing(rgb):
+        return rgb, np.zeros(rgb.shape[:2], bool), np.zeros(rgb.shape[:2], bool)
+
+    methods = {"model": model, "none": nothing}
     rows: list[dict] = []
     for slice_, i, s in eval_set(n, seed, data_dir, slices):
-        methods["telea"] = lambda rgb, m=s.mask: (_telea(rgb, m, st.mask_dilate_px), m)
+        methods["telea"] = lambda rgb, m=s.mask: (_telea(rgb, m, st.mask_dilate_px), m, m)
         near = cv2.dilate(s.mask.astype(np.uint8), np.ones((17, 17), np.uint8)).astype(bool)
         for name, fn in methods.items():
             t0 = time.perf_counter()
-            out, pred = fn(s.composite)
+            out, pred, detected = fn(s.composite)
             sec = time.perf_counter() - t0
             iou, f1 = _iou_f1(pred, s.mask)
             keep = s.product & ~near
@@ -146,6 +172,7 @@ def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, thread
                 "psnr_in": psnr(out, s.clean, s.mask), "psnr_out": psnr(out, s.composite, ~near),
                 "iou": iou, "f1": f1, "changed": bool((out != s.composite).any()),
                 "text_psnr": psnr(out, s.clean, keep) if keep.any() else float("nan"),
+                **mask_errors(pred, detected, s.mask),
             })
     return {"n": n, "seed": seed, "slices": [sl for sl in SLICES if sl in slices], "rows": rows,
             "summary": summarize(rows)}
@@ -163,7 +190,8 @@ def summarize(rows: list[dict]) -> dict:
         wm = [r for r in mine if r["slice"] in ("wm", "text")]
         clean = [r for r in mine if r["slice"] == "clean"]
         text = [r for r in mine if r["slice"] == "text"]
-        out[method]["all"] = {k: _mean(wm, k) for k in ("psnr", "ssim", "psnr_in", "psnr_out", "iou", "f1")}
+        out[method]["all"] = {k: _mean(wm, k) for k in ("psnr", "ssim", "psnr_in", "psnr_out", "iou", "f1",
+                                                        *MASK_ERRORS)}
         fired = defaultdict(list)
         for r in clean:
             fired[r["background"]].append(r["changed"])
@@ -203,6 +231,12 @@ def format_table(results: dict) -> str:
                          for m in summ)
         lines.append(f"{g:<12} {summ[next(iter(summ))][g]['n']:>3} {cells}")
     lines.append("IoU/F1 of 'telea' use the true mask (oracle); 'none' returns the input.")
+    if "model" in summ and not np.isnan(summ["model"]["all"].get("miss_undetected", float("nan"))):
+        a = summ["model"]["all"]
+        lines.append(f"model's mask errors, as shares of the true mark's pixels: missed outside the "
+                     f"detected region {a['miss_undetected']:.3f}, missed inside it "
+                     f"{a['miss_unmarked']:.3f}, marked within {EDGE_PX} px of the mark "
+                     f"{a['false_edge']:.3f}, marked farther away {a['false_far']:.3f}")
     if "model" in summ and summ["model"]["fp_by_background"]:
         fired = summ["model"]["fp_by_background"]
         lines.append("clean photos the model changed, by background: " +

@@ -6,7 +6,7 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
-from models.evaluate import eval_set
+from models.evaluate import MASK_ERRORS, eval_set, mask_errors
 from workers.cli import cli
 
 
@@ -32,6 +32,20 @@ def test_every_watermarked_eval_image_shows_its_mark():
             assert s.mask.any() and (s.composite != s.clean).any(), i
 
 
+def test_mask_errors_say_where_a_mask_goes_wrong():
+    true = np.zeros((40, 40), bool)
+    true[10:20, 10:20] = True                       # 100 true pixels
+    detected = np.zeros_like(true)
+    detected[8:22, 8:16] = True                     # the detector found the left part
+    pred = detected & true                          # the mark: 60 of them ...
+    pred[12:20, 10:12] = False                      # ... less 16 inside the detected region
+    pred[10:20, 21] = True                          # 10 wrong pixels 2 px from the mark
+    pred[35, 30:35] = True                          # 5 wrong pixels far away
+    assert mask_errors(pred, detected, true) == {
+        "miss_undetected": 0.4, "miss_unmarked": 0.16, "false_edge": 0.1, "false_far": 0.05}
+    assert all(np.isnan(v) for v in mask_errors(pred, detected, np.zeros_like(true)).values())
+
+
 def test_tiny_evaluation_prints_one_table(tmp_path):
     out = CliRunner().invoke(cli, ["eval", "--n", "3", "--seed", "5", "--threads", "1",
                                    "--json", str(tmp_path / "eval.json")])
@@ -42,6 +56,10 @@ def test_tiny_evaluation_prints_one_table(tmp_path):
     assert telea["f1"] == 1.0 and telea["psnr_in"] > none["psnr_in"]  # oracle mask
     assert all(np.isfinite(model[k]) for k in ("psnr", "ssim", "f1", "fp_rate", "sec"))
     assert sum(n for _, n in summ["model"]["fp_by_background"].values()) == 1  # one clean image
+    assert none["miss_undetected"] == 1.0 and none["miss_unmarked"] == none["false_far"] == 0.0
+    assert all(telea[k] == 0.0 for k in MASK_ERRORS)
+    assert all(0.0 <= model[k] <= 1.0 for k in MASK_ERRORS)
+    assert "model's mask errors" in out.output
     table = out.output
     assert table.splitlines()[0] == ("clearmark eval: n=3: 3 watermarked, 1 clean, "
                                      "1 product-text; seed=5")
