@@ -152,7 +152,8 @@ def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, thread
         return c.restored, c.found, c.mask.dilated
 
     def nothing(rgb):
-        return rgb, np.zeros(rgb.shape[:2], bool), np.zeros(rgb.shape[:2], bool)
+        none = np.zeros(rgb.shape[:2], bool)
+        return rgb, none, none
 
     methods = {"model": model, "none": nothing}
     rows: list[dict] = []
@@ -231,8 +232,8 @@ def format_table(results: dict) -> str:
                          for m in summ)
         lines.append(f"{g:<12} {summ[next(iter(summ))][g]['n']:>3} {cells}")
     lines.append("IoU/F1 of 'telea' use the true mask (oracle); 'none' returns the input.")
-    if "model" in summ and not np.isnan(summ["model"]["all"].get("miss_undetected", float("nan"))):
-        a = summ["model"]["all"]
+    a = summ["model"]["all"]
+    if not np.isnan(a["miss_undetected"]):   # NaN when the set has no watermarked image
         lines.append(f"model's mask errors, as shares of the true mark's pixels: missed outside the "
                      f"detected region {a['miss_undetected']:.3f}, missed inside it "
                      f"{a['miss_unmarked']:.3f}, marked within {EDGE_PX} px of the mark "
