@@ -57,6 +57,7 @@ MARK_LOSS_WEIGHT = 0.25  # the remover's full-resolution mask head (`mark_loss`)
 STREAK_SHARE = 0.3  # detector crops with straight shelf edges / highlights (negatives)
 DETECTOR_MASK_SHARE = 0.75  # remover crops masked by the detector, when one is given
 DETECTOR_CLEAN_SHARE = 0.2  # of those, photos without a mark: its false alarms, to reject
+CLOCK_LEAD = 0.01  # how far the time budget must be ahead of the steps to set the schedule
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -353,13 +354,19 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
     loss_of = mark_head_loss if trainable == "mark-head" else LOSSES[kind]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     warm, start = min(100, steps // 10), time.time()
+    clock_led = False   # did the time budget ever set the schedule? (then no rerun repeats it)
 
     def progress_of(i: int) -> float:
-        """Fraction of the run done: by steps, or by the time budget if that runs out first
-        (so the cosine anneals to ~0 on a shared, slow CPU too)."""
+        """Fraction of the run done: by steps, or by the time budget once that is clearly
+        ahead (so the cosine anneals to ~0 on a shared, slow CPU too). A lead under
+        CLOCK_LEAD (a slow first step) is ignored, so a run that keeps to its budget
+        follows its steps alone and a rerun repeats it exactly (`models.reproduce`)."""
+        nonlocal clock_led
         frac = min(i, steps) / max(1, steps)
         if max_minutes:
-            frac = max(frac, min(1.0, (time.time() - start) / (max_minutes * 60)))
+            by_clock = min(1.0, (time.time() - start) / (max_minutes * 60))
+            if by_clock > frac + CLOCK_LEAD:
+                clock_led, frac = True, by_clock
         return frac
 
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -400,13 +407,14 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
         out_of_time = max_minutes is not None and time.time() - start > max_minutes * 60
         if done % save_every == 0 or done == steps or out_of_time:
             recipe.update(steps_done=done, final_loss_ema=round(ema, 5),
-                          train_minutes=round((time.time() - start) / 60, 1))
+                          train_minutes=round((time.time() - start) / 60, 1),
+                          schedule_by="time" if clock_led else "steps")
             save(model, kind, out_dir, recipe, history)
         if out_of_time:
             log.info("time budget reached at step %d", done)
             break
     feed.close()
     if done == 0:  # steps=0: the (converted) init weights themselves
-        recipe.update(steps_done=0, final_loss_ema=None, train_minutes=0.0)
+        recipe.update(steps_done=0, final_loss_ema=None, train_minutes=0.0, schedule_by="steps")
         save(model, kind, out_dir, recipe, history)
     return recipe

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from engine_build.cli import bench_command, engines_group
-from models.cli import eval_command, train_command
+from models.cli import eval_command, reproduce_command, train_command
 from workers.settings import get_settings, set_settings
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -424,6 +424,7 @@ def flower(port: int, auth: str | None, flower_args: tuple[str, ...]) -> None:
 
 cli.add_command(train_command)
 cli.add_command(eval_command)
+cli.add_command(reproduce_command)
 cli.add_command(engines_group)
 cli.add_command(bench_command)
 
