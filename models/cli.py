@@ -121,7 +121,8 @@ def reproduce_command(kind, weights_dir, init, detector_masks, data_dir, out_dir
         click.echo(f"reproduced {kind}.pt bit for bit: sha256 {res['got']}")
         return
     click.echo(f"differs: got sha256 {res['got'][:12]} ({res['path']}), the manifest records "
-               f"{res['expected'][:12]}; the weights differ by {res['gap']:.2e} of their norm; "
+               f"{res['expected'][:12]}; it landed {res['gap']:.2%} of the recorded run's "
+               f"change away from it; "
                f"recorded at {res['recipe_code']}, now {res['code']}")
     raise SystemExit(1)
 

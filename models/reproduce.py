@@ -75,16 +75,20 @@ def find_weights(kind: str, sha: str, given: Path | None, weights_dir: Path, int
     return found
 
 
-def weights_gap(a: Path, b: Path) -> float:
-    """How far apart two weights files of one architecture are: the norm of the difference
-    of all floating-point tensors relative to the norm of `b`'s (0.0: the same numbers)."""
-    sa, sb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
-    diff = norm = 0.0
-    for key, tb in sb.items():
-        if tb.is_floating_point():
-            diff += float((sa[key].double() - tb.double()).pow(2).sum())
-            norm += float(tb.double().pow(2).sum())
-    return (diff / norm) ** 0.5 if norm else 0.0
+def weights_gap(got: Path, recorded: Path, start: Path | None = None) -> float:
+    """How far a repeated run landed from the recorded one: the norm of the difference of
+    all floating-point tensors, relative to how far the recorded run moved them from its
+    `start` weights (or to their norm, for a run from scratch). 0.0: the same numbers;
+    0.03: within 3% of what the run changed."""
+    g, r = (torch.load(p, map_location="cpu", weights_only=True) for p in (got, recorded))
+    s = torch.load(start, map_location="cpu", weights_only=True) if start else None
+    diff = moved = 0.0
+    for key, rec in r.items():
+        if rec.is_floating_point():
+            rec = rec.double()
+            diff += float((g[key].double() - rec).pow(2).sum())
+            moved += float((rec - (s[key].double() if s is not None else 0.0)).pow(2).sum())
+    return (diff / moved) ** 0.5 if moved else 0.0
 
 
 def _check_settings(recipe: dict) -> None:
@@ -134,5 +138,6 @@ def reproduce(kind: str, out_dir: Path, weights_dir: Path = WEIGHTS_DIR, data_di
     path = weights_path(kind, out_dir)
     got = file_sha256(path)
     return {"same": got == entry["sha256"], "expected": entry["sha256"], "got": got,
-            "gap": weights_gap(path, weights_path(kind, weights_dir)), "path": str(path),
+            "gap": weights_gap(path, weights_path(kind, weights_dir), init_path),
+            "path": str(path),
             "recipe_code": recipe.get("code"), "code": code_version()}

@@ -48,6 +48,8 @@ def test_the_starting_weights_come_from_git_history(tmp_path):
     res = reproduce("detector", tmp_path / "again", weights)
     assert res["same"]
     assert file_sha256(tmp_path / "again" / "inputs" / f"detector-{first[:12]}.pt") == first
+    # the gap is measured against what the run changed: its start is 100% of it away
+    assert weights_gap(start, weights / "detector.pt", start) == pytest.approx(1.0)
 
 
 def test_missing_or_wrong_starting_weights_are_named(tmp_path):
@@ -73,7 +75,8 @@ def test_the_cli_reports_a_different_result_and_an_unrepeatable_run(tmp_path):
     res = CliRunner().invoke(cli, ["reproduce", "detector", "--weights", str(weights),
                                    "--out", str(tmp_path / "again")])
     assert res.exit_code == 1 and "differs" in res.output, res.output
-    assert 0 < weights_gap(tmp_path / "again" / "detector.pt", weights / "detector.pt") < 1
+    gap = weights_gap(tmp_path / "again" / "detector.pt", weights / "detector.pt")
+    assert gap > 0 and f"{gap:.2%} of the recorded run's change" in res.output
 
     manifest["detector"]["recipe"]["schedule_by"] = "time"
     (weights / "manifest.json").write_text(json.dumps(manifest))
