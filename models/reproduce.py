@@ -11,6 +11,7 @@ can be repeated the same way from their own code version (`git checkout` it firs
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 from pathlib import Path
@@ -46,13 +47,15 @@ def from_git_history(kind: str, sha: str, weights_dir: Path, into: Path) -> Path
         commits = _git(["log", "--format=%H", "--", rel], root).decode().split()
     except (OSError, ValueError, subprocess.CalledProcessError):
         return None
-    target = into / f"{kind}-{sha[:12]}.pt"
     for commit in commits:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(_git(["show", f"{commit}:{rel}"], root))
-        if file_sha256(target) == sha:
+        blob = _git(["show", f"{commit}:{rel}"], root)
+        # hashed in memory: file_sha256 caches by (path, mtime, size), and every version of
+        # one architecture has the same size
+        if hashlib.sha256(blob).hexdigest() == sha:
+            target = into / f"{kind}-{sha[:12]}.pt"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blob)
             return target
-    target.unlink(missing_ok=True)
     return None
 
 
