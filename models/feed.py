@@ -29,20 +29,22 @@ class BatchRecipe:
     crop: int
     data_dir: Path | None = None
     detector_masks: Path | None = None   # remover: mask crops as this detector would
+    photos: str = "synthetic"            # "products": real product photos (detector)
 
 
 _detectors: dict[str, ModelEngine] = {}   # per process, by file hash: loaded on first use
 
 
 def make_batch(recipe: BatchRecipe, step: int) -> list[np.ndarray]:
-    from models.train import BATCHES, TRAIN_TAG, remover_batch
+    from models.train import BATCHES, PRODUCT_BATCHES, TRAIN_TAG, remover_batch
 
-    batch_of = BATCHES[recipe.kind]
+    batch_of = (PRODUCT_BATCHES if recipe.photos == "products" else BATCHES)[recipe.kind]
     if recipe.detector_masks:
         key = file_sha256(recipe.detector_masks)
         if key not in _detectors:
             _detectors[key] = ModelEngine(load_weights("detector", recipe.detector_masks))
-        batch_of = partial(remover_batch, detector=_detectors[key])
+        batch_of = partial(PRODUCT_BATCHES["remover"] if recipe.photos == "products"
+                           else remover_batch, detector=_detectors[key])
     rng = np.random.default_rng([TRAIN_TAG, recipe.seed, step])
     return [t.numpy() for t in batch_of(rng, recipe.batch, recipe.crop, recipe.data_dir)]
 

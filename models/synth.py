@@ -39,6 +39,23 @@ MIN_CHANGE = 2.0
 Element = tuple[np.ndarray, np.ndarray]  # (alpha HxW, premultiplied colour HxWx3), float32
 
 
+@dataclass(frozen=True)
+class Palette:
+    """The fonts and words marks are drawn with. `SYNTH` is what the synthetic set always
+    used; `models.styles` defines the real-photo training palette and a held-out one whose
+    fonts, names and phrases no training run sees."""
+    latin_fonts: tuple[str, ...]
+    cjk_fonts: tuple[str, ...]
+    names: tuple[str, ...]
+    words: tuple[str, ...]
+    cjk_words: tuple[str, ...]
+    badge_font: str = "DejaVuSans-Bold.ttf"
+
+
+SYNTH = Palette(tuple(LATIN_FONTS), tuple(CJK_FONTS), tuple(NAMES), tuple(MARK_WORDS),
+                tuple(CJK_WORDS))
+
+
 @dataclass
 class Sample:
     clean: np.ndarray  # uint8 HxWx3, JPEG-encoded at `quality` like the composite
@@ -59,19 +76,19 @@ class Sample:
                        product=self.product[win])
 
 
-def _name(rng: np.random.Generator) -> str:
-    return NAMES[int(rng.integers(len(NAMES)))]
+def _name(rng: np.random.Generator, pal: Palette = SYNTH) -> str:
+    return pal.names[int(rng.integers(len(pal.names)))]
 
 
-def _phrase(rng: np.random.Generator, kind: str) -> str:
-    n = _name(rng)
+def _phrase(rng: np.random.Generator, kind: str, pal: Palette = SYNTH) -> str:
+    n = _name(rng, pal)
     if kind == "url":
         slug = n.lower().replace(" ", "")
         forms = [f"www.{slug}.com", f"@{slug}", f"{slug}.shop", f"https://{slug}.de", f"IG: @{slug}_"]
         return forms[int(rng.integers(len(forms)))]
     if kind == "cjk":
-        return CJK_WORDS[int(rng.integers(len(CJK_WORDS)))] + (" " + n if rng.random() < 0.3 else "")
-    return MARK_WORDS[int(rng.integers(len(MARK_WORDS)))].format(n=n)
+        return pal.cjk_words[int(rng.integers(len(pal.cjk_words)))] + (" " + n if rng.random() < 0.3 else "")
+    return pal.words[int(rng.integers(len(pal.words)))].format(n=n)
 
 
 def _colour(rng: np.random.Generator, bg_mean: float) -> np.ndarray:
@@ -110,9 +127,9 @@ def _solid(cov: np.ndarray, colour: np.ndarray) -> Element:
 
 
 def text_element(rng: np.random.Generator, text: str, size: float, colour: np.ndarray,
-                 cjk: bool = False) -> tuple[Element, str]:
+                 cjk: bool = False, pal: Palette = SYNTH) -> tuple[Element, str]:
     """Text with a random style: plain, outlined (two colours or hollow) or shadowed."""
-    names = CJK_FONTS if cjk else LATIN_FONTS
+    names = pal.cjk_fonts if cjk else pal.latin_fonts
     fnt = font(names[int(rng.integers(len(names)))], size)
     style = rng.choice(["plain", "outline", "hollow", "shadow"], p=[0.5, 0.2, 0.1, 0.2])
     stroke = max(1, int(size * rng.uniform(0.04, 0.1))) if style in ("outline", "hollow") else 0
@@ -135,7 +152,8 @@ def text_element(rng: np.random.Generator, text: str, size: float, colour: np.nd
     return elem, str(style)
 
 
-def logo_element(rng: np.random.Generator, size: float, colour: np.ndarray) -> Element:
+def logo_element(rng: np.random.Generator, size: float, colour: np.ndarray,
+                 pal: Palette = SYNTH) -> Element:
     """A badge or geometric emblem: ring/disc/rounded box/star with initials."""
     s = max(12, int(size))
     im = Image.new("L", (s, s), 0)
@@ -153,8 +171,8 @@ def logo_element(rng: np.random.Generator, size: float, colour: np.ndarray) -> E
         rad = np.where(np.arange(10) % 2 == 0, s / 2 - 1, s / 4.5)
         d.polygon([(s / 2 + r * np.cos(t), s / 2 + r * np.sin(t)) for r, t in zip(rad, ang)], fill=255)
     cov = np.asarray(im, np.float32) / 255
-    initials = "".join(c for c in _name(rng) if c.isupper())[:2] or "S"
-    fill, _ = _text_masks(initials, font("DejaVuSans-Bold.ttf", s * 0.35), 0)
+    initials = "".join(c for c in _name(rng, pal) if c.isupper())[:2] or "S"
+    fill, _ = _text_masks(initials, font(pal.badge_font, s * 0.35), 0)
     fh, fw = fill.shape
     y0, x0 = max(0, (s - fh) // 2), max(0, (s - fw) // 2)
     fill = fill[: s - y0, : s - x0]
@@ -206,10 +224,11 @@ def _place(rng: np.random.Generator, h: int, w: int, eh: int, ew: int, corner: b
     return int(rng.uniform(*xs)), int(rng.uniform(*ys))
 
 
-def _tiled(rng: np.random.Generator, h: int, w: int, long_side: int, colour: np.ndarray) -> Element:
+def _tiled(rng: np.random.Generator, h: int, w: int, long_side: int, colour: np.ndarray,
+           pal: Palette = SYNTH) -> Element:
     size = long_side * rng.uniform(0.025, 0.07)
-    elem, _ = text_element(rng, _phrase(rng, "url" if rng.random() < 0.3 else "text"), size, colour,
-                           cjk=have_cjk_font() and rng.random() < 0.15)
+    elem, _ = text_element(rng, _phrase(rng, "url" if rng.random() < 0.3 else "text", pal), size,
+                           colour, cjk=have_cjk_font() and rng.random() < 0.15, pal=pal)
     eh, ew = elem[0].shape
     diag = int(np.hypot(h, w)) + 2
     big = (np.zeros((diag, diag), np.float32), np.zeros((diag, diag, 3), np.float32))
@@ -224,9 +243,11 @@ def _tiled(rng: np.random.Generator, h: int, w: int, long_side: int, colour: np.
 
 
 def render_watermark(rng: np.random.Generator, h: int, w: int, long_side: int,
-                     kinds: list[str] | None = None, bg_mean: float = 0.8
-                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Opacity `alpha` (HxW), premultiplied colour (HxWx3) and the kinds drawn."""
+                     kinds: list[str] | None = None, bg_mean: float = 0.8, pal: Palette = SYNTH,
+                     extra: dict | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Opacity `alpha` (HxW), premultiplied colour (HxWx3) and the kinds drawn. `extra`
+    maps further kind names to element makers `(rng, long_side, colour, pal) -> Element`
+    (`models.styles`' held-out kinds); they are placed like a logo."""
     if kinds is None:
         pool = [k for k in KINDS if k != "cjk" or have_cjk_font()]
         probs = np.array([{"text": 3, "tiled": 2, "corner": 2, "url": 2, "logo": 2, "cjk": 1.5}[k]
@@ -239,16 +260,19 @@ def render_watermark(rng: np.random.Generator, h: int, w: int, long_side: int,
         colour = _colour(rng, bg_mean)
         opacity = rng.uniform(0.15, 1.0) if rng.random() < 0.8 else rng.uniform(0.7, 1.0)
         if kind == "tiled":
-            elem, style = _tiled(rng, h, w, long_side, colour), "plain"
+            elem, style = _tiled(rng, h, w, long_side, colour, pal), "plain"
             opacity = min(opacity, rng.uniform(0.15, 0.7))
             x = y = 0
         else:
-            if kind == "logo":
-                elem, style = logo_element(rng, long_side * rng.uniform(0.05, 0.2), colour), "logo"
+            if extra and kind in extra:
+                elem, style = extra[kind](rng, long_side, colour, pal), "logo"
+            elif kind == "logo":
+                elem, style = logo_element(rng, long_side * rng.uniform(0.05, 0.2), colour, pal), "logo"
             else:
                 size = long_side * {"text": rng.uniform(0.03, 0.12), "corner": rng.uniform(0.015, 0.04),
                                     "url": rng.uniform(0.02, 0.06), "cjk": rng.uniform(0.03, 0.1)}[kind]
-                elem, style = text_element(rng, _phrase(rng, kind), size, colour, cjk=kind == "cjk")
+                elem, style = text_element(rng, _phrase(rng, kind, pal), size, colour,
+                                           cjk=kind == "cjk", pal=pal)
             angle = rng.uniform(-35, 35) if rng.random() < 0.5 and kind != "corner" else 0.0
             blur = rng.uniform(0.3, 1.5) if rng.random() < 0.25 else 0.0
             elem = _transform(elem, angle, blur)

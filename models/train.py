@@ -46,6 +46,8 @@ import torch.nn.functional as F
 from models.feed import BatchRecipe, batches
 from models.networks import MarkRefiner, remover_input
 from models.registry import WEIGHTS_DIR, build_model, file_sha256, read_manifest
+from models.products import PhotoCache, mark_photo, split_paths, structured_window
+from models.scenes import DEFAULT_DATA
 from models.synth import make_sample
 from workers.masks import build_mask, dilate_disc
 from workers.settings import get_settings
@@ -57,7 +59,9 @@ MARK_LOSS_WEIGHT = 0.25  # the remover's full-resolution mask head (`mark_loss`)
 STREAK_SHARE = 0.3  # detector crops with straight shelf edges / highlights (negatives)
 DETECTOR_MASK_SHARE = 0.75  # remover crops masked by the detector, when one is given
 DETECTOR_CLEAN_SHARE = 0.2  # of those, photos without a mark: its false alarms, to reject
-CLOCK_LEAD = 0.01  # how far the time budget must be ahead of the steps to set the schedule
+CLOCK_LEAD = 0.01
+PRODUCT_NONE = 0.35  # real-photo detector crops left clean: hard negatives (faces, straps, print)
+PRODUCT_SYNTH_SHARE = 0.25  # detector crops still from procedural studio scenes  # how far the time budget must be ahead of the steps to set the schedule
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -68,19 +72,64 @@ def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 
+def _detector_view(composite: np.ndarray, mask: np.ndarray, crop: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A full-resolution window and its mark as the detector sees them: area-downscaled to
+    `crop`, target = pixels whose mark coverage is >= 20 %."""
+    image = cv2.resize(composite, (crop, crop), interpolation=cv2.INTER_AREA)
+    cov = cv2.resize(mask.astype(np.float32), (crop, crop), interpolation=cv2.INTER_AREA)
+    return image, (cov >= 0.2).astype(np.float32)
+
+
+def _synthetic_detector_sample(rng: np.random.Generator, crop: int, data_dir=None,
+                               source: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    long_side = int(rng.integers(800, 1701))
+    region = int(round(crop * long_side / get_settings().detect_long_side))
+    s = make_sample(rng, region, region, long_side, data_dir=data_dir, source=source,
+                    streaks=rng.random() < STREAK_SHARE)
+    return _detector_view(s.composite, s.mask, crop)
+
+
 def detector_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None,
                    source: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    images, targets = [], []
-    seen_long_side = get_settings().detect_long_side
-    for _ in range(batch):
-        long_side = int(rng.integers(800, 1701))
-        region = int(round(crop * long_side / seen_long_side))
-        s = make_sample(rng, region, region, long_side, data_dir=data_dir, source=source,
-                        streaks=rng.random() < STREAK_SHARE)
-        images.append(cv2.resize(s.composite, (crop, crop), interpolation=cv2.INTER_AREA))
-        cov = cv2.resize(s.mask.astype(np.float32), (crop, crop), interpolation=cv2.INTER_AREA)
-        targets.append((cov >= 0.2).astype(np.float32))
-    return _to_tensor(images), _to_tensor(targets)
+    pairs = [_synthetic_detector_sample(rng, crop, data_dir, source) for _ in range(batch)]
+    return _to_tensor([p[0] for p in pairs]), _to_tensor([p[1] for p in pairs])
+
+
+_PHOTOS = PhotoCache()
+
+
+def _product_detector_sample(rng: np.random.Generator, crop: int, data_dir
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """A window of a real train-split product photo at the detector's scale, marked in the
+    training family (`models.styles.TRAIN`) or, PRODUCT_NONE of the time, clean."""
+    paths = split_paths(str(data_dir or DEFAULT_DATA), "train")
+    photo = _PHOTOS.get(paths[int(rng.integers(len(paths)))])
+    long_side = max(photo.shape[:2])
+    region = min(int(round(crop * max(1.0, long_side / get_settings().detect_long_side))),
+                 min(photo.shape[:2]))
+    if rng.random() < 0.6:
+        y, x = structured_window(rng, photo, region)
+    else:
+        y = int(rng.integers(0, photo.shape[0] - region + 1))
+        x = int(rng.integers(0, photo.shape[1] - region + 1))
+    window = photo[y:y + region, x:x + region]
+    if rng.random() < 0.5:
+        window = window[:, ::-1]
+    kinds = [] if rng.random() < PRODUCT_NONE else None
+    s = mark_photo(rng, np.ascontiguousarray(window), "train", kinds, long_side=long_side)
+    return _detector_view(s.composite, s.mask, crop)
+
+
+def product_detector_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`--photos products`: real product photos (train split) for all but
+    PRODUCT_SYNTH_SHARE of the crops, which stay procedural studio scenes (never the
+    upscaled grocery photos: their softness taught the first models that crisp = mark)."""
+    pairs = [_synthetic_detector_sample(rng, crop, data_dir, source="studio")
+             if rng.random() < PRODUCT_SYNTH_SHARE else _product_detector_sample(rng, crop, data_dir)
+             for _ in range(batch)]
+    return _to_tensor([p[0] for p in pairs]), _to_tensor([p[1] for p in pairs])
 
 
 def noisy_mask(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
@@ -191,7 +240,55 @@ def mark_head_loss(model, batch) -> torch.Tensor:
     return mark_loss(mark, x[:, 3:4], alpha).mean()
 
 
+def _product_window(rng: np.random.Generator, size: int, data_dir) -> tuple[np.ndarray, int]:
+    """A `size` window (or the photo's short side, if smaller) of a random train-split
+    product photo at full resolution, mirrored half the time, and the photo's long side."""
+    paths = split_paths(str(data_dir or DEFAULT_DATA), "train")
+    photo = _PHOTOS.get(paths[int(rng.integers(len(paths)))])
+    size = min(size, *photo.shape[:2])
+    if rng.random() < 0.6:
+        y, x = structured_window(rng, photo, size)
+    else:
+        y = int(rng.integers(0, photo.shape[0] - size + 1))
+        x = int(rng.integers(0, photo.shape[1] - size + 1))
+    window = photo[y:y + size, x:x + size]
+    return np.ascontiguousarray(window[:, ::-1] if rng.random() < 0.5 else window), max(photo.shape[:2])
+
+
+def product_remover_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None,
+                          detector=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`--photos products` for the remover: full-resolution windows of real train-split
+    photos, marked in the training family or (PRODUCT_NONE) clean, masked as `detector`
+    and the pipeline would (DETECTOR_MASK_SHARE; on real photos its false alarms cover
+    faces, straps and print, which the mark output must reject) or by the noisy truth."""
+    inputs, cleans, alphas = [], [], []
+    for _ in range(batch):
+        window, long_side = _product_window(rng, crop + crop // 2, data_dir)
+        kinds = [] if rng.random() < PRODUCT_NONE else None
+        s = mark_photo(rng, window, "train", kinds, long_side=long_side)
+        size = min(crop, *window.shape[:2])
+        found = None
+        if detector is not None and rng.random() < DETECTOR_MASK_SHARE:
+            found = detector_mask(detector, s.composite, long_side, get_settings().mask_dilate_px)
+        ys, xs = np.nonzero((found if found is not None else s.mask) | s.mask)
+        centre = (ys[k], xs[k]) if len(ys) and (k := int(rng.integers(len(ys)))) >= 0 else (0, 0)
+        y, x = (int(np.clip(c - size // 2, 0, n - size)) for c, n in zip(centre, window.shape[:2]))
+        win = (slice(y, y + size), slice(x, x + size))
+        mask = found[win].astype(np.float32) if found is not None and found[win].any() else \
+            noisy_mask(rng, s.mask[win])
+        composite, clean, alpha = s.composite[win], s.clean[win], s.alpha[win]
+        if size < crop:   # a small photo: pad to the batch's size (the mask stays 0 there)
+            pad = ((0, crop - size), (0, crop - size))
+            composite, clean = (np.pad(a, pad + ((0, 0),), mode="reflect") for a in (composite, clean))
+            mask, alpha = np.pad(mask, pad), np.pad(alpha, pad)
+        inputs.append(torch.from_numpy(remover_input(composite, mask)))
+        cleans.append(clean)
+        alphas.append(alpha.astype(np.float32))
+    return torch.stack(inputs), _to_tensor(cleans), _to_tensor(alphas)
+
+
 BATCHES = {"detector": detector_batch, "remover": remover_batch}
+PRODUCT_BATCHES = {"detector": product_detector_batch, "remover": product_remover_batch}
 LOSSES = {"detector": detector_loss, "remover": remover_loss}
 TRAINABLE = {"all": "", "mark-head": "refine."}   # parameter-name prefix that trains
 
@@ -317,7 +414,7 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
           arch: dict | None = None, max_minutes: float | None = None, save_every: int = 100,
           init: Path | None = None, trainable: str = "all", detector_masks: Path | None = None,
           refine_width: int | None = None, device: str = "cpu", data_workers: int = 0,
-          command: str | None = None, progress=None) -> dict:
+          photos: str = "synthetic", command: str | None = None, progress=None) -> dict:
     """Train `kind` and save weights + manifest every `save_every` steps and at the end.
 
     `max_minutes` stops early and shortens the cosine schedule to fit; the manifest records
@@ -334,6 +431,8 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
         raise ValueError(f"trainable={trainable!r} is not available for the {kind}")
     if detector_masks and kind != "remover":
         raise ValueError("detector_masks is for training the remover")
+    if photos not in ("synthetic", "products") or (photos == "products" and kind not in PRODUCT_BATCHES):
+        raise ValueError(f"photos={photos!r} is not available for the {kind}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: PyTorch sees no CUDA GPU here")
@@ -382,10 +481,14 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
                                   "share": DETECTOR_MASK_SHARE, "clean_share": DETECTOR_CLEAN_SHARE,
                                   "dilate_px": get_settings().mask_dilate_px}
                                  if detector_masks else None),
-              "data": "models.synth.make_sample, grocery train split + procedural studio scenes"}
+              "data": ("models.synth.make_sample, grocery train split + procedural studio scenes"
+                       if photos == "synthetic" else
+                       f"real product photos, train split, marks of models.styles.TRAIN "
+                       f"({PRODUCT_NONE:.0%} clean) + {PRODUCT_SYNTH_SHARE:.0%} studio scenes"),
+              **({"photos": photos} if photos != "synthetic" else {})}
     history = lineage(out_dir, kind, init)   # read now: the first save replaces the entry
     ema, done = None, 0
-    feed = batches(BatchRecipe(kind, seed, batch, crop, data_dir, detector_masks), steps,
+    feed = batches(BatchRecipe(kind, seed, batch, crop, data_dir, detector_masks, photos), steps,
                    data_workers)
     for step, data in enumerate(feed):
         data = [t.to(dev, memory_format=torch.channels_last) if t.ndim == 4 else t.to(dev)
