@@ -110,7 +110,10 @@ def cfg(**kw) -> Settings:
     base = dict(detect_long_side=640, detect_flip=False, remove_flip=False, mask_threshold=0.5,
                 mark_threshold=0.5, mask_min_area=4, mask_dilate_px=3, mask_confirm_px=0, remove_crop_margin=16,
                 remove_max_crop=1024, review_residual_min=0.5, review_confidence_max=0.0,
-                max_pixels=40_000_000, max_bytes=50 << 20, min_side=16)
+                max_pixels=40_000_000, max_bytes=50 << 20, min_side=16,
+                # plumbing tests: every detected pixel changes and nothing is judged
+                # (tests/test_gate.py covers the gate and the ring around the mark)
+                gate=False, change_ring_px=-1)
     base.update(kw)
     return Settings(**base)
 

@@ -18,14 +18,16 @@ from PIL import Image
 
 from engine_build import Engine, load_engine
 from models.networks import remover_input, to_chw
+from workers.gate import GateLimits, RegionVerdict, judge
 from workers.imaging import decode_image, encode_image
 from workers.masks import (Mask, Tile, bbox, build_mask, component_boxes, confirmed,
                            plan_tiles)
 from workers.settings import Settings, get_settings
 
-PIPELINE_CODE_VERSION = "4"  # 2: the remover gets a Telea prefill of its crop;
+PIPELINE_CODE_VERSION = "5"  # 2: the remover gets a Telea prefill of its crop;
                              # 3: the remover's mask output confirms what changes;
-                             # 4: mirrored passes, 6 px dilation, own mark threshold
+                             # 4: mirrored passes, 6 px dilation, own mark threshold;
+                             # 5: the do-no-harm gate (workers.gate)
 # Pixels (N*H*W) per remover call: bounds memory when many crops share a size.
 REMOVE_BATCH_PIXELS = 2 * 1024 * 1024
 RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual check
@@ -72,11 +74,14 @@ class PipelineResult:
     status: str          # "succeeded" | "no_watermark" | "needs_review"
     image_bytes: bytes   # output encoded in the input's format
     extension: str       # ".jpg", ".png", ".webp", ... matching image_bytes
-    mask_png: bytes      # 8-bit grey PNG of the final mask (0 = untouched), upright, output size
+    mask_png: bytes      # 8-bit grey PNG, upright, output size: 0 untouched, 1-127 changed
+                         # around the mark (feathered), >= 128 the watermark's own pixels
     metrics: dict        # width, height, mask_area_fraction, detector_confidence,
                          # residual_score, ms_decode, ms_detect, ms_remove, ms_encode, ms_total
     details: dict = field(default_factory=dict)   # input/output format and mode, frames,
-                                                  # jpeg_quality, ms_residual, notes
+                                                  # jpeg_quality, ms_residual, ms_gate, notes,
+                                                  # gate (each region's verdict)
+    review_reason: str | None = None   # why the status is needs_review
 
 
 def _run(engine: Engine, batch: np.ndarray) -> np.ndarray:
@@ -215,6 +220,15 @@ def _composite(out: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, t: Tile,
     out[y0:y1, x0:x1] = np.where(a[..., None] > 0, blend, orig)
 
 
+def mask_image(mask: Mask, found: np.ndarray) -> np.ndarray:
+    """The job's mask, uint8 H x W: 0 where nothing changed, 1-127 where pixels changed
+    around the mark (the feathered dilation, `mask.alpha` halved), 255 on the watermark's
+    own pixels (`found`), so `>= 128` is the mark and `> 0` everything that changed."""
+    out = ((mask.alpha.astype(np.uint16) + 1) // 2).astype(np.uint8)
+    out[found & mask.dilated] = 255
+    return out
+
+
 def _png(gray: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(gray, "L").save(buf, "PNG", compress_level=6)
@@ -232,12 +246,62 @@ def _mean_inside(prob: np.ndarray, region: np.ndarray) -> float:
     return float(prob[region].mean()) if region.any() else 0.0
 
 
+def around_mark(found: np.ndarray, mask: Mask, ring_px: int) -> Mask:
+    """The pixels that change: the watermark's own pixels (`found`) and a feathered ring of
+    `ring_px` around them, within the detector's dilated mask. The detector outlines marks
+    at 640 px, fat; on real photos everything else inside its outline is product."""
+    tight = build_mask(found.astype(np.float32), 0.5, 1, ring_px)
+    keep = tight.dilated & mask.dilated
+    return Mask(core=tight.core & keep, dilated=keep,
+                alpha=np.where(keep, tight.alpha, 0).astype(np.uint8))
+
+
+def _blend(rgb: np.ndarray, restored: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """`restored` over `rgb` with the feathered weight `alpha` (uint8); exactly `rgb`
+    where alpha is 0."""
+    if not alpha.any():
+        return rgb
+    a = (alpha.astype(np.float32) / 255.0)[..., None]
+    out = np.rint(a * restored + (1.0 - a) * rgb).astype(np.uint8)
+    return np.where(alpha[..., None] > 0, out, rgb)
+
+
 @dataclass
 class Cleaning:
     restored: np.ndarray   # H x W x 3 uint8, the input wherever mask.alpha == 0
-    mask: Mask             # the detector's mask less the regions the remover did not confirm
+    mask: Mask             # the detector's mask less the regions the remover did not
+                           # confirm and those the gate put back
     found: np.ndarray      # bool H x W, watermark_pixels inside `mask`
     confidence: float      # mean detector probability over mask.core
+    verdicts: list[RegionVerdict] = field(default_factory=list)   # the gate's, every region
+
+    @property
+    def reverted_sure(self) -> list[RegionVerdict]:
+        """Regions the gate put back although the detector was sure of them."""
+        return [v for v in self.verdicts if not v.passed and v.confidence >= v.review_confident]
+
+
+def gate_limits(s: Settings) -> GateLimits:
+    return GateLimits(min_explained=s.gate_min_explained, max_continues=s.gate_max_continues,
+                      max_flattened=s.gate_max_flattened, review_confident=s.gate_review_confident)
+
+
+def apply_gate(rgb: np.ndarray, restored: np.ndarray, mask: Mask, found: np.ndarray,
+               prob: np.ndarray, limits: GateLimits
+               ) -> tuple[np.ndarray, Mask, np.ndarray, list[RegionVerdict]]:
+    """Judge every changed region (`workers.gate.judge`) and put back exactly the input in
+    those that fail; returns the restored image, mask and found pixels without them."""
+    regions = judge(rgb, restored, mask.dilated, prob, limits)
+    failed = [r for r in regions if not r.verdict.passed]
+    if failed:
+        restored, keep = restored.copy(), mask.dilated.copy()
+        for r in failed:
+            restored[r.window][r.pixels] = rgb[r.window][r.pixels]
+            keep[r.window][r.pixels] = False
+        mask = Mask(core=mask.core & keep, dilated=keep,
+                    alpha=np.where(keep, mask.alpha, 0).astype(np.uint8))
+        found = found & keep
+    return restored, mask, found, [r.verdict for r in regions]
 
 
 def clean_rgb(engines: Engines, rgb: np.ndarray, s: Settings,
@@ -245,26 +309,38 @@ def clean_rgb(engines: Engines, rgb: np.ndarray, s: Settings,
     """Detect, mask, remove, and keep only what the remover confirms: a detected region in
     which the remover, looking at full resolution, finds fewer than `mask_confirm_px`
     watermark pixels is left exactly as it was (a second opinion on the detector's false
-    alarms; on the tuning photos it turned away 2 of 8). Calls `lap("detect")` and
-    `lap("remove")` as the stages end."""
+    alarms; on the tuning photos it turned away 2 of 8), then the do-no-harm gate
+    (`apply_gate`, when `s.gate`) puts back every region whose change is not that of
+    lifting an overlay. Calls `lap("detect")`, `lap("remove")` and `lap("gate")` as the
+    stages end."""
     prob = detect_probability(engines.detector, rgb, s.detect_long_side, s.detect_flip)
     mask = build_mask(prob, s.mask_threshold, s.mask_min_area, s.mask_dilate_px)
     detected_core, core_prob = mask.core, prob[mask.core]   # all the confidence needs
+    core_map = np.where(mask.core, prob, np.float32(0)) if s.gate and not mask.empty else None
     del prob
     lap("detect")
     restored, found = rgb, np.zeros(rgb.shape[:2], bool)
     if not mask.empty:
-        restored, mark = remove_watermark(engines.remover, rgb, mask, s.remove_crop_margin,
+        whole = mask if s.change_ring_px < 0 else Mask(
+            mask.core, mask.dilated, np.where(mask.dilated, 255, 0).astype(np.uint8))
+        restored, mark = remove_watermark(engines.remover, rgb, whole, s.remove_crop_margin,
                                           s.remove_max_crop, s.remove_flip)
         found = watermark_pixels(mask, mark, s.mark_threshold)
         kept = confirmed(mask, found, s.mask_confirm_px)
-        if kept is not mask:
-            restored = np.where(kept.dilated[..., None], restored, rgb)
-            mask, found = kept, found & kept.dilated
+        mask, found = kept, found & kept.dilated
+        if s.change_ring_px >= 0:
+            mask = around_mark(found, mask, s.change_ring_px)
+        restored = _blend(rgb, restored, mask.alpha)
     lap("remove")
+    verdicts: list[RegionVerdict] = []
+    if core_map is not None and not mask.empty:
+        restored, mask, found, verdicts = apply_gate(rgb, restored, mask, found,
+                                                     np.where(mask.core, core_map, 0),
+                                                     gate_limits(s))
+    lap("gate")
     kept = core_prob[mask.core[detected_core]]
     return Cleaning(restored=restored, mask=mask, found=found,
-                    confidence=float(kept.mean()) if kept.size else 0.0)
+                    confidence=float(kept.mean()) if kept.size else 0.0, verdicts=verdicts)
 
 
 def process_image(data: bytes, engines: Engines, settings: Settings | None = None) -> PipelineResult:
@@ -298,11 +374,14 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
     details = {"input_format": dec.format, "input_mode": dec.mode, "frames": dec.frames,
                "jpeg_quality": dec.jpeg_quality, "notes": list(dec.notes)}
 
+    reasons = [f"the gate put back a region the detector was sure of ({v.confidence:.2f}) at "
+               f"{v.box}: {v.reason}" for v in c.reverted_sure]
     if c.mask.empty:
         ms["residual"] = 0.0
         mask_png = _png(c.mask.alpha)
         lap("encode")
-        status, image_bytes, ext, residual = "no_watermark", data, dec.input_extension, 0.0
+        status = "needs_review" if reasons else "no_watermark"
+        image_bytes, ext, residual = data, dec.input_extension, 0.0
         details.update(output_format=dec.format, output_mode=dec.mode)
     else:
         residual = residual_score(engines.detector, c.restored,
@@ -310,13 +389,19 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
                                   s.detect_long_side, s.detect_flip)
         lap("residual")
         image_bytes, ext = encode_image(dec, c.restored, c.mask.dilated)
-        mask_png = _png(c.mask.alpha)
+        mask_png = _png(mask_image(c.mask, c.found))
         lap("encode")
-        review = residual >= s.review_residual_min or (
-            s.review_confidence_max > 0 and c.confidence <= s.review_confidence_max)
-        status = "needs_review" if review else "succeeded"
+        if residual >= s.review_residual_min:
+            reasons.append(f"the detector still sees a mark in the result (residual "
+                           f"{residual:.2f} >= {s.review_residual_min})")
+        if s.review_confidence_max > 0 and c.confidence <= s.review_confidence_max:
+            reasons.append(f"the detector is unsure (confidence {c.confidence:.2f} <= "
+                           f"{s.review_confidence_max})")
+        status = "needs_review" if reasons else "succeeded"
         details.update(output_format=dec.output_format, output_mode=dec.base.mode)
     details["ms_residual"] = ms.get("residual", 0.0)
+    details["ms_gate"] = ms.get("gate", 0.0)
+    details["gate"] = [v.as_dict() for v in c.verdicts]
     metrics = {
         "width": w, "height": h,
         "mask_area_fraction": c.mask.area_fraction,
@@ -327,4 +412,5 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         "ms_total": round((time.perf_counter() - t_start) * 1000.0, 2),
     }
     return PipelineResult(status=status, image_bytes=image_bytes, extension=ext,
-                          mask_png=mask_png, metrics=metrics, details=details)
+                          mask_png=mask_png, metrics=metrics, details=details,
+                          review_reason="; ".join(reasons) if status == "needs_review" else None)

@@ -64,6 +64,9 @@ class Settings:
     # A detected region is changed only if the remover finds at least this many watermark
     # pixels in it (0: change every detected region).
     mask_confirm_px: int = field(default_factory=lambda: _env_int("MASK_CONFIRM_PX", 64))
+    # Pixels change only within this many px of the watermark's own pixels (feathered);
+    # -1: everywhere in the detector's dilated mask (pipeline code version 4).
+    change_ring_px: int = field(default_factory=lambda: _env_int("CHANGE_RING_PX", 3))
     remove_crop_margin: int = field(default_factory=lambda: _env_int("REMOVE_CROP_MARGIN", 32))
     remove_max_crop: int = field(default_factory=lambda: _env_int("REMOVE_MAX_CROP", 1024))
     # Also run the remover on each crop's mirror image and average the two outputs.
@@ -72,6 +75,16 @@ class Settings:
     # confidence falls in these bands goes to `needs_review` instead of `succeeded`.
     review_residual_min: float = field(default_factory=lambda: _env_float("REVIEW_RESIDUAL_MIN", 0.5))
     review_confidence_max: float = field(default_factory=lambda: _env_float("REVIEW_CONFIDENCE_MAX", 0.0))
+    # The do-no-harm gate (workers.gate): a changed region stays changed only if one
+    # overlay colour explains GATE_MIN_EXPLAINED of the change, the removed colour does not
+    # carry on outside it (GATE_MAX_CONTINUES) and the fill kept the texture around it
+    # (GATE_MAX_FLATTENED); a region put back although the detector's confidence there was
+    # >= GATE_REVIEW_CONFIDENT sends the job to needs_review.
+    gate: bool = field(default_factory=lambda: _env_bool("GATE", True))
+    gate_min_explained: float = field(default_factory=lambda: _env_float("GATE_MIN_EXPLAINED", 0.85))
+    gate_max_continues: float = field(default_factory=lambda: _env_float("GATE_MAX_CONTINUES", 0.15))
+    gate_max_flattened: float = field(default_factory=lambda: _env_float("GATE_MAX_FLATTENED", 0.75))
+    gate_review_confident: float = field(default_factory=lambda: _env_float("GATE_REVIEW_CONFIDENT", 0.8))
 
     # Engines.
     backend: str = field(default_factory=lambda: _env("BACKEND", "auto"))

@@ -1,0 +1,139 @@
+"""The do-no-harm gate (workers.gate) and the pipeline's use of it."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.networks import IN_CHANNELS
+from tests.badfiles import encode
+from tests.test_pipeline import BoxDetector, FakeEngine, cfg, fake_engines, pixels
+from workers.gate import GateLimits, blend_fit, judge, judge_region
+from workers.masks import build_mask
+from workers.pipeline import around_mark, mask_image, process_image
+
+
+def textured(h=120, w=160, seed=0) -> np.ndarray:
+    """A fabric-like photo: stripes plus noise, mid grey-brown."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 120 + 40 * np.sin(xx / 2.5) * np.sin(yy / 3.0) + rng.normal(0, 12, (h, w))
+    img = np.stack([base, base * 0.85, base * 0.7], axis=2)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def overlay(bg: np.ndarray, box=(40, 30, 120, 80), colour=(255, 255, 255), a=0.5) -> np.ndarray:
+    """`bg` with a translucent block of stripes (a mark's strokes) inside `box`."""
+    out = bg.astype(np.float32)
+    x0, y0, x1, y1 = box
+    strokes = np.zeros(bg.shape[:2], bool)
+    strokes[y0:y1, x0:x1] = (np.arange(x0, x1) // 4 % 2 == 0)[None, :]
+    out[strokes] = a * np.array(colour, np.float32) + (1 - a) * out[strokes]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), strokes
+
+
+def test_blend_fit_explains_an_overlay_and_not_an_erased_texture():
+    bg = textured()
+    marked, strokes = overlay(bg)
+    explained, colour, alpha = blend_fit(marked[strokes].astype(np.float32),
+                                         bg[strokes].astype(np.float32))
+    assert explained > 0.99
+    assert np.allclose(colour, 255, atol=3) and np.median(alpha) == pytest.approx(0.5, abs=0.02)
+    # "Restoring" the texture to its local mean: lighter here, darker there.
+    flat = np.full_like(bg, bg.reshape(-1, 3).mean(0).astype(np.uint8))
+    region = np.zeros(bg.shape[:2], bool)
+    region[30:80, 40:120] = True
+    explained, _, _ = blend_fit(bg[region].astype(np.float32), flat[region].astype(np.float32))
+    assert explained < 0.7
+
+
+def test_a_region_that_erases_texture_fails_and_a_lifted_overlay_passes():
+    bg = textured()
+    marked, strokes = overlay(bg)
+    region = np.zeros(bg.shape[:2], bool)
+    region[28:82, 38:122] = True
+    rng = np.random.default_rng(0)
+    good = judge_region(marked, bg, region, 0.9, GateLimits(), rng)
+    assert good.passed, good.reason
+    smeared = marked.copy()
+    smeared[region] = bg[region].reshape(-1, 3).mean(0).astype(np.uint8)
+    bad = judge_region(marked, smeared, region, 0.9, GateLimits(), rng)
+    # The white strokes dominate the change, so one colour explains most of it; what gives
+    # the smear away is the fabric texture that is gone.
+    assert not bad.passed and "lost the surrounding texture" in bad.reason
+
+
+def test_a_strap_the_detector_took_for_a_mark_continues_outside_it():
+    img = np.full((120, 160, 3), 250, np.uint8)
+    img[:, 70:84] = 30                       # a dark strap, top to bottom, on white
+    restored = img.copy()
+    restored[40:80, 66:88] = 250             # a segment of it painted white
+    region = np.zeros(img.shape[:2], bool)
+    region[40:80, 66:88] = True
+    v = judge_region(img, restored, region, 0.95, GateLimits(), np.random.default_rng(0))
+    assert v.explained > 0.9                 # as an overlay it is consistent (opaque black) ...
+    assert not v.passed and "continues outside" in v.reason   # ... but it carries on
+
+
+def test_judge_gives_one_verdict_per_region_with_its_confidence():
+    bg = textured()
+    marked, strokes = overlay(bg)
+    dilated = np.zeros(bg.shape[:2], bool)
+    dilated[28:82, 38:122] = True
+    dilated[100:110, 5:20] = True            # a second, separate region
+    prob = np.where(dilated, 0.9, 0).astype(np.float32)
+    regions = judge(marked, bg, dilated, prob)
+    assert len(regions) == 2
+    assert {r.verdict.box for r in regions} == {(38, 28, 122, 82), (5, 100, 20, 110)}
+    assert all(r.verdict.confidence == pytest.approx(0.9) for r in regions)
+
+
+class SmearRemover(FakeEngine):
+    """Fills the whole mask with its mean colour and calls every masked pixel the mark:
+    what the old models did to faces and fabric."""
+    kind = "remover"
+
+    def run(self, batch):
+        self._record(batch, IN_CHANNELS["remover"])
+        m = batch[:, 3:4] > 0
+        mean = (batch[:, :3] * m).sum((2, 3), keepdims=True) / np.maximum(m.sum((2, 3), keepdims=True), 1)
+        out = np.where(m, mean, batch[:, :3])
+        return np.concatenate([out, m.astype(np.float32)], axis=1).astype(np.float32)
+
+
+def test_a_harmful_change_is_put_back_and_sent_to_review():
+    data = encode(Image.fromarray(textured()), "PNG")
+    settings = cfg(gate=True, change_ring_px=3, review_residual_min=1.01)
+    r = process_image(data, fake_engines(detector=BoxDetector(), remover=SmearRemover()), settings)
+    assert r.status == "needs_review"
+    assert "not explained by one overlay colour" in r.review_reason
+    assert np.array_equal(np.asarray(pixels(r.image_bytes).convert("RGB")), textured())
+    assert not np.asarray(pixels(r.mask_png)).any()
+    assert r.details["gate"] and not r.details["gate"][0]["passed"]
+    # Without the gate the same change goes through as a success: the gate is what stops it.
+    r = process_image(data, fake_engines(detector=BoxDetector(), remover=SmearRemover()),
+                      settings.replace(gate=False))
+    assert r.status == "succeeded"
+
+
+def test_an_unsure_false_alarm_is_put_back_silently():
+    data = encode(Image.fromarray(textured()), "PNG")
+    settings = cfg(gate=True, change_ring_px=3, review_residual_min=1.01,
+                   gate_review_confident=1.01)
+    r = process_image(data, fake_engines(detector=BoxDetector(), remover=SmearRemover()), settings)
+    assert r.status == "no_watermark" and r.review_reason is None
+
+
+def test_changes_stay_near_the_marks_own_pixels():
+    found = np.zeros((60, 80), bool)
+    found[20:24, 10:70] = True
+    wide = build_mask(np.pad(np.ones((30, 70), np.float32), ((10, 20), (5, 5))), 0.5, 1, 6)
+    tight = around_mark(found, wide, 3)
+    assert tight.dilated[17:27, 10:70].all() and not tight.dilated[:16].any()
+    assert not tight.dilated[28:].any()
+    assert (tight.alpha > 0).sum() == tight.dilated.sum()
+    job_mask = mask_image(tight, found)
+    assert (job_mask[found] == 255).all()
+    assert ((job_mask > 0) == tight.dilated).all() and job_mask[~found].max() < 128

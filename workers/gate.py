@@ -1,0 +1,173 @@
+"""The do-no-harm gate: is what the pipeline changed consistent with lifting an overlay?
+
+A watermark composites as `I = a*W + (1-a)*B` (DESIGN.md). So wherever the pipeline
+changed a pixel, input minus output should be `a * (W - B)`: a move from the restored
+background towards one mark colour W. `judge` checks each changed region (a connected
+component of the dilated mask) on its own:
+
+- `blend_fit`: the share of the change's energy that one colour W and per-pixel opacities
+  in [0, 1] explain (`explained`). Erasing a face, hair or fabric texture leaves a change
+  that goes lighter here and darker there: no single W explains it.
+- `continues`: the share of the region's outer ring that has the colour of what was
+  removed. An overlay ends where it ends; a strap, a seam or a product edge that the
+  detector took for a mark carries on outside the mask.
+- `flattened`: the restored region is much smoother than the photo around it (the fill
+  lost structure present in the surroundings).
+
+A region that fails is put back exactly as it was (`revert`): on clean photos these are
+the detector's false alarms. The job is `succeeded` only when every region it keeps passes;
+`needs_review` when a region the detector was sure of (confidence >= REVIEW_CONFIDENT) had
+to be put back, so a mark may remain: the reason is stated in the job's details.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+FIT_PIXELS = 20_000     # pixels sampled per region for the blend fit
+MIN_CHANGE = 3.0        # grey levels: a smaller move is JPEG noise, not a change
+RING_PX = 3             # width of the ring outside the region that `continues` looks at
+MIN_APART = 30.0        # removed and fill colours closer than this: `continues` is not measured
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    min_explained: float = 0.85     # blend fit must explain this share of the change
+    max_continues: float = 0.15     # share of the ring coloured like what was removed
+    max_flattened: float = 0.75     # 1 - (restored texture / surrounding texture)
+    review_confident: float = 0.8   # a reverted region this sure -> needs_review
+
+
+@dataclass
+class RegionVerdict:
+    box: tuple[int, int, int, int]
+    pixels: int
+    explained: float
+    opacity: float          # median fitted opacity over the changed pixels
+    colour: tuple[int, int, int]
+    continues: float
+    flattened: float
+    confidence: float       # mean detector probability over the region's core
+    passed: bool
+    reason: str
+    review_confident: float = 0.8   # the limit `confidence` is compared with
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def blend_fit(before: np.ndarray, after: np.ndarray, iters: int = 8
+              ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Fit `before ~ after + a * (W - after)` (N x 3 float arrays, 0-255) with one colour
+    W in [0, 255]^3 and a in [0, 1] per pixel, by alternating least squares from a few
+    starts. Returns (explained share of sum |before - after|^2, W, a)."""
+    d = before - after
+    total = float((d * d).sum())
+    if total == 0:
+        return 1.0, np.zeros(3), np.zeros(len(d))
+    strong = np.argsort((d * d).sum(1))[-max(1, len(d) // 10):]
+    starts = [np.zeros(3), np.full(3, 255.0), before[strong].mean(0),
+              np.clip(after[strong].mean(0) + 3 * d[strong].mean(0), 0, 255)]
+    best = (-np.inf, starts[0], np.zeros(len(d)))
+    for w in starts:
+        for _ in range(iters):
+            v = w[None] - after
+            a = np.clip((d * v).sum(1) / np.maximum((v * v).sum(1), 1e-6), 0, 1)
+            denom = float((a * a).sum())
+            if denom < 1e-9:
+                break
+            w = np.clip((a[:, None] * (before - (1 - a[:, None]) * after)).sum(0) / denom, 0, 255)
+        v = w[None] - after
+        a = np.clip((d * v).sum(1) / np.maximum((v * v).sum(1), 1e-6), 0, 1)
+        res = d - a[:, None] * v
+        explained = 1.0 - float((res * res).sum()) / total
+        if explained > best[0]:
+            best = (explained, w, a)
+    return best
+
+
+def _texture(gray: np.ndarray, where: np.ndarray) -> float:
+    """Mean absolute Laplacian over `where` (0 when empty)."""
+    if not where.any():
+        return 0.0
+    return float(np.abs(cv2.Laplacian(gray, cv2.CV_32F, ksize=3))[where].mean())
+
+
+def judge_region(rgb: np.ndarray, restored: np.ndarray, region: np.ndarray, core_prob: float,
+                 limits: GateLimits, rng: np.random.Generator) -> RegionVerdict:
+    """The verdict on one region (bool H x W, already cropped with its surroundings)."""
+    before, after = rgb.astype(np.float32), restored.astype(np.float32)
+    moved = region & (np.abs(before - after).max(axis=2) >= MIN_CHANGE)
+    ys, xs = np.nonzero(region)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    if not moved.any():
+        return RegionVerdict(box, int(region.sum()), 1.0, 0.0, (0, 0, 0), 0.0, 0.0, core_prob,
+                             True, "no visible change", limits.review_confident)
+    idx = np.flatnonzero(moved)
+    if len(idx) > FIT_PIXELS:
+        idx = rng.choice(idx, FIT_PIXELS, replace=False)
+    b, a_ = before.reshape(-1, 3)[idx], after.reshape(-1, 3)[idx]
+    explained, colour, opacity = blend_fit(b, a_)
+
+    # What was removed, and does it carry on outside the region?
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RING_PX + 1,) * 2)
+    ring = cv2.dilate(region.astype(np.uint8), k).astype(bool) & ~region
+    removed = b[opacity >= 0.5] if (opacity >= 0.5).any() else b
+    continues = 0.0
+    removed_colour, fill_colour = np.median(removed, axis=0), np.median(a_, axis=0)
+    apart = float(np.linalg.norm(removed_colour - fill_colour))
+    if ring.any() and apart >= MIN_APART:   # else the two colours cannot be told apart
+        near_removed = np.linalg.norm(before[ring] - removed_colour, axis=1)
+        continues = float((near_removed < 0.35 * apart).mean())
+
+    gray_in = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gray_out = cv2.cvtColor(restored, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    wide = cv2.dilate(region.astype(np.uint8), cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (17, 17))).astype(bool) & ~region
+    around = _texture(gray_in, wide)
+    inside = _texture(gray_out, moved)
+    flattened = max(0.0, 1.0 - inside / around) if around >= 2.0 else 0.0
+
+    reasons = []
+    if explained < limits.min_explained:
+        reasons.append(f"change not explained by one overlay colour ({explained:.2f} < "
+                       f"{limits.min_explained})")
+    if continues > limits.max_continues:
+        reasons.append(f"removed colour continues outside the region ({continues:.2f})")
+    if flattened > limits.max_flattened:
+        reasons.append(f"restored area lost the surrounding texture ({flattened:.2f})")
+    return RegionVerdict(box, int(region.sum()), explained, float(np.median(opacity)),
+                         tuple(int(round(c)) for c in colour), continues, flattened, core_prob,
+                         not reasons, "; ".join(reasons) or "consistent with an overlay",
+                         limits.review_confident)
+
+
+@dataclass
+class Region:
+    window: tuple[slice, slice]   # the region's box grown by `pad`, in image coordinates
+    pixels: np.ndarray            # bool, the region inside `window`
+    verdict: RegionVerdict
+
+
+def judge(rgb: np.ndarray, restored: np.ndarray, dilated: np.ndarray, prob: np.ndarray,
+          limits: GateLimits = GateLimits(), pad: int = 24) -> list[Region]:
+    """A verdict on each connected component of `dilated` (bool H x W). `prob` is the
+    detector's probability on the mask's core and 0 elsewhere (H x W float): a region's
+    confidence is its mean over the core pixels. Deterministic (fixed sampling seed)."""
+    rng = np.random.default_rng(0)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(dilated.astype(np.uint8), connectivity=8)
+    h, w = dilated.shape
+    regions = []
+    for i in range(1, n):
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        win = (slice(max(0, y - pad), min(h, y + bh + pad)), slice(max(0, x - pad), min(w, x + bw + pad)))
+        region = labels[win] == i
+        core = region & (prob[win] > 0)
+        conf = float(prob[win][core].mean()) if core.any() else 0.0
+        v = judge_region(rgb[win], restored[win], region, conf, limits, rng)
+        v.box = (v.box[0] + win[1].start, v.box[1] + win[0].start,
+                 v.box[2] + win[1].start, v.box[3] + win[0].start)
+        regions.append(Region(win, region, v))
+    return regions
