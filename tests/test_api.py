@@ -278,6 +278,39 @@ def test_list_pages_and_retry(api_settings, client, make_shop):
     assert bulk == 4  # three uploads at low priority and the retry, all on the bulk queue
 
 
+def test_needs_review_job_carries_its_reason(api_settings, client, make_shop):
+    """finish_job(needs_review, review_reason=...) -> jobs row -> the job document (GET and
+    list); other statuses, and the job once a reviewer accepted it, show null."""
+    from workers.db import JobStatus
+    from workers.jobs import finish_job
+    from workers.review import decide
+
+    reason = ("the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80):"
+              " change not explained by one overlay colour (0.62 < 0.85)")
+    metrics = dict(width=160, height=120, mask_area_fraction=0.05, detector_confidence=0.91,
+                   residual_score=0.1, ms_decode=1.0, ms_detect=1.0, ms_remove=1.0,
+                   ms_encode=1.0, ms_total=4.0)
+    shop = make_shop("shop")
+    review_id, ok_id = (upload(client, shop, png(i)).json()["id"] for i in range(2))
+    assert client.get(f"/v1/jobs/{review_id}", headers=shop.auth).json()["review_reason"] is None
+    for job_id, status in ((review_id, JobStatus.needs_review), (ok_id, JobStatus.succeeded)):
+        claim = claim_job(api_settings.database_url, job_id, api_settings.max_attempts)
+        assert finish_job(api_settings.database_url, claim, status, result_uri="file:///r.png",
+                          mask_uri="file:///m.png", metrics=metrics, pipeline_version="v",
+                          review_reason=reason)
+    doc = client.get(f"/v1/jobs/{review_id}", headers=shop.auth).json()
+    assert (doc["status"], doc["review_reason"], doc["error"]) == ("needs_review", reason, None)
+    listed = client.get("/v1/jobs?status=needs_review", headers=shop.auth).json()["jobs"]
+    assert [(j["id"], j["review_reason"]) for j in listed] == [(review_id, reason)]
+    assert client.get(f"/v1/jobs/{ok_id}", headers=shop.auth).json()["review_reason"] is None
+
+    assert decide(review_id, accept=True, reviewer="ana", settings=api_settings) == "succeeded"
+    doc = client.get(f"/v1/jobs/{review_id}", headers=shop.auth).json()
+    assert (doc["status"], doc["review_reason"]) == ("succeeded", None)
+    with session_scope(api_settings.database_url) as session:
+        assert session.get(Job, review_id).review_reason == reason  # kept as history
+
+
 def test_health_and_openapi(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")

@@ -25,10 +25,17 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     index_names = {ix["name"] for ix in inspector.get_indexes("jobs")}
     assert {"ix_jobs_status_created_at", "ix_jobs_tenant_id_created_at",
             "uq_jobs_tenant_id_idempotency_key"} <= index_names
+    columns = {c["name"]: c for c in inspector.get_columns("jobs")}
+    assert columns["review_reason"]["nullable"]
+    migrate.downgrade(url, "0003")  # 0004 alone: the column goes, the rest stays
+    inspector = inspect(engine)
+    assert TABLES <= set(inspector.get_table_names())
+    assert "review_reason" not in {c["name"] for c in inspector.get_columns("jobs")}
     migrate.downgrade(url, "base")
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     migrate.upgrade(url)  # and back up again cleanly
     assert TABLES <= set(inspect(engine).get_table_names())
+    assert "review_reason" in {c["name"] for c in inspect(engine).get_columns("jobs")}
     engine.dispose()
 
 
@@ -96,6 +103,65 @@ def test_claim_finish_is_guarded_and_logged(db_url):
         assert [(e.kind, e.to_status) for e in events] == [
             ("status", "queued"), ("status", "running"), ("takeover", "running"),
             ("status", "succeeded")]
+
+
+REASON = ("the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80): "
+          "change not explained by one overlay colour (0.62 < 0.85)")
+GATE = [{"box": (10, 20, 300, 80), "pixels": 4200, "explained": 0.62, "opacity": 0.4,
+         "colour": (250, 250, 250), "continues": 0.05, "flattened": 0.1, "confidence": 0.91,
+         "passed": False, "reason": "change not explained by one overlay colour (0.62 < 0.85)",
+         "review_confident": 0.8}]
+
+
+def _status_events(session, job_id: str) -> list[JobEvent]:
+    return session.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
+                                                  JobEvent.kind == "status")
+                           .order_by(JobEvent.id)).all()
+
+
+def test_review_reason_is_stored_with_needs_review_only(db_url):
+    """finish_job keeps the reason (and the gate's verdicts, in the status event) for a
+    needs_review job; reprocessing clears it and a later clean finish leaves it empty."""
+    from workers.jobs import requeue_job
+
+    job_id = _new_job(db_url)
+    claim = claim_job(db_url, job_id, max_attempts=3)
+    assert finish_job(db_url, claim, JobStatus.needs_review, result_uri="r", mask_uri="m",
+                      metrics=METRICS, pipeline_version="v", review_reason=REASON, gate=GATE)
+    with session_scope(db_url) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.review_reason) == ("needs_review", REASON)
+        detail = _status_events(session, job_id)[-1].detail
+        assert detail["review_reason"] == REASON
+        assert detail["gate"][0]["box"] == [10, 20, 300, 80] and not detail["gate"][0]["passed"]
+        requeue_job(session, job, reason="reprocess")
+        assert job.review_reason is None
+    claim = claim_job(db_url, job_id, max_attempts=3)
+    # A reason handed over with another status is not stored.
+    assert finish_job(db_url, claim, JobStatus.succeeded, result_uri="r", mask_uri="m",
+                      metrics=METRICS, pipeline_version="v", review_reason="stale")
+    with session_scope(db_url) as session:
+        assert session.get(Job, job_id).review_reason is None
+        assert "review_reason" not in (_status_events(session, job_id)[-1].detail or {})
+
+
+def test_a_new_attempt_clears_the_review_reason(db_url):
+    """A needs_review job whose reason was set, claimed again (e.g. put back to queued by
+    hand) and failed, no longer claims to need review for that reason."""
+    job_id = _new_job(db_url)
+    claim = claim_job(db_url, job_id, max_attempts=3)
+    finish_job(db_url, claim, JobStatus.needs_review, result_uri="r", mask_uri="m",
+               metrics=METRICS, pipeline_version="v", review_reason=REASON)
+    with session_scope(db_url) as session:
+        job = session.get(Job, job_id)
+        job.status = JobStatus.queued.value  # bypass requeue_job, which clears it itself
+    claim = claim_job(db_url, job_id, max_attempts=3)
+    with session_scope(db_url) as session:
+        assert session.get(Job, job_id).review_reason is None  # cleared by the new attempt
+    assert fail_job(db_url, claim, "internal_error", "boom")
+    with session_scope(db_url) as session:
+        assert (session.get(Job, job_id).status, session.get(Job, job_id).review_reason) == (
+            "failed", None)
 
 
 def test_poison_job_fails_after_max_attempts(db_url):

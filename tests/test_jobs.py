@@ -7,7 +7,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
 from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
-from workers.db import Job, JobMetrics, session_scope
+from workers.db import Job, JobEvent, JobMetrics, session_scope
 from workers.errors import TransientError
 from workers.jobs import create_job, ensure_tenant, process_job
 
@@ -68,3 +68,42 @@ def test_missing_source_fails_cleanly(settings, tmp_path):
     assert process_job(job_id, fake_engines(MagentaDetector(), GreyRemover()), settings) == "failed"
     with session_scope(settings.database_url) as session:
         assert session.get(Job, job_id).error_code == "source_missing"
+
+
+def test_needs_review_reason_and_gate_verdicts_reach_the_job(settings, tmp_path, monkeypatch):
+    """process_job stores the pipeline's review_reason on the job and its gate verdicts
+    (numpy numbers and all) in the status event."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from workers import pipeline
+
+    reason = ("the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80):"
+              " change not explained by one overlay colour (0.62 < 0.85)")
+    verdict = {"box": (10, 20, 300, 80), "pixels": np.int64(4200),
+               "explained": np.float32(0.62), "opacity": 0.4, "colour": (250, 250, 250),
+               "continues": np.float32("nan"), "flattened": 0.1, "confidence": np.float64(0.91),
+               "passed": np.bool_(False), "reason": "change not explained by one overlay colour",
+               "review_confident": 0.8}
+    metrics = dict(width=8, height=8, mask_area_fraction=0.1, detector_confidence=0.91,
+                   residual_score=0.1, ms_decode=1.0, ms_detect=1.0, ms_remove=1.0,
+                   ms_encode=1.0, ms_total=4.0)
+
+    def fake_process_image(data, engines, s):
+        return pipeline.PipelineResult(status="needs_review", image_bytes=data, extension=".png",
+                                       mask_png=data, metrics=metrics,
+                                       details={"gate": [verdict]}, review_reason=reason)
+
+    monkeypatch.setattr(pipeline, "process_image", fake_process_image)
+    job_id = _job(settings, _png(tmp_path))
+    engines = fake_engines(MagentaDetector(), GreyRemover())
+    assert process_job(job_id, engines, settings) == "needs_review"
+    with session_scope(settings.database_url) as session:
+        assert session.get(Job, job_id).review_reason == reason
+        event = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
+                                .order_by(JobEvent.id.desc())).first()
+        assert (event.to_status, event.detail["review_reason"]) == ("needs_review", reason)
+        gate = event.detail["gate"]
+        assert gate[0]["box"] == [10, 20, 300, 80] and gate[0]["pixels"] == 4200
+        assert gate[0]["passed"] is False and abs(gate[0]["explained"] - 0.62) < 1e-6
+        assert gate[0]["continues"] is None  # NaN has no JSON form (PostgreSQL refuses it)

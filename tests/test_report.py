@@ -41,6 +41,8 @@ def seed(settings) -> dict[str, str]:
             job.mask_uri = (storage.uri(f"masks/{name}.png") if name == "ok2"  # never written
                             else storage.put(f"masks/{name}.png", png(0, mode="L")))
             job.pipeline_version = "pipeline-1+detector:abc:torch+remover:def:torch"
+            if status == "needs_review":
+                job.review_reason = "the detector still sees a <mark> (residual 0.70 >= 0.5)"
             session.flush()
             values = {f: 10.0 * (i + 1) for f in METRIC_FIELDS}
             values.update(detector_confidence=conf, mask_area_fraction=0.01 * i,
@@ -72,6 +74,7 @@ def test_report_has_every_section(settings, tmp_path):
     # Galleries: the review job first; the lowest confidence (0.41) leads its section.
     review = html.split("<h2>Needs review</h2>")[1].split("<h2>")[0]
     assert names["rev"] in review and names["ok1"] not in review
+    assert "the detector still sees a &lt;mark&gt; (residual 0.70 &gt;= 0.5)" in review
     worst = html.split("<h2>Lowest detector confidence</h2>")[1].split("<h2>")[0]
     assert worst.index(names["ok2"]) < worst.index(names["rev"]) < worst.index(names["ok1"])
     assert "data:image/jpeg;base64," in html and "missing" in worst  # ok2's mask is gone

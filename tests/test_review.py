@@ -21,6 +21,8 @@ def seed(db_url: str) -> list[str]:
                                               ("b", "needs_review"), ("a", "succeeded")]):
             job, _ = create_job(session, ensure_tenant(session, tenant), f"file:///s/{i}.png")
             job.status, job.result_uri = status, f"file:///r/{i}.png"
+            if status == "needs_review":
+                job.review_reason = f"the detector still sees a mark in the result (job {i})"
             job.finished_at = datetime(2026, 5, 1, 12, i, tzinfo=timezone.utc)
             session.flush()
             values = {**{f: 1.0 for f in METRIC_FIELDS},
@@ -39,6 +41,13 @@ def test_review_list_accept_reject(settings):
     assert listed.exit_code == 0, listed.output
     assert ids[0] in listed.output and "conf 0.30  resid 0.60" in listed.output
     assert ids[2] not in listed.output
+    # Each job is followed by its reason.
+    lines = listed.output.splitlines()
+    for i in (0, 1):
+        at = next(n for n, line in enumerate(lines) if line.startswith(ids[i]))
+        assert lines[at + 1].strip() == (
+            f"why: the detector still sees a mark in the result (job {i})")
+    assert "(job 2)" not in listed.output
 
     assert decide(ids[0], accept=True, reviewer="ana") == "succeeded"
     result = CliRunner().invoke(cli, ["review", "reject", ids[1], "--note", "ghost of the logo"])
@@ -46,6 +55,10 @@ def test_review_list_accept_reject(settings):
     with session_scope(settings.database_url) as session:
         accepted, rejected = session.get(Job, ids[0]), session.get(Job, ids[1])
         assert accepted.status == "succeeded" and accepted.error_code is None
+        # The reason is history: kept after the decision.
+        assert (accepted.review_reason, rejected.review_reason) == (
+            "the detector still sees a mark in the result (job 0)",
+            "the detector still sees a mark in the result (job 1)")
         assert (rejected.status, rejected.error_code, rejected.error_message) == (
             "failed", REJECTED, "ghost of the logo")
         event = session.scalars(select(JobEvent).where(JobEvent.job_id == ids[0])

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from engine_build.cli import bench_command, engines_group
-from models.cli import eval_command, reproduce_command, train_command
+from models.cli import eval_command, eval_real_command, reproduce_command, train_command
 from workers.settings import get_settings, set_settings
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -341,13 +341,16 @@ def review() -> None:
 @click.option("--tenant", help="Only this tenant's jobs.")
 @click.option("--limit", default=50, show_default=True)
 def review_list(tenant: str | None, limit: int) -> None:
-    """Jobs in needs_review, oldest first: id, confidence, residual, source, result."""
+    """Jobs in needs_review, oldest first: id, confidence, residual, source, result, and
+    on the next line why the pipeline sent it to review."""
     from workers.review import pending
 
     rows = pending(tenant, limit)
     for job, m in rows:
         scores = f"conf {m.detector_confidence:.2f}  resid {m.residual_score:.2f}" if m else "-"
         click.echo(f"{job.id}  {scores}  {job.source_uri}  {job.result_uri or '-'}")
+        if job.review_reason:
+            click.echo(f"    why: {job.review_reason}")
     click.echo(f"{len(rows)} job(s) need review", err=True)
 
 
@@ -424,6 +427,7 @@ def flower(port: int, auth: str | None, flower_args: tuple[str, ...]) -> None:
 
 cli.add_command(train_command)
 cli.add_command(eval_command)
+cli.add_command(eval_real_command)
 cli.add_command(reproduce_command)
 cli.add_command(engines_group)
 cli.add_command(bench_command)

@@ -127,6 +127,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # Why the pipeline sent the job to needs_review (None otherwise); kept after a review.
+    review_reason: Mapped[str | None] = mapped_column(Text)
     result_uri: Mapped[str | None] = mapped_column(Text)
     mask_uri: Mapped[str | None] = mapped_column(Text)
     pipeline_version: Mapped[str | None] = mapped_column(Text)

@@ -8,6 +8,7 @@ record a result (guarded update on status + attempt number).
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from dataclasses import dataclass
 
@@ -129,6 +130,7 @@ def claim_job(db_url: str, job_id: str, max_attempts: int) -> Claim | None:
                        worker=socket.gethostname())
             job.attempts += 1
             job.started_at = utcnow()
+            job.review_reason = None  # a new attempt: an earlier review reason no longer holds
             job.worker_host = socket.gethostname()
         claim = Claim(job.id, job.attempts, job.source_uri, job.result_uri, job.mask_uri)
     if gave_up:
@@ -141,19 +143,45 @@ def _holds_claim(job: Job | None, claim: Claim) -> bool:
             and job.attempts == claim.attempt)
 
 
+def _json_safe(value):
+    """`value` as plain JSON types for an event's detail: numpy scalars and arrays become
+    Python numbers and lists, tuples lists, NaN/inf None (PostgreSQL's json has neither)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalar or array
+        return _json_safe(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
 def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str | None,
-               mask_uri: str | None, metrics: dict, pipeline_version: str) -> bool:
-    """Record the result; False (and nothing written) when this attempt lost its claim."""
+               mask_uri: str | None, metrics: dict, pipeline_version: str,
+               review_reason: str | None = None, gate: list[dict] | None = None) -> bool:
+    """Record the result; False (and nothing written) when this attempt lost its claim.
+    `review_reason` is stored only with needs_review; `gate` (the do-no-harm gate's
+    per-region verdicts) goes into the status event's detail."""
     with session_scope(db_url) as session:
         job = _locked_job(session, claim.job_id)
         if not _holds_claim(job, claim):
             log.warning("job %s: attempt %s lost its claim; result discarded",
                         claim.job_id, claim.attempt)
             return False
-        set_status(session, job, status, attempt=claim.attempt)
+        reason = review_reason if status == JobStatus.needs_review else None
+        extra = {}
+        if reason:
+            extra["review_reason"] = reason
+        if gate:
+            extra["gate"] = _json_safe(gate)
+        set_status(session, job, status, attempt=claim.attempt, **extra)
         job.result_uri, job.mask_uri = result_uri, mask_uri
         job.pipeline_version = pipeline_version
         job.error_code = job.error_message = None
+        job.review_reason = reason
         job.finished_at = utcnow()
         row = session.get(JobMetrics, job.id) or JobMetrics(job_id=job.id)
         for name in METRIC_FIELDS:
@@ -169,6 +197,7 @@ def fail_job(db_url: str, claim: Claim, code: str, message: str) -> bool:
             return False
         set_status(session, job, JobStatus.failed, attempt=claim.attempt, error_code=code)
         job.error_code, job.error_message = code, message[:2000]
+        job.review_reason = None
         job.finished_at = utcnow()
         return True
 
@@ -188,6 +217,7 @@ def requeue_job(session: Session, job: Job, reason: str) -> None:
     set_status(session, job, JobStatus.queued, kind="retry", reason=reason)
     job.attempts = 0
     job.error_code = job.error_message = None
+    job.review_reason = None
     job.finished_at = None
 
 
@@ -247,7 +277,8 @@ def _attempt(job_id: str, engines, settings: Settings) -> str | None:
         return JobStatus.failed.value if fail_job(db_url, claim, "internal_error", message) else None
     status = JobStatus(result.status)
     if finish_job(db_url, claim, status, result_uri=result_uri, mask_uri=mask_uri,
-                  metrics=result.metrics, pipeline_version=engines.version):
+                  metrics=result.metrics, pipeline_version=engines.version,
+                  review_reason=result.review_reason, gate=result.details.get("gate")):
         log.info("job %s %s in %.0f ms", job_id, status.value, result.metrics["ms_total"])
         return status.value
     return None

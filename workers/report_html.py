@@ -52,6 +52,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .missing{width:170px;height:128px;display:flex;align-items:center;justify-content:center;
   background:#e9ecf0;border-radius:4px;color:#8a94a3}
 .empty{color:#5b6675}
+.why{color:#b45309}
 code{font-size:12px}
 .nowrap{white-space:nowrap}
 """
@@ -131,9 +132,11 @@ def _job_card(job: Job, m: JobMetrics | None) -> str:
         figures.append(f"<figure>{img}{label}</figure>")
     scores = (f"confidence {m.detector_confidence:.2f} · residual {m.residual_score:.2f} · "
               f"mask {m.mask_area_fraction:.1%} · {m.width}×{m.height}" if m else "no metrics")
+    why = (f'<br><span class="why">{escape(job.review_reason)}</span>'
+           if job.status == JobStatus.needs_review.value and job.review_reason else "")
     return (f'<div class="job"><div class="imgs">{"".join(figures)}</div><div class="cap">'
             f'{_badge(job.status)} <code>{job.id}</code><br>{scores}<br>'
-            f'<span class="empty">{escape(job.source_uri[-90:])}</span></div></div>')
+            f'<span class="empty">{escape(job.source_uri[-90:])}</span>{why}</div></div>')
 
 
 def _gallery(title: str, rows, note: str) -> str:

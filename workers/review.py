@@ -1,7 +1,9 @@
 """The review loop: jobs in `needs_review` wait for a person's accept or reject.
 
 The pipeline sends a job there when its residual score or detector confidence falls in the
-configured band (CLEARMARK_REVIEW_RESIDUAL_MIN / CLEARMARK_REVIEW_CONFIDENCE_MAX). Accept
+configured band (CLEARMARK_REVIEW_RESIDUAL_MIN / CLEARMARK_REVIEW_CONFIDENCE_MAX) or the
+do-no-harm gate put back a region the detector was sure of; `Job.review_reason` says which
+(it stays on the job after the decision). Accept
 makes it `succeeded`, reject makes it `failed` (error code `rejected_in_review`); either
 way a `review` event records who decided and why, and the job's webhook fires again with
 the final status.

@@ -110,6 +110,8 @@ def job_document(job: Job, base_url: str = "") -> dict:
         "created_at": _iso(job.created_at), "updated_at": _iso(job.updated_at),
         "finished_at": _iso(job.finished_at),
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "review_reason": (job.review_reason
+                          if job.status == JobStatus.needs_review.value else None),
         "metrics": {name: getattr(m, name) for name in METRIC_FIELDS} if m else None,
         "links": {"self": path,
                   "result": f"{path}/result" if done else None,
