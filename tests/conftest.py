@@ -1,7 +1,11 @@
-"""Fixtures for real services: a fresh PostgreSQL database and a Redis db per test run.
+"""Fixtures for real services: a fresh PostgreSQL database and a Redis db per test run;
+and a small generated photo directory standing in for the grocery data.
 
 PostgreSQL and Redis must be running (`.ci/run` starts them). Set
 CLEARMARK_TEST_PG_ADMIN_URL / CLEARMARK_TEST_REDIS_URL to point elsewhere.
+The real data (`models.scenes.DEFAULT_DATA`, `../shared/data` beside the checkout) is not
+part of the repository: tests that synthesise from photos use `grocery_data` instead, and
+the few that check the real data itself skip without it.
 """
 from __future__ import annotations
 
@@ -86,3 +90,37 @@ def redis_url():
         pytest.fail(f"Redis at {REDIS_URL} is not usable: {exc}")
     # No flushdb: tests isolate themselves by queue name (other runs may share this db).
     yield REDIS_URL
+
+
+GROCERY_SUBSETS = ("iconic", "natural")
+
+
+@pytest.fixture(scope="session")
+def grocery_data(tmp_path_factory):
+    """A data dir (pass it as `data_dir` / `--data`) whose grocery/iconic and
+    grocery/natural hold a few small generated JPEG photos, at least 3 in each split
+    (`models.scenes.photo_list`), so tests need no `../shared/data`. The photos are
+    procedural scenes plus film grain, drawn from fixed seeds: the same every run."""
+    import cv2
+    import numpy as np
+
+    from models.scenes import _is_eval, studio_scene
+
+    root = tmp_path_factory.mktemp("data")
+    for s, subset in enumerate(GROCERY_SUBSETS):
+        folder = root / "grocery" / subset
+        folder.mkdir(parents=True)
+        counts = {True: 0, False: 0}
+        i = 0
+        while min(counts.values()) < 3:
+            name = f"{subset}_{i:03d}.jpg"
+            rng = np.random.default_rng([s, i])
+            h, w = [(96, 128), (128, 96), (112, 112)][i % 3]
+            rgb, _ = studio_scene(rng, h, w, max(h, w))
+            grain = rng.normal(0, 4, rgb.shape)
+            rgb = np.clip(rgb + grain, 0, 255).astype(np.uint8)
+            cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 90])
+            counts[_is_eval(name)] += 1
+            i += 1
+    return root

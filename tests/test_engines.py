@@ -428,12 +428,15 @@ def test_cli_export_bench_and_build(exported):
         assert res.exit_code != 0 and "cannot build TensorRT engines here" in res.output
 
 
-def test_cli_bench_pipeline_times_every_stage_of_real_photos():
+def test_cli_bench_pipeline_times_every_stage_of_real_photos(monkeypatch, grocery_data):
     from click.testing import CliRunner
 
     from engine_build.cli import bench_command
     from workers.pipeline_bench import STAGES, bench_images, bench_pipeline
 
+    # The bench photos come from the eval set, whose photo backgrounds are read from the
+    # default data dir (../shared/data, not in the repository): use generated ones.
+    monkeypatch.setattr("models.scenes.DEFAULT_DATA", grocery_data)
     files = bench_images(2, 160)
     assert len(files) == 2 and all(f[:2] == b"\xff\xd8" for f in files)   # JPEG files
     row = bench_pipeline(files, "torch", flip=False)

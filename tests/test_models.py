@@ -134,14 +134,14 @@ def test_train_zero_steps_converts_older_weights(tmp_path):
     assert torch.equal(state["net.head.bias"][8], torch.load(old)["net.head.bias"][0] + 4.0)
 
 
-def test_mark_head_training_moves_only_the_refiner_and_lowers_its_loss(tmp_path):
+def test_mark_head_training_moves_only_the_refiner_and_lowers_its_loss(tmp_path, grocery_data):
     from models.train import mark_head_loss, train
 
     torch.manual_seed(0)
     init = tmp_path / "init.pt"
     torch.save(build_model("remover").state_dict(), init)
     train("remover", steps=2, batch=2, crop=32, init=init, out_dir=tmp_path / "out",
-          trainable="mark-head")
+          trainable="mark-head", data_dir=grocery_data)
     before, after = torch.load(init), torch.load(tmp_path / "out" / "remover.pt")
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(k.startswith("refine.") for k in moved)   # BN statistics too stay
@@ -196,21 +196,21 @@ def test_detector_mask_is_dilated_as_asked():
     assert masks[1].sum() > masks[0].sum() and masks[1][32, 48] and not masks[1][30].any()
 
 
-def test_training_with_detector_masks_records_that_detector(tmp_path):
+def test_training_with_detector_masks_records_that_detector(tmp_path, grocery_data):
     from models.registry import file_sha256
     from models.train import train
 
     weights = tmp_path / "detector.pt"
     torch.save(build_model("detector").state_dict(), weights)
     recipe = train("remover", steps=1, batch=2, crop=32, out_dir=tmp_path / "out",
-                   detector_masks=weights)
+                   detector_masks=weights, data_dir=grocery_data)
     assert recipe["detector_masks"]["sha256"] == file_sha256(weights)
     assert recipe["detector_masks"]["dilate_px"] == get_settings().mask_dilate_px
     with pytest.raises(ValueError, match="remover"):
         train("detector", steps=1, detector_masks=weights)
 
 
-def test_a_wider_refiner_grows_from_a_narrow_one_with_the_same_output(tmp_path):
+def test_a_wider_refiner_grows_from_a_narrow_one_with_the_same_output(tmp_path, grocery_data):
     from models.registry import load_model
     from models.train import train
 
@@ -229,10 +229,10 @@ def test_a_wider_refiner_grows_from_a_narrow_one_with_the_same_output(tmp_path):
     init = tmp_path / "narrow.pt"
     torch.save(narrow.state_dict(), init)
     train("remover", steps=1, batch=2, crop=32, arch={"base": 8}, init=init, refine_width=12,
-          trainable="mark-head", out_dir=tmp_path / "wide")
+          trainable="mark-head", out_dir=tmp_path / "wide", data_dir=grocery_data)
     assert load_model("remover", tmp_path / "wide").refine.body[0].weight.shape[0] == 12
     train("remover", steps=1, batch=2, crop=32, arch={"base": 8}, init=tmp_path / "wide" / "remover.pt",
-          trainable="mark-head", out_dir=tmp_path / "again")   # the width comes with --init
+          trainable="mark-head", out_dir=tmp_path / "again", data_dir=grocery_data)   # width from init
     assert load_model("remover", tmp_path / "again").refine.body[0].weight.shape[0] == 12
 
 
@@ -254,14 +254,14 @@ def test_weights_hash_follows_the_file_on_disk(tmp_path):
     assert weights_sha256("detector", tmp_path) == hashlib.sha256(b"retrained weights").hexdigest()
 
 
-def test_worker_processes_make_the_same_batches_as_the_thread(tmp_path):
+def test_worker_processes_make_the_same_batches_as_the_thread(tmp_path, grocery_data):
     from models.feed import BatchRecipe, batches, make_batch
 
     detector = _uniform_detector(20.0).model   # finds the whole window: no threshold noise
     torch.save(detector.state_dict(), tmp_path / "detector.pt")
     (tmp_path / "manifest.json").write_text('{"detector": {"architecture": {"base": 8}}}')
-    for recipe in (BatchRecipe("detector", seed=4, batch=2, crop=32),
-                   BatchRecipe("remover", seed=4, batch=2, crop=32,
+    for recipe in (BatchRecipe("detector", seed=4, batch=2, crop=32, data_dir=grocery_data),
+                   BatchRecipe("remover", seed=4, batch=2, crop=32, data_dir=grocery_data,
                                detector_masks=tmp_path / "detector.pt")):
         thread, procs = list(batches(recipe, 3, workers=0)), list(batches(recipe, 3, workers=2))
         assert len(thread) == len(procs) == 3
@@ -269,9 +269,9 @@ def test_worker_processes_make_the_same_batches_as_the_thread(tmp_path):
             assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
         assert not torch.equal(thread[0][0], thread[1][0])   # each step its own batch
     rng = np.random.default_rng([training.TRAIN_TAG, 4, 2])
-    direct = detector_batch(rng, 2, 32)
+    direct = detector_batch(rng, 2, 32, grocery_data)
     assert all(np.array_equal(a, b.numpy())
-               for a, b in zip(make_batch(BatchRecipe("detector", 4, 2, 32), 2), direct))
+               for a, b in zip(make_batch(BatchRecipe("detector", 4, 2, 32, grocery_data), 2), direct))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no GPU is")
@@ -286,7 +286,7 @@ def test_training_on_a_missing_gpu_says_so(tmp_path):
     assert not (tmp_path / "detector.pt").exists()
 
 
-def test_fine_tuning_keeps_the_lineage_in_the_manifest(tmp_path):
+def test_fine_tuning_keeps_the_lineage_in_the_manifest(tmp_path, grocery_data):
     import json
 
     from click.testing import CliRunner
@@ -296,7 +296,8 @@ def test_fine_tuning_keeps_the_lineage_in_the_manifest(tmp_path):
 
     def run(*extra, out=tmp_path):
         res = CliRunner().invoke(cli, ["train", "detector", "--steps", "1", "--batch", "2",
-                                       "--crop", "32", "--out", str(out), *extra])
+                                       "--crop", "32", "--data", str(grocery_data),
+                                       "--out", str(out), *extra])
         assert res.exit_code == 0, res.output
         return json.loads((out / "manifest.json").read_text())["detector"]
 

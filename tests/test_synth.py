@@ -95,13 +95,22 @@ def test_watermark_image_changes_only_the_mask():
     np.testing.assert_array_equal(out[~mask], rgb[~mask])
 
 
-@pytest.mark.skipif(not (DEFAULT_DATA / "grocery").exists(), reason="grocery data not present")
-def test_photo_split_is_disjoint_and_deterministic():
+@pytest.mark.parametrize("data", ["generated", "shared"])
+def test_photo_split_is_disjoint_and_deterministic(data, request):
+    if data == "shared" and not (DEFAULT_DATA / "grocery").exists():
+        pytest.skip(f"real grocery data not present ({DEFAULT_DATA})")
+    data_dir = request.getfixturevalue("grocery_data") if data == "generated" else DEFAULT_DATA
     for subset in ("iconic", "natural"):
-        train, held = photo_list(str(DEFAULT_DATA), subset, "train"), photo_list(str(DEFAULT_DATA), subset, "eval")
+        train, held = photo_list(str(data_dir), subset, "train"), photo_list(str(data_dir), subset, "eval")
         assert train and held and not set(train) & set(held)
-    s = make_sample(np.random.default_rng(0), 64, 64, 800, source="photo")
+    s = make_sample(np.random.default_rng(0), 64, 64, 800, source="photo", data_dir=data_dir)
     assert s.background.startswith("photo_") and s.clean.shape == (64, 64, 3)
+
+
+def test_missing_photos_are_named_not_replaced(tmp_path):
+    """Without the data, photo backgrounds fail loudly (no silent fallback to studio scenes)."""
+    with pytest.raises(FileNotFoundError, match=f"no photos in {tmp_path}/grocery/(iconic|natural)"):
+        make_sample(np.random.default_rng(0), 64, 64, 800, source="photo", data_dir=tmp_path)
 
 
 def test_printed_product_text_stays_on_its_label():
