@@ -179,18 +179,21 @@ def eval_command(n, seed, data_dir, weights_dir, threads, json_path, slices, upd
               help="also write every number, per image, here")
 @click.option("--gallery", type=click.Path(path_type=Path), default=None,
               help="write a before/after HTML page of 12 of the images here")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="also score doing nothing and true-mask Telea on the same images")
 @click.option("--sweep-gate", is_flag=True,
               help="tuning: let every region through, then print which gate limits would have "
                    "harmed no image (run it on --split train, never on the split you report)")
 def eval_real_command(split, family, n_marked, n_clean, seed, backend, weights_dir, data_dir,
-                      json_path, gallery, sweep_gate):
+                      json_path, gallery, baselines, sweep_gate):
     """Score the pipeline (decode to encode, gate included) on real product photos, marked
     and clean, against doing nothing and true-mask Telea: harm rate, clean photos changed,
     PSNR/SSIM, PSNR inside and outside the mark, mask F1, statuses, per style, with
     bootstrap 95% intervals."""
     from tqdm import tqdm
 
-    from models.evaluate_real import OPEN_GATE, evaluate_real, format_report, format_sweep, gallery_html
+    from models.evaluate_real import (METHODS, OPEN_GATE, evaluate_real, format_report,
+                                      format_sweep, gallery_html)
     from workers.pipeline import Engines
     from workers.settings import get_settings
 
@@ -207,7 +210,8 @@ def eval_real_command(split, family, n_marked, n_clean, seed, backend, weights_d
     try:
         with tqdm(total=n_marked + n_clean, desc="eval-real", mininterval=5) as bar:
             results = evaluate_real(data_dir, engines, settings, split, n_marked, n_clean, seed,
-                                    family, backend=backend, progress=bar)
+                                    family, METHODS if baselines else ("model",),
+                                    backend=backend, progress=bar)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(format_report(results))

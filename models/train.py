@@ -484,7 +484,8 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
               "data": ("models.synth.make_sample, grocery train split + procedural studio scenes"
                        if photos == "synthetic" else
                        f"real product photos, train split, marks of models.styles.TRAIN "
-                       f"({PRODUCT_NONE:.0%} clean) + {PRODUCT_SYNTH_SHARE:.0%} studio scenes"),
+                       f"({PRODUCT_NONE:.0%} clean)" + (f" + {PRODUCT_SYNTH_SHARE:.0%} studio scenes"
+                                                        if kind == "detector" else "")),
               **({"photos": photos} if photos != "synthetic" else {})}
     history = lineage(out_dir, kind, init)   # read now: the first save replaces the entry
     ema, done = None, 0

@@ -67,3 +67,13 @@ def test_summary_rates_and_intervals():
     mean, lo, hi = bootstrap([1.0, 0.0, 1.0, 0.0])
     assert mean == 0.5 and 0.0 <= lo < 0.5 < hi <= 1.0
     assert bootstrap([2.0, 2.0]) == (2.0, 2.0, 2.0)
+
+
+def test_gate_precision_counts_regions_by_what_they_did():
+    from models.evaluate_real import gate_precision
+
+    rows = [{"gate": [{"passed": True}, {"passed": True}, {"passed": False}],
+             "truth": [0.3, 0.0, 0.0], "delta_sse": [-50.0, 20.0, 0.0]},
+            {"gate": [{"passed": False}], "truth": [0.2], "delta_sse": [0.0]}]
+    assert gate_precision(rows) == {"kept": 2, "kept_helped": 1, "kept_on_mark": 1,
+                                    "put_back": 2, "put_back_false_alarm": 1}

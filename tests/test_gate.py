@@ -55,11 +55,12 @@ def test_a_region_that_erases_texture_fails_and_a_lifted_overlay_passes():
     region = np.zeros(bg.shape[:2], bool)
     region[28:82, 38:122] = True
     rng = np.random.default_rng(0)
-    good = judge_region(marked, bg, region, 0.9, GateLimits(), rng)
+    limits = GateLimits(max_flattened=0.75)
+    good = judge_region(marked, bg, region, 0.99, limits, rng)
     assert good.passed, good.reason
     smeared = marked.copy()
     smeared[region] = bg[region].reshape(-1, 3).mean(0).astype(np.uint8)
-    bad = judge_region(marked, smeared, region, 0.9, GateLimits(), rng)
+    bad = judge_region(marked, smeared, region, 0.99, limits, rng)
     # The white strokes dominate the change, so one colour explains most of it; what gives
     # the smear away is the fabric texture that is gone.
     assert not bad.passed and "lost the surrounding texture" in bad.reason
@@ -72,9 +73,22 @@ def test_a_strap_the_detector_took_for_a_mark_continues_outside_it():
     restored[40:80, 66:88] = 250             # a segment of it painted white
     region = np.zeros(img.shape[:2], bool)
     region[40:80, 66:88] = True
-    v = judge_region(img, restored, region, 0.95, GateLimits(), np.random.default_rng(0))
+    v = judge_region(img, restored, region, 0.99, GateLimits(), np.random.default_rng(0))
     assert v.explained > 0.9                 # as an overlay it is consistent (opaque black) ...
     assert not v.passed and "continues outside" in v.reason   # ... but it carries on
+
+
+def test_an_unsure_or_faint_region_fails():
+    bg = textured()
+    region = np.zeros(bg.shape[:2], bool)
+    region[28:82, 38:122] = True
+    rng = np.random.default_rng(0)
+    marked, _ = overlay(bg)
+    unsure = judge_region(marked, bg, region, 0.5, GateLimits(), rng)
+    assert not unsure.passed and "not sure" in unsure.reason
+    faint, _ = overlay(bg, a=0.08)              # a shading shift, not a visible overlay
+    v = judge_region(faint, bg, region, 0.99, GateLimits(), rng)
+    assert v.explained > 0.9 and not v.passed and "too faint" in v.reason
 
 
 def test_judge_gives_one_verdict_per_region_with_its_confidence():

@@ -5,6 +5,10 @@ changed a pixel, input minus output should be `a * (W - B)`: a move from the res
 background towards one mark colour W. `judge` checks each changed region (a connected
 component of the dilated mask) on its own:
 
+- the detector is sure of it (mean probability over its core, `confidence`): on real
+  photos its false alarms mostly score lower than marks;
+- the fitted opacity is that of a visible overlay (`opacity`, the median over the changed
+  pixels), not of a faint shading the remover nudged;
 - `blend_fit`: the share of the change's energy that one colour W and per-pixel opacities
   in [0, 1] explain (`explained`). Erasing a face, hair or fabric texture leaves a change
   that goes lighter here and darker there: no single W explains it.
@@ -34,10 +38,12 @@ MIN_APART = 30.0        # removed and fill colours closer than this: `continues`
 
 @dataclass(frozen=True)
 class GateLimits:
+    min_confidence: float = 0.93    # the detector's mean probability over the region's core
+    min_opacity: float = 0.2        # median fitted opacity: a visible overlay, not a shading
     min_explained: float = 0.85     # blend fit must explain this share of the change
-    max_continues: float = 0.15     # share of the ring coloured like what was removed
-    max_flattened: float = 0.75     # 1 - (restored texture / surrounding texture)
-    review_confident: float = 0.8   # a reverted region this sure -> needs_review
+    max_continues: float = 0.05     # share of the ring coloured like what was removed
+    max_flattened: float = 1.0      # 1 - (restored texture / surrounding texture)
+    review_confident: float = 0.95  # a reverted region this sure -> needs_review
 
 
 @dataclass
@@ -131,6 +137,11 @@ def judge_region(rgb: np.ndarray, restored: np.ndarray, region: np.ndarray, core
     flattened = max(0.0, 1.0 - inside / around) if around >= 2.0 else 0.0
 
     reasons = []
+    if core_prob < limits.min_confidence:
+        reasons.append(f"the detector is not sure of it ({core_prob:.2f} < {limits.min_confidence})")
+    if np.median(opacity) < limits.min_opacity:
+        reasons.append(f"too faint a change for an overlay (opacity {np.median(opacity):.2f} < "
+                       f"{limits.min_opacity})")
     if explained < limits.min_explained:
         reasons.append(f"change not explained by one overlay colour ({explained:.2f} < "
                        f"{limits.min_explained})")

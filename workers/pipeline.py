@@ -282,7 +282,8 @@ class Cleaning:
 
 
 def gate_limits(s: Settings) -> GateLimits:
-    return GateLimits(min_explained=s.gate_min_explained, max_continues=s.gate_max_continues,
+    return GateLimits(min_confidence=s.gate_min_confidence, min_opacity=s.gate_min_opacity,
+                      min_explained=s.gate_min_explained, max_continues=s.gate_max_continues,
                       max_flattened=s.gate_max_flattened, review_confident=s.gate_review_confident)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import cv2
 from PIL import Image
 
-STAGES = ("decode", "detect", "remove", "residual", "encode")
+STAGES = ("decode", "detect", "remove", "gate", "residual", "encode")
 
 
 @dataclass
@@ -78,7 +78,7 @@ def bench_pipeline(files: list[bytes], backend: str, flip: bool, device: str | N
         result = process_image(data, engines, settings)
         row.total_ms.append((time.perf_counter() - t0) * 1000.0)
         for stage in STAGES:
-            sums[stage] += (result.details if stage == "residual" else result.metrics)[f"ms_{stage}"]
+            sums[stage] += (result.details if stage in ("gate", "residual") else result.metrics)[f"ms_{stage}"]
         row.statuses[result.status] = row.statuses.get(result.status, 0) + 1
     row.images = len(files)
     row.stage_ms = {k: v / max(1, len(files)) for k, v in sums.items()}

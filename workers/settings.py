@@ -75,16 +75,20 @@ class Settings:
     # confidence falls in these bands goes to `needs_review` instead of `succeeded`.
     review_residual_min: float = field(default_factory=lambda: _env_float("REVIEW_RESIDUAL_MIN", 0.5))
     review_confidence_max: float = field(default_factory=lambda: _env_float("REVIEW_CONFIDENCE_MAX", 0.0))
-    # The do-no-harm gate (workers.gate): a changed region stays changed only if one
-    # overlay colour explains GATE_MIN_EXPLAINED of the change, the removed colour does not
-    # carry on outside it (GATE_MAX_CONTINUES) and the fill kept the texture around it
-    # (GATE_MAX_FLATTENED); a region put back although the detector's confidence there was
-    # >= GATE_REVIEW_CONFIDENT sends the job to needs_review.
+    # The do-no-harm gate (workers.gate): a changed region stays changed only if the
+    # detector is sure of it (GATE_MIN_CONFIDENCE), its fitted opacity is that of a visible
+    # overlay (GATE_MIN_OPACITY), one overlay colour explains GATE_MIN_EXPLAINED of the
+    # change, the removed colour does not carry on outside it (GATE_MAX_CONTINUES) and the
+    # fill kept the texture around it (GATE_MAX_FLATTENED; 1 = not checked); a region put
+    # back although the detector's confidence there was >= GATE_REVIEW_CONFIDENT sends the
+    # job to needs_review. Chosen with `clearmark eval-real --split train --sweep-gate`.
     gate: bool = field(default_factory=lambda: _env_bool("GATE", True))
+    gate_min_confidence: float = field(default_factory=lambda: _env_float("GATE_MIN_CONFIDENCE", 0.93))
+    gate_min_opacity: float = field(default_factory=lambda: _env_float("GATE_MIN_OPACITY", 0.2))
     gate_min_explained: float = field(default_factory=lambda: _env_float("GATE_MIN_EXPLAINED", 0.85))
-    gate_max_continues: float = field(default_factory=lambda: _env_float("GATE_MAX_CONTINUES", 0.15))
-    gate_max_flattened: float = field(default_factory=lambda: _env_float("GATE_MAX_FLATTENED", 0.75))
-    gate_review_confident: float = field(default_factory=lambda: _env_float("GATE_REVIEW_CONFIDENT", 0.8))
+    gate_max_continues: float = field(default_factory=lambda: _env_float("GATE_MAX_CONTINUES", 0.05))
+    gate_max_flattened: float = field(default_factory=lambda: _env_float("GATE_MAX_FLATTENED", 1.0))
+    gate_review_confident: float = field(default_factory=lambda: _env_float("GATE_REVIEW_CONFIDENT", 0.95))
 
     # Engines.
     backend: str = field(default_factory=lambda: _env("BACKEND", "auto"))
