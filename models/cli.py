@@ -181,11 +181,14 @@ def eval_command(n, seed, data_dir, weights_dir, threads, json_path, slices, upd
               help="write a before/after HTML page of 12 of the images here")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="also score doing nothing and true-mask Telea on the same images")
+@click.option("--update-manifest", is_flag=True,
+              help="store the summary in the shipped weights' manifest (eval_real); needs the "
+                   "baselines and the shipped engines")
 @click.option("--sweep-gate", is_flag=True,
               help="tuning: let every region through, then print which gate limits would have "
                    "harmed no image (run it on --split train, never on the split you report)")
 def eval_real_command(split, family, n_marked, n_clean, seed, backend, weights_dir, data_dir,
-                      json_path, gallery, baselines, sweep_gate):
+                      json_path, gallery, baselines, update_manifest, sweep_gate):
     """Score the pipeline (decode to encode, gate included) on real product photos, marked
     and clean, against doing nothing and true-mask Telea: harm rate, clean photos changed,
     PSNR/SSIM, PSNR inside and outside the mark, mask F1, statuses, per style, with
@@ -197,6 +200,9 @@ def eval_real_command(split, family, n_marked, n_clean, seed, backend, weights_d
     from workers.pipeline import Engines
     from workers.settings import get_settings
 
+    if update_manifest and (weights_dir or not baselines or sweep_gate):
+        raise click.UsageError("--update-manifest records the shipped engines with baselines "
+                               "and the gate as set: drop --weights, --no-baselines, --sweep-gate")
     settings = get_settings().replace(backend=backend)
     if sweep_gate:
         settings = settings.replace(**OPEN_GATE)
@@ -220,6 +226,13 @@ def eval_real_command(split, family, n_marked, n_clean, seed, backend, weights_d
     if gallery:
         Path(gallery).write_text(gallery_html(results))
         click.echo(f"gallery: {gallery}")
+    if update_manifest:
+        from models.evaluate_real import store_in_manifest
+        ctx = click.get_current_context()
+        store_in_manifest(results, "clearmark eval-real " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in ctx.params.items()
+            if k in ("split", "family", "n_marked", "n_clean", "seed", "backend")).replace(
+            "--n-marked", "--marked").replace("--n-clean", "--clean"))
     if json_path:
         slim = {k: v for k, v in results.items() if k != "cases"}
         slim["rows"] = {m: [{k: v for k, v in r.items() if k != "thumbs"} for r in rows]

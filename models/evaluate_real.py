@@ -382,3 +382,18 @@ def evaluate_real(data_dir, engines, settings, split="dev", n_marked=48, n_clean
             "summary": {m: summarize(r) for m, r in rows.items()},
             "styles": by_style(rows["model"]) if "model" in rows else {},
             "rows": rows, "cases": cases}
+
+
+def store_in_manifest(results: dict, command: str, weights_dir=None) -> None:
+    """The summary of a run with every method, as `eval_real` of both models' manifest
+    entries (training new weights drops it, as it drops `eval`)."""
+    from models.registry import WEIGHTS_DIR
+    from models.train import update_manifest
+
+    names = {"model": "model", "none": "baseline_none", "telea": "baseline_telea_true_mask"}
+    entry = {"eval_real": {"command": command, "split": results["split"],
+                           "family": results["family"], "seed": results["seed"],
+                           "backend": results["backend"],
+                           **{names[m]: summ for m, summ in results["summary"].items()}}}
+    for kind in ("detector", "remover"):
+        update_manifest(Path(weights_dir or WEIGHTS_DIR), kind, entry)

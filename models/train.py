@@ -333,8 +333,8 @@ def code_version() -> str | None:
 
 
 def save(model, kind: str, out_dir: Path, recipe: dict, history: list[dict]) -> Path:
-    """Write the weights and their manifest entry; the old `eval` goes (it measured the
-    weights this file replaces)."""
+    """Write the weights and their manifest entry; the old `eval` and `eval_real` go (they
+    measured the weights this file replaces)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{kind}.pt"
@@ -344,7 +344,7 @@ def save(model, kind: str, out_dir: Path, recipe: dict, history: list[dict]) -> 
     update_manifest(out_dir, kind, {"sha256": file_sha256(path), "architecture": recipe["architecture"],
                                     "recipe": recipe, "seed": recipe["seed"],
                                     "steps": recipe["steps_done"], "history": history},
-                    drop=("eval",))
+                    drop=("eval", "eval_real"))
     return path
 
 
