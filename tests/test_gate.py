@@ -151,3 +151,35 @@ def test_changes_stay_near_the_marks_own_pixels():
     job_mask = mask_image(tight, found)
     assert (job_mask[found] == 255).all()
     assert ((job_mask > 0) == tight.dilated).all() and job_mask[~found].max() < 128
+
+
+class GreyFillRemover(SmearRemover):
+    """Paints every masked pixel (100, 100, 100) and calls it the mark."""
+
+    def run(self, batch):
+        out = super().run(batch)
+        m = batch[:, 3:4] > 0
+        out[:, :3] = np.where(m, np.float32(100 / 255), batch[:, :3])
+        return out
+
+
+def test_a_job_that_leaves_a_sure_region_in_place_is_not_a_success():
+    img = textured()
+    img[:, :80] = 100                                   # flat grey left half
+    marked, _ = overlay(img, box=(10, 30, 70, 80), a=0.6)   # a mark on the grey
+    settings = cfg(gate=True, change_ring_px=3, review_residual_min=1.01,
+                   gate_review_confident=1.01, gate_min_confidence=0.9)
+
+    class TwoBoxes(BoxDetector):
+        def run(self, batch):
+            return np.maximum(BoxDetector(box=(0.05, 0.2, 0.45, 0.7)).run(batch),
+                              BoxDetector(box=(0.6, 0.2, 0.95, 0.7)).run(batch))
+
+    r = process_image(encode(Image.fromarray(marked), "PNG"),
+                      fake_engines(detector=TwoBoxes(), remover=GreyFillRemover()), settings)
+    passed = [v["passed"] for v in r.details["gate"]]
+    assert sorted(passed) == [False, True]              # the mark lifted, the texture kept
+    assert r.status == "needs_review" and "part of the mark may remain" in r.review_reason
+    out = np.asarray(pixels(r.image_bytes).convert("RGB"))
+    assert np.array_equal(out[:, 80:], marked[:, 80:])
+    assert np.abs(out[30:80, 10:70].astype(int) - 100).max() <= 1

@@ -38,12 +38,12 @@ MIN_APART = 30.0        # removed and fill colours closer than this: `continues`
 
 @dataclass(frozen=True)
 class GateLimits:
-    min_confidence: float = 0.93    # the detector's mean probability over the region's core
+    min_confidence: float = 0.95    # the detector's mean probability over the region's core
     min_opacity: float = 0.2        # median fitted opacity: a visible overlay, not a shading
-    min_explained: float = 0.85     # blend fit must explain this share of the change
+    min_explained: float = 0.8      # blend fit must explain this share of the change
     max_continues: float = 0.05     # share of the ring coloured like what was removed
     max_flattened: float = 1.0      # 1 - (restored texture / surrounding texture)
-    review_confident: float = 0.95  # a reverted region this sure -> needs_review
+    review_confident: float = 0.99  # a reverted region this sure -> needs_review
 
 
 @dataclass
@@ -58,7 +58,7 @@ class RegionVerdict:
     confidence: float       # mean detector probability over the region's core
     passed: bool
     reason: str
-    review_confident: float = 0.8   # the limit `confidence` is compared with
+    review_confident: float         # the limit `confidence` is compared with
 
     def as_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}

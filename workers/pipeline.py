@@ -389,6 +389,12 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
                                   c.found if c.found.any() else c.mask.core,
                                   s.detect_long_side, s.detect_flip)
         lap("residual")
+        if not reasons:   # some of the mark was lifted: was some of it left in place?
+            left = [v for v in c.verdicts if not v.passed and v.confidence >= s.gate_min_confidence]
+            if left:
+                reasons.append(f"part of the mark may remain: the gate put back {len(left)} "
+                               f"region(s) the detector was sure of, e.g. at {left[0].box}: "
+                               f"{left[0].reason}")
         image_bytes, ext = encode_image(dec, c.restored, c.mask.dilated)
         mask_png = _png(mask_image(c.mask, c.found))
         lap("encode")

@@ -83,12 +83,12 @@ class Settings:
     # back although the detector's confidence there was >= GATE_REVIEW_CONFIDENT sends the
     # job to needs_review. Chosen with `clearmark eval-real --split train --sweep-gate`.
     gate: bool = field(default_factory=lambda: _env_bool("GATE", True))
-    gate_min_confidence: float = field(default_factory=lambda: _env_float("GATE_MIN_CONFIDENCE", 0.93))
+    gate_min_confidence: float = field(default_factory=lambda: _env_float("GATE_MIN_CONFIDENCE", 0.95))
     gate_min_opacity: float = field(default_factory=lambda: _env_float("GATE_MIN_OPACITY", 0.2))
-    gate_min_explained: float = field(default_factory=lambda: _env_float("GATE_MIN_EXPLAINED", 0.85))
+    gate_min_explained: float = field(default_factory=lambda: _env_float("GATE_MIN_EXPLAINED", 0.8))
     gate_max_continues: float = field(default_factory=lambda: _env_float("GATE_MAX_CONTINUES", 0.05))
     gate_max_flattened: float = field(default_factory=lambda: _env_float("GATE_MAX_FLATTENED", 1.0))
-    gate_review_confident: float = field(default_factory=lambda: _env_float("GATE_REVIEW_CONFIDENT", 0.95))
+    gate_review_confident: float = field(default_factory=lambda: _env_float("GATE_REVIEW_CONFIDENT", 0.99))
 
     # Engines.
     backend: str = field(default_factory=lambda: _env("BACKEND", "auto"))
