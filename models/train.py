@@ -103,21 +103,11 @@ def _product_detector_sample(rng: np.random.Generator, crop: int, data_dir
                              ) -> tuple[np.ndarray, np.ndarray]:
     """A window of a real train-split product photo at the detector's scale, marked in the
     training family (`models.styles.TRAIN`) or, PRODUCT_NONE of the time, clean."""
-    paths = split_paths(str(data_dir or DEFAULT_DATA), "train")
-    photo = _PHOTOS.get(paths[int(rng.integers(len(paths)))])
-    long_side = max(photo.shape[:2])
-    region = min(int(round(crop * max(1.0, long_side / get_settings().detect_long_side))),
-                 min(photo.shape[:2]))
-    if rng.random() < 0.6:
-        y, x = structured_window(rng, photo, region)
-    else:
-        y = int(rng.integers(0, photo.shape[0] - region + 1))
-        x = int(rng.integers(0, photo.shape[1] - region + 1))
-    window = photo[y:y + region, x:x + region]
-    if rng.random() < 0.5:
-        window = window[:, ::-1]
+    seen = get_settings().detect_long_side
+    window, long_side = _product_window(
+        rng, lambda long: int(round(crop * max(1.0, long / seen))), data_dir)
     kinds = [] if rng.random() < PRODUCT_NONE else None
-    s = mark_photo(rng, np.ascontiguousarray(window), "train", kinds, long_side=long_side)
+    s = mark_photo(rng, window, "train", kinds, long_side=long_side)
     return _detector_view(s.composite, s.mask, crop)
 
 
@@ -240,12 +230,13 @@ def mark_head_loss(model, batch) -> torch.Tensor:
     return mark_loss(mark, x[:, 3:4], alpha).mean()
 
 
-def _product_window(rng: np.random.Generator, size: int, data_dir) -> tuple[np.ndarray, int]:
-    """A `size` window (or the photo's short side, if smaller) of a random train-split
-    product photo at full resolution, mirrored half the time, and the photo's long side."""
+def _product_window(rng: np.random.Generator, size, data_dir) -> tuple[np.ndarray, int]:
+    """A square window of a random train-split product photo at full resolution, mirrored
+    half the time, and the photo's long side. `size` is the side in px, or a function of
+    the photo's long side giving it; the photo's short side caps it."""
     paths = split_paths(str(data_dir or DEFAULT_DATA), "train")
     photo = _PHOTOS.get(paths[int(rng.integers(len(paths)))])
-    size = min(size, *photo.shape[:2])
+    size = min(size(max(photo.shape[:2])) if callable(size) else size, *photo.shape[:2])
     if rng.random() < 0.6:
         y, x = structured_window(rng, photo, size)
     else:
