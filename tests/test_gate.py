@@ -78,6 +78,16 @@ def test_a_strap_the_detector_took_for_a_mark_continues_outside_it():
     assert not v.passed and "continues outside" in v.reason   # ... but it carries on
 
 
+def test_a_region_with_no_visible_change_is_not_kept():
+    bg = textured()
+    region = np.zeros(bg.shape[:2], bool)
+    region[28:82, 38:122] = True
+    nudged = bg.copy()
+    nudged[region] = np.clip(nudged[region].astype(int) + 2, 0, 255)   # JPEG-noise sized
+    v = judge_region(nudged, bg, region, 0.99, GateLimits(), np.random.default_rng(0))
+    assert not v.passed and v.reason == "no visible change"
+
+
 def test_an_unsure_or_faint_region_fails():
     bg = textured()
     region = np.zeros(bg.shape[:2], bool)

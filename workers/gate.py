@@ -108,9 +108,9 @@ def judge_region(rgb: np.ndarray, restored: np.ndarray, region: np.ndarray, core
     moved = region & (np.abs(before - after).max(axis=2) >= MIN_CHANGE)
     ys, xs = np.nonzero(region)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    if not moved.any():
-        return RegionVerdict(box, int(region.sum()), 1.0, 0.0, (0, 0, 0), 0.0, 0.0, core_prob,
-                             True, "no visible change", limits.review_confident)
+    if not moved.any():   # nothing lifted: keeping it would only re-encode the photo
+        return RegionVerdict(box, int(region.sum()), 0.0, 0.0, (0, 0, 0), 0.0, 0.0, core_prob,
+                             False, "no visible change", limits.review_confident)
     idx = np.flatnonzero(moved)
     if len(idx) > FIT_PIXELS:
         idx = rng.choice(idx, FIT_PIXELS, replace=False)
