@@ -228,11 +228,9 @@ def eval_real_command(split, family, n_marked, n_clean, seed, backend, weights_d
         click.echo(f"gallery: {gallery}")
     if update_manifest:
         from models.evaluate_real import store_in_manifest
-        ctx = click.get_current_context()
-        store_in_manifest(results, "clearmark eval-real " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in ctx.params.items()
-            if k in ("split", "family", "n_marked", "n_clean", "seed", "backend")).replace(
-            "--n-marked", "--marked").replace("--n-clean", "--clean"))
+        store_in_manifest(results, f"clearmark eval-real --split {split} --family {family} "
+                                   f"--marked {n_marked} --clean {n_clean} --seed {seed} "
+                                   f"--backend {backend}")
     if json_path:
         slim = {k: v for k, v in results.items() if k != "cases"}
         slim["rows"] = {m: [{k: v for k, v in r.items() if k != "thumbs"} for r in rows]

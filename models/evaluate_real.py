@@ -120,15 +120,15 @@ def run_methods(cases: list[Case], engines, settings, methods=METHODS, progress=
             r = process_image(case.upload, engines, settings)
             sec = time.perf_counter() - t
             out = decode_rgb(r.image_bytes)
-            mark = np.asarray(Image.open(io.BytesIO(r.mask_png))) >= 128
+            job_mask = np.asarray(Image.open(io.BytesIO(r.mask_png)))
+            mark = job_mask >= 128
             row = score(case, out, mark, r.status)
             gate = r.details.get("gate", [])
             row.update(sec=sec, review_reason=r.review_reason, gate=gate,
                        truth=[_on_mark(v["box"], case.mask) for v in gate],
                        delta_sse=[_delta_sse(v["box"], case, out) for v in gate],
                        sse_input=_sse(case.composite, case.clean),
-                       thumbs=[_thumb(case.composite), _thumb(out),
-                               _thumb(np.asarray(Image.open(io.BytesIO(r.mask_png))))])
+                       thumbs=[_thumb(case.composite), _thumb(out), _thumb(job_mask)])
             rows["model"].append(row)
         if "none" in methods:
             rows["none"].append(score(case, case.composite, np.zeros_like(case.mask), "no_watermark"))
@@ -198,15 +198,16 @@ def sweep_gate(rows: list[dict], limits: dict) -> dict:
     kept, none sure one put back), needs_review or no_watermark. Approximate (boxes, not
     pixels; JPEG noise outside the regions ignored): for choosing limits on the tuning
     split, never for reporting."""
+    from workers.gate import GateLimits
+
+    gate = GateLimits(**limits)
     out = {"harmed": 0, "succeeded": 0, "review": 0, "clean_changed_succeeded": 0,
            "clean_review": 0, "marked_succeeded": 0, "gain_db": []}
     for r in rows:
         keep_sse, kept, sure_reverted = 0.0, 0, False
         for v, d in zip(r["gate"], r["delta_sse"]):
-            ok = (v["confidence"] >= limits["min_confidence"] and v["opacity"] >= limits["min_opacity"]
-                  and v["explained"] >= limits["min_explained"]
-                  and v["continues"] <= limits["max_continues"] and v["flattened"] <= limits["max_flattened"])
-            if ok:
+            if not gate.failures(v["confidence"], v["opacity"], v["explained"], v["continues"],
+                                 v["flattened"]):
                 keep_sse, kept = keep_sse + d, kept + 1
             elif v["confidence"] >= limits["review_confident"]:
                 sure_reverted = True

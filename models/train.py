@@ -92,7 +92,12 @@ def _synthetic_detector_sample(rng: np.random.Generator, crop: int, data_dir=Non
 
 def detector_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None,
                    source: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    pairs = [_synthetic_detector_sample(rng, crop, data_dir, source) for _ in range(batch)]
+    return _stack_pairs([_synthetic_detector_sample(rng, crop, data_dir, source)
+                         for _ in range(batch)])
+
+
+def _stack_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, targets) batches from a list of (image, target) pairs."""
     return _to_tensor([p[0] for p in pairs]), _to_tensor([p[1] for p in pairs])
 
 
@@ -119,7 +124,7 @@ def product_detector_batch(rng: np.random.Generator, batch: int, crop: int, data
     pairs = [_synthetic_detector_sample(rng, crop, data_dir, source="studio")
              if rng.random() < PRODUCT_SYNTH_SHARE else _product_detector_sample(rng, crop, data_dir)
              for _ in range(batch)]
-    return _to_tensor([p[0] for p in pairs]), _to_tensor([p[1] for p in pairs])
+    return _stack_pairs(pairs)
 
 
 def noisy_mask(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:

@@ -45,6 +45,24 @@ class GateLimits:
     max_flattened: float = 1.0      # 1 - (restored texture / surrounding texture)
     review_confident: float = 0.99  # a reverted region this sure -> needs_review
 
+    def failures(self, confidence: float, opacity: float, explained: float, continues: float,
+                 flattened: float) -> list[str]:
+        """Why a region with these measurements may not stay changed (empty: it may)."""
+        out = []
+        if confidence < self.min_confidence:
+            out.append(f"the detector is not sure of it ({confidence:.2f} < {self.min_confidence})")
+        if opacity < self.min_opacity:
+            out.append(f"too faint a change for an overlay (opacity {opacity:.2f} < "
+                       f"{self.min_opacity})")
+        if explained < self.min_explained:
+            out.append(f"change not explained by one overlay colour ({explained:.2f} < "
+                       f"{self.min_explained})")
+        if continues > self.max_continues:
+            out.append(f"removed colour continues outside the region ({continues:.2f})")
+        if flattened > self.max_flattened:
+            out.append(f"restored area lost the surrounding texture ({flattened:.2f})")
+        return out
+
 
 @dataclass
 class RegionVerdict:
@@ -58,7 +76,6 @@ class RegionVerdict:
     confidence: float       # mean detector probability over the region's core
     passed: bool
     reason: str
-    review_confident: float         # the limit `confidence` is compared with
 
     def as_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -110,7 +127,7 @@ def judge_region(rgb: np.ndarray, restored: np.ndarray, region: np.ndarray, core
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     if not moved.any():   # nothing lifted: keeping it would only re-encode the photo
         return RegionVerdict(box, int(region.sum()), 0.0, 0.0, (0, 0, 0), 0.0, 0.0, core_prob,
-                             False, "no visible change", limits.review_confident)
+                             False, "no visible change")
     idx = np.flatnonzero(moved)
     if len(idx) > FIT_PIXELS:
         idx = rng.choice(idx, FIT_PIXELS, replace=False)
@@ -136,23 +153,11 @@ def judge_region(rgb: np.ndarray, restored: np.ndarray, region: np.ndarray, core
     inside = _texture(gray_out, moved)
     flattened = max(0.0, 1.0 - inside / around) if around >= 2.0 else 0.0
 
-    reasons = []
-    if core_prob < limits.min_confidence:
-        reasons.append(f"the detector is not sure of it ({core_prob:.2f} < {limits.min_confidence})")
-    if np.median(opacity) < limits.min_opacity:
-        reasons.append(f"too faint a change for an overlay (opacity {np.median(opacity):.2f} < "
-                       f"{limits.min_opacity})")
-    if explained < limits.min_explained:
-        reasons.append(f"change not explained by one overlay colour ({explained:.2f} < "
-                       f"{limits.min_explained})")
-    if continues > limits.max_continues:
-        reasons.append(f"removed colour continues outside the region ({continues:.2f})")
-    if flattened > limits.max_flattened:
-        reasons.append(f"restored area lost the surrounding texture ({flattened:.2f})")
-    return RegionVerdict(box, int(region.sum()), explained, float(np.median(opacity)),
+    median_opacity = float(np.median(opacity))
+    reasons = limits.failures(core_prob, median_opacity, explained, continues, flattened)
+    return RegionVerdict(box, int(region.sum()), explained, median_opacity,
                          tuple(int(round(c)) for c in colour), continues, flattened, core_prob,
-                         not reasons, "; ".join(reasons) or "consistent with an overlay",
-                         limits.review_confident)
+                         not reasons, "; ".join(reasons) or "consistent with an overlay")
 
 
 @dataclass

@@ -214,10 +214,7 @@ def _composite(out: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, t: Tile,
     if not a.any():
         return
     res = np.clip(_core_of(t, restored).transpose(1, 2, 0) * 255.0, 0, 255)
-    orig = rgb[y0:y1, x0:x1]
-    af = (a.astype(np.float32) / 255.0)[..., None]
-    blend = np.rint(af * res + (1.0 - af) * orig).astype(np.uint8)
-    out[y0:y1, x0:x1] = np.where(a[..., None] > 0, blend, orig)
+    out[y0:y1, x0:x1] = _blend(rgb[y0:y1, x0:x1], res, a)
 
 
 def mask_image(mask: Mask, found: np.ndarray) -> np.ndarray:
@@ -275,10 +272,9 @@ class Cleaning:
     confidence: float      # mean detector probability over mask.core
     verdicts: list[RegionVerdict] = field(default_factory=list)   # the gate's, every region
 
-    @property
-    def reverted_sure(self) -> list[RegionVerdict]:
-        """Regions the gate put back although the detector was sure of them."""
-        return [v for v in self.verdicts if not v.passed and v.confidence >= v.review_confident]
+    def put_back(self, confidence: float) -> list[RegionVerdict]:
+        """Regions the gate put back although the detector's confidence reached this."""
+        return [v for v in self.verdicts if not v.passed and v.confidence >= confidence]
 
 
 def gate_limits(s: Settings) -> GateLimits:
@@ -322,8 +318,9 @@ def clean_rgb(engines: Engines, rgb: np.ndarray, s: Settings,
     lap("detect")
     restored, found = rgb, np.zeros(rgb.shape[:2], bool)
     if not mask.empty:
-        whole = mask if s.change_ring_px < 0 else Mask(
-            mask.core, mask.dilated, np.where(mask.dilated, 255, 0).astype(np.uint8))
+        # The remover's output over the whole dilated mask; blended once, below, with the
+        # feathering of the pixels that finally change.
+        whole = Mask(mask.core, mask.dilated, np.where(mask.dilated, 255, 0).astype(np.uint8))
         restored, mark = remove_watermark(engines.remover, rgb, whole, s.remove_crop_margin,
                                           s.remove_max_crop, s.remove_flip)
         found = watermark_pixels(mask, mark, s.mark_threshold)
@@ -376,7 +373,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
                "jpeg_quality": dec.jpeg_quality, "notes": list(dec.notes)}
 
     reasons = [f"the gate put back a region the detector was sure of ({v.confidence:.2f}) at "
-               f"{v.box}: {v.reason}" for v in c.reverted_sure]
+               f"{v.box}: {v.reason}" for v in c.put_back(s.gate_review_confident)]
     if c.mask.empty:
         ms["residual"] = 0.0
         mask_png = _png(c.mask.alpha)
@@ -390,7 +387,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
                                   s.detect_long_side, s.detect_flip)
         lap("residual")
         if not reasons:   # some of the mark was lifted: was some of it left in place?
-            left = [v for v in c.verdicts if not v.passed and v.confidence >= s.gate_min_confidence]
+            left = c.put_back(s.gate_min_confidence)
             if left:
                 reasons.append(f"part of the mark may remain: the gate put back {len(left)} "
                                f"region(s) the detector was sure of, e.g. at {left[0].box}: "
