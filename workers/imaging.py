@@ -19,9 +19,12 @@ What comes back for odd inputs:
 - Palette (P/PA) PNG, 1-bit and other modes: output is truecolour RGB, or RGBA when the
   input had transparency, so restored pixels are not posterised and every pixel outside
   the mask keeps its exact colour and alpha.
-- JPEG is re-encoded with the input's own quantisation tables and chroma subsampling
-  (so untouched areas only see requantisation noise); `jpeg_quality` is the IJG quality
-  estimated from the luminance table, used when the tables cannot be reused.
+- JPEG keeps the upload's own DCT coefficients in every block the change does not touch
+  (`workers.jpeg_exact`): those blocks decode to exactly the upload's pixels. Where that
+  path cannot be taken (see `jpeg_exact_unsupported`; the reason goes into the job's
+  notes) the photo is re-encoded with the input's own quantisation tables and chroma
+  subsampling, so untouched areas see requantisation noise; `jpeg_quality` is the IJG
+  quality estimated from the luminance table, used when the tables cannot be reused.
 - Lossless WEBP stays lossless; lossy WEBP is written at quality 90.
 """
 from __future__ import annotations
@@ -36,6 +39,7 @@ from PIL import BmpImagePlugin, GifImagePlugin, PngImagePlugin  # noqa: F401
 from PIL import TiffImagePlugin, WebPImagePlugin  # noqa: F401  (registers the formats we open)
 
 from workers.errors import BadInput
+from workers.jpeg_exact import encode_jpeg_exact, jpeg_exact_unsupported
 from workers.settings import Settings, get_settings
 
 # Formats we open (multi-picture JPEGs open as "MPO" through the JPEG plugin). Everything
@@ -79,6 +83,8 @@ class DecodedImage:
     webp_lossless: bool = False
     frames: int = 1
     notes: list[str] = field(default_factory=list)
+    source: bytes | None = None     # the uploaded file, kept for JPEG (coefficients reused)
+    rotated: bool = False           # EXIF orientation turned the pixels upright
 
     @property
     def size(self) -> tuple[int, int]:
@@ -227,10 +233,11 @@ def _finish(data: bytes, im: Image.Image, fmt: str, frames: int, notes: list[str
     subsampling = JpegImagePlugin.get_sampling(im) if quant else -1
     icc = im.info.get("icc_profile")
     try:
+        rotated = im.getexif().get(ORIENTATION, 1) in range(2, 9)
         upright = ImageOps.exif_transpose(im) or im
     except Exception as exc:  # noqa: BLE001 - an odd orientation tag is not fatal
         notes.append(f"EXIF orientation ignored: {exc}")
-        upright = im
+        rotated, upright = False, im
     exif = _exif_bytes(im, notes)   # after the transpose: this resets Orientation to 1
     rgb, alpha, base = _split(upright, fmt)
     lossless = fmt == "WEBP" and b"VP8L" in data[12:4096] and b"VP8 " not in data[12:4096]
@@ -240,7 +247,8 @@ def _finish(data: bytes, im: Image.Image, fmt: str, frames: int, notes: list[str
         jpeg_qtables=[list(quant[k]) for k in sorted(quant)] if quant else None,
         jpeg_subsampling=subsampling,
         jpeg_progressive=bool(quant and (im.info.get("progressive") or im.info.get("progression"))),
-        webp_lossless=lossless, frames=frames, notes=notes)
+        webp_lossless=lossless, frames=frames, notes=notes,
+        source=data if quant else None, rotated=rotated)
 
 
 def _nearest_palette_index(colours: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -296,11 +304,39 @@ def _rebuild(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray) -> Image.I
     return out
 
 
-def encode_image(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray) -> tuple[bytes, str]:
+@dataclass
+class EncodedImage:
+    data: bytes
+    extension: str
+    details: dict = field(default_factory=dict)   # how it was written, for the job's record
+
+
+def _exact_jpeg(dec: DecodedImage, rgb: np.ndarray) -> EncodedImage | str:
+    """The JPEG written by adding the change to the upload's coefficients, or why not."""
+    why = jpeg_exact_unsupported(dec.source or b"", dec.format, dec.rotated)
+    if why is None:
+        try:
+            exact = encode_jpeg_exact(dec.source or b"", dec.rgb, rgb, dec.jpeg_progressive)
+        except (OSError, ValueError) as exc:   # libjpeg refused what Pillow read
+            return f"coefficients could not be reused: {exc}"
+        return EncodedImage(exact.data, EXTENSIONS["JPEG"], {
+            "jpeg_exact": True, "jpeg_blocks_changed": exact.blocks_changed,
+            "jpeg_blocks_total": exact.blocks_total})
+    return why
+
+
+def encode_image(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray,
+                 settings: Settings | None = None) -> EncodedImage:
     """Encode the processed `rgb` (pixels outside `changed` must equal `dec.rgb`) in the
-    input's format; returns (bytes, extension)."""
-    out = _rebuild(dec, rgb, changed)
+    input's format."""
     fmt = dec.output_format
+    fallback = None
+    if fmt == "JPEG" and dec.source is not None and (settings or get_settings()).jpeg_exact:
+        exact = _exact_jpeg(dec, rgb)
+        if isinstance(exact, EncodedImage):
+            return exact
+        fallback = f"JPEG re-encoded in full: {exact}"
+    out = _rebuild(dec, rgb, changed)
     kwargs: dict = {}
     if dec.icc_profile:
         kwargs["icc_profile"] = dec.icc_profile
@@ -328,4 +364,7 @@ def encode_image(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray) -> tup
         kwargs["compression"] = "tiff_lzw"
     buf = io.BytesIO()
     out.save(buf, fmt, **kwargs)
-    return buf.getvalue(), EXTENSIONS[fmt]
+    details: dict = {"jpeg_exact": False} if fmt == "JPEG" else {}
+    if fallback:
+        details["jpeg_exact_fallback"] = fallback
+    return EncodedImage(buf.getvalue(), EXTENSIONS[fmt], details)

@@ -392,7 +392,9 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
                 reasons.append(f"part of the mark may remain: the gate put back {len(left)} "
                                f"region(s) the detector was sure of, e.g. at {left[0].box}: "
                                f"{left[0].reason}")
-        image_bytes, ext = encode_image(dec, c.restored, c.mask.dilated)
+        encoded = encode_image(dec, c.restored, c.mask.dilated, s)
+        image_bytes, ext = encoded.data, encoded.extension
+        details.update(encoded.details)
         mask_png = _png(mask_image(c.mask, c.found))
         lap("encode")
         if residual >= s.review_residual_min:

@@ -67,6 +67,9 @@ class Settings:
     # Pixels change only within this many px of the watermark's own pixels (feathered);
     # -1: everywhere in the detector's dilated mask (pipeline code version 4).
     change_ring_px: int = field(default_factory=lambda: _env_int("CHANGE_RING_PX", 3))
+    # JPEG results keep the upload's DCT coefficients outside the blocks the change touches
+    # (workers.jpeg_exact); 0: decode and re-encode the whole photo, as before.
+    jpeg_exact: bool = field(default_factory=lambda: _env_bool("JPEG_EXACT", True))
     remove_crop_margin: int = field(default_factory=lambda: _env_int("REMOVE_CROP_MARGIN", 32))
     remove_max_crop: int = field(default_factory=lambda: _env_int("REMOVE_MAX_CROP", 1024))
     # Also run the remover on each crop's mirror image and average the two outputs.
