@@ -5,6 +5,8 @@ Standalone: `python -m engine_build.cli engines export`, `python -m engine_build
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import click
 
@@ -130,11 +132,27 @@ def info_command():
                    "instead of the engines alone, with the mirrored passes (detector and "
                    "remover) on and off.")
 @click.option("--images", default=8, show_default=True, type=click.IntRange(1),
-              help="--pipeline: how many photos.")
+              help="--pipeline, --jpeg: how many photos.")
+@click.option("--jpeg", is_flag=True,
+              help="Time and measure writing JPEG results, the exact path (the upload's own "
+                   "coefficients outside the changed blocks) against a full re-encode, on "
+                   "photos with a corner and a centred mark. No engines are run.")
+@click.option("--photos", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="--jpeg: a folder of photos (default: the dev split of "
+                                 "../shared/data/products).")
 def bench_command(backends, batch, size, kind, device, precision, warmup, seconds, pipeline,
-                  images):
+                  images, jpeg, photos):
     """Images per second and ms per image for detection and removal, per backend; with
-    --pipeline, seconds per photo for the whole pipeline, stage by stage."""
+    --pipeline, seconds per photo for the whole pipeline, stage by stage; with --jpeg,
+    what writing a JPEG result costs and changes."""
+    if jpeg:   # no engines involved
+        from workers.jpeg_bench import bench_jpeg, format_jpeg_table, photo_files
+
+        files = photo_files(photos, images)
+        with click.progressbar(length=len(files), label="photos", file=sys.stderr) as bar:
+            rows = bench_jpeg(files, size or 1024, progress=bar.update)
+        click.echo(format_jpeg_table(rows))
+        return
     from engine_build.bench import bench_one, format_table
     from engine_build.trt_backend import tensorrt_status
 

@@ -92,25 +92,28 @@ def jpeg_exact_unsupported(data: bytes, fmt: str, rotated: bool) -> str | None:
 
 
 def _ycc_delta(old_rgb: np.ndarray, new_rgb: np.ndarray, components: int) -> list[np.ndarray]:
-    delta = new_rgb.astype(np.float64) - old_rgb.astype(np.float64)
-    if components == 1:
-        return [delta @ _RGB_TO_YCC[0]]
-    return [delta @ _RGB_TO_YCC[c] for c in range(3)]
+    delta = new_rgb.astype(np.float32) - old_rgb.astype(np.float32)
+    return [delta @ _RGB_TO_YCC[c].astype(np.float32) for c in range(components)]
 
 
-def _component_plane(full: np.ndarray, factor_y: int, factor_x: int,
+def _component_plane(delta: np.ndarray, factor_y: int, factor_x: int,
                      blocks: tuple[int, int]) -> np.ndarray:
-    """`full` box-downsampled by the component's factors (as libjpeg does) and edge-padded
-    to the component's whole blocks."""
-    h, w = full.shape
+    """`delta` box-downsampled by the component's factors (as libjpeg does) and edge-padded
+    to `blocks` whole blocks (past the image's edge, as an encoder pads)."""
+    h, w = delta.shape
     ph, pw = -h % factor_y, -w % factor_x
     if ph or pw:
-        full = np.pad(full, ((0, ph), (0, pw)), mode="edge")
-    small = full.reshape(full.shape[0] // factor_y, factor_y,
-                         full.shape[1] // factor_x, factor_x).mean(axis=(1, 3))
+        delta = np.pad(delta, ((0, ph), (0, pw)), mode="edge")
+    small = delta.reshape(delta.shape[0] // factor_y, factor_y,
+                          delta.shape[1] // factor_x, factor_x).mean(axis=(1, 3))
     bh, bw = blocks[0] * 8, blocks[1] * 8
-    small = small[:bh, :bw]
     return np.pad(small, ((0, bh - small.shape[0]), (0, bw - small.shape[1])), mode="edge")
+
+
+def _mcu_window(changed: np.ndarray, mcu: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(first row, end row, first col, end col) in MCUs of the box around `changed`."""
+    rows, cols = np.nonzero(changed.any(axis=1))[0], np.nonzero(changed.any(axis=0))[0]
+    return (rows[0] // mcu[0], rows[-1] // mcu[0] + 1, cols[0] // mcu[1], cols[-1] // mcu[1] + 1)
 
 
 def _add_delta(coef: np.ndarray, plane: np.ndarray, qt: np.ndarray) -> np.ndarray:
@@ -136,35 +139,40 @@ def encode_jpeg_exact(data: bytes, old_rgb: np.ndarray, new_rgb: np.ndarray,
     the upload as decoded) added to its coefficients."""
     import jpeglib   # imported here: only JPEG results need it
 
+    changed = (new_rgb != old_rgb).any(axis=2)
     with tempfile.TemporaryDirectory(prefix="clearmark-jpeg-") as tmp:
         src, dst = os.path.join(tmp, "in.jpg"), os.path.join(tmp, "out.jpg")
         with open(src, "wb") as fh:
             fh.write(data)
         jpeglib.version.set(_WRITER[False])
         jpeg = jpeglib.read_dct(src)
-        jpeg.load()
         if (jpeg.width, jpeg.height) != (old_rgb.shape[1], old_rgb.shape[0]):
             raise ValueError(f"libjpeg reads {jpeg.width}x{jpeg.height}, Pillow "
                              f"{old_rgb.shape[1]}x{old_rgb.shape[0]}")
-        if jpeg.num_components == 3 and jpeg.jpeg_color_space != jpeglib.Colorspace.JCS_YCbCr:
-            raise ValueError(f"colour space {jpeg.jpeg_color_space} is not YCbCr")
         components = jpeg.num_components
-        planes = [jpeg.Y] if components == 1 else [jpeg.Y, jpeg.Cb, jpeg.Cr]
+        if components == 3 and jpeg.jpeg_color_space != jpeglib.Colorspace.JCS_YCbCr:
+            raise ValueError(f"colour space {jpeg.jpeg_color_space} is not YCbCr")
         factors = np.asarray(jpeg.samp_factor).reshape(-1, 2)[:components]   # (v, h)
-        vmax, hmax = factors[:, 0].max(), factors[:, 1].max()
-        mcu_rows = -(-old_rgb.shape[0] // (8 * vmax))
-        mcu_cols = -(-old_rgb.shape[1] // (8 * hmax))
-        mcu_changed = np.zeros((mcu_rows, mcu_cols), bool)
-        for c, (full, coef) in enumerate(zip(_ycc_delta(old_rgb, new_rgb, components), planes)):
-            v, h = factors[c]
-            plane = _component_plane(full, vmax // v, hmax // h, coef.shape[:2])
-            changed = _add_delta(coef, plane, jpeg.qt[jpeg.quant_tbl_no[c]])
-            rows, cols = np.nonzero(changed)
-            mcu_changed[np.minimum(rows // v, mcu_rows - 1), np.minimum(cols // h, mcu_cols - 1)] = True
+        vmax, hmax = int(factors[:, 0].max()), int(factors[:, 1].max())
+        mcu = (8 * vmax, 8 * hmax)
+        total = -(-old_rgb.shape[0] // mcu[0]) * -(-old_rgb.shape[1] // mcu[1])
+        if not changed.any():
+            return ExactJpeg(data, 0, total)
+        jpeg.load()
+        planes = [jpeg.Y] if components == 1 else [jpeg.Y, jpeg.Cb, jpeg.Cr]
+        r0, r1, c0, c1 = _mcu_window(changed, mcu)
+        window = (slice(r0 * mcu[0], r1 * mcu[0]), slice(c0 * mcu[1], c1 * mcu[1]))
+        deltas = _ycc_delta(old_rgb[window], new_rgb[window], components)
+        mcu_changed = np.zeros((r1 - r0, c1 - c0), bool)
+        for c, ((v, h), delta, coef) in enumerate(zip(factors, deltas, planes)):
+            sub = coef[r0 * v:r1 * v, c0 * h:c1 * h]    # a view: edited in place
+            plane = _component_plane(delta, vmax // v, hmax // h, sub.shape[:2])
+            rows, cols = np.nonzero(_add_delta(sub, plane, jpeg.qt[jpeg.quant_tbl_no[c]]))
+            mcu_changed[rows // v, cols // h] = True
         if not mcu_changed.any():
-            return ExactJpeg(data, 0, mcu_changed.size)
+            return ExactJpeg(data, 0, total)
         jpeglib.version.set(_WRITER[progressive])
         jpeg.write_dct(dst, flags=["+OPTIMIZE_CODING"])
         with open(dst, "rb") as fh:
             out = fh.read()
-    return ExactJpeg(out, int(mcu_changed.sum()), mcu_changed.size)
+    return ExactJpeg(out, int(mcu_changed.sum()), total)
