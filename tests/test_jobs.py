@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
+from sqlalchemy import select
 
 from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
 from workers.db import Job, JobEvent, JobMetrics, session_scope
@@ -74,7 +75,6 @@ def test_needs_review_reason_and_gate_verdicts_reach_the_job(settings, tmp_path,
     """process_job stores the pipeline's review_reason on the job and its gate verdicts
     (numpy numbers and all) in the status event."""
     import numpy as np
-    from sqlalchemy import select
 
     from workers import pipeline
 
@@ -107,3 +107,17 @@ def test_needs_review_reason_and_gate_verdicts_reach_the_job(settings, tmp_path,
         assert gate[0]["box"] == [10, 20, 300, 80] and gate[0]["pixels"] == 4200
         assert gate[0]["passed"] is False and abs(gate[0]["explained"] - 0.62) < 1e-6
         assert gate[0]["continues"] is None  # NaN has no JSON form (PostgreSQL refuses it)
+
+
+def test_a_jpeg_job_records_how_its_result_was_written(settings, tmp_path):
+    """The status event says the upload's coefficients were kept and how many MCUs changed."""
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(marked()).save(path, quality=95, subsampling=0)
+    job_id = _job(settings, path.as_uri())
+    assert process_job(job_id, fake_engines(MagentaDetector(), GreyRemover()), settings) == "succeeded"
+    with session_scope(settings.database_url) as session:
+        event = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
+                                .order_by(JobEvent.id.desc())).first()
+        encoding = event.detail["encoding"]
+    assert encoding["jpeg_exact"] is True
+    assert 0 < encoding["jpeg_blocks_changed"] < encoding["jpeg_blocks_total"] == 20 * 15

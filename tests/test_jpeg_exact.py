@@ -12,10 +12,10 @@ import io
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, JpegImagePlugin
+from PIL import Image, ImageOps, JpegImagePlugin
 
 from tests.badfiles import encode, photo
-from workers.imaging import decode_image, encode_image
+from workers.imaging import decode_image, encode_image, to_stored
 from workers.jpeg_exact import jpeg_exact_unsupported
 from workers.settings import Settings
 
@@ -135,13 +135,36 @@ def grey_decoded(data: bytes) -> Image.Image:
         return im.copy()
 
 
-def test_what_cannot_keep_its_coefficients_is_re_encoded_with_a_reason():
-    img = Image.fromarray(photo(120, 90))
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_to_stored_undoes_the_exif_transpose(orientation):
+    stored = photo(40, 24, seed=orientation)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    dec = decode_image(encode(Image.fromarray(stored), "PNG", exif=exif.tobytes()))
+    assert dec.orientation == orientation
+    assert np.array_equal(to_stored(dec.rgb, orientation), stored)
+
+
+def test_an_exif_rotated_jpeg_keeps_its_tag_and_its_stored_pixels():
+    stored = photo(160, 96, seed=3)
     exif = Image.Exif()
     exif[0x0112] = 6
-    rotated, _ = _clean(encode(img, "JPEG", quality=85, exif=exif.tobytes()), (10, 10, 40, 40))
-    assert rotated.details["jpeg_exact"] is False
-    assert "EXIF-rotated" in rotated.details["jpeg_exact_fallback"]
+    data = encode(Image.fromarray(stored), "JPEG", quality=88, exif=exif.tobytes())
+    dec = decode_image(data)
+    assert dec.rgb.shape == (160, 96, 3)                # upright: turned by 90 degrees
+    rgb, changed = _paint(dec.rgb, (10, 20, 50, 60))
+    enc = encode_image(dec, rgb, changed)
+    assert enc.details["jpeg_exact"] and enc.details["orientation"] == 6
+    with Image.open(io.BytesIO(enc.data)) as out:
+        assert out.getexif().get(0x0112) == 6 and out.size == (160, 96)
+        seen = np.asarray(ImageOps.exif_transpose(out))
+    region = _mcus_touched(to_stored(changed, 6), (16, 16))
+    assert np.array_equal(_decoded(enc.data)[~region], _decoded(data)[~region])
+    assert np.abs(seen[changed].astype(int) - (200, 30, 40)).mean() < 6    # painted upright
+
+
+def test_what_cannot_keep_its_coefficients_is_re_encoded_with_a_reason():
+    img = Image.fromarray(photo(120, 90))
     cmyk, _ = _clean(encode(img.convert("CMYK"), "JPEG", quality=85), (10, 10, 40, 40))
     assert cmyk.details["jpeg_exact"] is False and "CMYK" in cmyk.details["jpeg_exact_fallback"]
     off, _ = _clean(encode(img, "JPEG", quality=85), (10, 10, 40, 40),
@@ -151,12 +174,12 @@ def test_what_cannot_keep_its_coefficients_is_re_encoded_with_a_reason():
 
 def test_frame_types_other_than_huffman_dct_are_refused():
     data = bytearray(encode(Image.fromarray(photo(64, 48)), "JPEG", quality=85))
-    assert jpeg_exact_unsupported(bytes(data), "JPEG", rotated=False) is None
+    assert jpeg_exact_unsupported(bytes(data), "JPEG") is None
     sof = bytes(data).index(b"\xff\xc0")
     for marker, reason in ((0xC9, "arithmetic coding"), (0xC3, "lossless JPEG")):
         data[sof + 1] = marker
-        assert jpeg_exact_unsupported(bytes(data), "JPEG", rotated=False) == reason
+        assert jpeg_exact_unsupported(bytes(data), "JPEG") == reason
     data[sof + 1] = 0xC0
     data[sof + 4] = 12                                  # sample precision
-    assert jpeg_exact_unsupported(bytes(data), "JPEG", rotated=False) == "12-bit samples"
-    assert "MPO" in jpeg_exact_unsupported(bytes(data), "MPO", rotated=False)
+    assert jpeg_exact_unsupported(bytes(data), "JPEG") == "12-bit samples"
+    assert "MPO" in jpeg_exact_unsupported(bytes(data), "MPO")

@@ -24,7 +24,7 @@ import io
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from engine_build import Engine
 from models.networks import IN_CHANNELS
@@ -290,17 +290,35 @@ def test_flip_keeps_what_the_detector_finds_in_the_mirror_image_too():
     assert single.shapes == [(1, 3, 48, 96)] * 2
 
 
-def test_exif_rotated_comes_back_upright():
+def test_exif_rotated_jpeg_keeps_its_orientation_and_the_mask_follows():
+    """The coefficient path leaves the stored pixels and the tag as uploaded; the mask is
+    stored and tagged the same way, so both line up raw and as a viewer shows them."""
+    data, _ = bad_files()["exif_rotated.jpg"]
+    r = process_image(data, fake_engines(detector=BoxDetector()), cfg(review_residual_min=1.01))
+    out, src, mask = pixels(r.image_bytes), pixels(data), pixels(r.mask_png)
+    assert r.status == "succeeded" and r.details["orientation"] == 6
+    assert out.size == src.size == mask.size == (96, 128)          # as stored
+    assert out.getexif().get(0x0112) == mask.getexif().get(0x0112) == 6
+    assert out.getexif().get(0x010F) == "clearmark-test"
+    assert_jpeg_exact(r, np.asarray(out), np.asarray(src))
+    seen, seen_mask = ImageOps.exif_transpose(out), ImageOps.exif_transpose(mask)
+    assert seen.size == (128, 96)
+    drawn = photo(128, 96, seed=1).astype(int)   # what badfiles drew before rotating
+    outside = np.asarray(seen_mask) == 0
+    assert outside.any() and np.abs(np.asarray(seen).astype(int) - drawn)[outside].mean() < 4
+
+
+def test_exif_rotated_comes_back_upright_when_re_encoded():
     data, _ = bad_files()["exif_rotated.jpg"]
     upright = np.asarray(decode_image(data).rgb)         # what a viewer shows
-    r = process_image(data, fake_engines(detector=BoxDetector()), cfg(review_residual_min=1.01))
+    r = process_image(data, fake_engines(detector=BoxDetector()),
+                      cfg(review_residual_min=1.01, jpeg_exact=False))
     out = pixels(r.image_bytes)
     assert r.status == "succeeded" and out.size == (128, 96) and upright.shape == (96, 128, 3)
     exif = out.getexif()
     assert exif.get(0x0112) == 1 and exif.get(0x010F) == "clearmark-test"
-    assert "EXIF-rotated" in r.details["jpeg_exact_fallback"]
+    assert pixels(r.mask_png).size == (128, 96) and r.details["jpeg_exact"] is False
     assert_jpeg_close(np.asarray(out), upright, mask_of(r))
-    # and it really is upright: close to the upright picture badfiles drew before rotating
     drawn = photo(128, 96, seed=1).astype(int)
     assert np.abs(np.asarray(out).astype(int) - drawn)[~mask_of(r)].mean() < 4
 

@@ -6,7 +6,9 @@ input's format with its ICC profile and EXIF (orientation reset to 1, since the 
 come back upright).
 
 What comes back for odd inputs:
-- EXIF-rotated: pixels are transposed upright, EXIF Orientation is written as 1.
+- EXIF-rotated: `rgb` is upright. A JPEG that keeps its coefficients keeps its pixels as
+  stored and its orientation tag (`to_stored` turns arrays back); any other output is
+  written upright with EXIF Orientation 1.
 - Animated GIF/WEBP/MPO/TIFF: the first frame only (`DecodedImage.frames` says how many).
 - CMYK JPEG/TIFF: the pipeline works on Pillow's RGB view; the output stays CMYK with the
   same ICC profile, and pixels outside the mask keep their exact CMYK values.
@@ -84,7 +86,7 @@ class DecodedImage:
     frames: int = 1
     notes: list[str] = field(default_factory=list)
     source: bytes | None = None     # the uploaded file, kept for JPEG (coefficients reused)
-    rotated: bool = False           # EXIF orientation turned the pixels upright
+    orientation: int = 1            # the EXIF orientation the pixels were turned upright by
 
     @property
     def size(self) -> tuple[int, int]:
@@ -97,6 +99,27 @@ class DecodedImage:
     @property
     def output_format(self) -> str:
         return OUTPUT_FORMAT[self.format]
+
+
+# The inverse of each EXIF orientation's transpose (ImageOps.exif_transpose), on arrays.
+_TO_STORED = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, 1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: np.rot90(a, -1)}
+
+
+def to_stored(upright: np.ndarray, orientation: int) -> np.ndarray:
+    """An upright picture (H x W [x C]) turned back the way a file with this EXIF
+    orientation stores it."""
+    turn = _TO_STORED.get(orientation)
+    return upright if turn is None else np.ascontiguousarray(turn(upright))
+
+
+def orientation_exif(orientation: int) -> bytes:
+    """An EXIF block holding only this orientation (for the mask of a kept-orientation JPEG)."""
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    return exif.tobytes()
 
 
 def estimate_jpeg_quality(quantization: dict | None) -> int | None:
@@ -233,11 +256,12 @@ def _finish(data: bytes, im: Image.Image, fmt: str, frames: int, notes: list[str
     subsampling = JpegImagePlugin.get_sampling(im) if quant else -1
     icc = im.info.get("icc_profile")
     try:
-        rotated = im.getexif().get(ORIENTATION, 1) in range(2, 9)
+        orientation = im.getexif().get(ORIENTATION, 1)
+        orientation = orientation if orientation in _TO_STORED else 1
         upright = ImageOps.exif_transpose(im) or im
     except Exception as exc:  # noqa: BLE001 - an odd orientation tag is not fatal
         notes.append(f"EXIF orientation ignored: {exc}")
-        rotated, upright = False, im
+        orientation, upright = 1, im
     exif = _exif_bytes(im, notes)   # after the transpose: this resets Orientation to 1
     rgb, alpha, base = _split(upright, fmt)
     lossless = fmt == "WEBP" and b"VP8L" in data[12:4096] and b"VP8 " not in data[12:4096]
@@ -248,7 +272,7 @@ def _finish(data: bytes, im: Image.Image, fmt: str, frames: int, notes: list[str
         jpeg_subsampling=subsampling,
         jpeg_progressive=bool(quant and (im.info.get("progressive") or im.info.get("progression"))),
         webp_lossless=lossless, frames=frames, notes=notes,
-        source=data if quant else None, rotated=rotated)
+        source=data if quant else None, orientation=orientation)
 
 
 def _nearest_palette_index(colours: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -312,16 +336,20 @@ class EncodedImage:
 
 
 def _exact_jpeg(dec: DecodedImage, rgb: np.ndarray) -> EncodedImage | str:
-    """The JPEG written by adding the change to the upload's coefficients, or why not."""
-    why = jpeg_exact_unsupported(dec.source or b"", dec.format, dec.rotated)
+    """The JPEG written by adding the change to the upload's coefficients, or why not. The
+    file keeps the upload's EXIF orientation: its pixels stay as the upload stores them."""
+    why = jpeg_exact_unsupported(dec.source or b"", dec.format)
     if why is None:
         try:
-            exact = encode_jpeg_exact(dec.source or b"", dec.rgb, rgb, dec.jpeg_progressive)
+            exact = encode_jpeg_exact(dec.source or b"", to_stored(dec.rgb, dec.orientation),
+                                      to_stored(rgb, dec.orientation), dec.jpeg_progressive)
         except (OSError, ValueError) as exc:   # libjpeg refused what Pillow read
             return f"coefficients could not be reused: {exc}"
-        return EncodedImage(exact.data, EXTENSIONS["JPEG"], {
-            "jpeg_exact": True, "jpeg_blocks_changed": exact.blocks_changed,
-            "jpeg_blocks_total": exact.blocks_total})
+        details = {"jpeg_exact": True, "jpeg_blocks_changed": exact.blocks_changed,
+                   "jpeg_blocks_total": exact.blocks_total}
+        if dec.orientation != 1:
+            details["orientation"] = dec.orientation
+        return EncodedImage(exact.data, EXTENSIONS["JPEG"], details)
     return why
 
 

@@ -14,7 +14,8 @@ MCU when chroma is subsampled), as in any decoder that interpolates chroma.
 
 `jpeg_exact_unsupported` says why an upload cannot take this path (the caller falls back to
 a full re-encode): arithmetic coding, lossless or 12-bit JPEG, CMYK/YCCK, multi-picture
-files, or a photo that needed EXIF rotation (its pixels were turned upright).
+files. The arrays given are in the file's stored orientation (an EXIF-rotated upload keeps
+its tag, and its pixels stay as stored).
 """
 from __future__ import annotations
 
@@ -71,13 +72,10 @@ def _frame_header(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def jpeg_exact_unsupported(data: bytes, fmt: str, rotated: bool) -> str | None:
+def jpeg_exact_unsupported(data: bytes, fmt: str) -> str | None:
     """Why this upload cannot keep its coefficients, or None when it can."""
     if fmt != "JPEG":
         return "multi-picture JPEG (MPO): its other pictures would be left pointing nowhere"
-    if rotated:
-        return ("the photo was EXIF-rotated: its pixels are written upright with orientation 1, "
-                "so the whole photo is re-encoded")
     header = _frame_header(data)
     if header is None:
         return "no readable frame header"

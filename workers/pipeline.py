@@ -19,15 +19,16 @@ from PIL import Image
 from engine_build import Engine, load_engine
 from models.networks import remover_input, to_chw
 from workers.gate import GateLimits, RegionVerdict, judge
-from workers.imaging import decode_image, encode_image
+from workers.imaging import decode_image, encode_image, orientation_exif, to_stored
 from workers.masks import (Mask, Tile, bbox, build_mask, component_boxes, confirmed,
                            plan_tiles)
 from workers.settings import Settings, get_settings
 
-PIPELINE_CODE_VERSION = "5"  # 2: the remover gets a Telea prefill of its crop;
+PIPELINE_CODE_VERSION = "6"  # 2: the remover gets a Telea prefill of its crop;
                              # 3: the remover's mask output confirms what changes;
                              # 4: mirrored passes, 6 px dilation, own mark threshold;
-                             # 5: the do-no-harm gate (workers.gate)
+                             # 5: the do-no-harm gate (workers.gate);
+                             # 6: JPEG keeps its coefficients outside the change
 # Pixels (N*H*W) per remover call: bounds memory when many crops share a size.
 REMOVE_BATCH_PIXELS = 2 * 1024 * 1024
 RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual check
@@ -69,6 +70,10 @@ def pipeline_fingerprint() -> str:
                      *(weights_sha256(kind)[:16] for kind in ("detector", "remover"))])
 
 
+ENCODING_KEYS = ("jpeg_exact", "jpeg_blocks_changed", "jpeg_blocks_total", "jpeg_exact_fallback",
+                 "orientation")
+
+
 @dataclass
 class PipelineResult:
     status: str          # "succeeded" | "no_watermark" | "needs_review"
@@ -80,8 +85,14 @@ class PipelineResult:
                          # residual_score, ms_decode, ms_detect, ms_remove, ms_encode, ms_total
     details: dict = field(default_factory=dict)   # input/output format and mode, frames,
                                                   # jpeg_quality, ms_residual, ms_gate, notes,
-                                                  # gate (each region's verdict)
+                                                  # gate (each region's verdict), and
+                                                  # jpeg_exact* (ENCODING_KEYS)
     review_reason: str | None = None   # why the status is needs_review
+
+    @property
+    def encoding(self) -> dict:
+        """How the result file was written (recorded with the job)."""
+        return {k: self.details[k] for k in ENCODING_KEYS if k in self.details}
 
 
 def _run(engine: Engine, batch: np.ndarray) -> np.ndarray:
@@ -226,9 +237,15 @@ def mask_image(mask: Mask, found: np.ndarray) -> np.ndarray:
     return out
 
 
-def _png(gray: np.ndarray) -> bytes:
+def _png(gray: np.ndarray, orientation: int = 1) -> bytes:
+    """The mask as PNG; for a result that kept its EXIF orientation, stored the same way and
+    tagged with it, so mask and result line up pixel for pixel and in every viewer."""
     buf = io.BytesIO()
-    Image.fromarray(gray, "L").save(buf, "PNG", compress_level=6)
+    if orientation == 1:
+        Image.fromarray(gray, "L").save(buf, "PNG", compress_level=6)
+    else:
+        Image.fromarray(to_stored(gray, orientation), "L").save(
+            buf, "PNG", compress_level=6, exif=orientation_exif(orientation))
     return buf.getvalue()
 
 
@@ -376,7 +393,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
                f"{v.box}: {v.reason}" for v in c.put_back(s.gate_review_confident)]
     if c.mask.empty:
         ms["residual"] = 0.0
-        mask_png = _png(c.mask.alpha)
+        mask_png = _png(c.mask.alpha, dec.orientation)   # the result is the upload itself
         lap("encode")
         status = "needs_review" if reasons else "no_watermark"
         image_bytes, ext, residual = data, dec.input_extension, 0.0
@@ -395,7 +412,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         encoded = encode_image(dec, c.restored, c.mask.dilated, s)
         image_bytes, ext = encoded.data, encoded.extension
         details.update(encoded.details)
-        mask_png = _png(mask_image(c.mask, c.found))
+        mask_png = _png(mask_image(c.mask, c.found), encoded.details.get("orientation", 1))
         lap("encode")
         if residual >= s.review_residual_min:
             reasons.append(f"the detector still sees a mark in the result (residual "
