@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,10 @@ _RGB_TO_YCC = np.array([[0.299, 0.587, 0.114],
 # libjpeg builds bundled with jpeglib: 6b writes baseline files; mozjpeg writes progressive
 # ones (and ignores a request for baseline). Neither touches the coefficients it is given.
 _WRITER = {False: "6b", True: "mozjpeg403"}
+_LIBJPEG = threading.Lock()   # jpeglib's choice of library is process-wide
+# Largest quantised coefficient a baseline file can carry: 11 bits for DC, 10 for AC.
+_LIMIT = np.full((8, 8), 1023)
+_LIMIT[0, 0] = 2047
 # Start-of-frame markers this path handles: baseline (C0), extended Huffman (C1), progressive (C2).
 _HUFFMAN_SOF = {0xC0, 0xC1, 0xC2}
 _OTHER_SOF = {0xC3: "lossless JPEG", 0xC5: "hierarchical JPEG", 0xC6: "hierarchical JPEG",
@@ -122,7 +127,7 @@ def _add_delta(coef: np.ndarray, plane: np.ndarray, qt: np.ndarray) -> np.ndarra
     if touched.any():
         dct = np.einsum("ij,njk,lk->nil", _DCT, blocks[touched], _DCT)
         step = np.rint(dct / qt).astype(np.int32)
-        new = np.clip(coef[touched].astype(np.int32) + step, -1023, 1023).astype(coef.dtype)
+        new = np.clip(coef[touched].astype(np.int32) + step, -_LIMIT, _LIMIT).astype(coef.dtype)
         differs = (new != coef[touched]).any(axis=(1, 2))
         coef[touched] = new
         changed = np.zeros_like(touched)
@@ -138,7 +143,7 @@ def encode_jpeg_exact(data: bytes, old_rgb: np.ndarray, new_rgb: np.ndarray,
     import jpeglib   # imported here: only JPEG results need it
 
     changed = (new_rgb != old_rgb).any(axis=2)
-    with tempfile.TemporaryDirectory(prefix="clearmark-jpeg-") as tmp:
+    with _LIBJPEG, tempfile.TemporaryDirectory(prefix="clearmark-jpeg-") as tmp:
         src, dst = os.path.join(tmp, "in.jpg"), os.path.join(tmp, "out.jpg")
         with open(src, "wb") as fh:
             fh.write(data)
