@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageFile, ImageOps
 
 from tests.badfiles import bad_files, encode, photo
-from tests.test_pipeline import BoxDetector, GreyRemover, cfg, fake_engines, mask_of
+from tests.test_pipeline import BoxDetector, GreyRemover, cfg, fake_engines
 from workers.errors import BadInput
 from workers.imaging import decode_image
 from workers.pipeline import process_image
