@@ -121,3 +121,7 @@ def test_a_jpeg_job_records_how_its_result_was_written(settings, tmp_path):
         encoding = event.detail["encoding"]
     assert encoding["jpeg_exact"] is True
     assert 0 < encoding["jpeg_blocks_changed"] < encoding["jpeg_blocks_total"] == 20 * 15
+    with session_scope(settings.database_url) as session:
+        metrics = session.get(JobMetrics, job_id)
+        assert metrics.jpeg_exact is True
+        assert metrics.jpeg_blocks_changed == encoding["jpeg_blocks_changed"]

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Iterator
 
 from sqlalchemy import (
-    JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
+    JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
     Text, create_engine, event, text,
 )
 from sqlalchemy.engine import Engine as SqlEngine
@@ -169,6 +169,10 @@ class JobMetrics(Base):
     ms_remove: Mapped[float] = mapped_column(Float)
     ms_encode: Mapped[float] = mapped_column(Float)
     ms_total: Mapped[float] = mapped_column(Float)
+    # JPEG results: whether the upload's coefficients were kept, and how many of its MCUs
+    # changed (None for other formats and for results that are the upload itself).
+    jpeg_exact: Mapped[bool | None] = mapped_column(Boolean)
+    jpeg_blocks_changed: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="metrics")
@@ -188,7 +192,8 @@ class JobEvent(Base):
 
 
 METRIC_FIELDS = ("width", "height", "mask_area_fraction", "detector_confidence", "residual_score",
-                 "ms_decode", "ms_detect", "ms_remove", "ms_encode", "ms_total")
+                 "ms_decode", "ms_detect", "ms_remove", "ms_encode", "ms_total",
+                 "jpeg_exact", "jpeg_blocks_changed")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -190,7 +190,7 @@ def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str 
         job.finished_at = utcnow()
         row = session.get(JobMetrics, job.id) or JobMetrics(job_id=job.id)
         for name in METRIC_FIELDS:
-            setattr(row, name, metrics[name])
+            setattr(row, name, metrics.get(name))   # the jpeg_* ones are optional
         session.add(row)
         return True
 

@@ -433,6 +433,8 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         "ms_decode": ms["decode"], "ms_detect": ms["detect"], "ms_remove": ms["remove"],
         "ms_encode": ms["encode"],
         "ms_total": round((time.perf_counter() - t_start) * 1000.0, 2),
+        "jpeg_exact": details.get("jpeg_exact"),
+        "jpeg_blocks_changed": details.get("jpeg_blocks_changed"),
     }
     return PipelineResult(status=status, image_bytes=image_bytes, extension=ext,
                           mask_png=mask_png, metrics=metrics, details=details,

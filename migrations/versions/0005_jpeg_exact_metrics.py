@@ -1,0 +1,26 @@
+"""Job metrics say whether a JPEG result kept the upload's coefficients
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-29 23:10:00
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0005'
+down_revision = '0004'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('job_metrics', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('jpeg_exact', sa.Boolean(), nullable=True))
+        batch_op.add_column(sa.Column('jpeg_blocks_changed', sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('job_metrics', schema=None) as batch_op:
+        batch_op.drop_column('jpeg_blocks_changed')
+        batch_op.drop_column('jpeg_exact')
