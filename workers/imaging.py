@@ -3,7 +3,7 @@
 `decode_image` refuses unusable files with `BadInput` and a code, *before* any pixel
 is loaded where it can (bytes, header size); `encode_image` writes the result in the
 input's format with its ICC profile and EXIF (orientation reset to 1, since the pixels
-come back upright).
+come back upright, except for a JPEG that keeps its coefficients: see below).
 
 What comes back for odd inputs:
 - EXIF-rotated: `rgb` is upright. A JPEG that keeps its coefficients keeps its pixels as
@@ -23,8 +23,8 @@ What comes back for odd inputs:
   the mask keeps its exact colour and alpha.
 - JPEG keeps the upload's own DCT coefficients in every block the change does not touch
   (`workers.jpeg_exact`): those blocks decode to exactly the upload's pixels. Where that
-  path cannot be taken (see `jpeg_exact_unsupported`; the reason goes into the job's
-  notes) the photo is re-encoded with the input's own quantisation tables and chroma
+  path cannot be taken (see `jpeg_exact_unsupported`; the reason goes into
+  `EncodedImage.details`, recorded with the job) the photo is re-encoded with the input's own quantisation tables and chroma
   subsampling, so untouched areas see requantisation noise; `jpeg_quality` is the IJG
   quality estimated from the luminance table, used when the tables cannot be reused.
 - Lossless WEBP stays lossless; lossy WEBP is written at quality 90.
