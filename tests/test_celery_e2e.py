@@ -175,11 +175,13 @@ def test_worker_processes_good_and_bad_files(service, workers, tmp_path):
         assert job.status in {"succeeded", "no_watermark", "needs_review"}, (path.name, job.error_message)
         out = Image.open(io.BytesIO(read_uri(job.result_uri)))
         source = Image.open(path)
-        # As displayed (EXIF orientation applied): a cleaned image is stored upright, an
-        # unchanged one (no_watermark) is the input's own bytes.
+        # As displayed (EXIF orientation applied): a JPEG keeps its orientation tag, other
+        # cleaned images are stored upright, an unchanged one (no_watermark) is the input's
+        # own bytes; the mask is stored and tagged like the result.
         upright_size = ImageOps.exif_transpose(source).size
         assert ImageOps.exif_transpose(out).size == upright_size and out.format == source.format
-        assert Image.open(io.BytesIO(read_uri(job.mask_uri))).size == upright_size
+        mask = Image.open(io.BytesIO(read_uri(job.mask_uri)))
+        assert ImageOps.exif_transpose(mask).size == upright_size and mask.size == out.size
         assert job.attempts == 1 and job.pipeline_version
     with session_scope(service.database_url) as session:
         good = [j for j in submitted if expected[submitted[j].name] is None]
