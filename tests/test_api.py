@@ -75,7 +75,7 @@ def client(api_settings):
 class Receiver(ThreadingHTTPServer):
     """A webhook receiver on 127.0.0.1 that records each POST and answers `status`."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.requests: list[tuple[dict, bytes]] = []
         self.status = 200
         receiver = self
@@ -90,8 +90,8 @@ class Receiver(ThreadingHTTPServer):
             def log_message(self, *args):
                 pass
 
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server_address[1]}/hooks/clearmark"
+        super().__init__((host, port), Handler)
+        self.url = f"http://{host}:{self.server_address[1]}/hooks/clearmark"
 
 
 @pytest.fixture

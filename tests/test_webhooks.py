@@ -2,11 +2,17 @@
 (compose's command) to a receiver that is down."""
 from __future__ import annotations
 
+import json
+import socket
+import threading
+import time
+
 import pytest
 from sqlalchemy import select
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.test_api import (  # noqa: F401 - fixtures used here
-    _webhook_events, api_settings, db_url, free_port, receiver, service, workers,
+    Receiver, _webhook_events, api_settings, db_url, free_port, receiver, service, workers,
 )
 from tests.test_celery_e2e import statuses, wait_for
 from tests.test_compose import compose_command
@@ -14,7 +20,8 @@ from workers.db import METRIC_FIELDS, JobEvent, JobStatus, Tenant, session_scope
 from workers.jobs import claim_job, create_job, ensure_tenant, finish_job
 from workers.settings import Settings
 from workers.webhooks import (
-    UnsafeCallback, check_callback_url, deliver, notify_finished, sign, verify_signature,
+    UnsafeCallback, check_callback_url, deliver, notify_finished, sign, signed_headers,
+    verify_signature,
 )
 
 
@@ -33,12 +40,20 @@ def test_callback_guard():
     closed = Settings(webhook_allow_hosts=())
     for url in ("http://127.0.0.1/", "http://localhost:8080/x", "http://10.0.0.8/", "http://[::1]/",
                 "http://169.254.169.254/", "http://[::ffff:192.168.1.1]/", "http://0.0.0.0/",
-                "http://100.64.0.1/", "file:///etc/passwd", "http:///nohost"):
+                "http://100.64.0.1/", "file:///etc/passwd", "http:///nohost",
+                # IPv4 inside IPv6: mapped, IPv4-compatible, NAT64, 6to4
+                "http://[::ffff:127.0.0.1]/", "http://[::127.0.0.1]/", "http://[::a00:1]/",
+                "http://[64:ff9b::7f00:1]/", "http://[64:ff9b::a9fe:a9fe]/",
+                "http://[64:ff9b::c0a8:101]/", "http://[2002:7f00:1::1]/",
+                "http://[2002:a9fe:a9fe::]/", "http://[2002:a00:1::5]/"):
         with pytest.raises(UnsafeCallback):
             check_callback_url(url, closed)
-    assert check_callback_url("https://93.184.215.14/hook", closed)
+    for url in ("https://93.184.215.14/hook", "http://[64:ff9b::5db8:d70e]/",
+                "http://[2002:5db8:d70e::1]/", "http://[::ffff:93.184.215.14]/"):
+        assert check_callback_url(url, closed).address, url   # public inside too
     opened = Settings(webhook_allow_hosts=("10.0.0.0/8", "receiver"))
     assert check_callback_url("http://10.1.2.3:8080/hook", opened)
+    assert check_callback_url("http://[::ffff:10.1.2.3]/hook", opened)
     assert check_callback_url("http://receiver/hook", opened)  # named: not even resolved
     with pytest.raises(UnsafeCallback):
         check_callback_url("http://192.168.0.1/", opened)
@@ -88,6 +103,11 @@ def test_delivery_is_signed_and_refuses_private_urls(api_settings, receiver):
         secret = session.scalar(select(Tenant.webhook_secret).where(Tenant.name == "shop"))
     assert verify_signature(secret, headers["Clearmark-Signature"], body)
     assert not verify_signature("", headers["Clearmark-Signature"], body)
+    standard = {k.lower(): v for k, v in headers.items() if k.lower().startswith("webhook-")}
+    assert standard["webhook-id"] == headers["Clearmark-Event-Id"] == json.loads(body)["id"]
+    assert Webhook(secret).verify(body, standard)["job"]["id"] == job_id   # the library's check
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(body + b" ", standard)
     receiver.status = 500
     assert deliver(job_id, 2, api_settings) == "retry"
     assert deliver(job_id, 3, api_settings) == "failed"  # the last attempt
@@ -115,3 +135,45 @@ def test_no_callback_needs_no_broker(tmp_path, monkeypatch):
     notify_finished(loud, s)
     assert [e["outcome"] for e in _webhook_events(s, loud)] == ["not_enqueued"]
     assert statuses(s.database_url, [loud])[loud].status == "succeeded"
+
+
+def test_legacy_secrets_sign_standard_webhooks_with_their_bytes():
+    """Secrets from before `whsec_`: the Standard Webhooks key is the secret's own bytes."""
+    headers = signed_headers("plain-old-secret", "evt_1", b'{"a":1}', int(time.time()))
+    standard = {k: v for k, v in headers.items() if k.startswith("webhook-")}
+    assert Webhook(b"plain-old-secret").verify(b'{"a":1}', standard) == {"a": 1}
+    assert verify_signature("plain-old-secret", headers["Clearmark-Signature"], b'{"a":1}')
+
+
+@pytest.mark.integration
+def test_delivery_connects_to_the_vetted_address_despite_dns_rebinding(api_settings, monkeypatch):
+    """The host resolves to an allow-listed address once, then (a rebinding DNS) to another
+    one: the signed POST still goes to the vetted address, and nothing resolves it twice."""
+    rebound = Receiver("127.0.0.1")
+    port = rebound.server_address[1]
+    vetted = Receiver("127.0.0.2", port)   # same port, another loopback address
+    for server in (vetted, rebound):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = api_settings.replace(webhook_allow_hosts=("127.0.0.2/32",))
+    job_id = finished_job(settings, f"http://shop.rebind.test:{port}/hooks")
+    lookups = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebinding_dns(host, *args, **kwargs):
+        if host != "shop.rebind.test":
+            return real_getaddrinfo(host, *args, **kwargs)
+        lookups.append(host)
+        answer = "127.0.0.2" if len(lookups) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answer, args[0] if args else 80))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_dns)
+    try:
+        assert deliver(job_id, 1, settings) == "delivered"
+    finally:
+        for server in (vetted, rebound):
+            server.shutdown()
+            server.server_close()
+    assert lookups == ["shop.rebind.test"] and rebound.requests == []
+    headers, _ = vetted.requests[0]
+    assert headers["Host"] == f"shop.rebind.test:{port}"
+    assert _webhook_events(settings, job_id)[0]["address"] == "127.0.0.2"
