@@ -84,7 +84,7 @@ def create_job(session: Session, tenant: Tenant, source_uri: str, *, batch: Batc
             raise
         return existing, False
     session.add(JobEvent(job_id=job.id, kind="status", from_status=None,
-                         to_status=JobStatus.queued.value))
+                         to_status=JobStatus.queued.value, detail={"priority": priority}))
     return job, True
 
 
