@@ -18,7 +18,7 @@ from tests.test_api import (  # noqa: F401 - fixtures used here
     api_settings, client, count_jobs, db_url, documented_client, free_port, make_shop, png,
     service, upload,
 )
-from tests.test_celery_e2e import wait_for
+from tests.test_celery_e2e import Service, wait_for
 from workers import api
 
 pytestmark = [pytest.mark.integration]
@@ -133,6 +133,34 @@ def test_database_down_is_a_json_503(api_settings, client):
         assert int(r.headers["retry-after"]) > 0
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["database"] != "ok"
+
+
+@pytest.mark.slow
+def test_broker_down_on_upload_is_a_json_503(api_settings, make_shop, tmp_path):
+    """A real `clearmark api` whose broker is unreachable: the upload's job is recorded as
+    failed (enqueue_failed) and the answer is a JSON 503 with Retry-After."""
+    shop = make_shop("shop")
+    port = free_port()
+    server = Service(api_settings.replace(broker_url="redis://127.0.0.1:1/0"),
+                     tmp_path / "api.log", "api", "--port", str(port))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=shop.auth) as http:
+            wait_for(lambda: _answers(http), 60, "the API to listen", interval=0.1)
+            r = http.post("/v1/images", files={"file": ("p.png", png(1), "image/png")})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "broker_unavailable"
+            assert int(r.headers["retry-after"]) > 0
+            jobs = http.get("/v1/jobs").json()["jobs"]
+            assert [(j["status"], j["error"]["code"]) for j in jobs] == [("failed", "enqueue_failed")]
+    finally:
+        server.stop()
+
+
+def _answers(http: httpx.Client) -> bool:
+    try:
+        return http.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_anything_unexpected_is_a_json_500_with_the_request_id(api_settings, make_shop,
