@@ -110,10 +110,14 @@ def test_uploads_in_flight_per_tenant_are_limited(api_settings, live_api, make_s
              interval=0.05)
 
 
-def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(api_settings, client, make_shop):
+@pytest.mark.parametrize("storage", ["memory://", "redis"])
+def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(api_settings, client, make_shop,
+                                                                storage):
     from workers.settings import set_settings
 
-    set_settings(api_settings.replace(rate_limit="3/hour"))
+    if storage == "redis":   # the counters all API processes share
+        storage = api_settings.broker_url
+    set_settings(api_settings.replace(rate_limit="3/hour", rate_limit_storage=storage))
     shop, other = make_shop("shop"), make_shop("other")
     assert [client.get("/v1/jobs", headers=shop.auth).status_code for _ in range(3)] == [200] * 3
     over = client.get("/v1/jobs", headers=shop.auth)

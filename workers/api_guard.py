@@ -61,6 +61,14 @@ def check_rate(tenant_id: str, settings: Settings) -> None:
                            {"Retry-After": str(wait)})
 
 
+def _admit(authorization: str, settings: Settings) -> Tenant:
+    """The tenant whose key this is, within its rate limit (blocking: a database lookup, and
+    the limiter's storage may be Redis)."""
+    tenant = _tenant_for(authorization, settings.database_url)
+    check_rate(tenant.id, settings)
+    return tenant
+
+
 class UploadSlots:
     """Uploads in flight per tenant in this process (the event loop is its only user)."""
 
@@ -122,9 +130,7 @@ class ApiGuard:
         headers, settings = Headers(scope=scope), get_settings()
         upload = path == UPLOAD_PATH and scope["method"] == "POST"
         try:
-            tenant = await run_in_threadpool(_tenant_for, headers.get("authorization", ""),
-                                             settings.database_url)
-            check_rate(tenant.id, settings)
+            tenant = await run_in_threadpool(_admit, headers.get("authorization", ""), settings)
             length = headers.get("content-length", "")
             if upload and length.isdigit() and int(length) > upload_limit(settings):
                 raise ApiError(413, "too_large_bytes",
