@@ -50,7 +50,8 @@ def upload_head(key: str, framing: str) -> bytes:
 def answer(sock: socket.socket) -> tuple[int, dict, dict]:
     response = http.client.HTTPResponse(sock)
     response.begin()
-    return response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(response.read())
+    headers = {k.lower(): v for k, v in response.getheaders()}
+    return response.status, headers, json.loads(response.read())
 
 
 def test_a_wrong_key_is_refused_before_the_body_is_read(live_api):
@@ -155,7 +156,8 @@ def test_broker_down_on_upload_is_a_json_503(api_settings, make_shop, tmp_path):
             assert r.json()["error"]["code"] == "broker_unavailable"
             assert int(r.headers["retry-after"]) > 0
             jobs = http.get("/v1/jobs").json()["jobs"]
-            assert [(j["status"], j["error"]["code"]) for j in jobs] == [("failed", "enqueue_failed")]
+            assert [(j["status"], j["error"]["code"]) for j in jobs] == [
+                ("failed", "enqueue_failed")]
     finally:
         server.stop()
 

@@ -86,5 +86,6 @@ def test_no_default_storage_password_and_no_public_console():
     assert "clearmark-secret" not in text
     for env in (SERVICES["minio"]["environment"], SERVICES["minio-init"]["environment"]):
         assert env["MINIO_ROOT_PASSWORD"] == "${MINIO_ROOT_PASSWORD:?set MINIO_ROOT_PASSWORD}"
-    assert SERVICES["api"]["environment"]["AWS_SECRET_ACCESS_KEY"].startswith("${MINIO_ROOT_PASSWORD:?")
+    secret = SERVICES["api"]["environment"]["AWS_SECRET_ACCESS_KEY"]
+    assert secret.startswith("${MINIO_ROOT_PASSWORD:?")
     assert all(str(port).startswith("127.0.0.1:") for port in SERVICES["minio"]["ports"])

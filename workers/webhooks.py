@@ -212,8 +212,8 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
     try:
         callback = check_callback_url(url, s)
         detail["address"] = callback.address
-        response = post_pinned(callback, body, signed_headers(secret, event_id, body, int(time.time())),
-                               s.webhook_timeout_s)
+        headers = signed_headers(secret, event_id, body, int(time.time()))
+        response = post_pinned(callback, body, headers, s.webhook_timeout_s)
         detail["status_code"] = response.status_code
         outcome = "delivered" if response.is_success else "retry"
     except UnsafeCallback as exc:
