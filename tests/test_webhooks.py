@@ -1,5 +1,6 @@
-"""Webhook signing, the callback URL guard, and delivery through a real webhook worker
-(compose's command) to a receiver that is down."""
+"""Webhook signing (ours and Standard Webhooks), the callback URL guard, delivery to the
+vetted address only (a rebinding DNS, TLS to a pinned IP), and delivery through a real
+webhook worker (compose's command) to a receiver that is down."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import socket
 import threading
 import time
 
+import httpx
 import pytest
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -177,3 +179,60 @@ def test_delivery_connects_to_the_vetted_address_despite_dns_rebinding(api_setti
     headers, _ = vetted.requests[0]
     assert headers["Host"] == f"shop.rebind.test:{port}"
     assert _webhook_events(settings, job_id)[0]["address"] == "127.0.0.2"
+
+
+def test_https_to_a_pinned_address_checks_the_certificate_for_the_url_host(tmp_path,
+                                                                           monkeypatch):
+    """Connecting to the IP keeps TLS honest: SNI and the certificate check use the host of
+    the URL (a certificate for another name is refused)."""
+    import ssl
+
+    import certifi
+
+    from workers.webhooks import Callback, post_pinned
+
+    cert, key = self_signed(tmp_path, "hooks.shop.test")
+    server = Receiver()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(certifi, "where", lambda: str(cert))   # trust the test certificate
+    port = server.server_address[1]
+    try:
+        answer = post_pinned(Callback(f"https://hooks.shop.test:{port}/h", "127.0.0.1"), b"{}",
+                             {}, 10)
+        assert answer.status_code == 200
+        assert server.requests[0][0]["Host"] == f"hooks.shop.test:{port}"
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            post_pinned(Callback(f"https://other.shop.test:{port}/h", "127.0.0.1"), b"{}", {}, 10)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def self_signed(folder, host: str):
+    """A self-signed certificate for `host` and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
