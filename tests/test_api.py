@@ -240,6 +240,8 @@ def test_an_idempotency_key_reused_for_another_request_is_a_422(api_settings, cl
         assert r.status_code == 422, (form, r.text)
         assert r.json()["error"]["code"] == "idempotency_conflict"
         assert first.json()["id"] in r.json()["error"]["message"]
+    with session_scope(api_settings.database_url) as session:   # as a reprocess run does
+        session.get(Job, first.json()["id"]).priority = "normal"
     again = upload(client, shop, png(2), key="order-17/photo-1", priority="low")
     assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])
     assert sorted(storage.rglob("*")) == stored
