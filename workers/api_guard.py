@@ -7,6 +7,7 @@ reading the rest of the body; such answers close the connection."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 import uuid
 from collections import Counter
@@ -70,22 +71,26 @@ def _admit(authorization: str, settings: Settings) -> Tenant:
 
 
 class UploadSlots:
-    """Uploads in flight per tenant in this process (the event loop is its only user)."""
+    """Uploads in flight per tenant in this process (locked: a TestClient runs requests on
+    several event loops at once)."""
 
     def __init__(self) -> None:
         self.in_use: Counter[str] = Counter()
+        self.lock = threading.Lock()
 
     def take(self, tenant_id: str, limit: int) -> None:
-        if self.in_use[tenant_id] >= limit:
-            raise ApiError(429, "too_many_uploads",
-                           f"this tenant already has {limit} uploads in progress",
-                           {"Retry-After": "1"})
-        self.in_use[tenant_id] += 1
+        with self.lock:
+            if self.in_use[tenant_id] >= limit:
+                raise ApiError(429, "too_many_uploads",
+                               f"this tenant already has {limit} uploads in progress",
+                               {"Retry-After": "1"})
+            self.in_use[tenant_id] += 1
 
     def give_back(self, tenant_id: str) -> None:
-        self.in_use[tenant_id] -= 1
-        if self.in_use[tenant_id] <= 0:
-            del self.in_use[tenant_id]
+        with self.lock:
+            self.in_use[tenant_id] -= 1
+            if self.in_use[tenant_id] <= 0:
+                del self.in_use[tenant_id]
 
 
 def _capped(receive: Receive, limit: int) -> Receive:
