@@ -71,12 +71,17 @@ def load_weights(kind: str, path: Path) -> torch.nn.Module:
     return model.eval()
 
 
+class MissingWeights(FileNotFoundError):
+    """A weights file that should be there is not: never fall back to untrained weights."""
+
+
 def load_model(kind: str, weights_dir: Path | None = None) -> torch.nn.Module:
-    """The model in eval mode with the shipped weights (random init if none are shipped)."""
+    """The model in eval mode with the shipped weights; MissingWeights when the file is absent."""
     path = weights_path(kind, weights_dir)
-    if path.exists():
-        return load_weights(kind, path)
-    return build_model(kind, **architecture(kind, weights_dir)).eval()
+    if not path.exists():
+        raise MissingWeights(f"the {kind} weights file {path} is missing: restore it (git "
+                             f"checkout models/weights) or train one (clearmark train {kind})")
+    return load_weights(kind, path)
 
 
 class ModelEngine:

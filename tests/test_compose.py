@@ -77,3 +77,15 @@ def test_clearmark_commands_parse():
     webhooks = parse(compose_command("worker-webhooks")).params
     assert webhooks["queues"] == "clearmark.webhooks" and webhooks["pool"] == "threads"
     assert parse(compose_command("api", {"--port": "9999"})).params["port"] == 9999
+
+
+def test_no_default_storage_password_and_no_public_console():
+    """MinIO's root password must be given (no default anyone can look up), and its console
+    listens on the host's loopback only."""
+    text = (Path(__file__).resolve().parent.parent / "compose.yaml").read_text()
+    assert "clearmark-secret" not in text
+    for env in (SERVICES["minio"]["environment"], SERVICES["minio-init"]["environment"]):
+        assert env["MINIO_ROOT_PASSWORD"] == "${MINIO_ROOT_PASSWORD:?set MINIO_ROOT_PASSWORD}"
+    secret = SERVICES["api"]["environment"]["AWS_SECRET_ACCESS_KEY"]
+    assert secret.startswith("${MINIO_ROOT_PASSWORD:?")
+    assert all(str(port).startswith("127.0.0.1:") for port in SERVICES["minio"]["ports"])

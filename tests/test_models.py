@@ -321,3 +321,15 @@ def test_fine_tuning_keeps_the_lineage_in_the_manifest(tmp_path, grocery_data):
 
     assert run("--init", str(copy))["history"] == []   # no manifest describes these weights
     assert run()["history"] == []                        # from scratch
+
+
+def test_missing_weights_are_an_error_naming_the_file(tmp_path, monkeypatch):
+    """Never a silent fall-back to untrained weights: the engines' loader refuses too."""
+    from engine_build.sources import load_source_model
+    from models import registry
+
+    with pytest.raises(registry.MissingWeights, match=str(tmp_path / "remover.pt")):
+        registry.load_model("remover", tmp_path)
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)   # a checkout without its weights
+    with pytest.raises(registry.MissingWeights, match=str(tmp_path / "detector.pt")):
+        load_source_model("detector")

@@ -1,12 +1,20 @@
-"""Webhook signing, the callback URL guard, and delivery through a real webhook worker
-(compose's command) to a receiver that is down."""
+"""Webhook signing (ours and Standard Webhooks), the callback URL guard, delivery to the
+vetted address only (a rebinding DNS, TLS to a pinned IP), and delivery through a real
+webhook worker (compose's command) to a receiver that is down."""
 from __future__ import annotations
 
+import json
+import socket
+import threading
+import time
+
+import httpx
 import pytest
 from sqlalchemy import select
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.test_api import (  # noqa: F401 - fixtures used here
-    _webhook_events, api_settings, db_url, free_port, receiver, service, workers,
+    Receiver, _webhook_events, api_settings, db_url, free_port, receiver, service, workers,
 )
 from tests.test_celery_e2e import statuses, wait_for
 from tests.test_compose import compose_command
@@ -14,7 +22,8 @@ from workers.db import METRIC_FIELDS, JobEvent, JobStatus, Tenant, session_scope
 from workers.jobs import claim_job, create_job, ensure_tenant, finish_job
 from workers.settings import Settings
 from workers.webhooks import (
-    UnsafeCallback, check_callback_url, deliver, notify_finished, sign, verify_signature,
+    UnsafeCallback, check_callback_url, deliver, notify_finished, sign, signed_headers,
+    verify_signature,
 )
 
 
@@ -33,12 +42,20 @@ def test_callback_guard():
     closed = Settings(webhook_allow_hosts=())
     for url in ("http://127.0.0.1/", "http://localhost:8080/x", "http://10.0.0.8/", "http://[::1]/",
                 "http://169.254.169.254/", "http://[::ffff:192.168.1.1]/", "http://0.0.0.0/",
-                "http://100.64.0.1/", "file:///etc/passwd", "http:///nohost"):
+                "http://100.64.0.1/", "file:///etc/passwd", "http:///nohost",
+                # IPv4 inside IPv6: mapped, IPv4-compatible, NAT64, 6to4
+                "http://[::ffff:127.0.0.1]/", "http://[::127.0.0.1]/", "http://[::a00:1]/",
+                "http://[64:ff9b::7f00:1]/", "http://[64:ff9b::a9fe:a9fe]/",
+                "http://[64:ff9b::c0a8:101]/", "http://[2002:7f00:1::1]/",
+                "http://[2002:a9fe:a9fe::]/", "http://[2002:a00:1::5]/"):
         with pytest.raises(UnsafeCallback):
             check_callback_url(url, closed)
-    assert check_callback_url("https://93.184.215.14/hook", closed)
+    for url in ("https://93.184.215.14/hook", "http://[64:ff9b::5db8:d70e]/",
+                "http://[2002:5db8:d70e::1]/", "http://[::ffff:93.184.215.14]/"):
+        assert check_callback_url(url, closed).address, url   # public inside too
     opened = Settings(webhook_allow_hosts=("10.0.0.0/8", "receiver"))
     assert check_callback_url("http://10.1.2.3:8080/hook", opened)
+    assert check_callback_url("http://[::ffff:10.1.2.3]/hook", opened)
     assert check_callback_url("http://receiver/hook", opened)  # named: not even resolved
     with pytest.raises(UnsafeCallback):
         check_callback_url("http://192.168.0.1/", opened)
@@ -88,6 +105,11 @@ def test_delivery_is_signed_and_refuses_private_urls(api_settings, receiver):
         secret = session.scalar(select(Tenant.webhook_secret).where(Tenant.name == "shop"))
     assert verify_signature(secret, headers["Clearmark-Signature"], body)
     assert not verify_signature("", headers["Clearmark-Signature"], body)
+    standard = {k.lower(): v for k, v in headers.items() if k.lower().startswith("webhook-")}
+    assert standard["webhook-id"] == headers["Clearmark-Event-Id"] == json.loads(body)["id"]
+    assert Webhook(secret).verify(body, standard)["job"]["id"] == job_id   # the library's check
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(body + b" ", standard)
     receiver.status = 500
     assert deliver(job_id, 2, api_settings) == "retry"
     assert deliver(job_id, 3, api_settings) == "failed"  # the last attempt
@@ -115,3 +137,102 @@ def test_no_callback_needs_no_broker(tmp_path, monkeypatch):
     notify_finished(loud, s)
     assert [e["outcome"] for e in _webhook_events(s, loud)] == ["not_enqueued"]
     assert statuses(s.database_url, [loud])[loud].status == "succeeded"
+
+
+def test_legacy_secrets_sign_standard_webhooks_with_their_bytes():
+    """Secrets from before `whsec_`: the Standard Webhooks key is the secret's own bytes."""
+    headers = signed_headers("plain-old-secret", "evt_1", b'{"a":1}', int(time.time()))
+    standard = {k: v for k, v in headers.items() if k.startswith("webhook-")}
+    assert Webhook(b"plain-old-secret").verify(b'{"a":1}', standard) == {"a": 1}
+    assert verify_signature("plain-old-secret", headers["Clearmark-Signature"], b'{"a":1}')
+
+
+@pytest.mark.integration
+def test_delivery_connects_to_the_vetted_address_despite_dns_rebinding(api_settings, monkeypatch):
+    """The host resolves to an allow-listed address once, then (a rebinding DNS) to another
+    one: the signed POST still goes to the vetted address, and nothing resolves it twice."""
+    rebound = Receiver("127.0.0.1")
+    port = rebound.server_address[1]
+    vetted = Receiver("127.0.0.2", port)   # same port, another loopback address
+    for server in (vetted, rebound):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = api_settings.replace(webhook_allow_hosts=("127.0.0.2/32",))
+    job_id = finished_job(settings, f"http://shop.rebind.test:{port}/hooks")
+    lookups = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebinding_dns(host, *args, **kwargs):
+        if host != "shop.rebind.test":
+            return real_getaddrinfo(host, *args, **kwargs)
+        lookups.append(host)
+        answer = "127.0.0.2" if len(lookups) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answer, args[0] if args else 80))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_dns)
+    try:
+        assert deliver(job_id, 1, settings) == "delivered"
+    finally:
+        for server in (vetted, rebound):
+            server.shutdown()
+            server.server_close()
+    assert lookups == ["shop.rebind.test"] and rebound.requests == []
+    headers, _ = vetted.requests[0]
+    assert headers["Host"] == f"shop.rebind.test:{port}"
+    assert _webhook_events(settings, job_id)[0]["address"] == "127.0.0.2"
+
+
+def test_https_to_a_pinned_address_checks_the_certificate_for_the_url_host(tmp_path,
+                                                                           monkeypatch):
+    """Connecting to the IP keeps TLS honest: SNI and the certificate check use the host of
+    the URL (a certificate for another name is refused)."""
+    import ssl
+
+    import certifi
+
+    from workers.webhooks import Callback, post_pinned
+
+    cert, key = self_signed(tmp_path, "hooks.shop.test")
+    server = Receiver()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(certifi, "where", lambda: str(cert))   # trust the test certificate
+    port = server.server_address[1]
+    try:
+        answer = post_pinned(Callback(f"https://hooks.shop.test:{port}/h", "127.0.0.1"), b"{}",
+                             {}, 10)
+        assert answer.status_code == 200
+        assert server.requests[0][0]["Host"] == f"hooks.shop.test:{port}"
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            post_pinned(Callback(f"https://other.shop.test:{port}/h", "127.0.0.1"), b"{}", {}, 10)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def self_signed(folder, host: str):
+    """A self-signed certificate for `host` and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path

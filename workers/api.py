@@ -1,10 +1,11 @@
 """The storefront HTTP API (FastAPI; `clearmark api` serves it with uvicorn).
 
-Every `/v1` route needs `Authorization: Bearer <api key>` (`clearmark tenants create`), and a
-tenant sees only its own jobs: another tenant's job is a 404. Errors are JSON:
-`{"error": {"code": ..., "message": ...}}`. An upload is checked (bytes, content type,
-decodable image within the pixel limits) before anything is stored or queued. The OpenAPI
-document is at /v1/openapi.json.
+Every `/v1` route needs `Authorization: Bearer <api key>` (`clearmark tenants create`),
+checked with the tenant's limits before any byte of the body is read (workers.api_guard),
+and a tenant sees only its own jobs: another tenant's job is a 404. Errors are JSON, each
+status declared in the OpenAPI document at /v1/openapi.json (workers.api_errors). An upload
+is checked from its image header alone (bytes, format, dimensions; the worker decodes the
+pixels) before anything is stored or queued.
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import hashlib
 import json
 import logging
 import mimetypes
+import uuid
 from datetime import datetime, timezone
 
-from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, Response, UploadFile
+from fastapi import (
+    APIRouter, Depends, FastAPI, File, Form, Header, Query, Request, Response, UploadFile,
+)
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -23,75 +27,71 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select, text, tuple_
 from starlette.exceptions import HTTPException
 
-from workers.db import Job, JobStatus, Priority, Tenant, get_engine, session_scope, utcnow
+from workers.api_errors import (
+    OUTAGE_RETRY_AFTER_S, OUTAGE_TYPES, REQUEST_ID_HEADER, ApiError, documented, error_response,
+    outage,
+)
+from workers.api_guard import ApiGuard
+from workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get_engine, session_scope, utcnow
 from workers.errors import BadInput
-from workers.imaging import decode_image
+from workers.imaging import probe_image
 from workers.jobs import create_job, requeue_job, set_status
 from workers.settings import Settings, get_settings
 from workers.storage import check_key, get_storage, iter_uri, read_uri
-from workers.tenants import tenant_for_key
 from workers.webhooks import DONE_OK, check_callback_url, job_document
 
-# Upload rejections by decode_image's code; any other bad input is a 422.
+# Upload rejections by probe_image's code; any other bad input is a 422.
 UPLOAD_STATUS = {"too_large_bytes": 413, "too_many_pixels": 413, "decompression_bomb": 413,
                  "not_an_image": 415}
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
                "application/octet-stream"}
-FORM_OVERHEAD = 64 * 1024  # multipart boundaries and small fields around the file
 log = logging.getLogger(__name__)
 
 app = FastAPI(title="clearmark", version="1",
               description="Removes visible watermarks from product photos.",
               openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None)
+app.add_middleware(ApiGuard)
+v1 = APIRouter(prefix="/v1", tags=["jobs"], responses=documented(401, 422, 429, 500, 503))
 bearer = HTTPBearer(auto_error=False, description="API key from `clearmark tenants create`")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def _error(status: int, code: str, message: str, headers: dict | None = None, **extra):
-    return JSONResponse({"error": {"code": code, "message": message, **extra}},
-                        status_code=status, headers=headers)
 
 
 @app.exception_handler(ApiError)
 async def _api_error(_request: Request, exc: ApiError):
-    return _error(exc.status, exc.code, exc.message, exc.headers)
+    return error_response(exc.status_code, exc.code, exc.message, exc.headers)
 
 
 @app.exception_handler(HTTPException)
 async def _http_error(_request: Request, exc: HTTPException):
-    return _error(exc.status_code, f"http_{exc.status_code}", str(exc.detail), exc.headers)
+    return error_response(exc.status_code, f"http_{exc.status_code}", str(exc.detail), exc.headers)
 
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_request: Request, exc: RequestValidationError):
-    return _error(422, "invalid_request", "the request's parameters are invalid",
-                  details=jsonable_encoder(exc.errors()))
+    return error_response(422, "invalid_request", "the request's parameters are invalid",
+                          details=jsonable_encoder(exc.errors()))
 
 
-@app.middleware("http")
-async def _limit_upload_size(request: Request, call_next):
-    """Refuse an oversize upload from its Content-Length, before its body is read."""
-    length = request.headers.get("content-length", "")
-    limit = get_settings().max_bytes
-    if request.url.path == "/v1/images" and length.isdigit() and int(length) > limit + FORM_OVERHEAD:
-        return _error(413, "too_large_bytes", f"upload is over the limit of {limit} bytes")
-    return await call_next(request)
+async def _failure(request: Request, exc: Exception):
+    """A database or broker outage is a 503; anything else unexpected a 500 that names the
+    request id (also in the log line with the traceback)."""
+    error = outage(exc)
+    if error is not None:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return error_response(error.status_code, error.code, error.message, error.headers)
+    request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
+    log.error("request %s failed", request_id, exc_info=exc)
+    return error_response(500, "internal_error", "unexpected error: quote the request id when "
+                          "you report it", {REQUEST_ID_HEADER: request_id}, request_id=request_id)
 
 
-def current_tenant(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Tenant:
-    unauthorized = {"WWW-Authenticate": "Bearer"}
-    if credentials is None:
-        raise ApiError(401, "unauthorized", "missing 'Authorization: Bearer <api key>'", unauthorized)
-    with session_scope(get_settings().database_url) as session:
-        tenant = tenant_for_key(session, credentials.credentials)
-    if tenant is None:
-        raise ApiError(401, "unauthorized", "invalid API key", unauthorized)
-    return tenant
+for _type in (*OUTAGE_TYPES, Exception):
+    app.add_exception_handler(_type, _failure)
+
+
+def current_tenant(request: Request,
+                   _credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Tenant:
+    """The tenant ApiGuard authenticated (the dependency declares the key in OpenAPI)."""
+    return request.state.tenant
 
 
 def _base_url(request: Request) -> str:
@@ -125,8 +125,8 @@ def _enqueue(job_id: str, priority: str, settings: Settings) -> None:
             set_status(session, job, JobStatus.failed, error_code="enqueue_failed")
             job.error_code, job.error_message = "enqueue_failed", f"broker unavailable: {exc}"
             job.finished_at = utcnow()
-        raise ApiError(503, "broker_unavailable",
-                       f"job {job_id} could not be queued; retry it later") from None
+        raise ApiError(503, "broker_unavailable", f"job {job_id} could not be queued; retry it "
+                       "later", {"Retry-After": str(OUTAGE_RETRY_AFTER_S)}) from None
 
 
 def _read_source(tenant: Tenant, file: UploadFile | None, source_uri: str | None,
@@ -153,9 +153,31 @@ def _read_source(tenant: Tenant, file: UploadFile | None, source_uri: str | None
         raise ApiError(UPLOAD_STATUS.get(exc.code, 422), exc.code, exc.message) from None
 
 
-@app.post("/v1/images", status_code=202, tags=["jobs"],
-          responses={200: {"description": "An existing job (same idempotency key or image)"},
-                     401: {}, 413: {}, 415: {}, 422: {}, 503: {}})
+def _same_request(session, job: Job, request: dict) -> bool:
+    """Whether `job` was created by this request (its image, source and parameters); the
+    priority is the one it was created with (a reprocess run may have changed it since)."""
+    created = session.scalar(select(JobEvent.detail).where(
+        JobEvent.job_id == job.id, JobEvent.kind == "status", JobEvent.from_status.is_(None)))
+    priority = (created or {}).get("priority", job.priority)
+    return request == {"source_sha256": job.source_sha256, "source_uri": job.source_uri,
+                       "callback_url": job.callback_url, "priority": priority}
+
+
+def _existing_job(session, tenant: Tenant, key: str, request: dict,
+                  client_key: bool) -> Job | None:
+    """The tenant's job for this idempotency key; an Idempotency-Key the client reuses for a
+    different request is a 422 (Stripe's rule), never the old job."""
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
+    if job is not None and client_key and not _same_request(session, job, request):
+        raise ApiError(422, "idempotency_conflict",
+                       f"Idempotency-Key {key!r} was used for a different request (another "
+                       f"image or other parameters): job {job.id}")
+    return job
+
+
+@v1.post("/images", status_code=202,
+         responses={200: {"description": "An existing job (same idempotency key or image)"},
+                    **documented(400, 413, 415)})
 def upload_image(request: Request, response: Response,
                  file: UploadFile | None = File(None, description="The image (multipart)"),
                  source_uri: str | None = Form(None, description="Or: an object already in "
@@ -166,24 +188,34 @@ def upload_image(request: Request, response: Response,
                  idempotency_key: str | None = Header(None, max_length=200),
                  tenant: Tenant = Depends(current_tenant)) -> dict:
     """Queue an image for cleaning: 202 with the new job, or 200 with the existing job
-    for the same Idempotency-Key (or, without one, the same image and pipeline version)."""
+    for the same Idempotency-Key and request (or, without a key, the same image and pipeline
+    version); 422 for a key reused with another image or other parameters."""
     settings = get_settings()
     data = _read_source(tenant, file, source_uri, settings)
     try:
         if callback_url:
             check_callback_url(callback_url, settings)
-        decoded = decode_image(data, settings)
+        header = probe_image(data, settings)
     except BadInput as exc:
         raise ApiError(UPLOAD_STATUS.get(exc.code, 422), exc.code, exc.message) from None
     digest = hashlib.sha256(data).hexdigest()
+    storage_key = f"sources/{tenant.id}/{digest}{header.input_extension}"
     if file is not None:
-        key = f"sources/{tenant.id}/{digest}{decoded.input_extension}"
-        source_uri = get_storage().put(key, data)
+        source_uri = get_storage().uri(storage_key)
+    key = idempotency_key or f"sha256:{digest}@{_pipeline_fingerprint()}"
+    asked = {"source_sha256": digest, "source_uri": source_uri,
+             "callback_url": callback_url or None, "priority": priority.value}
     with session_scope(settings.database_url) as session:
-        job, created = create_job(
-            session, session.get(Tenant, tenant.id), source_uri, source_sha256=digest,
-            idempotency_key=idempotency_key or f"sha256:{digest}@{_pipeline_fingerprint()}",
-            callback_url=callback_url, priority=priority.value)
+        job = _existing_job(session, tenant, key, asked, bool(idempotency_key))
+        created = job is None
+        if created:
+            if file is not None:
+                get_storage().put(storage_key, data)
+            job, created = create_job(
+                session, session.get(Tenant, tenant.id), source_uri, source_sha256=digest,
+                idempotency_key=key, callback_url=callback_url or None, priority=priority.value)
+            if not created:  # another request with this key won the race
+                job = _existing_job(session, tenant, key, asked, bool(idempotency_key))
         document = job_document(job, _base_url(request))
     if created:
         _enqueue(job.id, job.priority, settings)
@@ -192,7 +224,7 @@ def upload_image(request: Request, response: Response,
     return document
 
 
-@app.get("/v1/jobs/{job_id}", tags=["jobs"])
+@v1.get("/jobs/{job_id}", responses=documented(404))
 def get_job(job_id: str, request: Request, tenant: Tenant = Depends(current_tenant)) -> dict:
     """The job: status, error, metrics, and links to the result and mask when done."""
     with session_scope(get_settings().database_url) as session:
@@ -214,13 +246,15 @@ def _stream(tenant: Tenant, job_id: str, which: str) -> StreamingResponse:
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
-@app.get("/v1/jobs/{job_id}/result", tags=["jobs"], response_class=StreamingResponse)
+@v1.get("/jobs/{job_id}/result", response_class=StreamingResponse,
+        responses=documented(404, 409))
 def get_result(job_id: str, tenant: Tenant = Depends(current_tenant)):
     """The cleaned image, in the upload's format (409 until the job is done)."""
     return _stream(tenant, job_id, "result")
 
 
-@app.get("/v1/jobs/{job_id}/mask", tags=["jobs"], response_class=StreamingResponse)
+@v1.get("/jobs/{job_id}/mask", response_class=StreamingResponse,
+        responses=documented(404, 409))
 def get_mask(job_id: str, tenant: Tenant = Depends(current_tenant)):
     """The mask of what was changed: 8-bit grey PNG, 0 = untouched."""
     return _stream(tenant, job_id, "mask")
@@ -238,7 +272,7 @@ def _after(cursor: str) -> tuple[datetime, str]:
         raise ApiError(400, "bad_cursor", "cursor is not one this API returned") from None
 
 
-@app.get("/v1/jobs", tags=["jobs"])
+@v1.get("/jobs", responses=documented(400))
 def list_jobs(request: Request, status: JobStatus | None = None,
               since: datetime | None = Query(None, description="created at or after (ISO 8601)"),
               limit: int = Query(50, ge=1, le=200), cursor: str | None = None,
@@ -259,7 +293,7 @@ def list_jobs(request: Request, status: JobStatus | None = None,
                 "next_cursor": _cursor(jobs[limit - 1]) if len(jobs) > limit else None}
 
 
-@app.post("/v1/jobs/{job_id}/retry", status_code=202, tags=["jobs"])
+@v1.post("/jobs/{job_id}/retry", status_code=202, responses=documented(404, 409))
 def retry_job(job_id: str, request: Request, tenant: Tenant = Depends(current_tenant)) -> dict:
     """Queue a failed job again (409 for a job that has not failed)."""
     settings = get_settings()
@@ -273,13 +307,17 @@ def retry_job(job_id: str, request: Request, tenant: Tenant = Depends(current_te
     return document
 
 
-@app.get("/healthz", tags=["health"])
+app.include_router(v1)
+
+
+@app.get("/healthz", tags=["health"], responses=documented(500))
 def healthz() -> dict:
     """The process is up."""
     return {"status": "ok"}
 
 
-@app.get("/metrics", tags=["health"], response_class=Response)
+@app.get("/metrics", tags=["health"], response_class=Response,
+         responses=documented(500, 503))
 def prometheus_metrics() -> Response:
     """Prometheus text format: jobs by status, images per second, queue depth per queue
     (no auth, like /healthz: keep it off the public interface)."""
@@ -289,7 +327,8 @@ def prometheus_metrics() -> Response:
     return Response(body, media_type=content_type)
 
 
-@app.get("/readyz", tags=["health"])
+@app.get("/readyz", tags=["health"], responses={
+    503: {"description": "Not ready: `checks` names what cannot be reached"}, **documented(500)})
 def readyz() -> JSONResponse:
     """Database, broker and storage are reachable (503 naming what is not)."""
     from workers.celery_app import app as celery_app

@@ -5,6 +5,7 @@ itself is created only by Alembic migrations (`clearmark db upgrade`).
 """
 from __future__ import annotations
 
+import base64
 import enum
 import secrets
 import uuid
@@ -34,7 +35,9 @@ def utcnow() -> datetime:
 
 
 def new_webhook_secret() -> str:
-    return secrets.token_urlsafe(32)
+    """32 random bytes in the Standard Webhooks form (`whsec_` + base64), which its
+    libraries take as they are (workers.webhooks signs with both schemes)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def new_id() -> str:

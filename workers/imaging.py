@@ -223,22 +223,45 @@ def _split(im: Image.Image, fmt: str) -> tuple[np.ndarray, np.ndarray | None, Im
     return arr, None, conv
 
 
-def decode_image(data: bytes, settings: Settings | None = None) -> DecodedImage:
-    """Decode `data` safely or raise BadInput (codes: empty_file, too_large_bytes,
-    not_an_image, corrupt_image, decompression_bomb, too_many_pixels, too_small,
-    truncated_image, unsupported_mode)."""
-    s = settings or get_settings()
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str                     # Pillow format name ("JPEG", "PNG", ...)
+    size: tuple[int, int]
+
+    @property
+    def input_extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+def _open_checked(data: bytes, s: Settings) -> Image.Image:
+    """The opened image after the checks its header allows (no pixel decoded yet)."""
     if not data:
         raise _refuse("the file is empty", "empty_file")
     if len(data) > s.max_bytes:
         raise _refuse(f"file is {len(data)} bytes, over the limit of {s.max_bytes}", "too_large_bytes")
     im = _open(data)
-    fmt = im.format or "unknown"
-    w, h = im.size                     # from the header: nothing decoded yet
+    w, h = im.size
     if w * h > s.max_pixels:
         raise _refuse(f"{w}x{h} = {w * h} pixels, over the limit of {s.max_pixels}", "too_many_pixels")
     if min(w, h) < s.min_side:
         raise _refuse(f"{w}x{h} is smaller than {s.min_side} px on a side", "too_small")
+    return im
+
+
+def probe_image(data: bytes, settings: Settings | None = None) -> ImageHeader:
+    """Format and size from the header alone, or BadInput (the checks of decode_image that
+    need no pixels: the API's check of an upload; a file whose pixel data is broken fails
+    later, in the worker's decode_image)."""
+    im = _open_checked(data, settings or get_settings())
+    return ImageHeader(im.format, im.size)
+
+
+def decode_image(data: bytes, settings: Settings | None = None) -> DecodedImage:
+    """Decode `data` safely or raise BadInput (codes: empty_file, too_large_bytes,
+    not_an_image, corrupt_image, decompression_bomb, too_many_pixels, too_small,
+    truncated_image, unsupported_mode)."""
+    im = _open_checked(data, settings or get_settings())
+    fmt = im.format or "unknown"
     notes: list[str] = []
     with _pixels_guard():
         frames = int(getattr(im, "n_frames", 1) or 1)

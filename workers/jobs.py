@@ -83,8 +83,10 @@ def create_job(session: Session, tenant: Tenant, source_uri: str, *, batch: Batc
         if existing is None:
             raise
         return existing, False
+    # The priority asked for stays here: a reprocess run may change job.priority, and an
+    # Idempotency-Key replay is compared with the request as it was.
     session.add(JobEvent(job_id=job.id, kind="status", from_status=None,
-                         to_status=JobStatus.queued.value))
+                         to_status=JobStatus.queued.value, detail={"priority": priority}))
     return job, True
 
 

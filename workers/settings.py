@@ -121,6 +121,12 @@ class Settings:
     api_host: str = field(default_factory=lambda: _env("API_HOST", "127.0.0.1"))
     api_port: int = field(default_factory=lambda: _env_int("API_PORT", 8000))
     public_url: str = field(default_factory=lambda: _env("PUBLIC_URL", ""))
+    # Per tenant: requests to /v1 (a `limits` rate string; its counters live in
+    # RATE_LIMIT_STORAGE: memory:// counts per API process, a redis:// URL across all of
+    # them) and uploads in flight at once in one API process. Over either: 429.
+    rate_limit: str = field(default_factory=lambda: _env("RATE_LIMIT", "30/second;600/minute"))
+    rate_limit_storage: str = field(default_factory=lambda: _env("RATE_LIMIT_STORAGE", "memory://"))
+    upload_concurrency: int = field(default_factory=lambda: _env_int("UPLOAD_CONCURRENCY", 8))
 
     # Webhooks: delivery attempts, first retry delay (doubling, capped at 60 s: keep it well
     # under the visibility timeout), per-request timeout, and the hosts, IPs or CIDR ranges a

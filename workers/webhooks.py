@@ -1,17 +1,31 @@
 """Signed webhooks: when a job finishes, POST its document to the storefront.
 
 Body: `{"id": <event id>, "type": "job.finished", "created_at": ..., "job": <the same
-document as GET /v1/jobs/{id}>}`. Header `Clearmark-Signature: t=<unix seconds>,v1=<hex>`
-where v1 = HMAC-SHA256(tenant webhook secret, "<t>." + raw body); `verify_signature` is the
-receiver's check. Delivery is its own Celery task on the webhooks queue: non-2xx answers and
-network errors retry with doubling delays, and every attempt is a `webhook` JobEvent.
+document as GET /v1/jobs/{id}>}`. The event id is stable across the retries of one event,
+so receivers drop duplicates by it. Two signatures, both HMAC-SHA256 with the tenant's
+webhook secret:
+- Standard Webhooks (https://www.standardwebhooks.com, verifiable with its libraries):
+  `webhook-id` (the event id), `webhook-timestamp` (unix seconds) and `webhook-signature:
+  v1,<base64>` over "<id>.<timestamp>.<raw body>", keyed with the base64 bytes after the
+  secret's `whsec_` prefix (a secret without the prefix, from before it existed: its UTF-8
+  bytes);
+- `Clearmark-Signature: t=<unix seconds>,v1=<hex>` over "<t>." + raw body, keyed with the
+  secret string's UTF-8 bytes (`verify_signature` is the receiver's check), with
+  `Clearmark-Event-Id`.
+Delivery is its own Celery task on the webhooks queue: non-2xx answers and network errors
+retry with doubling delays, and every attempt is a `webhook` JobEvent.
 
-Callback URLs that resolve to loopback, private, link-local or other non-global addresses
-are refused (checked when the URL is given and again before each attempt; redirects are not
-followed) unless `CLEARMARK_WEBHOOK_ALLOW_HOSTS` names the host or a range holding it.
+Callback URLs that resolve to loopback, private, link-local or other non-global addresses,
+also inside IPv6 (IPv4-mapped, IPv4-compatible, 6to4, NAT64), are refused unless
+`CLEARMARK_WEBHOOK_ALLOW_HOSTS` names the host or a range holding it. The check runs when
+the URL is given and again before each attempt, and the attempt connects to the very
+address that check vetted (the IP is pinned in the request; the Host header and the TLS
+name stay the URL's host): a DNS answer that changes in between (rebinding) cannot send the
+POST elsewhere. No proxy from the environment, no redirects followed.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -19,6 +33,7 @@ import json
 import logging
 import socket
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
@@ -32,7 +47,10 @@ from workers.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Clearmark-Signature"
 EVENT_HEADER = "Clearmark-Event-Id"
+STANDARD_SECRET_PREFIX = "whsec_"
 DONE_OK = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 class UnsafeCallback(BadInput):
@@ -57,41 +75,96 @@ def verify_signature(secret: str, header: str, body: bytes, tolerance_s: float =
     return hmac.compare_digest(sign(secret, timestamp, body), f"t={timestamp},v1={fields.get('v1', '')}")
 
 
-def _allowed(host: str, ip, allow: tuple[str, ...]) -> bool:
+def sign_standard(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks `webhook-signature` value."""
+    key = (base64.b64decode(secret[len(STANDARD_SECRET_PREFIX):])
+           if secret.startswith(STANDARD_SECRET_PREFIX) else secret.encode())
+    mac = hmac.new(key, f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def signed_headers(secret: str, event_id: str, body: bytes, timestamp: int) -> dict[str, str]:
+    return {"Content-Type": "application/json",
+            "webhook-id": event_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign_standard(secret, event_id, timestamp, body),
+            EVENT_HEADER: event_id, SIGNATURE_HEADER: sign(secret, timestamp, body)}
+
+
+def _embedded_ipv4(ip) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside an IPv6 one (IPv4-mapped, 6to4, NAT64, IPv4-compatible)."""
+    if ip.version == 4:
+        return None
+    if ip.ipv4_mapped or ip.sixtofour:
+        return ip.ipv4_mapped or ip.sixtofour
+    if ip in NAT64 or ip in IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _is_public(ip) -> bool:
+    inner = _embedded_ipv4(ip)
+    if inner is not None and not inner.is_global:
+        return False
+    return ip.is_global or (ip.version == 6 and ip.ipv4_mapped is not None)
+
+
+def _allowed(host: str, ips, allow: tuple[str, ...]) -> bool:
     for entry in allow:
         if entry.lower() == host:
             return True
         try:
-            if ip is not None and ip in ipaddress.ip_network(entry, strict=False):
-                return True
+            network = ipaddress.ip_network(entry, strict=False)
         except ValueError:
             continue  # a host name, not a range
+        if any(ip is not None and ip.version == network.version and ip in network for ip in ips):
+            return True
     return False
 
 
-def check_callback_url(url: str, settings: Settings | None = None) -> str:
-    """`url` when it may be called, else UnsafeCallback (a bad scheme, an unresolvable host,
-    or an address that is not globally routable and not allow-listed)."""
+@dataclass(frozen=True)
+class Callback:
+    """A vetted callback URL and the address to connect to (None for a host name that
+    CLEARMARK_WEBHOOK_ALLOW_HOSTS trusts by name: the HTTP client resolves it)."""
+
+    url: str
+    address: str | None
+
+
+def check_callback_url(url: str, settings: Settings | None = None) -> Callback:
+    """The URL and the address to post it to, else UnsafeCallback (a bad scheme, an
+    unresolvable host, or an address that is not globally routable and not allow-listed)."""
     allow = (settings or get_settings()).webhook_allow_hosts
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeCallback(f"callback URL must be http(s)://host/...: {url!r}")
     host = parts.hostname.lower()
-    if _allowed(host, None, allow):
-        return url
+    if _allowed(host, (), allow):
+        return Callback(url, None)
     try:
         infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise UnsafeCallback(f"cannot resolve callback host {host!r}: {exc}",
                              code="callback_unresolvable") from None
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        ip = getattr(ip, "ipv4_mapped", None) or ip
-        if not ip.is_global and not _allowed(host, ip, allow):
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    for ip in addresses:
+        if not _is_public(ip) and not _allowed(host, (ip, _embedded_ipv4(ip)), allow):
             raise UnsafeCallback(
                 f"callback host {host!r} resolves to {ip}, a loopback, private or link-local "
                 "address (allow it with CLEARMARK_WEBHOOK_ALLOW_HOSTS)")
-    return url
+    return Callback(url, str(addresses[0]))
+
+
+def post_pinned(callback: Callback, body: bytes, headers: dict[str, str],
+                timeout_s: float) -> httpx.Response:
+    """POST to the vetted address itself: the URL's host becomes that IP while the Host
+    header and the TLS server name (SNI and certificate check) stay the original host."""
+    url, extensions = httpx.URL(callback.url), {}
+    if callback.address:
+        headers = {**headers, "Host": url.netloc.decode("ascii")}
+        extensions["sni_hostname"] = url.host
+        url = url.copy_with(host=callback.address)
+    with httpx.Client(trust_env=False, follow_redirects=False, timeout=timeout_s) as client:
+        return client.post(url, content=body, headers=headers, extensions=extensions)
 
 
 def _iso(value) -> str | None:
@@ -137,11 +210,10 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
                            "job": job_document(job, s.public_url)}).encode()
     detail: dict = {"attempt": attempt, "url": url, "event_id": event_id}
     try:
-        check_callback_url(url, s)
-        headers = {"Content-Type": "application/json", EVENT_HEADER: event_id,
-                   SIGNATURE_HEADER: sign(secret, int(time.time()), body)}
-        response = httpx.post(url, content=body, headers=headers, timeout=s.webhook_timeout_s,
-                              follow_redirects=False)
+        callback = check_callback_url(url, s)
+        detail["address"] = callback.address
+        headers = signed_headers(secret, event_id, body, int(time.time()))
+        response = post_pinned(callback, body, headers, s.webhook_timeout_s)
         detail["status_code"] = response.status_code
         outcome = "delivered" if response.is_success else "retry"
     except UnsafeCallback as exc:

@@ -1,0 +1,201 @@
+"""What the API refuses before it reads an upload (a wrong key, an oversize or chunked body,
+a tenant over its limits), outages as JSON 503s, unexpected errors as JSON 500s with a
+request id, and an OpenAPI document that declares every status code. The streaming tests
+talk raw HTTP/1.1 to a real uvicorn, so they see exactly what a client sees."""
+from __future__ import annotations
+
+import http.client
+import json
+import select
+import socket
+import threading
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.test_api import (  # noqa: F401 - fixtures used here
+    api_settings, client, count_jobs, db_url, documented_client, free_port, make_shop, png,
+    service, upload,
+)
+from tests.test_celery_e2e import Service, wait_for
+from workers import api
+
+pytestmark = [pytest.mark.integration]
+UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+FILE_PART = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="p.png"\r\n'
+             b"Content-Type: image/png\r\n\r\n")   # the start of a multipart body
+
+
+@pytest.fixture
+def live_api(api_settings):
+    """`workers.api.app` served by uvicorn on a free port (in this process, so it uses the
+    settings the test installs); yields the port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(api.app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 30, "uvicorn to start", interval=0.05)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def upload_head(key: str, framing: str) -> bytes:
+    return (f"POST /v1/images HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: multipart/form-data; boundary=xyz\r\n{framing}\r\n\r\n").encode()
+
+
+def answer(sock: socket.socket) -> tuple[int, dict, dict]:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    headers = {k.lower(): v for k, v in response.getheaders()}
+    return response.status, headers, json.loads(response.read())
+
+
+def test_a_wrong_key_is_refused_before_the_body_is_read(live_api):
+    with socket.create_connection(("127.0.0.1", live_api), timeout=30) as sock:
+        sock.sendall(upload_head("cm_wrong", "Content-Length: 8000000"))   # and no body at all
+        status, headers, body = answer(sock)
+    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    assert headers["connection"] == "close" and headers["www-authenticate"] == "Bearer"
+
+
+def test_an_oversize_chunked_upload_is_refused_while_it_streams(api_settings, live_api,
+                                                                make_shop):
+    from workers.settings import set_settings
+
+    set_settings(api_settings.replace(max_bytes=100_000))
+    shop = make_shop("shop")
+    chunk = b"x" * 32768
+    with socket.create_connection(("127.0.0.1", live_api), timeout=30) as sock:
+        sock.sendall(upload_head(shop.key, "Transfer-Encoding: chunked"))
+        sock.sendall(b"%x\r\n%s\r\n" % (len(FILE_PART), FILE_PART))
+        for _ in range(64):    # up to 2 MiB; the closing zero-length chunk is never sent
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if select.select([sock], [], [], 0)[0]:
+                break
+        status, headers, body = answer(sock)
+    assert (status, body["error"]["code"]) == (413, "too_large_bytes")
+    assert headers["connection"] == "close"
+    assert count_jobs(api_settings) == 0
+
+
+def test_uploads_in_flight_per_tenant_are_limited(api_settings, live_api, make_shop):
+    from workers.settings import set_settings
+
+    set_settings(api_settings.replace(upload_concurrency=1))
+    shop, other = make_shop("shop"), make_shop("other")
+    body = FILE_PART + png(1) + b"\r\n--xyz--\r\n"
+    base = f"http://127.0.0.1:{live_api}"
+
+    def second_upload(who):   # not an image: 415 if it gets in, nothing stored
+        return httpx.post(f"{base}/v1/images", headers=who.auth,
+                          files={"file": ("x.png", b"not an image", "image/png")})
+
+    with socket.create_connection(("127.0.0.1", live_api), timeout=30) as sock:
+        sock.sendall(upload_head(shop.key, f"Content-Length: {len(body)}") + body[:100])
+        refused = wait_for(lambda: (r := second_upload(shop)).status_code == 429 and r, 30,
+                           "the first upload to hold the tenant's only slot", interval=0.05)
+        assert refused.json()["error"]["code"] == "too_many_uploads"
+        assert refused.headers["retry-after"] == "1"
+        assert second_upload(other).status_code == 415   # another tenant has its own slots
+        sock.sendall(body[100:])
+        status, _, job = answer(sock)
+    assert status == 202 and job["status"] == "queued"
+    wait_for(lambda: second_upload(shop).status_code == 415, 30, "the slot to be given back",
+             interval=0.05)
+
+
+@pytest.mark.parametrize("storage", ["memory://", "redis"])
+def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(api_settings, client, make_shop,
+                                                                storage):
+    from workers.settings import set_settings
+
+    if storage == "redis":   # the counters all API processes share
+        storage = api_settings.broker_url
+    set_settings(api_settings.replace(rate_limit="3/hour", rate_limit_storage=storage))
+    shop, other = make_shop("shop"), make_shop("other")
+    assert [client.get("/v1/jobs", headers=shop.auth).status_code for _ in range(3)] == [200] * 3
+    over = client.get("/v1/jobs", headers=shop.auth)
+    assert (over.status_code, over.json()["error"]["code"]) == (429, "rate_limited")
+    assert 0 < int(over.headers["retry-after"]) <= 3600
+    assert client.get("/v1/jobs", headers=other.auth).status_code == 200
+
+
+def test_database_down_is_a_json_503(api_settings, client):
+    from workers.settings import set_settings
+
+    set_settings(api_settings.replace(database_url=UNREACHABLE_PG))
+    for path in ("/v1/jobs", "/v1/jobs/abc", "/metrics"):
+        r = client.get(path, headers={"Authorization": "Bearer cm_anything"})
+        assert r.status_code == 503, (path, r.text)
+        assert r.json()["error"]["code"] == "database_unavailable", path
+        assert int(r.headers["retry-after"]) > 0
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["database"] != "ok"
+
+
+@pytest.mark.slow
+def test_broker_down_on_upload_is_a_json_503(api_settings, make_shop, tmp_path):
+    """A real `clearmark api` whose broker is unreachable: the upload's job is recorded as
+    failed (enqueue_failed) and the answer is a JSON 503 with Retry-After."""
+    shop = make_shop("shop")
+    port = free_port()
+    server = Service(api_settings.replace(broker_url="redis://127.0.0.1:1/0"),
+                     tmp_path / "api.log", "api", "--port", str(port))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=shop.auth) as http:
+            wait_for(lambda: _answers(http), 60, "the API to listen", interval=0.1)
+            r = http.post("/v1/images", files={"file": ("p.png", png(1), "image/png")})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "broker_unavailable"
+            assert int(r.headers["retry-after"]) > 0
+            jobs = http.get("/v1/jobs").json()["jobs"]
+            assert [(j["status"], j["error"]["code"]) for j in jobs] == [
+                ("failed", "enqueue_failed")]
+    finally:
+        server.stop()
+
+
+def _answers(http: httpx.Client) -> bool:
+    try:
+        return http.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_anything_unexpected_is_a_json_500_with_the_request_id(api_settings, make_shop,
+                                                              monkeypatch):
+    shop = make_shop("shop")
+    client = documented_client(raise_server_exceptions=False)
+    job_id = upload(client, shop, png(1)).json()["id"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api, "job_document", broken)
+    r = client.get(f"/v1/jobs/{job_id}", headers=shop.auth)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
+    assert "a bug" not in r.text
+    assert client.get("/healthz").headers["x-request-id"] != r.headers["x-request-id"]
+
+
+def test_every_route_declares_the_errors_every_request_can_meet(client):
+    paths = client.get("/v1/openapi.json").json()["paths"]
+    assert {"/v1/images", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result",
+            "/v1/jobs/{job_id}/mask", "/v1/jobs/{job_id}/retry", "/healthz", "/readyz",
+            "/metrics"} == set(paths)
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            declared = operation["responses"]
+            assert "500" in declared, (method, path)
+            if path.startswith("/v1/"):
+                assert {"401", "422", "429", "503"} <= set(declared), (method, path)
+                for code in set(declared) - {"200", "202"}:
+                    assert "ErrorBody" in json.dumps(declared[code]), (method, path, code)
