@@ -161,10 +161,12 @@ def _json_safe(value):
 
 def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str | None,
                mask_uri: str | None, metrics: dict, pipeline_version: str,
-               review_reason: str | None = None, gate: list[dict] | None = None) -> bool:
+               review_reason: str | None = None, gate: list[dict] | None = None,
+               stage_ms: dict | None = None) -> bool:
     """Record the result; False (and nothing written) when this attempt lost its claim.
     `review_reason` is stored only with needs_review; `gate` (the do-no-harm gate's
-    per-region verdicts) goes into the status event's detail."""
+    per-region verdicts) and `stage_ms` (stage times job_metrics has no column for:
+    ms_gate, ms_residual) go into the status event's detail."""
     with session_scope(db_url) as session:
         job = _locked_job(session, claim.job_id)
         if not _holds_claim(job, claim):
@@ -177,6 +179,8 @@ def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str 
             extra["review_reason"] = reason
         if gate:
             extra["gate"] = _json_safe(gate)
+        if stage_ms:
+            extra["ms"] = _json_safe(stage_ms)
         set_status(session, job, status, attempt=claim.attempt, **extra)
         job.result_uri, job.mask_uri = result_uri, mask_uri
         job.pipeline_version = pipeline_version
@@ -278,7 +282,8 @@ def _attempt(job_id: str, engines, settings: Settings) -> str | None:
     status = JobStatus(result.status)
     if finish_job(db_url, claim, status, result_uri=result_uri, mask_uri=mask_uri,
                   metrics=result.metrics, pipeline_version=engines.version,
-                  review_reason=result.review_reason, gate=result.details.get("gate")):
+                  review_reason=result.review_reason, gate=result.details.get("gate"),
+                  stage_ms={k: result.details[k] for k in ("ms_gate", "ms_residual")}):
         log.info("job %s %s in %.0f ms", job_id, status.value, result.metrics["ms_total"])
         return status.value
     return None
