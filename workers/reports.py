@@ -27,6 +27,36 @@ def status_text(db_url: str, failures: int = 10) -> str:
     return "\n".join(lines)
 
 
+def queue_consumers(settings, timeout_s: float = 1.0) -> dict[str, list[str]]:
+    """Queue name -> the workers consuming it now (asked over the broker; a worker that does
+    not answer within timeout_s counts as absent)."""
+    from workers.celery_app import app
+
+    replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
+    consumers: dict[str, list[str]] = {}
+    for worker, queues in replies.items():
+        for queue in queues:
+            consumers.setdefault(queue["name"], []).append(worker)
+    return consumers
+
+
+def queues_text(settings) -> str:
+    """Each queue's waiting tasks and consumers, flagging a queue that nobody consumes."""
+    from workers.metrics import queue_depths
+    from workers.preflight import safe_url
+
+    depths = queue_depths(settings)
+    if not depths:
+        return f"queues: the broker {safe_url(settings.broker_url)} cannot be reached"
+    consumers = queue_consumers(settings)
+    lines = [f"queues on {safe_url(settings.broker_url)}:"]
+    for queue, waiting in depths.items():
+        who = ", ".join(sorted(consumers.get(queue, []))) or \
+            "NO WORKER consumes it: start one (clearmark worker)"
+        lines.append(f"  {queue:<22} {waiting:>6} waiting   {who}")
+    return "\n".join(lines)
+
+
 def batch_progress(db_url: str, batch_ids: list[str] | None = None, tenant: str | None = None,
                    limit: int = 20) -> list[dict]:
     """Newest batches first: id, kind, tenant, created_at, total and job counts by status."""
@@ -55,12 +85,13 @@ def batches_text(rows: list[dict]) -> str:
     later reprocess run took over counts in that run's batch)."""
     if not rows:
         return "no batches"
-    lines = [f"{'batch':<32}  {'kind':<9} {'tenant':<12} {'created (UTC)':<16} "
+    width = max(6, *(len(r["tenant"]) for r in rows))
+    lines = [f"{'batch':<32}  {'kind':<9} {'tenant':<{width}} {'created (UTC)':<16} "
              f"{'done':>13}  by status"]
     for r in rows:
         done = sum(n for s, n in r["counts"].items() if s in {f.value for f in FINISHED})
         jobs = sum(r["counts"].values())
         counts = " ".join(f"{s}={n}" for s, n in sorted(r["counts"].items())) or "-"
-        lines.append(f"{r['id']:<32}  {r['kind']:<9} {r['tenant'][:12]:<12} "
+        lines.append(f"{r['id']:<32}  {r['kind']:<9} {r['tenant']:<{width}} "
                      f"{r['created_at']:%Y-%m-%d %H:%M} {done:>6}/{jobs:<6}  {counts}")
     return "\n".join(lines)

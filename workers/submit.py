@@ -7,7 +7,7 @@ from typing import Iterable, Iterator
 
 import fsspec
 
-from workers.db import Priority, session_scope
+from workers.db import Batch, Priority, session_scope
 from workers.jobs import create_batch, create_job, ensure_tenant
 from workers.settings import get_settings
 from workers.storage import get_storage
@@ -21,7 +21,8 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
     A local file is copied into storage and keyed by its sha256; a URI (a bucket object)
     is used in place and keyed by the URI. Either way, submitting the same source again
     for the same tenant gives its existing job. Rows are committed a chunk at a time, and
-    each chunk is enqueued only after its commit, so a worker always finds its job."""
+    each chunk is enqueued only after its commit, so a worker always finds its job. When
+    every source was already known, the batch (empty) is removed at the end."""
     from workers.tasks import enqueue, queue_for
 
     settings = get_settings()
@@ -31,6 +32,7 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
     with session_scope(settings.database_url) as session:
         owner = ensure_tenant(session, tenant)
         batch = create_batch(session, owner, "bulk" if bulk else "submit", total=len(sources))
+    any_new = False
     for start in range(0, len(sources), chunk):
         created = []
         with session_scope(settings.database_url) as session:
@@ -49,7 +51,11 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
         for job_id, source, is_new in created:
             if is_new:
                 enqueue(job_id, queue)
+                any_new = True
             yield job_id, source, is_new, batch.id
+    if not any_new:
+        with session_scope(settings.database_url) as session:
+            session.delete(session.get(Batch, batch.id))
 
 
 def submit_files(paths: list[Path], tenant: str = "local", bulk: bool = False
