@@ -123,6 +123,9 @@ def test_clean_with_an_output_that_cannot_be_written_fails_loudly(tmp_path, loca
     with session_scope(local_settings.database_url) as session:
         statuses = [j.status for j in session.scalars(select(Job))]
     assert len(statuses) == 2 and statuses.count("failed") == 1 and "queued" not in statuses
+    status = CliRunner().invoke(cli, ["status"])   # failures by the user's file name
+    assert "too_many_attempts: gave up after 1 attempts" in status.output
+    assert f"[{src / 'sub' / 'x y.png'}]" in status.output
 
 
 def test_clean_refuses_an_output_folder_it_cannot_create(tmp_path, local_settings):

@@ -60,10 +60,11 @@ def create_batch(session: Session, tenant: Tenant, kind: str, description: str =
 def create_job(session: Session, tenant: Tenant, source_uri: str, *, batch: Batch | None = None,
                idempotency_key: str | None = None, result_uri: str | None = None,
                mask_uri: str | None = None, source_sha256: str | None = None,
-               callback_url: str | None = None, priority: str = Priority.normal.value
-               ) -> tuple[Job, bool]:
+               callback_url: str | None = None, priority: str = Priority.normal.value,
+               source_name: str | None = None) -> tuple[Job, bool]:
     """A queued job, or the tenant's existing job with the same idempotency key.
-    Returns (job, created)."""
+    Returns (job, created). `source_name`, the file's name as its owner knows it (the
+    source URI may be a storage hash), goes into the first event's detail."""
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id,
                                                     Job.idempotency_key == idempotency_key))
@@ -84,7 +85,8 @@ def create_job(session: Session, tenant: Tenant, source_uri: str, *, batch: Batc
             raise
         return existing, False
     session.add(JobEvent(job_id=job.id, kind="status", from_status=None,
-                         to_status=JobStatus.queued.value))
+                         to_status=JobStatus.queued.value,
+                         detail={"source_name": source_name} if source_name else None))
     return job, True
 
 

@@ -140,7 +140,8 @@ def _create_jobs(settings: Settings, images: list[tuple[Path, Path]], out_dir: P
         for path, rel in images:
             mask_uri = (masks_dir / rel).with_suffix(".png").resolve().as_uri() if masks_dir else None
             job, _ = create_job(session, tenant, path.resolve().as_uri(), batch=batch,
-                                result_uri=(out_dir / rel).resolve().as_uri(), mask_uri=mask_uri)
+                                result_uri=(out_dir / rel).resolve().as_uri(), mask_uri=mask_uri,
+                                source_name=str(path))
             names[job.id] = rel
         return batch.id, names
 

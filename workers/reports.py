@@ -3,7 +3,15 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from workers.db import FINISHED, Job, JobStatus, session_scope
+from workers.db import FINISHED, Job, JobEvent, JobStatus, session_scope
+
+
+def source_names(session, job_ids: list[str]) -> dict[str, str]:
+    """Job id -> the file name its owner submitted (when recorded at creation)."""
+    events = session.scalars(select(JobEvent).where(JobEvent.job_id.in_(job_ids),
+                                                    JobEvent.from_status.is_(None)))
+    return {e.job_id: e.detail["source_name"] for e in events
+            if e.detail and e.detail.get("source_name")}
 
 
 def status_counts(db_url: str) -> dict[str, int]:
@@ -21,9 +29,10 @@ def status_text(db_url: str, failures: int = 10) -> str:
         failed = session.scalars(select(Job).where(Job.status == JobStatus.failed.value)
                                  .order_by(Job.updated_at.desc()).limit(failures)).all()
         if failed:
+            names = source_names(session, [j.id for j in failed])
             lines.append(f"recent failures (newest first, up to {failures}):")
-            lines += [f"  {j.id}  {j.error_code}: {j.error_message}  [{j.source_uri}]"
-                      for j in failed]
+            lines += [f"  {j.id}  {j.error_code}: {j.error_message}  "
+                      f"[{names.get(j.id, j.source_uri)}]" for j in failed]
     return "\n".join(lines)
 
 

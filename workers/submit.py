@@ -46,7 +46,7 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
                     uri, key, digest = source, f"uri:{source}", None
                 job, is_new = create_job(session, owner, uri, batch=batch,
                                          idempotency_key=key, source_sha256=digest,
-                                         priority=priority)
+                                         priority=priority, source_name=str(source))
                 created.append((job.id, source, is_new))
         for job_id, source, is_new in created:
             if is_new:
