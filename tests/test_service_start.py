@@ -1,6 +1,7 @@
 """Starting the service: a worker refuses settings that would strand jobs, a default
 worker consumes every queue (and `clearmark status` shows a queue nobody consumes), and
-submitting known files again leaves no empty batch behind."""
+submitting known files again leaves no empty batch behind (and re-sends the task of a
+job still queued, which a misconfigured worker may have lost)."""
 from __future__ import annotations
 
 import pytest
@@ -12,6 +13,7 @@ from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
 )
 from workers.cli import cli
 from workers.db import Batch, session_scope
+from workers.metrics import queue_depths
 from workers.reports import queues_text
 from workers.settings import set_settings
 from workers.submit import submit_files
@@ -80,5 +82,7 @@ def test_submitting_known_files_again_makes_no_batch(service, tmp_path):
 
     first = list(submit_files([photo]))
     assert batches() == 1
-    assert list(submit_files([photo])) == first
+    assert queue_depths(service)[service.queue_uploads] == 1
+    assert list(submit_files([photo])) == first   # still queued: its task is sent again
     assert batches() == 1
+    assert queue_depths(service)[service.queue_uploads] == 2

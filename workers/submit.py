@@ -7,7 +7,7 @@ from typing import Iterable, Iterator
 
 import fsspec
 
-from workers.db import Batch, Priority, session_scope
+from workers.db import Batch, JobStatus, Priority, session_scope
 from workers.jobs import create_batch, create_job, ensure_tenant
 from workers.settings import get_settings
 from workers.storage import get_storage
@@ -20,9 +20,10 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
 
     A local file is copied into storage and keyed by its sha256; a URI (a bucket object)
     is used in place and keyed by the URI. Either way, submitting the same source again
-    for the same tenant gives its existing job. Rows are committed a chunk at a time, and
-    each chunk is enqueued only after its commit, so a worker always finds its job. When
-    every source was already known, the batch (empty) is removed at the end."""
+    for the same tenant gives its existing job, enqueued again while it is still queued.
+    Rows are committed a chunk at a time, and each chunk is enqueued only after its
+    commit, so a worker always finds its job. When every source was already known, the
+    batch (empty) is removed at the end."""
     from workers.tasks import enqueue, queue_for
 
     settings = get_settings()
@@ -47,11 +48,13 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
                 job, is_new = create_job(session, owner, uri, batch=batch,
                                          idempotency_key=key, source_sha256=digest,
                                          priority=priority, source_name=str(source))
-                created.append((job.id, source, is_new))
-        for job_id, source, is_new in created:
-            if is_new:
+                # A known job still queued may have lost its task (e.g. a worker on the
+                # wrong database took it): send it again; a duplicate finds nothing to do.
+                created.append((job.id, source, is_new, job.status == JobStatus.queued.value))
+        for job_id, source, is_new, queued in created:
+            if is_new or queued:
                 enqueue(job_id, queue)
-                any_new = True
+            any_new = any_new or is_new
             yield job_id, source, is_new, batch.id
     if not any_new:
         with session_scope(settings.database_url) as session:
