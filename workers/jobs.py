@@ -285,7 +285,8 @@ def _attempt(job_id: str, engines, settings: Settings) -> str | None:
     if finish_job(db_url, claim, status, result_uri=result_uri, mask_uri=mask_uri,
                   metrics=result.metrics, pipeline_version=engines.version,
                   review_reason=result.review_reason, gate=result.details.get("gate"),
-                  stage_ms={k: result.details[k] for k in ("ms_gate", "ms_residual")}):
+                  stage_ms={k: result.details[k] for k in ("ms_gate", "ms_residual")
+                            if k in result.details}):
         log.info("job %s %s in %.0f ms", job_id, status.value, result.metrics["ms_total"])
         return status.value
     return None
