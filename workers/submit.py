@@ -14,16 +14,18 @@ from workers.storage import get_storage
 
 
 def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool = False,
-                   chunk: int = 500) -> Iterator[tuple[str, Path | str, bool, str]]:
+                   chunk: int = 500, resend_queued: bool = False
+                   ) -> Iterator[tuple[str, Path | str, bool, str]]:
     """Create a job per source as one batch and enqueue it; yields (job id, source, created,
     batch id).
 
     A local file is copied into storage and keyed by its sha256; a URI (a bucket object)
     is used in place and keyed by the URI. Either way, submitting the same source again
-    for the same tenant gives its existing job, enqueued again while it is still queued.
-    Rows are committed a chunk at a time, and each chunk is enqueued only after its
-    commit, so a worker always finds its job. When every source was already known, the
-    batch (empty) is removed at the end."""
+    for the same tenant gives its existing job; with `resend_queued`, one still queued is
+    enqueued again (it may have lost its task; a bulk import run again after an interrupt
+    does not, so as not to double a backlog). Rows are committed a chunk at a time, and
+    each chunk is enqueued only after its commit, so a worker always finds its job. When
+    every source was already known, the batch (empty) is removed at the end."""
     from workers.tasks import enqueue, queue_for
 
     settings = get_settings()
@@ -50,9 +52,10 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
                                          priority=priority, source_name=str(source))
                 # A known job still queued may have lost its task (e.g. a worker on the
                 # wrong database took it): send it again; a duplicate finds nothing to do.
-                created.append((job.id, source, is_new, job.status == JobStatus.queued.value))
-        for job_id, source, is_new, queued in created:
-            if is_new or queued:
+                resend = resend_queued and job.status == JobStatus.queued.value
+                created.append((job.id, source, is_new, resend))
+        for job_id, source, is_new, resend in created:
+            if is_new or resend:
                 enqueue(job_id, queue)
             any_new = any_new or is_new
             yield job_id, source, is_new, batch.id
@@ -63,8 +66,10 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
 
 def submit_files(paths: list[Path], tenant: str = "local", bulk: bool = False
                  ) -> Iterator[tuple[str, Path]]:
-    """Copy each file into storage, create its job and enqueue it (one batch)."""
-    for job_id, path, _, _ in submit_sources(list(paths), tenant=tenant, bulk=bulk):
+    """Copy each file into storage, create its job and enqueue it (one batch); a known job
+    that is still queued is enqueued again."""
+    for job_id, path, _, _ in submit_sources(list(paths), tenant=tenant, bulk=bulk,
+                                             resend_queued=True):
         yield job_id, path
 
 
