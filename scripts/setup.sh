@@ -29,3 +29,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 .venv/bin/pip install -q -e ".[test]"
 echo "setup: done ($(.venv/bin/clearmark --version 2>/dev/null || echo clearmark installed))"
+echo "setup: the command is $PWD/.venv/bin/clearmark; to call it as plain \`clearmark\`, run:"
+echo "         source .venv/bin/activate"

@@ -66,3 +66,121 @@ def test_clean_without_images_is_a_clear_error(tmp_path, local_settings):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(cli, ["clean", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0 and "no images found" in result.output
+
+
+def test_start_up_commands_are_listed_without_importing_them():
+    """`clearmark --help` shows the lazily loaded commands' one-line help from
+    LAZY_COMMANDS; it must be what the commands themselves say."""
+    import click
+
+    from workers.cli import LAZY_COMMANDS
+
+    ctx = click.Context(cli)
+    for name, (_, short_help) in LAZY_COMMANDS.items():
+        assert cli.get_command(ctx, name).get_short_help_str(1000) == short_help, name
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0 and all(name in result.output for name in LAZY_COMMANDS)
+
+
+ODD_NAMES = ["a b.png", "c#1.png", "100%.png", "new\nline.png", "żółw ü.png"]
+
+
+def test_clean_odd_file_names_into_a_folder_with_a_space(tmp_path, local_settings):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, name in enumerate(ODD_NAMES):
+        product_photo(i, size=(160, 120)).save(src / name)
+    (src / "notes.txt").write_text("not an image")
+    out = tmp_path / "My Output"
+
+    result = CliRunner().invoke(cli, ["clean", str(src), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(ODD_NAMES)
+    assert not (tmp_path / "My%20Output").exists()
+    assert "failed        0" in result.output
+    assert "skipped 1 file(s) that are not images by their extension: notes.txt" in result.output
+    stages = result.output.split("mean ms per image: ")[1].splitlines()[0]
+    assert [part.split()[0] for part in stages.split(" = ")[0].split(" + ")] == \
+        ["decode", "detect", "remove", "gate", "residual", "encode"]
+
+
+def test_clean_with_an_output_that_cannot_be_written_fails_loudly(tmp_path, local_settings):
+    set_settings(local_settings.replace(max_attempts=1))
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    product_photo(1, size=(160, 120)).save(src / "top.png")
+    product_photo(2, size=(160, 120)).save(src / "sub" / "x y.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("a file where the sub-folder should go")
+
+    result = CliRunner().invoke(cli, ["clean", str(src), "--out", str(out), "--recursive"])
+    assert result.exit_code == 1, result.output
+    assert "failed        1" in result.output
+    assert "FAILED sub/x y.png: too_many_attempts: gave up after 1 attempts: cannot write" \
+        in result.output
+    assert (out / "top.png").exists()
+    with session_scope(local_settings.database_url) as session:
+        statuses = [j.status for j in session.scalars(select(Job))]
+    assert len(statuses) == 2 and statuses.count("failed") == 1 and "queued" not in statuses
+    status = CliRunner().invoke(cli, ["status"])   # failures by the user's file name
+    assert "too_many_attempts: gave up after 1 attempts" in status.output
+    assert f"[{src / 'sub' / 'x y.png'}]" in status.output
+
+
+def test_clean_refuses_an_output_folder_it_cannot_create(tmp_path, local_settings):
+    src = tmp_path / "in"
+    src.mkdir()
+    product_photo(1, size=(160, 120)).save(src / "a.png")
+    (tmp_path / "taken").write_text("a file, not a folder")
+    result = CliRunner().invoke(cli, ["clean", str(src), "--out", str(tmp_path / "taken")])
+    assert result.exit_code != 0 and "cannot create the output folder" in result.output
+
+
+def test_since_takes_iso_dates_and_ages_in_report_and_reprocess(tmp_path, local_settings):
+    from datetime import datetime, timezone
+
+    from workers import migrate
+    from workers.dates import parse_since
+
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
+    assert parse_since("7d", now) == datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    assert parse_since("90m", now) == datetime(2026, 11, 29, 10, 30, tzinfo=timezone.utc)
+    assert parse_since("2026-11-01") == datetime(2026, 11, 1, tzinfo=timezone.utc)
+    assert parse_since("2026-11-01T12:00+01:00").utcoffset().total_seconds() == 3600
+    with pytest.raises(ValueError):
+        parse_since("last week")
+
+    migrate.upgrade(local_settings.database_url)
+    runner = CliRunner()
+    for since in ("7d", "2026-11-01", "2026-11-01T08:00:00"):
+        report = runner.invoke(cli, ["report", "--out", str(tmp_path / "r.html"), "--since", since])
+        assert report.exit_code == 0, report.output
+        dry = runner.invoke(cli, ["reprocess", "--since", since, "--dry-run"])
+        assert dry.exit_code == 0 and "selected: none" in dry.output, dry.output
+    bad = runner.invoke(cli, ["reprocess", "--since", "last week", "--dry-run"])
+    assert bad.exit_code == 2 and "is not an ISO date" in bad.output
+
+
+def test_batches_show_whole_tenant_names():
+    from datetime import datetime
+
+    from workers.reports import batches_text
+
+    name = "a-rather-long-storefront-name"
+    text = batches_text([{"id": "b1", "kind": "bulk", "tenant": name,
+                          "created_at": datetime(2026, 11, 29), "total": 1,
+                          "counts": {"succeeded": 1}}])
+    assert name in text
+
+
+def test_flower_needs_its_extra_and_keeps_the_password_off_the_command_line(tmp_path):
+    import importlib.util
+
+    runner = CliRunner()
+    if importlib.util.find_spec("flower") is None:
+        result = runner.invoke(cli, ["flower"])
+        assert result.exit_code == 1 and "pip install -e '.[ops]'" in result.output
+    else:
+        result = runner.invoke(cli, ["flower", "--basic-auth=admin:secret"])
+        assert result.exit_code == 1 and "shows in `ps`" in result.output

@@ -39,8 +39,8 @@ def test_the_full_stack_is_there():
     assert "pgdata:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
     assert "local/clearmark" in " ".join(SERVICES["minio-init"]["entrypoint"])
     assert SERVICES["api"]["environment"]["CLEARMARK_STORAGE_URI"] == "s3://clearmark"
-    assert any("--basic-auth=" in arg and "FLOWER_PASSWORD" in arg
-               for arg in SERVICES["flower"]["entrypoint"])
+    assert "FLOWER_PASSWORD" in SERVICES["flower"]["environment"]["CLEARMARK_FLOWER_AUTH"]
+    assert not any("FLOWER_PASSWORD" in arg for arg in SERVICES["flower"]["command"])
 
 
 def test_start_up_order():
@@ -69,10 +69,11 @@ def test_start_up_order():
 def test_clearmark_commands_parse():
     commands = {name: s["command"] for name, s in SERVICES.items()
                 if s.get("image") == "clearmark:latest" and "command" in s}
-    assert set(commands) >= {"migrate", "api", "worker-uploads", "worker-bulk", "worker-webhooks"}
+    assert set(commands) >= {"migrate", "api", "worker-uploads", "worker-bulk", "worker-webhooks",
+                             "flower"}
     for name, args in commands.items():
         ctx = parse(args)
-        assert ctx.command.name in {"upgrade", "api", "worker"}, name
+        assert ctx.command.name in {"upgrade", "api", "worker", "flower"}, name
     assert compose_command("migrate") == ["db", "upgrade"]
     webhooks = parse(compose_command("worker-webhooks")).params
     assert webhooks["queues"] == "clearmark.webhooks" and webhooks["pool"] == "threads"

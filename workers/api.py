@@ -18,12 +18,13 @@ import uuid
 from datetime import datetime, timezone
 
 from fastapi import (
-    APIRouter, Depends, FastAPI, File, Form, Header, Query, Request, Response, UploadFile,
+    APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile,
 )
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import select, text, tuple_
 from starlette.exceptions import HTTPException
 
@@ -47,9 +48,12 @@ IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp"
                "application/octet-stream"}
 log = logging.getLogger(__name__)
 
-app = FastAPI(title="clearmark", version="1",
-              description="Removes visible watermarks from product photos.",
-              openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None)
+# The docs page's Swagger UI assets come from the installed fastapi-offline package, not a
+# CDN, so /v1/docs works behind a firewall.
+app = FastAPIOffline(title="clearmark", version="1",
+                     description="Removes visible watermarks from product photos.",
+                     openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None,
+                     static_url="/v1/docs-assets")
 app.add_middleware(ApiGuard)
 v1 = APIRouter(prefix="/v1", tags=["jobs"], responses=documented(401, 422, 429, 500, 503))
 bearer = HTTPBearer(auto_error=False, description="API key from `clearmark tenants create`")

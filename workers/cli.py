@@ -1,31 +1,82 @@
-"""The `clearmark` command line."""
+"""The `clearmark` command line.
+
+Start-up stays light (`clearmark --help` well under a second): torch, the models and the
+engines are imported only inside the commands that use them, and the model commands
+(train, eval, engines, bench...) are loaded only when one of them runs (LazyGroup).
+"""
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
 
 import click
 
-from engine_build.cli import bench_command, engines_group
-from models.cli import eval_command, eval_real_command, reproduce_command, train_command
 from workers.settings import get_settings, set_settings
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# Commands defined with the models and engines (they import torch): name -> (where, the
+# one-line help `clearmark --help` shows without importing them; a test keeps it true).
+LAZY_COMMANDS = {
+    "train": ("models.cli:train_command", "Train the detector or the remover on synthetic "
+              "watermarks; writes KIND.pt + manifest."),
+    "eval": ("models.cli:eval_command", "Evaluate the shipped models against two baselines "
+             "on a held-out synthetic set."),
+    "eval-real": ("models.cli:eval_real_command", "Score the pipeline (decode to encode, gate "
+                  "included) on real product photos, marked and clean, against doing nothing "
+                  "and true-mask Telea: harm rate, clean photos changed, PSNR/SSIM, PSNR "
+                  "inside and outside the mark, mask F1, statuses, per style, with bootstrap "
+                  "95% intervals."),
+    "reproduce": ("models.cli:reproduce_command", "Repeat the training run that made KIND.pt "
+                  "and check the result bit for bit."),
+    "engines": ("engine_build.cli:engines_group", "Export ONNX models and build TensorRT "
+                "engines."),
+    "bench": ("engine_build.cli:bench_command", "Images per second and ms per image for "
+              "detection and removal, per backend; with --pipeline, seconds per photo for "
+              "the whole pipeline, stage by stage."),
+}
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+class LazyGroup(click.Group):
+    """A group whose LAZY_COMMANDS are imported on first use, not at start-up."""
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx, name):
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, attr = LAZY_COMMANDS[name][0].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            limit = formatter.width - 6 - len(name)
+            if name in LAZY_COMMANDS and name not in self.commands:
+                stand_in = click.Command(name, help=LAZY_COMMANDS[name][1])
+                rows.append((name, stand_in.get_short_help_str(limit)))
+            elif not (cmd := self.get_command(ctx, name)).hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clearmark")
 @click.option("--db", "database_url", envvar="CLEARMARK_DATABASE_URL",
               help="Database URL (default: SQLite under CLEARMARK_DATA_DIR, ./.clearmark).")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def cli(database_url: str | None, verbose: bool) -> None:
+@click.option("-v", "--verbose", count=True,
+              help="Log what happens (migrations, jobs): -v info, -vv debug.")
+def cli(database_url: str | None, verbose: int) -> None:
     """clearmark: find and remove visible watermarks from product photos.
 
     Runs in-process with SQLite and local files (`clearmark clean`), or as a service:
@@ -36,8 +87,11 @@ def cli(database_url: str | None, verbose: bool) -> None:
         set_settings(get_settings().replace(database_url=database_url))
 
 
-def find_images(paths: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
-    """(file, path relative to its input root) for every image under the given paths."""
+def find_images(paths: list[Path], recursive: bool,
+                skipped: list[Path] | None = None) -> list[tuple[Path, Path]]:
+    """(file, path relative to its input root) for every image under the given paths.
+    Files left out because their extension is not an image's go into `skipped` (relative
+    paths; hidden files and folders are left out silently)."""
     found = []
     for root in paths:
         if root.is_file():
@@ -45,9 +99,13 @@ def find_images(paths: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
             continue
         pattern = "**/*" if recursive else "*"
         for path in sorted(root.glob(pattern)):
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS \
-                    and not any(part.startswith(".") for part in path.relative_to(root).parts):
-                found.append((path, path.relative_to(root)))
+            rel = path.relative_to(root)
+            if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+                continue
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                found.append((path, rel))
+            elif skipped is not None:
+                skipped.append(rel)
     return found
 
 
@@ -65,18 +123,27 @@ def clean(in_dir: Path, out_dir: Path, masks_dir: Path | None, recursive: bool,
     """Clean every image in IN_DIR into --out, in this process (no server needed).
 
     Each image becomes a job recorded in the database (SQLite by default), so
-    `clearmark status` shows what happened afterwards. Files that cannot be read fail
-    their own job with a reason; the rest of the folder carries on.
+    `clearmark status` shows what happened afterwards. Files with an image extension that
+    cannot be read fail their own job with a reason; the rest of the folder carries on.
+    Other files are skipped and listed. Exits 1 when any job failed or did not finish.
     """
     from workers.local import clean_folder
 
-    images = find_images([in_dir], recursive)
+    skipped: list[Path] = []
+    images = find_images([in_dir], recursive, skipped)
     if not images:
         raise click.ClickException(f"no images found in {in_dir}"
                                    + ("" if recursive else " (try --recursive)"))
-    summary = clean_folder(images, out_dir, masks_dir, workers=workers)
+    for folder in (out_dir, masks_dir):
+        try:
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.ClickException(f"cannot create the output folder {folder}: {exc}")
+    summary = clean_folder(images, out_dir, masks_dir, workers=workers,
+                           skipped=[str(p) for p in skipped])
     click.echo(summary.render())
-    if summary.counts.get("failed"):
+    if not summary.ok:
         sys.exit(1)
 
 
@@ -100,8 +167,15 @@ def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -
         click.echo(f"{job_id}\t{path}")
 
 
+def default_queues(settings) -> str:
+    """What `clearmark worker` consumes without -Q: every queue, so that nothing submitted
+    waits for a worker that was never started (webhooks included)."""
+    return ",".join([settings.queue_uploads, settings.queue_bulk, settings.queue_webhooks])
+
+
 @cli.command()
-@click.option("-Q", "--queues", help="Comma-separated queues (default: uploads,bulk).")
+@click.option("-Q", "--queues",
+              help="Comma-separated queues (default: all three, uploads, bulk and webhooks).")
 @click.option("-c", "--concurrency", type=int, help="Child processes (default from settings).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("-P", "--pool", default="prefork", show_default=True,
@@ -109,11 +183,21 @@ def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -
 @click.option("-n", "--hostname", help="Worker node name (default celery@host).")
 def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str,
            hostname: str | None) -> None:
-    """Start a Celery worker on the configured broker (Redis by default)."""
-    from workers.tasks import app
+    """Start a Celery worker on the configured broker (Redis by default).
+
+    Refuses to start when only one of CLEARMARK_DATABASE_URL and CLEARMARK_BROKER_URL is
+    set, or when the database is not migrated to this code's revision: such a worker
+    would take tasks whose jobs it cannot see, and they would stay queued."""
+    from workers.preflight import describe, worker_problems
 
     settings = get_settings()
-    queues = queues or f"{settings.queue_uploads},{settings.queue_bulk}"
+    queues = queues or default_queues(settings)
+    click.echo(f"{describe(settings)}\nqueues   {queues}", err=True)
+    problems = worker_problems(settings)
+    if problems:
+        raise click.ClickException("worker not started: " + "; ".join(problems))
+    from workers.tasks import app
+
     argv = ["worker", "-Q", queues, "-c", str(concurrency or settings.worker_concurrency),
             "-l", loglevel, "-P", pool, "-E"]
     if hostname:
@@ -124,10 +208,12 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
 @cli.command()
 @click.option("--failures", default=10, show_default=True, help="Recent failures to list.")
 def status(failures: int) -> None:
-    """Counts of jobs by status and the most recent failures."""
-    from workers.reports import status_text
+    """Counts of jobs by status, the most recent failures, and each queue's waiting tasks
+    and the workers consuming it."""
+    from workers.reports import queues_text, status_text
 
     click.echo(status_text(get_settings().database_url, failures))
+    click.echo(queues_text(get_settings()))
 
 
 @cli.group()
@@ -217,6 +303,15 @@ def tenants_list() -> None:
                        f"{t.webhook_url or '-'}")
 
 
+def _since(text: str):
+    from workers.dates import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+
+
 def _follow(items, total: int, desc: str):
     """A progress bar on stderr over an iterator of chunk sizes (or single items)."""
     from tqdm import tqdm
@@ -232,7 +327,9 @@ def _follow(items, total: int, desc: str):
 @click.option("--status", "statuses", multiple=True,
               type=click.Choice(["succeeded", "no_watermark", "needs_review", "failed"]),
               help="Only jobs in this status (repeatable; default: every finished status).")
-@click.option("--since", help="Created at or after (ISO 8601, UTC unless an offset is given).")
+@click.option("--since", metavar="DATE|AGE",
+              help="Created at or after: an ISO date or time (UTC unless an offset is given) "
+                   "or an age (12h, 7d, 2w).")
 @click.option("--until", help="Created before (ISO 8601).")
 @click.option("--outdated", is_flag=True,
               help="Only jobs whose result was made by other pipeline code or model weights "
@@ -265,6 +362,7 @@ def reprocess(tenant, statuses, since, until, outdated, version, batch, ids_file
         except LookupError as exc:
             raise click.ClickException(str(exc)) from None
     else:
+        since = since and _since(since).isoformat()   # an age is fixed now, for --resume
         selection = rp.Selection(tenant=tenant, statuses=statuses, since=since, until=until,
                                  outdated=outdated, version=version, batch=batch,
                                  ids_file=ids_file and str(Path(ids_file).resolve()))
@@ -326,6 +424,9 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
     for _, _, created, batch_id in _follow(submit_sources(sources, tenant, bulk=True,
                                                           chunk=chunk), len(sources), "submit"):
         new += created
+    if not new:
+        click.echo(f"all {len(sources)} images are already known: no new batch")
+        return
     rows = batch_progress(get_settings().database_url, [batch_id])
     click.echo(f"batch {batch_id}: {len(sources)} images, {new} new jobs, "
                f"{len(sources) - new} already known")
@@ -386,9 +487,9 @@ def review_reject(job_ids: tuple[str, ...], note: str) -> None:
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The HTML file to write.")
 @click.option("--tenant", help="Only this tenant's jobs.")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S",
-                                               "%Y-%m-%d %H:%M:%S"]),
-              help="Only jobs created since (UTC).")
+@click.option("--since", metavar="DATE|AGE",
+              help="Only jobs created since: an ISO date or time (UTC unless an offset is "
+                   "given) or an age (12h, 7d, 2w).")
 @click.option("--sample", default=6, show_default=True, help="Random jobs in the gallery.")
 @click.option("--worst", default=6, show_default=True, help="Lowest-confidence jobs shown.")
 @click.option("--review", "review_n", default=6, show_default=True,
@@ -397,40 +498,46 @@ def report(out_path: Path, tenant: str | None, since, sample: int, worst: int,
            review_n: int) -> None:
     """Write a self-contained HTML quality report: counts, failure reasons, latency
     percentiles, confidence and mask-area plots, before/after/mask thumbnails."""
-    from datetime import timezone
-
     from workers.report_html import build_report
 
-    html = build_report(tenant, since and since.replace(tzinfo=timezone.utc), sample=sample,
-                        worst=worst, review=review_n)
+    html = build_report(tenant, since and _since(since), sample=sample, worst=worst,
+                        review=review_n)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(html, encoding="utf-8")
     click.echo(f"wrote {out_path} ({len(html) // 1024} KiB)")
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", default=5555, show_default=True)
-@click.option("--basic-auth", "auth", envvar="CLEARMARK_FLOWER_AUTH", metavar="USER:PASSWORD",
-              help="Required (or CLEARMARK_FLOWER_AUTH): Flower has no other protection.")
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Interface to listen on (0.0.0.0: every interface; keep Flower internal).")
+@click.option("--auth-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File whose first line is USER:PASSWORD (else CLEARMARK_FLOWER_AUTH).")
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(port: int, auth: str | None, flower_args: tuple[str, ...]) -> None:
+def flower(port: int, address: str, auth_file: Path | None, flower_args: tuple[str, ...]) -> None:
     """Run Flower (live tasks, workers, retry) on the configured broker; needs the `ops`
-    extra. Extra arguments go to Flower (e.g. --url_prefix=flower)."""
+    extra. Basic auth is required: USER:PASSWORD from --auth-file or CLEARMARK_FLOWER_AUTH,
+    handed to Flower in its environment, never on a command line that `ps` shows. Extra
+    arguments go to Flower (e.g. --url_prefix=flower)."""
+    import importlib.util
     import os
 
-    if not auth or ":" not in auth:
-        raise click.ClickException("give --basic-auth USER:PASSWORD (or CLEARMARK_FLOWER_AUTH)")
+    if importlib.util.find_spec("flower") is None:
+        raise click.ClickException("Flower is not installed: install the ops extra "
+                                   "(.venv/bin/pip install -e '.[ops]')")
+    if any(arg.startswith("--basic") for arg in flower_args):
+        raise click.ClickException("a password on the command line shows in `ps`: use "
+                                   "--auth-file or CLEARMARK_FLOWER_AUTH")
+    if auth_file:
+        lines = auth_file.read_text().splitlines()
+        auth = lines[0].strip() if lines else ""
+    else:
+        auth = os.environ.get("CLEARMARK_FLOWER_AUTH", "")
+    if ":" not in auth:
+        raise click.ClickException("give USER:PASSWORD in --auth-file or CLEARMARK_FLOWER_AUTH")
     argv = [sys.executable, "-m", "celery", "-A", "workers.tasks", "flower", f"--port={port}",
-            f"--basic-auth={auth}", *flower_args]
-    os.execv(sys.executable, argv)
-
-
-cli.add_command(train_command)
-cli.add_command(eval_command)
-cli.add_command(eval_real_command)
-cli.add_command(reproduce_command)
-cli.add_command(engines_group)
-cli.add_command(bench_command)
+            f"--address={address}", *flower_args]
+    os.execve(sys.executable, argv, {**os.environ, "FLOWER_BASIC_AUTH": auth})
 
 
 def main() -> None:

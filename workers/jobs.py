@@ -60,10 +60,11 @@ def create_batch(session: Session, tenant: Tenant, kind: str, description: str =
 def create_job(session: Session, tenant: Tenant, source_uri: str, *, batch: Batch | None = None,
                idempotency_key: str | None = None, result_uri: str | None = None,
                mask_uri: str | None = None, source_sha256: str | None = None,
-               callback_url: str | None = None, priority: str = Priority.normal.value
-               ) -> tuple[Job, bool]:
+               callback_url: str | None = None, priority: str = Priority.normal.value,
+               source_name: str | None = None) -> tuple[Job, bool]:
     """A queued job, or the tenant's existing job with the same idempotency key.
-    Returns (job, created)."""
+    Returns (job, created). `source_name`, the file's name as its owner knows it (the
+    source URI may be a storage hash), goes into the first event's detail."""
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id,
                                                     Job.idempotency_key == idempotency_key))
@@ -86,7 +87,9 @@ def create_job(session: Session, tenant: Tenant, source_uri: str, *, batch: Batc
     # The priority asked for stays here: a reprocess run may change job.priority, and an
     # Idempotency-Key replay is compared with the request as it was.
     session.add(JobEvent(job_id=job.id, kind="status", from_status=None,
-                         to_status=JobStatus.queued.value, detail={"priority": priority}))
+                         to_status=JobStatus.queued.value,
+                         detail={"priority": priority,
+                                 **({"source_name": source_name} if source_name else {})}))
     return job, True
 
 
@@ -164,12 +167,13 @@ def _json_safe(value):
 def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str | None,
                mask_uri: str | None, metrics: dict, pipeline_version: str,
                review_reason: str | None = None, gate: list[dict] | None = None,
-               encoding: dict | None = None) -> bool:
+               encoding: dict | None = None, stage_ms: dict | None = None) -> bool:
     """Record the result; False (and nothing written) when this attempt lost its claim.
-    `review_reason` is stored only with needs_review; `gate` (the do-no-harm gate's
-    per-region verdicts) and `encoding` (how the result file was written: for JPEG, whether
-    the upload's coefficients were kept and how many MCUs changed) go into the status
-    event's detail."""
+    `review_reason` is stored only with needs_review. The status event's detail gets
+    `gate` (the do-no-harm gate's per-region verdicts), `encoding` (how the result file was
+    written: for JPEG, whether the upload's coefficients were kept and how many MCUs
+    changed) and `stage_ms` (stage times job_metrics has no column for: ms_gate,
+    ms_residual)."""
     with session_scope(db_url) as session:
         job = _locked_job(session, claim.job_id)
         if not _holds_claim(job, claim):
@@ -184,6 +188,8 @@ def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str 
             extra["gate"] = _json_safe(gate)
         if encoding:
             extra["encoding"] = _json_safe(encoding)
+        if stage_ms:
+            extra["ms"] = _json_safe(stage_ms)
         set_status(session, job, status, attempt=claim.attempt, **extra)
         job.result_uri, job.mask_uri = result_uri, mask_uri
         job.pipeline_version = pipeline_version
@@ -286,7 +292,9 @@ def _attempt(job_id: str, engines, settings: Settings) -> str | None:
     if finish_job(db_url, claim, status, result_uri=result_uri, mask_uri=mask_uri,
                   metrics=result.metrics, pipeline_version=engines.version,
                   review_reason=result.review_reason, gate=result.details.get("gate"),
-                  encoding=result.encoding):
+                  encoding=result.encoding,
+                  stage_ms={k: result.details[k] for k in ("ms_gate", "ms_residual")
+                            if k in result.details}):
         log.info("job %s %s in %.0f ms", job_id, status.value, result.metrics["ms_total"])
         return status.value
     return None

@@ -15,13 +15,16 @@ from sqlalchemy import select
 from tqdm import tqdm
 
 from workers import migrate
-from workers.db import METRIC_FIELDS, Job, JobMetrics, session_scope
+from workers.db import Job, JobEvent, JobMetrics, JobStatus, session_scope, utcnow
 from workers.errors import TransientError
-from workers.jobs import create_batch, create_job, ensure_tenant, process_job
+from workers.jobs import create_batch, create_job, ensure_tenant, process_job, set_status
 from workers.settings import Settings, get_settings, set_settings
 
 log = logging.getLogger(__name__)
-STAGES = ("decode", "detect", "remove", "encode", "total")
+# The stages of one image, in order; together (plus rounding) they make up ms_total.
+# gate and residual are in the status event's detail (`ms`), the rest in job_metrics.
+STAGES = ("decode", "detect", "remove", "gate", "residual", "encode")
+DONE = ("succeeded", "needs_review", "no_watermark", "failed")
 
 
 @dataclass
@@ -29,7 +32,9 @@ class Summary:
     batch_id: str
     seconds: float
     counts: Counter = field(default_factory=Counter)
-    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)      # name, code, message
+    unfinished: list[tuple[str, str]] = field(default_factory=list)         # name, status
+    skipped: list[str] = field(default_factory=list)                        # not images
     mean_ms: dict[str, float] = field(default_factory=dict)
 
     def render(self) -> str:
@@ -39,22 +44,70 @@ class Summary:
                  f"  needs review  {self.counts.get('needs_review', 0)}",
                  f"  no watermark  {self.counts.get('no_watermark', 0)}",
                  f"  failed        {self.counts.get('failed', 0)}"]
+        if self.unfinished:
+            lines.append(f"  NOT FINISHED  {len(self.unfinished)}")
         if self.mean_ms:
-            stages = ", ".join(f"{s} {self.mean_ms[s]:.0f}" for s in STAGES)
-            lines.append(f"  mean ms per image: {stages}")
-        for source, code, message in self.failures:
-            lines.append(f"  FAILED {source}: {code}: {message}")
+            stages = " + ".join(f"{s} {self.mean_ms[s]:.0f}" for s in STAGES)
+            lines.append(f"  mean ms per image: {stages} = total {self.mean_ms['total']:.0f}")
+        for name, code, message in self.failures:
+            lines.append(f"  FAILED {name}: {code}: {message}")
+        for name, status in self.unfinished:
+            lines.append(f"  NOT FINISHED {name}: still {status}")
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} file(s) that are not images by their "
+                         f"extension: {', '.join(self.skipped)}")
         return "\n".join(lines)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.counts.get("failed") or self.unfinished)
+
+
+def _give_up(db_url: str, job_id: str, attempts: int, error: Exception) -> None:
+    """Fail a job whose transient errors outlasted the retries (e.g. an output that cannot
+    be written), so that it does not stay queued with nothing left to run it."""
+    with session_scope(db_url) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != JobStatus.queued.value:
+            return
+        set_status(session, job, JobStatus.failed, error_code="too_many_attempts")
+        job.error_code = "too_many_attempts"
+        job.error_message = f"gave up after {attempts} attempts: {error}"[:2000]
+        job.finished_at = utcnow()
 
 
 def _run_with_retries(job_id: str, engines, settings: Settings) -> None:
-    for attempt in range(settings.max_attempts):
+    for attempt in range(1, settings.max_attempts + 1):
         try:
             process_job(job_id, engines, settings)
             return
         except TransientError as exc:
+            if attempt == settings.max_attempts:
+                log.warning("job %s: %s; giving up", job_id, exc)
+                _give_up(settings.database_url, job_id, attempt, exc)
+                return
             log.warning("job %s: transient error (%s); retrying", job_id, exc)
-            time.sleep(min(2 ** attempt, 10))
+            time.sleep(min(2 ** (attempt - 1), 10))
+
+
+def prepare_engines(settings: Settings) -> None:
+    """Export the ONNX files the engines load, once, with a progress line: the first run
+    on a machine spends about a minute here. Done in this process before any worker
+    process starts, so they do not race to export the same files."""
+    if settings.backend not in ("auto", "onnxruntime", "ort", "onnx") \
+            or not settings.device.startswith("cpu"):
+        return
+    from engine_build.onnx_export import export_onnx, onnx_path
+
+    missing = [k for k in ("detector", "remover")
+               if not onnx_path(k, "fp32", settings.engine_dir).exists()]
+    if not missing:
+        return
+    with tqdm(total=len(missing), desc="preparing engines (first run only)",
+              unit="model") as bar:
+        for kind in missing:
+            export_onnx(kind, "fp32", settings.engine_dir)
+            bar.update()
 
 
 _worker_engines = None
@@ -77,42 +130,68 @@ def _run_in_worker(job_id: str) -> str:
 
 
 def _create_jobs(settings: Settings, images: list[tuple[Path, Path]], out_dir: Path,
-                 masks_dir: Path | None) -> tuple[str, list[str]]:
+                 masks_dir: Path | None) -> tuple[str, dict[str, Path]]:
+    """A batch with a job per image; returns the batch id and each job's relative path."""
     with session_scope(settings.database_url) as session:
         tenant = ensure_tenant(session)
         batch = create_batch(session, tenant, "clean", description=f"clean -> {out_dir}",
                              total=len(images))
-        job_ids = []
+        names = {}
         for path, rel in images:
             mask_uri = (masks_dir / rel).with_suffix(".png").resolve().as_uri() if masks_dir else None
             job, _ = create_job(session, tenant, path.resolve().as_uri(), batch=batch,
-                                result_uri=(out_dir / rel).resolve().as_uri(), mask_uri=mask_uri)
-            job_ids.append(job.id)
-        return batch.id, job_ids
+                                result_uri=(out_dir / rel).resolve().as_uri(), mask_uri=mask_uri,
+                                source_name=str(path))
+            names[job.id] = rel
+        return batch.id, names
 
 
-def _summarise(settings: Settings, batch_id: str, seconds: float) -> Summary:
-    summary = Summary(batch_id, seconds)
+def _stage_ms(session, job_ids: list[str]) -> dict[str, float]:
+    """Mean ms per stage (and total) over the jobs that have metrics."""
+    rows = session.scalars(select(JobMetrics).where(JobMetrics.job_id.in_(job_ids))).all()
+    if not rows:
+        return {}
+    extra: dict[str, dict] = {}   # the latest status event's timings per job
+    for event in session.scalars(select(JobEvent).where(JobEvent.job_id.in_(job_ids),
+                                                        JobEvent.kind == "status")
+                                 .order_by(JobEvent.id)):
+        if event.detail and "ms" in event.detail:
+            extra[event.job_id] = event.detail["ms"]
+
+    def ms(row: JobMetrics, stage: str) -> float:
+        if stage in ("gate", "residual"):
+            return float(extra.get(row.job_id, {}).get(f"ms_{stage}", 0.0))
+        return getattr(row, f"ms_{stage}")
+
+    return {stage: sum(ms(r, stage) for r in rows) / len(rows) for stage in (*STAGES, "total")}
+
+
+def _summarise(settings: Settings, batch_id: str, names: dict[str, Path], seconds: float,
+               skipped: list[str]) -> Summary:
+    summary = Summary(batch_id, seconds, skipped=skipped)
     with session_scope(settings.database_url) as session:
         jobs = session.scalars(select(Job).where(Job.batch_id == batch_id)).all()
-        metrics = session.scalars(select(JobMetrics).join(Job).where(Job.batch_id == batch_id)).all()
-        for job in jobs:
+        for job in sorted(jobs, key=lambda j: str(names.get(j.id, j.source_uri))):
+            name = str(names.get(job.id, job.source_uri))
+            if job.status not in DONE:
+                summary.unfinished.append((name, job.status))
+                continue
             summary.counts[job.status] += 1
             if job.status == "failed":
-                summary.failures.append((job.source_uri, job.error_code or "?",
-                                         job.error_message or ""))
-        if metrics:
-            summary.mean_ms = {s: sum(getattr(m, f"ms_{s}") for m in metrics) / len(metrics)
-                               for s in STAGES if f"ms_{s}" in METRIC_FIELDS}
+                summary.failures.append((name, job.error_code or "?", job.error_message or ""))
+        summary.mean_ms = _stage_ms(session, [j.id for j in jobs])
     return summary
 
 
 def clean_folder(images: list[tuple[Path, Path]], out_dir: Path, masks_dir: Path | None,
-                 workers: int = 1) -> Summary:
-    """Create a batch of jobs for `images` and run them here; returns the summary."""
+                 workers: int = 1, skipped: list[str] | None = None) -> Summary:
+    """Create a batch of jobs for `images` and run them here; returns the summary
+    (`skipped`: files left out as not images, listed in it)."""
     settings = get_settings()
     migrate.upgrade(settings.database_url)
-    batch_id, job_ids = _create_jobs(settings, images, out_dir, masks_dir)
+    batch_id, names = _create_jobs(settings, images, out_dir, masks_dir)
+    job_ids = list(names)
+    prepare_engines(settings)
     started = time.perf_counter()
     progress = tqdm(total=len(job_ids), unit="img", desc="cleaning")
     if workers == 1:
@@ -129,4 +208,4 @@ def clean_folder(images: list[tuple[Path, Path]], out_dir: Path, masks_dir: Path
             for _ in pool.map(_run_in_worker, job_ids):
                 progress.update()
     progress.close()
-    return _summarise(settings, batch_id, time.perf_counter() - started)
+    return _summarise(settings, batch_id, names, time.perf_counter() - started, skipped or [])

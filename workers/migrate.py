@@ -31,3 +31,16 @@ def downgrade(database_url: str | None = None, revision: str = "base") -> None:
 
 def current(database_url: str | None = None) -> None:
     command.current(alembic_config(database_url), verbose=True)
+
+
+def revisions(database_url: str | None = None) -> tuple[str | None, str]:
+    """(the database's Alembic revision, or None when it has none; this code's head)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from workers.db import get_engine
+
+    url = database_url or get_settings().database_url
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    with get_engine(url).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision(), head

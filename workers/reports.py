@@ -3,7 +3,15 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from workers.db import FINISHED, Job, JobStatus, session_scope
+from workers.db import FINISHED, Job, JobEvent, JobStatus, session_scope
+
+
+def source_names(session, job_ids: list[str]) -> dict[str, str]:
+    """Job id -> the file name its owner submitted (when recorded at creation)."""
+    events = session.scalars(select(JobEvent).where(JobEvent.job_id.in_(job_ids),
+                                                    JobEvent.from_status.is_(None)))
+    return {e.job_id: e.detail["source_name"] for e in events
+            if e.detail and e.detail.get("source_name")}
 
 
 def status_counts(db_url: str) -> dict[str, int]:
@@ -21,9 +29,40 @@ def status_text(db_url: str, failures: int = 10) -> str:
         failed = session.scalars(select(Job).where(Job.status == JobStatus.failed.value)
                                  .order_by(Job.updated_at.desc()).limit(failures)).all()
         if failed:
+            names = source_names(session, [j.id for j in failed])
             lines.append(f"recent failures (newest first, up to {failures}):")
-            lines += [f"  {j.id}  {j.error_code}: {j.error_message}  [{j.source_uri}]"
-                      for j in failed]
+            lines += [f"  {j.id}  {j.error_code}: {j.error_message}  "
+                      f"[{names.get(j.id, j.source_uri)}]" for j in failed]
+    return "\n".join(lines)
+
+
+def queue_consumers(settings, timeout_s: float = 1.0) -> dict[str, list[str]]:
+    """Queue name -> the workers consuming it now (asked over the broker; a worker that does
+    not answer within timeout_s counts as absent)."""
+    from workers.celery_app import app
+
+    replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
+    consumers: dict[str, list[str]] = {}
+    for worker, queues in replies.items():
+        for queue in queues:
+            consumers.setdefault(queue["name"], []).append(worker)
+    return consumers
+
+
+def queues_text(settings) -> str:
+    """Each queue's waiting tasks and consumers, flagging a queue that nobody consumes."""
+    from workers.metrics import queue_depths
+    from workers.preflight import safe_url
+
+    depths = queue_depths(settings)
+    if not depths:
+        return f"queues: the broker {safe_url(settings.broker_url)} cannot be reached"
+    consumers = queue_consumers(settings)
+    lines = [f"queues on {safe_url(settings.broker_url)}:"]
+    for queue, waiting in depths.items():
+        who = ", ".join(sorted(consumers.get(queue, []))) or \
+            "NO WORKER consumes it: start one (clearmark worker)"
+        lines.append(f"  {queue:<22} {waiting:>6} waiting   {who}")
     return "\n".join(lines)
 
 
@@ -55,12 +94,13 @@ def batches_text(rows: list[dict]) -> str:
     later reprocess run took over counts in that run's batch)."""
     if not rows:
         return "no batches"
-    lines = [f"{'batch':<32}  {'kind':<9} {'tenant':<12} {'created (UTC)':<16} "
+    width = max(6, *(len(r["tenant"]) for r in rows))
+    lines = [f"{'batch':<32}  {'kind':<9} {'tenant':<{width}} {'created (UTC)':<16} "
              f"{'done':>13}  by status"]
     for r in rows:
         done = sum(n for s, n in r["counts"].items() if s in {f.value for f in FINISHED})
         jobs = sum(r["counts"].values())
         counts = " ".join(f"{s}={n}" for s, n in sorted(r["counts"].items())) or "-"
-        lines.append(f"{r['id']:<32}  {r['kind']:<9} {r['tenant'][:12]:<12} "
+        lines.append(f"{r['id']:<32}  {r['kind']:<9} {r['tenant']:<{width}} "
                      f"{r['created_at']:%Y-%m-%d %H:%M} {done:>6}/{jobs:<6}  {counts}")
     return "\n".join(lines)

@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "CLEARMARK_"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+
+def default_database_url(data_dir: Path) -> str:
+    """The embedded default: a SQLite file in the data dir."""
+    return f"sqlite:///{data_dir / 'clearmark.db'}"
 
 
 def _env(name: str, default: str) -> str:
@@ -41,7 +47,7 @@ def _env_list(name: str) -> tuple[str, ...]:
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", ".clearmark")).resolve())
     database_url: str = ""
-    broker_url: str = field(default_factory=lambda: _env("BROKER_URL", "redis://127.0.0.1:6379/0"))
+    broker_url: str = field(default_factory=lambda: _env("BROKER_URL", DEFAULT_BROKER_URL))
     result_backend: str = field(default_factory=lambda: _env("RESULT_BACKEND", ""))
     storage_uri: str = ""
 
@@ -140,7 +146,7 @@ class Settings:
     def __post_init__(self) -> None:
         # Paths that default to places inside data_dir are derived once here.
         if not self.database_url:
-            url = _env("DATABASE_URL", f"sqlite:///{self.data_dir / 'clearmark.db'}")
+            url = _env("DATABASE_URL", default_database_url(self.data_dir))
             object.__setattr__(self, "database_url", url)
         if not self.storage_uri:
             uri = _env("STORAGE_URI", (self.data_dir / "storage").as_uri())

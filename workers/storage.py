@@ -9,6 +9,7 @@ import posixpath
 import uuid
 from functools import lru_cache
 from typing import Iterator
+from urllib.parse import unquote
 
 import fsspec
 
@@ -43,10 +44,18 @@ class Storage:
         return uri
 
 
+def _fs_path(uri: str):
+    """(filesystem, path) of a URI. A `file://` URI is percent-decoded first, as RFC 8089
+    asks (fsspec takes it literally): `Path.as_uri()` writes a space as %20, `#` as %23."""
+    if uri.startswith("file://"):
+        uri = "file://" + unquote(uri.removeprefix("file://"))
+    return fsspec.core.url_to_fs(uri)
+
+
 def read_uri(uri: str, max_bytes: int | None = None) -> bytes:
     """The object's bytes. Missing objects are bad input; I/O hiccups are transient."""
     try:
-        fs, path = fsspec.core.url_to_fs(uri)
+        fs, path = _fs_path(uri)
         with fs.open(path, "rb") as f:
             data = f.read(max_bytes + 1 if max_bytes else -1)
     except FileNotFoundError as exc:
@@ -63,7 +72,7 @@ def read_uri(uri: str, max_bytes: int | None = None) -> bytes:
 def iter_uri(uri: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     """The object's bytes in chunks (for streaming responses). Opens eagerly, so a missing
     object raises FileNotFoundError here rather than in the middle of a response."""
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = _fs_path(uri)
     f = fs.open(path, "rb")
 
     def chunks() -> Iterator[bytes]:
@@ -76,7 +85,7 @@ def iter_uri(uri: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
 
 def write_uri(uri: str, data: bytes) -> None:
     """Write atomically where the filesystem allows (local: temp file + rename)."""
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = _fs_path(uri)
     try:
         if "file" in fs.protocol or "local" in fs.protocol:
             fs.makedirs(posixpath.dirname(path), exist_ok=True)

@@ -7,21 +7,25 @@ from typing import Iterable, Iterator
 
 import fsspec
 
-from workers.db import Priority, session_scope
+from workers.db import Batch, JobStatus, Priority, session_scope
 from workers.jobs import create_batch, create_job, ensure_tenant
 from workers.settings import get_settings
 from workers.storage import get_storage
 
 
 def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool = False,
-                   chunk: int = 500) -> Iterator[tuple[str, Path | str, bool, str]]:
+                   chunk: int = 500, resend_queued: bool = False
+                   ) -> Iterator[tuple[str, Path | str, bool, str]]:
     """Create a job per source as one batch and enqueue it; yields (job id, source, created,
     batch id).
 
     A local file is copied into storage and keyed by its sha256; a URI (a bucket object)
     is used in place and keyed by the URI. Either way, submitting the same source again
-    for the same tenant gives its existing job. Rows are committed a chunk at a time, and
-    each chunk is enqueued only after its commit, so a worker always finds its job."""
+    for the same tenant gives its existing job; with `resend_queued`, one still queued is
+    enqueued again (it may have lost its task; a bulk import run again after an interrupt
+    does not, so as not to double a backlog). Rows are committed a chunk at a time, and
+    each chunk is enqueued only after its commit, so a worker always finds its job. When
+    every source was already known, the batch (empty) is removed at the end."""
     from workers.tasks import enqueue, queue_for
 
     settings = get_settings()
@@ -31,6 +35,7 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
     with session_scope(settings.database_url) as session:
         owner = ensure_tenant(session, tenant)
         batch = create_batch(session, owner, "bulk" if bulk else "submit", total=len(sources))
+    any_new = False
     for start in range(0, len(sources), chunk):
         created = []
         with session_scope(settings.database_url) as session:
@@ -44,18 +49,27 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
                     uri, key, digest = source, f"uri:{source}", None
                 job, is_new = create_job(session, owner, uri, batch=batch,
                                          idempotency_key=key, source_sha256=digest,
-                                         priority=priority)
-                created.append((job.id, source, is_new))
-        for job_id, source, is_new in created:
-            if is_new:
+                                         priority=priority, source_name=str(source))
+                # A known job still queued may have lost its task (e.g. a worker on the
+                # wrong database took it): send it again; a duplicate finds nothing to do.
+                resend = resend_queued and job.status == JobStatus.queued.value
+                created.append((job.id, source, is_new, resend))
+        for job_id, source, is_new, resend in created:
+            if is_new or resend:
                 enqueue(job_id, queue)
+            any_new = any_new or is_new
             yield job_id, source, is_new, batch.id
+    if not any_new:
+        with session_scope(settings.database_url) as session:
+            session.delete(session.get(Batch, batch.id))
 
 
 def submit_files(paths: list[Path], tenant: str = "local", bulk: bool = False
                  ) -> Iterator[tuple[str, Path]]:
-    """Copy each file into storage, create its job and enqueue it (one batch)."""
-    for job_id, path, _, _ in submit_sources(list(paths), tenant=tenant, bulk=bulk):
+    """Copy each file into storage, create its job and enqueue it (one batch); a known job
+    that is still queued is enqueued again."""
+    for job_id, path, _, _ in submit_sources(list(paths), tenant=tenant, bulk=bulk,
+                                             resend_queued=True):
         yield job_id, path
 
 
