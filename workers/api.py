@@ -32,7 +32,7 @@ from workers.api_errors import (
     OUTAGE_RETRY_AFTER_S, OUTAGE_TYPES, REQUEST_ID_HEADER, ApiError, documented, error_response,
     outage,
 )
-from workers.api_guard import ApiGuard
+from workers.api_guard import DOCS_ASSETS, ApiGuard
 from workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get_engine, session_scope, utcnow
 from workers.errors import BadInput
 from workers.imaging import probe_image
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 app = FastAPIOffline(title="clearmark", version="1",
                      description="Removes visible watermarks from product photos.",
                      openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None,
-                     static_url="/v1/docs-assets")
+                     static_url=DOCS_ASSETS.rstrip("/"))
 app.add_middleware(ApiGuard)
 v1 = APIRouter(prefix="/v1", tags=["jobs"], responses=documented(401, 422, 429, 500, 503))
 bearer = HTTPBearer(auto_error=False, description="API key from `clearmark tenants create`")

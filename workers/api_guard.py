@@ -27,6 +27,7 @@ from workers.tenants import tenant_for_key
 
 UPLOAD_PATH = "/v1/images"
 PUBLIC_PATHS = ("/v1/openapi.json", "/v1/docs")
+DOCS_ASSETS = "/v1/docs-assets/"   # Swagger UI's files, served for /v1/docs
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields around the file
 
 
@@ -129,7 +130,7 @@ class ApiGuard:
             await send(message)
 
         path = scope["path"]
-        if not path.startswith("/v1/") or path in PUBLIC_PATHS:
+        if not path.startswith("/v1/") or path in PUBLIC_PATHS or path.startswith(DOCS_ASSETS):
             await self.app(scope, receive, send_with_id)
             return
         headers, settings = Headers(scope=scope), get_settings()
