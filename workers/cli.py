@@ -34,7 +34,8 @@ LAZY_COMMANDS = {
                 "engines."),
     "bench": ("engine_build.cli:bench_command", "Images per second and ms per image for "
               "detection and removal, per backend; with --pipeline, seconds per photo for "
-              "the whole pipeline, stage by stage."),
+              "the whole pipeline, stage by stage; with --jpeg, what writing a JPEG result "
+              "costs and changes."),
 }
 
 

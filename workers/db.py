@@ -195,8 +195,10 @@ class JobEvent(Base):
 
 
 METRIC_FIELDS = ("width", "height", "mask_area_fraction", "detector_confidence", "residual_score",
-                 "ms_decode", "ms_detect", "ms_remove", "ms_encode", "ms_total",
-                 "jpeg_exact", "jpeg_blocks_changed")
+                 "ms_decode", "ms_detect", "ms_remove", "ms_encode", "ms_total")
+# Optional (None unless the result is a JPEG the pipeline wrote), so kept apart from the
+# numbers that reports average.
+JPEG_METRIC_FIELDS = ("jpeg_exact", "jpeg_blocks_changed")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

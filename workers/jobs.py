@@ -18,8 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from workers.db import (
-    FINISHED, METRIC_FIELDS, Batch, Job, JobEvent, JobMetrics, JobStatus, Priority, Tenant,
-    check_transition, session_scope, utcnow,
+    FINISHED, JPEG_METRIC_FIELDS, METRIC_FIELDS, Batch, Job, JobEvent, JobMetrics, JobStatus,
+    Priority, Tenant, check_transition, session_scope, utcnow,
 )
 from workers.errors import BadInput, ClearmarkError, TransientError
 from workers.settings import Settings, get_settings
@@ -197,7 +197,7 @@ def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str 
         job.review_reason = reason
         job.finished_at = utcnow()
         row = session.get(JobMetrics, job.id) or JobMetrics(job_id=job.id)
-        for name in METRIC_FIELDS:
+        for name in METRIC_FIELDS + JPEG_METRIC_FIELDS:
             setattr(row, name, metrics.get(name))   # the jpeg_* ones are optional
         session.add(row)
         return True

@@ -40,7 +40,7 @@ import httpx
 from sqlalchemy import func, select
 
 from workers.celery_app import app
-from workers.db import METRIC_FIELDS, Job, JobEvent, JobStatus, Tenant, session_scope, utcnow
+from workers.db import JPEG_METRIC_FIELDS, METRIC_FIELDS, Job, JobEvent, JobStatus, Tenant, session_scope, utcnow
 from workers.errors import BadInput
 from workers.settings import Settings, get_settings
 
@@ -185,7 +185,8 @@ def job_document(job: Job, base_url: str = "") -> dict:
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "review_reason": (job.review_reason
                           if job.status == JobStatus.needs_review.value else None),
-        "metrics": {name: getattr(m, name) for name in METRIC_FIELDS} if m else None,
+        "metrics": ({name: getattr(m, name) for name in METRIC_FIELDS + JPEG_METRIC_FIELDS}
+                    if m else None),
         "links": {"self": path,
                   "result": f"{path}/result" if done else None,
                   "mask": f"{path}/mask" if done and job.mask_uri else None},
