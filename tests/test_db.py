@@ -85,8 +85,8 @@ def _new_job(db_url) -> str:
 
 def test_claim_finish_is_guarded_and_logged(db_url):
     job_id = _new_job(db_url)
-    first = claim_job(db_url, job_id, max_attempts=3)
-    takeover = claim_job(db_url, job_id, max_attempts=3)  # first worker presumed dead
+    first = claim_job(db_url, job_id, max_attempts=3, lease_s=0)  # its worker dies
+    takeover = claim_job(db_url, job_id, max_attempts=3)  # the lease has run out
     assert (first.attempt, takeover.attempt) == (1, 2)
     # The dead worker's late result is discarded; the live one is recorded once.
     assert not finish_job(db_url, first, JobStatus.succeeded, result_uri="r", mask_uri="m",
@@ -166,8 +166,8 @@ def test_a_new_attempt_clears_the_review_reason(db_url):
 
 def test_poison_job_fails_after_max_attempts(db_url):
     job_id = _new_job(db_url)
-    for _ in range(2):
-        assert claim_job(db_url, job_id, max_attempts=2) is not None  # each worker dies
+    for _ in range(2):  # each worker dies; its lease (0 s) runs out at once
+        assert claim_job(db_url, job_id, max_attempts=2, lease_s=0) is not None
     with pytest.raises(TooManyAttempts):
         claim_job(db_url, job_id, max_attempts=2)
     with session_scope(db_url) as session:
@@ -187,7 +187,7 @@ def test_giving_up_is_a_finished_attempt(db_url, monkeypatch):
     monkeypatch.setattr(webhooks, "notify_finished", lambda job_id, s: notified.append(job_id))
     job_id = _new_job(db_url)
     settings = Settings(database_url=db_url, max_attempts=1)
-    assert claim_job(db_url, job_id, max_attempts=1) is not None  # that worker died
+    assert claim_job(db_url, job_id, max_attempts=1, lease_s=0) is not None  # that worker died
     assert process_job(job_id, engines=None, settings=settings) == "failed"
     assert notified == [job_id]
     assert process_job(job_id, engines=None, settings=settings) is None  # nothing left to do
