@@ -69,10 +69,11 @@ def test_start_up_order():
 def test_clearmark_commands_parse():
     commands = {name: s["command"] for name, s in SERVICES.items()
                 if s.get("image") == "clearmark:latest" and "command" in s}
-    assert set(commands) >= {"migrate", "api", "worker-uploads", "worker-bulk", "worker-webhooks"}
+    assert set(commands) >= {"migrate", "api", "worker-uploads", "worker-bulk", "worker-webhooks",
+                             "beat"}
     for name, args in commands.items():
         ctx = parse(args)
-        assert ctx.command.name in {"upgrade", "api", "worker"}, name
+        assert ctx.command.name in {"upgrade", "api", "worker", "beat"}, name
     assert compose_command("migrate") == ["db", "upgrade"]
     webhooks = parse(compose_command("worker-webhooks")).params
     assert webhooks["queues"] == "clearmark.webhooks" and webhooks["pool"] == "threads"

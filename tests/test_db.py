@@ -26,7 +26,12 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     assert {"ix_jobs_status_created_at", "ix_jobs_tenant_id_created_at",
             "uq_jobs_tenant_id_idempotency_key"} <= index_names
     columns = {c["name"]: c for c in inspector.get_columns("jobs")}
-    assert columns["review_reason"]["nullable"]
+    assert columns["review_reason"]["nullable"] and columns["lease_expires_at"]["nullable"]
+    assert not columns["webhook_pending"]["nullable"]
+    assert "ix_jobs_webhook_pending" in index_names
+    migrate.downgrade(url, "0004")  # 0005 alone: the lease and webhook flag go
+    jobs_columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+    assert "review_reason" in jobs_columns and not {"lease_expires_at", "webhook_pending"} & jobs_columns
     migrate.downgrade(url, "0003")  # 0004 alone: the column goes, the rest stays
     inspector = inspect(engine)
     assert TABLES <= set(inspector.get_table_names())

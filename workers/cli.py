@@ -12,6 +12,7 @@ from models.cli import eval_command, eval_real_command, reproduce_command, train
 from workers.settings import get_settings, set_settings
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+UNAVAILABLE_EXIT = 75  # EX_TEMPFAIL: the broker or database is down; try again later
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -89,15 +90,21 @@ def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -
     """Upload images to storage and enqueue a job for each on the broker.
 
     Prints one job id per line (tab, then the file). The same file submitted again for the
-    same tenant returns its existing job instead of a new one.
+    same tenant returns its existing job instead of a new one. With the broker or database
+    down: one error line and exit status 75; jobs already recorded are sent by the reaper.
     """
+    from workers.errors import ServiceUnavailable
     from workers.submit import submit_files
 
     images = find_images(list(inputs), recursive)
     if not images:
         raise click.ClickException("no images found")
-    for job_id, path in submit_files([p for p, _ in images], tenant=tenant, bulk=bulk):
-        click.echo(f"{job_id}\t{path}")
+    try:
+        for job_id, path in submit_files([p for p, _ in images], tenant=tenant, bulk=bulk):
+            click.echo(f"{job_id}\t{path}")
+    except ServiceUnavailable as exc:
+        click.echo(f"Error: {exc.message}", err=True)
+        sys.exit(UNAVAILABLE_EXIT)
 
 
 @cli.command()
@@ -107,8 +114,11 @@ def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -
 @click.option("-P", "--pool", default="prefork", show_default=True,
               type=click.Choice(["prefork", "solo", "threads"]))
 @click.option("-n", "--hostname", help="Worker node name (default celery@host).")
+@click.option("--reap", is_flag=True,
+              help="Also run the reaper beside the worker (a child process, every "
+                   "CLEARMARK_REAP_INTERVAL_S), where no Celery beat runs it.")
 def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str,
-           hostname: str | None) -> None:
+           hostname: str | None, reap: bool) -> None:
     """Start a Celery worker on the configured broker (Redis by default)."""
     from workers.tasks import app
 
@@ -118,7 +128,64 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
             "-l", loglevel, "-P", pool, "-E"]
     if hostname:
         argv += ["-n", hostname]
-    app.worker_main(argv)
+    reaper = _start_reaper_process() if reap else None
+    try:
+        app.worker_main(argv)
+    finally:
+        if reaper is not None:
+            reaper.terminate()
+
+
+def _start_reaper_process():
+    """`clearmark reap --every` as a child that dies with this process (even on SIGKILL)."""
+    import os
+    import signal
+    import subprocess
+
+    def die_with_parent() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+    return subprocess.Popen([sys.executable, "-m", "workers", "reap", "--every",
+                             str(get_settings().reap_interval_s)],
+                            env=dict(os.environ, CLEARMARK_DATABASE_URL=get_settings().database_url),
+                            preexec_fn=die_with_parent)
+
+
+@cli.command()
+@click.option("--every", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="Run a pass every SECONDS until stopped (default: one pass).")
+def reap(every: float | None) -> None:
+    """Queue again what would otherwise never finish: running jobs whose lease expired (or
+    fail them after the last attempt), queued jobs and due webhooks with no task on the
+    broker. Safe to run anywhere, any number of times."""
+    from workers.errors import ServiceUnavailable
+    from workers.reaper import reap as reap_once
+    from workers.reaper import reap_forever
+
+    settings = get_settings()
+    if every:
+        reap_forever(settings.replace(reap_interval_s=every))
+        return
+    try:
+        click.echo(str(reap_once(settings)))
+    except ServiceUnavailable as exc:
+        click.echo(f"Error: {exc.message}", err=True)
+        sys.exit(UNAVAILABLE_EXIT)
+
+
+@cli.command()
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+def beat(loglevel: str) -> None:
+    """Run Celery beat: sends a reaper pass every CLEARMARK_REAP_INTERVAL_S (run exactly one)."""
+    from workers.tasks import app
+
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    app.Beat(loglevel=loglevel).run()
 
 
 @cli.command()

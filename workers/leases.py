@@ -25,12 +25,14 @@ def renew_lease(db_url: str, claim, lease_s: float) -> bool:
 
 
 class Heartbeat:
-    """Renews a claim's lease every lease_s / 3 in a background thread while in the block.
+    """Renews a claim's lease every `every_s` (default lease_s / 3) in a background thread
+    while in the block.
     A failed renewal (database down) is only logged: the lease then runs out, the reaper
     may queue the job again, and the finish of this attempt is guarded anyway."""
 
-    def __init__(self, db_url: str, claim, lease_s: float):
+    def __init__(self, db_url: str, claim, lease_s: float, every_s: float | None = None):
         self.db_url, self.claim, self.lease_s = db_url, claim, lease_s
+        self.every_s = lease_s / 3 if every_s is None else every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True,
                                         name=f"lease-{claim.job_id}")
@@ -44,7 +46,7 @@ class Heartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
+        while not self._stop.wait(self.every_s):
             try:
                 if not renew_lease(self.db_url, self.claim, self.lease_s):
                     log.warning("job %s: attempt %s lost its lease", self.claim.job_id,

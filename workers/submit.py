@@ -7,10 +7,12 @@ from typing import Iterable, Iterator
 
 import fsspec
 
-from workers.db import Priority, session_scope
+from workers.db import JobStatus, Priority, session_scope
+from workers.errors import ServiceUnavailable
 from workers.jobs import create_batch, create_job, ensure_tenant
 from workers.settings import get_settings
 from workers.storage import get_storage
+from workers.transient import DATABASE_ERRORS
 
 
 def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool = False,
@@ -20,8 +22,20 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
 
     A local file is copied into storage and keyed by its sha256; a URI (a bucket object)
     is used in place and keyed by the URI. Either way, submitting the same source again
-    for the same tenant gives its existing job. Rows are committed a chunk at a time, and
-    each chunk is enqueued only after its commit, so a worker always finds its job."""
+    for the same tenant gives its existing job (sent again while it is still queued). Rows
+    are committed a chunk at a time, and each chunk is enqueued only after its commit, so a
+    worker always finds its job; a crash or a broker outage in between leaves queued jobs
+    without a task, which the reaper sends. Raises ServiceUnavailable (broker or database
+    down) after yielding what was sent."""
+    try:
+        yield from _submit(sources, tenant, bulk, chunk)
+    except DATABASE_ERRORS as exc:
+        raise ServiceUnavailable("database", f"{type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0]}") from None
+
+
+def _submit(sources: list[Path | str], tenant: str, bulk: bool, chunk: int
+            ) -> Iterator[tuple[str, Path | str, bool, str]]:
     from workers.tasks import enqueue, queue_for
 
     settings = get_settings()
@@ -45,10 +59,16 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
                 job, is_new = create_job(session, owner, uri, batch=batch,
                                          idempotency_key=key, source_sha256=digest,
                                          priority=priority)
-                created.append((job.id, source, is_new))
-        for job_id, source, is_new in created:
-            if is_new:
-                enqueue(job_id, queue)
+                created.append((job.id, source, is_new, job.status == JobStatus.queued.value))
+        for i, (job_id, source, is_new, queued) in enumerate(created):
+            if queued:
+                try:
+                    enqueue(job_id, queue)
+                except ServiceUnavailable as exc:
+                    unsent = len(created) - i
+                    raise ServiceUnavailable(exc.service, f"{exc.detail} "
+                                             f"({unsent} job(s) recorded but not sent; the "
+                                             "reaper sends them when it is back)") from None
             yield job_id, source, is_new, batch.id
 
 
