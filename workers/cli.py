@@ -15,6 +15,24 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".
 UNAVAILABLE_EXIT = 75  # EX_TEMPFAIL: the broker or database is down; try again later
 
 
+def _exit_when_unavailable(fn):
+    """A command that talks to the broker or database: when one is down, one error line
+    and exit status 75 instead of a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        from workers.errors import ServiceUnavailable
+
+        try:
+            return fn(*args, **kwargs)
+        except ServiceUnavailable as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            sys.exit(UNAVAILABLE_EXIT)
+
+    return run
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -86,6 +104,7 @@ def clean(in_dir: Path, out_dir: Path, masks_dir: Path | None, recursive: bool,
 @click.option("--tenant", default="local", show_default=True, help="Tenant (storefront) name.")
 @click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders.")
 @click.option("--bulk", is_flag=True, help="Use the bulk queue (lower priority than uploads).")
+@_exit_when_unavailable
 def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -> None:
     """Upload images to storage and enqueue a job for each on the broker.
 
@@ -93,18 +112,13 @@ def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -
     same tenant returns its existing job instead of a new one. With the broker or database
     down: one error line and exit status 75; jobs already recorded are sent by the reaper.
     """
-    from workers.errors import ServiceUnavailable
     from workers.submit import submit_files
 
     images = find_images(list(inputs), recursive)
     if not images:
         raise click.ClickException("no images found")
-    try:
-        for job_id, path in submit_files([p for p, _ in images], tenant=tenant, bulk=bulk):
-            click.echo(f"{job_id}\t{path}")
-    except ServiceUnavailable as exc:
-        click.echo(f"Error: {exc.message}", err=True)
-        sys.exit(UNAVAILABLE_EXIT)
+    for job_id, path in submit_files([p for p, _ in images], tenant=tenant, bulk=bulk):
+        click.echo(f"{job_id}\t{path}")
 
 
 @cli.command()
@@ -159,11 +173,11 @@ def _start_reaper_process():
 @cli.command()
 @click.option("--every", type=click.FloatRange(min=0.1), metavar="SECONDS",
               help="Run a pass every SECONDS until stopped (default: one pass).")
+@_exit_when_unavailable
 def reap(every: float | None) -> None:
     """Queue again what would otherwise never finish: running jobs whose lease expired (or
     fail them after the last attempt), queued jobs and due webhooks with no task on the
     broker. Safe to run anywhere, any number of times."""
-    from workers.errors import ServiceUnavailable
     from workers.reaper import reap as reap_once
     from workers.reaper import reap_forever
 
@@ -171,11 +185,7 @@ def reap(every: float | None) -> None:
     if every:
         reap_forever(settings.replace(reap_interval_s=every))
         return
-    try:
-        click.echo(str(reap_once(settings)))
-    except ServiceUnavailable as exc:
-        click.echo(f"Error: {exc.message}", err=True)
-        sys.exit(UNAVAILABLE_EXIT)
+    click.echo(str(reap_once(settings)))
 
 
 @cli.command()
@@ -315,6 +325,7 @@ def _follow(items, total: int, desc: str):
               help="Jobs per transaction.")
 @click.option("--rate", default=0.0, show_default=True, type=click.FloatRange(0),
               help="At most this many jobs enqueued per second (0: no limit).")
+@_exit_when_unavailable
 def reprocess(tenant, statuses, since, until, outdated, version, batch, ids_file, dry_run,
               resume, chunk, rate) -> None:
     """Queue finished jobs again, as a new batch on the bulk queue.
@@ -373,6 +384,7 @@ def batches(batch_ids: tuple[str, ...], tenant: str | None, limit: int) -> None:
 @click.option("--tenant", default="local", show_default=True, help="Tenant (storefront) name.")
 @click.option("--chunk", default=500, show_default=True, type=click.IntRange(1, 100_000),
               help="Jobs per transaction.")
+@_exit_when_unavailable
 def bulk(source: str, tenant: str, chunk: int) -> None:
     """Import a folder or bucket prefix (any fsspec URI) as one batch on the bulk queue.
 
