@@ -215,3 +215,46 @@ def test_task_retries_outlast_a_five_minute_outage():
     delays = [backoff_s(n, s, jitter=False) for n in range(max_retries(s))]
     assert max(delays) == s.retry_backoff_max_s and sum(delays) <= s.transient_retry_s
     assert 0.75 * sum(delays) >= 300  # even with the shortest jitter
+
+
+def test_api_upload_with_the_broker_down_answers_503_and_keeps_the_job(pg_url, redis_url,
+                                                                       tmp_path):
+    """A real `clearmark api` whose broker is down: 503, the job stays queued (not failed),
+    the same upload again returns it, and the reaper sends it once the broker is back."""
+    import httpx
+
+    from tests.test_api import free_port, png
+    from tests.test_celery_e2e import Service
+    from tests.test_compose import compose_command
+    from workers.tenants import create_tenant
+
+    s = _pg_settings(pg_url, redis_url, tmp_path)
+    with session_scope(s.database_url) as session:
+        _, key = create_tenant(session, "shop")
+    port = str(free_port())
+    server = Service(s.replace(broker_url=f"redis://127.0.0.1:{free_port()}/0"),
+                     tmp_path / "api.log",
+                     *compose_command("api", {"--host": "127.0.0.1", "--port": port}))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                          headers={"Authorization": f"Bearer {key}"}) as http:
+            wait_for(lambda: _answers(http, "/healthz"), 60, "the API", interval=0.2)
+            upload = {"files": {"file": ("p.png", png(3), "image/png")}}
+            r = http.post("/v1/images", **upload)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "broker_unavailable"
+            with session_scope(s.database_url) as session:
+                job_id, = session.scalars(select(Job.id))
+            assert _job_row(s, job_id).status == "queued"
+            again = http.post("/v1/images", **upload)
+            assert again.status_code == 200 and again.json()["id"] == job_id
+    finally:
+        server.stop()
+    assert reap(s).unsent == [job_id]
+    assert job_id in broker.jobs_with_tasks(s)[broker.CLEAN_TASK]
+
+
+def _answers(http, path: str) -> bool:
+    try:
+        return http.get(path).status_code == 200
+    except Exception:  # noqa: BLE001 - not listening yet
+        return False

@@ -7,7 +7,7 @@ from typing import Iterable, Iterator
 
 import fsspec
 
-from workers.db import JobStatus, Priority, session_scope
+from workers.db import Priority, session_scope
 from workers.errors import ServiceUnavailable
 from workers.jobs import create_batch, create_job, ensure_tenant
 from workers.settings import get_settings
@@ -22,7 +22,8 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
 
     A local file is copied into storage and keyed by its sha256; a URI (a bucket object)
     is used in place and keyed by the URI. Either way, submitting the same source again
-    for the same tenant gives its existing job (sent again while it is still queued). Rows
+    for the same tenant gives its existing job (not sent again: a queued job whose task was
+    lost is the reaper's, and a re-run of a large import must not double the queue). Rows
     are committed a chunk at a time, and each chunk is enqueued only after its commit, so a
     worker always finds its job; a crash or a broker outage in between leaves queued jobs
     without a task, which the reaper sends. Raises ServiceUnavailable (broker or database
@@ -59,13 +60,13 @@ def _submit(sources: list[Path | str], tenant: str, bulk: bool, chunk: int
                 job, is_new = create_job(session, owner, uri, batch=batch,
                                          idempotency_key=key, source_sha256=digest,
                                          priority=priority)
-                created.append((job.id, source, is_new, job.status == JobStatus.queued.value))
-        for i, (job_id, source, is_new, queued) in enumerate(created):
-            if queued:
+                created.append((job.id, source, is_new))
+        for i, (job_id, source, is_new) in enumerate(created):
+            if is_new:
                 try:
                     enqueue(job_id, queue)
                 except ServiceUnavailable as exc:
-                    unsent = len(created) - i
+                    unsent = sum(new for _, _, new in created[i:])
                     raise ServiceUnavailable(exc.service, f"{exc.detail} "
                                              f"({unsent} job(s) recorded but not sent; the "
                                              "reaper sends them when it is back)") from None
