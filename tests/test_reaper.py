@@ -143,6 +143,8 @@ def test_reaper(reaping):
     assert not (again.expired or again.unsent or again.gave_up or again.webhooks)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_crash_between_commit_and_publish_is_recovered(pg_url, redis_url, workers, tmp_path):
     """`clearmark submit` is SIGKILLed right after its commit, before any task is published;
     a worker started with --reap still finishes every job, exactly once."""
@@ -180,6 +182,8 @@ def _submit(env: dict, path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_submit_with_the_broker_or_database_down(pg_url, redis_url, tmp_path):
     """One error line and exit 75, no traceback; the job already recorded is sent by the
     reaper (or by submitting again) once the broker is back."""
@@ -217,6 +221,8 @@ def test_task_retries_outlast_a_five_minute_outage():
     assert 0.75 * sum(delays) >= 300  # even with the shortest jitter
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_api_upload_with_the_broker_down_answers_503_and_keeps_the_job(pg_url, redis_url,
                                                                        tmp_path):
     """A real `clearmark api` whose broker is down: 503, the job stays queued (not failed),

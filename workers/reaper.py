@@ -51,6 +51,13 @@ def _locked(session, query):
                            .with_for_update(skip_locked=True)).all()
 
 
+def _without_task(session, due, on_broker: set[str]) -> list[Job]:
+    """The jobs matching `due` whose id has no task on the broker, locked (ids are read
+    first, unlocked: a backlog of queued jobs with tasks costs a read, not a lock each)."""
+    missing = [i for i in session.scalars(select(Job.id).where(due)) if i not in on_broker]
+    return _locked(session, select(Job).where(Job.id.in_(missing[:LIMIT]), due)) if missing else []
+
+
 def reap(settings: Settings | None = None) -> Reaped:
     """One pass; raises ServiceUnavailable when the broker or database is down."""
     s = settings or get_settings()
@@ -78,19 +85,17 @@ def reap(settings: Settings | None = None) -> Reaped:
                 out.expired.append(job.id)
                 to_send.append((broker.CLEAN_TASK, job))
             if on_broker is not None:
-                sent = on_broker.get(broker.CLEAN_TASK, set())
-                for job in _locked(session, select(Job).where(
-                        Job.status == JobStatus.queued.value, Job.updated_at < cutoff)):
-                    if job.id not in sent:
-                        job.updated_at = now
-                        session.add(JobEvent(job_id=job.id, kind="reaped",
-                                             detail={"reason": "no task on the broker"}))
-                        out.unsent.append(job.id)
-                        to_send.append((broker.CLEAN_TASK, job))
-                hooks = on_broker.get(broker.WEBHOOK_TASK, set())
-                for job in _locked(session, select(Job).where(
-                        Job.webhook_pending.is_(True), Job.updated_at < cutoff)):
-                    if job.id not in hooks and job.id not in out.gave_up:
+                queued = (Job.status == JobStatus.queued.value) & (Job.updated_at < cutoff)
+                for job in _without_task(session, queued, on_broker.get(broker.CLEAN_TASK, set())):
+                    job.updated_at = now
+                    session.add(JobEvent(job_id=job.id, kind="reaped",
+                                         detail={"reason": "no task on the broker"}))
+                    out.unsent.append(job.id)
+                    to_send.append((broker.CLEAN_TASK, job))
+                hook_due = Job.webhook_pending.is_(True) & (Job.updated_at < cutoff)
+                for job in _without_task(session, hook_due,
+                                         on_broker.get(broker.WEBHOOK_TASK, set())):
+                    if job.id not in out.gave_up:
                         job.updated_at = now
                         out.webhooks.append(job.id)
                         to_send.append((broker.WEBHOOK_TASK, job))
