@@ -266,8 +266,10 @@ class Suite:
             w.proc.wait(30)
             time.sleep(2)
             w.start()  # as a supervisor (compose restart policy) would
-        elif fault == "time_limit":
-            os.kill(wait(lambda: self.busy_child(w), 120, "a busy child"), signal.SIGSTOP)
+        elif fault == "time_limit":  # a hung task: the pool kills it at the hard limit
+            child = wait(lambda: self.busy_child(w), 120, "a busy child")
+            os.kill(child, signal.SIGSTOP)
+            wait(lambda: not _alive(child), 120, "the hard time limit to kill the child", 1.0)
         elif fault in ("redis_aof", "redis_bare"):
             self.redis.stop(graceful=fault == "redis_aof")
             if fault == "redis_bare":
@@ -344,6 +346,14 @@ def _cpu_ticks(pid: int) -> int:
         return 0
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def _is_pool_child(pid: int) -> bool:
     """A prefork pool child (not the reaper child, which runs `clearmark reap`)."""
     try:
@@ -365,6 +375,7 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=40, help="images per fault")
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--timeout", type=float, default=600, help="seconds per round")
+    parser.add_argument("--keep", action="store_true", help="keep the logs and data after a pass")
     args = parser.parse_args()
     suite = Suite(args.n, args.timeout)
     rows = []
@@ -380,7 +391,8 @@ def main() -> int:
     if bad:
         print(f"FAILED: {', '.join(bad)} (logs in {suite.root})")
         return 1
-    shutil.rmtree(suite.root, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(suite.root, ignore_errors=True)
     return 0
 
 
