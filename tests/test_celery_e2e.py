@@ -79,7 +79,10 @@ def service_env(settings: Settings) -> dict[str, str]:
                 CLEARMARK_QUEUE_WEBHOOKS=settings.queue_webhooks,
                 CLEARMARK_WEBHOOK_ALLOW_HOSTS=",".join(settings.webhook_allow_hosts),
                 CLEARMARK_WEBHOOK_BACKOFF_S=str(settings.webhook_backoff_s),
-                CLEARMARK_WEBHOOK_MAX_ATTEMPTS=str(settings.webhook_max_attempts))
+                CLEARMARK_WEBHOOK_MAX_ATTEMPTS=str(settings.webhook_max_attempts),
+                CLEARMARK_LEASE_S=str(settings.lease_s),
+                CLEARMARK_REAP_INTERVAL_S=str(settings.reap_interval_s),
+                CLEARMARK_REAP_GRACE_S=str(settings.reap_grace_s))
 
 
 class Service:
@@ -198,8 +201,10 @@ def test_worker_processes_good_and_bad_files(service, workers, tmp_path):
 
 
 def test_sigkilled_worker_job_finishes_exactly_once(service, workers, tmp_path):
-    # A short visibility timeout, so Redis hands the dead worker's task on within seconds.
-    service = service.replace(visibility_timeout_s=6)
+    # A short visibility timeout and lease, so Redis hands the dead worker's task on and
+    # the reaper (run by the second worker) queues the job again within seconds.
+    service = service.replace(visibility_timeout_s=6, lease_s=4, reap_interval_s=1,
+                              reap_grace_s=0)
     big = tmp_path / "big.png"
     rng = np.random.default_rng(0)
     # Noise makes PNG decode/encode slow enough to kill the worker mid-task.
@@ -216,7 +221,7 @@ def test_sigkilled_worker_job_finishes_exactly_once(service, workers, tmp_path):
     job = statuses(service.database_url, [job_id])[job_id]
     assert (job.status, job.attempts) == ("running", 1), "the kill must land mid-task"
 
-    workers(service, "second")
+    workers(service, "second", "--reap")
     jobs = wait_for(lambda: all_done(service.database_url, [job_id]), 180, "the job to finish")
     job = jobs[job_id]
     assert job.status in {"succeeded", "no_watermark", "needs_review"}, job.error_message
@@ -224,7 +229,11 @@ def test_sigkilled_worker_job_finishes_exactly_once(service, workers, tmp_path):
     with session_scope(service.database_url) as session:
         assert session.scalar(select(func.count()).select_from(JobMetrics)
                               .where(JobMetrics.job_id == job_id)) == 1
-        kinds = [e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
-                                                 .order_by(JobEvent.id))]
-    assert kinds.count("takeover") == 1 and kinds[-1] == "status"
+        events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
+                                 .order_by(JobEvent.id)).all()
+    kinds = [e.kind for e in events]
+    # Taken over once its lease ran out (by the redelivered message or the reaper's), and
+    # finished once.
+    assert kinds.count("takeover") + kinds.count("reaped") >= 1 and kinds[-1] == "status"
+    assert sum(e.to_status in DONE for e in events) == 1
     assert Image.open(io.BytesIO(read_uri(job.result_uri))).size == (3200, 2400)

@@ -70,10 +70,10 @@ def test_clearmark_commands_parse():
     commands = {name: s["command"] for name, s in SERVICES.items()
                 if s.get("image") == "clearmark:latest" and "command" in s}
     assert set(commands) >= {"migrate", "api", "worker-uploads", "worker-bulk", "worker-webhooks",
-                             "flower"}
+                             "beat", "flower"}
     for name, args in commands.items():
         ctx = parse(args)
-        assert ctx.command.name in {"upgrade", "api", "worker", "flower"}, name
+        assert ctx.command.name in {"upgrade", "api", "worker", "beat", "flower"}, name
     assert compose_command("migrate") == ["db", "upgrade"]
     webhooks = parse(compose_command("worker-webhooks")).params
     assert webhooks["queues"] == "clearmark.webhooks" and webhooks["pool"] == "threads"

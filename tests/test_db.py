@@ -26,7 +26,18 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     assert {"ix_jobs_status_created_at", "ix_jobs_tenant_id_created_at",
             "uq_jobs_tenant_id_idempotency_key"} <= index_names
     columns = {c["name"]: c for c in inspector.get_columns("jobs")}
-    assert columns["review_reason"]["nullable"]
+    assert columns["review_reason"]["nullable"] and columns["lease_expires_at"]["nullable"]
+    assert not columns["webhook_pending"]["nullable"]
+    assert "ix_jobs_webhook_pending" in index_names
+    metrics_columns = {c["name"]: c for c in inspector.get_columns("job_metrics")}
+    assert metrics_columns["jpeg_exact"]["nullable"] and metrics_columns["jpeg_blocks_changed"]["nullable"]
+    migrate.downgrade(url, "0005")  # 0006 alone: the JPEG metrics go
+    assert not {"jpeg_exact", "jpeg_blocks_changed"} & {
+        c["name"] for c in inspect(engine).get_columns("job_metrics")}
+    assert "lease_expires_at" in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    migrate.downgrade(url, "0004")  # 0005 alone: the lease and webhook flag go
+    jobs_columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+    assert "review_reason" in jobs_columns and not {"lease_expires_at", "webhook_pending"} & jobs_columns
     migrate.downgrade(url, "0003")  # 0004 alone: the column goes, the rest stays
     inspector = inspect(engine)
     assert TABLES <= set(inspector.get_table_names())
@@ -85,8 +96,8 @@ def _new_job(db_url) -> str:
 
 def test_claim_finish_is_guarded_and_logged(db_url):
     job_id = _new_job(db_url)
-    first = claim_job(db_url, job_id, max_attempts=3)
-    takeover = claim_job(db_url, job_id, max_attempts=3)  # first worker presumed dead
+    first = claim_job(db_url, job_id, max_attempts=3, lease_s=0)  # its worker dies
+    takeover = claim_job(db_url, job_id, max_attempts=3)  # the lease has run out
     assert (first.attempt, takeover.attempt) == (1, 2)
     # The dead worker's late result is discarded; the live one is recorded once.
     assert not finish_job(db_url, first, JobStatus.succeeded, result_uri="r", mask_uri="m",
@@ -166,8 +177,8 @@ def test_a_new_attempt_clears_the_review_reason(db_url):
 
 def test_poison_job_fails_after_max_attempts(db_url):
     job_id = _new_job(db_url)
-    for _ in range(2):
-        assert claim_job(db_url, job_id, max_attempts=2) is not None  # each worker dies
+    for _ in range(2):  # each worker dies; its lease (0 s) runs out at once
+        assert claim_job(db_url, job_id, max_attempts=2, lease_s=0) is not None
     with pytest.raises(TooManyAttempts):
         claim_job(db_url, job_id, max_attempts=2)
     with session_scope(db_url) as session:
@@ -187,7 +198,7 @@ def test_giving_up_is_a_finished_attempt(db_url, monkeypatch):
     monkeypatch.setattr(webhooks, "notify_finished", lambda job_id, s: notified.append(job_id))
     job_id = _new_job(db_url)
     settings = Settings(database_url=db_url, max_attempts=1)
-    assert claim_job(db_url, job_id, max_attempts=1) is not None  # that worker died
+    assert claim_job(db_url, job_id, max_attempts=1, lease_s=0) is not None  # that worker died
     assert process_job(job_id, engines=None, settings=settings) == "failed"
     assert notified == [job_id]
     assert process_job(job_id, engines=None, settings=settings) is None  # nothing left to do

@@ -46,7 +46,7 @@ def test_job_reads_and_writes_s3(settings, s3_bucket):
     assert process_job(job_id, fake_engines(MagentaDetector(), GreyRemover()), local) == "succeeded"
     with session_scope(local.database_url) as session:
         job = session.get(Job, job_id)
-        assert job.result_uri == f"{s3_bucket}/results/{job_id}.png"
+        assert job.result_uri == f"{s3_bucket}/results/{job_id}-1.png"  # attempt 1's key
         result = Image.open(io.BytesIO(read_uri(job.result_uri)))
         assert result.size == Image.open(buf).size
         assert Image.open(io.BytesIO(read_uri(job.mask_uri))).mode == "L"

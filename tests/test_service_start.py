@@ -1,7 +1,7 @@
 """Starting the service: a worker refuses settings that would strand jobs, a default
 worker consumes every queue (and `clearmark status` shows a queue nobody consumes), and
-submitting known files again leaves no empty batch behind (and re-sends the task of a
-job still queued, which a misconfigured worker may have lost)."""
+submitting known files again leaves no empty batch behind and sends nothing (a job whose
+task was lost is the reaper's: tests/test_reaper.py)."""
 from __future__ import annotations
 
 import pytest
@@ -83,6 +83,6 @@ def test_submitting_known_files_again_makes_no_batch(service, tmp_path):
     first = list(submit_files([photo]))
     assert batches() == 1
     assert queue_depths(service)[service.queue_uploads] == 1
-    assert list(submit_files([photo])) == first   # still queued: its task is sent again
+    assert list(submit_files([photo])) == first
     assert batches() == 1
-    assert queue_depths(service)[service.queue_uploads] == 2
+    assert queue_depths(service)[service.queue_uploads] == 1   # not sent twice

@@ -33,10 +33,10 @@ from workers.api_errors import (
     outage,
 )
 from workers.api_guard import DOCS_ASSETS, ApiGuard
-from workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get_engine, session_scope, utcnow
-from workers.errors import BadInput
+from workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get_engine, session_scope
+from workers.errors import BadInput, ServiceUnavailable
 from workers.imaging import probe_image
-from workers.jobs import create_job, requeue_job, set_status
+from workers.jobs import create_job, requeue_job
 from workers.settings import Settings, get_settings
 from workers.storage import check_key, get_storage, iter_uri, read_uri
 from workers.webhooks import DONE_OK, check_callback_url, job_document
@@ -117,20 +117,17 @@ def _pipeline_fingerprint() -> str:
 
 
 def _enqueue(job_id: str, priority: str, settings: Settings) -> None:
-    """Send the job's task; when the broker is down the job fails (retry it later)."""
+    """Send the job's task. With the broker down: 503, and the job stays queued (the reaper
+    sends it when the broker is back; the same request again returns the job)."""
     from workers.tasks import enqueue, queue_for
 
     try:
         enqueue(job_id, queue_for(priority, settings))
-    except Exception as exc:  # noqa: BLE001 - any broker error
-        log.warning("job %s could not be queued: %r", job_id, exc)
-        with session_scope(settings.database_url) as session:
-            job = session.get(Job, job_id)
-            set_status(session, job, JobStatus.failed, error_code="enqueue_failed")
-            job.error_code, job.error_message = "enqueue_failed", f"broker unavailable: {exc}"
-            job.finished_at = utcnow()
-        raise ApiError(503, "broker_unavailable", f"job {job_id} could not be queued; retry it "
-                       "later", {"Retry-After": str(OUTAGE_RETRY_AFTER_S)}) from None
+    except ServiceUnavailable as exc:   # the job stays queued: the reaper sends it
+        log.warning("job %s could not be queued yet: %s", job_id, exc)
+        raise ApiError(503, exc.code, f"job {job_id} is recorded but could not be queued "
+                       "yet (the broker is down); it is sent when the broker is back",
+                       {"Retry-After": str(OUTAGE_RETRY_AFTER_S)}) from None
 
 
 def _read_source(tenant: Tenant, file: UploadFile | None, source_uri: str | None,

@@ -38,6 +38,26 @@ LAZY_COMMANDS = {
               "costs and changes."),
 }
 
+UNAVAILABLE_EXIT = 75  # EX_TEMPFAIL: the broker or database is down; try again later
+
+
+def _exit_when_unavailable(fn):
+    """A command that talks to the broker or database: when one is down, one error line
+    and exit status 75 instead of a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        from workers.errors import ServiceUnavailable
+
+        try:
+            return fn(*args, **kwargs)
+        except ServiceUnavailable as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            sys.exit(UNAVAILABLE_EXIT)
+
+    return run
+
 
 class LazyGroup(click.Group):
     """A group whose LAZY_COMMANDS are imported on first use, not at start-up."""
@@ -153,11 +173,13 @@ def clean(in_dir: Path, out_dir: Path, masks_dir: Path | None, recursive: bool,
 @click.option("--tenant", default="local", show_default=True, help="Tenant (storefront) name.")
 @click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders.")
 @click.option("--bulk", is_flag=True, help="Use the bulk queue (lower priority than uploads).")
+@_exit_when_unavailable
 def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -> None:
     """Upload images to storage and enqueue a job for each on the broker.
 
     Prints one job id per line (tab, then the file). The same file submitted again for the
-    same tenant returns its existing job instead of a new one.
+    same tenant returns its existing job instead of a new one. With the broker or database
+    down: one error line and exit status 75; jobs already recorded are sent by the reaper.
     """
     from workers.submit import submit_files
 
@@ -182,8 +204,11 @@ def default_queues(settings) -> str:
 @click.option("-P", "--pool", default="prefork", show_default=True,
               type=click.Choice(["prefork", "solo", "threads"]))
 @click.option("-n", "--hostname", help="Worker node name (default celery@host).")
+@click.option("--reap", is_flag=True,
+              help="Also run the reaper beside the worker (a child process, every "
+                   "CLEARMARK_REAP_INTERVAL_S), where no Celery beat runs it.")
 def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str,
-           hostname: str | None) -> None:
+           hostname: str | None, reap: bool) -> None:
     """Start a Celery worker on the configured broker (Redis by default).
 
     Refuses to start when only one of CLEARMARK_DATABASE_URL and CLEARMARK_BROKER_URL is
@@ -203,7 +228,60 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
             "-l", loglevel, "-P", pool, "-E"]
     if hostname:
         argv += ["-n", hostname]
-    app.worker_main(argv)
+    reaper = _start_reaper_process() if reap else None
+    try:
+        app.worker_main(argv)
+    finally:
+        if reaper is not None:
+            reaper.terminate()
+
+
+def _start_reaper_process():
+    """`clearmark reap --every` as a child that dies with this process (even on SIGKILL)."""
+    import os
+    import signal
+    import subprocess
+
+    def die_with_parent() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+    return subprocess.Popen([sys.executable, "-m", "workers", "reap", "--every",
+                             str(get_settings().reap_interval_s)],
+                            env=dict(os.environ, CLEARMARK_DATABASE_URL=get_settings().database_url),
+                            preexec_fn=die_with_parent)
+
+
+@cli.command()
+@click.option("--every", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="Run a pass every SECONDS until stopped (default: one pass).")
+@_exit_when_unavailable
+def reap(every: float | None) -> None:
+    """Queue again what would otherwise never finish: running jobs whose lease expired (or
+    fail them after the last attempt), queued jobs and due webhooks with no task on the
+    broker. Safe to run anywhere, any number of times."""
+    from workers.reaper import reap as reap_once
+    from workers.reaper import reap_forever
+
+    settings = get_settings()
+    if every:
+        reap_forever(settings.replace(reap_interval_s=every))
+        return
+    click.echo(str(reap_once(settings)))
+
+
+@cli.command()
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+def beat(loglevel: str) -> None:
+    """Run Celery beat: sends a reaper pass every CLEARMARK_REAP_INTERVAL_S (run exactly one)."""
+    from workers.tasks import app
+
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    app.Beat(loglevel=loglevel).run()
 
 
 @cli.command()
@@ -346,6 +424,7 @@ def _follow(items, total: int, desc: str):
               help="Jobs per transaction.")
 @click.option("--rate", default=0.0, show_default=True, type=click.FloatRange(0),
               help="At most this many jobs enqueued per second (0: no limit).")
+@_exit_when_unavailable
 def reprocess(tenant, statuses, since, until, outdated, version, batch, ids_file, dry_run,
               resume, chunk, rate) -> None:
     """Queue finished jobs again, as a new batch on the bulk queue.
@@ -405,6 +484,7 @@ def batches(batch_ids: tuple[str, ...], tenant: str | None, limit: int) -> None:
 @click.option("--tenant", default="local", show_default=True, help="Tenant (storefront) name.")
 @click.option("--chunk", default=500, show_default=True, type=click.IntRange(1, 100_000),
               help="Jobs per transaction.")
+@_exit_when_unavailable
 def bulk(source: str, tenant: str, chunk: int) -> None:
     """Import a folder or bucket prefix (any fsspec URI) as one batch on the bulk queue.
 

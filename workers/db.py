@@ -15,8 +15,8 @@ from functools import lru_cache
 from typing import Iterator
 
 from sqlalchemy import (
-    JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
-    Text, create_engine, event, text,
+    JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData,
+    String, Text, create_engine, event, false, text,
 )
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -32,6 +32,11 @@ NAMING = {
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime) -> datetime:
+    """`value` with its time zone (SQLite gives back naive datetimes, stored in UTC)."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def new_webhook_secret() -> str:
@@ -141,6 +146,12 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     callback_url: Mapped[str | None] = mapped_column(Text)  # else the tenant's webhook_url
+    # A running attempt holds the job until then (its heartbeat renews it); past it, the
+    # reaper queues the job again.
+    lease_expires_at: Mapped[datetime | None]
+    # Finished with a callback URL and its webhook not yet delivered (or given up): the
+    # reaper sends it again when no webhook task for it is on the broker.
+    webhook_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     priority: Mapped[str] = mapped_column(String(16), default=Priority.normal.value,
                                           server_default=Priority.normal.value)
 
@@ -152,6 +163,8 @@ class Job(Base):
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
         Index("ix_jobs_batch_id", "batch_id"),
+        Index("ix_jobs_webhook_pending", "webhook_pending",
+              postgresql_where=text("webhook_pending"), sqlite_where=text("webhook_pending")),
         Index("uq_jobs_tenant_id_idempotency_key", "tenant_id", "idempotency_key", unique=True,
               postgresql_where=text("idempotency_key IS NOT NULL"),
               sqlite_where=text("idempotency_key IS NOT NULL")),
@@ -185,7 +198,7 @@ class JobEvent(Base):
     __tablename__ = "job_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(32))  # status | retry | takeover | webhook
+    kind: Mapped[str] = mapped_column(String(32))  # status | retry | takeover | reaped | webhook
     from_status: Mapped[str | None] = mapped_column(String(20))
     to_status: Mapped[str | None] = mapped_column(String(20))
     detail: Mapped[dict | None] = mapped_column(JSON)

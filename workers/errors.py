@@ -25,3 +25,14 @@ class TransientError(ClearmarkError):
     """Storage, database or broker hiccup: retried with backoff."""
 
     code = "transient"
+
+
+class ServiceUnavailable(ClearmarkError):
+    """The broker or the database cannot be reached: answer 503, try again later. Jobs
+    already recorded are not lost (the reaper sends them when the broker is back)."""
+
+    code = "service_unavailable"
+
+    def __init__(self, service: str, detail: str):
+        super().__init__(f"{service} unavailable: {detail}", code=f"{service}_unavailable")
+        self.service, self.detail = service, detail

@@ -2,8 +2,10 @@
 
 `process_job` is the whole of one attempt, used alike by the Celery task and the in-process
 `clearmark clean`. Every step is safe to run twice: a finished job is left alone, a job found
-`running` (its worker died) is taken over, and only the attempt that holds the claim may
-record a result (guarded update on status + attempt number).
+`running` is taken over only once its lease has expired (its worker died or hung), and only
+the attempt that holds the claim may record a result (guarded update on status + attempt
+number). Each attempt writes its own result keys, so a late loser never overwrites the
+winner's files.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import logging
 import math
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
@@ -19,11 +22,13 @@ from sqlalchemy.orm import Session
 
 from workers.db import (
     FINISHED, JPEG_METRIC_FIELDS, METRIC_FIELDS, Batch, Job, JobEvent, JobMetrics, JobStatus,
-    Priority, Tenant, check_transition, session_scope, utcnow,
+    Priority, Tenant, as_utc, check_transition, session_scope, utcnow,
 )
 from workers.errors import BadInput, ClearmarkError, TransientError
+from workers.leases import Heartbeat
 from workers.settings import Settings, get_settings
-from workers.storage import get_storage, read_uri, write_uri
+from workers.storage import delete_uri, get_storage, read_uri, write_uri
+from workers.transient import retry_database
 
 log = logging.getLogger(__name__)
 DEFAULT_TENANT = "local"
@@ -111,9 +116,50 @@ class TooManyAttempts(Exception):
     """claim_job just failed the job as `too_many_attempts` (committed); it is finished now."""
 
 
-def claim_job(db_url: str, job_id: str, max_attempts: int) -> Claim | None:
-    """Mark the job running for this attempt, or None when there is nothing to do.
+def mark_finished(session: Session, job: Job) -> None:
+    """Bookkeeping of every finish: no lease any more, and a webhook due when the job or
+    its tenant has a callback URL (set in the same transaction, so a crash after the commit
+    cannot lose it: the reaper sends what no task carries)."""
+    job.finished_at = utcnow()
+    job.lease_expires_at = None
+    job.webhook_pending = bool(job.callback_url or session.scalar(
+        select(Tenant.webhook_url).where(Tenant.id == job.tenant_id)))
+
+
+def webhook_settled(db_url: str, job_id: str, settle: bool) -> bool:
+    """Whether the job's webhook is no longer due (settle: mark it so, delivered or given up)."""
+    with session_scope(db_url) as session:
+        job = _locked_job(session, job_id)
+        if job is None:
+            return True
+        settled = not job.webhook_pending
+        if settle:
+            job.webhook_pending = False
+        return settled
+
+
+def give_up(session: Session, job: Job) -> None:
+    """Fail a job whose attempts are used up, for good."""
+    set_status(session, job, JobStatus.failed, attempts=job.attempts)
+    job.error_code = "too_many_attempts"
+    job.error_message = (f"gave up after {job.attempts} attempts (the worker died, hung or a "
+                         "transient error repeated each time)")
+    mark_finished(session, job)
+
+
+def lease_held(job: Job) -> bool:
+    """A running job whose lease has not expired yet: its attempt is alive."""
+    return (job.status == JobStatus.running.value and job.lease_expires_at is not None
+            and as_utc(job.lease_expires_at) > utcnow())
+
+
+def claim_job(db_url: str, job_id: str, max_attempts: int, lease_s: float | None = None
+              ) -> Claim | None:
+    """Mark the job running for this attempt, holding a lease for `lease_s` (default
+    CLEARMARK_LEASE_S), or None when there is nothing to do: the job is finished, or running
+    under a lease that has not expired (a second delivery never takes over a live attempt).
     Raises TooManyAttempts after failing (and committing) a job whose attempts are used up."""
+    lease_s = get_settings().lease_s if lease_s is None else lease_s
     with session_scope(db_url) as session:
         job = _locked_job(session, job_id)
         if job is None:
@@ -122,19 +168,20 @@ def claim_job(db_url: str, job_id: str, max_attempts: int) -> Claim | None:
         if JobStatus(job.status) in FINISHED:
             log.info("job %s already %s; nothing to do", job_id, job.status)
             return None
+        if lease_held(job):
+            log.info("job %s: attempt %s holds it until %s; not taken over", job_id,
+                     job.attempts, job.lease_expires_at)
+            return None
         gave_up = job.attempts >= max_attempts
         if gave_up:
-            set_status(session, job, JobStatus.failed, attempts=job.attempts)
-            job.error_code = "too_many_attempts"
-            job.error_message = (f"gave up after {job.attempts} attempts (the worker died or a "
-                                 "transient error repeated each time)")
-            job.finished_at = utcnow()
+            give_up(session, job)
         else:
             kind = "takeover" if job.status == JobStatus.running.value else "status"
             set_status(session, job, JobStatus.running, kind=kind, attempt=job.attempts + 1,
                        worker=socket.gethostname())
             job.attempts += 1
             job.started_at = utcnow()
+            job.lease_expires_at = job.started_at + timedelta(seconds=lease_s)
             job.review_reason = None  # a new attempt: an earlier review reason no longer holds
             job.worker_host = socket.gethostname()
         claim = Claim(job.id, job.attempts, job.source_uri, job.result_uri, job.mask_uri)
@@ -195,7 +242,7 @@ def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str 
         job.pipeline_version = pipeline_version
         job.error_code = job.error_message = None
         job.review_reason = reason
-        job.finished_at = utcnow()
+        mark_finished(session, job)
         row = session.get(JobMetrics, job.id) or JobMetrics(job_id=job.id)
         for name in METRIC_FIELDS + JPEG_METRIC_FIELDS:
             setattr(row, name, metrics.get(name))   # the jpeg_* ones are optional
@@ -211,7 +258,7 @@ def fail_job(db_url: str, claim: Claim, code: str, message: str) -> bool:
         set_status(session, job, JobStatus.failed, attempt=claim.attempt, error_code=code)
         job.error_code, job.error_message = code, message[:2000]
         job.review_reason = None
-        job.finished_at = utcnow()
+        mark_finished(session, job)
         return True
 
 
@@ -222,6 +269,7 @@ def release_for_retry(db_url: str, claim: Claim, reason: str) -> None:
         if _holds_claim(job, claim):
             set_status(session, job, JobStatus.queued, kind="retry", attempt=claim.attempt,
                        reason=reason[:500])
+            job.lease_expires_at = None
 
 
 def requeue_job(session: Session, job: Job, reason: str) -> None:
@@ -232,14 +280,25 @@ def requeue_job(session: Session, job: Job, reason: str) -> None:
     job.error_code = job.error_message = None
     job.review_reason = None
     job.finished_at = None
+    job.lease_expires_at = None
+    job.webhook_pending = False
 
 
 def output_uris(claim: Claim, extension: str) -> tuple[str, str]:
-    """Where the result and mask go: preset on the job (clean), else keys in storage."""
+    """Where the result and mask go: preset on the job (clean), else keys of this attempt
+    in storage (`results/<job>-<attempt><ext>`), never shared with another attempt."""
     storage = get_storage()
-    result = claim.result_uri or storage.uri(f"results/{claim.job_id}{extension}")
-    mask = claim.mask_uri or storage.uri(f"masks/{claim.job_id}.png")
+    key = f"{claim.job_id}-{claim.attempt}"
+    result = claim.result_uri or storage.uri(f"results/{key}{extension}")
+    mask = claim.mask_uri or storage.uri(f"masks/{key}.png")
     return result, mask
+
+
+def _discard_outputs(claim: Claim, uris: tuple[str, str]) -> None:
+    """A losing attempt removes the files it wrote under its own keys (best effort)."""
+    for uri, preset in zip(uris, (claim.result_uri, claim.mask_uri)):
+        if uri != preset:
+            delete_uri(uri)
 
 
 def process_job(job_id: str, engines, settings: Settings | None = None) -> str | None:
@@ -257,44 +316,57 @@ def process_job(job_id: str, engines, settings: Settings | None = None) -> str |
 
 
 def _attempt(job_id: str, engines, settings: Settings) -> str | None:
-    from workers.pipeline import process_image
-
-    db_url = settings.database_url
     try:
-        claim = claim_job(db_url, job_id, settings.max_attempts)
+        claim = claim_job(settings.database_url, job_id, settings.max_attempts, settings.lease_s)
     except TooManyAttempts as exc:
         log.warning("%s: failed as too_many_attempts", exc)
         return JobStatus.failed.value  # finished now: its webhook goes out like any other
     if claim is None:
         return None
+    with Heartbeat(settings.database_url, claim, settings.lease_s):
+        return _run_claimed(claim, engines, settings)
+
+
+def _run_claimed(claim: Claim, engines, settings: Settings) -> str | None:
+    """Run the pipeline for a claimed job and record the outcome. The records wait out a
+    database outage (retry_database): the work is done, only its bookkeeping is left."""
+    from workers.pipeline import process_image
+
+    db_url, what = settings.database_url, f"job {claim.job_id}"
+
+    def failed(code: str, message: str) -> str | None:
+        done = retry_database(lambda: fail_job(db_url, claim, code, message), settings, what)
+        return JobStatus.failed.value if done else None
+
     try:
         data = read_uri(claim.source_uri, max_bytes=settings.max_bytes)
         result = process_image(data, engines, settings)
-        result_uri, mask_uri = output_uris(claim, result.extension)
-        write_uri(result_uri, result.image_bytes)
-        write_uri(mask_uri, result.mask_png)
+        uris = output_uris(claim, result.extension)
+        write_uri(uris[0], result.image_bytes)
+        write_uri(uris[1], result.mask_png)
     except BadInput as exc:
-        log.info("job %s failed: %s (%s)", job_id, exc.message, exc.code)
-        return JobStatus.failed.value if fail_job(db_url, claim, exc.code, exc.message) else None
+        log.info("job %s failed: %s (%s)", claim.job_id, exc.message, exc.code)
+        return failed(exc.code, exc.message)
     except TransientError as exc:
-        release_for_retry(db_url, claim, str(exc))
+        retry_database(lambda: release_for_retry(db_url, claim, str(exc)), settings, what)
         raise
     except ClearmarkError as exc:
-        return JobStatus.failed.value if fail_job(db_url, claim, exc.code, exc.message) else None
+        return failed(exc.code, exc.message)
     except SoftTimeLimitExceeded:
-        message = f"took longer than the soft time limit ({settings.soft_time_limit_s} s)"
-        return JobStatus.failed.value if fail_job(db_url, claim, "time_limit", message) else None
+        return failed("time_limit",
+                      f"took longer than the soft time limit ({settings.soft_time_limit_s} s)")
     except Exception as exc:  # a bug or an unexpected library error: fail this job only
-        log.exception("job %s: unexpected error", job_id)
-        message = f"{type(exc).__name__}: {exc}"
-        return JobStatus.failed.value if fail_job(db_url, claim, "internal_error", message) else None
+        log.exception("job %s: unexpected error", claim.job_id)
+        return failed("internal_error", f"{type(exc).__name__}: {exc}")
     status = JobStatus(result.status)
-    if finish_job(db_url, claim, status, result_uri=result_uri, mask_uri=mask_uri,
-                  metrics=result.metrics, pipeline_version=engines.version,
-                  review_reason=result.review_reason, gate=result.details.get("gate"),
-                  encoding=result.encoding,
-                  stage_ms={k: result.details[k] for k in ("ms_gate", "ms_residual")
-                            if k in result.details}):
-        log.info("job %s %s in %.0f ms", job_id, status.value, result.metrics["ms_total"])
+    won = retry_database(lambda: finish_job(
+        db_url, claim, status, result_uri=uris[0], mask_uri=uris[1], metrics=result.metrics,
+        pipeline_version=engines.version, review_reason=result.review_reason,
+        gate=result.details.get("gate"), encoding=result.encoding,
+        stage_ms={k: result.details[k] for k in ("ms_gate", "ms_residual")
+                  if k in result.details}), settings, what)
+    if won:
+        log.info("job %s %s in %.0f ms", claim.job_id, status.value, result.metrics["ms_total"])
         return status.value
+    _discard_outputs(claim, uris)
     return None

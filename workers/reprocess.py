@@ -178,6 +178,8 @@ def run(batch_id: str, chunk: int = 500, rate: float = 0, settings: Settings | N
     this batch stopped between its commit and its enqueue)."""
     s = settings or get_settings()
     selection, pace = load(batch_id, s), _pacer(rate)
+    if rate:  # a paced chunk is sent within half the reaper's grace, or the reaper would send it
+        chunk = min(chunk, max(1, int(rate * s.reap_grace_s / 2)))
     with session_scope(s.database_url) as session:
         stranded = session.scalars(_stranded(batch_id)).all()
     for i in range(0, len(stranded), chunk):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
-from workers.jobs import set_status
+from workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope
+from workers.jobs import mark_finished, set_status
 from workers.settings import Settings, get_settings
 
 REJECTED = "rejected_in_review"
@@ -49,6 +49,6 @@ def decide(job_id: str, accept: bool, reviewer: str = "", note: str = "",
         set_status(session, job, new, kind="review", reviewer=reviewer or None, note=note or None)
         if not accept:
             job.error_code, job.error_message = REJECTED, note or "rejected by a reviewer"
-        job.finished_at = utcnow()
+        mark_finished(session, job)
     notify_finished(job_id, s)
     return new.value

@@ -118,6 +118,19 @@ class Settings:
     # above queue wait + run time; 0 means hard time limit + 1 h (DESIGN.md, practice notes).
     visibility_timeout_s: int = field(default_factory=lambda: _env_int("VISIBILITY_TIMEOUT_S", 0))
 
+    # Leases and the reaper (workers.reaper): a running attempt holds its job for
+    # LEASE_S, renewed every LEASE_S / 3 while it runs; the reaper runs every
+    # REAP_INTERVAL_S (`clearmark worker --reap`, `clearmark reap --every`, Celery beat)
+    # and leaves alone what changed in the last REAP_GRACE_S (a publish may be under way).
+    lease_s: float = field(default_factory=lambda: _env_float("LEASE_S", 60.0))
+    reap_interval_s: float = field(default_factory=lambda: _env_float("REAP_INTERVAL_S", 30.0))
+    reap_grace_s: float = field(default_factory=lambda: _env_float("REAP_GRACE_S", 15.0))
+    # Transient faults (database, broker, storage): a task retries with doubling delays up to
+    # RETRY_BACKOFF_MAX_S for TRANSIENT_RETRY_S in all (then the reaper takes over); a
+    # finished attempt waits up to that long for the database to record its result.
+    retry_backoff_max_s: float = field(default_factory=lambda: _env_float("RETRY_BACKOFF_MAX_S", 30.0))
+    transient_retry_s: float = field(default_factory=lambda: _env_float("TRANSIENT_RETRY_S", 600.0))
+
     # Prometheus: each worker node serves its metrics on this port (0: off); the API
     # serves /metrics on its own port.
     metrics_port: int = field(default_factory=lambda: _env_int("METRICS_PORT", 0))

@@ -5,6 +5,7 @@ the root (`..`, absolute paths, backslashes, empty parts) is rejected.
 """
 from __future__ import annotations
 
+import logging
 import posixpath
 import uuid
 from functools import lru_cache
@@ -15,6 +16,8 @@ import fsspec
 
 from workers.errors import BadInput, TransientError
 from workers.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 class UnsafeKey(BadInput):
@@ -98,6 +101,16 @@ def write_uri(uri: str, data: bytes) -> None:
                 f.write(data)
     except OSError as exc:
         raise TransientError(f"cannot write {uri}: {exc}") from exc
+
+
+def delete_uri(uri: str) -> None:
+    """Remove an object if it is there; never raises (a leftover file harms nothing)."""
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+        if fs.exists(path):
+            fs.rm(path)
+    except Exception:  # noqa: BLE001
+        log.warning("could not delete %s", uri, exc_info=True)
 
 
 @lru_cache(maxsize=4)

@@ -7,25 +7,37 @@ from typing import Iterable, Iterator
 
 import fsspec
 
-from workers.db import Batch, JobStatus, Priority, session_scope
+from workers.db import Batch, Priority, session_scope
+from workers.errors import ServiceUnavailable
 from workers.jobs import create_batch, create_job, ensure_tenant
 from workers.settings import get_settings
 from workers.storage import get_storage
+from workers.transient import DATABASE_ERRORS
 
 
 def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool = False,
-                   chunk: int = 500, resend_queued: bool = False
-                   ) -> Iterator[tuple[str, Path | str, bool, str]]:
+                   chunk: int = 500) -> Iterator[tuple[str, Path | str, bool, str]]:
     """Create a job per source as one batch and enqueue it; yields (job id, source, created,
     batch id).
 
     A local file is copied into storage and keyed by its sha256; a URI (a bucket object)
     is used in place and keyed by the URI. Either way, submitting the same source again
-    for the same tenant gives its existing job; with `resend_queued`, one still queued is
-    enqueued again (it may have lost its task; a bulk import run again after an interrupt
-    does not, so as not to double a backlog). Rows are committed a chunk at a time, and
-    each chunk is enqueued only after its commit, so a worker always finds its job. When
-    every source was already known, the batch (empty) is removed at the end."""
+    for the same tenant gives its existing job (not sent again: a queued job whose task was
+    lost is the reaper's, and a re-run of a large import must not double the queue). Rows
+    are committed a chunk at a time, and each chunk is enqueued only after its commit, so a
+    worker always finds its job; a crash or a broker outage in between leaves queued jobs
+    without a task, which the reaper sends. When every source was already known, the batch
+    (empty) is removed at the end. Raises ServiceUnavailable (broker or database down)
+    after yielding what was sent."""
+    try:
+        yield from _submit(sources, tenant, bulk, chunk)
+    except DATABASE_ERRORS as exc:
+        raise ServiceUnavailable("database", f"{type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0]}") from None
+
+
+def _submit(sources: list[Path | str], tenant: str, bulk: bool, chunk: int
+            ) -> Iterator[tuple[str, Path | str, bool, str]]:
     from workers.tasks import enqueue, queue_for
 
     settings = get_settings()
@@ -50,13 +62,16 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
                 job, is_new = create_job(session, owner, uri, batch=batch,
                                          idempotency_key=key, source_sha256=digest,
                                          priority=priority, source_name=str(source))
-                # A known job still queued may have lost its task (e.g. a worker on the
-                # wrong database took it): send it again; a duplicate finds nothing to do.
-                resend = resend_queued and job.status == JobStatus.queued.value
-                created.append((job.id, source, is_new, resend))
-        for job_id, source, is_new, resend in created:
-            if is_new or resend:
-                enqueue(job_id, queue)
+                created.append((job.id, source, is_new))
+        for i, (job_id, source, is_new) in enumerate(created):
+            if is_new:
+                try:
+                    enqueue(job_id, queue)
+                except ServiceUnavailable as exc:
+                    unsent = sum(new for _, _, new in created[i:])
+                    raise ServiceUnavailable(exc.service, f"{exc.detail} "
+                                             f"({unsent} job(s) recorded but not sent; the "
+                                             "reaper sends them when it is back)") from None
             any_new = any_new or is_new
             yield job_id, source, is_new, batch.id
     if not any_new:
@@ -66,10 +81,8 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
 
 def submit_files(paths: list[Path], tenant: str = "local", bulk: bool = False
                  ) -> Iterator[tuple[str, Path]]:
-    """Copy each file into storage, create its job and enqueue it (one batch); a known job
-    that is still queued is enqueued again."""
-    for job_id, path, _, _ in submit_sources(list(paths), tenant=tenant, bulk=bulk,
-                                             resend_queued=True):
+    """Copy each file into storage, create its job and enqueue it (one batch)."""
+    for job_id, path, _, _ in submit_sources(list(paths), tenant=tenant, bulk=bulk):
         yield job_id, path
 
 

@@ -13,14 +13,13 @@ import os
 from celery.signals import (
     worker_init, worker_process_init, worker_process_shutdown, worker_shutdown,
 )
-from sqlalchemy.exc import OperationalError
 
-from workers import metrics
+from workers import broker, metrics
 from workers.celery_app import app
 from workers.db import Priority
-from workers.errors import TransientError
 from workers.jobs import process_job
 from workers.settings import Settings, get_settings
+from workers.transient import TRANSIENT_ERRORS, backoff_s, max_retries
 
 log = logging.getLogger(__name__)
 _engines = None
@@ -61,17 +60,34 @@ def _child_exits(pid=None, **_kwargs) -> None:
     metrics.child_exited(pid or os.getpid())
 
 
-@app.task(name="clearmark.clean_image", bind=True,
-          autoretry_for=(TransientError, OperationalError),
-          retry_backoff=2, retry_backoff_max=60, retry_jitter=True,
-          max_retries=get_settings().max_attempts)
+@app.task(name=broker.CLEAN_TASK, bind=True, max_retries=None)
 def clean_image(self, job_id: str) -> str | None:
-    """Clean one job's image; the argument is the job id (never image bytes)."""
+    """Clean one job's image; the argument is the job id (never image bytes).
+
+    A transient fault (database, broker, storage) retries with doubling delays for
+    CLEARMARK_TRANSIENT_RETRY_S in all; after that the task ends and the reaper, which
+    finds the job queued without a task (or running with an expired lease), takes over."""
     settings = get_settings()
-    status = process_job(job_id, get_engines(), settings)
+    try:
+        status = process_job(job_id, get_engines(), settings)
+    except TRANSIENT_ERRORS as exc:
+        retries = self.request.retries
+        if retries >= max_retries(settings):
+            log.warning("job %s: still failing after %d retries (%s); left to the reaper",
+                        job_id, retries, exc)
+            return None
+        raise self.retry(countdown=backoff_s(retries, settings), exc=exc)
     if settings.metrics_port:
         metrics.record_job(job_id, status, settings)
     return status
+
+
+@app.task(name="clearmark.reap")
+def reap() -> str:
+    """One reaper pass (Celery beat sends it every CLEARMARK_REAP_INTERVAL_S)."""
+    from workers.reaper import reap as reap_once
+
+    return str(reap_once(get_settings()))
 
 
 def queue_for(priority: str, settings: Settings | None = None) -> str:
@@ -81,4 +97,7 @@ def queue_for(priority: str, settings: Settings | None = None) -> str:
 
 
 def enqueue(job_id: str, queue: str | None = None) -> None:
-    clean_image.apply_async(args=[job_id], queue=queue or get_settings().queue_uploads)
+    """Send the job's task; ServiceUnavailable when the broker is down (the committed job
+    is not lost: the reaper sends it when the broker is back)."""
+    settings = get_settings()
+    broker.publish(clean_image, job_id, queue or settings.queue_uploads, settings)

@@ -237,11 +237,18 @@ def backoff_s(retries: int, settings: Settings) -> float:
 
 @app.task(name="clearmark.deliver_webhook", bind=True, max_retries=None)
 def deliver_webhook(self, job_id: str) -> str:
+    """Deliver until an outcome is final; the job's `webhook_pending` flag then clears (a
+    copy of this task the reaper sent meanwhile finds it clear and does nothing)."""
+    from workers.jobs import webhook_settled
+
     settings = get_settings()
-    outcome = deliver(job_id, self.request.retries + 1, settings)
-    if outcome == "retry":
-        raise self.retry(countdown=backoff_s(self.request.retries, settings))
-    return outcome
+    if not webhook_settled(settings.database_url, job_id, settle=False):
+        outcome = deliver(job_id, self.request.retries + 1, settings)
+        if outcome == "retry":
+            raise self.retry(countdown=backoff_s(self.request.retries, settings))
+        webhook_settled(settings.database_url, job_id, settle=True)
+        return outcome
+    return "settled"
 
 
 def notify_finished(job_id: str, settings: Settings | None = None) -> None:

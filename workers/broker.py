@@ -1,0 +1,79 @@
+"""Publishing jobs' tasks, and reading back which jobs have a task on the broker.
+
+The reaper compares the second with the jobs table: a queued job (or a due webhook) with no
+task anywhere on the broker lost its message (a crash between commit and publish, a Redis
+restart without persistence) and is sent again. Read on Redis (kombu's transport): the
+queue lists, their priority lists, and the hash of delivered but unacknowledged messages
+(which also holds tasks waiting for a retry countdown in a worker).
+"""
+from __future__ import annotations
+
+import base64
+import json
+from collections import defaultdict
+
+from workers.errors import ServiceUnavailable
+from workers.settings import Settings
+from workers.transient import BROKER_ERRORS
+
+CLEAN_TASK = "clearmark.clean_image"
+WEBHOOK_TASK = "clearmark.deliver_webhook"
+PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (0, 3, 6, 9)  # kombu.transport.redis defaults
+UNACKED_KEY = "unacked"
+CHUNK = 1000
+
+
+def publish(task, job_id: str, queue: str, settings: Settings) -> None:
+    """Send `task(job_id)`; ServiceUnavailable (one line, no traceback) when the broker is
+    down. The job is already committed, so it is not lost: the reaper sends it later."""
+    try:
+        task.apply_async(args=[job_id], queue=queue)
+    except BROKER_ERRORS as exc:
+        raise ServiceUnavailable("broker", f"{_where(settings.broker_url)}: {exc}") from None
+
+
+def _where(url: str) -> str:
+    return url.rsplit("@", 1)[-1]  # no password in messages
+
+
+def _task_and_job(raw: bytes) -> tuple[str, str] | None:
+    message = json.loads(raw)
+    if isinstance(message, list):  # unacked: [message, exchange, routing key]
+        message = message[0]
+    body = message.get("body", "")
+    if (message.get("properties") or {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    try:
+        args = json.loads(body)[0]
+        return (message.get("headers") or {}).get("task"), str(args[0])
+    except (ValueError, IndexError, KeyError, TypeError):
+        return None
+
+
+def jobs_with_tasks(settings: Settings) -> dict[str, set[str]] | None:
+    """{task name: job ids} of every clearmark task on the broker, or None when the broker
+    cannot be read this way (not Redis)."""
+    import redis
+
+    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5,
+                                  socket_timeout=60)
+    found: dict[str, set[str]] = defaultdict(set)
+
+    def add(raw: bytes) -> None:
+        hit = _task_and_job(raw)
+        if hit:
+            found[hit[0]].add(hit[1])
+
+    with client:
+        for queue in (settings.queue_uploads, settings.queue_bulk, settings.queue_webhooks):
+            for step in PRIORITY_STEPS:
+                key = queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}"
+                for start in range(0, client.llen(key), CHUNK):
+                    for raw in client.lrange(key, start, start + CHUNK - 1):
+                        add(raw)
+        # Read after the lists: a message taken from a list meanwhile is found here.
+        for _, raw in client.hscan_iter(UNACKED_KEY, count=CHUNK):
+            add(raw)
+    return found

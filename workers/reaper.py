@@ -1,0 +1,139 @@
+"""The reaper: every job that is queued or running has something that will finish it.
+
+One pass (`reap`), safe to run in several places at once (rows are taken with
+`FOR UPDATE SKIP LOCKED` and every change is guarded by the job's status):
+- a `running` job whose lease expired (its worker died, hung past the hard time limit or
+  lost the broker) goes back to `queued` and its task is sent again; one whose attempts are
+  used up fails for good as `too_many_attempts`, with its webhook;
+- a `queued` job with no task on the broker (a crash between commit and publish, a Redis
+  restart without persistence, a submit while the broker was down) gets its task again;
+- a finished job whose webhook is still due and has no task on the broker gets one again.
+Jobs changed in the last CLEARMARK_REAP_GRACE_S are left alone (their publish may be under
+way). Sending is after the commit; a crash in between leaves jobs the next pass finds.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import or_, select
+
+from workers import broker
+from workers.db import Job, JobEvent, JobStatus, session_scope, utcnow
+from workers.errors import ServiceUnavailable
+from workers.jobs import give_up, set_status
+from workers.settings import Settings, get_settings
+from workers.transient import BROKER_ERRORS, DATABASE_ERRORS
+
+log = logging.getLogger(__name__)
+LIMIT = 1000  # rows per kind per pass
+
+
+@dataclass
+class Reaped:
+    expired: list[str] = field(default_factory=list)    # lease expired: queued again
+    unsent: list[str] = field(default_factory=list)     # queued without a task: sent again
+    gave_up: list[str] = field(default_factory=list)    # attempts used up: failed
+    webhooks: list[str] = field(default_factory=list)   # due webhook without a task: sent
+    not_sent: int = 0                                   # broker down: the next pass sends them
+
+    def __str__(self) -> str:
+        return (f"reaped: {len(self.expired)} expired leases requeued, {len(self.unsent)} "
+                f"queued jobs re-sent, {len(self.gave_up)} failed (attempts used up), "
+                f"{len(self.webhooks)} webhooks re-sent"
+                + (f", {self.not_sent} not sent (broker down)" if self.not_sent else ""))
+
+
+def _locked(session, query):
+    return session.scalars(query.order_by(Job.updated_at).limit(LIMIT)
+                           .with_for_update(skip_locked=True)).all()
+
+
+def _without_task(session, due, on_broker: set[str]) -> list[Job]:
+    """The jobs matching `due` whose id has no task on the broker, locked (ids are read
+    first, unlocked: a backlog of queued jobs with tasks costs a read, not a lock each)."""
+    missing = [i for i in session.scalars(select(Job.id).where(due)) if i not in on_broker]
+    return _locked(session, select(Job).where(Job.id.in_(missing[:LIMIT]), due)) if missing else []
+
+
+def reap(settings: Settings | None = None) -> Reaped:
+    """One pass; raises ServiceUnavailable when the broker or database is down."""
+    s = settings or get_settings()
+    out, to_send = Reaped(), []
+    now = utcnow()
+    cutoff = now - timedelta(seconds=s.reap_grace_s)
+    try:
+        on_broker = broker.jobs_with_tasks(s)  # read before the table: see the grace above
+    except BROKER_ERRORS as exc:
+        raise ServiceUnavailable("broker", str(exc)) from None
+    try:
+        with session_scope(s.database_url) as session:
+            for job in _locked(session, select(Job).where(
+                    Job.status == JobStatus.running.value,
+                    or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))):
+                if job.attempts >= s.max_attempts:
+                    give_up(session, job)
+                    out.gave_up.append(job.id)
+                    if job.webhook_pending:
+                        to_send.append((broker.WEBHOOK_TASK, job))
+                    continue
+                set_status(session, job, JobStatus.queued, kind="reaped",
+                           reason="lease expired", attempt=job.attempts)
+                job.lease_expires_at = None
+                out.expired.append(job.id)
+                to_send.append((broker.CLEAN_TASK, job))
+            if on_broker is not None:
+                queued = (Job.status == JobStatus.queued.value) & (Job.updated_at < cutoff)
+                for job in _without_task(session, queued, on_broker.get(broker.CLEAN_TASK, set())):
+                    job.updated_at = now
+                    session.add(JobEvent(job_id=job.id, kind="reaped",
+                                         detail={"reason": "no task on the broker"}))
+                    out.unsent.append(job.id)
+                    to_send.append((broker.CLEAN_TASK, job))
+                hook_due = Job.webhook_pending.is_(True) & (Job.updated_at < cutoff)
+                for job in _without_task(session, hook_due,
+                                         on_broker.get(broker.WEBHOOK_TASK, set())):
+                    if job.id not in out.gave_up:
+                        job.updated_at = now
+                        out.webhooks.append(job.id)
+                        to_send.append((broker.WEBHOOK_TASK, job))
+    except DATABASE_ERRORS as exc:
+        raise ServiceUnavailable("database", f"{type(exc).__name__}: {exc}") from None
+    _send(to_send, s, out)
+    if out.expired or out.unsent or out.gave_up or out.webhooks:
+        log.info("%s", out)
+    return out
+
+
+def _send(to_send, s: Settings, out: Reaped) -> None:
+    from workers.tasks import clean_image, queue_for
+    from workers.webhooks import deliver_webhook
+
+    for i, (task, job) in enumerate(to_send):
+        try:
+            if task == broker.CLEAN_TASK:
+                broker.publish(clean_image, job.id, queue_for(job.priority, s), s)
+            else:
+                broker.publish(deliver_webhook, job.id, s.queue_webhooks, s)
+        except ServiceUnavailable as exc:
+            out.not_sent = len(to_send) - i
+            log.warning("reaper: %s; %d tasks left for the next pass", exc, out.not_sent)
+            return
+
+
+def reap_forever(settings: Settings | None = None, stop: threading.Event | None = None) -> None:
+    """`reap` every CLEARMARK_REAP_INTERVAL_S until `stop` is set; an outage is logged and
+    the next pass tries again."""
+    s = settings or get_settings()
+    stop = stop or threading.Event()
+    while True:
+        try:
+            reap(s)
+        except ServiceUnavailable as exc:
+            log.warning("reaper: %s", exc)
+        except Exception:  # noqa: BLE001 - a bug must not stop the reaper for good
+            log.exception("reaper: pass failed")
+        if stop.wait(s.reap_interval_s):
+            return
