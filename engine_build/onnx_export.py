@@ -34,7 +34,7 @@ import torch
 
 from engine_build.sources import load_source_model, model_identity
 from models import STRIDE
-from models.networks import IN_CHANNELS, OUT_CHANNELS
+from models.networks import IN_CHANNELS
 
 log = logging.getLogger(__name__)
 

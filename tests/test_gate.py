@@ -1,7 +1,6 @@
 """The do-no-harm gate (workers.gate) and the pipeline's use of it."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest

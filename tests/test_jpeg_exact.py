@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, JpegImagePlugin
 
 from tests.badfiles import encode, photo
 from workers.imaging import decode_image, encode_image, to_stored
-from workers.jpeg_exact import jpeg_exact_unsupported
+from workers.jpeg_exact import jpeg_exact_unsupported, reach_of_change
 from workers.settings import Settings
 
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
@@ -36,17 +36,6 @@ def _paint(rgb: np.ndarray, box: tuple[int, int, int, int], colour=(200, 30, 40)
     return out, changed
 
 
-def _mcus_touched(changed: np.ndarray, mcu: tuple[int, int]) -> np.ndarray:
-    """Pixels of every MCU that `changed` touches, grown by one pixel."""
-    mh, mw = mcu
-    h, w = changed.shape
-    grid = np.zeros((-(-h // mh), -(-w // mw)), bool)
-    ys, xs = np.nonzero(changed)
-    grid[ys // mh, xs // mw] = True
-    region = np.kron(grid, np.ones((mh, mw), bool))[:h, :w]
-    return cv2.dilate(region.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-
-
 def _clean(data: bytes, box, settings: Settings | None = None):
     dec = decode_image(data)
     rgb, changed = _paint(dec.rgb, box)
@@ -61,7 +50,7 @@ def test_untouched_blocks_decode_exactly_to_the_upload(sampling, progressive):
     enc, changed = _clean(data, (61, 37, 118, 70))
     assert enc.extension == ".jpg" and enc.details["jpeg_exact"] is True
     before, after = _decoded(data), _decoded(enc.data)
-    region = _mcus_touched(changed, MCU[sampling])
+    region = reach_of_change(changed, MCU[sampling])
     assert np.array_equal(after[~region], before[~region])
     assert (after != before).any(axis=2)[changed].mean() > 0.9      # the change is there
     assert np.abs(after[changed].astype(int) - (200, 30, 40)).mean() < 6
@@ -83,14 +72,14 @@ def test_cleaning_twice_leaves_the_untouched_blocks_of_the_upload():
     data = encode(Image.fromarray(photo(256, 192, seed=2)), "JPEG", quality=80)
     first, changed_1 = _clean(data, (20, 20, 60, 50))
     second, changed_2 = _clean(first.data, (150, 120, 230, 170))
-    region = _mcus_touched(changed_1 | changed_2, (16, 16))
+    region = reach_of_change(changed_1 | changed_2, (16, 16))
     assert np.array_equal(_decoded(second.data)[~region], _decoded(data)[~region])
 
 
 def test_border_and_whole_image_masks():
     data = encode(Image.fromarray(photo(150, 101, seed=4)), "JPEG", quality=90)
     corner, changed = _clean(data, (120, 80, 150, 101))        # touches two edges
-    region = _mcus_touched(changed, (16, 16))
+    region = reach_of_change(changed, (16, 16))
     assert np.array_equal(_decoded(corner.data)[~region], _decoded(data)[~region])
     assert corner.details["jpeg_exact"]
     whole, _ = _clean(data, (0, 0, 150, 101))
@@ -125,7 +114,7 @@ def test_grey_jpeg_takes_the_exact_path():
     with Image.open(io.BytesIO(enc.data)) as out:
         assert out.mode == "L"
         after = np.asarray(out)
-    region = _mcus_touched(changed, (8, 8))
+    region = reach_of_change(changed, (8, 8))
     assert enc.details["jpeg_exact"] and np.array_equal(after[~region], np.asarray(grey_decoded(data))[~region])
 
 
@@ -158,7 +147,7 @@ def test_an_exif_rotated_jpeg_keeps_its_tag_and_its_stored_pixels():
     with Image.open(io.BytesIO(enc.data)) as out:
         assert out.getexif().get(0x0112) == 6 and out.size == (160, 96)
         seen = np.asarray(ImageOps.exif_transpose(out))
-    region = _mcus_touched(to_stored(changed, 6), (16, 16))
+    region = reach_of_change(to_stored(changed, 6), (16, 16))
     assert np.array_equal(_decoded(enc.data)[~region], _decoded(data)[~region])
     assert np.abs(seen[changed].astype(int) - (200, 30, 40)).mean() < 6    # painted upright
 

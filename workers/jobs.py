@@ -348,7 +348,8 @@ def _run_claimed(claim: Claim, engines, settings: Settings) -> str | None:
         log.info("job %s failed: %s (%s)", claim.job_id, exc.message, exc.code)
         return failed(exc.code, exc.message)
     except TransientError as exc:
-        retry_database(lambda: release_for_retry(db_url, claim, str(exc)), settings, what)
+        reason = str(exc)
+        retry_database(lambda: release_for_retry(db_url, claim, reason), settings, what)
         raise
     except ClearmarkError as exc:
         return failed(exc.code, exc.message)

@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, JpegImagePlugin
 
 from workers.imaging import decode_image, encode_image
+from workers.jpeg_exact import reach_of_change
 from workers.settings import get_settings
 
 PLACES = ("corner", "centre")
@@ -84,17 +84,6 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
-def _changed_blocks(changed: np.ndarray, mcu: tuple[int, int]) -> np.ndarray:
-    """Pixels of the MCUs `changed` touches, grown by one pixel (chroma upsampling)."""
-    mh, mw = mcu
-    h, w = changed.shape
-    grid = np.zeros((-(-h // mh), -(-w // mw)), bool)
-    ys, xs = np.nonzero(changed)
-    grid[ys // mh, xs // mw] = True
-    region = np.kron(grid, np.ones((mh, mw), bool))[:h, :w]
-    return cv2.dilate(region.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-
-
 def measure(case: JpegCase, place: str, rows: dict[tuple[str, str], JpegBenchRow],
             dilate_px: int = 6) -> None:
     dec = decode_image(case.upload)
@@ -105,7 +94,7 @@ def measure(case: JpegCase, place: str, rows: dict[tuple[str, str], JpegBenchRow
     restored[changed] = case.clean[changed]
     with Image.open(io.BytesIO(case.upload)) as im:
         mcu = MCU_BY_SAMPLING[JpegImagePlugin.get_sampling(im)]
-    blocks = _changed_blocks(changed, mcu)
+    blocks = reach_of_change(changed, mcu)
     for path in ("exact", "full"):
         settings = get_settings().replace(jpeg_exact=path == "exact")
         t0 = time.perf_counter()

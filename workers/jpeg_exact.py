@@ -56,6 +56,23 @@ class ExactJpeg:
     blocks_total: int         # MCUs in the image
 
 
+def reach_of_change(changed: np.ndarray, mcu: tuple[int, int]) -> np.ndarray:
+    """The pixels (bool H x W) a change at `changed` can move on this path: every MCU
+    (`mcu` = (height, width) in px) it touches, grown by one pixel for chroma upsampling.
+    Everything else decodes exactly as the upload did."""
+    mh, mw = mcu
+    h, w = changed.shape
+    grid = np.zeros((-(-h // mh), -(-w // mw)), bool)
+    ys, xs = np.nonzero(changed)
+    grid[ys // mh, xs // mw] = True
+    region = np.pad(np.kron(grid, np.ones((mh, mw), bool))[:h, :w], 1)
+    grown = np.zeros((h, w), bool)
+    for dy in range(3):
+        for dx in range(3):
+            grown |= region[dy:dy + h, dx:dx + w]
+    return grown
+
+
 def _frame_header(data: bytes) -> tuple[int, int, int] | None:
     """(SOF marker, sample precision, component count) of the first frame, or None."""
     i = 2
