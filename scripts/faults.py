@@ -180,8 +180,8 @@ def wait(predicate, timeout: float, what: str, interval: float = 0.2):
 
 
 class Suite:
-    def __init__(self, n: int, timeout: float):
-        self.n, self.timeout = n, timeout
+    def __init__(self, n: int, timeout: float, outage: float | None = None):
+        self.n, self.timeout, self.outage = n, timeout, outage
         self.root = Path(tempfile.mkdtemp(prefix="clearmark-faults-"))
         self.root.chmod(0o755)  # PostgreSQL runs as its own user
         log(f"working in {self.root}")
@@ -274,11 +274,11 @@ class Suite:
             self.redis.stop(graceful=fault == "redis_aof")
             if fault == "redis_bare":
                 self.redis.wipe()
-            time.sleep(5)
+            time.sleep(self.outage if self.outage and fault == "redis_bare" else 5)
             self.redis.start()
         elif fault == "postgres":
             self.pg.stop()
-            time.sleep(15)
+            time.sleep(self.outage or 15)
             self.pg.start()
 
     def run(self, fault: str) -> dict:
@@ -375,9 +375,12 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=40, help="images per fault")
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--timeout", type=float, default=600, help="seconds per round")
+    parser.add_argument("--outage", type=float, default=None,
+                        help="seconds PostgreSQL (postgres) and Redis (redis_bare) stay down "
+                             "(default 15 and 5)")
     parser.add_argument("--keep", action="store_true", help="keep the logs and data after a pass")
     args = parser.parse_args()
-    suite = Suite(args.n, args.timeout)
+    suite = Suite(args.n, args.timeout, args.outage)
     rows = []
     try:
         for fault in args.faults.split(","):
