@@ -1,8 +1,10 @@
 """Schema, migrations and the job status machine, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import os
+
 import pytest
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from workers import migrate
@@ -225,3 +227,26 @@ def test_every_tenant_gets_a_webhook_secret(request, backend):
     with session_scope(url) as session:
         assert len(ensure_tenant(session, "new").webhook_secret) >= 32
     engine.dispose()
+
+
+def test_a_forked_child_never_reuses_the_parents_connection(pg_url):
+    """A worker parent that touched the database before forking its pool (the preflight
+    does) must not hand its pooled connection to the children."""
+    def backend_pid() -> int:
+        with session_scope(pg_url) as session:
+            return session.scalar(text("SELECT pg_backend_pid()"))
+
+    parent = backend_pid()                 # the connection goes back to the pool, open
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:                         # pragma: no cover - runs in the child
+        try:
+            os.write(write, str(backend_pid()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    seen_by_child = int(os.read(read, 32) or b"0")
+    os.close(read)
+    assert seen_by_child and seen_by_child != parent
+    assert backend_pid() == parent         # the parent's own connection still works

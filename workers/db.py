@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import os
 import secrets
 import uuid
 from contextlib import contextmanager
@@ -222,6 +223,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+_ENGINES: list[SqlEngine] = []
+
+
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> SqlEngine:
     if url.startswith("sqlite"):
@@ -229,7 +233,20 @@ def get_engine(url: str) -> SqlEngine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
+    _ENGINES.append(engine)
     return engine
+
+
+def _forget_pooled_connections() -> None:
+    """In a forked child (a Celery pool process): drop the parent's pooled connections
+    without closing them. Two processes on one PostgreSQL connection corrupt each other's
+    state (seen as `prepared statement "_pg3_0" already exists` once the worker parent had
+    opened a connection before forking its pool)."""
+    for engine in _ENGINES:
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_pooled_connections)
 
 
 @lru_cache(maxsize=8)
