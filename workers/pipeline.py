@@ -70,10 +70,6 @@ def pipeline_fingerprint() -> str:
                      *(weights_sha256(kind)[:16] for kind in ("detector", "remover"))])
 
 
-ENCODING_KEYS = ("jpeg_exact", "jpeg_blocks_changed", "jpeg_blocks_total", "jpeg_exact_fallback",
-                 "orientation")
-
-
 @dataclass
 class PipelineResult:
     status: str          # "succeeded" | "no_watermark" | "needs_review"
@@ -86,13 +82,11 @@ class PipelineResult:
     details: dict = field(default_factory=dict)   # input/output format and mode, frames,
                                                   # jpeg_quality, ms_residual, ms_gate, notes,
                                                   # gate (each region's verdict), and
-                                                  # jpeg_exact* (ENCODING_KEYS)
+                                                  # `encoding`'s entries
     review_reason: str | None = None   # why the status is needs_review
-
-    @property
-    def encoding(self) -> dict:
-        """How the result file was written (recorded with the job)."""
-        return {k: self.details[k] for k in ENCODING_KEYS if k in self.details}
+    # How the result file was written (EncodedImage.details: jpeg_exact, blocks changed and
+    # total, fallback reason, orientation); empty when the result is the upload itself.
+    encoding: dict = field(default_factory=dict)
 
 
 def _run(engine: Engine, batch: np.ndarray) -> np.ndarray:
@@ -396,7 +390,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         mask_png = _png(c.mask.alpha, dec.orientation)   # the result is the upload itself
         lap("encode")
         status = "needs_review" if reasons else "no_watermark"
-        image_bytes, ext, residual = data, dec.input_extension, 0.0
+        image_bytes, ext, residual, encoding = data, dec.input_extension, 0.0, {}
         details.update(output_format=dec.format, output_mode=dec.mode)
     else:
         residual = residual_score(engines.detector, c.restored,
@@ -410,9 +404,9 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
                                f"region(s) the detector was sure of, e.g. at {left[0].box}: "
                                f"{left[0].reason}")
         encoded = encode_image(dec, c.restored, c.mask.dilated, s)
-        image_bytes, ext = encoded.data, encoded.extension
-        details.update(encoded.details)
-        mask_png = _png(mask_image(c.mask, c.found), encoded.details.get("orientation", 1))
+        image_bytes, ext, encoding = encoded.data, encoded.extension, encoded.details
+        details.update(encoding)
+        mask_png = _png(mask_image(c.mask, c.found), encoding.get("orientation", 1))
         lap("encode")
         if residual >= s.review_residual_min:
             reasons.append(f"the detector still sees a mark in the result (residual "
@@ -438,4 +432,5 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
     }
     return PipelineResult(status=status, image_bytes=image_bytes, extension=ext,
                           mask_png=mask_png, metrics=metrics, details=details,
-                          review_reason="; ".join(reasons) if status == "needs_review" else None)
+                          review_reason="; ".join(reasons) if status == "needs_review" else None,
+                          encoding=encoding)
