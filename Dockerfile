@@ -4,6 +4,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-co
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY clearmark clearmark
 COPY models models
 COPY engine_build engine_build
 COPY workers workers

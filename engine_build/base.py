@@ -40,8 +40,8 @@ import logging
 
 import numpy as np
 
-from models import STRIDE, weights_sha256
-from models.networks import IN_CHANNELS
+from clearmark.models import STRIDE, weights_sha256
+from clearmark.models.networks import IN_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,12 @@ def _torch_cuda_available() -> bool:
 def resolve_device(device: str | None, settings=None) -> str:
     """None -> settings.device; "auto" -> "cuda" when a GPU is visible, else "cpu"."""
     if device is None:
-        from workers.settings import get_settings
+        from clearmark.settings import get_settings
 
         device = (settings or get_settings()).device
     device = device.strip().lower() or "cpu"
     if device == "auto":
-        from engine_build.trt_backend import cuda_device_count
+        from clearmark.engine_build.trt_backend import cuda_device_count
 
         device = "cuda" if (_torch_cuda_available() or cuda_device_count() > 0) else "cpu"
     if device != "cpu" and not device.startswith("cuda"):
@@ -127,7 +127,7 @@ def load_engine(kind: str, backend: str = "auto", device: str | None = None,
     if kind not in IN_CHANNELS:
         raise ValueError(f"unknown model kind {kind!r}")
     if settings is None:
-        from workers.settings import get_settings
+        from clearmark.settings import get_settings
 
         settings = get_settings()
     backend = (backend or settings.backend).strip().lower()
@@ -136,7 +136,7 @@ def load_engine(kind: str, backend: str = "auto", device: str | None = None,
     if backend == "auto":
         return _load_auto(kind, device, precision, settings)
     if backend in ("tensorrt", "trt"):
-        from engine_build.trt_backend import TrtEngine, tensorrt_status
+        from clearmark.engine_build.trt_backend import TrtEngine, tensorrt_status
 
         ok, why = tensorrt_status()
         if not ok:
@@ -144,11 +144,11 @@ def load_engine(kind: str, backend: str = "auto", device: str | None = None,
         return TrtEngine(kind, device=device if device.startswith("cuda") else "cuda",
                          precision=precision or "fp16", settings=settings)
     if backend in ("onnxruntime", "ort", "onnx"):
-        from engine_build.ort_backend import OrtEngine
+        from clearmark.engine_build.ort_backend import OrtEngine
 
         return OrtEngine(kind, device=device, settings=settings)
     if backend in ("torch", "pytorch"):
-        from engine_build.torch_backend import TorchEngine
+        from clearmark.engine_build.torch_backend import TorchEngine
 
         return TorchEngine(kind, device=device, precision=precision, settings=settings)
     raise ValueError(f"unknown backend {backend!r}; expected auto or one of {BACKENDS}")
@@ -156,7 +156,7 @@ def load_engine(kind: str, backend: str = "auto", device: str | None = None,
 
 def _load_auto(kind: str, device: str, precision: str | None, settings) -> Engine:
     if device.startswith("cuda"):
-        from engine_build.trt_backend import TrtEngine, tensorrt_status
+        from clearmark.engine_build.trt_backend import TrtEngine, tensorrt_status
 
         ok, why = tensorrt_status()
         if ok:
@@ -168,7 +168,7 @@ def _load_auto(kind: str, device: str, precision: str | None, settings) -> Engin
         else:
             log.info("auto: not using tensorrt for %s: %s", kind, why)
         if _torch_cuda_available():
-            from engine_build.torch_backend import TorchEngine
+            from clearmark.engine_build.torch_backend import TorchEngine
 
             log.info("auto: %s on torch/%s", kind, device)
             return TorchEngine(kind, device=device, precision=precision, settings=settings)
@@ -178,11 +178,11 @@ def _load_auto(kind: str, device: str, precision: str | None, settings) -> Engin
         log.info("auto: precision %s ignored on CPU (fp32)", precision)
     if CPU_AUTO_BACKEND == "onnxruntime":
         try:
-            from engine_build.ort_backend import OrtEngine
+            from clearmark.engine_build.ort_backend import OrtEngine
 
             return OrtEngine(kind, device="cpu", settings=settings)
         except ImportError as exc:
             log.warning("auto: onnxruntime unavailable (%s); using torch on CPU", exc)
-    from engine_build.torch_backend import TorchEngine
+    from clearmark.engine_build.torch_backend import TorchEngine
 
     return TorchEngine(kind, device="cpu", settings=settings)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from engine_build.base import BackendUnavailable, load_engine
-from engine_build.calibration import synthetic_batch
+from clearmark.engine_build.base import BackendUnavailable, load_engine
+from clearmark.engine_build.calibration import synthetic_batch
 
 
 @dataclass

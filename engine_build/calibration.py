@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.networks import remover_input
+from clearmark.models.networks import remover_input
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from models import KINDS
+from clearmark.models import KINDS
 
 KIND_CHOICE = click.Choice([*KINDS, "all"])
 
@@ -31,7 +31,7 @@ def engines_group():
 @click.option("--force", is_flag=True, help="Export again even when cached.")
 def export_command(kind: str, precision: str, force: bool):
     """Export the models to ONNX (dynamic batch/height/width), check and run them."""
-    from engine_build.onnx_export import ONNX_OPSET, export_onnx
+    from clearmark.engine_build.onnx_export import ONNX_OPSET, export_onnx
 
     for k in _kinds(kind):
         path = export_onnx(k, precision, force=force)
@@ -49,8 +49,8 @@ def export_command(kind: str, precision: str, force: bool):
 @click.option("--force", is_flag=True, help="Rebuild even when a valid engine is cached.")
 def build_command(kind: str, precision: str, profile: str | None, device: str, force: bool):
     """Build (or reuse) TensorRT engines from the ONNX files."""
-    from engine_build.trt_backend import _cuda_index, ensure_engine, tensorrt_status
-    from engine_build.trt_cache import parse_profile
+    from clearmark.engine_build.trt_backend import _cuda_index, ensure_engine, tensorrt_status
+    from clearmark.engine_build.trt_cache import parse_profile
 
     try:
         prof = parse_profile(profile)
@@ -72,10 +72,10 @@ def build_command(kind: str, precision: str, profile: str | None, device: str, f
 def prune_command(dry_run: bool):
     """Delete cached ONNX files and TensorRT engines made from other weights or code than
     the shipped ones (engines for other GPUs or TensorRT versions are kept)."""
-    from engine_build.onnx_export import stale_onnx
-    from engine_build.trt_cache import stale_engines
-    from models import weights_sha256
-    from workers.settings import get_settings
+    from clearmark.engine_build.onnx_export import stale_onnx
+    from clearmark.engine_build.trt_cache import stale_engines
+    from clearmark.models import weights_sha256
+    from clearmark.settings import get_settings
 
     engine_dir = get_settings().engine_dir
     stale = stale_onnx(engine_dir) + stale_engines(
@@ -95,9 +95,9 @@ def info_command():
     """Which backends are usable here and what `auto` picks."""
     import onnxruntime as ort
 
-    from engine_build.base import CPU_AUTO_BACKEND, resolve_device
-    from engine_build.trt_backend import tensorrt_status
-    from workers.settings import get_settings
+    from clearmark.engine_build.base import CPU_AUTO_BACKEND, resolve_device
+    from clearmark.engine_build.trt_backend import tensorrt_status
+    from clearmark.settings import get_settings
 
     settings = get_settings()
     ok, why = tensorrt_status()
@@ -146,20 +146,20 @@ def bench_command(backends, batch, size, kind, device, precision, warmup, second
     --pipeline, seconds per photo for the whole pipeline, stage by stage; with --jpeg,
     what writing a JPEG result costs and changes."""
     if jpeg:   # no engines involved
-        from workers.jpeg_bench import bench_jpeg, format_jpeg_table, photo_files
+        from clearmark.workers.jpeg_bench import bench_jpeg, format_jpeg_table, photo_files
 
         files = photo_files(photos, images)
         with click.progressbar(length=len(files), label="photos", file=sys.stderr) as bar:
             rows = bench_jpeg(files, size or 1024, progress=bar.update)
         click.echo(format_jpeg_table(rows))
         return
-    from engine_build.bench import bench_one, format_table
-    from engine_build.trt_backend import tensorrt_status
+    from clearmark.engine_build.bench import bench_one, format_table
+    from clearmark.engine_build.trt_backend import tensorrt_status
 
     if not backends:
         backends = ("torch", "onnxruntime") + (("tensorrt",) if tensorrt_status()[0] else ())
     if pipeline:  # the pipeline lives in workers; imported only for this mode
-        from workers.pipeline_bench import bench_images, bench_pipeline, format_pipeline_table
+        from clearmark.workers.pipeline_bench import bench_images, bench_pipeline, format_pipeline_table
 
         files = bench_images(images, size or 1024)
         click.echo(format_pipeline_table([

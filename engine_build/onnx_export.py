@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine_build.sources import load_source_model, model_identity
-from models import STRIDE
-from models.networks import IN_CHANNELS
+from clearmark.engine_build.sources import load_source_model, model_identity
+from clearmark.models import STRIDE
+from clearmark.models.networks import IN_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class _CastWrapper(torch.nn.Module):
 
 def onnx_dir(engine_dir: str | Path | None = None) -> Path:
     if engine_dir is None:
-        from workers.settings import get_settings
+        from clearmark.settings import get_settings
 
         engine_dir = get_settings().engine_dir
     return Path(engine_dir) / "onnx"

@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
-from engine_build.base import Engine
-from engine_build.onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx
+from clearmark.engine_build.base import Engine
+from clearmark.engine_build.onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class OrtEngine(Engine):
                  engine_dir: str | None = None, settings=None):
         import onnxruntime as ort
 
-        from workers.settings import get_settings
+        from clearmark.settings import get_settings
 
         settings = settings or get_settings()
         self.kind = kind

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-import models
-from models import load_model, weights_sha256
+from clearmark import models
+from clearmark.models import load_model, weights_sha256
 
 
 def load_source_model(kind: str) -> torch.nn.Module:

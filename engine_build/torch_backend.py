@@ -12,8 +12,8 @@ import logging
 import numpy as np
 import torch
 
-from engine_build.base import Engine
-from engine_build.sources import load_source_model
+from clearmark.engine_build.base import Engine
+from clearmark.engine_build.sources import load_source_model
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class TorchEngine(Engine):
 
     def __init__(self, kind: str, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, settings=None):
-        from workers.settings import get_settings
+        from clearmark.settings import get_settings
 
         self.kind = kind
         self.device = torch.device(device)

@@ -39,14 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine_build.base import BackendUnavailable, Engine
-from engine_build.onnx_export import INPUT_NAME, export_onnx
-from engine_build.trt_cache import (
+from clearmark.engine_build.base import BackendUnavailable, Engine
+from clearmark.engine_build.onnx_export import INPUT_NAME, export_onnx
+from clearmark.engine_build.trt_cache import (
     EngineCacheKey, Profile, _atomic_write, engine_path, get_or_build, parse_profile,
     timing_cache_path,
 )
-from models.registry import file_sha256, weights_sha256
-from models.networks import IN_CHANNELS
+from clearmark.models.registry import file_sha256, weights_sha256
+from clearmark.models.networks import IN_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def ensure_engine(kind: str, precision: str = "fp16", profile: Profile | str | N
     ones; tests on machines without TensorRT pass it (and a fake `builder`) to exercise
     this same cache path.
     """
-    from workers.settings import get_settings
+    from clearmark.settings import get_settings
 
     settings = settings or get_settings()
     engine_dir = Path(engine_dir or settings.engine_dir)
@@ -250,7 +250,7 @@ def ensure_engine(kind: str, precision: str = "fp16", profile: Profile | str | N
 def _make_calibrator(trt, layer: _PycudaLayer, kind: str, shape: tuple[int, ...],
                      cache: Path | None):
     """An IInt8EntropyCalibrator2 over synthetic watermarked images at `shape` (NCHW)."""
-    from engine_build.calibration import synthetic_batch
+    from clearmark.engine_build.calibration import synthetic_batch
 
     class SyntheticCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):

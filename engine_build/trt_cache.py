@@ -61,7 +61,7 @@ def default_profile_text(settings=None) -> str:
     """min 1x16x16, opt 1x512x512, max 8 x M x M with M covering both what detection
     (settings.detect_long_side) and removal crops (settings.remove_max_crop) can send,
     and at least 1024."""
-    from workers.settings import get_settings
+    from clearmark.settings import get_settings
 
     s = settings or get_settings()
     side = max(1024, s.detect_long_side, s.remove_max_crop)

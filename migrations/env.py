@@ -1,8 +1,8 @@
 from alembic import context
 from sqlalchemy import pool, create_engine
 
-from workers.db import Base
-from workers.settings import get_settings
+from clearmark.workers.db import Base
+from clearmark.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from models.registry import KINDS, WEIGHTS_DIR
-from models.scenes import DEFAULT_DATA
+from clearmark.models.registry import KINDS, WEIGHTS_DIR
+from clearmark.models.scenes import DEFAULT_DATA
 
 
 def _command_line(kind: str) -> str:
@@ -62,7 +62,7 @@ def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init
     """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest."""
     from tqdm import tqdm
 
-    from models.train import train
+    from clearmark.models.train import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
@@ -106,8 +106,8 @@ def reproduce_command(kind, weights_dir, init, detector_masks, data_dir, out_dir
 
     from tqdm import tqdm
 
-    from models.registry import read_manifest
-    from models.reproduce import ReproduceError, reproduce
+    from clearmark.models.registry import read_manifest
+    from clearmark.models.reproduce import ReproduceError, reproduce
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix=f"clearmark-reproduce-{kind}-"))
@@ -146,7 +146,7 @@ def reproduce_command(kind, weights_dir, init, detector_masks, data_dir, out_dir
 @click.option("--update-manifest", is_flag=True, help="store the summary in the weights manifest")
 def eval_command(n, seed, data_dir, weights_dir, threads, json_path, slices, update_manifest):
     """Evaluate the shipped models against two baselines on a held-out synthetic set."""
-    from models.evaluate import SLICES, evaluate, format_table
+    from clearmark.models.evaluate import SLICES, evaluate, format_table
 
     slices = tuple(slices) or SLICES
     if update_manifest and set(slices) != set(SLICES):
@@ -157,7 +157,7 @@ def eval_command(n, seed, data_dir, weights_dir, threads, json_path, slices, upd
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     if update_manifest:
-        from models.evaluate import store_in_manifest
+        from clearmark.models.evaluate import store_in_manifest
         store_in_manifest(results, weights_dir)
 
 
@@ -195,10 +195,10 @@ def eval_real_command(split, family, n_marked, n_clean, seed, backend, weights_d
     bootstrap 95% intervals."""
     from tqdm import tqdm
 
-    from models.evaluate_real import (METHODS, OPEN_GATE, evaluate_real, format_report,
+    from clearmark.models.evaluate_real import (METHODS, OPEN_GATE, evaluate_real, format_report,
                                       format_sweep, gallery_html)
-    from workers.pipeline import Engines
-    from workers.settings import get_settings
+    from clearmark.workers.pipeline import Engines
+    from clearmark.settings import get_settings
 
     if update_manifest and (weights_dir or not baselines or sweep_gate):
         raise click.UsageError("--update-manifest records the shipped engines with baselines "
@@ -207,7 +207,7 @@ def eval_real_command(split, family, n_marked, n_clean, seed, backend, weights_d
     if sweep_gate:
         settings = settings.replace(**OPEN_GATE)
     if weights_dir:
-        from models.registry import ModelEngine, load_weights
+        from clearmark.models.registry import ModelEngine, load_weights
         engines = Engines(*(ModelEngine(load_weights(k, Path(weights_dir) / f"{k}.pt"))
                             for k in ("detector", "remover")))
         backend = f"torch ({weights_dir})"
@@ -227,7 +227,7 @@ def eval_real_command(split, family, n_marked, n_clean, seed, backend, weights_d
         Path(gallery).write_text(gallery_html(results))
         click.echo(f"gallery: {gallery}")
     if update_manifest:
-        from models.evaluate_real import store_in_manifest
+        from clearmark.models.evaluate_real import store_in_manifest
         store_in_manifest(results, f"clearmark eval-real --split {split} --family {family} "
                                    f"--marked {n_marked} --clean {n_clean} --seed {seed} "
                                    f"--backend {backend}")

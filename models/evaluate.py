@@ -35,10 +35,10 @@ import cv2
 import numpy as np
 import torch
 
-from models.registry import ModelEngine, load_model
-from models.synth import make_sample
-from models.train import update_manifest
-from workers.masks import dilate_disc
+from clearmark.models.registry import ModelEngine, load_model
+from clearmark.models.synth import make_sample
+from clearmark.models.train import update_manifest
+from clearmark.workers.masks import dilate_disc
 
 EVAL_TAG = 2
 SLICES = ("wm", "clean", "text")
@@ -139,8 +139,8 @@ def _opacity_band(s) -> str:
 
 def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, threads: int = 2,
              slices=SLICES) -> dict:
-    from workers.pipeline import Engines, clean_rgb
-    from workers.settings import get_settings
+    from clearmark.workers.pipeline import Engines, clean_rgb
+    from clearmark.settings import get_settings
 
     torch.set_num_threads(threads)
     st = get_settings()
@@ -246,7 +246,7 @@ def format_table(results: dict) -> str:
 
 
 def store_in_manifest(results: dict, weights_dir=None) -> None:
-    from models.registry import WEIGHTS_DIR
+    from clearmark.models.registry import WEIGHTS_DIR
 
     summ = results["summary"]
     entry = {"eval": {"command": f"clearmark eval --n {results['n']} --seed {results['seed']}",

@@ -29,9 +29,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from models.evaluate import psnr, ssim
-from models.products import load_photo, mark_photo, split_paths
-from workers.masks import dilate_disc
+from clearmark.models.evaluate import psnr, ssim
+from clearmark.models.products import load_photo, mark_photo, split_paths
+from clearmark.workers.masks import dilate_disc
 
 EVAL_REAL_TAG = 3     # rng stream of this set (training uses 1, the synthetic eval 2)
 OUTSIDE_PX = 8        # the mark's JPEG-block reach, left out of "outside"
@@ -111,7 +111,7 @@ def telea(case: Case, dilate_px: int) -> np.ndarray:
 def run_methods(cases: list[Case], engines, settings, methods=METHODS, progress=None
                 ) -> dict[str, list[dict]]:
     """Rows per method. `engines` is a `workers.pipeline.Engines` (any backend)."""
-    from workers.pipeline import process_image
+    from clearmark.workers.pipeline import process_image
 
     rows: dict[str, list[dict]] = defaultdict(list)
     for case in cases:
@@ -198,7 +198,7 @@ def sweep_gate(rows: list[dict], limits: dict) -> dict:
     kept, none sure one put back), needs_review or no_watermark. Approximate (boxes, not
     pixels; JPEG noise outside the regions ignored): for choosing limits on the tuning
     split, never for reporting."""
-    from workers.gate import GateLimits
+    from clearmark.workers.gate import GateLimits
 
     gate = GateLimits(**limits)
     out = {"harmed": 0, "succeeded": 0, "review": 0, "clean_changed_succeeded": 0,
@@ -388,8 +388,8 @@ def evaluate_real(data_dir, engines, settings, split="dev", n_marked=48, n_clean
 def store_in_manifest(results: dict, command: str, weights_dir=None) -> None:
     """The summary of a run with every method, as `eval_real` of both models' manifest
     entries (training new weights drops it, as it drops `eval`)."""
-    from models.registry import WEIGHTS_DIR
-    from models.train import update_manifest
+    from clearmark.models.registry import WEIGHTS_DIR
+    from clearmark.models.train import update_manifest
 
     names = {"model": "model", "none": "baseline_none", "telea": "baseline_telea_true_mask"}
     entry = {"eval_real": {"command": command, "split": results["split"],

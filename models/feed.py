@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from models.registry import ModelEngine, file_sha256, load_weights
+from clearmark.models.registry import ModelEngine, file_sha256, load_weights
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ _detectors: dict[str, ModelEngine] = {}   # per process, by file hash: loaded on
 
 
 def make_batch(recipe: BatchRecipe, step: int) -> list[np.ndarray]:
-    from models.train import BATCHES, PRODUCT_BATCHES, TRAIN_TAG, remover_batch
+    from clearmark.models.train import BATCHES, PRODUCT_BATCHES, TRAIN_TAG, remover_batch
 
     batch_of = (PRODUCT_BATCHES if recipe.photos == "products" else BATCHES)[recipe.kind]
     if recipe.detector_masks:

@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.scenes import DEFAULT_DATA, photo_list, read_rgb
-from models.synth import watermark_image
+from clearmark.models.scenes import DEFAULT_DATA, photo_list, read_rgb
+from clearmark.models.synth import watermark_image
 
 OUT = Path(__file__).resolve().parent.parent / "examples"
 MARKS = [["tiled"], ["text", "corner"], ["logo", "url"], ["cjk"]]

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.synth import blend, jpeg, render_watermark, visible_part
-from models.styles import FAMILIES
+from clearmark.models.synth import blend, jpeg, render_watermark, visible_part
+from clearmark.models.styles import FAMILIES
 
 SPLITS = ("train", "dev")
 MAX_SIDE = 2000

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.networks import STRIDE, Detector, Remover
+from clearmark.models.networks import STRIDE, Detector, Remover
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 KINDS = ("detector", "remover")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from models.registry import WEIGHTS_DIR, file_sha256, read_manifest, weights_path
-from models.train import code_version, train
-from workers.settings import get_settings
+from clearmark.models.registry import WEIGHTS_DIR, file_sha256, read_manifest, weights_path
+from clearmark.models.train import code_version, train
+from clearmark.settings import get_settings
 
 
 class ReproduceError(Exception):

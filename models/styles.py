@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from models.scenes import font
-from models.synth import (CJK_FONTS, KINDS, LATIN_FONTS, MARK_WORDS, NAMES, CJK_WORDS, Element,
+from clearmark.models.scenes import font
+from clearmark.models.synth import (CJK_FONTS, KINDS, LATIN_FONTS, MARK_WORDS, NAMES, CJK_WORDS, Element,
                           Palette, _name, _phrase, _solid, _text_masks)
 
 TRAIN = Palette(

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from models.scenes import CJK_FONTS, LATIN_FONTS, add_streaks, font, have_cjk_font, render_background
+from clearmark.models.scenes import CJK_FONTS, LATIN_FONTS, add_streaks, font, have_cjk_font, render_background
 
 KINDS = ("text", "tiled", "corner", "url", "logo", "cjk")
 NAMES = ["ShopLine", "BestDeals", "mystore", "Lumi Studio", "PhotoMart", "Kaufhaus", "TopSeller",

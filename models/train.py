@@ -43,14 +43,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.feed import BatchRecipe, batches
-from models.networks import MarkRefiner, remover_input
-from models.registry import WEIGHTS_DIR, build_model, file_sha256, read_manifest
-from models.products import PhotoCache, mark_photo, split_paths, structured_window
-from models.scenes import DEFAULT_DATA
-from models.synth import make_sample
-from workers.masks import build_mask, dilate_disc
-from workers.settings import get_settings
+from clearmark.models.feed import BatchRecipe, batches
+from clearmark.models.networks import MarkRefiner, remover_input
+from clearmark.models.registry import WEIGHTS_DIR, build_model, file_sha256, read_manifest
+from clearmark.models.products import PhotoCache, mark_photo, split_paths, structured_window
+from clearmark.models.scenes import DEFAULT_DATA
+from clearmark.models.synth import make_sample
+from clearmark.workers.masks import build_mask, dilate_disc
+from clearmark.settings import get_settings
 
 log = logging.getLogger("clearmark.train")
 DEFAULT_ARCH = {"detector": {"base": 16}, "remover": {"base": 16}}
@@ -182,7 +182,7 @@ def detector_mask(detector, composite: np.ndarray, long_side: int, dilate_px: in
     """The mask (bool H x W), dilated by `dilate_px`, that the pipeline builds from
     `detector` for a window of a photo with long side `long_side`: seen at the pipeline's
     scale, with its other settings."""
-    from workers.pipeline import detect_probability
+    from clearmark.workers.pipeline import detect_probability
 
     st = get_settings()
     prob = detect_probability(detector, composite, st.detect_long_side, st.detect_flip,
@@ -477,7 +477,7 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
                                   "share": DETECTOR_MASK_SHARE, "clean_share": DETECTOR_CLEAN_SHARE,
                                   "dilate_px": get_settings().mask_dilate_px}
                                  if detector_masks else None),
-              "data": ("models.synth.make_sample, grocery train split + procedural studio scenes"
+              "data": ("clearmark.models.synth.make_sample, grocery train split + procedural studio scenes"
                        if photos == "synthetic" else
                        f"real product photos, train split, marks of models.styles.TRAIN "
                        f"({PRODUCT_NONE:.0%} clean)" + (f" + {PRODUCT_SYNTH_SHARE:.0%} studio scenes"

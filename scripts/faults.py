@@ -199,7 +199,7 @@ class Suite:
                         CLEARMARK_QUEUE_UPLOADS="faults.uploads", CLEARMARK_QUEUE_BULK="faults.bulk",
                         CLEARMARK_QUEUE_WEBHOOKS="faults.webhooks")
         os.environ.update({k: v for k, v in self.env.items() if k.startswith("CLEARMARK_")})
-        from workers import migrate
+        from clearmark.workers import migrate
 
         migrate.upgrade(self.pg.url)
         self.cli("tenants", "create", "faults", "--webhook", self.receiver.url)
@@ -218,7 +218,7 @@ class Suite:
     def sql(self, query: str, **params):
         from sqlalchemy import text
 
-        from workers.db import get_engine
+        from clearmark.workers.db import get_engine
 
         with get_engine(self.pg.url).connect() as conn:
             return conn.execute(text(query), params).all()
@@ -236,7 +236,7 @@ class Suite:
             return
         script = ("import os, signal, sys\nfrom pathlib import Path\nimport workers.tasks\n"
                   "from workers.submit import submit_files\n"
-                  "workers.tasks.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+                  "clearmark.workers.tasks.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
                   "list(submit_files([Path(p) for p in sys.argv[1:]], tenant='faults'))\n")
         run = subprocess.run([sys.executable, "-c", script, *map(str, paths)], env=self.env)
         assert run.returncode == -signal.SIGKILL, run.returncode

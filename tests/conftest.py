@@ -16,8 +16,8 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
-from workers import migrate
-from workers.settings import Settings, set_settings
+from clearmark.workers import migrate
+from clearmark.settings import Settings, set_settings
 
 PG_ADMIN_URL = os.environ.get("CLEARMARK_TEST_PG_ADMIN_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -50,7 +50,7 @@ def pg_url():
     name = f"clearmark_test_{uuid.uuid4().hex[:10]}"
     admin, url = _pg_database(name)
     yield url
-    from workers.db import get_engine
+    from clearmark.workers.db import get_engine
 
     get_engine(url).dispose()
     _drop_pg_database(admin, name)
@@ -104,7 +104,7 @@ def grocery_data(tmp_path_factory):
     import cv2
     import numpy as np
 
-    from models.scenes import _is_eval, studio_scene
+    from clearmark.models.scenes import _is_eval, studio_scene
 
     root = tmp_path_factory.mktemp("data")
     for s, subset in enumerate(GROCERY_SUBSETS):

@@ -26,14 +26,14 @@ from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
     Service, db_url, product_photo, service, wait_for, workers,
 )
 from tests.test_compose import compose_command
-from workers import api
-from workers.cli import cli
-from workers.db import Job, JobEvent, Tenant, session_scope
-from workers.jobs import claim_job, fail_job
-from workers.settings import set_settings
-from workers.storage import get_storage, read_uri
-from workers.tenants import create_tenant
-from workers.webhooks import DONE_OK, SIGNATURE_HEADER, verify_signature
+from clearmark.workers import api
+from clearmark.workers.cli import cli
+from clearmark.workers.db import Job, JobEvent, Tenant, session_scope
+from clearmark.workers.jobs import claim_job, fail_job
+from clearmark.settings import set_settings
+from clearmark.workers.storage import get_storage, read_uri
+from clearmark.workers.tenants import create_tenant
+from clearmark.workers.webhooks import DONE_OK, SIGNATURE_HEADER, verify_signature
 
 pytestmark = [pytest.mark.integration]
 
@@ -328,9 +328,9 @@ def test_list_pages_and_retry(api_settings, client, make_shop):
 def test_needs_review_job_carries_its_reason(api_settings, client, make_shop):
     """finish_job(needs_review, review_reason=...) -> jobs row -> the job document (GET and
     list); other statuses, and the job once a reviewer accepted it, show null."""
-    from workers.db import JobStatus
-    from workers.jobs import finish_job
-    from workers.review import decide
+    from clearmark.workers.db import JobStatus
+    from clearmark.workers.jobs import finish_job
+    from clearmark.workers.review import decide
 
     reason = ("the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80):"
               " change not explained by one overlay colour (0.62 < 0.85)")

@@ -5,7 +5,7 @@ import re
 
 from fastapi.testclient import TestClient
 
-from workers.api import app
+from clearmark.workers.api import app
 
 
 def test_docs_page_and_its_assets_come_from_the_api():

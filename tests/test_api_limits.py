@@ -19,7 +19,7 @@ from tests.test_api import (  # noqa: F401 - fixtures used here
     service, upload,
 )
 from tests.test_celery_e2e import Service, wait_for
-from workers import api
+from clearmark.workers import api
 
 pytestmark = [pytest.mark.integration]
 UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/test"
@@ -64,7 +64,7 @@ def test_a_wrong_key_is_refused_before_the_body_is_read(live_api):
 
 def test_an_oversize_chunked_upload_is_refused_while_it_streams(api_settings, live_api,
                                                                 make_shop):
-    from workers.settings import set_settings
+    from clearmark.settings import set_settings
 
     set_settings(api_settings.replace(max_bytes=100_000))
     shop = make_shop("shop")
@@ -86,7 +86,7 @@ def test_an_oversize_chunked_upload_is_refused_while_it_streams(api_settings, li
 
 
 def test_uploads_in_flight_per_tenant_are_limited(api_settings, live_api, make_shop):
-    from workers.settings import set_settings
+    from clearmark.settings import set_settings
 
     set_settings(api_settings.replace(upload_concurrency=1))
     shop, other = make_shop("shop"), make_shop("other")
@@ -114,7 +114,7 @@ def test_uploads_in_flight_per_tenant_are_limited(api_settings, live_api, make_s
 @pytest.mark.parametrize("storage", ["memory://", "redis"])
 def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(api_settings, client, make_shop,
                                                                 storage):
-    from workers.settings import set_settings
+    from clearmark.settings import set_settings
 
     if storage == "redis":   # the counters all API processes share
         storage = api_settings.broker_url
@@ -128,7 +128,7 @@ def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(api_settings, cl
 
 
 def test_database_down_is_a_json_503(api_settings, client):
-    from workers.settings import set_settings
+    from clearmark.settings import set_settings
 
     set_settings(api_settings.replace(database_url=UNREACHABLE_PG))
     for path in ("/v1/jobs", "/v1/jobs/abc", "/metrics"):

@@ -13,9 +13,9 @@ from PIL import Image, ImageFile, ImageOps
 
 from tests.badfiles import bad_files, encode, photo
 from tests.test_pipeline import BoxDetector, GreyRemover, cfg, fake_engines
-from workers.errors import BadInput
-from workers.imaging import decode_image
-from workers.pipeline import process_image
+from clearmark.errors import BadInput
+from clearmark.workers.imaging import decode_image
+from clearmark.workers.pipeline import process_image
 
 CASES = bad_files()
 FAILING = sorted(k for k, (_, code) in CASES.items() if code)

@@ -16,13 +16,13 @@ from PIL import Image, ImageOps
 from sqlalchemy import func, select
 
 from tests.badfiles import bad_files
-from workers.celery_app import app, configure
-from workers.cli import find_images
-from workers.db import FINISHED, Job, JobEvent, JobMetrics, session_scope
-from workers.local import clean_folder
-from workers.settings import Settings, set_settings
-from workers.storage import read_uri
-from workers.submit import submit_files
+from clearmark.workers.celery_app import app, configure
+from clearmark.workers.cli import find_images
+from clearmark.workers.db import FINISHED, Job, JobEvent, JobMetrics, session_scope
+from clearmark.workers.local import clean_folder
+from clearmark.settings import Settings, set_settings
+from clearmark.workers.storage import read_uri
+from clearmark.workers.submit import submit_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DONE = {s.value for s in FINISHED}
@@ -42,7 +42,7 @@ def product_photo(seed: int, size=(640, 480)) -> Image.Image:
 
 @pytest.fixture(params=["postgresql"])
 def db_url(request, pg_url):
-    from workers import migrate
+    from clearmark.workers import migrate
 
     migrate.upgrade(pg_url)
     return pg_url

@@ -7,9 +7,9 @@ from PIL import Image
 from sqlalchemy import select
 
 from tests.test_celery_e2e import product_photo
-from workers.cli import cli
-from workers.db import Job, JobMetrics, session_scope
-from workers.settings import Settings, set_settings
+from clearmark.workers.cli import cli
+from clearmark.workers.db import Job, JobMetrics, session_scope
+from clearmark.settings import Settings, set_settings
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_start_up_commands_are_listed_without_importing_them():
     LAZY_COMMANDS; it must be what the commands themselves say."""
     import click
 
-    from workers.cli import LAZY_COMMANDS
+    from clearmark.workers.cli import LAZY_COMMANDS
 
     ctx = click.Context(cli)
     for name, (_, short_help) in LAZY_COMMANDS.items():
@@ -140,8 +140,8 @@ def test_clean_refuses_an_output_folder_it_cannot_create(tmp_path, local_setting
 def test_since_takes_iso_dates_and_ages_in_report_and_reprocess(tmp_path, local_settings):
     from datetime import datetime, timezone
 
-    from workers import migrate
-    from workers.dates import parse_since
+    from clearmark.workers import migrate
+    from clearmark.workers.dates import parse_since
 
     now = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
     assert parse_since("7d", now) == datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
@@ -165,7 +165,7 @@ def test_since_takes_iso_dates_and_ages_in_report_and_reprocess(tmp_path, local_
 def test_batches_show_whole_tenant_names():
     from datetime import datetime
 
-    from workers.reports import batches_text
+    from clearmark.workers.reports import batches_text
 
     name = "a-rather-long-storefront-name"
     text = batches_text([{"id": "b1", "kind": "bulk", "tenant": name,

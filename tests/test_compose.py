@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import yaml
 
-from workers.cli import cli
+from clearmark.workers.cli import cli
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parent.parent / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]

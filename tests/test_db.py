@@ -7,11 +7,11 @@ import pytest
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from workers import migrate
-from workers.db import (
+from clearmark.workers import migrate
+from clearmark.workers.db import (
     IllegalTransition, Job, JobEvent, JobStatus, check_transition, session_scope,
 )
-from workers.jobs import (TooManyAttempts, claim_job, create_job, ensure_tenant, fail_job,
+from clearmark.workers.jobs import (TooManyAttempts, claim_job, create_job, ensure_tenant, fail_job,
                           finish_job)
 
 TABLES = {"tenants", "jobs", "job_metrics", "batches", "job_events", "alembic_version"}
@@ -135,7 +135,7 @@ def _status_events(session, job_id: str) -> list[JobEvent]:
 def test_review_reason_is_stored_with_needs_review_only(db_url):
     """finish_job keeps the reason (and the gate's verdicts, in the status event) for a
     needs_review job; reprocessing clears it and a later clean finish leaves it empty."""
-    from workers.jobs import requeue_job
+    from clearmark.workers.jobs import requeue_job
 
     job_id = _new_job(db_url)
     claim = claim_job(db_url, job_id, max_attempts=3)
@@ -192,9 +192,9 @@ def test_poison_job_fails_after_max_attempts(db_url):
 def test_giving_up_is_a_finished_attempt(db_url, monkeypatch):
     """process_job reports the job it failed as too_many_attempts as finished, so its
     webhook is sent like any other final status."""
-    from workers import webhooks
-    from workers.jobs import process_job
-    from workers.settings import Settings
+    from clearmark.workers import webhooks
+    from clearmark.workers.jobs import process_job
+    from clearmark.settings import Settings
 
     notified = []
     monkeypatch.setattr(webhooks, "notify_finished", lambda job_id, s: notified.append(job_id))

@@ -17,16 +17,16 @@ import types
 import numpy as np
 import pytest
 
-from engine_build import Engine, load_engine
-from engine_build import base as engine_base
-from engine_build import onnx_export, trt_backend
-from engine_build.calibration import synthetic_batch
-from engine_build.onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx
-from models.networks import OUT_CHANNELS
-from engine_build.trt_cache import (
+from clearmark.engine_build import Engine, load_engine
+from clearmark.engine_build import base as engine_base
+from clearmark.engine_build import onnx_export, trt_backend
+from clearmark.engine_build.calibration import synthetic_batch
+from clearmark.engine_build.onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx
+from clearmark.models.networks import OUT_CHANNELS
+from clearmark.engine_build.trt_cache import (
     EngineCacheKey, cached_engine, engine_path, parse_profile,
 )
-from workers.settings import get_settings, set_settings
+from clearmark.settings import get_settings, set_settings
 
 SHAPES = [(1, 32, 48), (2, 64, 80), (3, 48, 112), (1, 80, 16)]  # odd multiples of 16 too
 FAKE_IDENTITY = ("10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
@@ -294,7 +294,7 @@ def test_new_weights_give_a_new_engine(trt_dir, monkeypatch):
 def test_prune_deletes_only_files_from_other_weights_or_code(trt_dir, monkeypatch):
     from click.testing import CliRunner
 
-    from engine_build.cli import engines_group
+    from clearmark.engine_build.cli import engines_group
 
     builder = FakeBuilder()
     current = _ensure(trt_dir, builder)
@@ -412,7 +412,7 @@ def test_unknown_backend_and_device():
 def test_cli_export_bench_and_build(exported):
     from click.testing import CliRunner
 
-    from engine_build.cli import bench_command, engines_group
+    from clearmark.engine_build.cli import bench_command, engines_group
 
     runner = CliRunner()
     res = runner.invoke(engines_group, ["export", "--kind", "detector"])
@@ -431,12 +431,12 @@ def test_cli_export_bench_and_build(exported):
 def test_cli_bench_pipeline_times_every_stage_of_real_photos(monkeypatch, grocery_data):
     from click.testing import CliRunner
 
-    from engine_build.cli import bench_command
-    from workers.pipeline_bench import STAGES, bench_images, bench_pipeline
+    from clearmark.engine_build.cli import bench_command
+    from clearmark.workers.pipeline_bench import STAGES, bench_images, bench_pipeline
 
     # The bench photos come from the eval set, whose photo backgrounds are read from the
     # default data dir (../shared/data, not in the repository): use generated ones.
-    monkeypatch.setattr("models.scenes.DEFAULT_DATA", grocery_data)
+    monkeypatch.setattr("clearmark.models.scenes.DEFAULT_DATA", grocery_data)
     files = bench_images(2, 160)
     assert len(files) == 2 and all(f[:2] == b"\xff\xd8" for f in files)   # JPEG files
     row = bench_pipeline(files, "torch", flip=False)
@@ -468,7 +468,7 @@ def trt_profile():
 @pytest.mark.parametrize("kind", ["detector", "remover"])
 def test_tensorrt_fp32_matches_onnxruntime(engines, engine_dir, trt_profile, kind):
     _require_tensorrt()
-    from engine_build.trt_backend import TrtEngine
+    from clearmark.engine_build.trt_backend import TrtEngine
 
     eng = TrtEngine(kind, "cuda:0", precision="fp32", profile=trt_profile)
     assert eng.backend == "tensorrt" and "fp32" in eng.key
@@ -482,7 +482,7 @@ def test_tensorrt_fp32_matches_onnxruntime(engines, engine_dir, trt_profile, kin
 
 def test_tensorrt_fp16_close_to_onnxruntime(engines, engine_dir, trt_profile):
     _require_tensorrt()
-    from engine_build.trt_backend import TrtEngine
+    from clearmark.engine_build.trt_backend import TrtEngine
 
     eng = TrtEngine("remover", "cuda:0", precision="fp16", profile=trt_profile)
     x = synthetic_batch("remover", 2, 64, 80, seed=4)
@@ -492,7 +492,7 @@ def test_tensorrt_fp16_close_to_onnxruntime(engines, engine_dir, trt_profile):
 
 def test_tensorrt_engine_cache_and_corrupt_file(engine_dir, trt_profile):
     _require_tensorrt()
-    from engine_build.trt_backend import TrtEngine, ensure_engine
+    from clearmark.engine_build.trt_backend import TrtEngine, ensure_engine
 
     first = ensure_engine("detector", "fp32", trt_profile, engine_dir)
     assert not ensure_engine("detector", "fp32", trt_profile, engine_dir).built
@@ -785,7 +785,7 @@ def _restore_settings():
 
 def test_trt_path_with_fake_api_builds_runs_and_reuses(fake_trt, engines):
     trt, cuda, trt_dir = fake_trt
-    from engine_build.trt_backend import TrtEngine
+    from clearmark.engine_build.trt_backend import TrtEngine
 
     assert trt_backend.tensorrt_status()[0]
     eng = load_engine("remover", backend="auto", device="cuda")
@@ -817,8 +817,8 @@ def test_trt_path_with_fake_api_builds_runs_and_reuses(fake_trt, engines):
 
 def test_trt_path_with_fake_api_rebuilds_undeserialisable_engine(fake_trt):
     trt, _, trt_dir = fake_trt
-    from engine_build.trt_backend import TrtEngine, ensure_engine
-    from engine_build.trt_cache import store_engine
+    from clearmark.engine_build.trt_backend import TrtEngine, ensure_engine
+    from clearmark.engine_build.trt_cache import store_engine
 
     first = ensure_engine("detector", "fp32", None, trt_dir)
     store_engine(trt_dir, first.key, b"intact on disk, rejected by this TensorRT")
@@ -831,7 +831,7 @@ def test_trt_path_with_fake_api_rebuilds_undeserialisable_engine(fake_trt):
 
 def test_trt_path_with_fake_api_int8_calibrates_on_synthetic_images(fake_trt):
     trt, _, trt_dir = fake_trt
-    from engine_build.trt_backend import CALIBRATION_BATCHES, ensure_engine
+    from clearmark.engine_build.trt_backend import CALIBRATION_BATCHES, ensure_engine
 
     result = ensure_engine("detector", "int8", "1x16x16,1x32x32,2x64x64", trt_dir)
     (build,) = trt.builds

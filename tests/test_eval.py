@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from models.evaluate import MASK_ERRORS, eval_set, mask_errors
-from models.scenes import DEFAULT_DATA
-from workers.cli import cli
+from clearmark.models.evaluate import MASK_ERRORS, eval_set, mask_errors
+from clearmark.models.scenes import DEFAULT_DATA
+from clearmark.workers.cli import cli
 
 # The eval set draws its photo backgrounds from `grocery_data` (generated photos, see
 # conftest.py); only the checks of the real grocery photos need ../shared/data.

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from models.evaluate_real import Case, bootstrap, score, summarize
+from clearmark.models.evaluate_real import Case, bootstrap, score, summarize
 
 
 def case(marked=True) -> Case:
@@ -70,7 +70,7 @@ def test_summary_rates_and_intervals():
 
 
 def test_gate_precision_counts_regions_by_what_they_did():
-    from models.evaluate_real import gate_precision
+    from clearmark.models.evaluate_real import gate_precision
 
     rows = [{"gate": [{"passed": True}, {"passed": True}, {"passed": False}],
              "truth": [0.3, 0.0, 0.0], "delta_sse": [-50.0, 20.0, 0.0]},

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.networks import IN_CHANNELS
+from clearmark.models.networks import IN_CHANNELS
 from tests.badfiles import encode
 from tests.test_pipeline import BoxDetector, FakeEngine, cfg, fake_engines, pixels
-from workers.gate import GateLimits, blend_fit, judge, judge_region
-from workers.masks import build_mask
-from workers.pipeline import around_mark, mask_image, process_image
+from clearmark.workers.gate import GateLimits, blend_fit, judge, judge_region
+from clearmark.workers.masks import build_mask
+from clearmark.workers.pipeline import around_mark, mask_image, process_image
 
 
 def textured(h=120, w=160, seed=0) -> np.ndarray:

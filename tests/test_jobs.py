@@ -8,9 +8,9 @@ from PIL import Image
 from sqlalchemy import select
 
 from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
-from workers.db import Job, JobEvent, JobMetrics, session_scope
-from workers.errors import TransientError
-from workers.jobs import create_job, ensure_tenant, process_job
+from clearmark.workers.db import Job, JobEvent, JobMetrics, session_scope
+from clearmark.errors import TransientError
+from clearmark.workers.jobs import create_job, ensure_tenant, process_job
 
 
 def _job(settings, source_uri: str) -> str:
@@ -76,7 +76,7 @@ def test_needs_review_reason_and_gate_verdicts_reach_the_job(settings, tmp_path,
     (numpy numbers and all) in the status event."""
     import numpy as np
 
-    from workers import pipeline
+    from clearmark.workers import pipeline
 
     reason = ("the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80):"
               " change not explained by one overlay colour (0.62 < 0.85)")

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image, ImageOps, JpegImagePlugin
 
 from tests.badfiles import encode, photo
-from workers.imaging import decode_image, encode_image, to_stored
-from workers.jpeg_exact import jpeg_exact_unsupported, reach_of_change
-from workers.settings import Settings
+from clearmark.workers.imaging import decode_image, encode_image, to_stored
+from clearmark.workers.jpeg_exact import jpeg_exact_unsupported, reach_of_change
+from clearmark.settings import Settings
 
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 MCU = {"4:4:4": (8, 8), "4:2:2": (8, 16), "4:2:0": (16, 16)}   # (height, width)

@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
     all_done, db_url, product_photo, service, wait_for, workers,
 )
-from workers import api
-from workers.db import JobMetrics, session_scope
-from workers.submit import submit_files, submit_sources
+from clearmark.workers import api
+from clearmark.workers.db import JobMetrics, session_scope
+from clearmark.workers.submit import submit_files, submit_sources
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

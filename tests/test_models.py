@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from models import STRIDE, build_model, load_model, weights_path
-from models.networks import remover_input
-from models import train as training
-from models.registry import ModelEngine
-from workers.settings import get_settings
-from models.train import LOSSES, detector_batch, load_init, remover_batch, select_trainable
+from clearmark.models import STRIDE, build_model, load_model, weights_path
+from clearmark.models.networks import remover_input
+from clearmark.models import train as training
+from clearmark.models.registry import ModelEngine
+from clearmark.settings import get_settings
+from clearmark.models.train import LOSSES, detector_batch, load_init, remover_batch, select_trainable
 
 torch.set_num_threads(1)
 
@@ -124,7 +124,7 @@ def _losses_over_steps(loss_of, model, params, batch, steps: int = 12) -> list[f
 
 
 def test_train_zero_steps_converts_older_weights(tmp_path):
-    from models.train import train
+    from clearmark.models.train import train
 
     old = tmp_path / "old.pt"
     torch.save(_older_remover(7), old)
@@ -135,7 +135,7 @@ def test_train_zero_steps_converts_older_weights(tmp_path):
 
 
 def test_mark_head_training_moves_only_the_refiner_and_lowers_its_loss(tmp_path, grocery_data):
-    from models.train import mark_head_loss, train
+    from clearmark.models.train import mark_head_loss, train
 
     torch.manual_seed(0)
     init = tmp_path / "init.pt"
@@ -187,7 +187,7 @@ class _RedDetector(torch.nn.Module):
 
 
 def test_detector_mask_is_dilated_as_asked():
-    from models.train import detector_mask
+    from clearmark.models.train import detector_mask
 
     img = np.zeros((96, 96, 3), np.uint8)
     img[40:56, 40:56, 0] = 255
@@ -197,8 +197,8 @@ def test_detector_mask_is_dilated_as_asked():
 
 
 def test_training_with_detector_masks_records_that_detector(tmp_path, grocery_data):
-    from models.registry import file_sha256
-    from models.train import train
+    from clearmark.models.registry import file_sha256
+    from clearmark.models.train import train
 
     weights = tmp_path / "detector.pt"
     torch.save(build_model("detector").state_dict(), weights)
@@ -211,8 +211,8 @@ def test_training_with_detector_masks_records_that_detector(tmp_path, grocery_da
 
 
 def test_a_wider_refiner_grows_from_a_narrow_one_with_the_same_output(tmp_path, grocery_data):
-    from models.registry import load_model
-    from models.train import train
+    from clearmark.models.registry import load_model
+    from clearmark.models.train import train
 
     torch.manual_seed(0)
     narrow = build_model("remover", base=8, refine_width=4)
@@ -237,14 +237,14 @@ def test_a_wider_refiner_grows_from_a_narrow_one_with_the_same_output(tmp_path, 
 
 
 def test_mark_head_training_is_remover_only():
-    from models.train import train
+    from clearmark.models.train import train
 
     with pytest.raises(ValueError, match="mark-head"):
         train("detector", steps=1, trainable="mark-head")
 
 
 def test_weights_hash_follows_the_file_on_disk(tmp_path):
-    from models.registry import weights_sha256
+    from clearmark.models.registry import weights_sha256
 
     assert weights_sha256("detector", tmp_path) == "untrained"
     path = tmp_path / "detector.pt"
@@ -255,7 +255,7 @@ def test_weights_hash_follows_the_file_on_disk(tmp_path):
 
 
 def test_worker_processes_make_the_same_batches_as_the_thread(tmp_path, grocery_data):
-    from models.feed import BatchRecipe, batches, make_batch
+    from clearmark.models.feed import BatchRecipe, batches, make_batch
 
     detector = _uniform_detector(20.0).model   # finds the whole window: no threshold noise
     torch.save(detector.state_dict(), tmp_path / "detector.pt")
@@ -278,7 +278,7 @@ def test_worker_processes_make_the_same_batches_as_the_thread(tmp_path, grocery_
 def test_training_on_a_missing_gpu_says_so(tmp_path):
     from click.testing import CliRunner
 
-    from workers.cli import cli
+    from clearmark.workers.cli import cli
 
     res = CliRunner().invoke(cli, ["train", "detector", "--steps", "1", "--device", "cuda",
                                    "--out", str(tmp_path)])
@@ -291,8 +291,8 @@ def test_fine_tuning_keeps_the_lineage_in_the_manifest(tmp_path, grocery_data):
 
     from click.testing import CliRunner
 
-    from models.registry import file_sha256
-    from workers.cli import cli
+    from clearmark.models.registry import file_sha256
+    from clearmark.workers.cli import cli
 
     def run(*extra, out=tmp_path):
         res = CliRunner().invoke(cli, ["train", "detector", "--steps", "1", "--batch", "2",
@@ -325,8 +325,8 @@ def test_fine_tuning_keeps_the_lineage_in_the_manifest(tmp_path, grocery_data):
 
 def test_missing_weights_are_an_error_naming_the_file(tmp_path, monkeypatch):
     """Never a silent fall-back to untrained weights: the engines' loader refuses too."""
-    from engine_build.sources import load_source_model
-    from models import registry
+    from clearmark.engine_build.sources import load_source_model
+    from clearmark.models import registry
 
     with pytest.raises(registry.MissingWeights, match=str(tmp_path / "remover.pt")):
         registry.load_model("remover", tmp_path)

@@ -26,15 +26,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from engine_build import Engine
-from models.networks import IN_CHANNELS
+from clearmark.engine_build import Engine
+from clearmark.models.networks import IN_CHANNELS
 from tests.badfiles import bad_files, encode, photo
-from workers.imaging import decode_image, estimate_jpeg_quality
-from workers.jpeg_exact import reach_of_change
-from workers.masks import build_mask, component_boxes, confirmed, plan_tiles
-from workers.pipeline import (Engines, PipelineResult, detect_probability, process_image,
+from clearmark.workers.imaging import decode_image, estimate_jpeg_quality
+from clearmark.workers.jpeg_exact import reach_of_change
+from clearmark.workers.masks import build_mask, component_boxes, confirmed, plan_tiles
+from clearmark.workers.pipeline import (Engines, PipelineResult, detect_probability, process_image,
                               remove_watermark, residual_score, watermark_pixels)
-from workers.settings import Settings
+from clearmark.settings import Settings
 
 METRIC_KEYS = {"width", "height", "mask_area_fraction", "detector_confidence", "residual_score",
                "ms_decode", "ms_detect", "ms_remove", "ms_encode", "ms_total"}
@@ -690,7 +690,7 @@ def test_residual_check_runs_on_a_crop_around_the_mark():
 
 
 def test_residual_score_on_a_crop_matches_the_whole_image(real_engines):
-    from models.synth import watermark_image
+    from clearmark.models.synth import watermark_image
 
     clean = photo(900, 700, seed=3)
     det = real_engines.detector

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.products import (ProductPhoto, check_split, load_photo, mark_photo, read_split,
+from clearmark.models.products import (ProductPhoto, check_split, load_photo, mark_photo, read_split,
                              split_paths)
-from models.scenes import DEFAULT_DATA
-from models.styles import FAMILIES, HELDOUT, TRAIN
+from clearmark.models.scenes import DEFAULT_DATA
+from clearmark.models.styles import FAMILIES, HELDOUT, TRAIN
 
 
 def write_split(tmp_path, rows):

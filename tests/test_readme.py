@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from workers.api import UPLOAD_STATUS
+from clearmark.workers.api import UPLOAD_STATUS
 
 ROOT = Path(__file__).resolve().parent.parent
 # The API answers with its own codes (these modules), and passes on the BadInput codes of

@@ -16,17 +16,17 @@ from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
 )
 from tests.test_db import METRICS
 from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
-from workers import broker, migrate
-from workers.celery_app import app, configure
-from workers.db import Job, JobEvent, JobStatus, session_scope
-from workers.errors import BadInput
-from workers.jobs import (
+from clearmark.workers import broker, migrate
+from clearmark.workers.celery_app import app, configure
+from clearmark.workers.db import Job, JobEvent, JobStatus, session_scope
+from clearmark.errors import BadInput
+from clearmark.workers.jobs import (
     Claim, _run_claimed, claim_job, create_job, ensure_tenant, finish_job, output_uris,
 )
-from workers.leases import Heartbeat, renew_lease
-from workers.reaper import reap
-from workers.settings import Settings, set_settings
-from workers.storage import read_uri
+from clearmark.workers.leases import Heartbeat, renew_lease
+from clearmark.workers.reaper import reap
+from clearmark.settings import Settings, set_settings
+from clearmark.workers.storage import read_uri
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_reaper(reaping):
     claim_job(s.database_url, alive, s.max_attempts, lease_s=300)
     unsent = _job(s)  # committed, then the publisher died
     sent = _job(s)
-    from workers.tasks import enqueue
+    from clearmark.workers.tasks import enqueue
 
     enqueue(sent, s.queue_uploads)
     hook = _job(s, callback_url="https://example.com/hook")  # its worker died before notifying
@@ -153,8 +153,8 @@ def test_crash_between_commit_and_publish_is_recovered(pg_url, redis_url, worker
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        import workers.tasks
-        from workers.submit import submit_files
+        import clearmark.workers.tasks
+        from clearmark.workers.submit import submit_files
         workers.tasks.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
         list(submit_files(sorted(Path({str(tmp_path)!r}).glob("p*.png"))))
     """)
@@ -212,7 +212,7 @@ def test_submit_with_the_broker_or_database_down(pg_url, redis_url, tmp_path):
 
 
 def test_task_retries_outlast_a_five_minute_outage():
-    from workers.transient import backoff_s, max_retries
+    from clearmark.workers.transient import backoff_s, max_retries
 
     s = Settings()
     delays = [backoff_s(n, s, jitter=False) for n in range(max_retries(s))]
@@ -231,7 +231,7 @@ def test_api_upload_with_the_broker_down_answers_503_and_keeps_the_job(pg_url, r
     from tests.test_api import free_port, png
     from tests.test_celery_e2e import Service
     from tests.test_compose import compose_command
-    from workers.tenants import create_tenant
+    from clearmark.workers.tenants import create_tenant
 
     s = _pg_settings(pg_url, redis_url, tmp_path)
     with session_scope(s.database_url) as session:

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 from click.testing import CliRunner
 from PIL import Image
 
-from workers.cli import cli
-from workers.db import METRIC_FIELDS, JobMetrics, session_scope
-from workers.jobs import create_job, ensure_tenant
-from workers.storage import get_storage
+from clearmark.workers.cli import cli
+from clearmark.workers.db import METRIC_FIELDS, JobMetrics, session_scope
+from clearmark.workers.jobs import create_job, ensure_tenant
+from clearmark.workers.storage import get_storage
 
 
 def png(colour, size=(64, 48), mode="RGB") -> bytes:

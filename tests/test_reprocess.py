@@ -12,12 +12,12 @@ from sqlalchemy import select
 from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
     all_done, db_url, product_photo, service, wait_for, workers,
 )
-from workers import reprocess as rp
-from workers.cli import cli
-from workers.db import Batch, Job, JobEvent, session_scope
-from workers.jobs import create_batch, create_job, ensure_tenant
-from workers.pipeline import current_version_pattern
-from workers.submit import submit_files
+from clearmark.workers import reprocess as rp
+from clearmark.workers.cli import cli
+from clearmark.workers.db import Batch, Job, JobEvent, session_scope
+from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
+from clearmark.workers.pipeline import current_version_pattern
+from clearmark.workers.submit import submit_files
 
 pytestmark = [pytest.mark.integration]
 OLD = "pipeline-0+detector:000000000000:torch+remover:000000000000:torch"
@@ -88,7 +88,7 @@ def test_interrupted_run_resumes_without_enqueueing_twice(service, monkeypatch):
             raise KeyboardInterrupt
         sent.append((job_id, queue))
 
-    monkeypatch.setattr("workers.tasks.enqueue", enqueue)
+    monkeypatch.setattr("clearmark.workers.tasks.enqueue", enqueue)
     run = lambda *args: CliRunner().invoke(cli, ["reprocess", "--chunk", "3", *args])  # noqa
     first = run("--outdated")
     assert first.exit_code == 1 and "Aborted" in first.output and len(sent) == 5
@@ -160,7 +160,7 @@ def _jobs(service, ids):
 
 def test_bulk_import_of_a_uri_prefix(service, tmp_path):
     """A bucket prefix (here a file:// URI) is imported in place, once."""
-    from workers.metrics import queue_depths
+    from clearmark.workers.metrics import queue_depths
 
     bucket = tmp_path / "bucket" / "2026"
     bucket.mkdir(parents=True)

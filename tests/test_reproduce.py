@@ -7,10 +7,10 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from models.registry import file_sha256
-from models.reproduce import ReproduceError, reproduce, weights_gap
-from models.train import train
-from workers.cli import cli
+from clearmark.models.registry import file_sha256
+from clearmark.models.reproduce import ReproduceError, reproduce, weights_gap
+from clearmark.models.train import train
+from clearmark.workers.cli import cli
 
 TINY = {"steps": 2, "batch": 2, "crop": 32}
 

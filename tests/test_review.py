@@ -7,10 +7,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from workers.cli import cli
-from workers.db import METRIC_FIELDS, Job, JobEvent, JobMetrics, session_scope
-from workers.jobs import create_job, ensure_tenant
-from workers.review import REJECTED, decide, pending
+from clearmark.workers.cli import cli
+from clearmark.workers.db import METRIC_FIELDS, Job, JobEvent, JobMetrics, session_scope
+from clearmark.workers.jobs import create_job, ensure_tenant
+from clearmark.workers.review import REJECTED, decide, pending
 
 
 def seed(db_url: str) -> list[str]:

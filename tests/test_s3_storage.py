@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
-from workers.db import Job, session_scope
-from workers.jobs import create_job, ensure_tenant, process_job
-from workers.settings import set_settings
-from workers.storage import Storage, read_uri
+from clearmark.workers.db import Job, session_scope
+from clearmark.workers.jobs import create_job, ensure_tenant, process_job
+from clearmark.settings import set_settings
+from clearmark.workers.storage import Storage, read_uri
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ from sqlalchemy import func, select
 from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
     db_url, product_photo, service, wait_for, workers,
 )
-from workers.cli import cli
-from workers.db import Batch, session_scope
-from workers.metrics import queue_depths
-from workers.reports import queues_text
-from workers.settings import set_settings
-from workers.submit import submit_files
+from clearmark.workers.cli import cli
+from clearmark.workers.db import Batch, session_scope
+from clearmark.workers.metrics import queue_depths
+from clearmark.workers.reports import queues_text
+from clearmark.settings import set_settings
+from clearmark.workers.submit import submit_files
 
 
 @pytest.fixture

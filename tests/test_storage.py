@@ -1,7 +1,7 @@
 import pytest
 
-from workers.errors import BadInput
-from workers.storage import Storage, UnsafeKey, read_uri
+from clearmark.errors import BadInput
+from clearmark.workers.storage import Storage, UnsafeKey, read_uri
 
 
 @pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "a//b", "", "./a",

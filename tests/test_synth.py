@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.scenes import DEFAULT_DATA, photo_list, render_background
-from models.synth import (KINDS, MIN_CHANGE, blend, make_sample, render_watermark, visible_part,
+from clearmark.models.scenes import DEFAULT_DATA, photo_list, render_background
+from clearmark.models.synth import (KINDS, MIN_CHANGE, blend, make_sample, render_watermark, visible_part,
                           watermark_image)
 
 
@@ -118,7 +118,7 @@ def test_printed_product_text_stays_on_its_label():
     spilling onto the backdrop would look exactly like an overlaid mark."""
     from PIL import Image
 
-    from models.scenes import _draw_label
+    from clearmark.models.scenes import _draw_label
 
     for seed in range(20):
         img = Image.new("RGB", (400, 300), (240, 240, 240))

@@ -18,10 +18,10 @@ from tests.test_api import (  # noqa: F401 - fixtures used here
 )
 from tests.test_celery_e2e import statuses, wait_for
 from tests.test_compose import compose_command
-from workers.db import METRIC_FIELDS, JobEvent, JobStatus, Tenant, session_scope
-from workers.jobs import claim_job, create_job, ensure_tenant, finish_job
-from workers.settings import Settings
-from workers.webhooks import (
+from clearmark.workers.db import METRIC_FIELDS, JobEvent, JobStatus, Tenant, session_scope
+from clearmark.workers.jobs import claim_job, create_job, ensure_tenant, finish_job
+from clearmark.settings import Settings
+from clearmark.workers.webhooks import (
     UnsafeCallback, check_callback_url, deliver, notify_finished, sign, signed_headers,
     verify_signature,
 )
@@ -122,7 +122,7 @@ def test_no_callback_needs_no_broker(tmp_path, monkeypatch):
     broker that is down only costs a logged event, never the job."""
     from kombu.exceptions import OperationalError
 
-    from workers import migrate, webhooks
+    from clearmark.workers import migrate, webhooks
 
     def broker_down(*args, **kwargs):
         raise OperationalError("Error 111 connecting to the broker. Connection refused.")
@@ -189,7 +189,7 @@ def test_https_to_a_pinned_address_checks_the_certificate_for_the_url_host(tmp_p
 
     import certifi
 
-    from workers.webhooks import Callback, post_pinned
+    from clearmark.workers.webhooks import Callback, post_pinned
 
     cert, key = self_signed(tmp_path, "hooks.shop.test")
     server = Receiver()

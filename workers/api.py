@@ -28,18 +28,18 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import select, text, tuple_
 from starlette.exceptions import HTTPException
 
-from workers.api_errors import (
+from clearmark.workers.api_errors import (
     OUTAGE_RETRY_AFTER_S, OUTAGE_TYPES, REQUEST_ID_HEADER, ApiError, documented, error_response,
     outage,
 )
-from workers.api_guard import DOCS_ASSETS, ApiGuard
-from workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get_engine, session_scope
-from workers.errors import BadInput, ServiceUnavailable
-from workers.imaging import probe_image
-from workers.jobs import create_job, requeue_job
-from workers.settings import Settings, get_settings
-from workers.storage import check_key, get_storage, iter_uri, read_uri
-from workers.webhooks import DONE_OK, check_callback_url, job_document
+from clearmark.workers.api_guard import DOCS_ASSETS, ApiGuard
+from clearmark.workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get_engine, session_scope
+from clearmark.errors import BadInput, ServiceUnavailable
+from clearmark.workers.imaging import probe_image
+from clearmark.workers.jobs import create_job, requeue_job
+from clearmark.settings import Settings, get_settings
+from clearmark.workers.storage import check_key, get_storage, iter_uri, read_uri
+from clearmark.workers.webhooks import DONE_OK, check_callback_url, job_document
 
 # Upload rejections by probe_image's code; any other bad input is a 422.
 UPLOAD_STATUS = {"too_large_bytes": 413, "too_many_pixels": 413, "decompression_bomb": 413,
@@ -111,7 +111,7 @@ def _owned_job(session, tenant: Tenant, job_id: str, lock: bool = False) -> Job:
 
 
 def _pipeline_fingerprint() -> str:
-    from workers.pipeline import pipeline_fingerprint  # lazy: the API loads no engines
+    from clearmark.workers.pipeline import pipeline_fingerprint  # lazy: the API loads no engines
 
     return pipeline_fingerprint()
 
@@ -119,7 +119,7 @@ def _pipeline_fingerprint() -> str:
 def _enqueue(job_id: str, priority: str, settings: Settings) -> None:
     """Send the job's task. With the broker down: 503, and the job stays queued (the reaper
     sends it when the broker is back; the same request again returns the job)."""
-    from workers.tasks import enqueue, queue_for
+    from clearmark.workers.tasks import enqueue, queue_for
 
     try:
         enqueue(job_id, queue_for(priority, settings))
@@ -322,7 +322,7 @@ def healthz() -> dict:
 def prometheus_metrics() -> Response:
     """Prometheus text format: jobs by status, images per second, queue depth per queue
     (no auth, like /healthz: keep it off the public interface)."""
-    from workers.metrics import render_state
+    from clearmark.workers.metrics import render_state
 
     body, content_type = render_state()
     return Response(body, media_type=content_type)
@@ -332,7 +332,7 @@ def prometheus_metrics() -> Response:
     503: {"description": "Not ready: `checks` names what cannot be reached"}, **documented(500)})
 def readyz() -> JSONResponse:
     """Database, broker and storage are reachable (503 naming what is not)."""
-    from workers.celery_app import app as celery_app
+    from clearmark.workers.celery_app import app as celery_app
 
     settings = get_settings()
 

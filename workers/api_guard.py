@@ -20,10 +20,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workers.api_errors import REQUEST_ID_HEADER, ApiError, error_response, outage
-from workers.db import Tenant, session_scope
-from workers.settings import Settings, get_settings
-from workers.tenants import tenant_for_key
+from clearmark.workers.api_errors import REQUEST_ID_HEADER, ApiError, error_response, outage
+from clearmark.workers.db import Tenant, session_scope
+from clearmark.settings import Settings, get_settings
+from clearmark.workers.tenants import tenant_for_key
 
 UPLOAD_PATH = "/v1/images"
 PUBLIC_PATHS = ("/v1/openapi.json", "/v1/docs")

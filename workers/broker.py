@@ -12,9 +12,9 @@ import base64
 import json
 from collections import defaultdict
 
-from workers.errors import ServiceUnavailable
-from workers.settings import Settings
-from workers.transient import BROKER_ERRORS
+from clearmark.errors import ServiceUnavailable
+from clearmark.settings import Settings
+from clearmark.workers.transient import BROKER_ERRORS
 
 CLEAN_TASK = "clearmark.clean_image"
 WEBHOOK_TASK = "clearmark.deliver_webhook"

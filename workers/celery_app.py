@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from workers.settings import Settings, get_settings
+from clearmark.settings import Settings, get_settings
 
 
 def configure(app: Celery, settings: Settings) -> None:

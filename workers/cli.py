@@ -13,26 +13,26 @@ from pathlib import Path
 
 import click
 
-from workers.settings import get_settings, set_settings
+from clearmark.settings import get_settings, set_settings
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Commands defined with the models and engines (they import torch): name -> (where, the
 # one-line help `clearmark --help` shows without importing them; a test keeps it true).
 LAZY_COMMANDS = {
-    "train": ("models.cli:train_command", "Train the detector or the remover on synthetic "
+    "train": ("clearmark.models.cli:train_command", "Train the detector or the remover on synthetic "
               "watermarks; writes KIND.pt + manifest."),
-    "eval": ("models.cli:eval_command", "Evaluate the shipped models against two baselines "
+    "eval": ("clearmark.models.cli:eval_command", "Evaluate the shipped models against two baselines "
              "on a held-out synthetic set."),
-    "eval-real": ("models.cli:eval_real_command", "Score the pipeline (decode to encode, gate "
+    "eval-real": ("clearmark.models.cli:eval_real_command", "Score the pipeline (decode to encode, gate "
                   "included) on real product photos, marked and clean, against doing nothing "
                   "and true-mask Telea: harm rate, clean photos changed, PSNR/SSIM, PSNR "
                   "inside and outside the mark, mask F1, statuses, per style, with bootstrap "
                   "95% intervals."),
-    "reproduce": ("models.cli:reproduce_command", "Repeat the training run that made KIND.pt "
+    "reproduce": ("clearmark.models.cli:reproduce_command", "Repeat the training run that made KIND.pt "
                   "and check the result bit for bit."),
-    "engines": ("engine_build.cli:engines_group", "Export ONNX models and build TensorRT "
+    "engines": ("clearmark.engine_build.cli:engines_group", "Export ONNX models and build TensorRT "
                 "engines."),
-    "bench": ("engine_build.cli:bench_command", "Images per second and ms per image for "
+    "bench": ("clearmark.engine_build.cli:bench_command", "Images per second and ms per image for "
               "detection and removal, per backend; with --pipeline, seconds per photo for "
               "the whole pipeline, stage by stage; with --jpeg, what writing a JPEG result "
               "costs and changes."),
@@ -48,7 +48,7 @@ def _exit_when_unavailable(fn):
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        from workers.errors import ServiceUnavailable
+        from clearmark.errors import ServiceUnavailable
 
         try:
             return fn(*args, **kwargs)
@@ -148,7 +148,7 @@ def clean(in_dir: Path, out_dir: Path, masks_dir: Path | None, recursive: bool,
     cannot be read fail their own job with a reason; the rest of the folder carries on.
     Other files are skipped and listed. Exits 1 when any job failed or did not finish.
     """
-    from workers.local import clean_folder
+    from clearmark.workers.local import clean_folder
 
     skipped: list[Path] = []
     images = find_images([in_dir], recursive, skipped)
@@ -181,7 +181,7 @@ def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -
     same tenant returns its existing job instead of a new one. With the broker or database
     down: one error line and exit status 75; jobs already recorded are sent by the reaper.
     """
-    from workers.submit import submit_files
+    from clearmark.workers.submit import submit_files
 
     images = find_images(list(inputs), recursive)
     if not images:
@@ -214,7 +214,7 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
     Refuses to start when only one of CLEARMARK_DATABASE_URL and CLEARMARK_BROKER_URL is
     set, or when the database is not migrated to this code's revision: such a worker
     would take tasks whose jobs it cannot see, and they would stay queued."""
-    from workers.preflight import describe, worker_problems
+    from clearmark.workers.preflight import describe, worker_problems
 
     settings = get_settings()
     queues = queues or default_queues(settings)
@@ -222,7 +222,7 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
     problems = worker_problems(settings)
     if problems:
         raise click.ClickException("worker not started: " + "; ".join(problems))
-    from workers.tasks import app
+    from clearmark.workers.tasks import app
 
     argv = ["worker", "-Q", queues, "-c", str(concurrency or settings.worker_concurrency),
             "-l", loglevel, "-P", pool, "-E"]
@@ -264,8 +264,8 @@ def reap(every: float | None) -> None:
     """Queue again what would otherwise never finish: running jobs whose lease expired (or
     fail them after the last attempt), queued jobs and due webhooks with no task on the
     broker. Safe to run anywhere, any number of times."""
-    from workers.reaper import reap as reap_once
-    from workers.reaper import reap_forever
+    from clearmark.workers.reaper import reap as reap_once
+    from clearmark.workers.reaper import reap_forever
 
     settings = get_settings()
     if every:
@@ -278,7 +278,7 @@ def reap(every: float | None) -> None:
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 def beat(loglevel: str) -> None:
     """Run Celery beat: sends a reaper pass every CLEARMARK_REAP_INTERVAL_S (run exactly one)."""
-    from workers.tasks import app
+    from clearmark.workers.tasks import app
 
     get_settings().data_dir.mkdir(parents=True, exist_ok=True)
     app.Beat(loglevel=loglevel).run()
@@ -289,7 +289,7 @@ def beat(loglevel: str) -> None:
 def status(failures: int) -> None:
     """Counts of jobs by status, the most recent failures, and each queue's waiting tasks
     and the workers consuming it."""
-    from workers.reports import queues_text, status_text
+    from clearmark.workers.reports import queues_text, status_text
 
     click.echo(status_text(get_settings().database_url, failures))
     click.echo(queues_text(get_settings()))
@@ -304,7 +304,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION."""
-    from workers import migrate
+    from clearmark.workers import migrate
 
     migrate.upgrade(revision=revision)
     click.echo(f"database at {revision}: {get_settings().database_url}")
@@ -314,7 +314,7 @@ def db_upgrade(revision: str) -> None:
 @click.option("--revision", default="-1", show_default=True)
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION ('base' removes everything)."""
-    from workers import migrate
+    from clearmark.workers import migrate
 
     migrate.downgrade(revision=revision)
 
@@ -322,7 +322,7 @@ def db_downgrade(revision: str) -> None:
 @db.command("current")
 def db_current() -> None:
     """Show the database's migration revision."""
-    from workers import migrate
+    from clearmark.workers import migrate
 
     migrate.current()
 
@@ -337,7 +337,7 @@ def api(host: str | None, port: int | None, processes: int) -> None:
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run("workers.api:app", host=host or settings.api_host, port=port or settings.api_port,
+    uvicorn.run("clearmark.workers.api:app", host=host or settings.api_host, port=port or settings.api_port,
                 workers=processes, proxy_headers=True)
 
 
@@ -351,10 +351,10 @@ def tenants() -> None:
 @click.option("--webhook", help="URL that receives a signed POST when each job finishes.")
 def tenants_create(name: str, webhook: str | None) -> None:
     """Create tenant NAME and print its API key and webhook secret (shown only this once)."""
-    from workers.db import session_scope
-    from workers.errors import BadInput
-    from workers.tenants import TenantExists, create_tenant
-    from workers.webhooks import check_callback_url
+    from clearmark.workers.db import session_scope
+    from clearmark.errors import BadInput
+    from clearmark.workers.tenants import TenantExists, create_tenant
+    from clearmark.workers.webhooks import check_callback_url
 
     settings = get_settings()
     try:
@@ -374,7 +374,7 @@ def tenants_list() -> None:
     """Tenants with their id and webhook URL (never keys)."""
     from sqlalchemy import select
 
-    from workers.db import Tenant, session_scope
+    from clearmark.workers.db import Tenant, session_scope
 
     with session_scope(get_settings().database_url) as session:
         for t in session.scalars(select(Tenant).order_by(Tenant.name)):
@@ -383,7 +383,7 @@ def tenants_list() -> None:
 
 
 def _since(text: str):
-    from workers.dates import parse_since
+    from clearmark.workers.dates import parse_since
 
     try:
         return parse_since(text)
@@ -433,7 +433,7 @@ def reprocess(tenant, statuses, since, until, outdated, version, batch, ids_file
     current models), batch or a list of ids. Interrupted, run `--resume BATCH`: nothing
     is enqueued twice and nothing is lost.
     """
-    from workers import reprocess as rp
+    from clearmark.workers import reprocess as rp
 
     settings = get_settings()
     if resume:
@@ -473,7 +473,7 @@ def reprocess(tenant, statuses, since, until, outdated, version, batch, ids_file
 @click.option("--limit", default=20, show_default=True, help="Newest batches to show.")
 def batches(batch_ids: tuple[str, ...], tenant: str | None, limit: int) -> None:
     """Batches (newest first) with their jobs by status."""
-    from workers.reports import batch_progress, batches_text
+    from clearmark.workers.reports import batch_progress, batches_text
 
     rows = batch_progress(get_settings().database_url, list(batch_ids), tenant, limit)
     click.echo(batches_text(rows))
@@ -492,8 +492,8 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
     already imported for the tenant keeps its job, so an interrupted import can simply
     be run again (the new batch then holds the rest).
     """
-    from workers.reports import batch_progress, batches_text
-    from workers.submit import list_uri, submit_sources
+    from clearmark.workers.reports import batch_progress, batches_text
+    from clearmark.workers.submit import list_uri, submit_sources
 
     if Path(source).exists():
         sources = [p for p, _ in find_images([Path(source)], recursive=True)]
@@ -525,7 +525,7 @@ def review() -> None:
 def review_list(tenant: str | None, limit: int) -> None:
     """Jobs in needs_review, oldest first: id, confidence, residual, source, result, and
     on the next line why the pipeline sent it to review."""
-    from workers.review import pending
+    from clearmark.workers.review import pending
 
     rows = pending(tenant, limit)
     for job, m in rows:
@@ -539,7 +539,7 @@ def review_list(tenant: str | None, limit: int) -> None:
 def _decide(job_ids: tuple[str, ...], accept: bool, note: str) -> None:
     import getpass
 
-    from workers.review import decide
+    from clearmark.workers.review import decide
 
     for job_id in job_ids:
         try:
@@ -579,7 +579,7 @@ def report(out_path: Path, tenant: str | None, since, sample: int, worst: int,
            review_n: int) -> None:
     """Write a self-contained HTML quality report: counts, failure reasons, latency
     percentiles, confidence and mask-area plots, before/after/mask thumbnails."""
-    from workers.report_html import build_report
+    from clearmark.workers.report_html import build_report
 
     html = build_report(tenant, since and _since(since), sample=sample, worst=worst,
                         review=review_n)

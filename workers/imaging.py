@@ -40,9 +40,9 @@ from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageEr
 from PIL import BmpImagePlugin, GifImagePlugin, PngImagePlugin  # noqa: F401
 from PIL import TiffImagePlugin, WebPImagePlugin  # noqa: F401  (registers the formats we open)
 
-from workers.errors import BadInput
-from workers.jpeg_exact import encode_jpeg_exact, jpeg_exact_unsupported
-from workers.settings import Settings, get_settings
+from clearmark.errors import BadInput
+from clearmark.workers.jpeg_exact import encode_jpeg_exact, jpeg_exact_unsupported
+from clearmark.settings import Settings, get_settings
 
 # Formats we open (multi-picture JPEGs open as "MPO" through the JPEG plugin). Everything
 # else (EPS/PDF need Ghostscript, PSD, ICO ...) is refused as not_an_image.

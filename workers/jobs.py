@@ -20,15 +20,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from workers.db import (
+from clearmark.workers.db import (
     FINISHED, JPEG_METRIC_FIELDS, METRIC_FIELDS, Batch, Job, JobEvent, JobMetrics, JobStatus,
     Priority, Tenant, as_utc, check_transition, session_scope, utcnow,
 )
-from workers.errors import BadInput, ClearmarkError, TransientError
-from workers.leases import Heartbeat
-from workers.settings import Settings, get_settings
-from workers.storage import delete_uri, get_storage, read_uri, write_uri
-from workers.transient import retry_database
+from clearmark.errors import BadInput, ClearmarkError, TransientError
+from clearmark.workers.leases import Heartbeat
+from clearmark.settings import Settings, get_settings
+from clearmark.workers.storage import delete_uri, get_storage, read_uri, write_uri
+from clearmark.workers.transient import retry_database
 
 log = logging.getLogger(__name__)
 DEFAULT_TENANT = "local"
@@ -309,7 +309,7 @@ def process_job(job_id: str, engines, settings: Settings | None = None) -> str |
     settings = settings or get_settings()
     status = _attempt(job_id, engines, settings)
     if status is not None:
-        from workers.webhooks import notify_finished  # lazy: Celery only when needed
+        from clearmark.workers.webhooks import notify_finished  # lazy: Celery only when needed
 
         notify_finished(job_id, settings)
     return status
@@ -330,7 +330,7 @@ def _attempt(job_id: str, engines, settings: Settings) -> str | None:
 def _run_claimed(claim: Claim, engines, settings: Settings) -> str | None:
     """Run the pipeline for a claimed job and record the outcome. The records wait out a
     database outage (retry_database): the work is done, only its bookkeeping is left."""
-    from workers.pipeline import process_image
+    from clearmark.workers.pipeline import process_image
 
     db_url, what = settings.database_url, f"job {claim.job_id}"
 

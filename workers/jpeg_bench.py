@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, JpegImagePlugin
 
-from workers.imaging import decode_image, encode_image
-from workers.jpeg_exact import reach_of_change
-from workers.settings import get_settings
+from clearmark.workers.imaging import decode_image, encode_image
+from clearmark.workers.jpeg_exact import reach_of_change
+from clearmark.settings import get_settings
 
 PLACES = ("corner", "centre")
 MCU_BY_SAMPLING = {0: (8, 8), 1: (8, 16), 2: (16, 16)}     # Pillow sampling -> (h, w)
@@ -118,8 +118,8 @@ def photo_files(photos: Path | None, n: int) -> list[Path]:
         files = sorted(p for p in Path(photos).rglob("*")
                        if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
     else:
-        from models.products import split_paths
-        from models.scenes import DEFAULT_DATA
+        from clearmark.models.products import split_paths
+        from clearmark.models.scenes import DEFAULT_DATA
 
         files = list(split_paths(str(DEFAULT_DATA), "dev"))
     if not files:
@@ -128,7 +128,7 @@ def photo_files(photos: Path | None, n: int) -> list[Path]:
 
 
 def bench_jpeg(files: list[Path], size: int, progress=None) -> list[JpegBenchRow]:
-    from models.products import load_photo
+    from clearmark.models.products import load_photo
 
     rows: dict[tuple[str, str], JpegBenchRow] = {}
     for path in files:

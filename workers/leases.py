@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from workers.db import Job, JobStatus, session_scope, utcnow
+from clearmark.workers.db import Job, JobStatus, session_scope, utcnow
 
 log = logging.getLogger(__name__)
 

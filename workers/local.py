@@ -14,11 +14,11 @@ from pathlib import Path
 from sqlalchemy import select
 from tqdm import tqdm
 
-from workers import migrate
-from workers.db import Job, JobEvent, JobMetrics, JobStatus, session_scope, utcnow
-from workers.errors import TransientError
-from workers.jobs import create_batch, create_job, ensure_tenant, process_job, set_status
-from workers.settings import Settings, get_settings, set_settings
+from clearmark.workers import migrate
+from clearmark.workers.db import Job, JobEvent, JobMetrics, JobStatus, session_scope, utcnow
+from clearmark.errors import TransientError
+from clearmark.workers.jobs import create_batch, create_job, ensure_tenant, process_job, set_status
+from clearmark.settings import Settings, get_settings, set_settings
 
 log = logging.getLogger(__name__)
 # The stages of one image, in order; together (plus rounding) they make up ms_total.
@@ -97,7 +97,7 @@ def prepare_engines(settings: Settings) -> None:
     if settings.backend not in ("auto", "onnxruntime", "ort", "onnx") \
             or not settings.device.startswith("cpu"):
         return
-    from engine_build.onnx_export import export_onnx, onnx_path
+    from clearmark.engine_build.onnx_export import export_onnx, onnx_path
 
     missing = [k for k in ("detector", "remover")
                if not onnx_path(k, "fp32", settings.engine_dir).exists()]
@@ -117,7 +117,7 @@ def _init_worker(settings: Settings, threads: int) -> None:
     global _worker_engines
     import torch
 
-    from workers.pipeline import Engines
+    from clearmark.workers.pipeline import Engines
 
     torch.set_num_threads(threads)
     set_settings(settings)
@@ -195,7 +195,7 @@ def clean_folder(images: list[tuple[Path, Path]], out_dir: Path, masks_dir: Path
     started = time.perf_counter()
     progress = tqdm(total=len(job_ids), unit="img", desc="cleaning")
     if workers == 1:
-        from workers.pipeline import Engines
+        from clearmark.workers.pipeline import Engines
 
         engines = Engines.load(settings)
         for job_id in job_ids:

@@ -24,8 +24,8 @@ from functools import lru_cache
 
 from sqlalchemy import func, select
 
-from workers.db import Job, JobMetrics, JobStatus, session_scope, utcnow
-from workers.settings import Settings, get_settings
+from clearmark.workers.db import Job, JobMetrics, JobStatus, session_scope, utcnow
+from clearmark.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 STAGES = ("decode", "detect", "remove", "encode", "total")
@@ -46,7 +46,7 @@ class StateCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        from workers.reports import status_counts
+        from clearmark.workers.reports import status_counts
 
         s = self.settings or get_settings()
         jobs = GaugeMetricFamily("clearmark_jobs", "Jobs by status (the jobs table)",
@@ -73,7 +73,7 @@ def queue_depths(settings: Settings) -> dict[str, int]:
     """Messages waiting per queue; an empty dict when the broker cannot be reached."""
     from kombu.exceptions import ChannelError
 
-    from workers.celery_app import app
+    from clearmark.workers.celery_app import app
 
     depths = {}
     try:

@@ -6,9 +6,11 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from workers.settings import get_settings
+import clearmark.migrations
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+from clearmark.settings import get_settings
+
+MIGRATIONS_DIR = Path(clearmark.migrations.__file__).resolve().parent
 
 
 def alembic_config(database_url: str | None = None) -> Config:
@@ -38,7 +40,7 @@ def revisions(database_url: str | None = None) -> tuple[str | None, str]:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    from workers.db import get_engine
+    from clearmark.workers.db import get_engine
 
     url = database_url or get_settings().database_url
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()

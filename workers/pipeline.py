@@ -16,13 +16,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from engine_build import Engine, load_engine
-from models.networks import remover_input, to_chw
-from workers.gate import GateLimits, RegionVerdict, judge
-from workers.imaging import decode_image, encode_image, orientation_exif, to_stored
-from workers.masks import (Mask, Tile, bbox, build_mask, component_boxes, confirmed,
+from clearmark.engine_build import Engine, load_engine
+from clearmark.models.networks import remover_input, to_chw
+from clearmark.workers.gate import GateLimits, RegionVerdict, judge
+from clearmark.workers.imaging import decode_image, encode_image, orientation_exif, to_stored
+from clearmark.workers.masks import (Mask, Tile, bbox, build_mask, component_boxes, confirmed,
                            plan_tiles)
-from workers.settings import Settings, get_settings
+from clearmark.settings import Settings, get_settings
 
 PIPELINE_CODE_VERSION = "6"  # 2: the remover gets a Telea prefill of its crop;
                              # 3: the remover's mask output confirms what changes;
@@ -55,7 +55,7 @@ class Engines:
 def current_version_pattern() -> str:
     """LIKE pattern of the `Engines.version` a worker would write now, any backend:
     `pipeline-<code>+detector:<sha12>:%+remover:<sha12>:%` (Engine.key starts kind:sha12:)."""
-    from models.registry import weights_sha256
+    from clearmark.models.registry import weights_sha256
 
     return (f"pipeline-{PIPELINE_CODE_VERSION}+detector:{weights_sha256('detector')[:12]}:%"
             f"+remover:{weights_sha256('remover')[:12]}:%")
@@ -64,7 +64,7 @@ def current_version_pattern() -> str:
 def pipeline_fingerprint() -> str:
     """Code version and weights hashes (the backend may differ between workers but not the
     output's meaning): part of the API's default idempotency key."""
-    from models.registry import weights_sha256
+    from clearmark.models.registry import weights_sha256
 
     return "+".join([f"pipeline-{PIPELINE_CODE_VERSION}",
                      *(weights_sha256(kind)[:16] for kind in ("detector", "remover"))])

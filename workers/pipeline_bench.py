@@ -35,7 +35,7 @@ class PipelineBenchRow:
 
 def bench_images(n: int, size: int, seed: int = 0) -> list[bytes]:
     """`n` watermarked catalogue photos, long side `size`, as JPEG files."""
-    from models.evaluate import eval_set
+    from clearmark.models.evaluate import eval_set
 
     files = []
     for _, _, s in eval_set(n, seed):
@@ -55,9 +55,9 @@ def bench_pipeline(files: list[bytes], backend: str, flip: bool, device: str | N
                    warmup: int = 1) -> PipelineBenchRow:
     """Run `process_image` on every file (after `warmup` untimed runs of the first).
     `flip` turns both mirrored passes on or off (`detect_flip`, `remove_flip`)."""
-    from engine_build import BackendUnavailable
-    from workers.pipeline import Engines, process_image
-    from workers.settings import get_settings
+    from clearmark.engine_build import BackendUnavailable
+    from clearmark.workers.pipeline import Engines, process_image
+    from clearmark.settings import get_settings
 
     settings = dataclasses.replace(get_settings(), backend=backend, detect_flip=flip,
                                    remove_flip=flip,

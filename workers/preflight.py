@@ -3,7 +3,7 @@ its jobs were written to cannot claim them: each task fails there, and the job s
 `queued` in the real database with nothing left to run it."""
 from __future__ import annotations
 
-from workers.settings import DEFAULT_BROKER_URL, Settings, default_database_url
+from clearmark.settings import DEFAULT_BROKER_URL, Settings, default_database_url
 
 
 def safe_url(url: str) -> str:
@@ -32,7 +32,7 @@ def describe(settings: Settings) -> str:
 
 def worker_problems(settings: Settings) -> list[str]:
     """Why a worker must not start with these settings (empty: it may)."""
-    from workers import migrate
+    from clearmark.workers import migrate
 
     s = settings
     db_default = s.database_url == default_database_url(s.data_dir)

@@ -20,12 +20,12 @@ from datetime import timedelta
 
 from sqlalchemy import or_, select
 
-from workers import broker
-from workers.db import Job, JobEvent, JobStatus, session_scope, utcnow
-from workers.errors import ServiceUnavailable
-from workers.jobs import give_up, set_status
-from workers.settings import Settings, get_settings
-from workers.transient import BROKER_ERRORS, DATABASE_ERRORS
+from clearmark.workers import broker
+from clearmark.workers.db import Job, JobEvent, JobStatus, session_scope, utcnow
+from clearmark.errors import ServiceUnavailable
+from clearmark.workers.jobs import give_up, set_status
+from clearmark.settings import Settings, get_settings
+from clearmark.workers.transient import BROKER_ERRORS, DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 LIMIT = 1000  # rows per kind per pass
@@ -108,8 +108,8 @@ def reap(settings: Settings | None = None) -> Reaped:
 
 
 def _send(to_send, s: Settings, out: Reaped) -> None:
-    from workers.tasks import clean_image, queue_for
-    from workers.webhooks import deliver_webhook
+    from clearmark.workers.tasks import clean_image, queue_for
+    from clearmark.workers.webhooks import deliver_webhook
 
     for i, (task, job) in enumerate(to_send):
         try:

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from sqlalchemy import func, select
 
-from workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
-from workers.settings import Settings, get_settings
-from workers.storage import read_uri
+from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
+from clearmark.settings import Settings, get_settings
+from clearmark.workers.storage import read_uri
 
 STAGES = ("decode", "detect", "remove", "encode", "total")
 DONE = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
@@ -222,7 +222,7 @@ def build_report(tenant: str | None = None, since: datetime | None = None, sampl
                  f'{histogram_svg(metrics["ms_total"], "total ms", fmt="{:.0f}")}</div>')
     else:
         latency = plots = '<p class="empty">no finished jobs with metrics</p>'
-    from workers.pipeline import current_version_pattern
+    from clearmark.workers.pipeline import current_version_pattern
 
     current = re.compile(re.escape(current_version_pattern()).replace("%", ".*"))
     version_table = _table(["pipeline version", "jobs", "models"],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from workers.db import FINISHED, Job, JobEvent, JobStatus, session_scope
+from clearmark.workers.db import FINISHED, Job, JobEvent, JobStatus, session_scope
 
 
 def source_names(session, job_ids: list[str]) -> dict[str, str]:
@@ -39,7 +39,7 @@ def status_text(db_url: str, failures: int = 10) -> str:
 def queue_consumers(settings, timeout_s: float = 1.0) -> dict[str, list[str]]:
     """Queue name -> the workers consuming it now (asked over the broker; a worker that does
     not answer within timeout_s counts as absent)."""
-    from workers.celery_app import app
+    from clearmark.workers.celery_app import app
 
     replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
     consumers: dict[str, list[str]] = {}
@@ -51,8 +51,8 @@ def queue_consumers(settings, timeout_s: float = 1.0) -> dict[str, list[str]]:
 
 def queues_text(settings) -> str:
     """Each queue's waiting tasks and consumers, flagging a queue that nobody consumes."""
-    from workers.metrics import queue_depths
-    from workers.preflight import safe_url
+    from clearmark.workers.metrics import queue_depths
+    from clearmark.workers.preflight import safe_url
 
     depths = queue_depths(settings)
     if not depths:
@@ -69,7 +69,7 @@ def queues_text(settings) -> str:
 def batch_progress(db_url: str, batch_ids: list[str] | None = None, tenant: str | None = None,
                    limit: int = 20) -> list[dict]:
     """Newest batches first: id, kind, tenant, created_at, total and job counts by status."""
-    from workers.db import Batch, Tenant
+    from clearmark.workers.db import Batch, Tenant
 
     with session_scope(db_url) as session:
         q = select(Batch, Tenant.name).join(Tenant, Tenant.id == Batch.tenant_id)

@@ -24,9 +24,9 @@ from typing import Callable, Iterator
 from sqlalchemy import bindparam, exists, func, or_, select
 from sqlalchemy.sql import Select
 
-from workers.db import FINISHED, Batch, Job, JobEvent, JobStatus, Priority, Tenant, session_scope
-from workers.jobs import create_batch, ensure_tenant, requeue_job
-from workers.settings import Settings, get_settings
+from clearmark.workers.db import FINISHED, Batch, Job, JobEvent, JobStatus, Priority, Tenant, session_scope
+from clearmark.workers.jobs import create_batch, ensure_tenant, requeue_job
+from clearmark.settings import Settings, get_settings
 
 ENQUEUED = "enqueued"
 
@@ -66,7 +66,7 @@ class Selection:
         if self.until:
             q = q.where(Job.created_at < _utc(self.until))
         if self.outdated:
-            from workers.pipeline import current_version_pattern
+            from clearmark.workers.pipeline import current_version_pattern
 
             q = q.where(Job.pipeline_version.not_like(current_version_pattern()))  # NULL: never
         if self.version:
@@ -145,7 +145,7 @@ def _mark_enqueued(db_url: str, batch_id: str, job_ids: list[str]) -> None:
 
 
 def _send(job_ids: list[str], batch_id: str, s: Settings, pace: Callable[[], None]) -> None:
-    from workers.tasks import enqueue
+    from clearmark.workers.tasks import enqueue
 
     sent = []
     try:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope
-from workers.jobs import mark_finished, set_status
-from workers.settings import Settings, get_settings
+from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope
+from clearmark.workers.jobs import mark_finished, set_status
+from clearmark.settings import Settings, get_settings
 
 REJECTED = "rejected_in_review"
 
@@ -36,7 +36,7 @@ def decide(job_id: str, accept: bool, reviewer: str = "", note: str = "",
            settings: Settings | None = None) -> str:
     """Close a review; returns the job's new status. Raises LookupError for an unknown job
     and ValueError for one that is not in needs_review."""
-    from workers.webhooks import notify_finished
+    from clearmark.workers.webhooks import notify_finished
 
     s = settings or get_settings()
     new = JobStatus.succeeded if accept else JobStatus.failed

@@ -14,8 +14,8 @@ from urllib.parse import unquote
 
 import fsspec
 
-from workers.errors import BadInput, TransientError
-from workers.settings import get_settings
+from clearmark.errors import BadInput, TransientError
+from clearmark.settings import get_settings
 
 log = logging.getLogger(__name__)
 

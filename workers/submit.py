@@ -7,12 +7,12 @@ from typing import Iterable, Iterator
 
 import fsspec
 
-from workers.db import Batch, Priority, session_scope
-from workers.errors import ServiceUnavailable
-from workers.jobs import create_batch, create_job, ensure_tenant
-from workers.settings import get_settings
-from workers.storage import get_storage
-from workers.transient import DATABASE_ERRORS
+from clearmark.workers.db import Batch, Priority, session_scope
+from clearmark.errors import ServiceUnavailable
+from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
+from clearmark.settings import get_settings
+from clearmark.workers.storage import get_storage
+from clearmark.workers.transient import DATABASE_ERRORS
 
 
 def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool = False,
@@ -38,7 +38,7 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
 
 def _submit(sources: list[Path | str], tenant: str, bulk: bool, chunk: int
             ) -> Iterator[tuple[str, Path | str, bool, str]]:
-    from workers.tasks import enqueue, queue_for
+    from clearmark.workers.tasks import enqueue, queue_for
 
     settings = get_settings()
     storage = get_storage()

@@ -14,12 +14,12 @@ from celery.signals import (
     worker_init, worker_process_init, worker_process_shutdown, worker_shutdown,
 )
 
-from workers import broker, metrics
-from workers.celery_app import app
-from workers.db import Priority
-from workers.jobs import process_job
-from workers.settings import Settings, get_settings
-from workers.transient import TRANSIENT_ERRORS, backoff_s, max_retries
+from clearmark.workers import broker, metrics
+from clearmark.workers.celery_app import app
+from clearmark.workers.db import Priority
+from clearmark.workers.jobs import process_job
+from clearmark.settings import Settings, get_settings
+from clearmark.workers.transient import TRANSIENT_ERRORS, backoff_s, max_retries
 
 log = logging.getLogger(__name__)
 _engines = None
@@ -29,7 +29,7 @@ _metrics_dir: str | None = None
 def get_engines():
     global _engines
     if _engines is None:
-        from workers.pipeline import Engines
+        from clearmark.workers.pipeline import Engines
 
         _engines = Engines.load(get_settings())
         log.info("engines loaded: %s", _engines.version)
@@ -85,7 +85,7 @@ def clean_image(self, job_id: str) -> str | None:
 @app.task(name="clearmark.reap")
 def reap() -> str:
     """One reaper pass (Celery beat sends it every CLEARMARK_REAP_INTERVAL_S)."""
-    from workers.reaper import reap as reap_once
+    from clearmark.workers.reaper import reap as reap_once
 
     return str(reap_once(get_settings()))
 

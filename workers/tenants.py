@@ -12,8 +12,8 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workers.db import Tenant, new_webhook_secret
-from workers.jobs import ensure_tenant
+from clearmark.workers.db import Tenant, new_webhook_secret
+from clearmark.workers.jobs import ensure_tenant
 
 KEY_PREFIX = "cm_"
 

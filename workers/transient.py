@@ -17,8 +17,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from workers.errors import TransientError
-from workers.settings import Settings
+from clearmark.errors import TransientError
+from clearmark.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -39,10 +39,10 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy import func, select
 
-from workers.celery_app import app
-from workers.db import JPEG_METRIC_FIELDS, METRIC_FIELDS, Job, JobEvent, JobStatus, Tenant, session_scope, utcnow
-from workers.errors import BadInput
-from workers.settings import Settings, get_settings
+from clearmark.workers.celery_app import app
+from clearmark.workers.db import JPEG_METRIC_FIELDS, METRIC_FIELDS, Job, JobEvent, JobStatus, Tenant, session_scope, utcnow
+from clearmark.errors import BadInput
+from clearmark.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Clearmark-Signature"
@@ -239,7 +239,7 @@ def backoff_s(retries: int, settings: Settings) -> float:
 def deliver_webhook(self, job_id: str) -> str:
     """Deliver until an outcome is final; the job's `webhook_pending` flag then clears (a
     copy of this task the reaper sent meanwhile finds it clear and does nothing)."""
-    from workers.jobs import webhook_settled
+    from clearmark.workers.jobs import webhook_settled
 
     settings = get_settings()
     if not webhook_settled(settings.database_url, job_id, settle=False):

@@ -1,3 +1,0 @@
-from workers.cli import main
-
-main()
