@@ -1,4 +1,5 @@
 """Where the shipped weights live and how a model is built and loaded from them."""
+
 from __future__ import annotations
 
 import hashlib
@@ -79,8 +80,10 @@ def load_model(kind: str, weights_dir: Path | None = None) -> torch.nn.Module:
     """The model in eval mode with the shipped weights; MissingWeights when the file is absent."""
     path = weights_path(kind, weights_dir)
     if not path.exists():
-        raise MissingWeights(f"the {kind} weights file {path} is missing: restore it (git "
-                             f"checkout models/weights) or train one (clearmark train {kind})")
+        raise MissingWeights(
+            f"the {kind} weights file {path} is missing: restore it (git "
+            f"checkout models/weights) or train one (clearmark train {kind})"
+        )
     return load_weights(kind, path)
 
 
