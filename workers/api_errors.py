@@ -57,7 +57,9 @@ class ApiError(HTTPException):
     """A refusal with its status, code and message. An HTTPException, so one raised while
     FastAPI reads the body (the streaming byte limit) keeps its status."""
 
-    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(status, message, headers)
         self.code, self.message = code, message
 
