@@ -70,5 +70,9 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
-app = Celery("clearmark", include=["workers.tasks", "workers.webhooks"])
+# The modules whose tasks a worker runs (imported when it starts).
+app = Celery(
+    "clearmark",
+    include=["clearmark.workers.tasks", "clearmark.workers.webhooks", "clearmark.workers.reaper"],
+)
 configure(app, get_settings())
