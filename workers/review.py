@@ -34,7 +34,7 @@ def pending(
     if tenant:
         q = q.join(Tenant, Tenant.id == Job.tenant_id).where(Tenant.name == tenant)
     with session_scope(s.database_url) as session:
-        rows = session.execute(q.order_by(Job.finished_at, Job.id).limit(limit)).tuples()
+        rows = session.execute(q.order_by(Job.finished_at, Job.id).limit(limit))
         return [(job, metrics) for job, metrics in rows]
 
 
