@@ -36,10 +36,10 @@ import cv2
 import numpy as np
 import torch
 
+from clearmark.models.masks import dilate_disc
 from clearmark.models.registry import ModelEngine, load_model
 from clearmark.models.synth import make_sample
 from clearmark.models.train import update_manifest
-from clearmark.workers.masks import dilate_disc
 
 EVAL_TAG = 2
 SLICES = ("wm", "clean", "text")
