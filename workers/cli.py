@@ -86,9 +86,16 @@ class LazyGroup(click.Group):
 
 
 def _setup_logging(verbosity: int) -> None:
+    """Normal output is for people: without -v only warnings and errors are logged. The
+    libraries' loggers are set too, not only the root's, so that their INFO lines (Alembic's
+    "Running upgrade ...") stay away even where something else configured logging first."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(level)
+    # Alembic's "setup plugin ..." lines on every run say nothing about this database: -vv.
+    logging.getLogger("alembic.runtime.plugins").setLevel(
+        logging.DEBUG if verbosity >= 2 else logging.WARNING)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -306,8 +313,10 @@ def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION."""
     from clearmark.workers import migrate
 
+    from clearmark.workers.preflight import safe_url
+
     migrate.upgrade(revision=revision)
-    click.echo(f"database at {revision}: {get_settings().database_url}")
+    click.echo(f"database at {revision}: {safe_url(get_settings().database_url)}")
 
 
 @db.command("downgrade")
