@@ -1,4 +1,5 @@
 """`python -m clearmark`: the same command line as `clearmark`."""
+
 from clearmark.workers.cli import main
 
 main()

@@ -1,4 +1,5 @@
 """Errors that decide a job's fate: bad input fails the job for good, transient faults retry."""
+
 from __future__ import annotations
 
 

@@ -4,6 +4,7 @@ Defaults give the embedded mode: SQLite and local files under `CLEARMARK_DATA_DI
 (default `./.clearmark`), nothing else running. Production sets the database and broker
 URLs to PostgreSQL and Redis.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -153,8 +154,7 @@ class Settings:
     webhook_max_attempts: int = field(default_factory=lambda: _env_int("WEBHOOK_MAX_ATTEMPTS", 6))
     webhook_backoff_s: float = field(default_factory=lambda: _env_float("WEBHOOK_BACKOFF_S", 5.0))
     webhook_timeout_s: float = field(default_factory=lambda: _env_float("WEBHOOK_TIMEOUT_S", 10.0))
-    webhook_allow_hosts: tuple[str, ...] = field(
-        default_factory=lambda: _env_list("WEBHOOK_ALLOW_HOSTS"))
+    webhook_allow_hosts: tuple[str, ...] = field(default_factory=lambda: _env_list("WEBHOOK_ALLOW_HOSTS"))
 
     def __post_init__(self) -> None:
         # Paths that default to places inside data_dir are derived once here.
@@ -169,7 +169,7 @@ class Settings:
         if not self.engine_dir:
             object.__setattr__(self, "engine_dir", str(self.data_dir / "engines"))
 
-    def replace(self, **changes) -> "Settings":
+    def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
 
 

@@ -9,6 +9,7 @@ export in onnx_export; the TensorRT engine cache in trt_cache. Create engines in
 process that uses them (a Celery worker *child*): the TensorRT/CUDA probes initialise CUDA,
 which does not survive fork.
 """
+
 from clearmark.engine_build.base import BackendUnavailable, Engine, load_engine
 
 __all__ = ["BackendUnavailable", "Engine", "load_engine"]

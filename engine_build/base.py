@@ -34,6 +34,7 @@ and interleaved single runs (detector, 512, min of 4): 1 thread torch 509 ms vs
 onnxruntime 305 ms; 2 threads 712 ms vs 312 ms. onnxruntime was faster in every run
 (1.4-3.3x), so CPU auto = onnxruntime.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,7 +61,7 @@ class Engine:
     kind: str
     backend: str
     stride: int = STRIDE
-    max_batch: int | None = None   # the most images one `run` takes; None: no limit
+    max_batch: int | None = None  # the most images one `run` takes; None: no limit
 
     def run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -113,8 +114,9 @@ def resolve_device(device: str | None, settings=None) -> str:
     return device
 
 
-def load_engine(kind: str, backend: str = "auto", device: str | None = None,
-                precision: str | None = None, settings=None) -> Engine:
+def load_engine(
+    kind: str, backend: str = "auto", device: str | None = None, precision: str | None = None, settings=None
+) -> Engine:
     """An engine for `kind` ("detector" or "remover").
 
     backend: "auto" | "tensorrt" | "onnxruntime" | "torch" (None -> settings.backend).
@@ -141,8 +143,12 @@ def load_engine(kind: str, backend: str = "auto", device: str | None = None,
         ok, why = tensorrt_status()
         if not ok:
             raise BackendUnavailable(f"tensorrt backend unavailable: {why}")
-        return TrtEngine(kind, device=device if device.startswith("cuda") else "cuda",
-                         precision=precision or "fp16", settings=settings)
+        return TrtEngine(
+            kind,
+            device=device if device.startswith("cuda") else "cuda",
+            precision=precision or "fp16",
+            settings=settings,
+        )
     if backend in ("onnxruntime", "ort", "onnx"):
         from clearmark.engine_build.ort_backend import OrtEngine
 
@@ -161,8 +167,7 @@ def _load_auto(kind: str, device: str, precision: str | None, settings) -> Engin
         ok, why = tensorrt_status()
         if ok:
             try:
-                return TrtEngine(kind, device=device, precision=precision or "fp16",
-                                 settings=settings)
+                return TrtEngine(kind, device=device, precision=precision or "fp16", settings=settings)
             except Exception as exc:  # build/deserialise failure: keep the worker alive
                 log.warning("auto: TensorRT engine for %s failed (%s); falling back", kind, exc)
         else:
@@ -172,8 +177,7 @@ def _load_auto(kind: str, device: str, precision: str | None, settings) -> Engin
 
             log.info("auto: %s on torch/%s", kind, device)
             return TorchEngine(kind, device=device, precision=precision, settings=settings)
-        log.warning("auto: device %s asked for but torch sees no CUDA GPU; %s runs on CPU",
-                    device, kind)
+        log.warning("auto: device %s asked for but torch sees no CUDA GPU; %s runs on CPU", device, kind)
     if precision not in (None, "fp32"):
         log.info("auto: precision %s ignored on CPU (fp32)", precision)
     if CPU_AUTO_BACKEND == "onnxruntime":

@@ -1,4 +1,5 @@
 """Throughput of each backend on each model: warm-up, then timed runs of one batch shape."""
+
 from __future__ import annotations
 
 import time
@@ -25,9 +26,17 @@ def round_up(px: int, stride: int = 16) -> int:
     return max(stride, -(-px // stride) * stride)
 
 
-def bench_one(backend: str, kind: str, batch: int, size: int, device: str | None = None,
-              precision: str | None = None, warmup: int = 2, seconds: float = 3.0,
-              min_runs: int = 3) -> BenchRow:
+def bench_one(
+    backend: str,
+    kind: str,
+    batch: int,
+    size: int,
+    device: str | None = None,
+    precision: str | None = None,
+    warmup: int = 2,
+    seconds: float = 3.0,
+    min_runs: int = 3,
+) -> BenchRow:
     size = round_up(size)
     row = BenchRow(backend, kind, batch, size)
     try:
@@ -58,11 +67,22 @@ def format_table(rows: list[BenchRow]) -> str:
     lines = [head]
     for r in rows:
         if r.error:
-            lines.append((r.backend, r.kind, str(r.batch), str(r.size), "-", "-", "-",
-                          f"unavailable: {r.error}"))
+            lines.append(
+                (r.backend, r.kind, str(r.batch), str(r.size), "-", "-", "-", f"unavailable: {r.error}")
+            )
         else:
-            lines.append((r.backend, r.kind, str(r.batch), str(r.size), f"{r.images_per_s:.2f}",
-                          f"{r.ms_per_image:.1f}", str(r.runs), r.key))
+            lines.append(
+                (
+                    r.backend,
+                    r.kind,
+                    str(r.batch),
+                    str(r.size),
+                    f"{r.images_per_s:.2f}",
+                    f"{r.ms_per_image:.1f}",
+                    str(r.runs),
+                    r.key,
+                )
+            )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
     out = []
     for j, line in enumerate(lines):

@@ -6,6 +6,7 @@ corner badge or a single line of "text", opacity 0.2-0.9. The detector calibrate
 blended image (N x 3 x H x W), the remover on its input, image + mask + prefill
 (N x 7 x H x W, `models.networks.remover_input`). Deterministic for a given seed.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,10 +40,10 @@ def _strokes(rng: np.random.Generator, mask: np.ndarray, y0: int, x0: int, h: in
         for _ in range(rng.integers(1, 4)):
             if rng.random() < 0.5:  # vertical stroke
                 ya, yb = y0 + rng.integers(0, h // 2 + 1), y0 + h
-                mask[max(ya, 0):max(yb, 0), max(gx, 0):max(gx + th, 0)] = 1
+                mask[max(ya, 0) : max(yb, 0), max(gx, 0) : max(gx + th, 0)] = 1
             else:  # horizontal stroke
                 yy = y0 + rng.integers(0, h)
-                mask[max(yy, 0):max(yy + th, 0), max(gx, 0):max(gx + h // 2, 0)] = 1
+                mask[max(yy, 0) : max(yy + th, 0), max(gx, 0) : max(gx + h // 2, 0)] = 1
 
 
 def _watermark_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

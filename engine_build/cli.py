@@ -2,6 +2,7 @@
 
 Standalone: `python -m engine_build.cli engines export`, `python -m engine_build.cli bench`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,13 @@ def engines_group():
 
 @engines_group.command("export")
 @click.option("--kind", type=KIND_CHOICE, default="all", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
-              show_default=True, help="fp16: the cast graph TensorRT builds strongly typed.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="fp16: the cast graph TensorRT builds strongly typed.",
+)
 @click.option("--force", is_flag=True, help="Export again even when cached.")
 def export_command(kind: str, precision: str, force: bool):
     """Export the models to ONNX (dynamic batch/height/width), check and run them."""
@@ -40,11 +46,14 @@ def export_command(kind: str, precision: str, force: bool):
 
 @engines_group.command("build")
 @click.option("--kind", type=KIND_CHOICE, default="all", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16",
-              show_default=True)
-@click.option("--profile", default=None, metavar="MIN,OPT,MAX",
-              help="Shapes NxHxW, e.g. 1x16x16,1x512x512,8x1024x1024 (the default; max side "
-                   "follows settings detect_long_side / remove_max_crop).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
+@click.option(
+    "--profile",
+    default=None,
+    metavar="MIN,OPT,MAX",
+    help="Shapes NxHxW, e.g. 1x16x16,1x512x512,8x1024x1024 (the default; max side "
+    "follows settings detect_long_side / remove_max_crop).",
+)
 @click.option("--device", default="cuda:0", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when a valid engine is cached.")
 def build_command(kind: str, precision: str, profile: str | None, device: str, force: bool):
@@ -62,9 +71,11 @@ def build_command(kind: str, precision: str, profile: str | None, device: str, f
     for k in _kinds(kind):
         result = ensure_engine(k, precision, prof, device_index=_cuda_index(device), force=force)
         state = "built" if result.built else "cached"
-        click.echo(f"{k}: {result.path} ({state}; {result.key.precision}, "
-                   f"TensorRT {result.key.trt_version}, {result.key.gpu_name} "
-                   f"sm{result.key.compute_capability}, profile {result.key.profile})")
+        click.echo(
+            f"{k}: {result.path} ({state}; {result.key.precision}, "
+            f"TensorRT {result.key.trt_version}, {result.key.gpu_name} "
+            f"sm{result.key.compute_capability}, profile {result.key.profile})"
+        )
 
 
 @engines_group.command("prune")
@@ -78,16 +89,17 @@ def prune_command(dry_run: bool):
     from clearmark.settings import get_settings
 
     engine_dir = get_settings().engine_dir
-    stale = stale_onnx(engine_dir) + stale_engines(
-        engine_dir, {k: weights_sha256(k) for k in KINDS})
+    stale = stale_onnx(engine_dir) + stale_engines(engine_dir, {k: weights_sha256(k) for k in KINDS})
     freed = 0
     for path in stale:
         freed += path.stat().st_size
         click.echo(f"{'would delete' if dry_run else 'deleted'} {path}")
         if not dry_run:
             path.unlink()
-    click.echo(f"{len(stale)} stale file(s), {freed / 1e6:.1f} MB "
-               f"{'would be freed' if dry_run else 'freed'} in {engine_dir}")
+    click.echo(
+        f"{len(stale)} stale file(s), {freed / 1e6:.1f} MB "
+        f"{'would be freed' if dry_run else 'freed'} in {engine_dir}"
+    )
 
 
 @engines_group.command("info")
@@ -106,46 +118,80 @@ def info_command():
     import torch
 
     click.echo(f"torch:       {torch.__version__} cuda={torch.cuda.is_available()}")
-    click.echo(f"settings:    backend={settings.backend} device={settings.device} "
-               f"-> {resolve_device(None)}; threads={settings.threads}; "
-               f"engine_dir={settings.engine_dir}")
+    click.echo(
+        f"settings:    backend={settings.backend} device={settings.device} "
+        f"-> {resolve_device(None)}; threads={settings.threads}; "
+        f"engine_dir={settings.engine_dir}"
+    )
     click.echo(f"auto on CPU: {CPU_AUTO_BACKEND}")
 
 
 @click.command("bench")
-@click.option("--backend", "backends", multiple=True,
-              type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]),
-              help="Repeatable; default: torch and onnxruntime, plus tensorrt when usable.")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]),
+    help="Repeatable; default: torch and onnxruntime, plus tensorrt when usable.",
+)
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--size", default=None, type=click.IntRange(16),
-              help="Engines: square input side in px, rounded up to a multiple of 16 "
-                   "(default 512). --pipeline: long side of the photos (default 1024).")
+@click.option(
+    "--size",
+    default=None,
+    type=click.IntRange(16),
+    help="Engines: square input side in px, rounded up to a multiple of 16 "
+    "(default 512). --pipeline: long side of the photos (default 1024).",
+)
 @click.option("--kind", type=KIND_CHOICE, default="all", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda[:N] or auto (default: settings).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Default: fp16 on GPU, fp32 on CPU.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default=None,
+    help="Default: fp16 on GPU, fp32 on CPU.",
+)
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(0))
-@click.option("--seconds", default=3.0, show_default=True, type=float,
-              help="Minimum timed seconds per row (at least 3 runs).")
-@click.option("--pipeline", is_flag=True,
-              help="Time the whole pipeline (decode to encode) on watermarked JPEG photos "
-                   "instead of the engines alone, with the mirrored passes (detector and "
-                   "remover) on and off.")
-@click.option("--images", default=8, show_default=True, type=click.IntRange(1),
-              help="--pipeline, --jpeg: how many photos.")
-@click.option("--jpeg", is_flag=True,
-              help="Time and measure writing JPEG results, the exact path (the upload's own "
-                   "coefficients outside the changed blocks) against a full re-encode, on "
-                   "photos with a corner and a centred mark. No engines are run.")
-@click.option("--photos", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="--jpeg: a folder of photos (default: the dev split of "
-                                 "../shared/data/products).")
-def bench_command(backends, batch, size, kind, device, precision, warmup, seconds, pipeline,
-                  images, jpeg, photos):
+@click.option(
+    "--seconds",
+    default=3.0,
+    show_default=True,
+    type=float,
+    help="Minimum timed seconds per row (at least 3 runs).",
+)
+@click.option(
+    "--pipeline",
+    is_flag=True,
+    help="Time the whole pipeline (decode to encode) on watermarked JPEG photos "
+    "instead of the engines alone, with the mirrored passes (detector and "
+    "remover) on and off.",
+)
+@click.option(
+    "--images",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1),
+    help="--pipeline, --jpeg: how many photos.",
+)
+@click.option(
+    "--jpeg",
+    is_flag=True,
+    help="Time and measure writing JPEG results, the exact path (the upload's own "
+    "coefficients outside the changed blocks) against a full re-encode, on "
+    "photos with a corner and a centred mark. No engines are run.",
+)
+@click.option(
+    "--photos",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="--jpeg: a folder of photos (default: the dev split of ../shared/data/products).",
+)
+def bench_command(
+    backends, batch, size, kind, device, precision, warmup, seconds, pipeline, images, jpeg, photos
+):
     """Images per second and ms per image for detection and removal, per backend; with
     --pipeline, seconds per photo for the whole pipeline, stage by stage; with --jpeg,
     what writing a JPEG result costs and changes."""
-    if jpeg:   # no engines involved
+    if jpeg:  # no engines involved
         from clearmark.workers.jpeg_bench import bench_jpeg, format_jpeg_table, photo_files
 
         files = photo_files(photos, images)
@@ -162,16 +208,32 @@ def bench_command(backends, batch, size, kind, device, precision, warmup, second
         from clearmark.workers.pipeline_bench import bench_images, bench_pipeline, format_pipeline_table
 
         files = bench_images(images, size or 1024)
-        click.echo(format_pipeline_table([
-            bench_pipeline(files, backend, flip, device=device, warmup=min(warmup, 1))
-            for backend in backends for flip in (True, False)]))
+        click.echo(
+            format_pipeline_table(
+                [
+                    bench_pipeline(files, backend, flip, device=device, warmup=min(warmup, 1))
+                    for backend in backends
+                    for flip in (True, False)
+                ]
+            )
+        )
         return
     size = size or 512
     rows = []
     for backend in backends:
         for k in _kinds(kind):
-            rows.append(bench_one(backend, k, batch, size, device=device, precision=precision,
-                                  warmup=warmup, seconds=seconds))
+            rows.append(
+                bench_one(
+                    backend,
+                    k,
+                    batch,
+                    size,
+                    device=device,
+                    precision=precision,
+                    warmup=warmup,
+                    seconds=seconds,
+                )
+            )
     click.echo(format_table(rows))
 
 
@@ -179,8 +241,9 @@ def bench_command(backends, batch, size, kind, device, precision, warmup, second
 @click.option("-v", "--verbose", is_flag=True)
 def cli(verbose: bool):
     """engine_build on its own (the same commands `clearmark` mounts)."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 cli.add_command(engines_group)

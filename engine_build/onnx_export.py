@@ -20,6 +20,7 @@
   is exported again; files are written to a temporary name and renamed, so concurrent
   processes never read half a file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,8 +84,7 @@ def stale_onnx(engine_dir: str | Path | None = None) -> list[Path]:
     return sorted(p for p in onnx_dir(engine_dir).glob("*.onnx") if p.name not in current)
 
 
-def example_input(kind: str, batch: int = 2, height: int = 64, width: int = 80,
-                  seed: int = 0) -> np.ndarray:
+def example_input(kind: str, batch: int = 2, height: int = 64, width: int = 80, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.random((batch, IN_CHANNELS[kind], height, width), dtype=np.float32)
 
@@ -100,8 +100,9 @@ def _export(kind: str, precision: str, dest: Path) -> None:
     dynamic = ({0: batch, 2: STRIDE * h, 3: STRIDE * w},)
     # The exporter logs a page of notes (torchvision ops it skips, deprecations); keep
     # them out of CLI output, errors still raise.
-    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
-                                            "onnxscript", "onnx_ir")]
+    quiet = [
+        logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
+    ]
     levels = [lg.level for lg in quiet]
     try:
         for lg in quiet:
@@ -109,9 +110,17 @@ def _export(kind: str, precision: str, dest: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (x,), str(dest), dynamo=True, external_data=False,
-                opset_version=ONNX_OPSET, dynamic_shapes=dynamic, optimize=True,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
+                model,
+                (x,),
+                str(dest),
+                dynamo=True,
+                external_data=False,
+                opset_version=ONNX_OPSET,
+                dynamic_shapes=dynamic,
+                optimize=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                verbose=False,
             )
     finally:
         for lg, level in zip(quiet, levels):
@@ -168,8 +177,9 @@ def _verify_fp16(path: str | Path, kind: str) -> None:
         log.info("fp16 ONNX not run in ONNX Runtime here (%s); checker passed", exc)
 
 
-def export_onnx(kind: str, precision: str = "fp32", engine_dir: str | Path | None = None,
-                force: bool = False) -> Path:
+def export_onnx(
+    kind: str, precision: str = "fp32", engine_dir: str | Path | None = None, force: bool = False
+) -> Path:
     """The checked ONNX file for `kind`, exported on first use and cached after."""
     path = onnx_path(kind, precision, engine_dir)
     if path.exists() and not force:

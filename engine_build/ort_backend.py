@@ -1,5 +1,6 @@
 """ONNX Runtime backend: the exported ONNX graph on the CUDA provider when this
 onnxruntime build has it and a CUDA device is asked for, else on the CPU provider."""
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,14 @@ def _cuda_index(device: str) -> int | None:
 class OrtEngine(Engine):
     backend = "onnxruntime"
 
-    def __init__(self, kind: str, device: str = "cpu", threads: int | None = None,
-                 engine_dir: str | None = None, settings=None):
+    def __init__(
+        self,
+        kind: str,
+        device: str = "cpu",
+        threads: int | None = None,
+        engine_dir: str | None = None,
+        settings=None,
+    ):
         import onnxruntime as ort
 
         from clearmark.settings import get_settings

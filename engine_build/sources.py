@@ -9,10 +9,11 @@ the file), never a silent fall-back to untrained weights.
 sha256 plus a hash of models/networks.py (forward logic can change under unchanged
 weights). The ONNX and TensorRT caches key on it.
 """
+
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ def load_source_model(kind: str) -> torch.nn.Module:
     return load_model(kind).float().eval()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _networks_source_sha() -> str:
     src = Path(models.networks.__file__).read_bytes()
     return hashlib.sha256(src).hexdigest()

@@ -5,6 +5,7 @@ On CPU it runs fp32 (CPU fp16 convolutions are slower), also channels_last: meas
 the 2-core development CPU (detector, 512 x 512, batch 1) channels_last took 509 ms vs
 762 ms contiguous with 1 thread, 712 vs 1444 ms with 2 threads.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,14 @@ log = logging.getLogger(__name__)
 class TorchEngine(Engine):
     backend = "torch"
 
-    def __init__(self, kind: str, device: str = "cpu", precision: str | None = None,
-                 threads: int | None = None, settings=None):
+    def __init__(
+        self,
+        kind: str,
+        device: str = "cpu",
+        precision: str | None = None,
+        threads: int | None = None,
+        settings=None,
+    ):
         from clearmark.settings import get_settings
 
         self.kind = kind

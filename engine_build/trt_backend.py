@@ -29,6 +29,7 @@ pycuda stream. One execution context, stream and buffer set per thread (TensorRT
 execution context per thread). pycuda sits behind `_PycudaLayer`, a few methods wide, so
 cuda-python could replace it without touching the engine code.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,11 +43,16 @@ import numpy as np
 from clearmark.engine_build.base import BackendUnavailable, Engine
 from clearmark.engine_build.onnx_export import INPUT_NAME, export_onnx
 from clearmark.engine_build.trt_cache import (
-    EngineCacheKey, Profile, _atomic_write, engine_path, get_or_build, parse_profile,
+    EngineCacheKey,
+    Profile,
+    _atomic_write,
+    engine_path,
+    get_or_build,
+    parse_profile,
     timing_cache_path,
 )
-from clearmark.models.registry import file_sha256, weights_sha256
 from clearmark.models.networks import IN_CHANNELS
+from clearmark.models.registry import file_sha256, weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,7 @@ CALIBRATION_BATCHES = 16
 
 
 # --------------------------------------------------------------------------- availability
+
 
 def _import_tensorrt():
     import tensorrt as trt  # noqa: PLC0415 - lazy by design
@@ -104,6 +111,7 @@ def _cuda_index(device: str) -> int:
 
 # --------------------------------------------------------------------------- pycuda layer
 
+
 class _PycudaLayer:
     """The buffer layer: a retained primary context, streams, device and pinned memory."""
 
@@ -146,6 +154,7 @@ class _PycudaLayer:
 
 # --------------------------------------------------------------------------- build
 
+
 def trt_major(version: str) -> int:
     return int(str(version).split(".")[0])
 
@@ -160,10 +169,10 @@ class BuildPlan:
     """What one engine build does; `builder(plan) -> bytes` turns it into an engine."""
 
     kind: str
-    precision: str           # effective: fp32 | fp16 | int8
+    precision: str  # effective: fp32 | fp16 | int8
     onnx_path: Path
     strongly_typed: bool
-    builder_flags: tuple[str, ...]   # names in trt.BuilderFlag
+    builder_flags: tuple[str, ...]  # names in trt.BuilderFlag
     profile: Profile
     workspace_mb: int
     timing_cache: Path
@@ -171,8 +180,9 @@ class BuildPlan:
     device_index: int = 0
 
 
-def plan_precision(precision: str, trt_version: str, compute_capability: str
-                   ) -> tuple[str, str, bool, tuple[str, ...]]:
+def plan_precision(
+    precision: str, trt_version: str, compute_capability: str
+) -> tuple[str, str, bool, tuple[str, ...]]:
     """(effective precision, ONNX precision, strongly typed, builder flags)."""
     major = trt_major(trt_version)
     fast16 = has_fast_fp16(compute_capability)
@@ -189,7 +199,8 @@ def plan_precision(precision: str, trt_version: str, compute_capability: str
         if major >= 11:
             raise BackendUnavailable(
                 f"TensorRT {trt_version} has no INT8 calibrators; INT8 needs Q/DQ nodes in "
-                "the ONNX graph, which clearmark does not export yet: use fp16")
+                "the ONNX graph, which clearmark does not export yet: use fp16"
+            )
         return "int8", "fp32", False, ("INT8", "FP16") if fast16 else ("INT8",)
     raise ValueError(f"precision must be fp32, fp16 or int8, not {precision!r}")
 
@@ -210,10 +221,18 @@ class EngineBuild:
     plan: BuildPlan
 
 
-def ensure_engine(kind: str, precision: str = "fp16", profile: Profile | str | None = None,
-                  engine_dir: str | Path | None = None, *, device_index: int = 0,
-                  identity: tuple[str, str, str] | None = None, builder=None,
-                  force: bool = False, settings=None) -> EngineBuild:
+def ensure_engine(
+    kind: str,
+    precision: str = "fp16",
+    profile: Profile | str | None = None,
+    engine_dir: str | Path | None = None,
+    *,
+    device_index: int = 0,
+    identity: tuple[str, str, str] | None = None,
+    builder=None,
+    force: bool = False,
+    settings=None,
+) -> EngineBuild:
     """The serialized engine for these settings: from the cache when its key matches and
     its bytes are intact, else built (with `builder`, default the TensorRT builder).
 
@@ -231,24 +250,35 @@ def ensure_engine(kind: str, precision: str = "fp16", profile: Profile | str | N
     eff, onnx_precision, strongly_typed, flags = plan_precision(precision, trt_version, cc)
     onnx = export_onnx(kind, onnx_precision, engine_dir)
     key = EngineCacheKey(
-        kind=kind, weights_sha256=weights_sha256(kind), onnx_sha256=file_sha256(onnx),
-        trt_version=trt_version, gpu_name=gpu_name, compute_capability=cc,
-        precision=eff, profile=str(profile))
+        kind=kind,
+        weights_sha256=weights_sha256(kind),
+        onnx_sha256=file_sha256(onnx),
+        trt_version=trt_version,
+        gpu_name=gpu_name,
+        compute_capability=cc,
+        precision=eff,
+        profile=str(profile),
+    )
     plan = BuildPlan(
-        kind=kind, precision=eff, onnx_path=onnx, strongly_typed=strongly_typed,
-        builder_flags=flags, profile=profile, workspace_mb=settings.trt_workspace_mb,
+        kind=kind,
+        precision=eff,
+        onnx_path=onnx,
+        strongly_typed=strongly_typed,
+        builder_flags=flags,
+        profile=profile,
+        workspace_mb=settings.trt_workspace_mb,
         timing_cache=timing_cache_path(engine_dir, trt_version, gpu_name, cc),
-        calibration_cache=(engine_dir / "tensorrt" / f"{kind}-{key.onnx_sha256[:16]}.calib"
-                           if eff == "int8" else None),
-        device_index=device_index)
+        calibration_cache=(
+            engine_dir / "tensorrt" / f"{kind}-{key.onnx_sha256[:16]}.calib" if eff == "int8" else None
+        ),
+        device_index=device_index,
+    )
     build = builder or build_serialized_engine
     data, built = get_or_build(engine_dir, key, lambda: build(plan), force=force)
-    return EngineBuild(data=data, key=key, path=engine_path(engine_dir, key), built=built,
-                       plan=plan)
+    return EngineBuild(data=data, key=key, path=engine_path(engine_dir, key), built=built, plan=plan)
 
 
-def _make_calibrator(trt, layer: _PycudaLayer, kind: str, shape: tuple[int, ...],
-                     cache: Path | None):
+def _make_calibrator(trt, layer: _PycudaLayer, kind: str, shape: tuple[int, ...], cache: Path | None):
     """An IInt8EntropyCalibrator2 over synthetic watermarked images at `shape` (NCHW)."""
     from clearmark.engine_build.calibration import synthetic_batch
 
@@ -345,6 +375,7 @@ def build_serialized_engine(plan: BuildPlan) -> bytes:
 
 # --------------------------------------------------------------------------- run
 
+
 class _ThreadState:
     """One execution context, stream and buffer set (grown on demand, reused)."""
 
@@ -387,24 +418,37 @@ class _ThreadState:
 class TrtEngine(Engine):
     backend = "tensorrt"
 
-    def __init__(self, kind: str, device: str = "cuda", precision: str = "fp16",
-                 profile: Profile | str | None = None, engine_dir: str | Path | None = None,
-                 settings=None):
+    def __init__(
+        self,
+        kind: str,
+        device: str = "cuda",
+        precision: str = "fp16",
+        profile: Profile | str | None = None,
+        engine_dir: str | Path | None = None,
+        settings=None,
+    ):
         trt = _import_tensorrt()
         self.kind = kind
         self.device_index = _cuda_index(device)
         self._layer = _PycudaLayer(self.device_index)
         self._trt_logger = trt.Logger(trt.Logger.WARNING)
         with self._layer.active():
-            build = ensure_engine(kind, precision, profile, engine_dir,
-                                  device_index=self.device_index, settings=settings)
+            build = ensure_engine(
+                kind, precision, profile, engine_dir, device_index=self.device_index, settings=settings
+            )
             self._runtime = trt.Runtime(self._trt_logger)
             engine = self._deserialize(build.data)
             if engine is None and not build.built:
                 log.warning("cached engine %s failed to deserialise; rebuilding", build.path)
-                build = ensure_engine(kind, precision, profile, engine_dir,
-                                      device_index=self.device_index, force=True,
-                                      settings=settings)
+                build = ensure_engine(
+                    kind,
+                    precision,
+                    profile,
+                    engine_dir,
+                    device_index=self.device_index,
+                    force=True,
+                    settings=settings,
+                )
                 engine = self._deserialize(build.data)
             if engine is None:
                 raise RuntimeError(f"TensorRT could not deserialise {build.path}")
@@ -451,8 +495,10 @@ class TrtEngine(Engine):
         self._check_input(x)
         n, _, h, w = x.shape
         if not self.profile.contains(n, h, w):
-            raise ValueError(f"batch {n}x{h}x{w} is outside the engine profile {self.profile}; "
-                             "rebuild with `clearmark engines build --profile ...`")
+            raise ValueError(
+                f"batch {n}x{h}x{w} is outside the engine profile {self.profile}; "
+                "rebuild with `clearmark engines build --profile ...`"
+            )
         with self._layer.active():
             st = self._state()
             ctx = st.context

@@ -8,6 +8,7 @@ truncated or altered bytes) is rebuilt and replaced. Files are written to a temp
 name and renamed; the engine is written before its sidecar, so a crash in between leaves
 a sidecar-less file that is rebuilt next time.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,9 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,14 @@ class Profile:
         return f"{self.min},{self.opt},{self.max}"
 
     def contains(self, batch: int, height: int, width: int) -> bool:
-        return all(lo <= v <= hi for v, lo, hi in zip(
-            (batch, height, width),
-            (self.min.batch, self.min.height, self.min.width),
-            (self.max.batch, self.max.height, self.max.width)))
+        return all(
+            lo <= v <= hi
+            for v, lo, hi in zip(
+                (batch, height, width),
+                (self.min.batch, self.min.height, self.min.width),
+                (self.max.batch, self.max.height, self.max.width),
+            )
+        )
 
     def nchw(self, channels: int) -> tuple[tuple[int, ...], ...]:
         return tuple((s.batch, channels, s.height, s.width) for s in (self.min, self.opt, self.max))
@@ -70,7 +75,7 @@ def default_profile_text(settings=None) -> str:
 
 
 def parse_shape(text: str) -> Shape:
-    """"NxHxW", "HxW" (batch 1) or "S" (batch 1, S x S); H, W multiples of 16."""
+    """ "NxHxW", "HxW" (batch 1) or "S" (batch 1, S x S); H, W multiples of 16."""
     parts = [p for p in re.split(r"[x×*]", text.strip().lower()) if p]
     try:
         nums = [int(p) for p in parts]
@@ -88,7 +93,7 @@ def parse_shape(text: str) -> Shape:
 
 
 def parse_profile(text: str | None, settings=None) -> Profile:
-    """"min,opt,max", each NxHxW (e.g. "1x16x16,1x512x512,8x1024x1024"); None or ""
+    """ "min,opt,max", each NxHxW (e.g. "1x16x16,1x512x512,8x1024x1024"); None or ""
     gives `default_profile_text()`."""
     parts = [p for p in (text or default_profile_text(settings)).split(",") if p.strip()]
     if len(parts) != 3:
@@ -105,13 +110,13 @@ class EngineCacheKey:
     """Everything a serialized engine depends on; any change means another engine."""
 
     kind: str
-    weights_sha256: str      # the shipped weights (models.weights_sha256)
-    onnx_sha256: str         # the exact graph parsed (covers networks.py and exporter)
+    weights_sha256: str  # the shipped weights (models.weights_sha256)
+    onnx_sha256: str  # the exact graph parsed (covers networks.py and exporter)
     trt_version: str
     gpu_name: str
     compute_capability: str  # "8.9"
-    precision: str           # fp32 | fp16 | int8
-    profile: str             # str(Profile)
+    precision: str  # fp32 | fp16 | int8
+    profile: str  # str(Profile)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -169,15 +174,16 @@ def cached_engine(engine_dir: str | Path, key: EngineCacheKey) -> tuple[bytes | 
 def store_engine(engine_dir: str | Path, key: EngineCacheKey, data: bytes) -> Path:
     path = engine_path(engine_dir, key)
     _atomic_write(path, data)
-    meta = {"format": CACHE_FORMAT, "key": key.as_dict(), "size": len(data),
-            "engine_sha256": _sha256(data)}
-    _atomic_write(path.with_suffix(path.suffix + ".json"),
-                  json.dumps(meta, indent=2, sort_keys=True).encode())
+    meta = {"format": CACHE_FORMAT, "key": key.as_dict(), "size": len(data), "engine_sha256": _sha256(data)}
+    _atomic_write(
+        path.with_suffix(path.suffix + ".json"), json.dumps(meta, indent=2, sort_keys=True).encode()
+    )
     return path
 
 
-def get_or_build(engine_dir: str | Path, key: EngineCacheKey, build: Callable[[], bytes],
-                 force: bool = False) -> tuple[bytes, bool]:
+def get_or_build(
+    engine_dir: str | Path, key: EngineCacheKey, build: Callable[[], bytes], force: bool = False
+) -> tuple[bytes, bool]:
     """(serialized engine, built_now). `build()` returns fresh engine bytes."""
     if not force:
         data, why = cached_engine(engine_dir, key)
@@ -210,8 +216,9 @@ def stale_engines(engine_dir: str | Path, weights: dict[str, str]) -> list[Path]
     return stale
 
 
-def timing_cache_path(engine_dir: str | Path, trt_version: str, gpu_name: str,
-                      compute_capability: str) -> Path:
+def timing_cache_path(
+    engine_dir: str | Path, trt_version: str, gpu_name: str, compute_capability: str
+) -> Path:
     """One persistent timing cache per TensorRT version and GPU, beside the engines."""
     slug = re.sub(r"[^A-Za-z0-9.]+", "_", f"{trt_version}-{gpu_name}-sm{compute_capability}")
     return Path(engine_dir) / "tensorrt" / f"timing-{slug}.cache"

@@ -1,8 +1,8 @@
 from alembic import context
-from sqlalchemy import pool, create_engine
+from sqlalchemy import create_engine, pool
 
-from clearmark.workers.db import Base
 from clearmark.settings import get_settings
+from clearmark.workers.db import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -13,8 +13,9 @@ def database_url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=database_url(), target_metadata=target_metadata,
-                      literal_binds=True, render_as_batch=True)
+    context.configure(
+        url=database_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -25,8 +26,7 @@ def run_migrations_online() -> None:
         connectable = create_engine(database_url(), poolclass=pool.NullPool)
     with connectable.connect() as connection:
         # render_as_batch lets ALTERs work on SQLite too (copy-and-move tables).
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=True)
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
 

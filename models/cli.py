@@ -2,6 +2,7 @@
 
 Also runnable alone: `python -m models.cli train detector --steps 100`.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,47 +19,107 @@ def _command_line(kind: str) -> str:
     """This run as one `clearmark train` command with every option spelled out (for the
     recipe: it repeats the run whatever the defaults become)."""
     ctx = click.get_current_context()
-    opts = [f"{param.opts[0]} {ctx.params[param.name]}" for param in ctx.command.params
-            if isinstance(param, click.Option) and ctx.params.get(param.name) is not None]
+    opts = [
+        f"{param.opts[0]} {ctx.params[param.name]}"
+        for param in ctx.command.params
+        if isinstance(param, click.Option) and ctx.params.get(param.name) is not None
+    ]
     return " ".join(["clearmark train", kind, *opts])
 
 
 @click.command("train")
 @click.argument("kind", type=click.Choice(KINDS))
-@click.option("--steps", default=2400, show_default=True, type=click.IntRange(0),
-              help="optimizer steps (cosine schedule length); 0 with --init only converts "
-                   "older weights to the current architecture (see models.train.load_init)")
+@click.option(
+    "--steps",
+    default=2400,
+    show_default=True,
+    type=click.IntRange(0),
+    help="optimizer steps (cosine schedule length); 0 with --init only converts "
+    "older weights to the current architecture (see models.train.load_init)",
+)
 @click.option("--batch", default=16, show_default=True)
 @click.option("--crop", default=160, show_default=True, help="training crop size in px")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--lr", default=2e-3, show_default=True)
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads")
 @click.option("--max-minutes", type=float, default=None, help="stop early after this long")
-@click.option("--init", type=click.Path(exists=True, path_type=Path), default=None,
-              help="start from these weights (fine-tuning)")
-@click.option("--trainable", type=click.Choice(["all", "mark-head"]), default="all",
-              show_default=True, help="mark-head: train only the remover's mark refiner (the "
-                                      "restored image stays as --init makes it)")
-@click.option("--detector-masks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="remover: mask most crops as this detector (weights file) and "
-                                 "the pipeline would, instead of the noisy true mask")
-@click.option("--refine-width", type=click.IntRange(1), default=None,
-              help="remover: hidden channels of the mark refiner (default 16, or --init's); "
-                   "a wider one grows from --init's without changing its output")
-@click.option("--device", default="cpu", show_default=True,
-              help="where the network trains: cpu, cuda or cuda:N (a lent GPU)")
-@click.option("--data-workers", default=0, show_default=True, type=click.IntRange(0),
-              help="processes synthesising batches (0: one thread); the batches are the same")
-@click.option("--photos", type=click.Choice(["synthetic", "products"]), default="synthetic",
-              show_default=True, help="products: the detector trains mostly on real product "
-                                      "photos (train split of <data>/products) with marks "
-                                      "composited at their own resolution, a third left clean")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA,
-              show_default=True, help="directory holding grocery/ and products/")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR,
-              show_default=True)
-def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init, trainable,
-                  detector_masks, refine_width, device, data_workers, photos, data_dir, out_dir):
+@click.option(
+    "--init",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="start from these weights (fine-tuning)",
+)
+@click.option(
+    "--trainable",
+    type=click.Choice(["all", "mark-head"]),
+    default="all",
+    show_default=True,
+    help="mark-head: train only the remover's mark refiner (the restored image stays as --init makes it)",
+)
+@click.option(
+    "--detector-masks",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="remover: mask most crops as this detector (weights file) and "
+    "the pipeline would, instead of the noisy true mask",
+)
+@click.option(
+    "--refine-width",
+    type=click.IntRange(1),
+    default=None,
+    help="remover: hidden channels of the mark refiner (default 16, or --init's); "
+    "a wider one grows from --init's without changing its output",
+)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="where the network trains: cpu, cuda or cuda:N (a lent GPU)",
+)
+@click.option(
+    "--data-workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="processes synthesising batches (0: one thread); the batches are the same",
+)
+@click.option(
+    "--photos",
+    type=click.Choice(["synthetic", "products"]),
+    default="synthetic",
+    show_default=True,
+    help="products: the detector trains mostly on real product "
+    "photos (train split of <data>/products) with marks "
+    "composited at their own resolution, a third left clean",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATA,
+    show_default=True,
+    help="directory holding grocery/ and products/",
+)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR, show_default=True)
+def train_command(
+    kind,
+    steps,
+    batch,
+    crop,
+    seed,
+    lr,
+    threads,
+    max_minutes,
+    init,
+    trainable,
+    detector_masks,
+    refine_width,
+    device,
+    data_workers,
+    photos,
+    data_dir,
+    out_dir,
+):
     """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest."""
     from tqdm import tqdm
 
@@ -67,34 +128,70 @@ def train_command(kind, steps, batch, crop, seed, lr, threads, max_minutes, init
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
         try:
-            recipe = train(kind, steps=steps, batch=batch, crop=crop, seed=seed, lr=lr,
-                           data_dir=data_dir, out_dir=out_dir, threads=threads,
-                           max_minutes=max_minutes, init=init, trainable=trainable,
-                           detector_masks=detector_masks, refine_width=refine_width,
-                           device=device,
-                           data_workers=data_workers, photos=photos,
-                           command=_command_line(kind), progress=bar)
-        except ValueError as exc:   # options that do not fit together, or no such device
+            recipe = train(
+                kind,
+                steps=steps,
+                batch=batch,
+                crop=crop,
+                seed=seed,
+                lr=lr,
+                data_dir=data_dir,
+                out_dir=out_dir,
+                threads=threads,
+                max_minutes=max_minutes,
+                init=init,
+                trainable=trainable,
+                detector_masks=detector_masks,
+                refine_width=refine_width,
+                device=device,
+                data_workers=data_workers,
+                photos=photos,
+                command=_command_line(kind),
+                progress=bar,
+            )
+        except ValueError as exc:  # options that do not fit together, or no such device
             raise click.UsageError(str(exc)) from None
     click.echo(json.dumps(recipe, indent=2))
 
 
 @click.command("reproduce")
 @click.argument("kind", type=click.Choice(KINDS))
-@click.option("--weights", "weights_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=WEIGHTS_DIR, show_default=True,
-              help="the weights (KIND.pt and manifest.json) whose last training run to repeat")
-@click.option("--init", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="the weights that run started from (default: found by sha256 "
-                                 "beside --weights or in this checkout's git history)")
-@click.option("--detector-masks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="remover: the detector that masked the run's crops (found "
-                                 "like --init by default)")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA,
-              show_default=True, help="directory holding grocery/")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where the repeated run writes its weights (default: a new temporary "
-                   "directory, kept)")
+@click.option(
+    "--weights",
+    "weights_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=WEIGHTS_DIR,
+    show_default=True,
+    help="the weights (KIND.pt and manifest.json) whose last training run to repeat",
+)
+@click.option(
+    "--init",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="the weights that run started from (default: found by sha256 "
+    "beside --weights or in this checkout's git history)",
+)
+@click.option(
+    "--detector-masks",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="remover: the detector that masked the run's crops (found like --init by default)",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATA,
+    show_default=True,
+    help="directory holding grocery/",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where the repeated run writes its weights (default: a new temporary directory, kept)",
+)
 def reproduce_command(kind, weights_dir, init, detector_masks, data_dir, out_dir):
     """Repeat the training run that made KIND.pt and check the result bit for bit.
 
@@ -112,8 +209,10 @@ def reproduce_command(kind, weights_dir, init, detector_masks, data_dir, out_dir
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix=f"clearmark-reproduce-{kind}-"))
     recipe = read_manifest(weights_dir).get(kind, {}).get("recipe", {})
-    click.echo(f"repeating: {recipe.get('command', '?')}\n  (recorded at {recipe.get('code')} "
-               f"on {recipe.get('device')}, {recipe.get('train_minutes')} min) into {out_dir}")
+    click.echo(
+        f"repeating: {recipe.get('command', '?')}\n  (recorded at {recipe.get('code')} "
+        f"on {recipe.get('device')}, {recipe.get('train_minutes')} min) into {out_dir}"
+    )
     with tqdm(total=recipe.get("steps", 0), desc=f"reproduce {kind}", mininterval=5) as bar:
         try:
             res = reproduce(kind, out_dir, weights_dir, data_dir, init, detector_masks, bar)
@@ -124,25 +223,36 @@ def reproduce_command(kind, weights_dir, init, detector_masks, data_dir, out_dir
     if res["same"]:
         click.echo(f"reproduced {kind}.pt bit for bit: sha256 {res['got']}")
         return
-    click.echo(f"differs: got sha256 {res['got'][:12]} ({res['path']}), the manifest records "
-               f"{res['expected'][:12]}; it landed {res['gap']:.2%} of the recorded run's "
-               f"change away from it; "
-               f"recorded at {res['recipe_code']}, now {res['code']}")
+    click.echo(
+        f"differs: got sha256 {res['got'][:12]} ({res['path']}), the manifest records "
+        f"{res['expected'][:12]}; it landed {res['gap']:.2%} of the recorded run's "
+        f"change away from it; "
+        f"recorded at {res['recipe_code']}, now {res['code']}"
+    )
     raise SystemExit(1)
 
 
 @click.command("eval")
-@click.option("--n", "n", default=60, show_default=True, help="watermarked images (plus n/3 clean, n/3 product-text)")
+@click.option(
+    "--n", "n", default=60, show_default=True, help="watermarked images (plus n/3 clean, n/3 product-text)"
+)
 @click.option("--seed", default=0, show_default=True, help="evaluation seed (never used in training)")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True)
-@click.option("--weights", "weights_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR,
-              show_default=True)
+@click.option(
+    "--weights", "weights_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR, show_default=True
+)
 @click.option("--threads", default=2, show_default=True)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="also write all numbers here")
-@click.option("--slice", "slices", multiple=True, type=click.Choice(["wm", "clean", "text"]),
-              help="only these parts of the set (repeatable; default all), e.g. `--slice clean` "
-                   "to count false alarms on other seeds; the images do not change")
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), default=None, help="also write all numbers here"
+)
+@click.option(
+    "--slice",
+    "slices",
+    multiple=True,
+    type=click.Choice(["wm", "clean", "text"]),
+    help="only these parts of the set (repeatable; default all), e.g. `--slice clean` "
+    "to count false alarms on other seeds; the images do not change",
+)
 @click.option("--update-manifest", is_flag=True, help="store the summary in the weights manifest")
 def eval_command(n, seed, data_dir, weights_dir, threads, json_path, slices, update_manifest):
     """Evaluate the shipped models against two baselines on a held-out synthetic set."""
@@ -151,73 +261,152 @@ def eval_command(n, seed, data_dir, weights_dir, threads, json_path, slices, upd
     slices = tuple(slices) or SLICES
     if update_manifest and set(slices) != set(SLICES):
         raise click.UsageError("--update-manifest records the whole set: drop --slice")
-    results = evaluate(n=n, seed=seed, data_dir=data_dir, weights_dir=weights_dir,
-                       threads=threads, slices=slices)
+    results = evaluate(
+        n=n, seed=seed, data_dir=data_dir, weights_dir=weights_dir, threads=threads, slices=slices
+    )
     click.echo(format_table(results))
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     if update_manifest:
         from clearmark.models.evaluate import store_in_manifest
+
         store_in_manifest(results, weights_dir)
 
 
 @click.command("eval-real")
-@click.option("--split", type=click.Choice(["dev", "train"]), default="dev", show_default=True,
-              help="photos of this split of <data>/products (tune on train, report dev)")
-@click.option("--family", type=click.Choice(["heldout", "train"]), default="heldout",
-              show_default=True, help="mark styles: held out of all training, or training's own")
+@click.option(
+    "--split",
+    type=click.Choice(["dev", "train"]),
+    default="dev",
+    show_default=True,
+    help="photos of this split of <data>/products (tune on train, report dev)",
+)
+@click.option(
+    "--family",
+    type=click.Choice(["heldout", "train"]),
+    default="heldout",
+    show_default=True,
+    help="mark styles: held out of all training, or training's own",
+)
 @click.option("--marked", "n_marked", default=48, show_default=True, type=click.IntRange(0))
 @click.option("--clean", "n_clean", default=24, show_default=True, type=click.IntRange(0))
 @click.option("--seed", default=0, show_default=True)
-@click.option("--backend", default="onnxruntime", show_default=True,
-              help="engine backend the pipeline runs on (torch, onnxruntime, auto)")
-@click.option("--weights", "weights_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="candidate weights (PyTorch) instead of the shipped engines")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA,
-              show_default=True, help="directory holding products/")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="also write every number, per image, here")
-@click.option("--gallery", type=click.Path(path_type=Path), default=None,
-              help="write a before/after HTML page of 12 of the images here")
-@click.option("--baselines/--no-baselines", default=True, show_default=True,
-              help="also score doing nothing and true-mask Telea on the same images")
-@click.option("--update-manifest", is_flag=True,
-              help="store the summary in the shipped weights' manifest (eval_real); needs the "
-                   "baselines and the shipped engines")
-@click.option("--sweep-gate", is_flag=True,
-              help="tuning: let every region through, then print which gate limits would have "
-                   "harmed no image (run it on --split train, never on the split you report)")
-def eval_real_command(split, family, n_marked, n_clean, seed, backend, weights_dir, data_dir,
-                      json_path, gallery, baselines, update_manifest, sweep_gate):
+@click.option(
+    "--backend",
+    default="onnxruntime",
+    show_default=True,
+    help="engine backend the pipeline runs on (torch, onnxruntime, auto)",
+)
+@click.option(
+    "--weights",
+    "weights_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="candidate weights (PyTorch) instead of the shipped engines",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATA,
+    show_default=True,
+    help="directory holding products/",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="also write every number, per image, here",
+)
+@click.option(
+    "--gallery",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="write a before/after HTML page of 12 of the images here",
+)
+@click.option(
+    "--baselines/--no-baselines",
+    default=True,
+    show_default=True,
+    help="also score doing nothing and true-mask Telea on the same images",
+)
+@click.option(
+    "--update-manifest",
+    is_flag=True,
+    help="store the summary in the shipped weights' manifest (eval_real); needs the "
+    "baselines and the shipped engines",
+)
+@click.option(
+    "--sweep-gate",
+    is_flag=True,
+    help="tuning: let every region through, then print which gate limits would have "
+    "harmed no image (run it on --split train, never on the split you report)",
+)
+def eval_real_command(
+    split,
+    family,
+    n_marked,
+    n_clean,
+    seed,
+    backend,
+    weights_dir,
+    data_dir,
+    json_path,
+    gallery,
+    baselines,
+    update_manifest,
+    sweep_gate,
+):
     """Score the pipeline (decode to encode, gate included) on real product photos, marked
     and clean, against doing nothing and true-mask Telea: harm rate, clean photos changed,
     PSNR/SSIM, PSNR inside and outside the mark, mask F1, statuses, per style, with
     bootstrap 95% intervals."""
     from tqdm import tqdm
 
-    from clearmark.models.evaluate_real import (METHODS, OPEN_GATE, evaluate_real, format_report,
-                                      format_sweep, gallery_html)
-    from clearmark.workers.pipeline import Engines
+    from clearmark.models.evaluate_real import (
+        METHODS,
+        OPEN_GATE,
+        evaluate_real,
+        format_report,
+        format_sweep,
+        gallery_html,
+    )
     from clearmark.settings import get_settings
+    from clearmark.workers.pipeline import Engines
 
     if update_manifest and (weights_dir or not baselines or sweep_gate):
-        raise click.UsageError("--update-manifest records the shipped engines with baselines "
-                               "and the gate as set: drop --weights, --no-baselines, --sweep-gate")
+        raise click.UsageError(
+            "--update-manifest records the shipped engines with baselines "
+            "and the gate as set: drop --weights, --no-baselines, --sweep-gate"
+        )
     settings = get_settings().replace(backend=backend)
     if sweep_gate:
         settings = settings.replace(**OPEN_GATE)
     if weights_dir:
         from clearmark.models.registry import ModelEngine, load_weights
-        engines = Engines(*(ModelEngine(load_weights(k, Path(weights_dir) / f"{k}.pt"))
-                            for k in ("detector", "remover")))
+
+        engines = Engines(
+            *(ModelEngine(load_weights(k, Path(weights_dir) / f"{k}.pt")) for k in ("detector", "remover"))
+        )
         backend = f"torch ({weights_dir})"
     else:
         engines = Engines.load(settings)
     try:
         with tqdm(total=n_marked + n_clean, desc="eval-real", mininterval=5) as bar:
-            results = evaluate_real(data_dir, engines, settings, split, n_marked, n_clean, seed,
-                                    family, METHODS if baselines else ("model",),
-                                    backend=backend, progress=bar)
+            results = evaluate_real(
+                data_dir,
+                engines,
+                settings,
+                split,
+                n_marked,
+                n_clean,
+                seed,
+                family,
+                METHODS if baselines else ("model",),
+                backend=backend,
+                progress=bar,
+            )
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(format_report(results))
@@ -228,13 +417,19 @@ def eval_real_command(split, family, n_marked, n_clean, seed, backend, weights_d
         click.echo(f"gallery: {gallery}")
     if update_manifest:
         from clearmark.models.evaluate_real import store_in_manifest
-        store_in_manifest(results, f"clearmark eval-real --split {split} --family {family} "
-                                   f"--marked {n_marked} --clean {n_clean} --seed {seed} "
-                                   f"--backend {backend}")
+
+        store_in_manifest(
+            results,
+            f"clearmark eval-real --split {split} --family {family} "
+            f"--marked {n_marked} --clean {n_clean} --seed {seed} "
+            f"--backend {backend}",
+        )
     if json_path:
         slim = {k: v for k, v in results.items() if k != "cases"}
-        slim["rows"] = {m: [{k: v for k, v in r.items() if k != "thumbs"} for r in rows]
-                        for m, rows in results["rows"].items()}
+        slim["rows"] = {
+            m: [{k: v for k, v in r.items() if k != "thumbs"} for r in rows]
+            for m, rows in results["rows"].items()
+        }
         Path(json_path).write_text(json.dumps(slim, indent=1, default=str) + "\n")
 
 

@@ -24,6 +24,7 @@ mask inside the detector's dilated mask) vs the true mask, and where that mask g
 (`mask_errors`: missed by the detector, missed by the remover's mark, wrong at stroke edges,
 wrong elsewhere).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,10 +36,10 @@ import cv2
 import numpy as np
 import torch
 
+from clearmark.models.masks import dilate_disc
 from clearmark.models.registry import ModelEngine, load_model
 from clearmark.models.synth import make_sample
 from clearmark.models.train import update_manifest
-from clearmark.workers.masks import dilate_disc
 
 EVAL_TAG = 2
 SLICES = ("wm", "clean", "text")
@@ -52,8 +53,8 @@ def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> floa
         if not region.any():
             return float("nan")
         d = d[region]
-    mse = float(np.mean(d ** 2))
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * np.log10(255.0 ** 2 / mse))
+    mse = float(np.mean(d**2))
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * np.log10(255.0**2 / mse))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,9 +63,9 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     blur = lambda x: cv2.GaussianBlur(x, (11, 11), 1.5)  # noqa: E731
     mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(s.mean())
 
 
@@ -77,7 +78,7 @@ def _iou_f1(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
 
 
 MASK_ERRORS = ("miss_undetected", "miss_unmarked", "false_edge", "false_far")
-EDGE_PX = 2   # a wrongly marked pixel this close to the true mark is a stroke-edge error
+EDGE_PX = 2  # a wrongly marked pixel this close to the true mark is a stroke-edge error
 
 
 def mask_errors(pred: np.ndarray, detected: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -92,8 +93,12 @@ def mask_errors(pred: np.ndarray, detected: np.ndarray, true: np.ndarray) -> dic
         return dict.fromkeys(MASK_ERRORS, float("nan"))
     near = dilate_disc(true, EDGE_PX).astype(bool)
     wrong = pred & ~true
-    counts = ((true & ~detected).sum(), (true & detected & ~pred).sum(),
-              (wrong & near).sum(), (wrong & ~near).sum())
+    counts = (
+        (true & ~detected).sum(),
+        (true & detected & ~pred).sum(),
+        (wrong & near).sum(),
+        (wrong & ~near).sum(),
+    )
     return {k: float(c) / n for k, c in zip(MASK_ERRORS, counts)}
 
 
@@ -103,7 +108,7 @@ def slice_sizes(n: int) -> dict[str, int]:
 
 # slice -> (make_sample arguments, what a usable image has)
 _SLICE_DRAW = {
-    "wm": ({"p_none": 0.0}, lambda s: s.mask.any()),   # a white logo on white shows nothing
+    "wm": ({"p_none": 0.0}, lambda s: s.mask.any()),  # a white logo on white shows nothing
     "clean": ({"kinds": []}, lambda s: True),
     "text": ({"p_none": 0.0, "source": "studio"}, lambda s: s.product.sum() > 200),  # printed text
 }
@@ -120,7 +125,7 @@ def eval_set(n: int, seed: int = 0, data_dir=None, slices=SLICES):
         aspect = [1.0, 4 / 3, 3 / 4, 3 / 2][int(rng.integers(4))]
         h, w = (long_side, int(long_side / aspect)) if aspect < 1 else (int(long_side / aspect), long_side)
         kw, usable = _SLICE_DRAW[slice_]
-        for _ in range(20):   # draw again until the image is what its slice is for
+        for _ in range(20):  # draw again until the image is what its slice is for
             s = make_sample(rng, h, w, long_side, "eval", data_dir, **kw)
             if usable(s):
                 break
@@ -137,15 +142,18 @@ def _opacity_band(s) -> str:
     return "a<0.4" if a < 0.4 else ("a0.4-0.7" if a < 0.7 else "a>=0.7")
 
 
-def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, threads: int = 2,
-             slices=SLICES) -> dict:
-    from clearmark.workers.pipeline import Engines, clean_rgb
+def evaluate(
+    n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, threads: int = 2, slices=SLICES
+) -> dict:
     from clearmark.settings import get_settings
+    from clearmark.workers.pipeline import Engines, clean_rgb
 
     torch.set_num_threads(threads)
     st = get_settings()
-    engines = Engines(detector=ModelEngine(load_model("detector", weights_dir)),
-                      remover=ModelEngine(load_model("remover", weights_dir)))
+    engines = Engines(
+        detector=ModelEngine(load_model("detector", weights_dir)),
+        remover=ModelEngine(load_model("remover", weights_dir)),
+    )
 
     def model(rgb):
         c = clean_rgb(engines, rgb, st)
@@ -166,17 +174,34 @@ def evaluate(n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, thread
             sec = time.perf_counter() - t0
             iou, f1 = _iou_f1(pred, s.mask)
             keep = s.product & ~near
-            rows.append({
-                "slice": slice_, "i": i, "method": name, "kinds": s.kinds, "band": _opacity_band(s),
-                "background": s.background, "size": list(s.clean.shape[:2]), "sec": sec,
-                "psnr": psnr(out, s.clean), "ssim": ssim(out, s.clean),
-                "psnr_in": psnr(out, s.clean, s.mask), "psnr_out": psnr(out, s.composite, ~near),
-                "iou": iou, "f1": f1, "changed": bool((out != s.composite).any()),
-                "text_psnr": psnr(out, s.clean, keep) if keep.any() else float("nan"),
-                **mask_errors(pred, detected, s.mask),
-            })
-    return {"n": n, "seed": seed, "slices": [sl for sl in SLICES if sl in slices], "rows": rows,
-            "summary": summarize(rows)}
+            rows.append(
+                {
+                    "slice": slice_,
+                    "i": i,
+                    "method": name,
+                    "kinds": s.kinds,
+                    "band": _opacity_band(s),
+                    "background": s.background,
+                    "size": list(s.clean.shape[:2]),
+                    "sec": sec,
+                    "psnr": psnr(out, s.clean),
+                    "ssim": ssim(out, s.clean),
+                    "psnr_in": psnr(out, s.clean, s.mask),
+                    "psnr_out": psnr(out, s.composite, ~near),
+                    "iou": iou,
+                    "f1": f1,
+                    "changed": bool((out != s.composite).any()),
+                    "text_psnr": psnr(out, s.clean, keep) if keep.any() else float("nan"),
+                    **mask_errors(pred, detected, s.mask),
+                }
+            )
+    return {
+        "n": n,
+        "seed": seed,
+        "slices": [sl for sl in SLICES if sl in slices],
+        "rows": rows,
+        "summary": summarize(rows),
+    }
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -191,57 +216,77 @@ def summarize(rows: list[dict]) -> dict:
         wm = [r for r in mine if r["slice"] in ("wm", "text")]
         clean = [r for r in mine if r["slice"] == "clean"]
         text = [r for r in mine if r["slice"] == "text"]
-        out[method]["all"] = {k: _mean(wm, k) for k in ("psnr", "ssim", "psnr_in", "psnr_out", "iou", "f1",
-                                                        *MASK_ERRORS)}
+        out[method]["all"] = {
+            k: _mean(wm, k) for k in ("psnr", "ssim", "psnr_in", "psnr_out", "iou", "f1", *MASK_ERRORS)
+        }
         fired = defaultdict(list)
         for r in clean:
             fired[r["background"]].append(r["changed"])
         out[method]["fp_by_background"] = {bg: [int(sum(v)), len(v)] for bg, v in sorted(fired.items())}
         out[method]["all"].update(
             fp_rate=round(float(np.mean([r["changed"] for r in clean])), 4) if clean else float("nan"),
-            text_psnr=_mean(text, "text_psnr"), sec=_mean(mine, "sec"), n_wm=len(wm), n_clean=len(clean))
+            text_psnr=_mean(text, "text_psnr"),
+            sec=_mean(mine, "sec"),
+            n_wm=len(wm),
+            n_clean=len(clean),
+        )
         groups = defaultdict(list)
         for r in wm:
             groups[r["band"]].append(r)
             for k in {k.split("+")[0] for k in r["kinds"]}:
                 groups[k].append(r)
         for g, rs in sorted(groups.items()):
-            out[method][g] = {"n": len(rs), "psnr": _mean(rs, "psnr"), "psnr_in": _mean(rs, "psnr_in"),
-                              "f1": _mean(rs, "f1")}
+            out[method][g] = {
+                "n": len(rs),
+                "psnr": _mean(rs, "psnr"),
+                "psnr_in": _mean(rs, "psnr_in"),
+                "f1": _mean(rs, "f1"),
+            }
     return dict(out)
 
 
 def format_table(results: dict) -> str:
     summ = results["summary"]
-    head = (f"{'method':<7} {'PSNR':>6} {'SSIM':>6} {'PSNRin':>7} {'PSNRout':>7} {'IoU':>5} "
-            f"{'F1':>5} {'FP%':>5} {'txtPSNR':>7} {'s/img':>6}")
+    head = (
+        f"{'method':<7} {'PSNR':>6} {'SSIM':>6} {'PSNRin':>7} {'PSNRout':>7} {'IoU':>5} "
+        f"{'F1':>5} {'FP%':>5} {'txtPSNR':>7} {'s/img':>6}"
+    )
     n, sizes = results["n"], slice_sizes(results["n"])
     parts = [f"{sizes[sl]} {SLICE_NAMES[sl]}" for sl in results.get("slices", SLICES)]
-    lines = [f"clearmark eval: n={n}: {', '.join(parts)}; seed={results['seed']}", head,
-             "-" * len(head)]
+    lines = [f"clearmark eval: n={n}: {', '.join(parts)}; seed={results['seed']}", head, "-" * len(head)]
     for m, d in summ.items():
         a = d["all"]
-        lines.append(f"{m:<7} {a['psnr']:6.2f} {a['ssim']:6.4f} {a['psnr_in']:7.2f} {a['psnr_out']:7.2f} "
-                     f"{a['iou']:5.3f} {a['f1']:5.3f} {100 * a['fp_rate']:5.1f} {a['text_psnr']:7.2f} "
-                     f"{a['sec']:6.2f}")
+        lines.append(
+            f"{m:<7} {a['psnr']:6.2f} {a['ssim']:6.4f} {a['psnr_in']:7.2f} {a['psnr_out']:7.2f} "
+            f"{a['iou']:5.3f} {a['f1']:5.3f} {100 * a['fp_rate']:5.1f} {a['text_psnr']:7.2f} "
+            f"{a['sec']:6.2f}"
+        )
     groups = [g for g in next(iter(summ.values())) if g not in ("all", "fp_by_background")]
-    lines += ["", "breakdown (PSNR / PSNR inside mask / F1), watermarked images:",
-              f"{'group':<12} {'n':>3} " + " ".join(f"{m:>20}" for m in summ)]
+    lines += [
+        "",
+        "breakdown (PSNR / PSNR inside mask / F1), watermarked images:",
+        f"{'group':<12} {'n':>3} " + " ".join(f"{m:>20}" for m in summ),
+    ]
     for g in groups:
-        cells = " ".join(f"{summ[m][g]['psnr']:6.2f} {summ[m][g]['psnr_in']:6.2f} {summ[m][g]['f1']:5.2f} "
-                         for m in summ)
+        cells = " ".join(
+            f"{summ[m][g]['psnr']:6.2f} {summ[m][g]['psnr_in']:6.2f} {summ[m][g]['f1']:5.2f} " for m in summ
+        )
         lines.append(f"{g:<12} {summ[next(iter(summ))][g]['n']:>3} {cells}")
     lines.append("IoU/F1 of 'telea' use the true mask (oracle); 'none' returns the input.")
     a = summ["model"]["all"]
-    if not np.isnan(a["miss_undetected"]):   # NaN when the set has no watermarked image
-        lines.append(f"model's mask errors, as shares of the true mark's pixels: missed outside the "
-                     f"detected region {a['miss_undetected']:.3f}, missed inside it "
-                     f"{a['miss_unmarked']:.3f}, marked within {EDGE_PX} px of the mark "
-                     f"{a['false_edge']:.3f}, marked farther away {a['false_far']:.3f}")
+    if not np.isnan(a["miss_undetected"]):  # NaN when the set has no watermarked image
+        lines.append(
+            f"model's mask errors, as shares of the true mark's pixels: missed outside the "
+            f"detected region {a['miss_undetected']:.3f}, missed inside it "
+            f"{a['miss_unmarked']:.3f}, marked within {EDGE_PX} px of the mark "
+            f"{a['false_edge']:.3f}, marked farther away {a['false_far']:.3f}"
+        )
     if "model" in summ and summ["model"]["fp_by_background"]:
         fired = summ["model"]["fp_by_background"]
-        lines.append("clean photos the model changed, by background: " +
-                     ", ".join(f"{bg} {k}/{n}" for bg, (k, n) in fired.items()))
+        lines.append(
+            "clean photos the model changed, by background: "
+            + ", ".join(f"{bg} {k}/{n}" for bg, (k, n) in fired.items())
+        )
     return "\n".join(lines)
 
 
@@ -249,9 +294,14 @@ def store_in_manifest(results: dict, weights_dir=None) -> None:
     from clearmark.models.registry import WEIGHTS_DIR
 
     summ = results["summary"]
-    entry = {"eval": {"command": f"clearmark eval --n {results['n']} --seed {results['seed']}",
-                      "model": summ["model"]["all"], "baseline_none": summ["none"]["all"],
-                      "baseline_telea_true_mask": summ["telea"]["all"]}}
+    entry = {
+        "eval": {
+            "command": f"clearmark eval --n {results['n']} --seed {results['seed']}",
+            "model": summ["model"]["all"],
+            "baseline_none": summ["none"]["all"],
+            "baseline_telea_true_mask": summ["telea"]["all"],
+        }
+    }
     for kind in ("detector", "remover"):
         update_manifest(Path(weights_dir or WEIGHTS_DIR), kind, entry)
 

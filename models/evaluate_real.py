@@ -17,6 +17,7 @@ with bootstrap 95% intervals over images. Baselines on the same images: `none` r
 the input; `telea` inpaints the true mask, dilated like the pipeline's, with OpenCV Telea
 (an oracle for where the mark is).
 """
+
 from __future__ import annotations
 
 import io
@@ -30,36 +31,43 @@ import numpy as np
 from PIL import Image
 
 from clearmark.models.evaluate import psnr, ssim
+from clearmark.models.masks import dilate_disc
 from clearmark.models.products import load_photo, mark_photo, split_paths
-from clearmark.workers.masks import dilate_disc
 
-EVAL_REAL_TAG = 3     # rng stream of this set (training uses 1, the synthetic eval 2)
-OUTSIDE_PX = 8        # the mark's JPEG-block reach, left out of "outside"
-CHANGED_LEVELS = 2    # a pixel moved by more than this counts as changed
+EVAL_REAL_TAG = 3  # rng stream of this set (training uses 1, the synthetic eval 2)
+OUTSIDE_PX = 8  # the mark's JPEG-block reach, left out of "outside"
+CHANGED_LEVELS = 2  # a pixel moved by more than this counts as changed
 BOOTSTRAP = 1000
 METHODS = ("model", "none", "telea")
 
 
 @dataclass
 class Case:
-    name: str            # photo file, relative to products/
+    name: str  # photo file, relative to products/
     marked: bool
-    style: str           # the mark's kinds joined by '+', or "clean"
-    upload: bytes        # the JPEG file the pipeline gets
-    clean: np.ndarray    # uint8 RGB, the photo without the mark (same JPEG quality)
-    composite: np.ndarray   # uint8 RGB, the upload decoded
-    mask: np.ndarray     # bool, the visible mark
+    style: str  # the mark's kinds joined by '+', or "clean"
+    upload: bytes  # the JPEG file the pipeline gets
+    clean: np.ndarray  # uint8 RGB, the photo without the mark (same JPEG quality)
+    composite: np.ndarray  # uint8 RGB, the upload decoded
+    mask: np.ndarray  # bool, the visible mark
 
 
-def build_set(data_dir: Path | str, split: str = "dev", n_marked: int = 48, n_clean: int = 24,
-              seed: int = 0, family: str = "heldout", min_mark_px: int = 64) -> list[Case]:
+def build_set(
+    data_dir: Path | str,
+    split: str = "dev",
+    n_marked: int = 48,
+    n_clean: int = 24,
+    seed: int = 0,
+    family: str = "heldout",
+    min_mark_px: int = 64,
+) -> list[Case]:
     """Distinct photos of `split`, drawn with `seed`; a mark whose visible part has fewer
     than `min_mark_px` pixels is drawn again (a mark nobody can see is no test)."""
     rng = np.random.default_rng([EVAL_REAL_TAG, seed])
     paths = split_paths(str(data_dir), split)
     if n_marked + n_clean > len(paths):
         raise ValueError(f"{split} has {len(paths)} photos; asked for {n_marked + n_clean}")
-    order = rng.permutation(len(paths))[:n_marked + n_clean]
+    order = rng.permutation(len(paths))[: n_marked + n_clean]
     cases = []
     for i, k in enumerate(order):
         path = paths[int(k)]
@@ -69,9 +77,17 @@ def build_set(data_dir: Path | str, split: str = "dev", n_marked: int = 48, n_cl
             s = mark_photo(rng, photo, family, None if marked else [])
             if not marked or s.mask.sum() >= min_mark_px:
                 break
-        cases.append(Case(name=str(path.relative_to(path.parents[1])), marked=marked,
-                          style="+".join(s.kinds) or "clean", upload=s.jpeg_bytes,
-                          clean=s.clean, composite=s.composite, mask=s.mask))
+        cases.append(
+            Case(
+                name=str(path.relative_to(path.parents[1])),
+                marked=marked,
+                style="+".join(s.kinds) or "clean",
+                upload=s.jpeg_bytes,
+                clean=s.clean,
+                composite=s.composite,
+                mask=s.mask,
+            )
+        )
     return cases
 
 
@@ -90,16 +106,26 @@ def score(case: Case, output: np.ndarray, mark: np.ndarray, status: str) -> dict
     pixels (bool) and its status."""
     before = psnr(case.composite, case.clean)
     after = psnr(output, case.clean)
-    changed = bool((np.abs(output.astype(np.int16) - case.composite).max() > CHANGED_LEVELS))
-    row = {"name": case.name, "style": case.style, "marked": case.marked, "status": status,
-           "psnr": after, "psnr_input": before, "ssim": ssim(output, case.clean),
-           "changed": changed,
-           "harm": bool(status == "succeeded" and after < before - 1e-9)}
+    changed = bool(np.abs(output.astype(np.int16) - case.composite).max() > CHANGED_LEVELS)
+    row = {
+        "name": case.name,
+        "style": case.style,
+        "marked": case.marked,
+        "status": status,
+        "psnr": after,
+        "psnr_input": before,
+        "ssim": ssim(output, case.clean),
+        "changed": changed,
+        "harm": bool(status == "succeeded" and after < before - 1e-9),
+    }
     if case.marked:
         outside = ~dilate_disc(case.mask, OUTSIDE_PX).astype(bool)
-        row.update(psnr_in=psnr(output, case.clean, case.mask),
-                   psnr_in_input=psnr(case.composite, case.clean, case.mask),
-                   psnr_out=psnr(output, case.composite, outside), f1=_f1(mark, case.mask))
+        row.update(
+            psnr_in=psnr(output, case.clean, case.mask),
+            psnr_in_input=psnr(case.composite, case.clean, case.mask),
+            psnr_out=psnr(output, case.composite, outside),
+            f1=_f1(mark, case.mask),
+        )
     return row
 
 
@@ -108,8 +134,9 @@ def telea(case: Case, dilate_px: int) -> np.ndarray:
     return cv2.inpaint(case.composite, hole, 3, cv2.INPAINT_TELEA) if hole.any() else case.composite
 
 
-def run_methods(cases: list[Case], engines, settings, methods=METHODS, progress=None
-                ) -> dict[str, list[dict]]:
+def run_methods(
+    cases: list[Case], engines, settings, methods=METHODS, progress=None
+) -> dict[str, list[dict]]:
     """Rows per method. `engines` is a `workers.pipeline.Engines` (any backend)."""
     from clearmark.workers.pipeline import process_image
 
@@ -124,17 +151,27 @@ def run_methods(cases: list[Case], engines, settings, methods=METHODS, progress=
             mark = job_mask >= 128
             row = score(case, out, mark, r.status)
             gate = r.details.get("gate", [])
-            row.update(sec=sec, review_reason=r.review_reason, gate=gate,
-                       truth=[_on_mark(v["box"], case.mask) for v in gate],
-                       delta_sse=[_delta_sse(v["box"], case, out) for v in gate],
-                       sse_input=_sse(case.composite, case.clean),
-                       thumbs=[_thumb(case.composite), _thumb(out), _thumb(job_mask)])
+            row.update(
+                sec=sec,
+                review_reason=r.review_reason,
+                gate=gate,
+                truth=[_on_mark(v["box"], case.mask) for v in gate],
+                delta_sse=[_delta_sse(v["box"], case, out) for v in gate],
+                sse_input=_sse(case.composite, case.clean),
+                thumbs=[_thumb(case.composite), _thumb(out), _thumb(job_mask)],
+            )
             rows["model"].append(row)
         if "none" in methods:
             rows["none"].append(score(case, case.composite, np.zeros_like(case.mask), "no_watermark"))
         if "telea" in methods:
-            rows["telea"].append(score(case, telea(case, settings.mask_dilate_px), case.mask,
-                                       "succeeded" if case.marked else "no_watermark"))
+            rows["telea"].append(
+                score(
+                    case,
+                    telea(case, settings.mask_dilate_px),
+                    case.mask,
+                    "succeeded" if case.marked else "no_watermark",
+                )
+            )
         if progress is not None:
             progress.update(1)
     return dict(rows)
@@ -162,18 +199,22 @@ def gallery_html(results: dict, n: int = 12) -> str:
     cells = []
     for r in marked + clean:
         imgs = "".join(f'<img src="data:image/jpeg;base64,{t}">' for t in r["thumbs"])
-        facts = (f"{escape(r['name'])} | {escape(r['style'])} | <b>{r['status']}</b> | PSNR "
-                 f"{r['psnr_input']:.1f} &rarr; {r['psnr']:.1f} dB"
-                 + (f" | F1 {r['f1']:.2f}" if r["marked"] else "")
-                 + (" | <b style='color:#b00'>HARM</b>" if r["harm"] else "")
-                 + (f"<br><small>{escape(r['review_reason'])}</small>" if r.get("review_reason") else ""))
+        facts = (
+            f"{escape(r['name'])} | {escape(r['style'])} | <b>{r['status']}</b> | PSNR "
+            f"{r['psnr_input']:.1f} &rarr; {r['psnr']:.1f} dB"
+            + (f" | F1 {r['f1']:.2f}" if r["marked"] else "")
+            + (" | <b style='color:#b00'>HARM</b>" if r["harm"] else "")
+            + (f"<br><small>{escape(r['review_reason'])}</small>" if r.get("review_reason") else "")
+        )
         cells.append(f"<div class=case><p>{facts}</p>{imgs}</div>")
-    return ("<!doctype html><meta charset=utf-8><title>clearmark eval-real gallery</title><style>"
-            "body{font:14px sans-serif;margin:1em}img{max-width:32%;margin:2px;border:1px solid #ccc}"
-            ".case{margin-bottom:1.5em}</style>"
-            f"<h1>clearmark eval-real: {results['split']} split, {results['family']} marks, seed "
-            f"{results['seed']}</h1><p>input | output | job mask (white: watermark pixels, grey: "
-            "changed around them)</p>" + "".join(cells))
+    return (
+        "<!doctype html><meta charset=utf-8><title>clearmark eval-real gallery</title><style>"
+        "body{font:14px sans-serif;margin:1em}img{max-width:32%;margin:2px;border:1px solid #ccc}"
+        ".case{margin-bottom:1.5em}</style>"
+        f"<h1>clearmark eval-real: {results['split']} split, {results['family']} marks, seed "
+        f"{results['seed']}</h1><p>input | output | job mask (white: watermark pixels, grey: "
+        "changed around them)</p>" + "".join(cells)
+    )
 
 
 def _sse(a: np.ndarray, b: np.ndarray) -> float:
@@ -201,13 +242,21 @@ def sweep_gate(rows: list[dict], limits: dict) -> dict:
     from clearmark.workers.gate import GateLimits
 
     gate = GateLimits(**limits)
-    out = {"harmed": 0, "succeeded": 0, "review": 0, "clean_changed_succeeded": 0,
-           "clean_review": 0, "marked_succeeded": 0, "gain_db": []}
+    out = {
+        "harmed": 0,
+        "succeeded": 0,
+        "review": 0,
+        "clean_changed_succeeded": 0,
+        "clean_review": 0,
+        "marked_succeeded": 0,
+        "gain_db": [],
+    }
     for r in rows:
         keep_sse, kept, sure_reverted = 0.0, 0, False
         for v, d in zip(r["gate"], r["delta_sse"]):
-            if not gate.failures(v["confidence"], v["opacity"], v["explained"], v["continues"],
-                                 v["flattened"]):
+            if not gate.failures(
+                v["confidence"], v["opacity"], v["explained"], v["continues"], v["flattened"]
+            ):
                 keep_sse, kept = keep_sse + d, kept + 1
             elif v["confidence"] >= limits["review_confident"]:
                 sure_reverted = True
@@ -229,11 +278,21 @@ def sweep_gate(rows: list[dict], limits: dict) -> dict:
     return out
 
 
-OPEN_GATE = {"gate_min_confidence": 0.0, "gate_min_opacity": 0.0, "gate_min_explained": 0.0,
-             "gate_max_continues": 1.0, "gate_max_flattened": 1.0}
-SWEEP = {"min_confidence": (0.0, 0.85, 0.9, 0.93, 0.95), "min_opacity": (0.0, 0.1, 0.2, 0.3),
-         "min_explained": (0.0, 0.8, 0.9, 0.95), "max_continues": (0.05, 0.1, 0.2, 1.0),
-         "max_flattened": (0.5, 0.75, 1.0), "review_confident": (0.93, 0.95, 0.97, 1.01)}
+OPEN_GATE = {
+    "gate_min_confidence": 0.0,
+    "gate_min_opacity": 0.0,
+    "gate_min_explained": 0.0,
+    "gate_max_continues": 1.0,
+    "gate_max_flattened": 1.0,
+}
+SWEEP = {
+    "min_confidence": (0.0, 0.85, 0.9, 0.93, 0.95),
+    "min_opacity": (0.0, 0.1, 0.2, 0.3),
+    "min_explained": (0.0, 0.8, 0.9, 0.95),
+    "max_continues": (0.05, 0.1, 0.2, 1.0),
+    "max_flattened": (0.5, 0.75, 1.0),
+    "review_confident": (0.93, 0.95, 0.97, 1.01),
+}
 
 
 def format_sweep(rows: list[dict], top: int = 15) -> str:
@@ -250,13 +309,18 @@ def format_sweep(rows: list[dict], top: int = 15) -> str:
         if res["harmed"] == 0:
             found.append((-res["marked_succeeded"], res["clean_review"], -res["gain_db"], limits, res))
     found.sort(key=lambda f: f[:3])
-    lines = [f"gate limits with no harmed image ({len(found)} of the grid), best first: "
-             f"marked succeeded /{n_marked}, clean changed+succeeded /{n_clean}, clean to "
-             f"review /{n_clean}, mean gain on marked photos (dB)"]
+    lines = [
+        f"gate limits with no harmed image ({len(found)} of the grid), best first: "
+        f"marked succeeded /{n_marked}, clean changed+succeeded /{n_clean}, clean to "
+        f"review /{n_clean}, mean gain on marked photos (dB)"
+    ]
     for *_, limits, res in found[:top]:
-        lines.append("  " + " ".join(f"{k}={v}" for k, v in limits.items())
-                     + f"  ->  {res['marked_succeeded']}, {res['clean_changed_succeeded']}, "
-                       f"{res['clean_review']}, {res['gain_db']:.2f}")
+        lines.append(
+            "  "
+            + " ".join(f"{k}={v}" for k, v in limits.items())
+            + f"  ->  {res['marked_succeeded']}, {res['clean_changed_succeeded']}, "
+            f"{res['clean_review']}, {res['gain_db']:.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -285,24 +349,29 @@ def summarize(rows: list[dict]) -> dict:
     for r in rows:
         statuses[r["status"]] += 1
     out = {
-        "n_marked": len(marked), "n_clean": len(clean), "statuses": dict(statuses),
+        "n_marked": len(marked),
+        "n_clean": len(clean),
+        "statuses": dict(statuses),
         "harm_rate": bootstrap([float(r["harm"]) for r in done]) if done else (0.0, 0.0, 0.0),
         "harmed": sum(r["harm"] for r in rows),
         "harmed_marked": sum(r["harm"] for r in marked),
-        "clean_changed_succeeded": bootstrap([float(r["changed"] and r["status"] == "succeeded")
-                                              for r in clean]),
+        "clean_changed_succeeded": bootstrap(
+            [float(r["changed"] and r["status"] == "succeeded") for r in clean]
+        ),
         "clean_changed": bootstrap([float(r["changed"]) for r in clean]),
         "clean_review": bootstrap([float(r["status"] == "needs_review") for r in clean]),
         "psnr": bootstrap([r["psnr"] for r in rows]),
         "ssim": bootstrap([r["ssim"] for r in rows]),
     }
     if marked:
-        out.update(psnr_marked=bootstrap([r["psnr"] for r in marked]),
-                   psnr_in=bootstrap([r["psnr_in"] for r in marked]),
-                   psnr_in_input=bootstrap([r["psnr_in_input"] for r in marked]),
-                   psnr_out=bootstrap([r["psnr_out"] for r in marked]),
-                   f1=bootstrap([r["f1"] for r in marked]),
-                   marked_succeeded=sum(r["status"] == "succeeded" for r in marked))
+        out.update(
+            psnr_marked=bootstrap([r["psnr"] for r in marked]),
+            psnr_in=bootstrap([r["psnr_in"] for r in marked]),
+            psnr_in_input=bootstrap([r["psnr_in_input"] for r in marked]),
+            psnr_out=bootstrap([r["psnr_out"] for r in marked]),
+            f1=bootstrap([r["f1"] for r in marked]),
+            marked_succeeded=sum(r["status"] == "succeeded" for r in marked),
+        )
     if rows and "sec" in rows[0]:
         out["sec"] = bootstrap([r["sec"] for r in rows])
     if rows and "gate" in rows[0]:
@@ -316,9 +385,13 @@ def gate_precision(rows: list[dict]) -> dict:
     it put back, how many lay on no mark at all (false alarms it stopped)."""
     kept = [(d, t) for r in rows for v, t, d in zip(r["gate"], r["truth"], r["delta_sse"]) if v["passed"]]
     back = [t for r in rows for v, t in zip(r["gate"], r["truth"]) if not v["passed"]]
-    return {"kept": len(kept), "kept_helped": sum(d < 0 for d, _ in kept),
-            "kept_on_mark": sum(t > 0.01 for _, t in kept),
-            "put_back": len(back), "put_back_false_alarm": sum(t <= 0.01 for t in back)}
+    return {
+        "kept": len(kept),
+        "kept_helped": sum(d < 0 for d, _ in kept),
+        "kept_on_mark": sum(t > 0.01 for _, t in kept),
+        "put_back": len(back),
+        "put_back_false_alarm": sum(t <= 0.01 for t in back),
+    }
 
 
 def by_style(rows: list[dict]) -> dict[str, dict]:
@@ -327,12 +400,17 @@ def by_style(rows: list[dict]) -> dict[str, dict]:
         if r["marked"]:
             for kind in r["style"].split("+")[:1]:
                 groups[kind.split("+")[0]].append(r)
-    return {k: {"n": len(v), "f1": float(np.mean([r["f1"] for r in v])),
-                "psnr_in": float(np.mean([r["psnr_in"] for r in v])),
-                "psnr_in_input": float(np.mean([r["psnr_in_input"] for r in v])),
-                "succeeded": sum(r["status"] == "succeeded" for r in v),
-                "harmed": sum(r["harm"] for r in v)}
-            for k, v in sorted(groups.items())}
+    return {
+        k: {
+            "n": len(v),
+            "f1": float(np.mean([r["f1"] for r in v])),
+            "psnr_in": float(np.mean([r["psnr_in"] for r in v])),
+            "psnr_in_input": float(np.mean([r["psnr_in_input"] for r in v])),
+            "succeeded": sum(r["status"] == "succeeded" for r in v),
+            "harmed": sum(r["harm"] for r in v),
+        }
+        for k, v in sorted(groups.items())
+    }
 
 
 def _ci(t: tuple[float, float, float], fmt: str = "{:.2f}") -> str:
@@ -341,48 +419,79 @@ def _ci(t: tuple[float, float, float], fmt: str = "{:.2f}") -> str:
 
 
 def format_report(results: dict) -> str:
-    lines = [f"clearmark eval-real: {results['split']} split, {results['family']} marks, seed "
-             f"{results['seed']}: {results['n_marked']} marked + {results['n_clean']} clean "
-             f"photos; backend {results['backend']}; means with bootstrap 95% intervals"]
+    lines = [
+        f"clearmark eval-real: {results['split']} split, {results['family']} marks, seed "
+        f"{results['seed']}: {results['n_marked']} marked + {results['n_clean']} clean "
+        f"photos; backend {results['backend']}; means with bootstrap 95% intervals"
+    ]
     for method, s in results["summary"].items():
-        lines.append(f"\n[{method}]  statuses: " + ", ".join(f"{k} {v}" for k, v in
-                                                             sorted(s["statuses"].items())))
-        lines.append(f"  harm rate (succeeded and worse than the input): {_ci(s['harm_rate'], '{:.3f}')}"
-                     f"  ({s['harmed']} images: {s['harmed_marked']} marked)")
-        lines.append(f"  clean photos changed: {_ci(s['clean_changed'], '{:.3f}')}; changed while "
-                     f"succeeded: {_ci(s['clean_changed_succeeded'], '{:.3f}')}; sent to review: "
-                     f"{_ci(s['clean_review'], '{:.3f}')}")
+        lines.append(
+            f"\n[{method}]  statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(s["statuses"].items()))
+        )
+        lines.append(
+            f"  harm rate (succeeded and worse than the input): {_ci(s['harm_rate'], '{:.3f}')}"
+            f"  ({s['harmed']} images: {s['harmed_marked']} marked)"
+        )
+        lines.append(
+            f"  clean photos changed: {_ci(s['clean_changed'], '{:.3f}')}; changed while "
+            f"succeeded: {_ci(s['clean_changed_succeeded'], '{:.3f}')}; sent to review: "
+            f"{_ci(s['clean_review'], '{:.3f}')}"
+        )
         lines.append(f"  whole-image PSNR {_ci(s['psnr'])} dB, SSIM {_ci(s['ssim'], '{:.4f}')}")
         if "f1" in s:
-            lines.append(f"  marked photos: PSNR {_ci(s['psnr_marked'])}; inside the mark "
-                         f"{_ci(s['psnr_in'])} (input {s['psnr_in_input'][0]:.2f}); outside "
-                         f"{_ci(s['psnr_out'])}; mask F1 {_ci(s['f1'], '{:.3f}')}; succeeded "
-                         f"{s['marked_succeeded']}/{s['n_marked']}")
+            lines.append(
+                f"  marked photos: PSNR {_ci(s['psnr_marked'])}; inside the mark "
+                f"{_ci(s['psnr_in'])} (input {s['psnr_in_input'][0]:.2f}); outside "
+                f"{_ci(s['psnr_out'])}; mask F1 {_ci(s['f1'], '{:.3f}')}; succeeded "
+                f"{s['marked_succeeded']}/{s['n_marked']}"
+            )
         if "sec" in s:
             lines.append(f"  seconds per image {_ci(s['sec'])}")
         if s.get("gate", {}).get("kept", 0) + s.get("gate", {}).get("put_back", 0):
             g = s["gate"]
-            lines.append(f"  gate: let {g['kept']} regions through, {g['kept_helped']} of them "
-                         f"closer to the clean photo, {g['kept_on_mark']} on a mark; put back "
-                         f"{g['put_back']}, {g['put_back_false_alarm']} of them on no mark")
+            lines.append(
+                f"  gate: let {g['kept']} regions through, {g['kept_helped']} of them "
+                f"closer to the clean photo, {g['kept_on_mark']} on a mark; put back "
+                f"{g['put_back']}, {g['put_back_false_alarm']} of them on no mark"
+            )
     styles = results.get("styles", {})
     if styles:
         lines += ["", "model by the first kind of mark: n, F1, PSNR inside (input), succeeded, harmed"]
         for k, v in styles.items():
-            lines.append(f"  {k:<10} {v['n']:>3} {v['f1']:.3f} {v['psnr_in']:6.2f} "
-                         f"({v['psnr_in_input']:6.2f}) {v['succeeded']:>3} {v['harmed']:>2}")
+            lines.append(
+                f"  {k:<10} {v['n']:>3} {v['f1']:.3f} {v['psnr_in']:6.2f} "
+                f"({v['psnr_in_input']:6.2f}) {v['succeeded']:>3} {v['harmed']:>2}"
+            )
     return "\n".join(lines)
 
 
-def evaluate_real(data_dir, engines, settings, split="dev", n_marked=48, n_clean=24, seed=0,
-                  family="heldout", methods=METHODS, backend="?", progress=None) -> dict:
+def evaluate_real(
+    data_dir,
+    engines,
+    settings,
+    split="dev",
+    n_marked=48,
+    n_clean=24,
+    seed=0,
+    family="heldout",
+    methods=METHODS,
+    backend="?",
+    progress=None,
+) -> dict:
     cases = build_set(data_dir, split, n_marked, n_clean, seed, family)
     rows = run_methods(cases, engines, settings, methods, progress)
-    return {"split": split, "family": family, "seed": seed, "n_marked": n_marked,
-            "n_clean": n_clean, "backend": backend,
-            "summary": {m: summarize(r) for m, r in rows.items()},
-            "styles": by_style(rows["model"]) if "model" in rows else {},
-            "rows": rows, "cases": cases}
+    return {
+        "split": split,
+        "family": family,
+        "seed": seed,
+        "n_marked": n_marked,
+        "n_clean": n_clean,
+        "backend": backend,
+        "summary": {m: summarize(r) for m, r in rows.items()},
+        "styles": by_style(rows["model"]) if "model" in rows else {},
+        "rows": rows,
+        "cases": cases,
+    }
 
 
 def store_in_manifest(results: dict, command: str, weights_dir=None) -> None:
@@ -392,9 +501,15 @@ def store_in_manifest(results: dict, command: str, weights_dir=None) -> None:
     from clearmark.models.train import update_manifest
 
     names = {"model": "model", "none": "baseline_none", "telea": "baseline_telea_true_mask"}
-    entry = {"eval_real": {"command": command, "split": results["split"],
-                           "family": results["family"], "seed": results["seed"],
-                           "backend": results["backend"],
-                           **{names[m]: summ for m, summ in results["summary"].items()}}}
+    entry = {
+        "eval_real": {
+            "command": command,
+            "split": results["split"],
+            "family": results["family"],
+            "seed": results["seed"],
+            "backend": results["backend"],
+            **{names[m]: summ for m, summ in results["summary"].items()},
+        }
+    }
     for kind in ("detector", "remover"):
         update_manifest(Path(weights_dir or WEIGHTS_DIR), kind, entry)

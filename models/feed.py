@@ -5,15 +5,16 @@ one thread or several processes make the same batches in the same order. One thr
 suits this 2-core CPU (the trainer has the other core); worker processes feed a lent
 GPU, where synthesis, not the network, is the slow part.
 """
+
 from __future__ import annotations
 
 import multiprocessing
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -28,11 +29,11 @@ class BatchRecipe:
     batch: int
     crop: int
     data_dir: Path | None = None
-    detector_masks: Path | None = None   # remover: mask crops as this detector would
-    photos: str = "synthetic"            # "products": real product photos (detector)
+    detector_masks: Path | None = None  # remover: mask crops as this detector would
+    photos: str = "synthetic"  # "products": real product photos (detector)
 
 
-_detectors: dict[str, ModelEngine] = {}   # per process, by file hash: loaded on first use
+_detectors: dict[str, ModelEngine] = {}  # per process, by file hash: loaded on first use
 
 
 def make_batch(recipe: BatchRecipe, step: int) -> list[np.ndarray]:
@@ -43,8 +44,10 @@ def make_batch(recipe: BatchRecipe, step: int) -> list[np.ndarray]:
         key = file_sha256(recipe.detector_masks)
         if key not in _detectors:
             _detectors[key] = ModelEngine(load_weights("detector", recipe.detector_masks))
-        batch_of = partial(PRODUCT_BATCHES["remover"] if recipe.photos == "products"
-                           else remover_batch, detector=_detectors[key])
+        batch_of = partial(
+            PRODUCT_BATCHES["remover"] if recipe.photos == "products" else remover_batch,
+            detector=_detectors[key],
+        )
     rng = np.random.default_rng([TRAIN_TAG, recipe.seed, step])
     return [t.numpy() for t in batch_of(rng, recipe.batch, recipe.crop, recipe.data_dir)]
 
@@ -57,8 +60,9 @@ def batches(recipe: BatchRecipe, steps: int, workers: int = 0) -> Iterator[list[
     """The batches of steps 0 .. steps-1 in order, as CPU tensors: made by one thread one
     step ahead (`workers` 0), or by `workers` processes up to 2 x workers steps ahead."""
     if workers > 0:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_one_torch_thread)
+        pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_torch_thread
+        )
     else:
         pool = ThreadPoolExecutor(max_workers=1)
     ahead, pending = max(1, 2 * workers), deque()
@@ -74,7 +78,7 @@ def batches(recipe: BatchRecipe, steps: int, workers: int = 0) -> Iterator[list[
         top_up()
         while pending:
             current = pending.popleft()
-            top_up()   # the next batches are made while the caller trains on this one
+            top_up()  # the next batches are made while the caller trains on this one
             yield [torch.from_numpy(a) for a in current.result()]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

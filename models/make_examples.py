@@ -4,6 +4,7 @@ Each is an MIT-licensed GroceryStoreDataset "iconic" photo from the held-out spl
 seen in training), upscaled onto an 800 px white studio canvas and watermarked by
 `models.synth.watermark_image`. Run: `python -m models.make_examples [--data DIR]`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,12 @@ def on_canvas(photo: np.ndarray, size: int = 800) -> np.ndarray:
     small = cv2.resize(photo, (round(w * s), round(h * s)), interpolation=cv2.INTER_CUBIC)
     canvas = np.full((size, size, 3), 255, np.uint8)
     y, x = (size - small.shape[0]) // 2, (size - small.shape[1]) // 2
-    canvas[y:y + small.shape[0], x:x + small.shape[1]] = small
+    canvas[y : y + small.shape[0], x : x + small.shape[1]] = small
     return canvas
 
 
 def main(data_dir: Path = DEFAULT_DATA) -> list[Path]:
-    photos = photo_list(str(data_dir), "iconic", "eval")[:len(MARKS)]
+    photos = photo_list(str(data_dir), "iconic", "eval")[: len(MARKS)]
     (OUT / "watermarked").mkdir(parents=True, exist_ok=True)
     written = []
     for i, (path, kinds) in enumerate(zip(photos, MARKS)):

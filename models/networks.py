@@ -7,13 +7,14 @@ Contracts (DESIGN.md):
 H and W must be multiples of STRIDE; the pipeline pads, callers never do.
 Both are plain convolutions with no data-dependent control flow, so they export to ONNX.
 """
+
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 STRIDE = 16
 IN_CHANNELS = {"detector": 3, "remover": 7}
@@ -37,8 +38,12 @@ def remover_input(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -87,9 +92,12 @@ class MarkRefiner(nn.Module):
     def __init__(self, features: int, cin: int, width: int = DEFAULT_WIDTH):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(features + cin, width, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.ReLU(inplace=True),
-            nn.Conv2d(width, 1, 1))
+            nn.Conv2d(features + cin, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=2, dilation=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 1, 1),
+        )
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 

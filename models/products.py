@@ -7,6 +7,7 @@ Marks are composited at the photo's own resolution (what the pipeline sees: up t
 drawn from a `models.styles` family, and both the clean photo and the composite are JPEG
 encoded at one quality, as in `models.synth`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clearmark.models.synth import blend, jpeg, render_watermark, visible_part
 from clearmark.models.styles import FAMILIES
+from clearmark.models.synth import blend, jpeg, render_watermark, visible_part
 
 SPLITS = ("train", "dev")
 MAX_SIDE = 2000
@@ -27,7 +28,7 @@ MAX_SIDE = 2000
 
 @dataclass(frozen=True)
 class ProductPhoto:
-    file: str    # path relative to products/
+    file: str  # path relative to products/
     split: str
     group: str
 
@@ -41,16 +42,20 @@ def check_split(photos: list[ProductPhoto]) -> None:
         sides.setdefault(p.group, set()).add(p.split)
     straddling = sorted(g for g, s in sides.items() if len(s) > 1)
     if straddling:
-        raise ValueError(f"product groups on both sides of the split: {', '.join(straddling[:5])}"
-                         + (f" and {len(straddling) - 5} more" if len(straddling) > 5 else ""))
+        raise ValueError(
+            f"product groups on both sides of the split: {', '.join(straddling[:5])}"
+            + (f" and {len(straddling) - 5} more" if len(straddling) > 5 else "")
+        )
 
 
 def read_split(data_dir: Path | str) -> list[ProductPhoto]:
     """Every row of products/split.csv, checked (`check_split`)."""
     path = Path(data_dir) / "products" / "split.csv"
     if not path.exists():
-        raise FileNotFoundError(f"no {path}: the real product photos live in ../shared/data/products "
-                                "(pass --data to point elsewhere)")
+        raise FileNotFoundError(
+            f"no {path}: the real product photos live in ../shared/data/products "
+            "(pass --data to point elsewhere)"
+        )
     with open(path, newline="") as f:
         photos = [ProductPhoto(r["file"], r["split"], r["group"]) for r in csv.DictReader(f)]
     check_split(photos)
@@ -76,8 +81,9 @@ def load_photo(path: Path, max_side: int = MAX_SIDE) -> np.ndarray:
     rgb = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
     scale = max_side / max(rgb.shape[:2])
     if scale < 1:
-        rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)),
-                         interpolation=cv2.INTER_AREA)
+        rgb = cv2.resize(
+            rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA
+        )
     return rgb
 
 
@@ -100,12 +106,12 @@ class PhotoCache:
 
 @dataclass
 class MarkedPhoto:
-    clean: np.ndarray       # uint8 H x W x 3, JPEG'd at `quality`
-    composite: np.ndarray   # uint8 H x W x 3, the same with the mark, JPEG'd at `quality`
-    alpha: np.ndarray       # float32 H x W opacity of the visible mark
+    clean: np.ndarray  # uint8 H x W x 3, JPEG'd at `quality`
+    composite: np.ndarray  # uint8 H x W x 3, the same with the mark, JPEG'd at `quality`
+    alpha: np.ndarray  # float32 H x W opacity of the visible mark
     kinds: list[str] = field(default_factory=list)
     quality: int = 90
-    jpeg_bytes: bytes = b""   # the composite's JPEG file (what a storefront would upload)
+    jpeg_bytes: bytes = b""  # the composite's JPEG file (what a storefront would upload)
 
     @property
     def mask(self) -> np.ndarray:
@@ -119,9 +125,14 @@ def draw_kinds(rng: np.random.Generator, family: str) -> list[str]:
     return [str(k) for k in rng.choice(kinds, size=n, replace=False)]
 
 
-def mark_photo(rng: np.random.Generator, photo: np.ndarray, family: str = "train",
-               kinds: list[str] | None = None, long_side: int | None = None,
-               quality: int | None = None) -> MarkedPhoto:
+def mark_photo(
+    rng: np.random.Generator,
+    photo: np.ndarray,
+    family: str = "train",
+    kinds: list[str] | None = None,
+    long_side: int | None = None,
+    quality: int | None = None,
+) -> MarkedPhoto:
     """`photo` (or a window of a photo whose long side is `long_side`) with a mark of
     `family`; `kinds=[]` draws none (a clean negative, JPEG'd all the same)."""
     h, w = photo.shape[:2]
@@ -131,8 +142,9 @@ def mark_photo(rng: np.random.Generator, photo: np.ndarray, family: str = "train
     if not kinds:
         data, clean = _jpeg_file(photo, quality)
         return MarkedPhoto(clean, clean, np.zeros((h, w), np.float32), [], quality, data)
-    alpha, premult, labels = render_watermark(rng, h, w, long_side or max(h, w), kinds,
-                                              photo.mean() / 255, pal, extra)
+    alpha, premult, labels = render_watermark(
+        rng, h, w, long_side or max(h, w), kinds, photo.mean() / 255, pal, extra
+    )
     alpha, premult = visible_part(photo, alpha, premult)
     data, composite = _jpeg_file(blend(photo, alpha, premult), quality)
     return MarkedPhoto(jpeg(photo, quality), composite, alpha, labels, quality, data)
@@ -140,21 +152,23 @@ def mark_photo(rng: np.random.Generator, photo: np.ndarray, family: str = "train
 
 def _jpeg_file(rgb: np.ndarray, quality: int) -> tuple[bytes, np.ndarray]:
     """(JPEG file at `quality`, its decoded pixels): the same pixels `synth.jpeg` gives."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    )
     assert ok
     return buf.tobytes(), cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def structured_window(rng: np.random.Generator, photo: np.ndarray, size: int,
-                      tries: int = 3) -> tuple[int, int]:
+def structured_window(
+    rng: np.random.Generator, photo: np.ndarray, size: int, tries: int = 3
+) -> tuple[int, int]:
     """Top-left of a `size` window: the one with most edges among `tries` random ones,
     so negatives show faces, straps, seams and print rather than empty backdrop."""
     h, w = photo.shape[:2]
     best, best_score = (0, 0), -1.0
     for _ in range(tries):
         y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        win = cv2.cvtColor(photo[y:y + size:4, x:x + size:4], cv2.COLOR_RGB2GRAY)
+        win = cv2.cvtColor(photo[y : y + size : 4, x : x + size : 4], cv2.COLOR_RGB2GRAY)
         score = float(np.abs(np.diff(win.astype(np.int16), axis=1)).mean())
         if score > best_score:
             best, best_score = (y, x), score

@@ -1,4 +1,5 @@
 """Where the shipped weights live and how a model is built and loaded from them."""
+
 from __future__ import annotations
 
 import hashlib
@@ -79,20 +80,26 @@ def load_model(kind: str, weights_dir: Path | None = None) -> torch.nn.Module:
     """The model in eval mode with the shipped weights; MissingWeights when the file is absent."""
     path = weights_path(kind, weights_dir)
     if not path.exists():
-        raise MissingWeights(f"the {kind} weights file {path} is missing: restore it (git "
-                             f"checkout models/weights) or train one (clearmark train {kind})")
+        raise MissingWeights(
+            f"the {kind} weights file {path} is missing: restore it (git "
+            f"checkout models/weights) or train one (clearmark train {kind})"
+        )
     return load_weights(kind, path)
 
 
 class ModelEngine:
     """A model in eval mode behind the members of `engine_build.Engine` that the
-    pipeline's functions use (evaluation and training run them on the models directly)."""
+    functions in `models.inference` use (evaluation and training run them on the models directly)."""
 
     stride = STRIDE
     max_batch = None
 
     def __init__(self, model: torch.nn.Module):
         self.model = model.eval()
+
+    @property
+    def key(self) -> str:
+        return f"{type(self.model).__name__.lower()}:pytorch-in-process"
 
     @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ CPU, with the same code and libraries, a run repeats exactly: its data come from
 generators and one torch thread computes the same floats. The earlier runs in `history`
 can be repeated the same way from their own code version (`git checkout` it first).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,22 +60,23 @@ def from_git_history(kind: str, sha: str, weights_dir: Path, into: Path) -> Path
     return None
 
 
-def find_weights(kind: str, sha: str, given: Path | None, weights_dir: Path, into: Path,
-                 option: str) -> Path:
+def find_weights(kind: str, sha: str, given: Path | None, weights_dir: Path, into: Path, option: str) -> Path:
     """The file with this sha256: `given` (which must match), `weights_dir/KIND.pt`, or a
     version from git history; else ReproduceError naming the `option` that supplies it."""
     if given is not None:
         if file_sha256(given) != sha:
-            raise ReproduceError(f"{given} has sha256 {file_sha256(given)[:12]}, but the run "
-                                 f"started from {sha[:12]}")
+            raise ReproduceError(
+                f"{given} has sha256 {file_sha256(given)[:12]}, but the run started from {sha[:12]}"
+            )
         return Path(given)
     shipped = weights_path(kind, weights_dir)
     if shipped.exists() and file_sha256(shipped) == sha:
         return shipped
     found = from_git_history(kind, sha, weights_dir, into)
     if found is None:
-        raise ReproduceError(f"no {kind} weights with sha256 {sha[:12]} here or in git "
-                             f"history; pass {option} FILE")
+        raise ReproduceError(
+            f"no {kind} weights with sha256 {sha[:12]} here or in git history; pass {option} FILE"
+        )
     return found
 
 
@@ -97,17 +99,27 @@ def weights_gap(got: Path, recorded: Path, start: Path | None = None) -> float:
 def _check_settings(recipe: dict) -> None:
     st = get_settings()
     if recipe.get("detect_long_side", st.detect_long_side) != st.detect_long_side:
-        raise ReproduceError(f"the run saw crops at long side {recipe['detect_long_side']}; "
-                             f"set CLEARMARK_DETECT_LONG_SIDE={recipe['detect_long_side']}")
+        raise ReproduceError(
+            f"the run saw crops at long side {recipe['detect_long_side']}; "
+            f"set CLEARMARK_DETECT_LONG_SIDE={recipe['detect_long_side']}"
+        )
     masks = recipe.get("detector_masks") or {}
     if masks.get("dilate_px", st.mask_dilate_px) != st.mask_dilate_px:
-        raise ReproduceError(f"the run dilated detector masks by {masks['dilate_px']} px; set "
-                             f"CLEARMARK_MASK_DILATE_PX={masks['dilate_px']}")
+        raise ReproduceError(
+            f"the run dilated detector masks by {masks['dilate_px']} px; set "
+            f"CLEARMARK_MASK_DILATE_PX={masks['dilate_px']}"
+        )
 
 
-def reproduce(kind: str, out_dir: Path, weights_dir: Path = WEIGHTS_DIR, data_dir=None,
-              init: Path | None = None, detector_masks: Path | None = None,
-              progress=None) -> dict:
+def reproduce(
+    kind: str,
+    out_dir: Path,
+    weights_dir: Path = WEIGHTS_DIR,
+    data_dir=None,
+    init: Path | None = None,
+    detector_masks: Path | None = None,
+    progress=None,
+) -> dict:
     """Repeat the run recorded for `weights_dir/KIND.pt` into `out_dir` and compare.
 
     Returns {"same": bool, "expected", "got" (sha256), "gap" (`weights_gap` of the new
@@ -123,24 +135,45 @@ def reproduce(kind: str, out_dir: Path, weights_dir: Path = WEIGHTS_DIR, data_di
     if not recipe:
         raise ReproduceError(f"{weights_dir / 'manifest.json'} records no {kind} training run")
     if recipe["steps_done"] < recipe["steps"] or recipe.get("schedule_by") == "time":
-        raise ReproduceError("that run's learning-rate schedule followed its time budget "
-                             "(--max-minutes), so it cannot be repeated step for step")
+        raise ReproduceError(
+            "that run's learning-rate schedule followed its time budget "
+            "(--max-minutes), so it cannot be repeated step for step"
+        )
     _check_settings(recipe)
     inputs = out_dir / "inputs"
     start = _recorded_sha(recipe.get("init"))
-    init_path = (find_weights(kind, start, init, weights_dir, inputs, "--init")
-                 if start else None)
+    init_path = find_weights(kind, start, init, weights_dir, inputs, "--init") if start else None
     masks = recipe.get("detector_masks")
-    masks_path = (find_weights("detector", masks["sha256"], detector_masks, weights_dir, inputs,
-                               "--detector-masks") if masks else None)
-    train(kind, steps=recipe["steps"], batch=recipe["batch"], crop=recipe["crop"],
-          seed=recipe["seed"], lr=recipe["lr"], data_dir=data_dir, out_dir=out_dir,
-          threads=recipe["threads"], arch=recipe["architecture"], init=init_path,
-          trainable=recipe.get("trainable", "all"), detector_masks=masks_path,
-          command=f"clearmark reproduce {kind} --weights {weights_dir}", progress=progress)
+    masks_path = (
+        find_weights("detector", masks["sha256"], detector_masks, weights_dir, inputs, "--detector-masks")
+        if masks
+        else None
+    )
+    train(
+        kind,
+        steps=recipe["steps"],
+        batch=recipe["batch"],
+        crop=recipe["crop"],
+        seed=recipe["seed"],
+        lr=recipe["lr"],
+        data_dir=data_dir,
+        out_dir=out_dir,
+        threads=recipe["threads"],
+        arch=recipe["architecture"],
+        init=init_path,
+        trainable=recipe.get("trainable", "all"),
+        detector_masks=masks_path,
+        command=f"clearmark reproduce {kind} --weights {weights_dir}",
+        progress=progress,
+    )
     path = weights_path(kind, out_dir)
     got = file_sha256(path)
-    return {"same": got == entry["sha256"], "expected": entry["sha256"], "got": got,
-            "gap": weights_gap(path, weights_path(kind, weights_dir), init_path),
-            "path": str(path),
-            "recipe_code": recipe.get("code"), "code": code_version()}
+    return {
+        "same": got == entry["sha256"],
+        "expected": entry["sha256"],
+        "got": got,
+        "gap": weights_gap(path, weights_path(kind, weights_dir), init_path),
+        "path": str(path),
+        "recipe_code": recipe.get("code"),
+        "code": code_version(),
+    }

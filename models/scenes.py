@@ -6,6 +6,7 @@ crop looks like a piece of a catalogue photo at that resolution, and `h, w == fu
 renders a whole photo. Procedural scenes also return a mask of the product's own printed
 text and logos: those pixels belong to the photo and are negatives for the detector.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,18 +19,60 @@ from PIL import Image, ImageDraw, ImageFont
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data"
-FONT_DIRS = [Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/truetype/wqy"),
-             Path("/usr/share/fonts/truetype/liberation2"), Path("/usr/share/fonts/opentype/urw-base35")]
-LATIN_FONTS = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
-               "DejaVuSansCondensed-Bold.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSans-Oblique.ttf",
-               "DejaVuSerif-Italic.ttf", "DejaVuSans-ExtraLight.ttf"]
+FONT_DIRS = [
+    Path("/usr/share/fonts/truetype/dejavu"),
+    Path("/usr/share/fonts/truetype/wqy"),
+    Path("/usr/share/fonts/truetype/liberation2"),
+    Path("/usr/share/fonts/opentype/urw-base35"),
+]
+LATIN_FONTS = [
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansCondensed-Bold.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSans-ExtraLight.ttf",
+]
 CJK_FONTS = ["wqy-zenhei.ttc"]
 EVAL_EVERY = 8  # one photo in 8 (by filename hash) is held out for evaluation
 
-BRANDS = ["Nordic Farm", "Alpen", "GreenLeaf", "Sunny", "Oat Co", "PURE", "Milko", "Fresh",
-          "Bio", "Vita", "Golden", "Mountain", "Casa", "Harvest", "Urban", "Lumo"]
-WORDS = ["ORGANIC", "500 g", "1 L", "Whole Milk", "Natural", "Since 1952", "Low Fat",
-         "Premium", "100% Cotton", "Made in EU", "Vegan", "Original", "Extra", "Classic"]
+BRANDS = [
+    "Nordic Farm",
+    "Alpen",
+    "GreenLeaf",
+    "Sunny",
+    "Oat Co",
+    "PURE",
+    "Milko",
+    "Fresh",
+    "Bio",
+    "Vita",
+    "Golden",
+    "Mountain",
+    "Casa",
+    "Harvest",
+    "Urban",
+    "Lumo",
+]
+WORDS = [
+    "ORGANIC",
+    "500 g",
+    "1 L",
+    "Whole Milk",
+    "Natural",
+    "Since 1952",
+    "Low Fat",
+    "Premium",
+    "100% Cotton",
+    "Made in EU",
+    "Vegan",
+    "Original",
+    "Extra",
+    "Classic",
+]
 
 
 @lru_cache(maxsize=256)
@@ -63,8 +106,9 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def photo_window(rng: np.random.Generator, h: int, w: int, long_side: int,
-                 split: str, data_dir: Path | str | None) -> tuple[np.ndarray, str]:
+def photo_window(
+    rng: np.random.Generator, h: int, w: int, long_side: int, split: str, data_dir: Path | str | None
+) -> tuple[np.ndarray, str]:
     """A window of a grocery photo upscaled so the photo's long side is ~long_side."""
     subset = "iconic" if rng.random() < 0.4 else "natural"
     paths = photo_list(str(data_dir or DEFAULT_DATA), subset, split)
@@ -79,8 +123,9 @@ def photo_window(rng: np.random.Generator, h: int, w: int, long_side: int,
     y0, x0 = rng.uniform(0, ph - sh), rng.uniform(0, pw - sw)
     # Affine map from output pixels to the source window (sub-pixel accurate, one resample).
     m = np.array([[sw / w, 0, x0], [0, sh / h, y0]], np.float32)
-    out = cv2.warpAffine(src, m, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_REPLICATE)
+    out = cv2.warpAffine(
+        src, m, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
     return out, f"photo_{subset}"
 
 
@@ -115,8 +160,13 @@ def _shade(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return 1.0 - rng.uniform(0.05, 0.25) * (x * rng.uniform(-1, 1) + y * rng.uniform(0, 1)) ** 2
 
 
-def _draw_label(rng: np.random.Generator, img: Image.Image, prod: Image.Image,
-                box: tuple[int, int, int, int], long_side: int) -> None:
+def _draw_label(
+    rng: np.random.Generator,
+    img: Image.Image,
+    prod: Image.Image,
+    box: tuple[int, int, int, int],
+    long_side: int,
+) -> None:
     """Print brand text, descriptors and sometimes a round logo inside `box` (x0,y0,x1,y1).
 
     Everything is clipped to `box`: printed text belongs to a surface (a label, a card).
@@ -130,8 +180,9 @@ def _draw_label(rng: np.random.Generator, img: Image.Image, prod: Image.Image,
     d, dp = ImageDraw.Draw(label), ImageDraw.Draw(label_prod)
     ink = tuple(int(v) for v in (rng.uniform(0, 90, 3) if rng.random() < 0.6 else rng.uniform(0, 255, 3)))
     y = bh * rng.uniform(0.05, 0.2)
-    lines = [BRANDS[int(rng.integers(len(BRANDS)))]] + [WORDS[int(rng.integers(len(WORDS)))]
-                                                      for _ in range(int(rng.integers(0, 3)))]
+    lines = [BRANDS[int(rng.integers(len(BRANDS)))]] + [
+        WORDS[int(rng.integers(len(WORDS)))] for _ in range(int(rng.integers(0, 3)))
+    ]
     for i, text in enumerate(lines):
         size = long_side * (rng.uniform(0.03, 0.08) if i == 0 else rng.uniform(0.015, 0.035))
         size = min(size, bh * 0.45)
@@ -151,21 +202,22 @@ def _draw_label(rng: np.random.Generator, img: Image.Image, prod: Image.Image,
     prod.paste(label_prod, box[:2])
 
 
-def _card(rng: np.random.Generator, img: Image.Image, h: int, w: int,
-          long_side: int) -> tuple[int, int, int, int]:
+def _card(
+    rng: np.random.Generator, img: Image.Image, h: int, w: int, long_side: int
+) -> tuple[int, int, int, int]:
     """A tag or card lying on the backdrop (its own colour and outline); returns its box."""
     cw, ch = long_side * rng.uniform(0.15, 0.45), long_side * rng.uniform(0.08, 0.3)
     x0, y0 = rng.uniform(-0.1, 1.0) * w, rng.uniform(-0.1, 1.0) * h
     box = (int(x0), int(y0), int(x0 + cw), int(y0 + ch))
     fill = tuple(int(v) for v in (rng.uniform(200, 255, 3) if rng.random() < 0.6 else rng.uniform(0, 255, 3)))
     edge = tuple(int(v * rng.uniform(0.6, 0.9)) for v in fill)
-    ImageDraw.Draw(img).rounded_rectangle(box, radius=int(min(cw, ch) * 0.05), fill=fill, outline=edge,
-                                          width=max(1, int(long_side * 0.002)))
+    ImageDraw.Draw(img).rounded_rectangle(
+        box, radius=int(min(cw, ch) * 0.05), fill=fill, outline=edge, width=max(1, int(long_side * 0.002))
+    )
     return box
 
 
-def studio_scene(rng: np.random.Generator, h: int, w: int, long_side: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def studio_scene(rng: np.random.Generator, h: int, w: int, long_side: int) -> tuple[np.ndarray, np.ndarray]:
     """A plain or gradient studio shot with shadowed objects and printed packaging text.
 
     Returns (uint8 RGB, bool mask of the product's printed text/logos)."""
@@ -179,8 +231,9 @@ def studio_scene(rng: np.random.Generator, h: int, w: int, long_side: int
         box = (int(cx - ow / 2), int(cy - oh / 2), int(cx + ow / 2), int(cy + oh / 2))
         # soft contact shadow under the object
         sh_img = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(sh_img).ellipse((box[0], box[3] - oh * 0.08, box[2] + ow * 0.1,
-                                        box[3] + oh * 0.08), fill=255)
+        ImageDraw.Draw(sh_img).ellipse(
+            (box[0], box[3] - oh * 0.08, box[2] + ow * 0.1, box[3] + oh * 0.08), fill=255
+        )
         shadow = np.maximum(shadow, np.asarray(sh_img, np.float32) / 255 * rng.uniform(0.2, 0.5))
         col = rng.uniform(0, 255, 3)
         shape = rng.choice(["box", "bottle", "round"])
@@ -195,8 +248,10 @@ def studio_scene(rng: np.random.Generator, h: int, w: int, long_side: int
                 lx0, lx1 = box[0] + int(ow * 0.08), box[2] - int(ow * 0.08)
                 ly0 = box[1] + int(oh * rng.uniform(0.15, 0.35))
                 ly1 = ly0 + int(oh * rng.uniform(0.3, 0.5))
-                lab = tuple(int(v) for v in (rng.uniform(200, 255, 3) if rng.random() < 0.5
-                                             else rng.uniform(0, 255, 3)))
+                lab = tuple(
+                    int(v)
+                    for v in (rng.uniform(200, 255, 3) if rng.random() < 0.5 else rng.uniform(0, 255, 3))
+                )
                 draw.rectangle((lx0, ly0, lx1, ly1), fill=lab)
                 _draw_label(rng, img, prod, (lx0, ly0, lx1, ly1), long_side)
     if rng.random() < 0.4:  # a printed tag or card on the backdrop
@@ -211,9 +266,15 @@ def studio_scene(rng: np.random.Generator, h: int, w: int, long_side: int
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), np.asarray(prod) > 0
 
 
-def render_background(rng: np.random.Generator, h: int, w: int, long_side: int,
-                      split: str = "train", data_dir: Path | str | None = None,
-                      source: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def render_background(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    long_side: int,
+    split: str = "train",
+    data_dir: Path | str | None = None,
+    source: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, str]:
     """(uint8 RGB, product-text mask, label). `source` forces "studio" or "photo"."""
     source = source or ("studio" if rng.random() < 0.55 else "photo")
     if source == "studio":
@@ -237,10 +298,16 @@ def add_streaks(rng: np.random.Generator, img: np.ndarray, long_side: int) -> np
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         thick = max(1, int(round(rng.uniform(1, 5) * scale)))
         layer = np.zeros((h, w), np.float32)
-        for offset in ([0.0, rng.uniform(4, 20) * scale] if rng.random() < 0.3 else [0.0]):
+        for offset in [0.0, rng.uniform(4, 20) * scale] if rng.random() < 0.3 else [0.0]:
             ox, oy = -np.sin(angle) * offset, np.cos(angle) * offset
-            cv2.line(layer, (int(cx - dx + ox), int(cy - dy + oy)), (int(cx + dx + ox), int(cy + dy + oy)),
-                     1.0, thick, cv2.LINE_AA)
+            cv2.line(
+                layer,
+                (int(cx - dx + ox), int(cy - dy + oy)),
+                (int(cx + dx + ox), int(cy + dy + oy)),
+                1.0,
+                thick,
+                cv2.LINE_AA,
+            )
         layer = cv2.GaussianBlur(layer, (0, 0), rng.uniform(0.4, 1.5) * scale)[..., None]
         colour = rng.uniform(200, 255, 3) if rng.random() < 0.6 else rng.uniform(0, 70, 3)
         a = rng.uniform(0.35, 1.0) * layer

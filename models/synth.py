@@ -16,6 +16,7 @@ A watermark is built from elements in premultiplied form (alpha, alpha*colour), 
 the "over" operator; that keeps rotation/blur of coloured strokes free of dark fringes and
 makes the final `W = premult / alpha` exact.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -24,11 +25,32 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clearmark.models.scenes import CJK_FONTS, LATIN_FONTS, add_streaks, font, have_cjk_font, render_background
+from clearmark.models.scenes import (
+    CJK_FONTS,
+    LATIN_FONTS,
+    add_streaks,
+    font,
+    have_cjk_font,
+    render_background,
+)
 
 KINDS = ("text", "tiled", "corner", "url", "logo", "cjk")
-NAMES = ["ShopLine", "BestDeals", "mystore", "Lumi Studio", "PhotoMart", "Kaufhaus", "TopSeller",
-         "Bazaar", "NovaShop", "Vendr", "PixelGoods", "Maison Lys", "Atelier 9", "QuickBuy"]
+NAMES = [
+    "ShopLine",
+    "BestDeals",
+    "mystore",
+    "Lumi Studio",
+    "PhotoMart",
+    "Kaufhaus",
+    "TopSeller",
+    "Bazaar",
+    "NovaShop",
+    "Vendr",
+    "PixelGoods",
+    "Maison Lys",
+    "Atelier 9",
+    "QuickBuy",
+]
 MARK_WORDS = ["SAMPLE", "PREVIEW", "© {n}", "{n}", "DO NOT COPY", "{n} ™", "PROOF", "© 2024 {n}"]
 CJK_WORDS = ["样品", "版权所有", "淘宝店铺", "水印", "正品保证", "图片仅供参考", "盗图必究", "旗舰店", "精品"]
 MIN_ALPHA = 0.02  # opacity below this is invisible; it is zeroed so that mask == alpha > 0
@@ -44,6 +66,7 @@ class Palette:
     """The fonts and words marks are drawn with. `SYNTH` is what the synthetic set always
     used; `models.styles` defines the real-photo training palette and a held-out one whose
     fonts, names and phrases no training run sees."""
+
     latin_fonts: tuple[str, ...]
     cjk_fonts: tuple[str, ...]
     names: tuple[str, ...]
@@ -52,8 +75,7 @@ class Palette:
     badge_font: str = "DejaVuSans-Bold.ttf"
 
 
-SYNTH = Palette(tuple(LATIN_FONTS), tuple(CJK_FONTS), tuple(NAMES), tuple(MARK_WORDS),
-                tuple(CJK_WORDS))
+SYNTH = Palette(tuple(LATIN_FONTS), tuple(CJK_FONTS), tuple(NAMES), tuple(MARK_WORDS), tuple(CJK_WORDS))
 
 
 @dataclass
@@ -68,12 +90,18 @@ class Sample:
     background: str = ""
     quality: int = 95
 
-    def crop(self, y: int, x: int, size: int) -> "Sample":
+    def crop(self, y: int, x: int, size: int) -> Sample:
         """The `size` x `size` window at (y, x) of every per-pixel array."""
         win = (slice(y, y + size), slice(x, x + size))
-        return replace(self, clean=self.clean[win], composite=self.composite[win],
-                       alpha=self.alpha[win], colour=self.colour[win], mask=self.mask[win],
-                       product=self.product[win])
+        return replace(
+            self,
+            clean=self.clean[win],
+            composite=self.composite[win],
+            alpha=self.alpha[win],
+            colour=self.colour[win],
+            mask=self.mask[win],
+            product=self.product[win],
+        )
 
 
 def _name(rng: np.random.Generator, pal: Palette = SYNTH) -> str:
@@ -111,8 +139,9 @@ def _text_masks(text: str, fnt, stroke: int) -> tuple[np.ndarray, np.ndarray]:
     outs = []
     for sw in (0, stroke):
         im = Image.new("L", size, 0)
-        ImageDraw.Draw(im).text((pad - x0, pad - y0), text, font=fnt, fill=255,
-                                stroke_width=sw, stroke_fill=255)
+        ImageDraw.Draw(im).text(
+            (pad - x0, pad - y0), text, font=fnt, fill=255, stroke_width=sw, stroke_fill=255
+        )
         outs.append(np.asarray(im, np.float32) / 255)
     return outs[0], outs[1]
 
@@ -126,8 +155,14 @@ def _solid(cov: np.ndarray, colour: np.ndarray) -> Element:
     return cov, cov[..., None] * colour
 
 
-def text_element(rng: np.random.Generator, text: str, size: float, colour: np.ndarray,
-                 cjk: bool = False, pal: Palette = SYNTH) -> tuple[Element, str]:
+def text_element(
+    rng: np.random.Generator,
+    text: str,
+    size: float,
+    colour: np.ndarray,
+    cjk: bool = False,
+    pal: Palette = SYNTH,
+) -> tuple[Element, str]:
     """Text with a random style: plain, outlined (two colours or hollow) or shadowed."""
     names = pal.cjk_fonts if cjk else pal.latin_fonts
     fnt = font(names[int(rng.integers(len(names)))], size)
@@ -152,8 +187,7 @@ def text_element(rng: np.random.Generator, text: str, size: float, colour: np.nd
     return elem, str(style)
 
 
-def logo_element(rng: np.random.Generator, size: float, colour: np.ndarray,
-                 pal: Palette = SYNTH) -> Element:
+def logo_element(rng: np.random.Generator, size: float, colour: np.ndarray, pal: Palette = SYNTH) -> Element:
     """A badge or geometric emblem: ring/disc/rounded box/star with initials."""
     s = max(12, int(size))
     im = Image.new("L", (s, s), 0)
@@ -177,9 +211,9 @@ def logo_element(rng: np.random.Generator, size: float, colour: np.ndarray,
     y0, x0 = max(0, (s - fh) // 2), max(0, (s - fw) // 2)
     fill = fill[: s - y0, : s - x0]
     if shape in ("disc", "star"):  # initials knocked out of the solid shape
-        cov[y0:y0 + fill.shape[0], x0:x0 + fill.shape[1]] *= 1 - fill
+        cov[y0 : y0 + fill.shape[0], x0 : x0 + fill.shape[1]] *= 1 - fill
     else:
-        region = cov[y0:y0 + fill.shape[0], x0:x0 + fill.shape[1]]
+        region = cov[y0 : y0 + fill.shape[0], x0 : x0 + fill.shape[1]]
         np.maximum(region, fill, out=region)
     return _solid(cov, colour)
 
@@ -208,7 +242,7 @@ def _paste(canvas: Element, elem: Element, x: int, y: int) -> None:
     cx0, cy0, cx1, cy1 = max(0, x), max(0, y), min(w, x + ew), min(h, y + eh)
     if cx0 >= cx1 or cy0 >= cy1:
         return
-    ea, ep = a[cy0 - y:cy1 - y, cx0 - x:cx1 - x], p[cy0 - y:cy1 - y, cx0 - x:cx1 - x]
+    ea, ep = a[cy0 - y : cy1 - y, cx0 - x : cx1 - x], p[cy0 - y : cy1 - y, cx0 - x : cx1 - x]
     ca[cy0:cy1, cx0:cx1], cp[cy0:cy1, cx0:cx1] = _over((ea, ep), (ca[cy0:cy1, cx0:cx1], cp[cy0:cy1, cx0:cx1]))
 
 
@@ -224,11 +258,18 @@ def _place(rng: np.random.Generator, h: int, w: int, eh: int, ew: int, corner: b
     return int(rng.uniform(*xs)), int(rng.uniform(*ys))
 
 
-def _tiled(rng: np.random.Generator, h: int, w: int, long_side: int, colour: np.ndarray,
-           pal: Palette = SYNTH) -> Element:
+def _tiled(
+    rng: np.random.Generator, h: int, w: int, long_side: int, colour: np.ndarray, pal: Palette = SYNTH
+) -> Element:
     size = long_side * rng.uniform(0.025, 0.07)
-    elem, _ = text_element(rng, _phrase(rng, "url" if rng.random() < 0.3 else "text", pal), size,
-                           colour, cjk=have_cjk_font() and rng.random() < 0.15, pal=pal)
+    elem, _ = text_element(
+        rng,
+        _phrase(rng, "url" if rng.random() < 0.3 else "text", pal),
+        size,
+        colour,
+        cjk=have_cjk_font() and rng.random() < 0.15,
+        pal=pal,
+    )
     eh, ew = elem[0].shape
     diag = int(np.hypot(h, w)) + 2
     big = (np.zeros((diag, diag), np.float32), np.zeros((diag, diag, 3), np.float32))
@@ -239,19 +280,27 @@ def _tiled(rng: np.random.Generator, h: int, w: int, long_side: int, colour: np.
             _paste(big, elem, int(x), int(y))
     a, p = _transform(big, rng.uniform(15, 45) * rng.choice([-1, 1]), 0)
     y0, x0 = (a.shape[0] - h) // 2, (a.shape[1] - w) // 2
-    return a[y0:y0 + h, x0:x0 + w], p[y0:y0 + h, x0:x0 + w]
+    return a[y0 : y0 + h, x0 : x0 + w], p[y0 : y0 + h, x0 : x0 + w]
 
 
-def render_watermark(rng: np.random.Generator, h: int, w: int, long_side: int,
-                     kinds: list[str] | None = None, bg_mean: float = 0.8, pal: Palette = SYNTH,
-                     extra: dict | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def render_watermark(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    long_side: int,
+    kinds: list[str] | None = None,
+    bg_mean: float = 0.8,
+    pal: Palette = SYNTH,
+    extra: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Opacity `alpha` (HxW), premultiplied colour (HxWx3) and the kinds drawn. `extra`
     maps further kind names to element makers `(rng, long_side, colour, pal) -> Element`
     (`models.styles`' held-out kinds); they are placed like a logo."""
     if kinds is None:
         pool = [k for k in KINDS if k != "cjk" or have_cjk_font()]
-        probs = np.array([{"text": 3, "tiled": 2, "corner": 2, "url": 2, "logo": 2, "cjk": 1.5}[k]
-                          for k in pool])
+        probs = np.array(
+            [{"text": 3, "tiled": 2, "corner": 2, "url": 2, "logo": 2, "cjk": 1.5}[k] for k in pool]
+        )
         n = 1 if rng.random() < 0.75 else 2
         kinds = [str(k) for k in rng.choice(pool, size=n, replace=False, p=probs / probs.sum())]
     canvas = (np.zeros((h, w), np.float32), np.zeros((h, w, 3), np.float32))
@@ -269,10 +318,18 @@ def render_watermark(rng: np.random.Generator, h: int, w: int, long_side: int,
             elif kind == "logo":
                 elem, style = logo_element(rng, long_side * rng.uniform(0.05, 0.2), colour, pal), "logo"
             else:
-                size = long_side * {"text": rng.uniform(0.03, 0.12), "corner": rng.uniform(0.015, 0.04),
-                                    "url": rng.uniform(0.02, 0.06), "cjk": rng.uniform(0.03, 0.1)}[kind]
-                elem, style = text_element(rng, _phrase(rng, kind, pal), size, colour,
-                                           cjk=kind == "cjk", pal=pal)
+                size = (
+                    long_side
+                    * {
+                        "text": rng.uniform(0.03, 0.12),
+                        "corner": rng.uniform(0.015, 0.04),
+                        "url": rng.uniform(0.02, 0.06),
+                        "cjk": rng.uniform(0.03, 0.1),
+                    }[kind]
+                )
+                elem, style = text_element(
+                    rng, _phrase(rng, kind, pal), size, colour, cjk=kind == "cjk", pal=pal
+                )
             angle = rng.uniform(-35, 35) if rng.random() < 0.5 and kind != "corner" else 0.0
             blur = rng.uniform(0.3, 1.5) if rng.random() < 0.25 else 0.0
             elem = _transform(elem, angle, blur)
@@ -295,7 +352,9 @@ def visible_part(bg: np.ndarray, alpha: np.ndarray, premult: np.ndarray) -> tupl
 
 
 def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    )
     assert ok
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
@@ -306,10 +365,19 @@ def blend(clean: np.ndarray, alpha: np.ndarray, premult: np.ndarray) -> np.ndarr
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def make_sample(rng: np.random.Generator, h: int, w: int, long_side: int, split: str = "train",
-                data_dir=None, p_none: float = 0.1, kinds: list[str] | None = None,
-                source: str | None = None, quality: int | None = None,
-                streaks: bool = False) -> Sample:
+def make_sample(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    long_side: int,
+    split: str = "train",
+    data_dir=None,
+    p_none: float = 0.1,
+    kinds: list[str] | None = None,
+    source: str | None = None,
+    quality: int | None = None,
+    streaks: bool = False,
+) -> Sample:
     """An `h x w` window of a watermarked catalogue photo with long side `long_side`.
     `streaks` draws straight shelf edges and highlights into the background
     (`scenes.add_streaks`) after everything else is drawn from `rng`."""
@@ -322,13 +390,22 @@ def make_sample(rng: np.random.Generator, h: int, w: int, long_side: int, split:
         bg = add_streaks(rng, bg, long_side)
     alpha, premult = visible_part(bg, alpha, premult)
     colour = np.divide(premult, alpha[..., None], out=np.zeros_like(premult), where=alpha[..., None] > 0)
-    return Sample(clean=jpeg(bg, quality), composite=jpeg(blend(bg, alpha, premult), quality),
-                  alpha=alpha, colour=colour, mask=alpha > 0, product=product & ~(alpha > 0),
-                  kinds=labels, background=bg_label, quality=quality)
+    return Sample(
+        clean=jpeg(bg, quality),
+        composite=jpeg(blend(bg, alpha, premult), quality),
+        alpha=alpha,
+        colour=colour,
+        mask=alpha > 0,
+        product=product & ~(alpha > 0),
+        kinds=labels,
+        background=bg_label,
+        quality=quality,
+    )
 
 
-def watermark_image(rgb: np.ndarray, rng: np.random.Generator, kinds: list[str] | None = None,
-                    quality: int | None = 90) -> tuple[np.ndarray, np.ndarray]:
+def watermark_image(
+    rgb: np.ndarray, rng: np.random.Generator, kinds: list[str] | None = None, quality: int | None = 90
+) -> tuple[np.ndarray, np.ndarray]:
     """Watermark one given uint8 RGB photo: (composite uint8, mask bool). quality=None: no JPEG."""
     h, w = rgb.shape[:2]
     alpha, premult, _ = render_watermark(rng, h, w, max(h, w), kinds or None, rgb.mean() / 255)

@@ -29,6 +29,7 @@ dilated as the pipeline's settings say (`CLEARMARK_MASK_DILATE_PX`, in the recip
 the dilation per crop from 3-8 px instead (3000 steps, 39 min) did not help: tuning F1 at
 the pipeline's 6 px 0.8956 against 0.8958 without it, and lower at 4-5 px.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,12 +45,13 @@ import torch
 import torch.nn.functional as F
 
 from clearmark.models.feed import BatchRecipe, batches
+from clearmark.models.inference import detect_probability
+from clearmark.models.masks import build_mask, dilate_disc
 from clearmark.models.networks import MarkRefiner, remover_input
-from clearmark.models.registry import WEIGHTS_DIR, build_model, file_sha256, read_manifest
 from clearmark.models.products import PhotoCache, mark_photo, split_paths, structured_window
+from clearmark.models.registry import WEIGHTS_DIR, build_model, file_sha256, read_manifest
 from clearmark.models.scenes import DEFAULT_DATA
 from clearmark.models.synth import make_sample
-from clearmark.workers.masks import build_mask, dilate_disc
 from clearmark.settings import get_settings
 
 log = logging.getLogger("clearmark.train")
@@ -59,9 +61,9 @@ MARK_LOSS_WEIGHT = 0.25  # the remover's full-resolution mask head (`mark_loss`)
 STREAK_SHARE = 0.3  # detector crops with straight shelf edges / highlights (negatives)
 DETECTOR_MASK_SHARE = 0.75  # remover crops masked by the detector, when one is given
 DETECTOR_CLEAN_SHARE = 0.2  # of those, photos without a mark: its false alarms, to reject
-CLOCK_LEAD = 0.01
+CLOCK_LEAD = 0.01  # how far the time budget must be ahead of the steps to set the schedule
 PRODUCT_NONE = 0.35  # real-photo detector crops left clean: hard negatives (faces, straps, print)
-PRODUCT_SYNTH_SHARE = 0.25  # detector crops still from procedural studio scenes  # how far the time budget must be ahead of the steps to set the schedule
+PRODUCT_SYNTH_SHARE = 0.25  # detector crops still from procedural studio scenes
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -72,8 +74,7 @@ def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 
-def _detector_view(composite: np.ndarray, mask: np.ndarray, crop: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _detector_view(composite: np.ndarray, mask: np.ndarray, crop: int) -> tuple[np.ndarray, np.ndarray]:
     """A full-resolution window and its mark as the detector sees them: area-downscaled to
     `crop`, target = pixels whose mark coverage is >= 20 %."""
     image = cv2.resize(composite, (crop, crop), interpolation=cv2.INTER_AREA)
@@ -81,19 +82,21 @@ def _detector_view(composite: np.ndarray, mask: np.ndarray, crop: int
     return image, (cov >= 0.2).astype(np.float32)
 
 
-def _synthetic_detector_sample(rng: np.random.Generator, crop: int, data_dir=None,
-                               source: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _synthetic_detector_sample(
+    rng: np.random.Generator, crop: int, data_dir=None, source: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     long_side = int(rng.integers(800, 1701))
     region = int(round(crop * long_side / get_settings().detect_long_side))
-    s = make_sample(rng, region, region, long_side, data_dir=data_dir, source=source,
-                    streaks=rng.random() < STREAK_SHARE)
+    s = make_sample(
+        rng, region, region, long_side, data_dir=data_dir, source=source, streaks=rng.random() < STREAK_SHARE
+    )
     return _detector_view(s.composite, s.mask, crop)
 
 
-def detector_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None,
-                   source: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _stack_pairs([_synthetic_detector_sample(rng, crop, data_dir, source)
-                         for _ in range(batch)])
+def detector_batch(
+    rng: np.random.Generator, batch: int, crop: int, data_dir=None, source: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _stack_pairs([_synthetic_detector_sample(rng, crop, data_dir, source) for _ in range(batch)])
 
 
 def _stack_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,26 +107,28 @@ def _stack_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tens
 _PHOTOS = PhotoCache()
 
 
-def _product_detector_sample(rng: np.random.Generator, crop: int, data_dir
-                             ) -> tuple[np.ndarray, np.ndarray]:
+def _product_detector_sample(rng: np.random.Generator, crop: int, data_dir) -> tuple[np.ndarray, np.ndarray]:
     """A window of a real train-split product photo at the detector's scale, marked in the
     training family (`models.styles.TRAIN`) or, PRODUCT_NONE of the time, clean."""
     seen = get_settings().detect_long_side
-    window, long_side = _product_window(
-        rng, lambda long: int(round(crop * max(1.0, long / seen))), data_dir)
+    window, long_side = _product_window(rng, lambda long: int(round(crop * max(1.0, long / seen))), data_dir)
     kinds = [] if rng.random() < PRODUCT_NONE else None
     s = mark_photo(rng, window, "train", kinds, long_side=long_side)
     return _detector_view(s.composite, s.mask, crop)
 
 
-def product_detector_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def product_detector_batch(
+    rng: np.random.Generator, batch: int, crop: int, data_dir=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`--photos products`: real product photos (train split) for all but
     PRODUCT_SYNTH_SHARE of the crops, which stay procedural studio scenes (never the
     upscaled grocery photos: their softness taught the first models that crisp = mark)."""
-    pairs = [_synthetic_detector_sample(rng, crop, data_dir, source="studio")
-             if rng.random() < PRODUCT_SYNTH_SHARE else _product_detector_sample(rng, crop, data_dir)
-             for _ in range(batch)]
+    pairs = [
+        _synthetic_detector_sample(rng, crop, data_dir, source="studio")
+        if rng.random() < PRODUCT_SYNTH_SHARE
+        else _product_detector_sample(rng, crop, data_dir)
+        for _ in range(batch)
+    ]
     return _stack_pairs(pairs)
 
 
@@ -142,8 +147,9 @@ def noisy_mask(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     return m
 
 
-def remover_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None,
-                  source: str | None = None, detector=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def remover_batch(
+    rng: np.random.Generator, batch: int, crop: int, data_dir=None, source: str | None = None, detector=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """With a `detector` (a `ModelEngine`), DETECTOR_MASK_SHARE of the crops get the input
     mask the pipeline would hand over (`detector_mask`) instead of the noisy true mask,
     centred on a pixel it found or missed; DETECTOR_CLEAN_SHARE of those photos carry no
@@ -153,18 +159,19 @@ def remover_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None
         long_side = int(rng.integers(800, 1701))
         mask = None
         if detector is not None and rng.random() < DETECTOR_MASK_SHARE:
-            window = crop + crop // 2   # the detector sees some context around the crop
-            s = make_sample(rng, window, window, long_side, data_dir=data_dir,
-                            p_none=DETECTOR_CLEAN_SHARE, source=source)
+            window = crop + crop // 2  # the detector sees some context around the crop
+            s = make_sample(
+                rng, window, window, long_side, data_dir=data_dir, p_none=DETECTOR_CLEAN_SHARE, source=source
+            )
             found = detector_mask(detector, s.composite, long_side, get_settings().mask_dilate_px)
-            ys, xs = np.nonzero(found | s.mask)   # a crop around a pixel it found, or missed
+            ys, xs = np.nonzero(found | s.mask)  # a crop around a pixel it found, or missed
             centre = (0, 0)
             if len(ys):
                 k = int(rng.integers(len(ys)))
                 centre = (ys[k], xs[k])
             y, x = (int(np.clip(c - crop // 2, 0, window - crop)) for c in centre)
-            s, found = s.crop(y, x, crop), found[y:y + crop, x:x + crop]
-            mask = found.astype(np.float32) if found.any() else None   # it missed: noisy truth
+            s, found = s.crop(y, x, crop), found[y : y + crop, x : x + crop]
+            mask = found.astype(np.float32) if found.any() else None  # it missed: noisy truth
         else:
             s = make_sample(rng, crop, crop, long_side, data_dir=data_dir, p_none=0.0, source=source)
         if mask is None:
@@ -182,11 +189,15 @@ def detector_mask(detector, composite: np.ndarray, long_side: int, dilate_px: in
     """The mask (bool H x W), dilated by `dilate_px`, that the pipeline builds from
     `detector` for a window of a photo with long side `long_side`: seen at the pipeline's
     scale, with its other settings."""
-    from clearmark.workers.pipeline import detect_probability
 
     st = get_settings()
-    prob = detect_probability(detector, composite, st.detect_long_side, st.detect_flip,
-                              scale=min(1.0, st.detect_long_side / long_side))
+    prob = detect_probability(
+        detector,
+        composite,
+        st.detect_long_side,
+        st.detect_flip,
+        scale=min(1.0, st.detect_long_side / long_side),
+    )
     return build_mask(prob, st.mask_threshold, st.mask_min_area, dilate_px).dilated
 
 
@@ -247,12 +258,13 @@ def _product_window(rng: np.random.Generator, size, data_dir) -> tuple[np.ndarra
     else:
         y = int(rng.integers(0, photo.shape[0] - size + 1))
         x = int(rng.integers(0, photo.shape[1] - size + 1))
-    window = photo[y:y + size, x:x + size]
+    window = photo[y : y + size, x : x + size]
     return np.ascontiguousarray(window[:, ::-1] if rng.random() < 0.5 else window), max(photo.shape[:2])
 
 
-def product_remover_batch(rng: np.random.Generator, batch: int, crop: int, data_dir=None,
-                          detector=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def product_remover_batch(
+    rng: np.random.Generator, batch: int, crop: int, data_dir=None, detector=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`--photos products` for the remover: full-resolution windows of real train-split
     photos, marked in the training family or (PRODUCT_NONE) clean, masked as `detector`
     and the pipeline would (DETECTOR_MASK_SHARE; on real photos its false alarms cover
@@ -270,10 +282,13 @@ def product_remover_batch(rng: np.random.Generator, batch: int, crop: int, data_
         centre = (ys[k], xs[k]) if len(ys) and (k := int(rng.integers(len(ys)))) >= 0 else (0, 0)
         y, x = (int(np.clip(c - size // 2, 0, n - size)) for c, n in zip(centre, window.shape[:2]))
         win = (slice(y, y + size), slice(x, x + size))
-        mask = found[win].astype(np.float32) if found is not None and found[win].any() else \
-            noisy_mask(rng, s.mask[win])
+        mask = (
+            found[win].astype(np.float32)
+            if found is not None and found[win].any()
+            else noisy_mask(rng, s.mask[win])
+        )
         composite, clean, alpha = s.composite[win], s.clean[win], s.alpha[win]
-        if size < crop:   # a small photo: pad to the batch's size (the mask stays 0 there)
+        if size < crop:  # a small photo: pad to the batch's size (the mask stays 0 there)
             pad = ((0, crop - size), (0, crop - size))
             composite, clean = (np.pad(a, pad + ((0, 0),), mode="reflect") for a in (composite, clean))
             mask, alpha = np.pad(mask, pad), np.pad(alpha, pad)
@@ -286,7 +301,7 @@ def product_remover_batch(rng: np.random.Generator, batch: int, crop: int, data_
 BATCHES = {"detector": detector_batch, "remover": remover_batch}
 PRODUCT_BATCHES = {"detector": product_detector_batch, "remover": product_remover_batch}
 LOSSES = {"detector": detector_loss, "remover": remover_loss}
-TRAINABLE = {"all": "", "mark-head": "refine."}   # parameter-name prefix that trains
+TRAINABLE = {"all": "", "mark-head": "refine."}  # parameter-name prefix that trains
 
 
 def update_manifest(out_dir: Path, kind: str, entry: dict, drop: tuple[str, ...] = ()) -> None:
@@ -319,10 +334,16 @@ def code_version() -> str | None:
     """`git <short hash>` of this checkout (`+ changes` when the tree differs), or None."""
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
-                              capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               text=True, capture_output=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True, capture_output=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"git {head}" + (" + changes" if dirty else "")
@@ -337,10 +358,19 @@ def save(model, kind: str, out_dir: Path, recipe: dict, history: list[dict]) -> 
     tmp = path.with_suffix(".tmp")
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
     tmp.replace(path)
-    update_manifest(out_dir, kind, {"sha256": file_sha256(path), "architecture": recipe["architecture"],
-                                    "recipe": recipe, "seed": recipe["seed"],
-                                    "steps": recipe["steps_done"], "history": history},
-                    drop=("eval", "eval_real"))
+    update_manifest(
+        out_dir,
+        kind,
+        {
+            "sha256": file_sha256(path),
+            "architecture": recipe["architecture"],
+            "recipe": recipe,
+            "seed": recipe["seed"],
+            "steps": recipe["steps_done"],
+            "history": history,
+        },
+        drop=("eval", "eval_real"),
+    )
     return path
 
 
@@ -357,14 +387,14 @@ def load_init(model: torch.nn.Module, state: dict) -> None:
     first, head_w, head_b = "net.downs.0.0.weight", "net.head.weight", "net.head.bias"
     if first in state and state[first].shape[1] < own[first].shape[1]:
         widened = torch.zeros_like(own[first])
-        widened[:, :state[first].shape[1]] = state[first]
+        widened[:, : state[first].shape[1]] = state[first]
         state[first] = widened
         state[head_w], state[head_b] = state[head_w].clone(), state[head_b].clone()
         state[head_w][4:7], state[head_b][4:7] = 0.0, 0.0
     if head_w in state and state[head_w].shape[0] == 8 and own[head_w].shape[0] == 9:
         state[head_w] = torch.cat([state[head_w], state[head_w][0:1]])
         state[head_b] = torch.cat([state[head_b], state[head_b][0:1] + 4.0])
-    for key in own:   # a remover without the mark refiner: the new one starts as a no-op
+    for key in own:  # a remover without the mark refiner: the new one starts as a no-op
         if key.startswith("refine.") and key not in state:
             state[key] = own[key]
     _widen_refiner(own, state)
@@ -405,12 +435,29 @@ def select_trainable(model: torch.nn.Module, trainable: str) -> list[torch.nn.Pa
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: int = 0,
-          lr: float = 2e-3, data_dir=None, out_dir: Path = WEIGHTS_DIR, threads: int = 1,
-          arch: dict | None = None, max_minutes: float | None = None, save_every: int = 100,
-          init: Path | None = None, trainable: str = "all", detector_masks: Path | None = None,
-          refine_width: int | None = None, device: str = "cpu", data_workers: int = 0,
-          photos: str = "synthetic", command: str | None = None, progress=None) -> dict:
+def train(
+    kind: str,
+    steps: int = 2000,
+    batch: int = 16,
+    crop: int = 160,
+    seed: int = 0,
+    lr: float = 2e-3,
+    data_dir=None,
+    out_dir: Path = WEIGHTS_DIR,
+    threads: int = 1,
+    arch: dict | None = None,
+    max_minutes: float | None = None,
+    save_every: int = 100,
+    init: Path | None = None,
+    trainable: str = "all",
+    detector_masks: Path | None = None,
+    refine_width: int | None = None,
+    device: str = "cpu",
+    data_workers: int = 0,
+    photos: str = "synthetic",
+    command: str | None = None,
+    progress=None,
+) -> dict:
     """Train `kind` and save weights + manifest every `save_every` steps and at the end.
 
     `max_minutes` stops early and shortens the cosine schedule to fit; the manifest records
@@ -449,7 +496,7 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
     loss_of = mark_head_loss if trainable == "mark-head" else LOSSES[kind]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     warm, start = min(100, steps // 10), time.time()
-    clock_led = False   # did the time budget ever set the schedule? (then no rerun repeats it)
+    clock_led = False  # did the time budget ever set the schedule? (then no rerun repeats it)
 
     def progress_of(i: int) -> float:
         """Fraction of the run done: by steps, or by the time budget once that is clearly
@@ -465,31 +512,52 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
         return frac
 
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / max(1, warm)) * 0.5 * (1 + math.cos(math.pi * progress_of(i))))
-    recipe = {"kind": kind, "steps": steps, "batch": batch, "crop": crop, "seed": seed, "lr": lr,
-              "optimizer": "AdamW(wd=1e-4), warmup + cosine over steps or max_minutes, whichever "
-                           "ends first", "max_minutes": max_minutes, "threads": threads,
-              "architecture": arch, "command": command, "code": code_version(),
-              "init": f"{init} (sha256 {file_sha256(init)})" if init else None,
-              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-              "trainable": trainable, "detect_long_side": get_settings().detect_long_side,
-              "detector_masks": ({"path": str(detector_masks), "sha256": file_sha256(detector_masks),
-                                  "share": DETECTOR_MASK_SHARE, "clean_share": DETECTOR_CLEAN_SHARE,
-                                  "dilate_px": get_settings().mask_dilate_px}
-                                 if detector_masks else None),
-              "data": ("clearmark.models.synth.make_sample, grocery train split + procedural studio scenes"
-                       if photos == "synthetic" else
-                       f"real product photos, train split, marks of models.styles.TRAIN "
-                       f"({PRODUCT_NONE:.0%} clean)" + (f" + {PRODUCT_SYNTH_SHARE:.0%} studio scenes"
-                                                        if kind == "detector" else "")),
-              **({"photos": photos} if photos != "synthetic" else {})}
-    history = lineage(out_dir, kind, init)   # read now: the first save replaces the entry
+        opt, lambda i: min(1.0, (i + 1) / max(1, warm)) * 0.5 * (1 + math.cos(math.pi * progress_of(i)))
+    )
+    recipe = {
+        "kind": kind,
+        "steps": steps,
+        "batch": batch,
+        "crop": crop,
+        "seed": seed,
+        "lr": lr,
+        "optimizer": "AdamW(wd=1e-4), warmup + cosine over steps or max_minutes, whichever ends first",
+        "max_minutes": max_minutes,
+        "threads": threads,
+        "architecture": arch,
+        "command": command,
+        "code": code_version(),
+        "init": f"{init} (sha256 {file_sha256(init)})" if init else None,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "trainable": trainable,
+        "detect_long_side": get_settings().detect_long_side,
+        "detector_masks": (
+            {
+                "path": str(detector_masks),
+                "sha256": file_sha256(detector_masks),
+                "share": DETECTOR_MASK_SHARE,
+                "clean_share": DETECTOR_CLEAN_SHARE,
+                "dilate_px": get_settings().mask_dilate_px,
+            }
+            if detector_masks
+            else None
+        ),
+        "data": (
+            "clearmark.models.synth.make_sample, grocery train split + procedural studio scenes"
+            if photos == "synthetic"
+            else f"real product photos, train split, marks of models.styles.TRAIN "
+            f"({PRODUCT_NONE:.0%} clean)"
+            + (f" + {PRODUCT_SYNTH_SHARE:.0%} studio scenes" if kind == "detector" else "")
+        ),
+        **({"photos": photos} if photos != "synthetic" else {}),
+    }
+    history = lineage(out_dir, kind, init)  # read now: the first save replaces the entry
     ema, done = None, 0
-    feed = batches(BatchRecipe(kind, seed, batch, crop, data_dir, detector_masks, photos), steps,
-                   data_workers)
+    feed = batches(
+        BatchRecipe(kind, seed, batch, crop, data_dir, detector_masks, photos), steps, data_workers
+    )
     for step, data in enumerate(feed):
-        data = [t.to(dev, memory_format=torch.channels_last) if t.ndim == 4 else t.to(dev)
-                for t in data]
+        data = [t.to(dev, memory_format=torch.channels_last) if t.ndim == 4 else t.to(dev) for t in data]
         loss = loss_of(model, data)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -502,13 +570,23 @@ def train(kind: str, steps: int = 2000, batch: int = 16, crop: int = 160, seed: 
             progress.update(1)
             progress.set_postfix(loss=f"{ema:.4f}", refresh=False)
         if done % 50 == 0:
-            log.info("%s step %d/%d loss %.4f (ema %.4f) %.1f min", kind, done, steps, loss.item(),
-                     ema, (time.time() - start) / 60)
+            log.info(
+                "%s step %d/%d loss %.4f (ema %.4f) %.1f min",
+                kind,
+                done,
+                steps,
+                loss.item(),
+                ema,
+                (time.time() - start) / 60,
+            )
         out_of_time = max_minutes is not None and time.time() - start > max_minutes * 60
         if done % save_every == 0 or done == steps or out_of_time:
-            recipe.update(steps_done=done, final_loss_ema=round(ema, 5),
-                          train_minutes=round((time.time() - start) / 60, 1),
-                          schedule_by="time" if clock_led else "steps")
+            recipe.update(
+                steps_done=done,
+                final_loss_ema=round(ema, 5),
+                train_minutes=round((time.time() - start) / 60, 1),
+                schedule_by="time" if clock_led else "steps",
+            )
             save(model, kind, out_dir, recipe, history)
         if out_of_time:
             log.info("time budget reached at step %d", done)

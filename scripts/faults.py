@@ -10,6 +10,7 @@ webhooks missing: finished jobs whose signed webhook never arrived (repeats of o
 are allowed: at least once, the receiver dedups); recovery: seconds from the injection to
 the last job finished (the `none` round shows the time the work itself takes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,14 +33,18 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-FAULTS = ("none", "child", "parent", "time_limit", "redis_aof", "redis_bare", "postgres",
-          "crash_submit")
+FAULTS = ("none", "child", "parent", "time_limit", "redis_aof", "redis_bare", "postgres", "crash_submit")
 DONE = {"succeeded", "no_watermark", "needs_review", "failed"}
 ENV = {  # short leases and reaper passes, so recovery shows within a round
-    "CLEARMARK_LEASE_S": "10", "CLEARMARK_REAP_INTERVAL_S": "3", "CLEARMARK_REAP_GRACE_S": "5",
-    "CLEARMARK_VISIBILITY_TIMEOUT_S": "60", "CLEARMARK_SOFT_TIME_LIMIT_S": "15",
-    "CLEARMARK_HARD_TIME_LIMIT_S": "20", "CLEARMARK_THREADS": "1",
-    "CLEARMARK_WEBHOOK_ALLOW_HOSTS": "127.0.0.1", "CLEARMARK_WEBHOOK_BACKOFF_S": "1",
+    "CLEARMARK_LEASE_S": "10",
+    "CLEARMARK_REAP_INTERVAL_S": "3",
+    "CLEARMARK_REAP_GRACE_S": "5",
+    "CLEARMARK_VISIBILITY_TIMEOUT_S": "60",
+    "CLEARMARK_SOFT_TIME_LIMIT_S": "15",
+    "CLEARMARK_HARD_TIME_LIMIT_S": "20",
+    "CLEARMARK_THREADS": "1",
+    "CLEARMARK_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+    "CLEARMARK_WEBHOOK_BACKOFF_S": "1",
 }
 
 
@@ -58,8 +63,10 @@ def photo(seed: int, size=(320, 240)) -> Image.Image:
     rng = np.random.default_rng(seed)
     w, h = size
     img = np.full((h, w, 3), 235, np.float32) + rng.normal(0, 2, (h, w, 3))
-    img[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = rng.uniform(40, 200, 3)
-    img[h // 2 - 10: h // 2 + 10, 20: w - 20: 3] = 0.5 * img[h // 2 - 10: h // 2 + 10, 20: w - 20: 3] + 127
+    img[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = rng.uniform(40, 200, 3)
+    img[h // 2 - 10 : h // 2 + 10, 20 : w - 20 : 3] = (
+        0.5 * img[h // 2 - 10 : h // 2 + 10, 20 : w - 20 : 3] + 127
+    )
     return Image.fromarray(img.clip(0, 255).astype(np.uint8))
 
 
@@ -97,11 +104,35 @@ class Redis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--maxmemory-policy", "noeviction"], stdout=subprocess.DEVNULL)
-        wait(lambda: subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
-                                    capture_output=True).stdout.strip() == b"PONG", 30, "redis")
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait(
+            lambda: (
+                subprocess.run(
+                    ["redis-cli", "-p", str(self.port), "ping"], capture_output=True
+                ).stdout.strip()
+                == b"PONG"
+            ),
+            30,
+            "redis",
+        )
 
     def stop(self, graceful: bool) -> None:
         self.proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
@@ -125,8 +156,19 @@ class Postgres:
         subprocess.run([*prefix, *map(str, argv)], check=True, stdout=subprocess.DEVNULL)
 
     def start(self) -> None:
-        self._as_pg([PG_BIN / "pg_ctl", "-D", self.dir / "data", "-l", self.dir / "log", "-w",
-                     "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start"])
+        self._as_pg(
+            [
+                PG_BIN / "pg_ctl",
+                "-D",
+                self.dir / "data",
+                "-l",
+                self.dir / "log",
+                "-w",
+                "-o",
+                f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1",
+                "start",
+            ]
+        )
 
     def stop(self) -> None:
         self._as_pg([PG_BIN / "pg_ctl", "-D", self.dir / "data", "-m", "fast", "-w", "stop"])
@@ -141,9 +183,24 @@ class Worker:
         queues = ",".join(self.env[f"CLEARMARK_QUEUE_{q}"] for q in ("UPLOADS", "BULK", "WEBHOOKS"))
         self.log = open(self.logs / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", "worker", "--reap", "-Q", queues, "-c", "1",
-             "-n", f"{self.name}@%h"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "workers",
+                "worker",
+                "--reap",
+                "-Q",
+                queues,
+                "-c",
+                "1",
+                "-n",
+                f"{self.name}@%h",
+            ],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.groups.append(self.proc.pid)
 
     def children(self) -> list[int]:
@@ -189,15 +246,18 @@ class Suite:
         self.redis.start()
         self.pg.start()
         self.receiver = Receiver()
-        self.env = dict(os.environ, **ENV,
-                        CLEARMARK_DATABASE_URL=self.pg.url,
-                        CLEARMARK_BROKER_URL=f"redis://127.0.0.1:{self.redis.port}/0",
-                        CLEARMARK_STORAGE_URI=(self.root / "storage").as_uri(),
-                        CLEARMARK_DATA_DIR=str(self.root / "data"),
-                        CLEARMARK_ENGINE_DIR=os.environ.get("CLEARMARK_ENGINE_DIR",
-                                                            str(self.root / "engines")),
-                        CLEARMARK_QUEUE_UPLOADS="faults.uploads", CLEARMARK_QUEUE_BULK="faults.bulk",
-                        CLEARMARK_QUEUE_WEBHOOKS="faults.webhooks")
+        self.env = dict(
+            os.environ,
+            **ENV,
+            CLEARMARK_DATABASE_URL=self.pg.url,
+            CLEARMARK_BROKER_URL=f"redis://127.0.0.1:{self.redis.port}/0",
+            CLEARMARK_STORAGE_URI=(self.root / "storage").as_uri(),
+            CLEARMARK_DATA_DIR=str(self.root / "data"),
+            CLEARMARK_ENGINE_DIR=os.environ.get("CLEARMARK_ENGINE_DIR", str(self.root / "engines")),
+            CLEARMARK_QUEUE_UPLOADS="faults.uploads",
+            CLEARMARK_QUEUE_BULK="faults.bulk",
+            CLEARMARK_QUEUE_WEBHOOKS="faults.webhooks",
+        )
         os.environ.update({k: v for k, v in self.env.items() if k.startswith("CLEARMARK_")})
         from clearmark.workers import migrate
 
@@ -209,8 +269,9 @@ class Suite:
         self.round = 0
 
     def cli(self, *argv, check=True) -> subprocess.CompletedProcess:
-        run = subprocess.run([sys.executable, "-m", "workers", *argv], env=self.env,
-                             capture_output=True, text=True)
+        run = subprocess.run(
+            [sys.executable, "-m", "workers", *argv], env=self.env, capture_output=True, text=True
+        )
         if check and run.returncode:
             raise RuntimeError(f"clearmark {' '.join(argv)}: {run.stderr[-2000:]}")
         return run
@@ -234,16 +295,20 @@ class Suite:
         if not crash:
             self.cli("submit", "--tenant", "faults", *map(str, paths))
             return
-        script = ("import os, signal, sys\nfrom pathlib import Path\nimport workers.tasks\n"
-                  "from workers.submit import submit_files\n"
-                  "clearmark.workers.tasks.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
-                  "list(submit_files([Path(p) for p in sys.argv[1:]], tenant='faults'))\n")
+        script = (
+            "import os, signal, sys\nfrom pathlib import Path\nimport workers.tasks\n"
+            "from workers.submit import submit_files\n"
+            "clearmark.workers.tasks.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "list(submit_files([Path(p) for p in sys.argv[1:]], tenant='faults'))\n"
+        )
         run = subprocess.run([sys.executable, "-c", script, *map(str, paths)], env=self.env)
         assert run.returncode == -signal.SIGKILL, run.returncode
 
     def batch_jobs(self) -> dict[str, str]:
-        rows = self.sql("SELECT j.id, j.status FROM jobs j JOIN batches b ON b.id = j.batch_id "
-                        "WHERE b.created_at = (SELECT max(created_at) FROM batches)")
+        rows = self.sql(
+            "SELECT j.id, j.status FROM jobs j JOIN batches b ON b.id = j.batch_id "
+            "WHERE b.created_at = (SELECT max(created_at) FROM batches)"
+        )
         return dict(rows)
 
     def busy_child(self, worker: Worker) -> int | None:
@@ -290,15 +355,26 @@ class Suite:
             self.submit(paths, crash=True)
         else:
             self.submit(paths)
-            wait(lambda: self.sql("SELECT count(*) FROM jobs WHERE status <> 'queued'")[0][0],
-                 120, "a job to start")
+            wait(
+                lambda: self.sql("SELECT count(*) FROM jobs WHERE status <> 'queued'")[0][0],
+                120,
+                "a job to start",
+            )
             t0 = time.monotonic()
             if fault != "none":
                 self.inject(fault)
         job_ids: dict[str, str] = {}
         try:
-            wait(lambda: (jobs := self.batch_jobs()) and len(jobs) == self.n
-                 and all(s in DONE for s in jobs.values()), self.timeout, "all jobs", 1.0)
+            wait(
+                lambda: (
+                    (jobs := self.batch_jobs())
+                    and len(jobs) == self.n
+                    and all(s in DONE for s in jobs.values())
+                ),
+                self.timeout,
+                "all jobs",
+                1.0,
+            )
         except TimeoutError:
             pass
         recovery = time.monotonic() - t0
@@ -307,26 +383,35 @@ class Suite:
         return self.count(fault, job_ids, recovery)
 
     def _webhooks_settled(self, job_ids) -> bool:
-        return not self.sql("SELECT count(*) FROM jobs WHERE webhook_pending AND id = ANY(:ids)",
-                            ids=list(job_ids))[0][0]
+        return not self.sql(
+            "SELECT count(*) FROM jobs WHERE webhook_pending AND id = ANY(:ids)", ids=list(job_ids)
+        )[0][0]
 
     def count(self, fault: str, jobs: dict[str, str], recovery: float) -> dict:
         ids = list(jobs)
-        terminal = Counter(job_id for job_id, in self.sql(
-            "SELECT job_id FROM job_events WHERE kind IN ('status', 'takeover') AND to_status IN "
-            "('succeeded', 'no_watermark', 'needs_review', 'failed') AND job_id = ANY(:ids)", ids=ids))
+        terminal = Counter(
+            job_id
+            for (job_id,) in self.sql(
+                "SELECT job_id FROM job_events WHERE kind IN ('status', 'takeover') AND to_status IN "
+                "('succeeded', 'no_watermark', 'needs_review', 'failed') AND job_id = ANY(:ids)",
+                ids=ids,
+            )
+        )
         hooks = self.receiver.events
         finished = [j for j, s in jobs.items() if s in DONE]
-        return {"fault": fault, "jobs": len(jobs),
-                "lost": self.n - len(jobs) + sum(s == "failed" for s in jobs.values()),
-                "stuck": sum(s not in DONE for s in jobs.values()),
-                "duplicated": sum(n > 1 for n in terminal.values()),
-                "hooks_missing": sum(j not in hooks for j in finished),
-                "hooks_repeated": sum(len(hooks.get(j, ())) > len(set(hooks.get(j, ())))
-                                      for j in finished),
-                "attempts": sum(a for a, in self.sql("SELECT attempts FROM jobs WHERE id = ANY(:ids)",
-                                                     ids=ids)),
-                "recovery_s": round(recovery, 1)}
+        return {
+            "fault": fault,
+            "jobs": len(jobs),
+            "lost": self.n - len(jobs) + sum(s == "failed" for s in jobs.values()),
+            "stuck": sum(s not in DONE for s in jobs.values()),
+            "duplicated": sum(n > 1 for n in terminal.values()),
+            "hooks_missing": sum(j not in hooks for j in finished),
+            "hooks_repeated": sum(len(hooks.get(j, ())) > len(set(hooks.get(j, ()))) for j in finished),
+            "attempts": sum(
+                a for (a,) in self.sql("SELECT attempts FROM jobs WHERE id = ANY(:ids)", ids=ids)
+            ),
+            "recovery_s": round(recovery, 1),
+        }
 
     def close(self) -> None:
         for w in self.workers:
@@ -363,8 +448,17 @@ def _is_pool_child(pid: int) -> bool:
 
 
 def table(rows: list[dict]) -> str:
-    cols = ["fault", "jobs", "lost", "stuck", "duplicated", "hooks_missing", "hooks_repeated",
-            "attempts", "recovery_s"]
+    cols = [
+        "fault",
+        "jobs",
+        "lost",
+        "stuck",
+        "duplicated",
+        "hooks_missing",
+        "hooks_repeated",
+        "attempts",
+        "recovery_s",
+    ]
     lines = ["  ".join(f"{c:>14}" for c in cols)]
     lines += ["  ".join(f"{row[c]!s:>14}" for c in cols) for row in rows]
     return "\n".join(lines)
@@ -375,9 +469,12 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=40, help="images per fault")
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--timeout", type=float, default=600, help="seconds per round")
-    parser.add_argument("--outage", type=float, default=None,
-                        help="seconds PostgreSQL (postgres) and Redis (redis_bare) stay down "
-                             "(default 15 and 5)")
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=None,
+        help="seconds PostgreSQL (postgres) and Redis (redis_bare) stay down (default 15 and 5)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the logs and data after a pass")
     args = parser.parse_args()
     suite = Suite(args.n, args.timeout, args.outage)
@@ -389,8 +486,7 @@ def main() -> int:
     finally:
         suite.close()
     print(table(rows))
-    bad = [r["fault"] for r in rows if r["lost"] or r["stuck"] or r["duplicated"]
-           or r["hooks_missing"]]
+    bad = [r["fault"] for r in rows if r["lost"] or r["stuck"] or r["duplicated"] or r["hooks_missing"]]
     if bad:
         print(f"FAILED: {', '.join(bad)} (logs in {suite.root})")
         return 1

@@ -3,6 +3,7 @@ in fresh processes and prints the median and best wall time. A measure, not a te
 
     .venv/bin/python scripts/startup_time.py [-n 7] [-- COMMAND ARGS...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,14 +20,16 @@ def main() -> None:
     parser.add_argument("command", nargs="*")
     args = parser.parse_args()
     command = args.command or [str(Path(sys.executable).with_name("clearmark")), "--help"]
-    subprocess.run(command, check=True, capture_output=True)   # warm the file cache
+    subprocess.run(command, check=True, capture_output=True)  # warm the file cache
     times = []
     for _ in range(args.runs):
         start = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)
         times.append(time.perf_counter() - start)
-    print(f"{' '.join(command)}: median {statistics.median(times):.2f} s, "
-          f"best {min(times):.2f} s over {args.runs} runs")
+    print(
+        f"{' '.join(command)}: median {statistics.median(times):.2f} s, "
+        f"best {min(times):.2f} s over {args.runs} runs"
+    )
 
 
 if __name__ == "__main__":

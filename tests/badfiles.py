@@ -10,6 +10,7 @@ header over Pillow's own bomb limit (2 x Image.MAX_IMAGE_PIXELS, about 179 MP), 
 compressed PNG metadata chunk that inflates past Pillow's safe size, is
 `decompression_bomb`. Both are refused from the header, before any pixel is decoded.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,7 +34,7 @@ def photo(width: int = 128, height: int = 96, seed: int = 0) -> np.ndarray:
     b = 120 + 80 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
     img = np.stack([r, g, b], axis=-1) + rng.normal(0, 4, (height, width, 3))
     # An off-centre dark "product" so orientation mistakes are visible.
-    img[height // 5: height // 2, width // 6: width // 3] = (30, 60, 40)
+    img[height // 5 : height // 2, width // 6 : width // 3] = (30, 60, 40)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -44,16 +45,26 @@ def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return (struct.pack(">I", len(payload)) + kind + payload
-            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
 
 
-def png_bytes(width: int, height: int, bit_depth: int, colour_type: int, idat: bytes,
-              extra: bytes = b"") -> bytes:
+def png_bytes(
+    width: int, height: int, bit_depth: int, colour_type: int, idat: bytes, extra: bytes = b""
+) -> bytes:
     """A PNG from parts: IHDR, optional extra chunks, one IDAT (already compressed), IEND."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + extra
-            + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + extra
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def huge_header_png(width: int, height: int) -> bytes:
@@ -81,7 +92,7 @@ def ztxt_bomb_png() -> bytes:
 def rgb16_png(img8: np.ndarray) -> bytes:
     """A 48-bit (16 bits per channel) RGB PNG built by hand from an 8-bit image."""
     h, w, _ = img8.shape
-    v16 = img8.astype(">u2") * 257 + 3   # low byte != high byte, so truncation is visible
+    v16 = img8.astype(">u2") * 257 + 3  # low byte != high byte, so truncation is visible
     raw = b"".join(b"\x00" + v16[y].tobytes() for y in range(h))
     return png_bytes(w, h, 16, 2, zlib.compress(raw))
 
@@ -96,23 +107,25 @@ def exif_rotated_jpeg(upright: np.ndarray, quality: int = 92) -> bytes:
     stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
     exif[0x0112] = EXIF_ORIENTATION_6
-    exif[0x010F] = "clearmark-test"   # Make: proves other tags survive
+    exif[0x010F] = "clearmark-test"  # Make: proves other tags survive
     return encode(stored, "JPEG", quality=quality, exif=exif.tobytes())
 
 
 def palette_alpha_png(img8: np.ndarray) -> bytes:
     pal = Image.fromarray(img8).quantize(colors=64)
     arr = np.asarray(pal).copy()
-    arr[:8, :] = 63                     # a transparent band along the top
+    arr[:8, :] = 63  # a transparent band along the top
     out = Image.fromarray(arr, "P")
     out.putpalette(pal.getpalette())
-    alpha = bytes([255] * 63 + [0])     # index 63 fully transparent
+    alpha = bytes([255] * 63 + [0])  # index 63 fully transparent
     return encode(out, "PNG", transparency=alpha)
 
 
 def animated_gif(img8: np.ndarray, frames: int = 3) -> bytes:
-    imgs = [Image.fromarray(np.roll(img8, 9 * i, axis=1)).convert("P", palette=Image.Palette.ADAPTIVE)
-            for i in range(frames)]
+    imgs = [
+        Image.fromarray(np.roll(img8, 9 * i, axis=1)).convert("P", palette=Image.Palette.ADAPTIVE)
+        for i in range(frames)
+    ]
     return encode(imgs[0], "GIF", save_all=True, append_images=imgs[1:], duration=100, loop=0)
 
 
@@ -124,12 +137,11 @@ def bad_files() -> dict[str, tuple[bytes, str | None]]:
     good_jpeg = encode(Image.fromarray(photo(256, 192, seed=2)), "JPEG", quality=90)
     good_png = encode(Image.fromarray(photo(64, 48, seed=3)), "PNG")
     bad_crc = bytearray(good_png)
-    bad_crc[29] ^= 0xFF                 # IHDR's CRC
+    bad_crc[29] ^= 0xFF  # IHDR's CRC
     return {
         "zero.jpg": (b"", "empty_file"),
         "text.jpg": (b"this is not a JPEG, just text with a .jpg name\n" * 4, "not_an_image"),
-        "postscript.jpg": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n",
-                           "not_an_image"),
+        "postscript.jpg": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n", "not_an_image"),
         "truncated.jpg": (good_jpeg[: len(good_jpeg) // 2], "truncated_image"),
         "truncated.png": (good_png[: len(good_png) * 2 // 3], "truncated_image"),
         "bad_crc.png": (bytes(bad_crc), "corrupt_image"),

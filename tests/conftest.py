@@ -7,6 +7,7 @@ The real data (`models.scenes.DEFAULT_DATA`, `../shared/data` beside the checkou
 part of the repository: tests that synthesise from photos use `grocery_data` instead, and
 the few that check the real data itself skip without it.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,11 +17,12 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
-from clearmark.workers import migrate
 from clearmark.settings import Settings, set_settings
+from clearmark.workers import migrate
 
-PG_ADMIN_URL = os.environ.get("CLEARMARK_TEST_PG_ADMIN_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get(
+    "CLEARMARK_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 REDIS_URL = os.environ.get("CLEARMARK_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 # One engine cache (exported ONNX files) for the whole run and its worker subprocesses,
 # so the export happens once rather than in every test's fresh data dir.
@@ -72,8 +74,12 @@ def db_url(request, tmp_path):
 @pytest.fixture
 def settings(tmp_path, db_url):
     """Settings for this test: its own database, storage and data dir."""
-    s = Settings(data_dir=tmp_path / "data", database_url=db_url,
-                 storage_uri=(tmp_path / "storage").as_uri(), broker_url=REDIS_URL)
+    s = Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        storage_uri=(tmp_path / "storage").as_uri(),
+        broker_url=REDIS_URL,
+    )
     set_settings(s)
     yield s
     set_settings(None)
@@ -119,8 +125,9 @@ def grocery_data(tmp_path_factory):
             rgb, _ = studio_scene(rng, h, w, max(h, w))
             grain = rng.normal(0, 4, rgb.shape)
             rgb = np.clip(rgb + grain, 0, 255).astype(np.uint8)
-            cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                        [cv2.IMWRITE_JPEG_QUALITY, 90])
+            cv2.imwrite(
+                str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+            )
             counts[_is_eval(name)] += 1
             i += 1
     return root

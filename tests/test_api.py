@@ -1,5 +1,6 @@
 """The HTTP API on real PostgreSQL and Redis; one test goes upload -> real `clearmark api`
 -> real worker -> signed webhook to a local receiver -> result download."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,18 +23,23 @@ from PIL import Image
 from sqlalchemy import func, select
 from starlette.routing import compile_path
 
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    Service, db_url, product_photo, service, wait_for, workers,
-)
-from tests.test_compose import compose_command
+from clearmark.settings import set_settings
 from clearmark.workers import api
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Job, JobEvent, Tenant, session_scope
 from clearmark.workers.jobs import claim_job, fail_job
-from clearmark.settings import set_settings
 from clearmark.workers.storage import get_storage, read_uri
 from clearmark.workers.tenants import create_tenant
 from clearmark.workers.webhooks import DONE_OK, SIGNATURE_HEADER, verify_signature
+from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
+    Service,
+    db_url,
+    product_photo,
+    service,
+    wait_for,
+    workers,
+)
+from tests.test_compose import compose_command
 
 pytestmark = [pytest.mark.integration]
 
@@ -52,8 +58,7 @@ class Shop:
 @pytest.fixture
 def api_settings(service):
     """The service settings with webhooks allowed to 127.0.0.1 and quick retries."""
-    s = service.replace(webhook_allow_hosts=("127.0.0.1",), webhook_backoff_s=0.3,
-                        webhook_max_attempts=3)
+    s = service.replace(webhook_allow_hosts=("127.0.0.1",), webhook_backoff_s=0.3, webhook_max_attempts=3)
     set_settings(s)
     return s
 
@@ -76,7 +81,11 @@ def assert_documented(response: httpx.Response) -> None:
         operation = operations.get(request.method.lower())
         if operation and compile_path(path)[0].match(request.url.path):
             assert str(response.status_code) in operation["responses"], (
-                request.method, path, response.status_code, list(operation["responses"]))
+                request.method,
+                path,
+                response.status_code,
+                list(operation["responses"]),
+            )
             return
 
 
@@ -133,8 +142,9 @@ def upload(client, shop: Shop, data: bytes, content_type="image/png", **form):
     headers = dict(shop.auth)
     if "key" in form:
         headers["Idempotency-Key"] = form.pop("key")
-    return client.post("/v1/images", headers=headers, data=form,
-                       files={"file": ("photo.png", data, content_type)})
+    return client.post(
+        "/v1/images", headers=headers, data=form, files={"file": ("photo.png", data, content_type)}
+    )
 
 
 def count_jobs(settings) -> int:
@@ -158,7 +168,9 @@ def test_upload_worker_webhook_end_to_end(api_settings, make_shop, receiver, wor
     s = api_settings
     workers(s, "e2e", "-Q", f"{s.queue_uploads},{s.queue_webhooks}")
     port = str(free_port())
-    server = Service(s, tmp_path / "api.log", *compose_command("api", {"--host": "127.0.0.1", "--port": port}))
+    server = Service(
+        s, tmp_path / "api.log", *compose_command("api", {"--host": "127.0.0.1", "--port": port})
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=shop.auth, timeout=30) as http:
             wait_for(lambda: _get_ok(http, "/readyz"), 60, "the API to be ready", interval=0.2)
@@ -202,9 +214,14 @@ def _get_ok(http, path) -> bool:
 
 def _webhook_events(settings, job_id) -> list[dict]:
     with session_scope(settings.database_url) as session:
-        return [e.detail for e in session.scalars(
-            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "webhook")
-            .order_by(JobEvent.id))]
+        return [
+            e.detail
+            for e in session.scalars(
+                select(JobEvent)
+                .where(JobEvent.job_id == job_id, JobEvent.kind == "webhook")
+                .order_by(JobEvent.id)
+            )
+        ]
 
 
 def test_same_upload_gives_one_job(api_settings, client, make_shop):
@@ -233,14 +250,16 @@ def test_an_idempotency_key_reused_for_another_request_is_a_422(api_settings, cl
     assert first.status_code == 202, first.text
     storage = Path(api_settings.storage_uri.removeprefix("file://"))
     stored = sorted(storage.rglob("*"))
-    for data, form in ((png(3), {"priority": "low"}),                       # another image
-                       (png(2), {}),                                          # another priority
-                       (png(2), {"priority": "low", "callback_url": "http://127.0.0.1:9/h"})):
+    for data, form in (
+        (png(3), {"priority": "low"}),  # another image
+        (png(2), {}),  # another priority
+        (png(2), {"priority": "low", "callback_url": "http://127.0.0.1:9/h"}),
+    ):
         r = upload(client, shop, data, key="order-17/photo-1", **form)
         assert r.status_code == 422, (form, r.text)
         assert r.json()["error"]["code"] == "idempotency_conflict"
         assert first.json()["id"] in r.json()["error"]["message"]
-    with session_scope(api_settings.database_url) as session:   # as a reprocess run does
+    with session_scope(api_settings.database_url) as session:  # as a reprocess run does
         session.get(Job, first.json()["id"]).priority = "normal"
     again = upload(client, shop, png(2), key="order-17/photo-1", priority="low")
     assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])
@@ -271,11 +290,11 @@ def test_rejected_uploads_store_and_queue_nothing(api_settings, client, make_sho
     Image.new("RGB", (400, 300), "white").save(plain, format="PNG")
     cases = [
         (plain.getvalue(), "image/png", 413, "too_many_pixels"),
-        (b"\x89PNG" + bytes(120_000), "image/png", 413, "too_large_bytes"),   # read limit
-        (bytes(900_000), "image/png", 413, "too_large_bytes"),                # Content-Length
+        (b"\x89PNG" + bytes(120_000), "image/png", 413, "too_large_bytes"),  # read limit
+        (bytes(900_000), "image/png", 413, "too_large_bytes"),  # Content-Length
         (b"name,price\nshoe,10\n", "text/csv", 415, "unsupported_media_type"),
         (b"<html>a login page</html>", "image/gif", 415, "not_an_image"),
-        (png(1)[:20], "image/png", 422, "truncated_image"),                   # no whole header
+        (png(1)[:20], "image/png", 422, "truncated_image"),  # no whole header
     ]
     for data, content_type, status, code in cases:
         r = upload(client, shop, data, content_type)
@@ -291,8 +310,12 @@ def test_rejected_uploads_store_and_queue_nothing(api_settings, client, make_sho
 
 def test_callback_url_must_be_public_unless_allow_listed(api_settings, client, make_shop):
     shop = make_shop("shop")
-    for url in ("http://10.1.2.3/hook", "http://169.254.169.254/latest", "http://[::1]:8080/",
-                "ftp://example.com/hook"):
+    for url in (
+        "http://10.1.2.3/hook",
+        "http://169.254.169.254/latest",
+        "http://[::1]:8080/",
+        "ftp://example.com/hook",
+    ):
         r = upload(client, shop, png(1), callback_url=url)
         assert r.status_code == 422 and r.json()["error"]["code"] == "unsafe_callback_url", url
     assert upload(client, shop, png(1), callback_url="http://127.0.0.1:9/hook").status_code == 202
@@ -315,11 +338,16 @@ def test_list_pages_and_retry(api_settings, client, make_shop):
     claim = claim_job(api_settings.database_url, ids[0], api_settings.max_attempts)
     fail_job(api_settings.database_url, claim, "internal_error", "boom")
     assert client.get("/v1/jobs?status=failed", headers=shop.auth).json()["jobs"][0]["error"] == {
-        "code": "internal_error", "message": "boom"}
+        "code": "internal_error",
+        "message": "boom",
+    }
     retried = client.post(f"/v1/jobs/{ids[0]}/retry", headers=shop.auth)
     assert retried.status_code == 202
     assert (retried.json()["status"], retried.json()["attempts"], retried.json()["error"]) == (
-        "queued", 0, None)
+        "queued",
+        0,
+        None,
+    )
     assert client.post(f"/v1/jobs/{ids[0]}/retry", headers=shop.auth).status_code == 409
     bulk = redis.Redis.from_url(api_settings.broker_url).llen(api_settings.queue_bulk)
     assert bulk == 4  # three uploads at low priority and the retry, all on the bulk queue
@@ -332,19 +360,37 @@ def test_needs_review_job_carries_its_reason(api_settings, client, make_shop):
     from clearmark.workers.jobs import finish_job
     from clearmark.workers.review import decide
 
-    reason = ("the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80):"
-              " change not explained by one overlay colour (0.62 < 0.85)")
-    metrics = dict(width=160, height=120, mask_area_fraction=0.05, detector_confidence=0.91,
-                   residual_score=0.1, ms_decode=1.0, ms_detect=1.0, ms_remove=1.0,
-                   ms_encode=1.0, ms_total=4.0)
+    reason = (
+        "the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80):"
+        " change not explained by one overlay colour (0.62 < 0.85)"
+    )
+    metrics = dict(
+        width=160,
+        height=120,
+        mask_area_fraction=0.05,
+        detector_confidence=0.91,
+        residual_score=0.1,
+        ms_decode=1.0,
+        ms_detect=1.0,
+        ms_remove=1.0,
+        ms_encode=1.0,
+        ms_total=4.0,
+    )
     shop = make_shop("shop")
     review_id, ok_id = (upload(client, shop, png(i)).json()["id"] for i in range(2))
     assert client.get(f"/v1/jobs/{review_id}", headers=shop.auth).json()["review_reason"] is None
     for job_id, status in ((review_id, JobStatus.needs_review), (ok_id, JobStatus.succeeded)):
         claim = claim_job(api_settings.database_url, job_id, api_settings.max_attempts)
-        assert finish_job(api_settings.database_url, claim, status, result_uri="file:///r.png",
-                          mask_uri="file:///m.png", metrics=metrics, pipeline_version="v",
-                          review_reason=reason)
+        assert finish_job(
+            api_settings.database_url,
+            claim,
+            status,
+            result_uri="file:///r.png",
+            mask_uri="file:///m.png",
+            metrics=metrics,
+            pipeline_version="v",
+            review_reason=reason,
+        )
     doc = client.get(f"/v1/jobs/{review_id}", headers=shop.auth).json()
     assert (doc["status"], doc["review_reason"], doc["error"]) == ("needs_review", reason, None)
     listed = client.get("/v1/jobs?status=needs_review", headers=shop.auth).json()["jobs"]
@@ -364,8 +410,15 @@ def test_health_and_openapi(client):
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
     paths = client.get("/v1/openapi.json").json()["paths"]
-    assert {"/v1/images", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result",
-            "/v1/jobs/{job_id}/retry", "/healthz", "/readyz"} <= set(paths)
+    assert {
+        "/v1/images",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/result",
+        "/v1/jobs/{job_id}/retry",
+        "/healthz",
+        "/readyz",
+    } <= set(paths)
 
 
 def test_tenants_create_prints_a_working_key_once(api_settings, client):
@@ -395,10 +448,18 @@ def test_upload_by_source_uri_inside_own_prefix(api_settings, client, make_shop)
     assert r.status_code == 202, r.text
     with session_scope(api_settings.database_url) as session:
         assert session.get(Job, r.json()["id"]).source_uri == mine
-    for uri in (theirs, f"{storage.root_uri}/sources/{a.id}/../{b.id}/p2.png", "file:///etc/passwd",
-                f"{storage.root_uri}/sources/{a.id}/missing.png"):
+    for uri in (
+        theirs,
+        f"{storage.root_uri}/sources/{a.id}/../{b.id}/p2.png",
+        "file:///etc/passwd",
+        f"{storage.root_uri}/sources/{a.id}/missing.png",
+    ):
         r = client.post("/v1/images", headers=a.auth, data={"source_uri": uri})
         assert r.status_code == 422, (uri, r.text)
-    both = client.post("/v1/images", headers=a.auth, data={"source_uri": mine},
-                       files={"file": ("p.png", png(5), "image/png")})
+    both = client.post(
+        "/v1/images",
+        headers=a.auth,
+        data={"source_uri": mine},
+        files={"file": ("p.png", png(5), "image/png")},
+    )
     assert both.status_code == 400 and count_jobs(api_settings) == 1

@@ -1,4 +1,5 @@
 """/v1/docs works offline: the page loads Swagger UI from the API itself, not a CDN."""
+
 from __future__ import annotations
 
 import re

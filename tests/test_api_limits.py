@@ -2,6 +2,7 @@
 a tenant over its limits), outages as JSON 503s, unexpected errors as JSON 500s with a
 request id, and an OpenAPI document that declares every status code. The streaming tests
 talk raw HTTP/1.1 to a real uvicorn, so they see exactly what a client sees."""
+
 from __future__ import annotations
 
 import http.client
@@ -14,17 +15,27 @@ import httpx
 import pytest
 import uvicorn
 
+from clearmark.workers import api
 from tests.test_api import (  # noqa: F401 - fixtures used here
-    api_settings, client, count_jobs, db_url, documented_client, free_port, make_shop, png,
-    service, upload,
+    api_settings,
+    client,
+    count_jobs,
+    db_url,
+    documented_client,
+    free_port,
+    make_shop,
+    png,
+    service,
+    upload,
 )
 from tests.test_celery_e2e import Service, wait_for
-from clearmark.workers import api
 
 pytestmark = [pytest.mark.integration]
 UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/test"
-FILE_PART = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="p.png"\r\n'
-             b"Content-Type: image/png\r\n\r\n")   # the start of a multipart body
+FILE_PART = (
+    b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="p.png"\r\n'
+    b"Content-Type: image/png\r\n\r\n"
+)  # the start of a multipart body
 
 
 @pytest.fixture
@@ -32,8 +43,9 @@ def live_api(api_settings):
     """`workers.api.app` served by uvicorn on a free port (in this process, so it uses the
     settings the test installs); yields the port."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(api.app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(api.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started, 30, "uvicorn to start", interval=0.05)
@@ -43,8 +55,10 @@ def live_api(api_settings):
 
 
 def upload_head(key: str, framing: str) -> bytes:
-    return (f"POST /v1/images HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: multipart/form-data; boundary=xyz\r\n{framing}\r\n\r\n").encode()
+    return (
+        f"POST /v1/images HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary=xyz\r\n{framing}\r\n\r\n"
+    ).encode()
 
 
 def answer(sock: socket.socket) -> tuple[int, dict, dict]:
@@ -56,14 +70,13 @@ def answer(sock: socket.socket) -> tuple[int, dict, dict]:
 
 def test_a_wrong_key_is_refused_before_the_body_is_read(live_api):
     with socket.create_connection(("127.0.0.1", live_api), timeout=30) as sock:
-        sock.sendall(upload_head("cm_wrong", "Content-Length: 8000000"))   # and no body at all
+        sock.sendall(upload_head("cm_wrong", "Content-Length: 8000000"))  # and no body at all
         status, headers, body = answer(sock)
     assert (status, body["error"]["code"]) == (401, "unauthorized")
     assert headers["connection"] == "close" and headers["www-authenticate"] == "Bearer"
 
 
-def test_an_oversize_chunked_upload_is_refused_while_it_streams(api_settings, live_api,
-                                                                make_shop):
+def test_an_oversize_chunked_upload_is_refused_while_it_streams(api_settings, live_api, make_shop):
     from clearmark.settings import set_settings
 
     set_settings(api_settings.replace(max_bytes=100_000))
@@ -72,7 +85,7 @@ def test_an_oversize_chunked_upload_is_refused_while_it_streams(api_settings, li
     with socket.create_connection(("127.0.0.1", live_api), timeout=30) as sock:
         sock.sendall(upload_head(shop.key, "Transfer-Encoding: chunked"))
         sock.sendall(b"%x\r\n%s\r\n" % (len(FILE_PART), FILE_PART))
-        for _ in range(64):    # up to 2 MiB; the closing zero-length chunk is never sent
+        for _ in range(64):  # up to 2 MiB; the closing zero-length chunk is never sent
             try:
                 sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             except (BrokenPipeError, ConnectionResetError):
@@ -93,30 +106,33 @@ def test_uploads_in_flight_per_tenant_are_limited(api_settings, live_api, make_s
     body = FILE_PART + png(1) + b"\r\n--xyz--\r\n"
     base = f"http://127.0.0.1:{live_api}"
 
-    def second_upload(who):   # not an image: 415 if it gets in, nothing stored
-        return httpx.post(f"{base}/v1/images", headers=who.auth,
-                          files={"file": ("x.png", b"not an image", "image/png")})
+    def second_upload(who):  # not an image: 415 if it gets in, nothing stored
+        return httpx.post(
+            f"{base}/v1/images", headers=who.auth, files={"file": ("x.png", b"not an image", "image/png")}
+        )
 
     with socket.create_connection(("127.0.0.1", live_api), timeout=30) as sock:
         sock.sendall(upload_head(shop.key, f"Content-Length: {len(body)}") + body[:100])
-        refused = wait_for(lambda: (r := second_upload(shop)).status_code == 429 and r, 30,
-                           "the first upload to hold the tenant's only slot", interval=0.05)
+        refused = wait_for(
+            lambda: (r := second_upload(shop)).status_code == 429 and r,
+            30,
+            "the first upload to hold the tenant's only slot",
+            interval=0.05,
+        )
         assert refused.json()["error"]["code"] == "too_many_uploads"
         assert refused.headers["retry-after"] == "1"
-        assert second_upload(other).status_code == 415   # another tenant has its own slots
+        assert second_upload(other).status_code == 415  # another tenant has its own slots
         sock.sendall(body[100:])
         status, _, job = answer(sock)
     assert status == 202 and job["status"] == "queued"
-    wait_for(lambda: second_upload(shop).status_code == 415, 30, "the slot to be given back",
-             interval=0.05)
+    wait_for(lambda: second_upload(shop).status_code == 415, 30, "the slot to be given back", interval=0.05)
 
 
 @pytest.mark.parametrize("storage", ["memory://", "redis"])
-def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(api_settings, client, make_shop,
-                                                                storage):
+def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(api_settings, client, make_shop, storage):
     from clearmark.settings import set_settings
 
-    if storage == "redis":   # the counters all API processes share
+    if storage == "redis":  # the counters all API processes share
         storage = api_settings.broker_url
     set_settings(api_settings.replace(rate_limit="3/hour", rate_limit_storage=storage))
     shop, other = make_shop("shop"), make_shop("other")
@@ -147,8 +163,13 @@ def test_broker_down_on_upload_is_a_json_503(api_settings, make_shop, tmp_path):
     (tests/test_reaper.py follows it through)."""
     shop = make_shop("shop")
     port = free_port()
-    server = Service(api_settings.replace(broker_url="redis://127.0.0.1:1/0"),
-                     tmp_path / "api.log", "api", "--port", str(port))
+    server = Service(
+        api_settings.replace(broker_url="redis://127.0.0.1:1/0"),
+        tmp_path / "api.log",
+        "api",
+        "--port",
+        str(port),
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=shop.auth) as http:
             wait_for(lambda: _answers(http), 60, "the API to listen", interval=0.1)
@@ -169,8 +190,7 @@ def _answers(http: httpx.Client) -> bool:
         return False
 
 
-def test_anything_unexpected_is_a_json_500_with_the_request_id(api_settings, make_shop,
-                                                              monkeypatch):
+def test_anything_unexpected_is_a_json_500_with_the_request_id(api_settings, make_shop, monkeypatch):
     shop = make_shop("shop")
     client = documented_client(raise_server_exceptions=False)
     job_id = upload(client, shop, png(1)).json()["id"]
@@ -188,9 +208,17 @@ def test_anything_unexpected_is_a_json_500_with_the_request_id(api_settings, mak
 
 def test_every_route_declares_the_errors_every_request_can_meet(client):
     paths = client.get("/v1/openapi.json").json()["paths"]
-    assert {"/v1/images", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result",
-            "/v1/jobs/{job_id}/mask", "/v1/jobs/{job_id}/retry", "/healthz", "/readyz",
-            "/metrics"} == set(paths)
+    assert {
+        "/v1/images",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/result",
+        "/v1/jobs/{job_id}/mask",
+        "/v1/jobs/{job_id}/retry",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    } == set(paths)
     for path, operations in paths.items():
         for method, operation in operations.items():
             declared = operation["responses"]

@@ -2,6 +2,7 @@
 
 The cases come from tests/badfiles.py, which the end-to-end Celery tests reuse.
 """
+
 from __future__ import annotations
 
 import io
@@ -11,17 +12,26 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from tests.badfiles import bad_files, encode, photo
-from tests.test_pipeline import BoxDetector, GreyRemover, cfg, fake_engines
 from clearmark.errors import BadInput
 from clearmark.workers.imaging import decode_image
 from clearmark.workers.pipeline import process_image
+from tests.badfiles import bad_files, encode, photo
+from tests.test_pipeline import BoxDetector, GreyRemover, cfg, fake_engines
 
 CASES = bad_files()
 FAILING = sorted(k for k, (_, code) in CASES.items() if code)
 PASSING = sorted(k for k, (_, code) in CASES.items() if code is None)
-CODES = {"empty_file", "too_large_bytes", "not_an_image", "corrupt_image", "truncated_image",
-         "too_many_pixels", "decompression_bomb", "too_small", "unsupported_mode"}
+CODES = {
+    "empty_file",
+    "too_large_bytes",
+    "not_an_image",
+    "corrupt_image",
+    "truncated_image",
+    "too_many_pixels",
+    "decompression_bomb",
+    "too_small",
+    "unsupported_mode",
+}
 
 
 def engines():
@@ -35,7 +45,7 @@ def test_bad_file_fails_with_its_code(name):
     with pytest.raises(BadInput) as err:
         process_image(data, engines(), cfg())
     assert err.value.code == code, str(err.value)
-    assert str(err.value)                                 # a readable reason for the job row
+    assert str(err.value)  # a readable reason for the job row
 
 
 @pytest.mark.parametrize("name", PASSING)
@@ -50,7 +60,7 @@ def test_odd_file_is_processed(name):
     assert ImageOps.exif_transpose(out).size == (128, 96)
     mask = Image.open(io.BytesIO(r.mask_png))
     assert ImageOps.exif_transpose(mask).size == (128, 96) and mask.size == out.size
-    assert r.extension == Path(name).suffix               # same format as the input
+    assert r.extension == Path(name).suffix  # same format as the input
     assert out.format == {".jpg": "JPEG", ".png": "PNG", ".gif": "GIF"}[r.extension]
 
 
@@ -68,7 +78,7 @@ def test_oversized_headers_are_refused_before_any_pixel_is_decoded(monkeypatch):
             decode_image(CASES[name][0], cfg())
     assert loads == []
     decode_image(encode(Image.fromarray(photo(32, 32)), "PNG"), cfg())
-    assert loads and set(loads) == {(32, 32)}             # the spy does see real loads
+    assert loads and set(loads) == {(32, 32)}  # the spy does see real loads
 
 
 def test_byte_limit():
@@ -118,7 +128,7 @@ def _mutations(data: bytes, n: int, seed: int):
             if op == 0:
                 b[pos] = int(rng.integers(0, 256))
             elif op == 1:
-                del b[pos:pos + int(rng.integers(1, 50))]
+                del b[pos : pos + int(rng.integers(1, 50))]
             else:
                 b[pos:pos] = rng.integers(0, 256, int(rng.integers(1, 20)), dtype=np.uint8).tobytes()
         yield bytes(b)

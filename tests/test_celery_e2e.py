@@ -1,4 +1,5 @@
 """End to end through real Celery worker processes on the real Redis broker and PostgreSQL."""
+
 from __future__ import annotations
 
 import io
@@ -15,14 +16,14 @@ import pytest
 from PIL import Image, ImageOps
 from sqlalchemy import func, select
 
-from tests.badfiles import bad_files
+from clearmark.settings import Settings, set_settings
 from clearmark.workers.celery_app import app, configure
 from clearmark.workers.cli import find_images
 from clearmark.workers.db import FINISHED, Job, JobEvent, JobMetrics, session_scope
 from clearmark.workers.local import clean_folder
-from clearmark.settings import Settings, set_settings
 from clearmark.workers.storage import read_uri
 from clearmark.workers.submit import submit_files
+from tests.badfiles import bad_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DONE = {s.value for s in FINISHED}
@@ -33,9 +34,9 @@ def product_photo(seed: int, size=(640, 480)) -> Image.Image:
     rng = np.random.default_rng(seed)
     w, h = size
     img = np.full((h, w, 3), 235, np.float32) + rng.normal(0, 2, (h, w, 3))
-    img[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = rng.uniform(40, 200, 3)
+    img[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = rng.uniform(40, 200, 3)
     mark = np.zeros((h, w), bool)
-    mark[h // 2 - 20: h // 2 + 20, 40: w - 40: 3] = True
+    mark[h // 2 - 20 : h // 2 + 20, 40 : w - 40 : 3] = True
     img[mark] = 0.5 * img[mark] + 0.5 * 255
     return Image.fromarray(img.clip(0, 255).astype(np.uint8))
 
@@ -57,9 +58,14 @@ def unique_queues() -> dict[str, str]:
 
 @pytest.fixture
 def service(tmp_path, db_url, redis_url):
-    settings = Settings(data_dir=tmp_path / "data", database_url=db_url,
-                        storage_uri=(tmp_path / "storage").as_uri(), broker_url=redis_url,
-                        visibility_timeout_s=120, **unique_queues())
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        storage_uri=(tmp_path / "storage").as_uri(),
+        broker_url=redis_url,
+        visibility_timeout_s=120,
+        **unique_queues(),
+    )
     set_settings(settings)
     configure(app, settings)
     yield settings
@@ -68,21 +74,23 @@ def service(tmp_path, db_url, redis_url):
 
 def service_env(settings: Settings) -> dict[str, str]:
     """The environment of a `clearmark` subprocess that uses `settings`."""
-    return dict(os.environ,
-                CLEARMARK_DATABASE_URL=settings.database_url,
-                CLEARMARK_BROKER_URL=settings.broker_url,
-                CLEARMARK_STORAGE_URI=settings.storage_uri,
-                CLEARMARK_DATA_DIR=str(settings.data_dir),
-                CLEARMARK_VISIBILITY_TIMEOUT_S=str(settings.visibility_timeout_s),
-                CLEARMARK_QUEUE_UPLOADS=settings.queue_uploads,
-                CLEARMARK_QUEUE_BULK=settings.queue_bulk,
-                CLEARMARK_QUEUE_WEBHOOKS=settings.queue_webhooks,
-                CLEARMARK_WEBHOOK_ALLOW_HOSTS=",".join(settings.webhook_allow_hosts),
-                CLEARMARK_WEBHOOK_BACKOFF_S=str(settings.webhook_backoff_s),
-                CLEARMARK_WEBHOOK_MAX_ATTEMPTS=str(settings.webhook_max_attempts),
-                CLEARMARK_LEASE_S=str(settings.lease_s),
-                CLEARMARK_REAP_INTERVAL_S=str(settings.reap_interval_s),
-                CLEARMARK_REAP_GRACE_S=str(settings.reap_grace_s))
+    return dict(
+        os.environ,
+        CLEARMARK_DATABASE_URL=settings.database_url,
+        CLEARMARK_BROKER_URL=settings.broker_url,
+        CLEARMARK_STORAGE_URI=settings.storage_uri,
+        CLEARMARK_DATA_DIR=str(settings.data_dir),
+        CLEARMARK_VISIBILITY_TIMEOUT_S=str(settings.visibility_timeout_s),
+        CLEARMARK_QUEUE_UPLOADS=settings.queue_uploads,
+        CLEARMARK_QUEUE_BULK=settings.queue_bulk,
+        CLEARMARK_QUEUE_WEBHOOKS=settings.queue_webhooks,
+        CLEARMARK_WEBHOOK_ALLOW_HOSTS=",".join(settings.webhook_allow_hosts),
+        CLEARMARK_WEBHOOK_BACKOFF_S=str(settings.webhook_backoff_s),
+        CLEARMARK_WEBHOOK_MAX_ATTEMPTS=str(settings.webhook_max_attempts),
+        CLEARMARK_LEASE_S=str(settings.lease_s),
+        CLEARMARK_REAP_INTERVAL_S=str(settings.reap_interval_s),
+        CLEARMARK_REAP_GRACE_S=str(settings.reap_grace_s),
+    )
 
 
 class Service:
@@ -91,9 +99,13 @@ class Service:
 
     def __init__(self, settings: Settings, log_path: Path, *argv: str):
         self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "workers", *argv],
-                                     env=service_env(settings), stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers", *argv],
+            env=service_env(settings),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -188,29 +200,30 @@ def test_worker_processes_good_and_bad_files(service, workers, tmp_path):
         assert job.attempts == 1 and job.pipeline_version
     with session_scope(service.database_url) as session:
         good = [j for j in submitted if expected[submitted[j].name] is None]
-        assert session.scalar(select(func.count()).select_from(JobMetrics)
-                              .where(JobMetrics.job_id.in_(good))) == len(good)
+        assert session.scalar(
+            select(func.count()).select_from(JobMetrics).where(JobMetrics.job_id.in_(good))
+        ) == len(good)
 
     # The embedded mode (in-process, SQLite) gives the same bytes as the service.
     set_settings(service.replace(database_url=f"sqlite:///{tmp_path / 'local.db'}"))
     clean_folder(find_images([inputs], recursive=False), tmp_path / "local-out", None)
     for job_id, path in submitted.items():
         if jobs[job_id].status != "failed":
-            assert (tmp_path / "local-out" / path.name).read_bytes() == \
-                read_uri(jobs[job_id].result_uri), path.name
+            assert (tmp_path / "local-out" / path.name).read_bytes() == read_uri(jobs[job_id].result_uri), (
+                path.name
+            )
 
 
 def test_sigkilled_worker_job_finishes_exactly_once(service, workers, tmp_path):
     # A short visibility timeout and lease, so Redis hands the dead worker's task on and
     # the reaper (run by the second worker) queues the job again within seconds.
-    service = service.replace(visibility_timeout_s=6, lease_s=4, reap_interval_s=1,
-                              reap_grace_s=0)
+    service = service.replace(visibility_timeout_s=6, lease_s=4, reap_interval_s=1, reap_grace_s=0)
     big = tmp_path / "big.png"
     rng = np.random.default_rng(0)
     # Noise makes PNG decode/encode slow enough to kill the worker mid-task.
     Image.fromarray(rng.integers(0, 255, (2400, 3200, 3), dtype=np.uint8)).save(big)
     first = workers(service, "first")
-    (job_id, _), = submit_files([big])
+    ((job_id, _),) = submit_files([big])
 
     def running():
         job = statuses(service.database_url, [job_id])[job_id]
@@ -227,10 +240,13 @@ def test_sigkilled_worker_job_finishes_exactly_once(service, workers, tmp_path):
     assert job.status in {"succeeded", "no_watermark", "needs_review"}, job.error_message
     assert job.attempts == 2
     with session_scope(service.database_url) as session:
-        assert session.scalar(select(func.count()).select_from(JobMetrics)
-                              .where(JobMetrics.job_id == job_id)) == 1
-        events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
-                                 .order_by(JobEvent.id)).all()
+        assert (
+            session.scalar(select(func.count()).select_from(JobMetrics).where(JobMetrics.job_id == job_id))
+            == 1
+        )
+        events = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        ).all()
     kinds = [e.kind for e in events]
     # Taken over once its lease ran out (by the redelivered message or the reaper's), and
     # finished once.

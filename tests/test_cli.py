@@ -1,15 +1,18 @@
 """`clearmark clean` in-process on SQLite, and the other commands' help and plumbing."""
+
 from __future__ import annotations
+
+from datetime import UTC
 
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy import select
 
-from tests.test_celery_e2e import product_photo
+from clearmark.settings import Settings, set_settings
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Job, JobMetrics, session_scope
-from clearmark.settings import Settings, set_settings
+from tests.test_celery_e2e import product_photo
 
 
 @pytest.fixture
@@ -22,9 +25,22 @@ def local_settings(tmp_path):
 
 def test_every_command_has_help():
     runner = CliRunner()
-    for args in ([], ["clean"], ["submit"], ["worker"], ["status"], ["db"], ["db", "upgrade"],
-                 ["train"], ["eval"], ["engines"], ["bench"], ["api"], ["tenants"],
-                 ["tenants", "create"]):
+    for args in (
+        [],
+        ["clean"],
+        ["submit"],
+        ["worker"],
+        ["status"],
+        ["db"],
+        ["db", "upgrade"],
+        ["train"],
+        ["eval"],
+        ["engines"],
+        ["bench"],
+        ["api"],
+        ["tenants"],
+        ["tenants", "create"],
+    ):
         result = runner.invoke(cli, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
         assert "Usage:" in result.output
@@ -39,8 +55,9 @@ def test_clean_folder_keeps_paths_and_records_jobs(tmp_path, local_settings):
     (src / "notes.txt").write_text("ignored: not an image extension")
     out, masks = tmp_path / "out", tmp_path / "masks"
 
-    result = CliRunner().invoke(cli, ["clean", str(src), "--out", str(out), "--masks", str(masks),
-                                      "--recursive"])
+    result = CliRunner().invoke(
+        cli, ["clean", str(src), "--out", str(out), "--masks", str(masks), "--recursive"]
+    )
     assert result.exit_code == 1, result.output  # one file failed; the rest were cleaned
     assert "failed        1" in result.output and "not_an_image" in result.output
     assert Image.open(out / "a.png").size == (640, 480)
@@ -100,8 +117,14 @@ def test_clean_odd_file_names_into_a_folder_with_a_space(tmp_path, local_setting
     assert "failed        0" in result.output
     assert "skipped 1 file(s) that are not images by their extension: notes.txt" in result.output
     stages = result.output.split("mean ms per image: ")[1].splitlines()[0]
-    assert [part.split()[0] for part in stages.split(" = ")[0].split(" + ")] == \
-        ["decode", "detect", "remove", "gate", "residual", "encode"]
+    assert [part.split()[0] for part in stages.split(" = ")[0].split(" + ")] == [
+        "decode",
+        "detect",
+        "remove",
+        "gate",
+        "residual",
+        "encode",
+    ]
 
 
 def test_clean_with_an_output_that_cannot_be_written_fails_loudly(tmp_path, local_settings):
@@ -117,13 +140,12 @@ def test_clean_with_an_output_that_cannot_be_written_fails_loudly(tmp_path, loca
     result = CliRunner().invoke(cli, ["clean", str(src), "--out", str(out), "--recursive"])
     assert result.exit_code == 1, result.output
     assert "failed        1" in result.output
-    assert "FAILED sub/x y.png: too_many_attempts: gave up after 1 attempts: cannot write" \
-        in result.output
+    assert "FAILED sub/x y.png: too_many_attempts: gave up after 1 attempts: cannot write" in result.output
     assert (out / "top.png").exists()
     with session_scope(local_settings.database_url) as session:
         statuses = [j.status for j in session.scalars(select(Job))]
     assert len(statuses) == 2 and statuses.count("failed") == 1 and "queued" not in statuses
-    status = CliRunner().invoke(cli, ["status"])   # failures by the user's file name
+    status = CliRunner().invoke(cli, ["status"])  # failures by the user's file name
     assert "too_many_attempts: gave up after 1 attempts" in status.output
     assert f"[{src / 'sub' / 'x y.png'}]" in status.output
 
@@ -138,15 +160,15 @@ def test_clean_refuses_an_output_folder_it_cannot_create(tmp_path, local_setting
 
 
 def test_since_takes_iso_dates_and_ages_in_report_and_reprocess(tmp_path, local_settings):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from clearmark.workers import migrate
     from clearmark.workers.dates import parse_since
 
-    now = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
-    assert parse_since("7d", now) == datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
-    assert parse_since("90m", now) == datetime(2026, 11, 29, 10, 30, tzinfo=timezone.utc)
-    assert parse_since("2026-11-01") == datetime(2026, 11, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    assert parse_since("7d", now) == datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    assert parse_since("90m", now) == datetime(2026, 11, 29, 10, 30, tzinfo=UTC)
+    assert parse_since("2026-11-01") == datetime(2026, 11, 1, tzinfo=UTC)
     assert parse_since("2026-11-01T12:00+01:00").utcoffset().total_seconds() == 3600
     with pytest.raises(ValueError):
         parse_since("last week")
@@ -168,9 +190,18 @@ def test_batches_show_whole_tenant_names():
     from clearmark.workers.reports import batches_text
 
     name = "a-rather-long-storefront-name"
-    text = batches_text([{"id": "b1", "kind": "bulk", "tenant": name,
-                          "created_at": datetime(2026, 11, 29), "total": 1,
-                          "counts": {"succeeded": 1}}])
+    text = batches_text(
+        [
+            {
+                "id": "b1",
+                "kind": "bulk",
+                "tenant": name,
+                "created_at": datetime(2026, 11, 29),
+                "total": 1,
+                "counts": {"succeeded": 1},
+            }
+        ]
+    )
     assert name in text
 
 

@@ -1,6 +1,7 @@
 """compose.yaml: the full stack, a start-up order that holds, and clearmark commands that
 parse. The API and webhook-worker commands are the ones test_api/test_webhooks run
 (through `compose_command`); `db upgrade` is what every migrated test database goes through."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +35,18 @@ def parse(args: list[str]) -> click.Context:
 
 
 def test_the_full_stack_is_there():
-    assert {"redis", "postgres", "minio", "minio-init", "migrate", "api", "worker-uploads",
-            "worker-bulk", "worker-webhooks", "flower"} <= set(SERVICES)
+    assert {
+        "redis",
+        "postgres",
+        "minio",
+        "minio-init",
+        "migrate",
+        "api",
+        "worker-uploads",
+        "worker-bulk",
+        "worker-webhooks",
+        "flower",
+    } <= set(SERVICES)
     assert "pgdata:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
     assert "local/clearmark" in " ".join(SERVICES["minio-init"]["entrypoint"])
     assert SERVICES["api"]["environment"]["CLEARMARK_STORAGE_URI"] == "s3://clearmark"
@@ -67,10 +78,20 @@ def test_start_up_order():
 
 
 def test_clearmark_commands_parse():
-    commands = {name: s["command"] for name, s in SERVICES.items()
-                if s.get("image") == "clearmark:latest" and "command" in s}
-    assert set(commands) >= {"migrate", "api", "worker-uploads", "worker-bulk", "worker-webhooks",
-                             "beat", "flower"}
+    commands = {
+        name: s["command"]
+        for name, s in SERVICES.items()
+        if s.get("image") == "clearmark:latest" and "command" in s
+    }
+    assert set(commands) >= {
+        "migrate",
+        "api",
+        "worker-uploads",
+        "worker-bulk",
+        "worker-webhooks",
+        "beat",
+        "flower",
+    }
     for name, args in commands.items():
         ctx = parse(args)
         assert ctx.command.name in {"upgrade", "api", "worker", "beat", "flower"}, name

@@ -1,4 +1,5 @@
 """Schema, migrations and the job status machine, on SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 import os
@@ -9,10 +10,14 @@ from sqlalchemy.exc import IntegrityError
 
 from clearmark.workers import migrate
 from clearmark.workers.db import (
-    IllegalTransition, Job, JobEvent, JobStatus, check_transition, session_scope,
+    IllegalTransition,
+    Job,
+    JobEvent,
+    JobStatus,
+    check_transition,
+    session_scope,
 )
-from clearmark.workers.jobs import (TooManyAttempts, claim_job, create_job, ensure_tenant, fail_job,
-                          finish_job)
+from clearmark.workers.jobs import TooManyAttempts, claim_job, create_job, ensure_tenant, fail_job, finish_job
 
 TABLES = {"tenants", "jobs", "job_metrics", "batches", "job_events", "alembic_version"}
 
@@ -25,8 +30,11 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     inspector = inspect(engine)
     assert TABLES <= set(inspector.get_table_names())
     index_names = {ix["name"] for ix in inspector.get_indexes("jobs")}
-    assert {"ix_jobs_status_created_at", "ix_jobs_tenant_id_created_at",
-            "uq_jobs_tenant_id_idempotency_key"} <= index_names
+    assert {
+        "ix_jobs_status_created_at",
+        "ix_jobs_tenant_id_created_at",
+        "uq_jobs_tenant_id_idempotency_key",
+    } <= index_names
     columns = {c["name"]: c for c in inspector.get_columns("jobs")}
     assert columns["review_reason"]["nullable"] and columns["lease_expires_at"]["nullable"]
     assert not columns["webhook_pending"]["nullable"]
@@ -35,7 +43,8 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     assert metrics_columns["jpeg_exact"]["nullable"] and metrics_columns["jpeg_blocks_changed"]["nullable"]
     migrate.downgrade(url, "0005")  # 0006 alone: the JPEG metrics go
     assert not {"jpeg_exact", "jpeg_blocks_changed"} & {
-        c["name"] for c in inspect(engine).get_columns("job_metrics")}
+        c["name"] for c in inspect(engine).get_columns("job_metrics")
+    }
     assert "lease_expires_at" in {c["name"] for c in inspect(engine).get_columns("jobs")}
     migrate.downgrade(url, "0004")  # 0005 alone: the lease and webhook flag go
     jobs_columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
@@ -56,9 +65,13 @@ def test_transitions():
     check_transition("queued", "running")
     check_transition("running", "succeeded")
     check_transition("running", "running")  # take-over after a dead worker
-    check_transition("failed", "queued")    # operator retry
-    for old, new in [("queued", "succeeded"), ("succeeded", "running"), ("failed", "succeeded"),
-                     ("no_watermark", "failed")]:
+    check_transition("failed", "queued")  # operator retry
+    for old, new in [
+        ("queued", "succeeded"),
+        ("succeeded", "running"),
+        ("failed", "succeeded"),
+        ("no_watermark", "failed"),
+    ]:
         with pytest.raises(IllegalTransition):
             check_transition(old, new)
 
@@ -82,12 +95,25 @@ def test_idempotency_key_unique_per_tenant(db_url):
     assert job1.id == job2.id != job3.id
     with pytest.raises(IntegrityError):
         with session_scope(db_url) as session:
-            session.add(Job(tenant_id=job1.tenant_id, source_uri="z", idempotency_key="k",
-                            status="queued", attempts=0))
+            session.add(
+                Job(
+                    tenant_id=job1.tenant_id, source_uri="z", idempotency_key="k", status="queued", attempts=0
+                )
+            )
 
 
-METRICS = dict(width=10, height=10, mask_area_fraction=0.1, detector_confidence=0.9,
-               residual_score=0.0, ms_decode=1, ms_detect=1, ms_remove=1, ms_encode=1, ms_total=4)
+METRICS = dict(
+    width=10,
+    height=10,
+    mask_area_fraction=0.1,
+    detector_confidence=0.9,
+    residual_score=0.0,
+    ms_decode=1,
+    ms_detect=1,
+    ms_remove=1,
+    ms_encode=1,
+    ms_total=4,
+)
 
 
 def _new_job(db_url) -> str:
@@ -102,34 +128,65 @@ def test_claim_finish_is_guarded_and_logged(db_url):
     takeover = claim_job(db_url, job_id, max_attempts=3)  # the lease has run out
     assert (first.attempt, takeover.attempt) == (1, 2)
     # The dead worker's late result is discarded; the live one is recorded once.
-    assert not finish_job(db_url, first, JobStatus.succeeded, result_uri="r", mask_uri="m",
-                          metrics=METRICS, pipeline_version="v")
-    assert finish_job(db_url, takeover, JobStatus.succeeded, result_uri="r", mask_uri="m",
-                      metrics=METRICS, pipeline_version="v")
+    assert not finish_job(
+        db_url,
+        first,
+        JobStatus.succeeded,
+        result_uri="r",
+        mask_uri="m",
+        metrics=METRICS,
+        pipeline_version="v",
+    )
+    assert finish_job(
+        db_url,
+        takeover,
+        JobStatus.succeeded,
+        result_uri="r",
+        mask_uri="m",
+        metrics=METRICS,
+        pipeline_version="v",
+    )
     assert claim_job(db_url, job_id, max_attempts=3) is None  # finished: nothing to do
     assert not fail_job(db_url, takeover, "x", "late failure")
     with session_scope(db_url) as session:
         job = session.get(Job, job_id)
         assert job.status == "succeeded" and job.attempts == 2 and job.metrics.width == 10
-        events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
-                                 .order_by(JobEvent.id)).all()
+        events = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        ).all()
         assert [(e.kind, e.to_status) for e in events] == [
-            ("status", "queued"), ("status", "running"), ("takeover", "running"),
-            ("status", "succeeded")]
+            ("status", "queued"),
+            ("status", "running"),
+            ("takeover", "running"),
+            ("status", "succeeded"),
+        ]
 
 
-REASON = ("the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80): "
-          "change not explained by one overlay colour (0.62 < 0.85)")
-GATE = [{"box": (10, 20, 300, 80), "pixels": 4200, "explained": 0.62, "opacity": 0.4,
-         "colour": (250, 250, 250), "continues": 0.05, "flattened": 0.1, "confidence": 0.91,
-         "passed": False, "reason": "change not explained by one overlay colour (0.62 < 0.85)",
-         "review_confident": 0.8}]
+REASON = (
+    "the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80): "
+    "change not explained by one overlay colour (0.62 < 0.85)"
+)
+GATE = [
+    {
+        "box": (10, 20, 300, 80),
+        "pixels": 4200,
+        "explained": 0.62,
+        "opacity": 0.4,
+        "colour": (250, 250, 250),
+        "continues": 0.05,
+        "flattened": 0.1,
+        "confidence": 0.91,
+        "passed": False,
+        "reason": "change not explained by one overlay colour (0.62 < 0.85)",
+        "review_confident": 0.8,
+    }
+]
 
 
 def _status_events(session, job_id: str) -> list[JobEvent]:
-    return session.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
-                                                  JobEvent.kind == "status")
-                           .order_by(JobEvent.id)).all()
+    return session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "status").order_by(JobEvent.id)
+    ).all()
 
 
 def test_review_reason_is_stored_with_needs_review_only(db_url):
@@ -139,8 +196,17 @@ def test_review_reason_is_stored_with_needs_review_only(db_url):
 
     job_id = _new_job(db_url)
     claim = claim_job(db_url, job_id, max_attempts=3)
-    assert finish_job(db_url, claim, JobStatus.needs_review, result_uri="r", mask_uri="m",
-                      metrics=METRICS, pipeline_version="v", review_reason=REASON, gate=GATE)
+    assert finish_job(
+        db_url,
+        claim,
+        JobStatus.needs_review,
+        result_uri="r",
+        mask_uri="m",
+        metrics=METRICS,
+        pipeline_version="v",
+        review_reason=REASON,
+        gate=GATE,
+    )
     with session_scope(db_url) as session:
         job = session.get(Job, job_id)
         assert (job.status, job.review_reason) == ("needs_review", REASON)
@@ -151,8 +217,16 @@ def test_review_reason_is_stored_with_needs_review_only(db_url):
         assert job.review_reason is None
     claim = claim_job(db_url, job_id, max_attempts=3)
     # A reason handed over with another status is not stored.
-    assert finish_job(db_url, claim, JobStatus.succeeded, result_uri="r", mask_uri="m",
-                      metrics=METRICS, pipeline_version="v", review_reason="stale")
+    assert finish_job(
+        db_url,
+        claim,
+        JobStatus.succeeded,
+        result_uri="r",
+        mask_uri="m",
+        metrics=METRICS,
+        pipeline_version="v",
+        review_reason="stale",
+    )
     with session_scope(db_url) as session:
         assert session.get(Job, job_id).review_reason is None
         assert "review_reason" not in (_status_events(session, job_id)[-1].detail or {})
@@ -163,8 +237,16 @@ def test_a_new_attempt_clears_the_review_reason(db_url):
     hand) and failed, no longer claims to need review for that reason."""
     job_id = _new_job(db_url)
     claim = claim_job(db_url, job_id, max_attempts=3)
-    finish_job(db_url, claim, JobStatus.needs_review, result_uri="r", mask_uri="m",
-               metrics=METRICS, pipeline_version="v", review_reason=REASON)
+    finish_job(
+        db_url,
+        claim,
+        JobStatus.needs_review,
+        result_uri="r",
+        mask_uri="m",
+        metrics=METRICS,
+        pipeline_version="v",
+        review_reason=REASON,
+    )
     with session_scope(db_url) as session:
         job = session.get(Job, job_id)
         job.status = JobStatus.queued.value  # bypass requeue_job, which clears it itself
@@ -173,8 +255,7 @@ def test_a_new_attempt_clears_the_review_reason(db_url):
         assert session.get(Job, job_id).review_reason is None  # cleared by the new attempt
     assert fail_job(db_url, claim, "internal_error", "boom")
     with session_scope(db_url) as session:
-        assert (session.get(Job, job_id).status, session.get(Job, job_id).review_reason) == (
-            "failed", None)
+        assert (session.get(Job, job_id).status, session.get(Job, job_id).review_reason) == ("failed", None)
 
 
 def test_poison_job_fails_after_max_attempts(db_url):
@@ -192,9 +273,9 @@ def test_poison_job_fails_after_max_attempts(db_url):
 def test_giving_up_is_a_finished_attempt(db_url, monkeypatch):
     """process_job reports the job it failed as too_many_attempts as finished, so its
     webhook is sent like any other final status."""
+    from clearmark.settings import Settings
     from clearmark.workers import webhooks
     from clearmark.workers.jobs import process_job
-    from clearmark.settings import Settings
 
     notified = []
     monkeypatch.setattr(webhooks, "notify_finished", lambda job_id, s: notified.append(job_id))
@@ -218,8 +299,10 @@ def test_every_tenant_gets_a_webhook_secret(request, backend):
     engine = create_engine(url)
     with engine.begin() as conn:
         for name in ("old-a", "old-b"):
-            conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES (:n, :n, :t)"),
-                         {"n": name, "t": "2026-01-01T00:00:00+00:00"})
+            conn.execute(
+                text("INSERT INTO tenants (id, name, created_at) VALUES (:n, :n, :t)"),
+                {"n": name, "t": "2026-01-01T00:00:00+00:00"},
+            )
     migrate.upgrade(url)
     with engine.begin() as conn:
         secrets = dict(conn.execute(text("SELECT id, webhook_secret FROM tenants")).all())
@@ -232,14 +315,15 @@ def test_every_tenant_gets_a_webhook_secret(request, backend):
 def test_a_forked_child_never_reuses_the_parents_connection(pg_url):
     """A worker parent that touched the database before forking its pool (the preflight
     does) must not hand its pooled connection to the children."""
+
     def backend_pid() -> int:
         with session_scope(pg_url) as session:
             return session.scalar(text("SELECT pg_backend_pid()"))
 
-    parent = backend_pid()                 # the connection goes back to the pool, open
+    parent = backend_pid()  # the connection goes back to the pool, open
     read, write = os.pipe()
     child = os.fork()
-    if child == 0:                         # pragma: no cover - runs in the child
+    if child == 0:  # pragma: no cover - runs in the child
         try:
             os.write(write, str(backend_pid()).encode())
         finally:
@@ -249,4 +333,4 @@ def test_a_forked_child_never_reuses_the_parents_connection(pg_url):
     seen_by_child = int(os.read(read, 32) or b"0")
     os.close(read)
     assert seen_by_child and seen_by_child != parent
-    assert backend_pid() == parent         # the parent's own connection still works
+    assert backend_pid() == parent  # the parent's own connection still works

@@ -5,27 +5,30 @@ into a temporary engine dir; every other test reuses them. TensorRT execution te
 only where tensorrt, pycuda and a GPU exist and are skipped with the reason otherwise;
 the TensorRT *cache* logic runs everywhere, with only the TensorRT builder call faked.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import logging
+import shutil
 import sys
 import types
 
 import numpy as np
 import pytest
 
-from clearmark.engine_build import Engine, load_engine
+from clearmark.engine_build import Engine, load_engine, onnx_export, trt_backend
 from clearmark.engine_build import base as engine_base
-from clearmark.engine_build import onnx_export, trt_backend
 from clearmark.engine_build.calibration import synthetic_batch
 from clearmark.engine_build.onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx
-from clearmark.models.networks import OUT_CHANNELS
 from clearmark.engine_build.trt_cache import (
-    EngineCacheKey, cached_engine, engine_path, parse_profile,
+    EngineCacheKey,
+    cached_engine,
+    engine_path,
+    parse_profile,
 )
+from clearmark.models.networks import OUT_CHANNELS
 from clearmark.settings import get_settings, set_settings
 
 SHAPES = [(1, 32, 48), (2, 64, 80), (3, 48, 112), (1, 80, 16)]  # odd multiples of 16 too
@@ -49,11 +52,15 @@ def exported(engine_dir):
 @pytest.fixture(scope="session")
 def engines(exported):
     """torch and onnxruntime engines per kind, created once."""
-    return {(kind, backend): load_engine(kind, backend=backend, device="cpu")
-            for kind in ("detector", "remover") for backend in ("torch", "onnxruntime")}
+    return {
+        (kind, backend): load_engine(kind, backend=backend, device="cpu")
+        for kind in ("detector", "remover")
+        for backend in ("torch", "onnxruntime")
+    }
 
 
 # --------------------------------------------------------------------------- export
+
 
 @pytest.mark.parametrize("kind", ["detector", "remover"])
 def test_export_is_valid_with_dynamic_shapes(exported, kind):
@@ -63,8 +70,7 @@ def test_export_is_valid_with_dynamic_shapes(exported, kind):
     path = exported[kind]
     onnx_export.check_onnx(path, kind)  # onnx.checker (full) + signature
     model = onnx.load(str(path))
-    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [
-        onnx_export.ONNX_OPSET]
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [onnx_export.ONNX_OPSET]
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in dims] == [True, False, True, True]
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
@@ -108,6 +114,7 @@ def test_corrupt_cached_onnx_is_exported_again(exported, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- parity
 
+
 @pytest.mark.parametrize("kind", ["detector", "remover"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_parity_torch_vs_onnxruntime(engines, kind, shape):
@@ -123,7 +130,7 @@ def test_batch_equals_single_images(engines):
     eng = engines[("remover", "onnxruntime")]
     x = synthetic_batch("remover", 3, 32, 48, seed=5)
     batched = eng.run(x)
-    singles = np.concatenate([eng.run(x[i:i + 1]) for i in range(3)])
+    singles = np.concatenate([eng.run(x[i : i + 1]) for i in range(3)])
     assert np.abs(batched - singles).max() <= 1e-5
 
 
@@ -146,19 +153,33 @@ def test_run_rejects_bad_input(engines, bad):
 
 # --------------------------------------------------------------------------- cache keys
 
+
 def _key(**changes) -> EngineCacheKey:
-    base = EngineCacheKey(kind="detector", weights_sha256="a" * 64, onnx_sha256="b" * 64,
-                          trt_version="10.3.0", gpu_name="NVIDIA H100 80GB HBM3",
-                          compute_capability="9.0", precision="fp16",
-                          profile="1x32x32,1x512x512,8x1024x1024")
+    base = EngineCacheKey(
+        kind="detector",
+        weights_sha256="a" * 64,
+        onnx_sha256="b" * 64,
+        trt_version="10.3.0",
+        gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
+        precision="fp16",
+        profile="1x32x32,1x512x512,8x1024x1024",
+    )
     return dataclasses.replace(base, **changes)
 
 
 def test_every_key_field_changes_the_key():
     base = _key()
-    other = {"kind": "remover", "weights_sha256": "c" * 64, "onnx_sha256": "d" * 64,
-             "trt_version": "10.4.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9",
-             "precision": "fp32", "profile": "1x32x32,1x256x256,4x512x512"}
+    other = {
+        "kind": "remover",
+        "weights_sha256": "c" * 64,
+        "onnx_sha256": "d" * 64,
+        "trt_version": "10.4.0",
+        "gpu_name": "NVIDIA L4",
+        "compute_capability": "8.9",
+        "precision": "fp32",
+        "profile": "1x32x32,1x256x256,4x512x512",
+    }
     assert set(other) == {f.name for f in dataclasses.fields(EngineCacheKey)}
     digests = {base.digest}
     for name, value in other.items():
@@ -180,11 +201,15 @@ def test_profile_parsing():
         assert str(parse_profile("")) == "1x16x16,1x512x512,8x1504x1504"
     finally:
         set_settings(previous)
-    assert p.contains(1, 16, 16) and p.contains(1, 640, 1024) and p.contains(8, 1024, 1024) and not p.contains(9, 64, 64)
+    assert (
+        p.contains(1, 16, 16)
+        and p.contains(1, 640, 1024)
+        and p.contains(8, 1024, 1024)
+        and not p.contains(9, 64, 64)
+    )
     assert p.nchw(4)[2] == (8, 4, 1024, 1024)
     assert parse_profile("64,2x128x128,4x256x512").min.batch == 1
-    for bad in ("1x32x32,1x64x64", "1x30x32,1x64x64,1x128x128", "4x64x64,1x64x64,8x64x64",
-                "a,b,c"):
+    for bad in ("1x32x32,1x64x64", "1x30x32,1x64x64,1x128x128", "4x64x64,1x64x64,8x64x64", "a,b,c"):
         with pytest.raises(ValueError):
             parse_profile(bad)
 
@@ -201,6 +226,7 @@ def test_precision_plan_follows_tensorrt_version():
 
 
 # --------------------------------------------------------------------------- engine cache
+
 
 @pytest.fixture
 def trt_dir(exported, engine_dir, tmp_path):
@@ -222,9 +248,14 @@ class FakeBuilder:
 
 def _ensure(engine_dir, builder, **kw):
     kw.setdefault("identity", FAKE_IDENTITY)
-    return trt_backend.ensure_engine("detector", kw.pop("precision", "fp32"),
-                                     kw.pop("profile", "1x32x32,1x64x64,2x128x128"),
-                                     engine_dir, builder=builder, **kw)
+    return trt_backend.ensure_engine(
+        "detector",
+        kw.pop("precision", "fp32"),
+        kw.pop("profile", "1x32x32,1x64x64,2x128x128"),
+        engine_dir,
+        builder=builder,
+        **kw,
+    )
 
 
 def test_engine_cache_builds_once_then_reuses(trt_dir):
@@ -269,8 +300,18 @@ def test_corrupt_engine_file_is_rebuilt(trt_dir, damage):
     assert cached_engine(trt_dir, first.key)[0] == again.data  # valid again afterwards
 
 
-@pytest.mark.parametrize("field", ["trt_version", "gpu_name", "compute_capability",
-                                   "precision", "profile", "weights_sha256", "onnx_sha256"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "trt_version",
+        "gpu_name",
+        "compute_capability",
+        "precision",
+        "profile",
+        "weights_sha256",
+        "onnx_sha256",
+    ],
+)
 def test_mismatched_engine_file_is_rebuilt(trt_dir, field):
     builder = FakeBuilder()
     first = _ensure(trt_dir, builder)
@@ -299,7 +340,7 @@ def test_prune_deletes_only_files_from_other_weights_or_code(trt_dir, monkeypatc
     builder = FakeBuilder()
     current = _ensure(trt_dir, builder)
     other_gpu = _ensure(trt_dir, builder, identity=("10.3.0", "NVIDIA L4", "8.9"))
-    with monkeypatch.context() as m:   # an engine built from earlier weights
+    with monkeypatch.context() as m:  # an engine built from earlier weights
         m.setattr(trt_backend, "weights_sha256", lambda kind: "f" * 64)
         old = _ensure(trt_dir, builder)
     orphan = trt_dir / "tensorrt" / "remover-fp16-0123456789abcdef0123.engine"
@@ -330,6 +371,7 @@ def test_engine_path_layout(tmp_path):
 
 
 # --------------------------------------------------------------------------- auto
+
 
 def _hide(monkeypatch, *names):
     for name in names:
@@ -409,6 +451,7 @@ def test_unknown_backend_and_device():
 
 # --------------------------------------------------------------------------- CLI
 
+
 def test_cli_export_bench_and_build(exported):
     from click.testing import CliRunner
 
@@ -418,8 +461,10 @@ def test_cli_export_bench_and_build(exported):
     res = runner.invoke(engines_group, ["export", "--kind", "detector"])
     assert res.exit_code == 0, res.output
     assert str(exported["detector"]) in res.output
-    res = runner.invoke(bench_command, ["--backend", "onnxruntime", "--backend", "torch",
-                                        "--size", "32", "--seconds", "0", "--warmup", "1"])
+    res = runner.invoke(
+        bench_command,
+        ["--backend", "onnxruntime", "--backend", "torch", "--size", "32", "--seconds", "0", "--warmup", "1"],
+    )
     assert res.exit_code == 0, res.output
     assert "images/s" in res.output and "ms/image" in res.output
     assert res.output.count("detector") >= 2 and res.output.count("remover") >= 2
@@ -438,20 +483,21 @@ def test_cli_bench_pipeline_times_every_stage_of_real_photos(monkeypatch, grocer
     # default data dir (../shared/data, not in the repository): use generated ones.
     monkeypatch.setattr("clearmark.models.scenes.DEFAULT_DATA", grocery_data)
     files = bench_images(2, 160)
-    assert len(files) == 2 and all(f[:2] == b"\xff\xd8" for f in files)   # JPEG files
+    assert len(files) == 2 and all(f[:2] == b"\xff\xd8" for f in files)  # JPEG files
     row = bench_pipeline(files, "torch", flip=False)
     assert row.images == 2 and sum(row.statuses.values()) == 2 and len(row.total_ms) == 2
     assert set(row.stage_ms) == set(STAGES) and row.stage_ms["detect"] > 0
-    assert sum(row.stage_ms.values()) <= sum(row.total_ms) / 2   # the stages are laps of it
-    res = CliRunner().invoke(bench_command, ["--pipeline", "--backend", "torch", "--images", "1",
-                                             "--size", "96", "--warmup", "0"])
+    assert sum(row.stage_ms.values()) <= sum(row.total_ms) / 2  # the stages are laps of it
+    res = CliRunner().invoke(
+        bench_command, ["--pipeline", "--backend", "torch", "--images", "1", "--size", "96", "--warmup", "0"]
+    )
     assert res.exit_code == 0, res.output
     assert "detect ms" in res.output and "residual ms" in res.output
-    assert [line.split()[:2] for line in res.output.splitlines()[2:]] == [["torch", "on"],
-                                                                         ["torch", "off"]]
+    assert [line.split()[:2] for line in res.output.splitlines()[2:]] == [["torch", "on"], ["torch", "off"]]
 
 
 # --------------------------------------------------------------------------- TensorRT
+
 
 def _require_tensorrt():
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (needs an NVIDIA GPU host)")
@@ -512,6 +558,7 @@ def test_tensorrt_auto_prefers_tensorrt(exported):
 # TensorRT 10 / pycuda calls the backend makes and executes the parsed ONNX graph with
 # ONNX Runtime, so the real build, cache, buffer and run code is exercised end to end.
 # It proves the plumbing, not the real API: the tests above do that on a GPU host.
+
 
 class _Enum:
     def __init__(self, *names):
@@ -700,9 +747,14 @@ def _make_fake_trt(cuda):
                 while cal.get_batch(["input"]) is not None:
                     batches += 1
                 cal.write_calibration_cache(b"calib")
-            info = {"onnx": network.onnx, "flags": network.flags, "batches": batches,
-                    "builder_flags": sorted(config.flags), "pool": config.pool,
-                    "shapes": config.profiles[0].shapes["input"]}
+            info = {
+                "onnx": network.onnx,
+                "flags": network.flags,
+                "batches": batches,
+                "builder_flags": sorted(config.flags),
+                "pool": config.pool,
+                "shapes": config.profiles[0].shapes["input"],
+            }
             trt.builds.append(info)
             return b"FAKETRT" + json.dumps(info).encode()
 
@@ -837,6 +889,7 @@ def test_trt_path_with_fake_api_int8_calibrates_on_synthetic_images(fake_trt):
     (build,) = trt.builds
     assert build["batches"] == CALIBRATION_BATCHES
     assert sorted(build["builder_flags"]) == sorted(
-        [trt.BuilderFlag.INT8, trt.BuilderFlag.FP16, trt.BuilderFlag.TF32])
+        [trt.BuilderFlag.INT8, trt.BuilderFlag.FP16, trt.BuilderFlag.TF32]
+    )
     assert result.plan.calibration_cache.read_bytes() == b"calib"
     assert result.key.precision == "int8"

@@ -1,4 +1,5 @@
 """`clearmark eval` on a tiny set: deterministic, baselines behave as defined, one table."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ from clearmark.workers.cli import cli
 
 # The eval set draws its photo backgrounds from `grocery_data` (generated photos, see
 # conftest.py); only the checks of the real grocery photos need ../shared/data.
-needs_real_grocery = pytest.mark.skipif(not (DEFAULT_DATA / "grocery").exists(),
-                                        reason=f"real grocery data not present ({DEFAULT_DATA})")
+needs_real_grocery = pytest.mark.skipif(
+    not (DEFAULT_DATA / "grocery").exists(), reason=f"real grocery data not present ({DEFAULT_DATA})"
+)
 
 
 def test_eval_set_is_deterministic_and_sliced(grocery_data):
@@ -49,21 +51,39 @@ def test_the_real_eval_images_that_hid_their_mark_show_it():
 
 def test_mask_errors_say_where_a_mask_goes_wrong():
     true = np.zeros((40, 40), bool)
-    true[10:20, 10:20] = True                       # 100 true pixels
+    true[10:20, 10:20] = True  # 100 true pixels
     detected = np.zeros_like(true)
-    detected[8:22, 8:16] = True                     # the detector found the left part
-    pred = detected & true                          # the mark: 60 of them ...
-    pred[12:20, 10:12] = False                      # ... less 16 inside the detected region
-    pred[10:20, 21] = True                          # 10 wrong pixels 2 px from the mark
-    pred[35, 30:35] = True                          # 5 wrong pixels far away
+    detected[8:22, 8:16] = True  # the detector found the left part
+    pred = detected & true  # the mark: 60 of them ...
+    pred[12:20, 10:12] = False  # ... less 16 inside the detected region
+    pred[10:20, 21] = True  # 10 wrong pixels 2 px from the mark
+    pred[35, 30:35] = True  # 5 wrong pixels far away
     assert mask_errors(pred, detected, true) == {
-        "miss_undetected": 0.4, "miss_unmarked": 0.16, "false_edge": 0.1, "false_far": 0.05}
+        "miss_undetected": 0.4,
+        "miss_unmarked": 0.16,
+        "false_edge": 0.1,
+        "false_far": 0.05,
+    }
     assert all(np.isnan(v) for v in mask_errors(pred, detected, np.zeros_like(true)).values())
 
 
 def test_tiny_evaluation_prints_one_table(tmp_path, grocery_data):
-    out = CliRunner().invoke(cli, ["eval", "--n", "3", "--seed", "5", "--threads", "1",
-                                   "--data", str(grocery_data), "--json", str(tmp_path / "eval.json")])
+    out = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--n",
+            "3",
+            "--seed",
+            "5",
+            "--threads",
+            "1",
+            "--data",
+            str(grocery_data),
+            "--json",
+            str(tmp_path / "eval.json"),
+        ],
+    )
     assert out.exit_code == 0, out.output
     summ = json.loads((tmp_path / "eval.json").read_text())["summary"]
     none, telea, model = summ["none"]["all"], summ["telea"]["all"], summ["model"]["all"]
@@ -76,19 +96,33 @@ def test_tiny_evaluation_prints_one_table(tmp_path, grocery_data):
     assert all(0.0 <= model[k] <= 1.0 for k in MASK_ERRORS)
     assert "model's mask errors" in out.output
     table = out.output
-    assert table.splitlines()[0] == ("clearmark eval: n=3: 3 watermarked, 1 clean, "
-                                     "1 product-text; seed=5")
+    assert table.splitlines()[0] == ("clearmark eval: n=3: 3 watermarked, 1 clean, 1 product-text; seed=5")
     for method in ("model", "none", "telea"):
         assert any(line.startswith(method) for line in table.splitlines())
 
 
 def test_eval_of_one_slice_and_what_the_manifest_refuses(tmp_path, grocery_data):
-    out = CliRunner().invoke(cli, ["eval", "--n", "3", "--seed", "6", "--threads", "1",
-                                   "--data", str(grocery_data), "--slice", "clean",
-                                   "--json", str(tmp_path / "eval.json")])
+    out = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--n",
+            "3",
+            "--seed",
+            "6",
+            "--threads",
+            "1",
+            "--data",
+            str(grocery_data),
+            "--slice",
+            "clean",
+            "--json",
+            str(tmp_path / "eval.json"),
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert out.output.splitlines()[0] == "clearmark eval: n=3: 1 clean; seed=6"
     rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
-    assert {r["slice"] for r in rows} == {"clean"} and len(rows) == 3   # one image, 3 methods
+    assert {r["slice"] for r in rows} == {"clean"} and len(rows) == 3  # one image, 3 methods
     refused = CliRunner().invoke(cli, ["eval", "--n", "3", "--slice", "wm", "--update-manifest"])
     assert refused.exit_code == 2 and "drop --slice" in refused.output

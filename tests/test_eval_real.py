@@ -1,4 +1,5 @@
 """`clearmark eval-real`'s numbers on a tiny hand-made set, against hand-computed values."""
+
 from __future__ import annotations
 
 import math
@@ -14,30 +15,37 @@ def case(marked=True) -> Case:
     composite = clean.copy()
     mask = np.zeros((10, 10), bool)
     if marked:
-        mask[2:4, 2:7] = True                  # 10 mark pixels, 20 levels brighter
+        mask[2:4, 2:7] = True  # 10 mark pixels, 20 levels brighter
         composite[mask] = 120
-    return Case(name="x.jpg", marked=marked, style="text" if marked else "clean", upload=b"",
-                clean=clean, composite=composite, mask=mask)
+    return Case(
+        name="x.jpg",
+        marked=marked,
+        style="text" if marked else "clean",
+        upload=b"",
+        clean=clean,
+        composite=composite,
+        mask=mask,
+    )
 
 
 def test_a_perfect_removal_scores_as_computed_by_hand():
     c = case()
     r = score(c, c.clean.copy(), c.mask.copy(), "succeeded")
     # input: 10 of 100 pixels off by 20 in 3 channels -> MSE 40
-    assert r["psnr_input"] == pytest.approx(10 * math.log10(255 ** 2 / 40))
+    assert r["psnr_input"] == pytest.approx(10 * math.log10(255**2 / 40))
     assert r["psnr"] == 100.0 and r["psnr_in"] == 100.0 and r["f1"] == 1.0
-    assert r["psnr_in_input"] == pytest.approx(10 * math.log10(255 ** 2 / 400))
+    assert r["psnr_in_input"] == pytest.approx(10 * math.log10(255**2 / 400))
     assert r["changed"] and not r["harm"]
 
 
 def test_a_change_worse_than_the_input_is_harm_only_when_reported_succeeded():
     c = case()
     out = c.composite.copy()
-    out[6:10, :] = 60                           # 40 pixels off by 40: MSE 640 > 40
+    out[6:10, :] = 60  # 40 pixels off by 40: MSE 640 > 40
     pred = np.zeros_like(c.mask)
-    pred[2:4, 2:4] = True                       # 4 of the 10 mark pixels, no false ones
+    pred[2:4, 2:4] = True  # 4 of the 10 mark pixels, no false ones
     r = score(c, out, pred, "succeeded")
-    assert r["psnr"] == pytest.approx(10 * math.log10(255 ** 2 / (640 + 40)))
+    assert r["psnr"] == pytest.approx(10 * math.log10(255**2 / (640 + 40)))
     assert r["harm"] and r["f1"] == pytest.approx(2 * 4 / (2 * 4 + 0 + 6))
     assert not score(c, out, pred, "needs_review")["harm"]
 
@@ -48,16 +56,18 @@ def test_a_clean_photo_changed_by_three_levels_counts_as_changed_and_harmed():
     out[0, 0, 0] += 3
     r = score(c, out, np.zeros_like(c.mask), "succeeded")
     assert r["changed"] and r["harm"] and "f1" not in r
-    out[0, 0, 0] = 102                          # 2 levels: JPEG-noise level, not "changed"
+    out[0, 0, 0] = 102  # 2 levels: JPEG-noise level, not "changed"
     assert not score(c, out, np.zeros_like(c.mask), "succeeded")["changed"]
 
 
 def test_summary_rates_and_intervals():
     c_m, c_c = case(), case(marked=False)
-    rows = [score(c_m, c_m.clean, c_m.mask, "succeeded"),
-            score(c_m, c_m.composite, np.zeros_like(c_m.mask), "no_watermark"),
-            score(c_c, c_c.clean, np.zeros_like(c_c.mask), "no_watermark"),
-            score(c_c, c_c.clean + 5, np.zeros_like(c_c.mask), "needs_review")]
+    rows = [
+        score(c_m, c_m.clean, c_m.mask, "succeeded"),
+        score(c_m, c_m.composite, np.zeros_like(c_m.mask), "no_watermark"),
+        score(c_c, c_c.clean, np.zeros_like(c_c.mask), "no_watermark"),
+        score(c_c, c_c.clean + 5, np.zeros_like(c_c.mask), "needs_review"),
+    ]
     s = summarize(rows)
     assert s["statuses"] == {"succeeded": 1, "no_watermark": 2, "needs_review": 1}
     assert s["harm_rate"] == (0.0, 0.0, 0.0) and s["harmed"] == 0
@@ -72,8 +82,18 @@ def test_summary_rates_and_intervals():
 def test_gate_precision_counts_regions_by_what_they_did():
     from clearmark.models.evaluate_real import gate_precision
 
-    rows = [{"gate": [{"passed": True}, {"passed": True}, {"passed": False}],
-             "truth": [0.3, 0.0, 0.0], "delta_sse": [-50.0, 20.0, 0.0]},
-            {"gate": [{"passed": False}], "truth": [0.2], "delta_sse": [0.0]}]
-    assert gate_precision(rows) == {"kept": 2, "kept_helped": 1, "kept_on_mark": 1,
-                                    "put_back": 2, "put_back_false_alarm": 1}
+    rows = [
+        {
+            "gate": [{"passed": True}, {"passed": True}, {"passed": False}],
+            "truth": [0.3, 0.0, 0.0],
+            "delta_sse": [-50.0, 20.0, 0.0],
+        },
+        {"gate": [{"passed": False}], "truth": [0.2], "delta_sse": [0.0]},
+    ]
+    assert gate_precision(rows) == {
+        "kept": 2,
+        "kept_helped": 1,
+        "kept_on_mark": 1,
+        "put_back": 2,
+        "put_back_false_alarm": 1,
+    }

@@ -1,17 +1,17 @@
 """The do-no-harm gate (workers.gate) and the pipeline's use of it."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from clearmark.models.masks import build_mask
 from clearmark.models.networks import IN_CHANNELS
+from clearmark.workers.gate import GateLimits, blend_fit, judge, judge_region
+from clearmark.workers.pipeline import around_mark, mask_image, process_image
 from tests.badfiles import encode
 from tests.test_pipeline import BoxDetector, FakeEngine, cfg, fake_engines, pixels
-from clearmark.workers.gate import GateLimits, blend_fit, judge, judge_region
-from clearmark.workers.masks import build_mask
-from clearmark.workers.pipeline import around_mark, mask_image, process_image
 
 
 def textured(h=120, w=160, seed=0) -> np.ndarray:
@@ -36,8 +36,7 @@ def overlay(bg: np.ndarray, box=(40, 30, 120, 80), colour=(255, 255, 255), a=0.5
 def test_blend_fit_explains_an_overlay_and_not_an_erased_texture():
     bg = textured()
     marked, strokes = overlay(bg)
-    explained, colour, alpha = blend_fit(marked[strokes].astype(np.float32),
-                                         bg[strokes].astype(np.float32))
+    explained, colour, alpha = blend_fit(marked[strokes].astype(np.float32), bg[strokes].astype(np.float32))
     assert explained > 0.99
     assert np.allclose(colour, 255, atol=3) and np.median(alpha) == pytest.approx(0.5, abs=0.02)
     # "Restoring" the texture to its local mean: lighter here, darker there.
@@ -67,14 +66,14 @@ def test_a_region_that_erases_texture_fails_and_a_lifted_overlay_passes():
 
 def test_a_strap_the_detector_took_for_a_mark_continues_outside_it():
     img = np.full((120, 160, 3), 250, np.uint8)
-    img[:, 70:84] = 30                       # a dark strap, top to bottom, on white
+    img[:, 70:84] = 30  # a dark strap, top to bottom, on white
     restored = img.copy()
-    restored[40:80, 66:88] = 250             # a segment of it painted white
+    restored[40:80, 66:88] = 250  # a segment of it painted white
     region = np.zeros(img.shape[:2], bool)
     region[40:80, 66:88] = True
     v = judge_region(img, restored, region, 0.99, GateLimits(), np.random.default_rng(0))
-    assert v.explained > 0.9                 # as an overlay it is consistent (opaque black) ...
-    assert not v.passed and "continues outside" in v.reason   # ... but it carries on
+    assert v.explained > 0.9  # as an overlay it is consistent (opaque black) ...
+    assert not v.passed and "continues outside" in v.reason  # ... but it carries on
 
 
 def test_a_region_with_no_visible_change_is_not_kept():
@@ -82,7 +81,7 @@ def test_a_region_with_no_visible_change_is_not_kept():
     region = np.zeros(bg.shape[:2], bool)
     region[28:82, 38:122] = True
     nudged = bg.copy()
-    nudged[region] = np.clip(nudged[region].astype(int) + 2, 0, 255)   # JPEG-noise sized
+    nudged[region] = np.clip(nudged[region].astype(int) + 2, 0, 255)  # JPEG-noise sized
     v = judge_region(nudged, bg, region, 0.99, GateLimits(), np.random.default_rng(0))
     assert not v.passed and v.reason == "no visible change"
 
@@ -95,7 +94,7 @@ def test_an_unsure_or_faint_region_fails():
     marked, _ = overlay(bg)
     unsure = judge_region(marked, bg, region, 0.5, GateLimits(), rng)
     assert not unsure.passed and "not sure" in unsure.reason
-    faint, _ = overlay(bg, a=0.08)              # a shading shift, not a visible overlay
+    faint, _ = overlay(bg, a=0.08)  # a shading shift, not a visible overlay
     v = judge_region(faint, bg, region, 0.99, GateLimits(), rng)
     assert v.explained > 0.9 and not v.passed and "too faint" in v.reason
 
@@ -105,7 +104,7 @@ def test_judge_gives_one_verdict_per_region_with_its_confidence():
     marked, strokes = overlay(bg)
     dilated = np.zeros(bg.shape[:2], bool)
     dilated[28:82, 38:122] = True
-    dilated[100:110, 5:20] = True            # a second, separate region
+    dilated[100:110, 5:20] = True  # a second, separate region
     prob = np.where(dilated, 0.9, 0).astype(np.float32)
     regions = judge(marked, bg, dilated, prob)
     assert len(regions) == 2
@@ -116,6 +115,7 @@ def test_judge_gives_one_verdict_per_region_with_its_confidence():
 class SmearRemover(FakeEngine):
     """Fills the whole mask with its mean colour and calls every masked pixel the mark:
     what the old models did to faces and fabric."""
+
     kind = "remover"
 
     def run(self, batch):
@@ -136,15 +136,15 @@ def test_a_harmful_change_is_put_back_and_sent_to_review():
     assert not np.asarray(pixels(r.mask_png)).any()
     assert r.details["gate"] and not r.details["gate"][0]["passed"]
     # Without the gate the same change goes through as a success: the gate is what stops it.
-    r = process_image(data, fake_engines(detector=BoxDetector(), remover=SmearRemover()),
-                      settings.replace(gate=False))
+    r = process_image(
+        data, fake_engines(detector=BoxDetector(), remover=SmearRemover()), settings.replace(gate=False)
+    )
     assert r.status == "succeeded"
 
 
 def test_an_unsure_false_alarm_is_put_back_silently():
     data = encode(Image.fromarray(textured()), "PNG")
-    settings = cfg(gate=True, change_ring_px=3, review_residual_min=1.01,
-                   gate_review_confident=1.01)
+    settings = cfg(gate=True, change_ring_px=3, review_residual_min=1.01, gate_review_confident=1.01)
     r = process_image(data, fake_engines(detector=BoxDetector(), remover=SmearRemover()), settings)
     assert r.status == "no_watermark" and r.review_reason is None
 
@@ -174,20 +174,30 @@ class GreyFillRemover(SmearRemover):
 
 def test_a_job_that_leaves_a_sure_region_in_place_is_not_a_success():
     img = textured()
-    img[:, :80] = 100                                   # flat grey left half
-    marked, _ = overlay(img, box=(10, 30, 70, 80), a=0.6)   # a mark on the grey
-    settings = cfg(gate=True, change_ring_px=3, review_residual_min=1.01,
-                   gate_review_confident=1.01, gate_min_confidence=0.9)
+    img[:, :80] = 100  # flat grey left half
+    marked, _ = overlay(img, box=(10, 30, 70, 80), a=0.6)  # a mark on the grey
+    settings = cfg(
+        gate=True,
+        change_ring_px=3,
+        review_residual_min=1.01,
+        gate_review_confident=1.01,
+        gate_min_confidence=0.9,
+    )
 
     class TwoBoxes(BoxDetector):
         def run(self, batch):
-            return np.maximum(BoxDetector(box=(0.05, 0.2, 0.45, 0.7)).run(batch),
-                              BoxDetector(box=(0.6, 0.2, 0.95, 0.7)).run(batch))
+            return np.maximum(
+                BoxDetector(box=(0.05, 0.2, 0.45, 0.7)).run(batch),
+                BoxDetector(box=(0.6, 0.2, 0.95, 0.7)).run(batch),
+            )
 
-    r = process_image(encode(Image.fromarray(marked), "PNG"),
-                      fake_engines(detector=TwoBoxes(), remover=GreyFillRemover()), settings)
+    r = process_image(
+        encode(Image.fromarray(marked), "PNG"),
+        fake_engines(detector=TwoBoxes(), remover=GreyFillRemover()),
+        settings,
+    )
     passed = [v["passed"] for v in r.details["gate"]]
-    assert sorted(passed) == [False, True]              # the mark lifted, the texture kept
+    assert sorted(passed) == [False, True]  # the mark lifted, the texture kept
     assert r.status == "needs_review" and "part of the mark may remain" in r.review_reason
     out = np.asarray(pixels(r.image_bytes).convert("RGB"))
     assert np.array_equal(out[:, 80:], marked[:, 80:])

@@ -1,16 +1,16 @@
 """`process_job` outcomes on the database, with test-double engines (no Celery)."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from sqlalchemy import select
 
-from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
-from clearmark.workers.db import Job, JobEvent, JobMetrics, session_scope
 from clearmark.errors import TransientError
+from clearmark.workers.db import Job, JobEvent, JobMetrics, session_scope
 from clearmark.workers.jobs import create_job, ensure_tenant, process_job
+from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
 
 
 def _job(settings, source_uri: str) -> str:
@@ -78,21 +78,46 @@ def test_needs_review_reason_and_gate_verdicts_reach_the_job(settings, tmp_path,
 
     from clearmark.workers import pipeline
 
-    reason = ("the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80):"
-              " change not explained by one overlay colour (0.62 < 0.85)")
-    verdict = {"box": (10, 20, 300, 80), "pixels": np.int64(4200),
-               "explained": np.float32(0.62), "opacity": 0.4, "colour": (250, 250, 250),
-               "continues": np.float32("nan"), "flattened": 0.1, "confidence": np.float64(0.91),
-               "passed": np.bool_(False), "reason": "change not explained by one overlay colour",
-               "review_confident": 0.8}
-    metrics = dict(width=8, height=8, mask_area_fraction=0.1, detector_confidence=0.91,
-                   residual_score=0.1, ms_decode=1.0, ms_detect=1.0, ms_remove=1.0,
-                   ms_encode=1.0, ms_total=4.0)
+    reason = (
+        "the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80):"
+        " change not explained by one overlay colour (0.62 < 0.85)"
+    )
+    verdict = {
+        "box": (10, 20, 300, 80),
+        "pixels": np.int64(4200),
+        "explained": np.float32(0.62),
+        "opacity": 0.4,
+        "colour": (250, 250, 250),
+        "continues": np.float32("nan"),
+        "flattened": 0.1,
+        "confidence": np.float64(0.91),
+        "passed": np.bool_(False),
+        "reason": "change not explained by one overlay colour",
+        "review_confident": 0.8,
+    }
+    metrics = dict(
+        width=8,
+        height=8,
+        mask_area_fraction=0.1,
+        detector_confidence=0.91,
+        residual_score=0.1,
+        ms_decode=1.0,
+        ms_detect=1.0,
+        ms_remove=1.0,
+        ms_encode=1.0,
+        ms_total=4.0,
+    )
 
     def fake_process_image(data, engines, s):
-        return pipeline.PipelineResult(status="needs_review", image_bytes=data, extension=".png",
-                                       mask_png=data, metrics=metrics,
-                                       details={"gate": [verdict]}, review_reason=reason)
+        return pipeline.PipelineResult(
+            status="needs_review",
+            image_bytes=data,
+            extension=".png",
+            mask_png=data,
+            metrics=metrics,
+            details={"gate": [verdict]},
+            review_reason=reason,
+        )
 
     monkeypatch.setattr(pipeline, "process_image", fake_process_image)
     job_id = _job(settings, _png(tmp_path))
@@ -100,8 +125,9 @@ def test_needs_review_reason_and_gate_verdicts_reach_the_job(settings, tmp_path,
     assert process_job(job_id, engines, settings) == "needs_review"
     with session_scope(settings.database_url) as session:
         assert session.get(Job, job_id).review_reason == reason
-        event = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
-                                .order_by(JobEvent.id.desc())).first()
+        event = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id.desc())
+        ).first()
         assert (event.to_status, event.detail["review_reason"]) == ("needs_review", reason)
         gate = event.detail["gate"]
         assert gate[0]["box"] == [10, 20, 300, 80] and gate[0]["pixels"] == 4200
@@ -116,8 +142,9 @@ def test_a_jpeg_job_records_how_its_result_was_written(settings, tmp_path):
     job_id = _job(settings, path.as_uri())
     assert process_job(job_id, fake_engines(MagentaDetector(), GreyRemover()), settings) == "succeeded"
     with session_scope(settings.database_url) as session:
-        event = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
-                                .order_by(JobEvent.id.desc())).first()
+        event = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id.desc())
+        ).first()
         encoding = event.detail["encoding"]
     assert encoding["jpeg_exact"] is True
     assert 0 < encoding["jpeg_blocks_changed"] < encoding["jpeg_blocks_total"] == 20 * 15

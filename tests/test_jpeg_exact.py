@@ -5,6 +5,7 @@ values), outside the changed MCUs grown by one pixel: with subsampled chroma a d
 upsampling interpolates between neighbouring chroma samples, so the pixel next to a
 changed MCU can move.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from tests.badfiles import encode, photo
+from clearmark.settings import Settings
 from clearmark.workers.imaging import decode_image, encode_image, to_stored
 from clearmark.workers.jpeg_exact import jpeg_exact_unsupported, reach_of_change
-from clearmark.settings import Settings
+from tests.badfiles import encode, photo
 
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
-MCU = {"4:4:4": (8, 8), "4:2:2": (8, 16), "4:2:0": (16, 16)}   # (height, width)
+MCU = {"4:4:4": (8, 8), "4:2:2": (8, 16), "4:2:0": (16, 16)}  # (height, width)
 
 
 def _decoded(data: bytes) -> np.ndarray:
@@ -45,14 +46,19 @@ def _clean(data: bytes, box, settings: Settings | None = None):
 @pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
 @pytest.mark.parametrize("sampling", list(SUBSAMPLING))
 def test_untouched_blocks_decode_exactly_to_the_upload(sampling, progressive):
-    data = encode(Image.fromarray(photo(203, 149, seed=5)), "JPEG", quality=85,
-                  subsampling=SUBSAMPLING[sampling], progressive=progressive)
+    data = encode(
+        Image.fromarray(photo(203, 149, seed=5)),
+        "JPEG",
+        quality=85,
+        subsampling=SUBSAMPLING[sampling],
+        progressive=progressive,
+    )
     enc, changed = _clean(data, (61, 37, 118, 70))
     assert enc.extension == ".jpg" and enc.details["jpeg_exact"] is True
     before, after = _decoded(data), _decoded(enc.data)
     region = reach_of_change(changed, MCU[sampling])
     assert np.array_equal(after[~region], before[~region])
-    assert (after != before).any(axis=2)[changed].mean() > 0.9      # the change is there
+    assert (after != before).any(axis=2)[changed].mean() > 0.9  # the change is there
     assert np.abs(after[changed].astype(int) - (200, 30, 40)).mean() < 6
     mh, mw = MCU[sampling]
     total = -(-149 // mh) * -(-203 // mw)
@@ -78,7 +84,7 @@ def test_cleaning_twice_leaves_the_untouched_blocks_of_the_upload():
 
 def test_border_and_whole_image_masks():
     data = encode(Image.fromarray(photo(150, 101, seed=4)), "JPEG", quality=90)
-    corner, changed = _clean(data, (120, 80, 150, 101))        # touches two edges
+    corner, changed = _clean(data, (120, 80, 150, 101))  # touches two edges
     region = reach_of_change(changed, (16, 16))
     assert np.array_equal(_decoded(corner.data)[~region], _decoded(data)[~region])
     assert corner.details["jpeg_exact"]
@@ -98,8 +104,14 @@ def test_exif_icc_and_comment_are_kept():
     exif = Image.Exif()
     exif[0x010F] = "clearmark-test"
     icc = b"\0" * 128 + b"fake-profile-bytes"
-    data = encode(Image.fromarray(photo(160, 120)), "JPEG", quality=88, exif=exif.tobytes(),
-                  icc_profile=icc, comment=b"shot in studio 4")
+    data = encode(
+        Image.fromarray(photo(160, 120)),
+        "JPEG",
+        quality=88,
+        exif=exif.tobytes(),
+        icc_profile=icc,
+        comment=b"shot in studio 4",
+    )
     enc, _ = _clean(data, (40, 40, 80, 80))
     with Image.open(io.BytesIO(enc.data)) as out:
         assert out.getexif().get(0x010F) == "clearmark-test"
@@ -115,7 +127,9 @@ def test_grey_jpeg_takes_the_exact_path():
         assert out.mode == "L"
         after = np.asarray(out)
     region = reach_of_change(changed, (8, 8))
-    assert enc.details["jpeg_exact"] and np.array_equal(after[~region], np.asarray(grey_decoded(data))[~region])
+    assert enc.details["jpeg_exact"] and np.array_equal(
+        after[~region], np.asarray(grey_decoded(data))[~region]
+    )
 
 
 def grey_decoded(data: bytes) -> Image.Image:
@@ -140,7 +154,7 @@ def test_an_exif_rotated_jpeg_keeps_its_tag_and_its_stored_pixels():
     exif[0x0112] = 6
     data = encode(Image.fromarray(stored), "JPEG", quality=88, exif=exif.tobytes())
     dec = decode_image(data)
-    assert dec.rgb.shape == (160, 96, 3)                # upright: turned by 90 degrees
+    assert dec.rgb.shape == (160, 96, 3)  # upright: turned by 90 degrees
     rgb, changed = _paint(dec.rgb, (10, 20, 50, 60))
     enc = encode_image(dec, rgb, changed)
     assert enc.details["jpeg_exact"] and enc.details["orientation"] == 6
@@ -149,15 +163,14 @@ def test_an_exif_rotated_jpeg_keeps_its_tag_and_its_stored_pixels():
         seen = np.asarray(ImageOps.exif_transpose(out))
     region = reach_of_change(to_stored(changed, 6), (16, 16))
     assert np.array_equal(_decoded(enc.data)[~region], _decoded(data)[~region])
-    assert np.abs(seen[changed].astype(int) - (200, 30, 40)).mean() < 6    # painted upright
+    assert np.abs(seen[changed].astype(int) - (200, 30, 40)).mean() < 6  # painted upright
 
 
 def test_what_cannot_keep_its_coefficients_is_re_encoded_with_a_reason():
     img = Image.fromarray(photo(120, 90))
     cmyk, _ = _clean(encode(img.convert("CMYK"), "JPEG", quality=85), (10, 10, 40, 40))
     assert cmyk.details["jpeg_exact"] is False and "CMYK" in cmyk.details["jpeg_exact_fallback"]
-    off, _ = _clean(encode(img, "JPEG", quality=85), (10, 10, 40, 40),
-                    Settings(jpeg_exact=False))
+    off, _ = _clean(encode(img, "JPEG", quality=85), (10, 10, 40, 40), Settings(jpeg_exact=False))
     assert off.details == {"jpeg_exact": False}
 
 
@@ -169,6 +182,6 @@ def test_frame_types_other_than_huffman_dct_are_refused():
         data[sof + 1] = marker
         assert jpeg_exact_unsupported(bytes(data), "JPEG") == reason
     data[sof + 1] = 0xC0
-    data[sof + 4] = 12                                  # sample precision
+    data[sof + 4] = 12  # sample precision
     assert jpeg_exact_unsupported(bytes(data), "JPEG") == "12-bit samples"
     assert "MPO" in jpeg_exact_unsupported(bytes(data), "MPO")

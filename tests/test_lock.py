@@ -1,6 +1,7 @@
 """constraints.txt, the lock for reproducible installs (scripts/lock.sh writes it): every
 dependency pyproject.toml names has an exact pin inside its range, and the environment
 running the tests was installed from it."""
+
 from __future__ import annotations
 
 import tomllib
@@ -12,7 +13,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCKED_EXTRAS = ("test", "s3", "ops")   # not gpu: TensorRT and pycuda need a CUDA machine
+LOCKED_EXTRAS = ("test", "s3", "ops")  # not gpu: TensorRT and pycuda need a CUDA machine
 REFRESH = "refresh the lock: bash scripts/lock.sh"
 
 
@@ -26,7 +27,8 @@ def pins() -> dict[str, Version]:
         specs = list(req.specifier)
         assert not req.extras and not req.marker and not req.url, f"line {number}: {line!r}"
         assert len(specs) == 1 and specs[0].operator == "==" and "*" not in specs[0].version, (
-            f"constraints.txt line {number} is not an exact pin: {line!r}")
+            f"constraints.txt line {number} is not an exact pin: {line!r}"
+        )
         name = canonicalize_name(req.name)
         assert name not in found, f"{req.name} pinned twice"
         found[name] = Version(specs[0].version)
@@ -36,8 +38,10 @@ def pins() -> dict[str, Version]:
 def declared() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     optional = project["optional-dependencies"]
-    return [Requirement(r) for r in
-            [*project["dependencies"], *(r for extra in LOCKED_EXTRAS for r in optional[extra])]]
+    return [
+        Requirement(r)
+        for r in [*project["dependencies"], *(r for extra in LOCKED_EXTRAS for r in optional[extra])]
+    ]
 
 
 def installed_version(name: str) -> Version | None:
@@ -53,7 +57,8 @@ def test_every_declared_dependency_is_pinned_within_its_range():
         name = canonicalize_name(req.name)
         assert name in locked, f"{req} (pyproject.toml) has no pin in constraints.txt: {REFRESH}"
         assert req.specifier.contains(locked[name], prereleases=True), (
-            f"constraints.txt pins {name}=={locked[name]}, outside pyproject.toml's {req}: {REFRESH}")
+            f"constraints.txt pins {name}=={locked[name]}, outside pyproject.toml's {req}: {REFRESH}"
+        )
 
 
 def test_torch_pin_is_the_cpu_build():
@@ -86,7 +91,7 @@ def test_everything_the_install_pulls_in_is_pinned():
         try:
             requires = metadata.distribution(name).requires or []
         except metadata.PackageNotFoundError:
-            continue        # an extra this environment did not install (ops: flower)
+            continue  # an extra this environment did not install (ops: flower)
         for req in map(Requirement, requires):
             if req.marker and not any(req.marker.evaluate({"extra": e}) for e in ["", *extras]):
                 continue
@@ -95,13 +100,17 @@ def test_everything_the_install_pulls_in_is_pinned():
                 missing.append(f"{dep} (required by {name}: {req})")
             todo.append((dep, set(req.extras)))
     assert not missing, f"not pinned in constraints.txt: {sorted(set(missing))}; {REFRESH}"
-    assert len(seen) > 50       # the walk really went through the installed metadata
+    assert len(seen) > 50  # the walk really went through the installed metadata
 
 
 def test_this_environment_was_installed_from_the_lock():
-    mismatched = {name: f"installed {installed_version(name)}, pinned {pin}"
-                  for name, pin in pins().items()
-                  if installed_version(name) not in (None, pin)}
-    assert not mismatched, (f"this environment is not the locked one: {mismatched}; reinstall "
-                            "with bash scripts/setup.sh (pip install -c constraints.txt ...)")
+    mismatched = {
+        name: f"installed {installed_version(name)}, pinned {pin}"
+        for name, pin in pins().items()
+        if installed_version(name) not in (None, pin)
+    }
+    assert not mismatched, (
+        f"this environment is not the locked one: {mismatched}; reinstall "
+        "with bash scripts/setup.sh (pip install -c constraints.txt ...)"
+    )
     assert installed_version("torch") == pins()["torch"]

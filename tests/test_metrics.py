@@ -1,5 +1,6 @@
 """Prometheus metrics after a few real jobs: the API's /metrics (jobs table and broker) and a
 prefork worker's metrics port (what its child measured)."""
+
 from __future__ import annotations
 
 import socket
@@ -10,20 +11,28 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    all_done, db_url, product_photo, service, wait_for, workers,
-)
 from clearmark.workers import api
 from clearmark.workers.db import JobMetrics, session_scope
 from clearmark.workers.submit import submit_files, submit_sources
+from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
+    all_done,
+    db_url,
+    product_photo,
+    service,
+    wait_for,
+    workers,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def samples(text: str) -> dict[tuple, float]:
     """{(sample name, ((label, value), ...)): value} from Prometheus text format."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def free_port() -> int:
@@ -40,8 +49,7 @@ def test_api_and_worker_metrics(service, workers, tmp_path, monkeypatch):
     monkeypatch.setenv("CLEARMARK_METRICS_PORT", str(port))  # the worker subprocess's env
     # Two prefork children: the one port must merge what both measured.
     workers(service, "m", "-Q", service.queue_uploads, "-c", "2")  # bulk queue left waiting
-    uploads = [j for j, _ in submit_files([tmp_path / "p0.png", tmp_path / "p1.png",
-                                           tmp_path / "bad.png"])]
+    uploads = [j for j, _ in submit_files([tmp_path / "p0.png", tmp_path / "p1.png", tmp_path / "bad.png"])]
     list(submit_sources([tmp_path / "p2.png", tmp_path / "p3.png"], bulk=True))
     jobs = wait_for(lambda: all_done(service.database_url, uploads), 180, "the uploads")
     cleaned = [j for j in jobs.values() if j.status != "failed"]
@@ -61,17 +69,18 @@ def test_api_and_worker_metrics(service, workers, tmp_path, monkeypatch):
     assert got[("clearmark_stage_seconds_count", (("stage", "detect"),))] == 2
     with session_scope(service.database_url) as session:
         total_ms = session.scalar(select(func.sum(JobMetrics.ms_total)))
-    assert got[("clearmark_stage_seconds_sum", (("stage", "total"),))] == \
-        pytest.approx(total_ms / 1000, rel=1e-6)
-    backend = [labels for (name, labels), v in got.items()
-               if name == "clearmark_worker_backend_info" and v == 1]
+    assert got[("clearmark_stage_seconds_sum", (("stage", "total"),))] == pytest.approx(
+        total_ms / 1000, rel=1e-6
+    )
+    backend = [
+        labels for (name, labels), v in got.items() if name == "clearmark_worker_backend_info" and v == 1
+    ]
     assert [dict(b)["pipeline_version"] for b in backend] == [cleaned[0].pipeline_version]
 
     text = TestClient(api.app).get("/metrics")
     assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
     state = samples(text.text)
-    jobs_by = {dict(labels)["status"]: v for (name, labels), v in state.items()
-               if name == "clearmark_jobs"}
+    jobs_by = {dict(labels)["status"]: v for (name, labels), v in state.items() if name == "clearmark_jobs"}
     assert jobs_by["queued"] == 2 and jobs_by["failed"] == 1 and jobs_by["running"] == 0
     assert jobs_by["succeeded"] + jobs_by["no_watermark"] + jobs_by["needs_review"] == 2
     assert state[("clearmark_images_per_second", ())] == pytest.approx(3 / 60)

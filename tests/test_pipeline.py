@@ -9,14 +9,15 @@ JPEG: a plain JPEG keeps its own coefficients outside the blocks the change touc
 (tests/test_jpeg_exact.py checks that pixel for pixel; here `assert_jpeg_exact`). Where that
 path cannot be taken (EXIF-rotated, CMYK, MPO) the output JPEG is re-encoded with the
 input's own quantisation tables and chroma subsampling, so outside the mask it differs from
-the decoded input only by one decode/re-encode round (requantisation noise). 16x16 MCUs (4:2:0) that touch the mask carry
-new content, and the decoder's chroma upsampling reaches 1-2 px further, so the check
+the decoded input only by one decode/re-encode round (requantisation noise). 16x16 MCUs (4:2:0) that touch
+the mask carry new content, and the decoder's chroma upsampling reaches 1-2 px further, so the check
 leaves out an 18 px band around the dilated mask, then requires, per channel value:
 mean |diff| <= 1.0, 99th percentile <= 6 levels, PSNR >= 40 dB. The max is not bounded: at
 sharp colour edges one requantisation can move a single pixel by 20-40 levels. Measured on
 these images: mean 0.01-0.3, p99 <= 3, PSNR 54-66 dB; re-encoding at 4:4:4 instead gives
 mean ~0.5-0.9, a shifted or unrotated image mean > 10.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,17 +28,34 @@ import pytest
 from PIL import Image, ImageOps
 
 from clearmark.engine_build import Engine
+from clearmark.models.inference import detect_probability
+from clearmark.models.masks import build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import IN_CHANNELS
-from tests.badfiles import bad_files, encode, photo
+from clearmark.settings import Settings
 from clearmark.workers.imaging import decode_image, estimate_jpeg_quality
 from clearmark.workers.jpeg_exact import reach_of_change
-from clearmark.workers.masks import build_mask, component_boxes, confirmed, plan_tiles
-from clearmark.workers.pipeline import (Engines, PipelineResult, detect_probability, process_image,
-                              remove_watermark, residual_score, watermark_pixels)
-from clearmark.settings import Settings
+from clearmark.workers.pipeline import (
+    Engines,
+    PipelineResult,
+    process_image,
+    remove_watermark,
+    residual_score,
+    watermark_pixels,
+)
+from tests.badfiles import bad_files, encode, photo
 
-METRIC_KEYS = {"width", "height", "mask_area_fraction", "detector_confidence", "residual_score",
-               "ms_decode", "ms_detect", "ms_remove", "ms_encode", "ms_total"}
+METRIC_KEYS = {
+    "width",
+    "height",
+    "mask_area_fraction",
+    "detector_confidence",
+    "residual_score",
+    "ms_decode",
+    "ms_detect",
+    "ms_remove",
+    "ms_encode",
+    "ms_total",
+}
 MAGENTA = (255, 0, 255)
 
 
@@ -74,6 +92,7 @@ class MagentaDetector(FakeEngine):
 class BoxDetector(FakeEngine):
     """'Detects' a fixed box given as fractions of the (padded) frame, in any image, the
     output included: use review_residual_min > 1 to get "succeeded"."""
+
     kind = "detector"
 
     def __init__(self, box=(0.25, 0.25, 0.5, 0.5)):
@@ -85,12 +104,13 @@ class BoxDetector(FakeEngine):
         n, _, h, w = batch.shape
         out = np.zeros((n, 1, h, w), np.float32)
         x0, y0, x1, y1 = self.box
-        out[:, :, int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)] = 1.0
+        out[:, :, int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)] = 1.0
         return out
 
 
 class GreyRemover(FakeEngine):
     """Paints the masked pixels grey and reports the magenta ones as the mark."""
+
     kind = "remover"
 
     def run(self, batch):
@@ -101,6 +121,7 @@ class GreyRemover(FakeEngine):
 
 class IdentityRemover(FakeEngine):
     """Changes nothing, yet reports the magenta pixels as the mark."""
+
     kind = "remover"
 
     def run(self, batch):
@@ -110,13 +131,27 @@ class IdentityRemover(FakeEngine):
 
 def cfg(**kw) -> Settings:
     """Pipeline settings for these tests (explicit, not read from the environment)."""
-    base = dict(detect_long_side=640, detect_flip=False, remove_flip=False, mask_threshold=0.5,
-                mark_threshold=0.5, mask_min_area=4, mask_dilate_px=3, mask_confirm_px=0, remove_crop_margin=16,
-                remove_max_crop=1024, review_residual_min=0.5, review_confidence_max=0.0,
-                max_pixels=40_000_000, max_bytes=50 << 20, min_side=16,
-                # plumbing tests: every detected pixel changes and nothing is judged
-                # (tests/test_gate.py covers the gate and the ring around the mark)
-                gate=False, change_ring_px=-1)
+    base = dict(
+        detect_long_side=640,
+        detect_flip=False,
+        remove_flip=False,
+        mask_threshold=0.5,
+        mark_threshold=0.5,
+        mask_min_area=4,
+        mask_dilate_px=3,
+        mask_confirm_px=0,
+        remove_crop_margin=16,
+        remove_max_crop=1024,
+        review_residual_min=0.5,
+        review_confidence_max=0.0,
+        max_pixels=40_000_000,
+        max_bytes=50 << 20,
+        min_side=16,
+        # plumbing tests: every detected pixel changes and nothing is judged
+        # (tests/test_gate.py covers the gate and the ring around the mark)
+        gate=False,
+        change_ring_px=-1,
+    )
     base.update(kw)
     return Settings(**base)
 
@@ -144,14 +179,14 @@ def mask_of(result: PipelineResult) -> np.ndarray:
 
 def is_magenta(a: np.ndarray) -> np.ndarray:
     a = a.astype(int)
-    return (a[..., 0] > 242) & (a[..., 1] < 13) & (a[..., 2] > 242)   # as MagentaDetector
+    return (a[..., 0] > 242) & (a[..., 1] < 13) & (a[..., 2] > 242)  # as MagentaDetector
 
 
 def assert_jpeg_exact(result: PipelineResult, a: np.ndarray, b: np.ndarray, mcu: int = 16) -> None:
     """The coefficient path was taken and, outside the reach of the job's mask (the MCUs it
     touches, grown by one pixel), output and input decode to the same values."""
     assert result.details["jpeg_exact"] is True
-    mask = np.asarray(pixels(result.mask_png)) > 0     # stored like the output
+    mask = np.asarray(pixels(result.mask_png)) > 0  # stored like the output
     region = reach_of_change(mask, (mcu, mcu))
     assert not region.all() and np.array_equal(a[~region], b[~region])
     touched = {(y // mcu, x // mcu) for y, x in zip(*np.nonzero(mask))}
@@ -163,12 +198,17 @@ def assert_jpeg_close(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> None:
     band = cv2.dilate(mask.astype(np.uint8), np.ones((37, 37), np.uint8)) > 0
     diff = np.abs(a.astype(int) - b.astype(int))[~band]
     assert diff.size > 0
-    psnr = 10 * np.log10(255.0 ** 2 / max(float((diff.astype(float) ** 2).mean()), 1e-12))
-    assert diff.mean() <= 1.0 and np.percentile(diff, 99) <= 6 and psnr >= 40, \
-        (diff.mean(), np.percentile(diff, 99), diff.max(), psnr)
+    psnr = 10 * np.log10(255.0**2 / max(float((diff.astype(float) ** 2).mean()), 1e-12))
+    assert diff.mean() <= 1.0 and np.percentile(diff, 99) <= 6 and psnr >= 40, (
+        diff.mean(),
+        np.percentile(diff, 99),
+        diff.max(),
+        psnr,
+    )
 
 
 # -- the synthetic mark, end to end ------------------------------------------------------
+
 
 def test_png_mark_removed_and_outside_untouched():
     img = marked()
@@ -180,9 +220,9 @@ def test_png_mark_removed_and_outside_untouched():
     assert out.mode == "RGB" and out.size == (160, 120)
     arr, mask = np.asarray(out), mask_of(r)
     assert mask.shape == (120, 160)
-    assert mask[30:60, 40:90].all()                      # the whole mark is masked
-    assert not is_magenta(arr).any()                     # and gone
-    assert np.array_equal(arr[~mask], img[~mask])        # byte-identical outside
+    assert mask[30:60, 40:90].all()  # the whole mark is masked
+    assert not is_magenta(arr).any()  # and gone
+    assert np.array_equal(arr[~mask], img[~mask])  # byte-identical outside
     m = r.metrics
     assert (m["width"], m["height"]) == (160, 120)
     assert m["detector_confidence"] == pytest.approx(1.0)
@@ -195,11 +235,11 @@ def test_png_mark_removed_and_outside_untouched():
 def test_feathered_mask_ramps_inside_dilated_region():
     r = process_image(encode(Image.fromarray(marked()), "PNG"), fake_engines(), cfg())
     alpha = np.asarray(pixels(r.mask_png))
-    assert alpha[30:60, 40:90].min() == 255              # core fully replaced
+    assert alpha[30:60, 40:90].min() == 255  # core fully replaced
     ring = (alpha > 0) & (alpha < 255)
-    assert ring.any()                                    # soft edge in the dilation ring
+    assert ring.any()  # soft edge in the dilation ring
     assert not ring[30:60, 40:90].any()
-    assert (alpha > 0).sum() > 50 * 30                   # dilated beyond the mark
+    assert (alpha > 0).sum() > 50 * 30  # dilated beyond the mark
 
 
 def test_no_watermark_returns_input_bytes():
@@ -258,7 +298,7 @@ def test_quality_estimate_recovers_known_qualities(quality):
     img = photo(64, 48)
     pil = pixels(encode(Image.fromarray(img), "JPEG", quality=quality))
     assert abs(estimate_jpeg_quality(pil.quantization) - quality) <= 2
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])   # libjpeg
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])  # libjpeg
     pil = pixels(buf.tobytes())
     assert abs(estimate_jpeg_quality(pil.quantization) - quality) <= 2
 
@@ -282,7 +322,7 @@ def test_flip_keeps_what_the_detector_finds_in_the_mirror_image_too():
     prob = detect_probability(MagentaDetector(), rgb, 640, flip=True)
     assert np.array_equal(prob > 0.5, np.all(rgb == MAGENTA, axis=2))
     single = MagentaDetector()
-    single.max_batch = 1        # an engine that takes one image a call gets two calls
+    single.max_batch = 1  # an engine that takes one image a call gets two calls
     assert np.array_equal(detect_probability(single, rgb, 640, flip=True), prob)
     assert single.shapes == [(1, 3, 48, 96)] * 2
 
@@ -294,22 +334,23 @@ def test_exif_rotated_jpeg_keeps_its_orientation_and_the_mask_follows():
     r = process_image(data, fake_engines(detector=BoxDetector()), cfg(review_residual_min=1.01))
     out, src, mask = pixels(r.image_bytes), pixels(data), pixels(r.mask_png)
     assert r.status == "succeeded" and r.details["orientation"] == 6
-    assert out.size == src.size == mask.size == (96, 128)          # as stored
+    assert out.size == src.size == mask.size == (96, 128)  # as stored
     assert out.getexif().get(0x0112) == mask.getexif().get(0x0112) == 6
     assert out.getexif().get(0x010F) == "clearmark-test"
     assert_jpeg_exact(r, np.asarray(out), np.asarray(src))
     seen, seen_mask = ImageOps.exif_transpose(out), ImageOps.exif_transpose(mask)
     assert seen.size == (128, 96)
-    drawn = photo(128, 96, seed=1).astype(int)   # what badfiles drew before rotating
+    drawn = photo(128, 96, seed=1).astype(int)  # what badfiles drew before rotating
     outside = np.asarray(seen_mask) == 0
     assert outside.any() and np.abs(np.asarray(seen).astype(int) - drawn)[outside].mean() < 4
 
 
 def test_exif_rotated_comes_back_upright_when_re_encoded():
     data, _ = bad_files()["exif_rotated.jpg"]
-    upright = np.asarray(decode_image(data).rgb)         # what a viewer shows
-    r = process_image(data, fake_engines(detector=BoxDetector()),
-                      cfg(review_residual_min=1.01, jpeg_exact=False))
+    upright = np.asarray(decode_image(data).rgb)  # what a viewer shows
+    r = process_image(
+        data, fake_engines(detector=BoxDetector()), cfg(review_residual_min=1.01, jpeg_exact=False)
+    )
     out = pixels(r.image_bytes)
     assert r.status == "succeeded" and out.size == (128, 96) and upright.shape == (96, 128, 3)
     exif = out.getexif()
@@ -322,9 +363,9 @@ def test_exif_rotated_comes_back_upright_when_re_encoded():
 
 # -- format and mode round trips (fixed-box detector) -------------------------------------
 
+
 def _through(data: bytes, **kw) -> tuple[PipelineResult, Image.Image, np.ndarray]:
-    r = process_image(data, fake_engines(detector=BoxDetector()),
-                      cfg(review_residual_min=1.01, **kw))
+    r = process_image(data, fake_engines(detector=BoxDetector()), cfg(review_residual_min=1.01, **kw))
     assert r.status == "succeeded"
     mask = mask_of(r)
     assert mask.any() and not mask.all()
@@ -338,7 +379,7 @@ def test_png_modes_preserved(mode):
     assert out.mode == mode and out.size == src.size and r.extension == ".png"
     a, b = np.asarray(out), np.asarray(src)
     assert np.array_equal(a[~mask], b[~mask])
-    assert not np.array_equal(a[mask], b[mask])          # something changed inside
+    assert not np.array_equal(a[mask], b[mask])  # something changed inside
     if mode.endswith("A"):
         assert np.array_equal(a[..., -1], b[..., -1])
 
@@ -367,13 +408,13 @@ def test_16bit_grey_png_stays_16bit_exact_outside():
     assert out.mode == src.mode == "I;16"
     a, b = np.asarray(out), np.asarray(src)
     assert np.array_equal(a[~mask], b[~mask])
-    assert np.all(a[mask] % 257 == 0)                    # 8-bit restored values, scaled
+    assert np.all(a[mask] % 257 == 0)  # 8-bit restored values, scaled
 
 
 def test_16bit_rgb_png_comes_back_8bit():
     data, _ = bad_files()["16bit.png"]
     r, out, mask = _through(data)
-    src = pixels(data)                                   # Pillow's own 8-bit decode
+    src = pixels(data)  # Pillow's own 8-bit decode
     assert src.mode == out.mode == "RGB"
     assert np.array_equal(np.asarray(out)[~mask], np.asarray(src)[~mask])
 
@@ -394,10 +435,10 @@ def test_animated_gif_first_frame_as_gif_same_palette():
     assert r.extension == ".gif" and out.format == "GIF" and out.mode == "P"
     assert r.details["frames"] == 3 and r.details["notes"]
     assert getattr(out, "n_frames", 1) == 1
-    first = pixels(data)                                  # frame 0
+    first = pixels(data)  # frame 0
     assert out.getpalette() == first.getpalette()
     a, b = np.asarray(out), np.asarray(first)
-    assert np.array_equal(a[~mask], b[~mask])             # same indices outside
+    assert np.array_equal(a[~mask], b[~mask])  # same indices outside
     assert np.all(a[mask] < 256) and not np.array_equal(a[mask], b[mask])
 
 
@@ -405,7 +446,7 @@ def test_gif_transparency_kept():
     img = photo(96, 64)
     pal = Image.fromarray(img).quantize(colors=32)
     idx = np.asarray(pal).copy()
-    idx[:, :10] = 31                                      # transparent strip, inside the box too
+    idx[:, :10] = 31  # transparent strip, inside the box too
     idx[20:40, 20:50] = 31
     src = Image.fromarray(idx, "P")
     src.putpalette(pal.getpalette())
@@ -413,7 +454,7 @@ def test_gif_transparency_kept():
     r, out, mask = _through(data)
     a, b = np.asarray(out), np.asarray(pixels(data))
     assert out.info.get("transparency") == 31
-    assert np.array_equal(a == 31, b == 31)               # transparency map unchanged
+    assert np.array_equal(a == 31, b == 31)  # transparency map unchanged
     assert np.array_equal(a[~mask], b[~mask])
 
 
@@ -448,8 +489,7 @@ def test_non_finite_engine_output_is_an_error_not_a_clean_image():
             return super().run(batch) * np.nan
 
     with pytest.raises(RuntimeError, match="non-finite"):
-        process_image(encode(Image.fromarray(marked()), "PNG"),
-                      fake_engines(detector=NanDetector()), cfg())
+        process_image(encode(Image.fromarray(marked()), "PNG"), fake_engines(detector=NanDetector()), cfg())
 
 
 @pytest.mark.parametrize("fmt,ext", [("BMP", ".bmp"), ("TIFF", ".tif")])
@@ -462,12 +502,16 @@ def test_other_lossless_formats(fmt, ext):
 
 # -- detection scale, crops, tiles and batches --------------------------------------------
 
+
 def test_detection_runs_downscaled_and_mask_is_full_size():
     img = marked(1200, 900, box=(500, 400, 700, 480), seed=4)
     det = MagentaDetector()
-    r = process_image(encode(Image.fromarray(img), "PNG"), fake_engines(detector=det),
-                      cfg(detect_long_side=320, mask_dilate_px=6))
-    assert max(det.shapes[0][2:]) <= 320 + 15            # downscaled (plus stride padding)
+    r = process_image(
+        encode(Image.fromarray(img), "PNG"),
+        fake_engines(detector=det),
+        cfg(detect_long_side=320, mask_dilate_px=6),
+    )
+    assert max(det.shapes[0][2:]) <= 320 + 15  # downscaled (plus stride padding)
     mask = mask_of(r)
     assert mask.shape == (900, 1200) and mask[400:480, 500:700].all()
     assert not is_magenta(np.asarray(pixels(r.image_bytes))).any()
@@ -475,19 +519,25 @@ def test_detection_runs_downscaled_and_mask_is_full_size():
 
 def test_small_images_are_not_upscaled_for_detection():
     det = MagentaDetector()
-    process_image(encode(Image.fromarray(marked(100, 40, box=(10, 10, 30, 30))), "PNG"),
-                  fake_engines(detector=det), cfg(detect_long_side=640))
-    assert det.shapes[0][2:] == (48, 112)                 # 40x100 padded to /16
+    process_image(
+        encode(Image.fromarray(marked(100, 40, box=(10, 10, 30, 30))), "PNG"),
+        fake_engines(detector=det),
+        cfg(detect_long_side=640),
+    )
+    assert det.shapes[0][2:] == (48, 112)  # 40x100 padded to /16
 
 
 def test_large_mark_is_tiled_and_batched():
     img = marked(400, 300, box=(50, 40, 350, 260), seed=5)
     rem = GreyRemover()
-    r = process_image(encode(Image.fromarray(img), "PNG"), fake_engines(remover=rem),
-                      cfg(remove_max_crop=128, remove_crop_margin=16))
+    r = process_image(
+        encode(Image.fromarray(img), "PNG"),
+        fake_engines(remover=rem),
+        cfg(remove_max_crop=128, remove_crop_margin=16),
+    )
     assert r.status == "succeeded"
     assert all(s[2] <= 128 and s[3] <= 128 for s in rem.shapes)
-    assert any(s[0] > 1 for s in rem.shapes)              # equal-size crops share a batch
+    assert any(s[0] > 1 for s in rem.shapes)  # equal-size crops share a batch
     out, mask = np.asarray(pixels(r.image_bytes)), mask_of(r)
     assert not is_magenta(out).any()
     assert np.array_equal(out[~mask], img[~mask])
@@ -495,7 +545,7 @@ def test_large_mark_is_tiled_and_batched():
 
 def test_removers_mark_is_pasted_back_at_full_resolution_across_tiles():
     img = marked(400, 300, box=(50, 40, 350, 260), seed=5)
-    img[100:104, 60:340] = 30   # a dark bar through the mark: inside the mask, not magenta
+    img[100:104, 60:340] = 30  # a dark bar through the mark: inside the mask, not magenta
     mask = build_mask(magenta(img.transpose(2, 0, 1)[None] / 255.0)[0, 0], 0.5, 4, 3)
     mask.core[100:104, 60:340] = mask.dilated[100:104, 60:340] = True
     restored, mark = remove_watermark(GreyRemover(), img, mask, margin=16, max_crop=96)
@@ -507,12 +557,13 @@ def test_removers_mark_is_pasted_back_at_full_resolution_across_tiles():
 
 class LeftHalfRemover(FakeEngine):
     """Changes nothing and reports the magenta pixels in the left half of each crop only."""
+
     kind = "remover"
 
     def run(self, batch):
         self._record(batch, IN_CHANNELS["remover"])
         mark = magenta(batch) * batch[:, 3:4]
-        mark[..., batch.shape[3] // 2:] = 0.0
+        mark[..., batch.shape[3] // 2 :] = 0.0
         return np.concatenate([batch[:, :3], mark], axis=1)
 
 
@@ -524,17 +575,17 @@ def test_remove_flip_averages_each_crop_with_its_mirror_image():
     _, one_sided = remove_watermark(rem, img, mask, margin=16, max_crop=1024)
     assert 0 < (one_sided >= 0.5).sum() < is_mark.sum()
     _, mark = remove_watermark(rem, img, mask, margin=16, max_crop=1024, flip=True)
-    assert rem.shapes[-1][0] == 2 * rem.shapes[0][0]      # each crop and its mirror, one batch
-    assert np.array_equal(mark >= 0.5, is_mark)           # each half seen in one of the two
+    assert rem.shapes[-1][0] == 2 * rem.shapes[0][0]  # each crop and its mirror, one batch
+    assert np.array_equal(mark >= 0.5, is_mark)  # each half seen in one of the two
     assert np.allclose(mark[is_mark], 0.5)
 
 
 @pytest.mark.parametrize("max_batch, flip", [(4, False), (4, True), (1, True)])
 def test_remover_batches_stay_within_the_engines_max_batch(max_batch, flip):
     img = photo(400, 400, seed=3)
-    for y in range(20, 400, 80):      # 25 separate marks: equal-size crops, one group
+    for y in range(20, 400, 80):  # 25 separate marks: equal-size crops, one group
         for x in range(20, 400, 80):
-            img[y:y + 12, x:x + 12] = MAGENTA
+            img[y : y + 12, x : x + 12] = MAGENTA
     mask = build_mask(is_magenta(img).astype(np.float32), 0.5, 4, 3)
     rem = GreyRemover()
     rem.max_batch = max_batch
@@ -546,6 +597,7 @@ def test_remover_batches_stay_within_the_engines_max_batch(max_batch, flip):
 
 class MagentaOrDarkDetector(FakeEngine):
     """Fires on magenta (the mark) and on near-black pixels (the product's own print)."""
+
     kind = "detector"
 
     def run(self, batch):
@@ -555,13 +607,13 @@ class MagentaOrDarkDetector(FakeEngine):
 
 def test_regions_the_remover_does_not_confirm_are_left_untouched():
     img = marked(320, 240, box=(10, 10, 60, 40))
-    img[150:190, 200:300] = 5                        # "printed text": detected, not a mark
+    img[150:190, 200:300] = 5  # "printed text": detected, not a mark
     engines = fake_engines(detector=MagentaOrDarkDetector(), remover=GreyRemover())
     r = process_image(encode(Image.fromarray(img), "PNG"), engines, cfg(mask_confirm_px=24))
     out, mask = np.asarray(pixels(r.image_bytes)), mask_of(r)
     assert r.status == "succeeded" and not is_magenta(out).any()
     assert mask[10:40, 10:60].all() and not mask[140:200, 190:310].any()
-    assert np.array_equal(out[~mask], img[~mask])    # the print is exactly as it was
+    assert np.array_equal(out[~mask], img[~mask])  # the print is exactly as it was
     everything = process_image(encode(Image.fromarray(img), "PNG"), engines, cfg(mask_confirm_px=0))
     assert mask_of(everything)[150:190, 200:300].all()
 
@@ -570,8 +622,9 @@ def test_nothing_confirmed_means_no_watermark_and_the_input_back():
     img = photo(160, 120, seed=2)
     img[40:80, 50:110] = 5
     data = encode(Image.fromarray(img), "PNG")
-    r = process_image(data, fake_engines(detector=MagentaOrDarkDetector(), remover=GreyRemover()),
-                      cfg(mask_confirm_px=24))
+    r = process_image(
+        data, fake_engines(detector=MagentaOrDarkDetector(), remover=GreyRemover()), cfg(mask_confirm_px=24)
+    )
     assert r.status == "no_watermark" and r.image_bytes == data and not mask_of(r).any()
     assert r.metrics["mask_area_fraction"] == 0 and r.metrics["detector_confidence"] == 0
 
@@ -600,8 +653,8 @@ def test_confirmed_keeps_components_with_enough_found_pixels():
     prob[5:15, 5:25] = prob[40:50, 40:70] = 0.9
     m = build_mask(prob, 0.5, 4, 2)
     found = np.zeros_like(m.core)
-    found[6:9, 6:16] = True                          # 30 px in the first region
-    found[41, 41:50] = True                          # 9 px in the second
+    found[6:9, 6:16] = True  # 30 px in the first region
+    found[41, 41:50] = True  # 9 px in the second
     kept = confirmed(m, found, 24)
     assert kept.dilated[5:15, 5:25].all() and not kept.dilated[35:55, 35:75].any()
     assert not kept.alpha[35:55, 35:75].any() and np.array_equal(kept.alpha > 0, kept.dilated)
@@ -614,15 +667,15 @@ def test_separate_marks_get_separate_crops():
     rem = GreyRemover()
     r = process_image(encode(Image.fromarray(img), "PNG"), fake_engines(remover=rem), cfg())
     assert sum(s[0] for s in rem.shapes) == 2
-    assert sum(s[2] * s[3] for s in rem.shapes) < 320 * 240 / 4   # crops, not the frame
+    assert sum(s[2] * s[3] for s in rem.shapes) < 320 * 240 / 4  # crops, not the frame
     assert not is_magenta(np.asarray(pixels(r.image_bytes))).any()
 
 
 def test_mask_threshold_blob_cleanup_and_dilation():
     prob = np.zeros((60, 80), np.float32)
-    prob[10:20, 10:30] = 0.9        # kept
-    prob[40, 60] = 0.9              # 1 px blob: dropped
-    prob[45:47, 5:7] = 0.4          # under threshold
+    prob[10:20, 10:30] = 0.9  # kept
+    prob[40, 60] = 0.9  # 1 px blob: dropped
+    prob[45:47, 5:7] = 0.4  # under threshold
     m = build_mask(prob, threshold=0.5, min_area=4, dilate_px=2)
     assert m.core.sum() == 200 and not m.core[40, 60] and not m.core[45, 5]
     assert m.dilated[8, 10] and m.dilated[20 + 1, 29] and not m.dilated[7, 10]
@@ -649,6 +702,7 @@ def test_tile_cores_partition_each_box():
 
 
 # -- through the real engines: shapes, formats and invariants only ------------------------
+
 
 @pytest.fixture(scope="module")
 def real_engines(tmp_path_factory):
@@ -680,9 +734,11 @@ def test_real_engines_invariants(real_engines, fmt):
 def test_residual_check_runs_on_a_crop_around_the_mark():
     img = marked(640, 480, box=(40, 30, 90, 60))
     det = MagentaDetector()
-    r = process_image(encode(Image.fromarray(img), "PNG"), fake_engines(detector=det,
-                                                                         remover=IdentityRemover()),
-                      cfg(detect_long_side=640))
+    r = process_image(
+        encode(Image.fromarray(img), "PNG"),
+        fake_engines(detector=det, remover=IdentityRemover()),
+        cfg(detect_long_side=640),
+    )
     assert r.status == "needs_review" and r.metrics["residual_score"] == pytest.approx(1.0)
     full, residual = det.shapes
     assert full[2:] == (480, 640)
@@ -697,7 +753,7 @@ def test_residual_score_on_a_crop_matches_the_whole_image(real_engines):
     for kind, seed in (("corner", 4), ("text", 9)):
         rgb, true_mask = watermark_image(clean, np.random.default_rng(seed), kinds=[kind])
         whole = detect_probability(det, rgb, 640, flip=True)
-        assert true_mask.any() and float(whole[true_mask].mean()) > 0.5   # it sees the mark
+        assert true_mask.any() and float(whole[true_mask].mean()) > 0.5  # it sees the mark
         cropped = residual_score(det, rgb, true_mask, 640, flip=True)
         assert cropped == pytest.approx(float(whole[true_mask].mean()), abs=0.08)
 

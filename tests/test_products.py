@@ -1,4 +1,5 @@
 """Real product photos: the split by product group, and marks composited over them."""
+
 from __future__ import annotations
 
 import io
@@ -7,8 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clearmark.models.products import (ProductPhoto, check_split, load_photo, mark_photo, read_split,
-                             split_paths)
+from clearmark.models.products import (
+    ProductPhoto,
+    check_split,
+    load_photo,
+    mark_photo,
+    read_split,
+    split_paths,
+)
 from clearmark.models.scenes import DEFAULT_DATA
 from clearmark.models.styles import FAMILIES, HELDOUT, TRAIN
 
@@ -21,8 +28,10 @@ def write_split(tmp_path, rows):
 
 
 def test_a_group_on_both_sides_is_refused(tmp_path):
-    data = write_split(tmp_path, [("a/1.jpg", "train", "a:shirt"), ("a/2.jpg", "dev", "a:shirt"),
-                                  ("b/1.jpg", "dev", "b:lamp")])
+    data = write_split(
+        tmp_path,
+        [("a/1.jpg", "train", "a:shirt"), ("a/2.jpg", "dev", "a:shirt"), ("b/1.jpg", "dev", "b:lamp")],
+    )
     with pytest.raises(ValueError, match="a:shirt"):
         read_split(data)
     check_split([ProductPhoto("a/1.jpg", "train", "a:shirt"), ProductPhoto("b/1.jpg", "dev", "b:lamp")])
@@ -31,8 +40,9 @@ def test_a_group_on_both_sides_is_refused(tmp_path):
 
 
 def test_split_paths_keep_each_side(tmp_path):
-    data = write_split(tmp_path, [("a/1.jpg", "train", "a"), ("a/2.jpg", "train", "a"),
-                                  ("b/1.jpg", "dev", "b")])
+    data = write_split(
+        tmp_path, [("a/1.jpg", "train", "a"), ("a/2.jpg", "train", "a"), ("b/1.jpg", "dev", "b")]
+    )
     assert [p.name for p in split_paths(str(data), "train")] == ["1.jpg", "2.jpg"]
     assert [p.parent.name for p in split_paths(str(data), "dev")] == ["b"]
 
@@ -42,10 +52,12 @@ def test_missing_data_says_where_it_should_be(tmp_path):
         read_split(tmp_path)
 
 
-@pytest.mark.skipif(not (DEFAULT_DATA / "products" / "split.csv").exists(),
-                    reason="no ../shared/data/products beside this checkout")
+@pytest.mark.skipif(
+    not (DEFAULT_DATA / "products" / "split.csv").exists(),
+    reason="no ../shared/data/products beside this checkout",
+)
 def test_the_shipped_split_never_puts_one_product_on_both_sides():
-    photos = read_split(DEFAULT_DATA)            # check_split runs inside
+    photos = read_split(DEFAULT_DATA)  # check_split runs inside
     groups = {}
     for p in photos:
         groups.setdefault(p.group, set()).add(p.split)
@@ -72,7 +84,7 @@ def test_mark_photo_uploads_what_it_reports(family):
     assert np.array_equal(decoded, s.composite)
     assert s.mask.any() and s.kinds
     outside = ~s.mask
-    assert np.abs(s.composite.astype(int) - s.clean)[outside].mean() < 2   # JPEG noise only
+    assert np.abs(s.composite.astype(int) - s.clean)[outside].mean() < 2  # JPEG noise only
     clean = mark_photo(rng, photo, family, kinds=[], quality=90)
     assert not clean.mask.any() and np.array_equal(clean.clean, clean.composite)
 

@@ -1,5 +1,6 @@
 """The README against the code: every error code the API can answer with is in its error
 table, with its HTTP status, and the table lists no code the API does not return."""
+
 from __future__ import annotations
 
 import ast
@@ -13,15 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # the next ones (status from UPLOAD_STATUS, else 422).
 API_MODULES = ("workers/api.py", "workers/api_errors.py", "workers/api_guard.py")
 PASSED_ON = ("workers/imaging.py", "workers/storage.py", "workers/webhooks.py")
-NOT_ANSWERED = {"unsafe_key"}   # api.py answers a bad source key with invalid_source_uri
+NOT_ANSWERED = {"unsafe_key"}  # api.py answers a bad source key with invalid_source_uri
 
 
 def _string(node) -> str | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
-    if isinstance(node, ast.JoinedStr):   # f"http_{exc.status_code}"
-        return "".join(v.value if isinstance(v, ast.Constant) else "<status>"
-                       for v in node.values)
+    if isinstance(node, ast.JoinedStr):  # f"http_{exc.status_code}"
+        return "".join(v.value if isinstance(v, ast.Constant) else "<status>" for v in node.values)
     return None
 
 
@@ -30,20 +30,27 @@ def api_codes() -> dict[str, set[str]]:
     codes: dict[str, set[str]] = {}
     answering = [ast.parse((ROOT / m).read_text()) for m in API_MODULES]
     for node in (n for tree in answering for n in ast.walk(tree)):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", "") in (
-                "ApiError", "_error", "error_response") \
-                and len(node.args) >= 2 and (code := _string(node.args[1])):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", "") in ("ApiError", "_error", "error_response")
+            and len(node.args) >= 2
+            and (code := _string(node.args[1]))
+        ):
             status = node.args[0]
-            codes.setdefault(code, set()).add(str(status.value) if isinstance(status, ast.Constant)
-                                              else "any")
+            codes.setdefault(code, set()).add(
+                str(status.value) if isinstance(status, ast.Constant) else "any"
+            )
     for module in PASSED_ON:
         for node in ast.walk(ast.parse((ROOT / module).read_text())):
             code = None
             if isinstance(node, ast.Call):
                 name = getattr(node.func, "id", getattr(node.func, "attr", ""))
                 keyword = next((k.value for k in node.keywords if k.arg == "code"), None)
-                code = _string(keyword) if keyword is not None else (
-                    _string(node.args[1]) if name == "_refuse" and len(node.args) > 1 else None)
+                code = (
+                    _string(keyword)
+                    if keyword is not None
+                    else (_string(node.args[1]) if name == "_refuse" and len(node.args) > 1 else None)
+                )
             elif isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["code"]:
                 code = _string(node.value)
             if code and code not in NOT_ANSWERED:
@@ -53,7 +60,7 @@ def api_codes() -> dict[str, set[str]]:
 
 def readme_codes() -> dict[str, set[str]]:
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("**Errors**"):text.index("A rejected upload")]
+    table = text[text.index("**Errors**") : text.index("A rejected upload")]
     codes: dict[str, set[str]] = {}
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

@@ -1,5 +1,6 @@
 """Leases, the reaper and the gap between commit and publish, on the real Redis broker (and
 SQLite and PostgreSQL in turn); one end-to-end run through a worker started with --reap."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,22 +12,34 @@ import redis
 from PIL import Image
 from sqlalchemy import select
 
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    all_done, product_photo, service_env, statuses, unique_queues, wait_for, workers,
-)
-from tests.test_db import METRICS
-from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
+from clearmark.errors import BadInput
+from clearmark.settings import Settings, set_settings
 from clearmark.workers import broker, migrate
 from clearmark.workers.celery_app import app, configure
 from clearmark.workers.db import Job, JobEvent, JobStatus, session_scope
-from clearmark.errors import BadInput
 from clearmark.workers.jobs import (
-    Claim, _run_claimed, claim_job, create_job, ensure_tenant, finish_job, output_uris,
+    Claim,
+    _run_claimed,
+    claim_job,
+    create_job,
+    ensure_tenant,
+    finish_job,
+    output_uris,
 )
 from clearmark.workers.leases import Heartbeat, renew_lease
 from clearmark.workers.reaper import reap
-from clearmark.settings import Settings, set_settings
 from clearmark.workers.storage import read_uri
+from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
+    all_done,
+    product_photo,
+    service_env,
+    statuses,
+    unique_queues,
+    wait_for,
+    workers,
+)
+from tests.test_db import METRICS
+from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
 
 
 @pytest.fixture
@@ -44,9 +57,16 @@ def _pg_settings(pg_url: str, redis_url: str, tmp_path, **changes) -> Settings:
     """A migrated PostgreSQL database and the test's own queues, for tests that start
     `clearmark` processes (once, not on each backend)."""
     migrate.upgrade(pg_url)
-    s = Settings(data_dir=tmp_path / "data", database_url=pg_url, broker_url=redis_url,
-                 storage_uri=(tmp_path / "storage").as_uri(), visibility_timeout_s=120,
-                 reap_grace_s=0, **unique_queues(), **changes)
+    s = Settings(
+        data_dir=tmp_path / "data",
+        database_url=pg_url,
+        broker_url=redis_url,
+        storage_uri=(tmp_path / "storage").as_uri(),
+        visibility_timeout_s=120,
+        reap_grace_s=0,
+        **unique_queues(),
+        **changes,
+    )
     set_settings(s)
     configure(app, s)
     return s
@@ -54,8 +74,7 @@ def _pg_settings(pg_url: str, redis_url: str, tmp_path, **changes) -> Settings:
 
 def _job(s, callback_url: str | None = None) -> str:
     with session_scope(s.database_url) as session:
-        job, _ = create_job(session, ensure_tenant(session), "file:///x.png",
-                            callback_url=callback_url)
+        job, _ = create_job(session, ensure_tenant(session), "file:///x.png", callback_url=callback_url)
         return job.id
 
 
@@ -65,8 +84,10 @@ def _job_row(s, job_id: str) -> Job:
 
 def _kinds(s, job_id: str) -> list[str]:
     with session_scope(s.database_url) as session:
-        return [e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
-                                                .order_by(JobEvent.id))]
+        return [
+            e.kind
+            for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+        ]
 
 
 def test_a_valid_lease_is_never_taken_over(settings):
@@ -78,8 +99,12 @@ def test_a_valid_lease_is_never_taken_over(settings):
     # The heartbeat keeps renewing the lease; a stale attempt cannot renew it.
     held = job.lease_expires_at
     with Heartbeat(settings.database_url, first, lease_s=600, every_s=0.05):
-        wait_for(lambda: _job_row(settings, job_id).lease_expires_at > held, 30,
-                 "the heartbeat to renew the lease", interval=0.05)
+        wait_for(
+            lambda: _job_row(settings, job_id).lease_expires_at > held,
+            30,
+            "the heartbeat to renew the lease",
+            interval=0.05,
+        )
     stale = Claim(job_id, 0, "file:///x.png", None, None)
     assert not renew_lease(settings.database_url, stale, 600)
     assert renew_lease(settings.database_url, first, 0)  # the lease runs out now
@@ -101,8 +126,7 @@ def test_each_attempt_writes_its_own_keys_and_the_loser_changes_nothing(settings
     kept = read_uri(stored.result_uri)
     assert _run_claimed(loser, engines, settings) is None  # the late loser is discarded
     again = _job_row(settings, job.id)
-    assert (again.result_uri, again.attempts, read_uri(again.result_uri)) == (
-        stored.result_uri, 2, kept)
+    assert (again.result_uri, again.attempts, read_uri(again.result_uri)) == (stored.result_uri, 2, kept)
     with pytest.raises(BadInput, match="not found"):
         read_uri(output_uris(loser, ".png")[0])  # it removed its own files
 
@@ -123,12 +147,23 @@ def test_reaper(reaping):
     enqueue(sent, s.queue_uploads)
     hook = _job(s, callback_url="https://example.com/hook")  # its worker died before notifying
     claim = claim_job(s.database_url, hook, s.max_attempts)
-    assert finish_job(s.database_url, claim, JobStatus.succeeded, result_uri="r", mask_uri="m",
-                      metrics=METRICS, pipeline_version="v")
+    assert finish_job(
+        s.database_url,
+        claim,
+        JobStatus.succeeded,
+        result_uri="r",
+        mask_uri="m",
+        metrics=METRICS,
+        pipeline_version="v",
+    )
 
     reaped = reap(s)
     assert (reaped.expired, reaped.gave_up, reaped.unsent, reaped.webhooks) == (
-        [expired], [used_up], [unsent], [hook])
+        [expired],
+        [used_up],
+        [unsent],
+        [hook],
+    )
     jobs = statuses(s.database_url, [expired, used_up, alive, unsent, sent, hook])
     assert jobs[expired].status == "queued" and jobs[expired].lease_expires_at is None
     assert (jobs[used_up].status, jobs[used_up].error_code) == ("failed", "too_many_attempts")
@@ -158,8 +193,7 @@ def test_crash_between_commit_and_publish_is_recovered(pg_url, redis_url, worker
         workers.tasks.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
         list(submit_files(sorted(Path({str(tmp_path)!r}).glob("p*.png"))))
     """)
-    killed = subprocess.run([sys.executable, "-c", script], env=service_env(s),
-                            capture_output=True)
+    killed = subprocess.run([sys.executable, "-c", script], env=service_env(s), capture_output=True)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     with session_scope(s.database_url) as session:
         job_ids = list(session.scalars(select(Job.id)))
@@ -177,8 +211,9 @@ def test_crash_between_commit_and_publish_is_recovered(pg_url, redis_url, worker
 
 
 def _submit(env: dict, path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workers", "submit", str(path)], env=env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "workers", "submit", str(path)], env=env, capture_output=True, text=True
+    )
 
 
 @pytest.mark.integration
@@ -198,14 +233,13 @@ def test_submit_with_the_broker_or_database_down(pg_url, redis_url, tmp_path):
     assert run.stderr.startswith("Error: broker unavailable") and run.stderr.count("\n") == 1
     assert "1 job(s) recorded but not sent" in run.stderr
     with session_scope(s.database_url) as session:
-        job_id, = session.scalars(select(Job.id))
+        (job_id,) = session.scalars(select(Job.id))
     assert _job_row(s, job_id).status == "queued"
     assert reap(s).unsent == [job_id]  # the broker is back: the reaper sends it
     again = _submit(service_env(s), photo)  # and a second submit gives the same job
     assert again.returncode == 0 and again.stdout.split("\t")[0] == job_id
 
-    no_database = s.replace(database_url=f"postgresql+psycopg://postgres@127.0.0.1:"
-                                         f"{free_port()}/nothing")
+    no_database = s.replace(database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing")
     run = _submit(service_env(no_database), photo)
     assert run.returncode == 75 and "Traceback" not in run.stderr
     assert run.stderr.startswith("Error: database unavailable") and run.stderr.count("\n") == 1
@@ -222,33 +256,35 @@ def test_task_retries_outlast_a_five_minute_outage():
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_api_upload_with_the_broker_down_answers_503_and_keeps_the_job(pg_url, redis_url,
-                                                                       tmp_path):
+def test_api_upload_with_the_broker_down_answers_503_and_keeps_the_job(pg_url, redis_url, tmp_path):
     """A real `clearmark api` whose broker is down: 503, the job stays queued (not failed),
     the same upload again returns it, and the reaper sends it once the broker is back."""
     import httpx
 
+    from clearmark.workers.tenants import create_tenant
     from tests.test_api import free_port, png
     from tests.test_celery_e2e import Service
     from tests.test_compose import compose_command
-    from clearmark.workers.tenants import create_tenant
 
     s = _pg_settings(pg_url, redis_url, tmp_path)
     with session_scope(s.database_url) as session:
         _, key = create_tenant(session, "shop")
     port = str(free_port())
-    server = Service(s.replace(broker_url=f"redis://127.0.0.1:{free_port()}/0"),
-                     tmp_path / "api.log",
-                     *compose_command("api", {"--host": "127.0.0.1", "--port": port}))
+    server = Service(
+        s.replace(broker_url=f"redis://127.0.0.1:{free_port()}/0"),
+        tmp_path / "api.log",
+        *compose_command("api", {"--host": "127.0.0.1", "--port": port}),
+    )
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                          headers={"Authorization": f"Bearer {key}"}) as http:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"Authorization": f"Bearer {key}"}
+        ) as http:
             wait_for(lambda: _answers(http, "/healthz"), 60, "the API", interval=0.2)
             upload = {"files": {"file": ("p.png", png(3), "image/png")}}
             r = http.post("/v1/images", **upload)
             assert r.status_code == 503 and r.json()["error"]["code"] == "broker_unavailable"
             with session_scope(s.database_url) as session:
-                job_id, = session.scalars(select(Job.id))
+                (job_id,) = session.scalars(select(Job.id))
             assert _job_row(s, job_id).status == "queued"
             again = http.post("/v1/images", **upload)
             assert again.status_code == 200 and again.json()["id"] == job_id

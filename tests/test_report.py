@@ -1,9 +1,10 @@
 """`clearmark report` from a seeded database: a self-contained page with every section."""
+
 from __future__ import annotations
 
 import io
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from click.testing import CliRunner
 from PIL import Image
@@ -23,30 +24,42 @@ def png(colour, size=(64, 48), mode="RGB") -> bytes:
 def seed(settings) -> dict[str, str]:
     storage = get_storage()
     names = {}
-    rows = [("ok1", "succeeded", 0.95), ("ok2", "succeeded", 0.41), ("nw", "no_watermark", 0.0),
-            ("rev", "needs_review", 0.62), ("bad1", "failed", None), ("bad2", "failed", None),
-            ("other", "succeeded", 0.99)]
+    rows = [
+        ("ok1", "succeeded", 0.95),
+        ("ok2", "succeeded", 0.41),
+        ("nw", "no_watermark", 0.0),
+        ("rev", "needs_review", 0.62),
+        ("bad1", "failed", None),
+        ("bad2", "failed", None),
+        ("other", "succeeded", 0.99),
+    ]
     with session_scope(settings.database_url) as session:
         for i, (name, status, conf) in enumerate(rows):
             tenant = ensure_tenant(session, "other" if name == "other" else "shop")
             job, _ = create_job(session, tenant, storage.put(f"sources/{name}.png", png("red")))
             job.status = status
-            job.created_at = datetime(2026, 6, 1 + i, tzinfo=timezone.utc)
+            job.created_at = datetime(2026, 6, 1 + i, tzinfo=UTC)
             names[name] = job.id
             if status == "failed":
                 job.error_code = "not_an_image" if name == "bad1" else "truncated_image"
                 job.error_message = f"<b>{name}</b> could not be read"
                 continue
             job.result_uri = storage.put(f"results/{name}.png", png("white"))
-            job.mask_uri = (storage.uri(f"masks/{name}.png") if name == "ok2"  # never written
-                            else storage.put(f"masks/{name}.png", png(0, mode="L")))
+            job.mask_uri = (
+                storage.uri(f"masks/{name}.png")
+                if name == "ok2"  # never written
+                else storage.put(f"masks/{name}.png", png(0, mode="L"))
+            )
             job.pipeline_version = "pipeline-1+detector:abc:torch+remover:def:torch"
             if status == "needs_review":
                 job.review_reason = "the detector still sees a <mark> (residual 0.70 >= 0.5)"
             session.flush()
             values = {f: 10.0 * (i + 1) for f in METRIC_FIELDS}
-            values.update(detector_confidence=conf, mask_area_fraction=0.01 * i,
-                          residual_score=0.7 if status == "needs_review" else 0.1)
+            values.update(
+                detector_confidence=conf,
+                mask_area_fraction=0.01 * i,
+                residual_score=0.7 if status == "needs_review" else 0.1,
+            )
             session.add(JobMetrics(job_id=job.id, **values))
     return names
 
@@ -54,13 +67,21 @@ def seed(settings) -> dict[str, str]:
 def test_report_has_every_section(settings, tmp_path):
     names = seed(settings)
     out = tmp_path / "report.html"
-    result = CliRunner().invoke(cli, ["report", "--tenant", "shop", "--since", "2026-06-01",
-                                      "--out", str(out), "--sample", "3"])
+    result = CliRunner().invoke(
+        cli, ["report", "--tenant", "shop", "--since", "2026-06-01", "--out", str(out), "--sample", "3"]
+    )
     assert result.exit_code == 0, result.output
     html = out.read_text()
-    for section in ("Jobs by status", "Failure reasons", "Latency percentiles", "Distributions",
-                    "Pipeline versions", "Needs review", "Lowest detector confidence",
-                    "Random sample"):
+    for section in (
+        "Jobs by status",
+        "Failure reasons",
+        "Latency percentiles",
+        "Distributions",
+        "Pipeline versions",
+        "Needs review",
+        "Lowest detector confidence",
+        "Random sample",
+    ):
         assert f"<h2>{section}</h2>" in html, section
     assert "tenant shop" in html and names["other"] not in html  # another tenant's job
     assert re.search(r"<b>6</b><span>jobs</span>", html)

@@ -1,23 +1,29 @@
 """Bulk operations on real PostgreSQL and Redis: reprocess selection and dry-run counts,
 restart after an interrupt, bulk import, batches, and uploads overtaking a bulk backlog."""
+
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    all_done, db_url, product_photo, service, wait_for, workers,
-)
 from clearmark.workers import reprocess as rp
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Batch, Job, JobEvent, session_scope
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
 from clearmark.workers.pipeline import current_version_pattern
 from clearmark.workers.submit import submit_files
+from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
+    all_done,
+    db_url,
+    product_photo,
+    service,
+    wait_for,
+    workers,
+)
 
 pytestmark = [pytest.mark.integration]
 OLD = "pipeline-0+detector:000000000000:torch+remover:000000000000:torch"
@@ -33,20 +39,24 @@ def seed(url: str) -> dict[str, list[str]]:
     rows = [  # (group, tenant, status, version, created)
         *[("a_old_ok", "a", "succeeded", OLD, "2026-01-10")] * 4,
         *[("a_new_ok", "a", "succeeded", "current", "2026-03-01")] * 3,
-        *[("a_failed", "a", "failed", None, "2026-03-02")] * 2,   # no result, no version
+        *[("a_failed", "a", "failed", None, "2026-03-02")] * 2,  # no result, no version
         *[("a_review", "a", "needs_review", OLD, "2026-02-01")] * 1,
-        *[("a_running", "a", "running", OLD, "2026-01-05")] * 2,   # never selected
+        *[("a_running", "a", "running", OLD, "2026-01-05")] * 2,  # never selected
         *[("b_old", "b", "no_watermark", OLD, "2026-01-20")] * 3,
     ]
     with session_scope(url) as session:
         tenants = {name: ensure_tenant(session, name) for name in ("a", "b")}
         batch = create_batch(session, tenants["b"], "bulk")
         for i, (group, tenant, status, version, created) in enumerate(rows):
-            job, _ = create_job(session, tenants[tenant], f"file:///src/{group}/{i}.png",
-                                batch=batch if tenant == "b" else None)
+            job, _ = create_job(
+                session,
+                tenants[tenant],
+                f"file:///src/{group}/{i}.png",
+                batch=batch if tenant == "b" else None,
+            )
             job.status = status
             job.pipeline_version = current_version() if version == "current" else version
-            job.created_at = datetime.fromisoformat(created).replace(tzinfo=timezone.utc)
+            job.created_at = datetime.fromisoformat(created).replace(tzinfo=UTC)
             groups.setdefault(group, []).append(job.id)
         groups["b_batch"] = [batch.id]
     return groups
@@ -63,8 +73,9 @@ def test_selection_and_dry_run_counts(service, tmp_path):
     assert count(version="pipeline-0+") == count(outdated=True)
     assert count(batch=g["b_batch"][0]) == {"no_watermark": 3}
     ids = tmp_path / "ids.txt"
-    ids.write_text("\n".join([g["a_failed"][0], "file:///src/b_old/12.png",
-                              g["a_running"][0], "# a comment"]) + "\n")
+    ids.write_text(
+        "\n".join([g["a_failed"][0], "file:///src/b_old/12.png", g["a_running"][0], "# a comment"]) + "\n"
+    )
     assert count(ids_file=str(ids)) == {"failed": 1, "no_watermark": 1}
     with pytest.raises(ValueError):
         count(statuses=("running",))
@@ -109,8 +120,9 @@ def test_interrupted_run_resumes_without_enqueueing_twice(service, monkeypatch):
     with session_scope(service.database_url) as session:
         assert session.get(Batch, batch_id).total == 8
         assert session.query(Batch).filter(Batch.kind == "reprocess").count() == 1
-        kinds = Counter(e.kind for e in session.scalars(
-            select(JobEvent).where(JobEvent.job_id.in_(selected))))
+        kinds = Counter(
+            e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id.in_(selected)))
+        )
     assert kinds["enqueued"] == 8 and kinds["retry"] == 8
 
     # The same selection again finds nothing: those jobs are queued now, not finished.
@@ -139,15 +151,16 @@ def test_upload_overtakes_bulk_backlog(service, workers, tmp_path):
     workers(service)
     first_done = lambda: [j for j in _jobs(service, bulk_ids) if j.finished_at]  # noqa: E731
     wait_for(first_done, 120, "a first bulk job to finish")
-    (upload_id, _), = submit_files([uploads / "u.png"], tenant="shop")
-    jobs = wait_for(lambda: all_done(service.database_url, bulk_ids + [upload_id]), 240,
-                    "backlog and upload")
+    ((upload_id, _),) = submit_files([uploads / "u.png"], tenant="shop")
+    jobs = wait_for(lambda: all_done(service.database_url, bulk_ids + [upload_id]), 240, "backlog and upload")
     upload = jobs.pop(upload_id)
-    started_after_upload_queued = [j for j in jobs.values()
-                                   if upload.created_at < j.started_at < upload.started_at]
+    started_after_upload_queued = [
+        j for j in jobs.values() if upload.created_at < j.started_at < upload.started_at
+    ]
     assert len(started_after_upload_queued) <= 1
-    assert sum(j.started_at > upload.started_at for j in jobs.values()) >= 4, \
+    assert sum(j.started_at > upload.started_at for j in jobs.values()) >= 4, (
         "the upload must start well before the backlog drains"
+    )
 
     out = CliRunner().invoke(cli, ["batches", "--tenant", "shop"]).output
     assert "bulk" in out and "submit" in out and "8/8" in out

@@ -1,5 +1,6 @@
 """`clearmark reproduce`: a recorded training run repeats bit for bit, from input weights
 found by hash (beside the weights or in git history), and says so when it cannot."""
+
 import json
 import shutil
 import subprocess
@@ -22,8 +23,9 @@ def data_dir(grocery_data):
 
 
 def _git(repo, *args):
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True, capture_output=True
+    )
 
 
 def _manifest(weights):
@@ -47,7 +49,7 @@ def test_the_starting_weights_come_from_git_history(tmp_path, data_dir):
     _git(repo, "commit", "-qm", "first weights")
     first = file_sha256(weights / "detector.pt")
     start = shutil.copy(weights / "detector.pt", tmp_path / "start.pt")
-    train("detector", seed=2, out_dir=weights, init=start, **TINY, data_dir=data_dir)   # replaces the file
+    train("detector", seed=2, out_dir=weights, init=start, **TINY, data_dir=data_dir)  # replaces the file
     _git(repo, "commit", "-qam", "fine-tuned")
     assert first in _manifest(weights)["detector"]["recipe"]["init"]
 
@@ -65,7 +67,7 @@ def test_missing_or_wrong_starting_weights_are_named(tmp_path, data_dir):
     train("detector", seed=2, out_dir=weights, init=start, **TINY, data_dir=data_dir)
     other = tmp_path / "other.pt"
     other.write_bytes(start.read_bytes() + b"x")
-    with pytest.raises(ReproduceError, match="pass --init"):   # no git history holds it
+    with pytest.raises(ReproduceError, match="pass --init"):  # no git history holds it
         reproduce("detector", tmp_path / "a", weights, data_dir=data_dir)
     with pytest.raises(ReproduceError, match="started from"):
         reproduce("detector", tmp_path / "b", weights, init=other, data_dir=data_dir)
@@ -76,18 +78,40 @@ def test_the_cli_reports_a_different_result_and_an_unrepeatable_run(tmp_path, da
     weights = tmp_path / "weights"
     train("detector", seed=3, out_dir=weights, **TINY, data_dir=data_dir)
     manifest = _manifest(weights)
-    manifest["detector"]["recipe"]["seed"] = 5      # not the run that made the file
+    manifest["detector"]["recipe"]["seed"] = 5  # not the run that made the file
     (weights / "manifest.json").write_text(json.dumps(manifest))
-    res = CliRunner().invoke(cli, ["reproduce", "detector", "--weights", str(weights),
-                                   "--out", str(tmp_path / "again"), "--data", str(data_dir)])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "reproduce",
+            "detector",
+            "--weights",
+            str(weights),
+            "--out",
+            str(tmp_path / "again"),
+            "--data",
+            str(data_dir),
+        ],
+    )
     assert res.exit_code == 1 and "differs" in res.output, res.output
     gap = weights_gap(tmp_path / "again" / "detector.pt", weights / "detector.pt")
     assert gap > 0 and f"{gap:.2%} of the recorded run's change" in res.output
 
     manifest["detector"]["recipe"]["schedule_by"] = "time"
     (weights / "manifest.json").write_text(json.dumps(manifest))
-    res = CliRunner().invoke(cli, ["reproduce", "detector", "--weights", str(weights),
-                                   "--out", str(tmp_path / "third"), "--data", str(data_dir)])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "reproduce",
+            "detector",
+            "--weights",
+            str(weights),
+            "--out",
+            str(tmp_path / "third"),
+            "--data",
+            str(data_dir),
+        ],
+    )
     assert res.exit_code == 2 and "time budget" in res.output, res.output
 
 

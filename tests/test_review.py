@@ -1,7 +1,8 @@
 """The review loop: list needs_review jobs, accept or reject them (SQLite and PostgreSQL)."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -17,16 +18,20 @@ def seed(db_url: str) -> list[str]:
     """Three jobs in needs_review (two for tenant a) and one that succeeded."""
     ids = []
     with session_scope(db_url) as session:
-        for i, (tenant, status) in enumerate([("a", "needs_review"), ("a", "needs_review"),
-                                              ("b", "needs_review"), ("a", "succeeded")]):
+        for i, (tenant, status) in enumerate(
+            [("a", "needs_review"), ("a", "needs_review"), ("b", "needs_review"), ("a", "succeeded")]
+        ):
             job, _ = create_job(session, ensure_tenant(session, tenant), f"file:///s/{i}.png")
             job.status, job.result_uri = status, f"file:///r/{i}.png"
             if status == "needs_review":
                 job.review_reason = f"the detector still sees a mark in the result (job {i})"
-            job.finished_at = datetime(2026, 5, 1, 12, i, tzinfo=timezone.utc)
+            job.finished_at = datetime(2026, 5, 1, 12, i, tzinfo=UTC)
             session.flush()
-            values = {**{f: 1.0 for f in METRIC_FIELDS},
-                      "detector_confidence": 0.3 + i / 10, "residual_score": 0.6}
+            values = {
+                **{f: 1.0 for f in METRIC_FIELDS},
+                "detector_confidence": 0.3 + i / 10,
+                "residual_score": 0.6,
+            }
             session.add(JobMetrics(job_id=job.id, **values))
             ids.append(job.id)
     return ids
@@ -45,8 +50,7 @@ def test_review_list_accept_reject(settings):
     lines = listed.output.splitlines()
     for i in (0, 1):
         at = next(n for n, line in enumerate(lines) if line.startswith(ids[i]))
-        assert lines[at + 1].strip() == (
-            f"why: the detector still sees a mark in the result (job {i})")
+        assert lines[at + 1].strip() == (f"why: the detector still sees a mark in the result (job {i})")
     assert "(job 2)" not in listed.output
 
     assert decide(ids[0], accept=True, reviewer="ana") == "succeeded"
@@ -58,13 +62,22 @@ def test_review_list_accept_reject(settings):
         # The reason is history: kept after the decision.
         assert (accepted.review_reason, rejected.review_reason) == (
             "the detector still sees a mark in the result (job 0)",
-            "the detector still sees a mark in the result (job 1)")
+            "the detector still sees a mark in the result (job 1)",
+        )
         assert (rejected.status, rejected.error_code, rejected.error_message) == (
-            "failed", REJECTED, "ghost of the logo")
-        event = session.scalars(select(JobEvent).where(JobEvent.job_id == ids[0])
-                                .order_by(JobEvent.id.desc())).first()
+            "failed",
+            REJECTED,
+            "ghost of the logo",
+        )
+        event = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == ids[0]).order_by(JobEvent.id.desc())
+        ).first()
         assert (event.kind, event.from_status, event.to_status, event.detail["reviewer"]) == (
-            "review", "needs_review", "succeeded", "ana")
+            "review",
+            "needs_review",
+            "succeeded",
+            "ana",
+        )
     assert [job.id for job, _ in pending()] == [ids[2]]
 
     # Only needs_review jobs can be decided; unknown ids are errors.

@@ -1,4 +1,5 @@
 """Jobs on S3-compatible storage (s3fs), against a local S3 server (moto) on 127.0.0.1."""
+
 from __future__ import annotations
 
 import io
@@ -7,11 +8,11 @@ import fsspec
 import pytest
 from PIL import Image
 
-from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
+from clearmark.settings import set_settings
 from clearmark.workers.db import Job, session_scope
 from clearmark.workers.jobs import create_job, ensure_tenant, process_job
-from clearmark.settings import set_settings
 from clearmark.workers.storage import Storage, read_uri
+from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
 
 
 @pytest.fixture

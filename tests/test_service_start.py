@@ -2,21 +2,26 @@
 worker consumes every queue (and `clearmark status` shows a queue nobody consumes), and
 submitting known files again leaves no empty batch behind and sends nothing (a job whose
 task was lost is the reaper's: tests/test_reaper.py)."""
+
 from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    db_url, product_photo, service, wait_for, workers,
-)
+from clearmark.settings import set_settings
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Batch, session_scope
 from clearmark.workers.metrics import queue_depths
 from clearmark.workers.reports import queues_text
-from clearmark.settings import set_settings
 from clearmark.workers.submit import submit_files
+from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
+    db_url,
+    product_photo,
+    service,
+    wait_for,
+    workers,
+)
 
 
 @pytest.fixture
@@ -62,7 +67,7 @@ def test_default_worker_consumes_every_queue(service, workers):
     before = queues_text(service)
     assert all(f"{q}" in before for q in queues)
     assert before.count("NO WORKER consumes it") == 3, before
-    workers(service, "default")   # `clearmark worker` without -Q
+    workers(service, "default")  # `clearmark worker` without -Q
 
     def consumed():
         text = queues_text(service)
@@ -85,4 +90,4 @@ def test_submitting_known_files_again_makes_no_batch(service, tmp_path):
     assert queue_depths(service)[service.queue_uploads] == 1
     assert list(submit_files([photo])) == first
     assert batches() == 1
-    assert queue_depths(service)[service.queue_uploads] == 1   # not sent twice
+    assert queue_depths(service)[service.queue_uploads] == 1  # not sent twice

@@ -4,8 +4,9 @@ from clearmark.errors import BadInput
 from clearmark.workers.storage import Storage, UnsafeKey, read_uri
 
 
-@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "a//b", "", "./a",
-                                 "a\\..\\b", "s3://bucket/x", "a/./b"])
+@pytest.mark.parametrize(
+    "key", ["../x", "a/../../x", "/etc/passwd", "a//b", "", "./a", "a\\..\\b", "s3://bucket/x", "a/./b"]
+)
 def test_unsafe_keys_rejected(tmp_path, key):
     with pytest.raises(UnsafeKey):
         Storage(tmp_path.as_uri()).put(key, b"x")

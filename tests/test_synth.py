@@ -1,12 +1,20 @@
 """The synthesizer: deterministic, and its ground truth explains the composite."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from clearmark.models.scenes import DEFAULT_DATA, photo_list, render_background
-from clearmark.models.synth import (KINDS, MIN_CHANGE, blend, make_sample, render_watermark, visible_part,
-                          watermark_image)
+from clearmark.models.synth import (
+    KINDS,
+    MIN_CHANGE,
+    blend,
+    make_sample,
+    render_watermark,
+    visible_part,
+    watermark_image,
+)
 
 
 def _sample(seed: int, **kw):
@@ -54,7 +62,7 @@ def test_only_the_visible_part_of_a_mark_is_ground_truth():
     shows; where it does not, the composite is the background, bit for bit."""
     rng = np.random.default_rng(2)
     alpha, _, _ = render_watermark(rng, 96, 256, 900, ["text"])
-    white = np.repeat(alpha[..., None], 3, axis=2)   # the same mark, coloured white
+    white = np.repeat(alpha[..., None], 3, axis=2)  # the same mark, coloured white
     bg = np.zeros((96, 256, 3), np.uint8)
     bg[:, 128:] = 255
     a, p = visible_part(bg, alpha, white)
@@ -74,11 +82,14 @@ def test_sample_crop_cuts_every_pixel_array_alike():
 
 
 def test_streaks_are_drawn_into_the_background_only():
-    plain, streaked = _sample(4, kinds=["text"], quality=95), _sample(4, kinds=["text"], quality=95, streaks=True)
+    plain, streaked = (
+        _sample(4, kinds=["text"], quality=95),
+        _sample(4, kinds=["text"], quality=95, streaks=True),
+    )
     for field in ("alpha", "mask", "product"):
         np.testing.assert_array_equal(getattr(plain, field), getattr(streaked, field))
     changed = np.abs(plain.clean.astype(int) - streaked.clean).max(axis=2) > 8
-    assert 0 < changed.mean() < 0.5   # a few lines, not a repaint
+    assert 0 < changed.mean() < 0.5  # a few lines, not a repaint
 
 
 def test_no_watermark_sample_is_clean():

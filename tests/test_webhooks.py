@@ -1,6 +1,7 @@
 """Webhook signing (ours and Standard Webhooks), the callback URL guard, delivery to the
 vetted address only (a rebinding DNS, TLS to a pinned IP), and delivery through a real
 webhook worker (compose's command) to a receiver that is down."""
+
 from __future__ import annotations
 
 import json
@@ -13,18 +14,30 @@ import pytest
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from clearmark.settings import Settings
+from clearmark.workers.db import METRIC_FIELDS, JobEvent, JobStatus, Tenant, session_scope
+from clearmark.workers.jobs import claim_job, create_job, ensure_tenant, finish_job
+from clearmark.workers.webhooks import (
+    UnsafeCallback,
+    check_callback_url,
+    deliver,
+    notify_finished,
+    sign,
+    signed_headers,
+    verify_signature,
+)
 from tests.test_api import (  # noqa: F401 - fixtures used here
-    Receiver, _webhook_events, api_settings, db_url, free_port, receiver, service, workers,
+    Receiver,
+    _webhook_events,
+    api_settings,
+    db_url,
+    free_port,
+    receiver,
+    service,
+    workers,
 )
 from tests.test_celery_e2e import statuses, wait_for
 from tests.test_compose import compose_command
-from clearmark.workers.db import METRIC_FIELDS, JobEvent, JobStatus, Tenant, session_scope
-from clearmark.workers.jobs import claim_job, create_job, ensure_tenant, finish_job
-from clearmark.settings import Settings
-from clearmark.workers.webhooks import (
-    UnsafeCallback, check_callback_url, deliver, notify_finished, sign, signed_headers,
-    verify_signature,
-)
 
 
 def test_signature_covers_timestamp_and_body():
@@ -40,19 +53,37 @@ def test_signature_covers_timestamp_and_body():
 
 def test_callback_guard():
     closed = Settings(webhook_allow_hosts=())
-    for url in ("http://127.0.0.1/", "http://localhost:8080/x", "http://10.0.0.8/", "http://[::1]/",
-                "http://169.254.169.254/", "http://[::ffff:192.168.1.1]/", "http://0.0.0.0/",
-                "http://100.64.0.1/", "file:///etc/passwd", "http:///nohost",
-                # IPv4 inside IPv6: mapped, IPv4-compatible, NAT64, 6to4
-                "http://[::ffff:127.0.0.1]/", "http://[::127.0.0.1]/", "http://[::a00:1]/",
-                "http://[64:ff9b::7f00:1]/", "http://[64:ff9b::a9fe:a9fe]/",
-                "http://[64:ff9b::c0a8:101]/", "http://[2002:7f00:1::1]/",
-                "http://[2002:a9fe:a9fe::]/", "http://[2002:a00:1::5]/"):
+    for url in (
+        "http://127.0.0.1/",
+        "http://localhost:8080/x",
+        "http://10.0.0.8/",
+        "http://[::1]/",
+        "http://169.254.169.254/",
+        "http://[::ffff:192.168.1.1]/",
+        "http://0.0.0.0/",
+        "http://100.64.0.1/",
+        "file:///etc/passwd",
+        "http:///nohost",
+        # IPv4 inside IPv6: mapped, IPv4-compatible, NAT64, 6to4
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::127.0.0.1]/",
+        "http://[::a00:1]/",
+        "http://[64:ff9b::7f00:1]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[64:ff9b::c0a8:101]/",
+        "http://[2002:7f00:1::1]/",
+        "http://[2002:a9fe:a9fe::]/",
+        "http://[2002:a00:1::5]/",
+    ):
         with pytest.raises(UnsafeCallback):
             check_callback_url(url, closed)
-    for url in ("https://93.184.215.14/hook", "http://[64:ff9b::5db8:d70e]/",
-                "http://[2002:5db8:d70e::1]/", "http://[::ffff:93.184.215.14]/"):
-        assert check_callback_url(url, closed).address, url   # public inside too
+    for url in (
+        "https://93.184.215.14/hook",
+        "http://[64:ff9b::5db8:d70e]/",
+        "http://[2002:5db8:d70e::1]/",
+        "http://[::ffff:93.184.215.14]/",
+    ):
+        assert check_callback_url(url, closed).address, url  # public inside too
     opened = Settings(webhook_allow_hosts=("10.0.0.0/8", "receiver"))
     assert check_callback_url("http://10.1.2.3:8080/hook", opened)
     assert check_callback_url("http://[::ffff:10.1.2.3]/hook", opened)
@@ -64,12 +95,19 @@ def test_callback_guard():
 def finished_job(settings: Settings, callback_url: str | None) -> str:
     """A job that a worker has finished (without running the pipeline)."""
     with session_scope(settings.database_url) as session:
-        job, _ = create_job(session, ensure_tenant(session, "shop"), "file:///in.png",
-                            callback_url=callback_url)
+        job, _ = create_job(
+            session, ensure_tenant(session, "shop"), "file:///in.png", callback_url=callback_url
+        )
     claim = claim_job(settings.database_url, job.id, settings.max_attempts)
-    finish_job(settings.database_url, claim, JobStatus.succeeded, result_uri="file:///out.png",
-               mask_uri="file:///mask.png", metrics={name: 1 for name in METRIC_FIELDS},
-               pipeline_version="test")
+    finish_job(
+        settings.database_url,
+        claim,
+        JobStatus.succeeded,
+        result_uri="file:///out.png",
+        mask_uri="file:///mask.png",
+        metrics={name: 1 for name in METRIC_FIELDS},
+        pipeline_version="test",
+    )
     return job.id
 
 
@@ -81,15 +119,24 @@ def test_receiver_down_retries_with_backoff_then_fails(api_settings, workers):
     command = compose_command("worker-webhooks", {"-Q": api_settings.queue_webhooks})
     workers(api_settings, "hooks", *command[1:])
     notify_finished(job_id, api_settings)
-    events = wait_for(lambda: (e := _webhook_events(api_settings, job_id)) and len(e) >= 3 and e,
-                      60, "three delivery attempts", interval=0.1)
+    events = wait_for(
+        lambda: (e := _webhook_events(api_settings, job_id)) and len(e) >= 3 and e,
+        60,
+        "three delivery attempts",
+        interval=0.1,
+    )
     assert [e["outcome"] for e in events] == ["retry", "retry", "failed"]
     assert [e["attempt"] for e in events] == [1, 2, 3]
     assert all("ConnectError" in e["error"] for e in events)
     with session_scope(api_settings.database_url) as session:
-        times = [e.created_at for e in session.scalars(
-            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "webhook")
-            .order_by(JobEvent.id))]
+        times = [
+            e.created_at
+            for e in session.scalars(
+                select(JobEvent)
+                .where(JobEvent.job_id == job_id, JobEvent.kind == "webhook")
+                .order_by(JobEvent.id)
+            )
+        ]
     gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6, gaps  # backoff 0.3 s, doubling
     assert statuses(api_settings.database_url, [job_id])[job_id].status == "succeeded"
@@ -107,7 +154,7 @@ def test_delivery_is_signed_and_refuses_private_urls(api_settings, receiver):
     assert not verify_signature("", headers["Clearmark-Signature"], body)
     standard = {k.lower(): v for k, v in headers.items() if k.lower().startswith("webhook-")}
     assert standard["webhook-id"] == headers["Clearmark-Event-Id"] == json.loads(body)["id"]
-    assert Webhook(secret).verify(body, standard)["job"]["id"] == job_id   # the library's check
+    assert Webhook(secret).verify(body, standard)["job"]["id"] == job_id  # the library's check
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(body + b" ", standard)
     receiver.status = 500
@@ -153,7 +200,7 @@ def test_delivery_connects_to_the_vetted_address_despite_dns_rebinding(api_setti
     one: the signed POST still goes to the vetted address, and nothing resolves it twice."""
     rebound = Receiver("127.0.0.1")
     port = rebound.server_address[1]
-    vetted = Receiver("127.0.0.2", port)   # same port, another loopback address
+    vetted = Receiver("127.0.0.2", port)  # same port, another loopback address
     for server in (vetted, rebound):
         threading.Thread(target=server.serve_forever, daemon=True).start()
     settings = api_settings.replace(webhook_allow_hosts=("127.0.0.2/32",))
@@ -181,8 +228,7 @@ def test_delivery_connects_to_the_vetted_address_despite_dns_rebinding(api_setti
     assert _webhook_events(settings, job_id)[0]["address"] == "127.0.0.2"
 
 
-def test_https_to_a_pinned_address_checks_the_certificate_for_the_url_host(tmp_path,
-                                                                           monkeypatch):
+def test_https_to_a_pinned_address_checks_the_certificate_for_the_url_host(tmp_path, monkeypatch):
     """Connecting to the IP keeps TLS honest: SNI and the certificate check use the host of
     the URL (a certificate for another name is refused)."""
     import ssl
@@ -197,11 +243,10 @@ def test_https_to_a_pinned_address_checks_the_certificate_for_the_url_host(tmp_p
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(certifi, "where", lambda: str(cert))   # trust the test certificate
+    monkeypatch.setattr(certifi, "where", lambda: str(cert))  # trust the test certificate
     port = server.server_address[1]
     try:
-        answer = post_pinned(Callback(f"https://hooks.shop.test:{port}/h", "127.0.0.1"), b"{}",
-                             {}, 10)
+        answer = post_pinned(Callback(f"https://hooks.shop.test:{port}/h", "127.0.0.1"), b"{}", {}, 10)
         assert answer.status_code == 200
         assert server.requests[0][0]["Host"] == f"hooks.shop.test:{port}"
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -222,17 +267,24 @@ def self_signed(folder, host: str):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert_path, key_path

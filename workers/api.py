@@ -7,6 +7,7 @@ status declared in the OpenAPI document at /v1/openapi.json (workers.api_errors)
 is checked from its image header alone (bytes, format, dimensions; the worker decodes the
 pixels) before anything is stored or queued.
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,10 +16,18 @@ import json
 import logging
 import mimetypes
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi import (
-    APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile,
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    Header,
+    Query,
+    Request,
+    Response,
+    UploadFile,
 )
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -28,32 +37,53 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import select, text, tuple_
 from starlette.exceptions import HTTPException
 
+from clearmark.errors import BadInput, ServiceUnavailable
+from clearmark.settings import Settings, get_settings
 from clearmark.workers.api_errors import (
-    OUTAGE_RETRY_AFTER_S, OUTAGE_TYPES, REQUEST_ID_HEADER, ApiError, documented, error_response,
+    OUTAGE_RETRY_AFTER_S,
+    OUTAGE_TYPES,
+    REQUEST_ID_HEADER,
+    ApiError,
+    documented,
+    error_response,
     outage,
 )
 from clearmark.workers.api_guard import DOCS_ASSETS, ApiGuard
 from clearmark.workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get_engine, session_scope
-from clearmark.errors import BadInput, ServiceUnavailable
 from clearmark.workers.imaging import probe_image
 from clearmark.workers.jobs import create_job, requeue_job
-from clearmark.settings import Settings, get_settings
 from clearmark.workers.storage import check_key, get_storage, iter_uri, read_uri
 from clearmark.workers.webhooks import DONE_OK, check_callback_url, job_document
 
 # Upload rejections by probe_image's code; any other bad input is a 422.
-UPLOAD_STATUS = {"too_large_bytes": 413, "too_many_pixels": 413, "decompression_bomb": 413,
-                 "not_an_image": 415}
-IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
-               "application/octet-stream"}
+UPLOAD_STATUS = {
+    "too_large_bytes": 413,
+    "too_many_pixels": 413,
+    "decompression_bomb": 413,
+    "not_an_image": 415,
+}
+IMAGE_TYPES = {
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+    "image/tiff",
+    "application/octet-stream",
+}
 log = logging.getLogger(__name__)
 
 # The docs page's Swagger UI assets come from the installed fastapi-offline package, not a
 # CDN, so /v1/docs works behind a firewall.
-app = FastAPIOffline(title="clearmark", version="1",
-                     description="Removes visible watermarks from product photos.",
-                     openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None,
-                     static_url=DOCS_ASSETS.rstrip("/"))
+app = FastAPIOffline(
+    title="clearmark",
+    version="1",
+    description="Removes visible watermarks from product photos.",
+    openapi_url="/v1/openapi.json",
+    docs_url="/v1/docs",
+    redoc_url=None,
+    static_url=DOCS_ASSETS.rstrip("/"),
+)
 app.add_middleware(ApiGuard)
 v1 = APIRouter(prefix="/v1", tags=["jobs"], responses=documented(401, 422, 429, 500, 503))
 bearer = HTTPBearer(auto_error=False, description="API key from `clearmark tenants create`")
@@ -71,8 +101,9 @@ async def _http_error(_request: Request, exc: HTTPException):
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_request: Request, exc: RequestValidationError):
-    return error_response(422, "invalid_request", "the request's parameters are invalid",
-                          details=jsonable_encoder(exc.errors()))
+    return error_response(
+        422, "invalid_request", "the request's parameters are invalid", details=jsonable_encoder(exc.errors())
+    )
 
 
 async def _failure(request: Request, exc: Exception):
@@ -84,16 +115,22 @@ async def _failure(request: Request, exc: Exception):
         return error_response(error.status_code, error.code, error.message, error.headers)
     request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
     log.error("request %s failed", request_id, exc_info=exc)
-    return error_response(500, "internal_error", "unexpected error: quote the request id when "
-                          "you report it", {REQUEST_ID_HEADER: request_id}, request_id=request_id)
+    return error_response(
+        500,
+        "internal_error",
+        "unexpected error: quote the request id when you report it",
+        {REQUEST_ID_HEADER: request_id},
+        request_id=request_id,
+    )
 
 
 for _type in (*OUTAGE_TYPES, Exception):
     app.add_exception_handler(_type, _failure)
 
 
-def current_tenant(request: Request,
-                   _credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Tenant:
+def current_tenant(
+    request: Request, _credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+) -> Tenant:
     """The tenant ApiGuard authenticated (the dependency declares the key in OpenAPI)."""
     return request.state.tenant
 
@@ -123,31 +160,40 @@ def _enqueue(job_id: str, priority: str, settings: Settings) -> None:
 
     try:
         enqueue(job_id, queue_for(priority, settings))
-    except ServiceUnavailable as exc:   # the job stays queued: the reaper sends it
+    except ServiceUnavailable as exc:  # the job stays queued: the reaper sends it
         log.warning("job %s could not be queued yet: %s", job_id, exc)
-        raise ApiError(503, exc.code, f"job {job_id} is recorded but could not be queued "
-                       "yet (the broker is down); it is sent when the broker is back",
-                       {"Retry-After": str(OUTAGE_RETRY_AFTER_S)}) from None
+        raise ApiError(
+            503,
+            exc.code,
+            f"job {job_id} is recorded but could not be queued "
+            "yet (the broker is down); it is sent when the broker is back",
+            {"Retry-After": str(OUTAGE_RETRY_AFTER_S)},
+        ) from None
 
 
-def _read_source(tenant: Tenant, file: UploadFile | None, source_uri: str | None,
-                 settings: Settings) -> bytes:
+def _read_source(
+    tenant: Tenant, file: UploadFile | None, source_uri: str | None, settings: Settings
+) -> bytes:
     if (file is None) == (source_uri is None):
         raise ApiError(400, "bad_request", "send exactly one of 'file' or 'source_uri'")
     if file is not None:
         if file.content_type and file.content_type not in IMAGE_TYPES:
-            raise ApiError(415, "unsupported_media_type",
-                           f"content type {file.content_type!r} is not an accepted image type")
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"content type {file.content_type!r} is not an accepted image type",
+            )
         return file.file.read(settings.max_bytes + 1)
     root, prefix = get_storage().root_uri + "/", f"sources/{tenant.id}/"
-    key = source_uri[len(root):] if source_uri.startswith(root) else ""
+    key = source_uri[len(root) :] if source_uri.startswith(root) else ""
     try:
         inside = check_key(key).startswith(prefix)
     except BadInput:
         inside = False
     if not inside:
-        raise ApiError(422, "invalid_source_uri",
-                       f"source_uri must be inside the storage under {root}{prefix}")
+        raise ApiError(
+            422, "invalid_source_uri", f"source_uri must be inside the storage under {root}{prefix}"
+        )
     try:
         return read_uri(source_uri, max_bytes=settings.max_bytes)
     except BadInput as exc:
@@ -157,37 +203,54 @@ def _read_source(tenant: Tenant, file: UploadFile | None, source_uri: str | None
 def _same_request(session, job: Job, request: dict) -> bool:
     """Whether `job` was created by this request (its image, source and parameters); the
     priority is the one it was created with (a reprocess run may have changed it since)."""
-    created = session.scalar(select(JobEvent.detail).where(
-        JobEvent.job_id == job.id, JobEvent.kind == "status", JobEvent.from_status.is_(None)))
+    created = session.scalar(
+        select(JobEvent.detail).where(
+            JobEvent.job_id == job.id, JobEvent.kind == "status", JobEvent.from_status.is_(None)
+        )
+    )
     priority = (created or {}).get("priority", job.priority)
-    return request == {"source_sha256": job.source_sha256, "source_uri": job.source_uri,
-                       "callback_url": job.callback_url, "priority": priority}
+    return request == {
+        "source_sha256": job.source_sha256,
+        "source_uri": job.source_uri,
+        "callback_url": job.callback_url,
+        "priority": priority,
+    }
 
 
-def _existing_job(session, tenant: Tenant, key: str, request: dict,
-                  client_key: bool) -> Job | None:
+def _existing_job(session, tenant: Tenant, key: str, request: dict, client_key: bool) -> Job | None:
     """The tenant's job for this idempotency key; an Idempotency-Key the client reuses for a
     different request is a 422 (Stripe's rule), never the old job."""
     job = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
     if job is not None and client_key and not _same_request(session, job, request):
-        raise ApiError(422, "idempotency_conflict",
-                       f"Idempotency-Key {key!r} was used for a different request (another "
-                       f"image or other parameters): job {job.id}")
+        raise ApiError(
+            422,
+            "idempotency_conflict",
+            f"Idempotency-Key {key!r} was used for a different request (another "
+            f"image or other parameters): job {job.id}",
+        )
     return job
 
 
-@v1.post("/images", status_code=202,
-         responses={200: {"description": "An existing job (same idempotency key or image)"},
-                    **documented(400, 413, 415)})
-def upload_image(request: Request, response: Response,
-                 file: UploadFile | None = File(None, description="The image (multipart)"),
-                 source_uri: str | None = Form(None, description="Or: an object already in "
-                                               "storage under sources/<tenant id>/"),
-                 callback_url: str | None = Form(None, description="Webhook URL for this job "
-                                                 "(default: the tenant's)"),
-                 priority: Priority = Form(Priority.normal, description="normal or low (bulk)"),
-                 idempotency_key: str | None = Header(None, max_length=200),
-                 tenant: Tenant = Depends(current_tenant)) -> dict:
+@v1.post(
+    "/images",
+    status_code=202,
+    responses={
+        200: {"description": "An existing job (same idempotency key or image)"},
+        **documented(400, 413, 415),
+    },
+)
+def upload_image(
+    request: Request,
+    response: Response,
+    file: UploadFile | None = File(None, description="The image (multipart)"),
+    source_uri: str | None = Form(
+        None, description="Or: an object already in storage under sources/<tenant id>/"
+    ),
+    callback_url: str | None = Form(None, description="Webhook URL for this job (default: the tenant's)"),
+    priority: Priority = Form(Priority.normal, description="normal or low (bulk)"),
+    idempotency_key: str | None = Header(None, max_length=200),
+    tenant: Tenant = Depends(current_tenant),
+) -> dict:
     """Queue an image for cleaning: 202 with the new job, or 200 with the existing job
     for the same Idempotency-Key and request (or, without a key, the same image and pipeline
     version); 422 for a key reused with another image or other parameters."""
@@ -204,8 +267,12 @@ def upload_image(request: Request, response: Response,
     if file is not None:
         source_uri = get_storage().uri(storage_key)
     key = idempotency_key or f"sha256:{digest}@{_pipeline_fingerprint()}"
-    asked = {"source_sha256": digest, "source_uri": source_uri,
-             "callback_url": callback_url or None, "priority": priority.value}
+    asked = {
+        "source_sha256": digest,
+        "source_uri": source_uri,
+        "callback_url": callback_url or None,
+        "priority": priority.value,
+    }
     with session_scope(settings.database_url) as session:
         job = _existing_job(session, tenant, key, asked, bool(idempotency_key))
         created = job is None
@@ -213,8 +280,14 @@ def upload_image(request: Request, response: Response,
             if file is not None:
                 get_storage().put(storage_key, data)
             job, created = create_job(
-                session, session.get(Tenant, tenant.id), source_uri, source_sha256=digest,
-                idempotency_key=key, callback_url=callback_url or None, priority=priority.value)
+                session,
+                session.get(Tenant, tenant.id),
+                source_uri,
+                source_sha256=digest,
+                idempotency_key=key,
+                callback_url=callback_url or None,
+                priority=priority.value,
+            )
             if not created:  # another request with this key won the race
                 job = _existing_job(session, tenant, key, asked, bool(idempotency_key))
         document = job_document(job, _base_url(request))
@@ -242,20 +315,21 @@ def _stream(tenant: Tenant, job_id: str, which: str) -> StreamingResponse:
         chunks = iter_uri(uri)
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"the {which} of job {job_id} is gone") from None
-    name = f"{job_id}{'' if which == 'result' else '-mask'}{uri[uri.rfind('.'):]}"
-    return StreamingResponse(chunks, media_type=mimetypes.guess_type(uri)[0],
-                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    name = f"{job_id}{'' if which == 'result' else '-mask'}{uri[uri.rfind('.') :]}"
+    return StreamingResponse(
+        chunks,
+        media_type=mimetypes.guess_type(uri)[0],
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
-@v1.get("/jobs/{job_id}/result", response_class=StreamingResponse,
-        responses=documented(404, 409))
+@v1.get("/jobs/{job_id}/result", response_class=StreamingResponse, responses=documented(404, 409))
 def get_result(job_id: str, tenant: Tenant = Depends(current_tenant)):
     """The cleaned image, in the upload's format (409 until the job is done)."""
     return _stream(tenant, job_id, "result")
 
 
-@v1.get("/jobs/{job_id}/mask", response_class=StreamingResponse,
-        responses=documented(404, 409))
+@v1.get("/jobs/{job_id}/mask", response_class=StreamingResponse, responses=documented(404, 409))
 def get_mask(job_id: str, tenant: Tenant = Depends(current_tenant)):
     """The mask of what was changed: 8-bit grey PNG, 0 = untouched."""
     return _stream(tenant, job_id, "mask")
@@ -274,24 +348,29 @@ def _after(cursor: str) -> tuple[datetime, str]:
 
 
 @v1.get("/jobs", responses=documented(400))
-def list_jobs(request: Request, status: JobStatus | None = None,
-              since: datetime | None = Query(None, description="created at or after (ISO 8601)"),
-              limit: int = Query(50, ge=1, le=200), cursor: str | None = None,
-              tenant: Tenant = Depends(current_tenant)) -> dict:
+def list_jobs(
+    request: Request,
+    status: JobStatus | None = None,
+    since: datetime | None = Query(None, description="created at or after (ISO 8601)"),
+    limit: int = Query(50, ge=1, le=200),
+    cursor: str | None = None,
+    tenant: Tenant = Depends(current_tenant),
+) -> dict:
     """The tenant's jobs, oldest first; pass `next_cursor` back as `cursor` for the next page."""
     query = select(Job).where(Job.tenant_id == tenant.id)
     if status:
         query = query.where(Job.status == status.value)
     if since:
-        query = query.where(Job.created_at >= (since if since.tzinfo else
-                                               since.replace(tzinfo=timezone.utc)))
+        query = query.where(Job.created_at >= (since if since.tzinfo else since.replace(tzinfo=UTC)))
     if cursor:
         query = query.where(tuple_(Job.created_at, Job.id) > tuple_(*_after(cursor)))
     with session_scope(get_settings().database_url) as session:
         jobs = session.scalars(query.order_by(Job.created_at, Job.id).limit(limit + 1)).all()
         base = _base_url(request)
-        return {"jobs": [job_document(job, base) for job in jobs[:limit]],
-                "next_cursor": _cursor(jobs[limit - 1]) if len(jobs) > limit else None}
+        return {
+            "jobs": [job_document(job, base) for job in jobs[:limit]],
+            "next_cursor": _cursor(jobs[limit - 1]) if len(jobs) > limit else None,
+        }
 
 
 @v1.post("/jobs/{job_id}/retry", status_code=202, responses=documented(404, 409))
@@ -317,8 +396,7 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@app.get("/metrics", tags=["health"], response_class=Response,
-         responses=documented(500, 503))
+@app.get("/metrics", tags=["health"], response_class=Response, responses=documented(500, 503))
 def prometheus_metrics() -> Response:
     """Prometheus text format: jobs by status, images per second, queue depth per queue
     (no auth, like /healthz: keep it off the public interface)."""
@@ -328,8 +406,11 @@ def prometheus_metrics() -> Response:
     return Response(body, media_type=content_type)
 
 
-@app.get("/readyz", tags=["health"], responses={
-    503: {"description": "Not ready: `checks` names what cannot be reached"}, **documented(500)})
+@app.get(
+    "/readyz",
+    tags=["health"],
+    responses={503: {"description": "Not ready: `checks` names what cannot be reached"}, **documented(500)},
+)
 def readyz() -> JSONResponse:
     """Database, broker and storage are reachable (503 naming what is not)."""
     from clearmark.workers.celery_app import app as celery_app

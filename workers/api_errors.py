@@ -1,6 +1,7 @@
 """The API's errors: one JSON shape, `{"error": {"code", "message", ...}}`, for everything
 it refuses, for outages of the database or broker (503 with Retry-After) and for anything
 unexpected (500 with the request id), and the OpenAPI entries that declare them."""
+
 from __future__ import annotations
 
 import kombu.exceptions
@@ -13,8 +14,12 @@ from starlette.responses import JSONResponse
 OUTAGE_RETRY_AFTER_S = 5
 REQUEST_ID_HEADER = "X-Request-Id"
 # Exceptions that may mean a database or broker outage (outage() decides).
-OUTAGE_TYPES = (sa_exc.DBAPIError, sa_exc.TimeoutError, redis.exceptions.RedisError,
-                kombu.exceptions.OperationalError)
+OUTAGE_TYPES = (
+    sa_exc.DBAPIError,
+    sa_exc.TimeoutError,
+    redis.exceptions.RedisError,
+    kombu.exceptions.OperationalError,
+)
 DESCRIPTIONS = {
     400: "Bad request: neither or both of `file`/`source_uri`, or a cursor not from this API",
     401: "Missing or unknown API key (`Authorization: Bearer <api key>`)",
@@ -23,7 +28,7 @@ DESCRIPTIONS = {
     413: "Over the byte or pixel limits",
     415: "Not an accepted image type",
     422: "Invalid request: parameters, callback URL, source URI, image, or an Idempotency-Key "
-         "reused with a different request",
+    "reused with a different request",
     429: "Over this tenant's rate or concurrent-upload limit: retry after `Retry-After` seconds",
     500: "Unexpected error; the answer carries a `request_id` to quote",
     503: "The database or the broker cannot be reached: retry after `Retry-After` seconds",
@@ -54,21 +59,24 @@ class ApiError(HTTPException):
         self.code, self.message = code, message
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None,
-                   **extra) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}},
-                        status_code=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, headers: dict | None = None, **extra
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers
+    )
 
 
 def outage(exc: BaseException) -> ApiError | None:
     """A 503 for an exception that says the database or broker cannot be reached."""
     retry = {"Retry-After": str(OUTAGE_RETRY_AFTER_S)}
     if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)) or (
-            isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated):
-        return ApiError(503, "database_unavailable",
-                        "the database cannot be reached; retry later", retry)
-    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                        kombu.exceptions.OperationalError)):
-        return ApiError(503, "broker_unavailable", "the broker cannot be reached; retry later",
-                        retry)
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    ):
+        return ApiError(503, "database_unavailable", "the database cannot be reached; retry later", retry)
+    if isinstance(
+        exc,
+        (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError),
+    ):
+        return ApiError(503, "broker_unavailable", "the broker cannot be reached; retry later", retry)
     return None

@@ -4,6 +4,7 @@ API key, the tenant's rate limit and, for uploads, the tenant's concurrent-uploa
 the byte limit: from Content-Length before any byte is read, and again while the body
 streams (chunked uploads included). A wrong key is a 401, an oversize body a 413, without
 reading the rest of the body; such answers close the connection."""
+
 from __future__ import annotations
 
 import math
@@ -20,14 +21,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clearmark.settings import Settings, get_settings
 from clearmark.workers.api_errors import REQUEST_ID_HEADER, ApiError, error_response, outage
 from clearmark.workers.db import Tenant, session_scope
-from clearmark.settings import Settings, get_settings
 from clearmark.workers.tenants import tenant_for_key
 
 UPLOAD_PATH = "/v1/images"
 PUBLIC_PATHS = ("/v1/openapi.json", "/v1/docs")
-DOCS_ASSETS = "/v1/docs-assets/"   # Swagger UI's files, served for /v1/docs
+DOCS_ASSETS = "/v1/docs-assets/"  # Swagger UI's files, served for /v1/docs
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields around the file
 
 
@@ -39,8 +40,9 @@ def upload_limit(settings: Settings) -> int:
 def _tenant_for(authorization: str, database_url: str) -> Tenant:
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise ApiError(401, "unauthorized", "missing 'Authorization: Bearer <api key>'",
-                       {"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401, "unauthorized", "missing 'Authorization: Bearer <api key>'", {"WWW-Authenticate": "Bearer"}
+        )
     with session_scope(database_url) as session:
         tenant = tenant_for_key(session, key.strip())
     if tenant is None:
@@ -59,8 +61,9 @@ def check_rate(tenant_id: str, settings: Settings) -> None:
         if not limiter.hit(limit, tenant_id):
             reset = limiter.get_window_stats(limit, tenant_id).reset_time
             wait = max(1, math.ceil(reset - time.time()))
-            raise ApiError(429, "rate_limited", f"over this tenant's limit of {limit}",
-                           {"Retry-After": str(wait)})
+            raise ApiError(
+                429, "rate_limited", f"over this tenant's limit of {limit}", {"Retry-After": str(wait)}
+            )
 
 
 def _admit(authorization: str, settings: Settings) -> Tenant:
@@ -82,9 +85,12 @@ class UploadSlots:
     def take(self, tenant_id: str, limit: int) -> None:
         with self.lock:
             if self.in_use[tenant_id] >= limit:
-                raise ApiError(429, "too_many_uploads",
-                               f"this tenant already has {limit} uploads in progress",
-                               {"Retry-After": "1"})
+                raise ApiError(
+                    429,
+                    "too_many_uploads",
+                    f"this tenant already has {limit} uploads in progress",
+                    {"Retry-After": "1"},
+                )
             self.in_use[tenant_id] += 1
 
     def give_back(self, tenant_id: str) -> None:
@@ -104,9 +110,12 @@ def _capped(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise ApiError(413, "too_large_bytes",
-                               f"upload is over the limit of {limit} bytes",
-                               {"Connection": "close"})
+                raise ApiError(
+                    413,
+                    "too_large_bytes",
+                    f"upload is over the limit of {limit} bytes",
+                    {"Connection": "close"},
+                )
         return message
 
     return receive_capped
@@ -139,8 +148,9 @@ class ApiGuard:
             tenant = await run_in_threadpool(_admit, headers.get("authorization", ""), settings)
             length = headers.get("content-length", "")
             if upload and length.isdigit() and int(length) > upload_limit(settings):
-                raise ApiError(413, "too_large_bytes",
-                               f"upload is over the limit of {upload_limit(settings)} bytes")
+                raise ApiError(
+                    413, "too_large_bytes", f"upload is over the limit of {upload_limit(settings)} bytes"
+                )
             if upload:
                 self.uploads.take(tenant.id, settings.upload_concurrency)
         except Exception as exc:  # noqa: BLE001 - refusals and outages answer here
@@ -149,8 +159,7 @@ class ApiGuard:
                 raise
             if "content-length" in headers or "transfer-encoding" in headers:
                 error.headers = {**(error.headers or {}), "Connection": "close"}
-            response = error_response(error.status_code, error.code, error.message,
-                                      error.headers)
+            response = error_response(error.status_code, error.code, error.message, error.headers)
             await response(scope, receive, send_with_id)
             return
         scope["state"]["tenant"] = tenant

@@ -6,6 +6,7 @@ restart without persistence) and is sent again. Read on Redis (kombu's transport
 queue lists, their priority lists, and the hash of delivered but unacknowledged messages
 (which also holds tasks waiting for a retry countdown in a worker).
 """
+
 from __future__ import annotations
 
 import base64
@@ -57,8 +58,7 @@ def jobs_with_tasks(settings: Settings) -> dict[str, set[str]] | None:
 
     if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
         return None
-    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5,
-                                  socket_timeout=60)
+    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, socket_timeout=60)
     found: dict[str, set[str]] = defaultdict(set)
 
     def add(raw: bytes) -> None:

@@ -4,6 +4,7 @@ Settings follow the documented recipe for long, idempotent tasks (DESIGN.md, pra
 notes): late acks + prefetch 1, requeue when a child dies, a Redis visibility timeout above
 the hard time limit, and separate queues for uploads, bulk runs and webhooks.
 """
+
 from __future__ import annotations
 
 from celery import Celery
@@ -14,10 +15,12 @@ from clearmark.settings import Settings, get_settings
 
 def configure(app: Celery, settings: Settings) -> None:
     # Sweep for abandoned (unacked) messages every few seconds, at most half the timeout.
-    transport = {"visibility_timeout": settings.visibility_timeout_s,
-                 "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
-                 "unacked_restore_throttle": 1,
-                 "socket_connect_timeout": 5}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
+        "unacked_restore_throttle": 1,
+        "socket_connect_timeout": 5,
+    }
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend or None,
@@ -44,15 +47,25 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_send_task_events=True,
         task_send_sent_event=True,
         task_default_queue=settings.queue_uploads,
-        task_queues=[Queue(settings.queue_uploads), Queue(settings.queue_bulk),
-                     Queue(settings.queue_webhooks)],
-        task_routes={"clearmark.clean_image": {"queue": settings.queue_uploads},
-                     "clearmark.deliver_webhook": {"queue": settings.queue_webhooks},
-                     "clearmark.reap": {"queue": settings.queue_webhooks}},
+        task_queues=[
+            Queue(settings.queue_uploads),
+            Queue(settings.queue_bulk),
+            Queue(settings.queue_webhooks),
+        ],
+        task_routes={
+            "clearmark.clean_image": {"queue": settings.queue_uploads},
+            "clearmark.deliver_webhook": {"queue": settings.queue_webhooks},
+            "clearmark.reap": {"queue": settings.queue_webhooks},
+        },
         # `clearmark beat`: a reaper pass on the (light) webhooks queue; a pass that waited
         # longer than an interval is dropped, the next one does the same work.
-        beat_schedule={"reap": {"task": "clearmark.reap", "schedule": settings.reap_interval_s,
-                                "options": {"expires": settings.reap_interval_s}}},
+        beat_schedule={
+            "reap": {
+                "task": "clearmark.reap",
+                "schedule": settings.reap_interval_s,
+                "options": {"expires": settings.reap_interval_s},
+            }
+        },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
     )
 

@@ -4,6 +4,7 @@ Start-up stays light (`clearmark --help` well under a second): torch, the models
 engines are imported only inside the commands that use them, and the model commands
 (train, eval, engines, bench...) are loaded only when one of them runs (LazyGroup).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,23 +20,34 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".
 # Commands defined with the models and engines (they import torch): name -> (where, the
 # one-line help `clearmark --help` shows without importing them; a test keeps it true).
 LAZY_COMMANDS = {
-    "train": ("clearmark.models.cli:train_command", "Train the detector or the remover on synthetic "
-              "watermarks; writes KIND.pt + manifest."),
-    "eval": ("clearmark.models.cli:eval_command", "Evaluate the shipped models against two baselines "
-             "on a held-out synthetic set."),
-    "eval-real": ("clearmark.models.cli:eval_real_command", "Score the pipeline (decode to encode, gate "
-                  "included) on real product photos, marked and clean, against doing nothing "
-                  "and true-mask Telea: harm rate, clean photos changed, PSNR/SSIM, PSNR "
-                  "inside and outside the mark, mask F1, statuses, per style, with bootstrap "
-                  "95% intervals."),
-    "reproduce": ("clearmark.models.cli:reproduce_command", "Repeat the training run that made KIND.pt "
-                  "and check the result bit for bit."),
-    "engines": ("clearmark.engine_build.cli:engines_group", "Export ONNX models and build TensorRT "
-                "engines."),
-    "bench": ("clearmark.engine_build.cli:bench_command", "Images per second and ms per image for "
-              "detection and removal, per backend; with --pipeline, seconds per photo for "
-              "the whole pipeline, stage by stage; with --jpeg, what writing a JPEG result "
-              "costs and changes."),
+    "train": (
+        "clearmark.models.cli:train_command",
+        "Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest.",
+    ),
+    "eval": (
+        "clearmark.models.cli:eval_command",
+        "Evaluate the shipped models against two baselines on a held-out synthetic set.",
+    ),
+    "eval-real": (
+        "clearmark.models.cli:eval_real_command",
+        "Score the pipeline (decode to encode, gate "
+        "included) on real product photos, marked and clean, against doing nothing "
+        "and true-mask Telea: harm rate, clean photos changed, PSNR/SSIM, PSNR "
+        "inside and outside the mark, mask F1, statuses, per style, with bootstrap "
+        "95% intervals.",
+    ),
+    "reproduce": (
+        "clearmark.models.cli:reproduce_command",
+        "Repeat the training run that made KIND.pt and check the result bit for bit.",
+    ),
+    "engines": ("clearmark.engine_build.cli:engines_group", "Export ONNX models and build TensorRT engines."),
+    "bench": (
+        "clearmark.engine_build.cli:bench_command",
+        "Images per second and ms per image for "
+        "detection and removal, per backend; with --pipeline, seconds per photo for "
+        "the whole pipeline, stage by stage; with --jpeg, what writing a JPEG result "
+        "costs and changes.",
+    ),
 }
 
 UNAVAILABLE_EXIT = 75  # EX_TEMPFAIL: the broker or database is down; try again later
@@ -90,20 +102,25 @@ def _setup_logging(verbosity: int) -> None:
     libraries' loggers are set too, not only the root's, so that their INFO lines (Alembic's
     "Running upgrade ...") stay away even where something else configured logging first."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     logging.getLogger("alembic").setLevel(level)
     # Alembic's "setup plugin ..." lines on every run say nothing about this database: -vv.
     logging.getLogger("alembic.runtime.plugins").setLevel(
-        logging.DEBUG if verbosity >= 2 else logging.WARNING)
+        logging.DEBUG if verbosity >= 2 else logging.WARNING
+    )
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clearmark")
-@click.option("--db", "database_url", envvar="CLEARMARK_DATABASE_URL",
-              help="Database URL (default: SQLite under CLEARMARK_DATA_DIR, ./.clearmark).")
-@click.option("-v", "--verbose", count=True,
-              help="Log what happens (migrations, jobs): -v info, -vv debug.")
+@click.option(
+    "--db",
+    "database_url",
+    envvar="CLEARMARK_DATABASE_URL",
+    help="Database URL (default: SQLite under CLEARMARK_DATA_DIR, ./.clearmark).",
+)
+@click.option("-v", "--verbose", count=True, help="Log what happens (migrations, jobs): -v info, -vv debug.")
 def cli(database_url: str | None, verbose: int) -> None:
     """clearmark: find and remove visible watermarks from product photos.
 
@@ -115,8 +132,9 @@ def cli(database_url: str | None, verbose: int) -> None:
         set_settings(get_settings().replace(database_url=database_url))
 
 
-def find_images(paths: list[Path], recursive: bool,
-                skipped: list[Path] | None = None) -> list[tuple[Path, Path]]:
+def find_images(
+    paths: list[Path], recursive: bool, skipped: list[Path] | None = None
+) -> list[tuple[Path, Path]]:
     """(file, path relative to its input root) for every image under the given paths.
     Files left out because their extension is not an image's go into `skipped` (relative
     paths; hidden files and folders are left out silently)."""
@@ -139,15 +157,29 @@ def find_images(paths: list[Path], recursive: bool,
 
 @cli.command()
 @click.argument("in_dir", type=click.Path(exists=True, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for the cleaned images (same relative paths and names).")
-@click.option("--masks", "masks_dir", type=click.Path(path_type=Path),
-              help="Also write each detected mask here as <name>.png.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the cleaned images (same relative paths and names).",
+)
+@click.option(
+    "--masks",
+    "masks_dir",
+    type=click.Path(path_type=Path),
+    help="Also write each detected mask here as <name>.png.",
+)
 @click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders.")
-@click.option("-w", "--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Worker processes (each loads the models once).")
-def clean(in_dir: Path, out_dir: Path, masks_dir: Path | None, recursive: bool,
-          workers: int) -> None:
+@click.option(
+    "-w",
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes (each loads the models once).",
+)
+def clean(in_dir: Path, out_dir: Path, masks_dir: Path | None, recursive: bool, workers: int) -> None:
     """Clean every image in IN_DIR into --out, in this process (no server needed).
 
     Each image becomes a job recorded in the database (SQLite by default), so
@@ -160,16 +192,16 @@ def clean(in_dir: Path, out_dir: Path, masks_dir: Path | None, recursive: bool,
     skipped: list[Path] = []
     images = find_images([in_dir], recursive, skipped)
     if not images:
-        raise click.ClickException(f"no images found in {in_dir}"
-                                   + ("" if recursive else " (try --recursive)"))
+        raise click.ClickException(
+            f"no images found in {in_dir}" + ("" if recursive else " (try --recursive)")
+        )
     for folder in (out_dir, masks_dir):
         try:
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise click.ClickException(f"cannot create the output folder {folder}: {exc}")
-    summary = clean_folder(images, out_dir, masks_dir, workers=workers,
-                           skipped=[str(p) for p in skipped])
+    summary = clean_folder(images, out_dir, masks_dir, workers=workers, skipped=[str(p) for p in skipped])
     click.echo(summary.render())
     if not summary.ok:
         sys.exit(1)
@@ -204,18 +236,24 @@ def default_queues(settings) -> str:
 
 
 @cli.command()
-@click.option("-Q", "--queues",
-              help="Comma-separated queues (default: all three, uploads, bulk and webhooks).")
+@click.option(
+    "-Q", "--queues", help="Comma-separated queues (default: all three, uploads, bulk and webhooks)."
+)
 @click.option("-c", "--concurrency", type=int, help="Child processes (default from settings).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
-@click.option("-P", "--pool", default="prefork", show_default=True,
-              type=click.Choice(["prefork", "solo", "threads"]))
+@click.option(
+    "-P", "--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"])
+)
 @click.option("-n", "--hostname", help="Worker node name (default celery@host).")
-@click.option("--reap", is_flag=True,
-              help="Also run the reaper beside the worker (a child process, every "
-                   "CLEARMARK_REAP_INTERVAL_S), where no Celery beat runs it.")
-def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str,
-           hostname: str | None, reap: bool) -> None:
+@click.option(
+    "--reap",
+    is_flag=True,
+    help="Also run the reaper beside the worker (a child process, every "
+    "CLEARMARK_REAP_INTERVAL_S), where no Celery beat runs it.",
+)
+def worker(
+    queues: str | None, concurrency: int | None, loglevel: str, pool: str, hostname: str | None, reap: bool
+) -> None:
     """Start a Celery worker on the configured broker (Redis by default).
 
     Refuses to start when only one of CLEARMARK_DATABASE_URL and CLEARMARK_BROKER_URL is
@@ -231,8 +269,18 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
         raise click.ClickException("worker not started: " + "; ".join(problems))
     from clearmark.workers.tasks import app
 
-    argv = ["worker", "-Q", queues, "-c", str(concurrency or settings.worker_concurrency),
-            "-l", loglevel, "-P", pool, "-E"]
+    argv = [
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency or settings.worker_concurrency),
+        "-l",
+        loglevel,
+        "-P",
+        pool,
+        "-E",
+    ]
     if hostname:
         argv += ["-n", hostname]
     reaper = _start_reaper_process() if reap else None
@@ -257,15 +305,20 @@ def _start_reaper_process():
         except OSError:
             pass
 
-    return subprocess.Popen([sys.executable, "-m", "workers", "reap", "--every",
-                             str(get_settings().reap_interval_s)],
-                            env=dict(os.environ, CLEARMARK_DATABASE_URL=get_settings().database_url),
-                            preexec_fn=die_with_parent)
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers", "reap", "--every", str(get_settings().reap_interval_s)],
+        env=dict(os.environ, CLEARMARK_DATABASE_URL=get_settings().database_url),
+        preexec_fn=die_with_parent,
+    )
 
 
 @cli.command()
-@click.option("--every", type=click.FloatRange(min=0.1), metavar="SECONDS",
-              help="Run a pass every SECONDS until stopped (default: one pass).")
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="Run a pass every SECONDS until stopped (default: one pass).",
+)
 @_exit_when_unavailable
 def reap(every: float | None) -> None:
     """Queue again what would otherwise never finish: running jobs whose lease expired (or
@@ -312,7 +365,6 @@ def db() -> None:
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION."""
     from clearmark.workers import migrate
-
     from clearmark.workers.preflight import safe_url
 
     migrate.upgrade(revision=revision)
@@ -339,15 +391,26 @@ def db_current() -> None:
 @cli.command()
 @click.option("--host", help="Interface to listen on (default CLEARMARK_API_HOST, 127.0.0.1).")
 @click.option("--port", type=int, help="Port (default CLEARMARK_API_PORT, 8000).")
-@click.option("--workers", "processes", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="uvicorn worker processes.")
+@click.option(
+    "--workers",
+    "processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="uvicorn worker processes.",
+)
 def api(host: str | None, port: int | None, processes: int) -> None:
     """Serve the storefront HTTP API (OpenAPI document at /v1/openapi.json)."""
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run("clearmark.workers.api:app", host=host or settings.api_host, port=port or settings.api_port,
-                workers=processes, proxy_headers=True)
+    uvicorn.run(
+        "clearmark.workers.api:app",
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=processes,
+        proxy_headers=True,
+    )
 
 
 @cli.group()
@@ -360,8 +423,8 @@ def tenants() -> None:
 @click.option("--webhook", help="URL that receives a signed POST when each job finishes.")
 def tenants_create(name: str, webhook: str | None) -> None:
     """Create tenant NAME and print its API key and webhook secret (shown only this once)."""
-    from clearmark.workers.db import session_scope
     from clearmark.errors import BadInput
+    from clearmark.workers.db import session_scope
     from clearmark.workers.tenants import TenantExists, create_tenant
     from clearmark.workers.webhooks import check_callback_url
 
@@ -374,8 +437,10 @@ def tenants_create(name: str, webhook: str | None) -> None:
             tenant_id, secret = tenant.id, tenant.webhook_secret
     except (BadInput, TenantExists) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"tenant          {name} ({tenant_id})\napi key         {key}\n"
-               f"webhook secret  {secret}\nStore both now: they are not shown again.")
+    click.echo(
+        f"tenant          {name} ({tenant_id})\napi key         {key}\n"
+        f"webhook secret  {secret}\nStore both now: they are not shown again."
+    )
 
 
 @tenants.command("list")
@@ -387,8 +452,7 @@ def tenants_list() -> None:
 
     with session_scope(get_settings().database_url) as session:
         for t in session.scalars(select(Tenant).order_by(Tenant.name)):
-            click.echo(f"{t.id}\t{t.name}\t{'key' if t.api_key_hash else 'no key'}\t"
-                       f"{t.webhook_url or '-'}")
+            click.echo(f"{t.id}\t{t.name}\t{'key' if t.api_key_hash else 'no key'}\t{t.webhook_url or '-'}")
 
 
 def _since(text: str):
@@ -412,30 +476,54 @@ def _follow(items, total: int, desc: str):
 
 @cli.command()
 @click.option("--tenant", help="Only this tenant's jobs (name).")
-@click.option("--status", "statuses", multiple=True,
-              type=click.Choice(["succeeded", "no_watermark", "needs_review", "failed"]),
-              help="Only jobs in this status (repeatable; default: every finished status).")
-@click.option("--since", metavar="DATE|AGE",
-              help="Created at or after: an ISO date or time (UTC unless an offset is given) "
-                   "or an age (12h, 7d, 2w).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["succeeded", "no_watermark", "needs_review", "failed"]),
+    help="Only jobs in this status (repeatable; default: every finished status).",
+)
+@click.option(
+    "--since",
+    metavar="DATE|AGE",
+    help="Created at or after: an ISO date or time (UTC unless an offset is given) or an age (12h, 7d, 2w).",
+)
 @click.option("--until", help="Created before (ISO 8601).")
-@click.option("--outdated", is_flag=True,
-              help="Only jobs whose result was made by other pipeline code or model weights "
-                   "than the current ones (failed jobs without a result: use --status failed).")
+@click.option(
+    "--outdated",
+    is_flag=True,
+    help="Only jobs whose result was made by other pipeline code or model weights "
+    "than the current ones (failed jobs without a result: use --status failed).",
+)
 @click.option("--version", "version", help="Only jobs whose pipeline version starts so.")
 @click.option("--batch", help="Only jobs of this batch.")
-@click.option("--ids", "ids_file", type=click.Path(exists=True, dir_okay=False),
-              help="Only these jobs: a file of job ids or source URIs, one per line.")
+@click.option(
+    "--ids",
+    "ids_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Only these jobs: a file of job ids or source URIs, one per line.",
+)
 @click.option("--dry-run", is_flag=True, help="Print counts by status; queue nothing.")
-@click.option("--resume", "resume", metavar="BATCH",
-              help="Continue an interrupted run (its selection is stored in the batch).")
-@click.option("--chunk", default=500, show_default=True, type=click.IntRange(1, 100_000),
-              help="Jobs per transaction.")
-@click.option("--rate", default=0.0, show_default=True, type=click.FloatRange(0),
-              help="At most this many jobs enqueued per second (0: no limit).")
+@click.option(
+    "--resume",
+    "resume",
+    metavar="BATCH",
+    help="Continue an interrupted run (its selection is stored in the batch).",
+)
+@click.option(
+    "--chunk", default=500, show_default=True, type=click.IntRange(1, 100_000), help="Jobs per transaction."
+)
+@click.option(
+    "--rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="At most this many jobs enqueued per second (0: no limit).",
+)
 @_exit_when_unavailable
-def reprocess(tenant, statuses, since, until, outdated, version, batch, ids_file, dry_run,
-              resume, chunk, rate) -> None:
+def reprocess(
+    tenant, statuses, since, until, outdated, version, batch, ids_file, dry_run, resume, chunk, rate
+) -> None:
     """Queue finished jobs again, as a new batch on the bulk queue.
 
     Select by tenant, status, creation date, pipeline version (--outdated: not made by the
@@ -451,23 +539,32 @@ def reprocess(tenant, statuses, since, until, outdated, version, batch, ids_file
         except LookupError as exc:
             raise click.ClickException(str(exc)) from None
     else:
-        since = since and _since(since).isoformat()   # an age is fixed now, for --resume
-        selection = rp.Selection(tenant=tenant, statuses=statuses, since=since, until=until,
-                                 outdated=outdated, version=version, batch=batch,
-                                 ids_file=ids_file and str(Path(ids_file).resolve()))
+        since = since and _since(since).isoformat()  # an age is fixed now, for --resume
+        selection = rp.Selection(
+            tenant=tenant,
+            statuses=statuses,
+            since=since,
+            until=until,
+            outdated=outdated,
+            version=version,
+            batch=batch,
+            ids_file=ids_file and str(Path(ids_file).resolve()),
+        )
     try:
         counts = rp.dry_run(selection)
     except ValueError as exc:  # a bad date
         raise click.ClickException(str(exc)) from None
     total = sum(counts.values())
-    click.echo("selected: " + (", ".join(f"{s} {n}" for s, n in counts.items()) or "none")
-               + f" (total {total})")
+    click.echo(
+        "selected: " + (", ".join(f"{s} {n}" for s, n in counts.items()) or "none") + f" (total {total})"
+    )
     earlier = None if resume else rp.unfinished(selection)
     if earlier:
         resume, stranded = earlier
         total += stranded
-        click.echo(f"resuming batch {resume}: its last run stopped with {stranded} jobs "
-                   "queued but not yet sent")
+        click.echo(
+            f"resuming batch {resume}: its last run stopped with {stranded} jobs queued but not yet sent"
+        )
     if dry_run or not (total or resume):
         return
     batch_id = resume or rp.start(selection)
@@ -491,8 +588,9 @@ def batches(batch_ids: tuple[str, ...], tenant: str | None, limit: int) -> None:
 @cli.command()
 @click.argument("source")
 @click.option("--tenant", default="local", show_default=True, help="Tenant (storefront) name.")
-@click.option("--chunk", default=500, show_default=True, type=click.IntRange(1, 100_000),
-              help="Jobs per transaction.")
+@click.option(
+    "--chunk", default=500, show_default=True, type=click.IntRange(1, 100_000), help="Jobs per transaction."
+)
 @_exit_when_unavailable
 def bulk(source: str, tenant: str, chunk: int) -> None:
     """Import a folder or bucket prefix (any fsspec URI) as one batch on the bulk queue.
@@ -511,15 +609,15 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
     if not sources:
         raise click.ClickException(f"no images found under {source}")
     new, batch_id = 0, None
-    for _, _, created, batch_id in _follow(submit_sources(sources, tenant, bulk=True,
-                                                          chunk=chunk), len(sources), "submit"):
+    for _, _, created, batch_id in _follow(
+        submit_sources(sources, tenant, bulk=True, chunk=chunk), len(sources), "submit"
+    ):
         new += created
     if not new:
         click.echo(f"all {len(sources)} images are already known: no new batch")
         return
     rows = batch_progress(get_settings().database_url, [batch_id])
-    click.echo(f"batch {batch_id}: {len(sources)} images, {new} new jobs, "
-               f"{len(sources) - new} already known")
+    click.echo(f"batch {batch_id}: {len(sources)} images, {new} new jobs, {len(sources) - new} already known")
     click.echo(batches_text(rows))
 
 
@@ -574,24 +672,29 @@ def review_reject(job_ids: tuple[str, ...], note: str) -> None:
 
 
 @cli.command()
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The HTML file to write.")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write.",
+)
 @click.option("--tenant", help="Only this tenant's jobs.")
-@click.option("--since", metavar="DATE|AGE",
-              help="Only jobs created since: an ISO date or time (UTC unless an offset is "
-                   "given) or an age (12h, 7d, 2w).")
+@click.option(
+    "--since",
+    metavar="DATE|AGE",
+    help="Only jobs created since: an ISO date or time (UTC unless an offset is "
+    "given) or an age (12h, 7d, 2w).",
+)
 @click.option("--sample", default=6, show_default=True, help="Random jobs in the gallery.")
 @click.option("--worst", default=6, show_default=True, help="Lowest-confidence jobs shown.")
-@click.option("--review", "review_n", default=6, show_default=True,
-              help="needs_review jobs shown.")
-def report(out_path: Path, tenant: str | None, since, sample: int, worst: int,
-           review_n: int) -> None:
+@click.option("--review", "review_n", default=6, show_default=True, help="needs_review jobs shown.")
+def report(out_path: Path, tenant: str | None, since, sample: int, worst: int, review_n: int) -> None:
     """Write a self-contained HTML quality report: counts, failure reasons, latency
     percentiles, confidence and mask-area plots, before/after/mask thumbnails."""
     from clearmark.workers.report_html import build_report
 
-    html = build_report(tenant, since and _since(since), sample=sample, worst=worst,
-                        review=review_n)
+    html = build_report(tenant, since and _since(since), sample=sample, worst=worst, review=review_n)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(html, encoding="utf-8")
     click.echo(f"wrote {out_path} ({len(html) // 1024} KiB)")
@@ -599,10 +702,17 @@ def report(out_path: Path, tenant: str | None, since, sample: int, worst: int,
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", default=5555, show_default=True)
-@click.option("--address", default="127.0.0.1", show_default=True,
-              help="Interface to listen on (0.0.0.0: every interface; keep Flower internal).")
-@click.option("--auth-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="File whose first line is USER:PASSWORD (else CLEARMARK_FLOWER_AUTH).")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on (0.0.0.0: every interface; keep Flower internal).",
+)
+@click.option(
+    "--auth-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File whose first line is USER:PASSWORD (else CLEARMARK_FLOWER_AUTH).",
+)
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 def flower(port: int, address: str, auth_file: Path | None, flower_args: tuple[str, ...]) -> None:
     """Run Flower (live tasks, workers, retry) on the configured broker; needs the `ops`
@@ -613,11 +723,13 @@ def flower(port: int, address: str, auth_file: Path | None, flower_args: tuple[s
     import os
 
     if importlib.util.find_spec("flower") is None:
-        raise click.ClickException("Flower is not installed: install the ops extra "
-                                   "(.venv/bin/pip install -e '.[ops]')")
+        raise click.ClickException(
+            "Flower is not installed: install the ops extra (.venv/bin/pip install -e '.[ops]')"
+        )
     if any(arg.startswith("--basic") for arg in flower_args):
-        raise click.ClickException("a password on the command line shows in `ps`: use "
-                                   "--auth-file or CLEARMARK_FLOWER_AUTH")
+        raise click.ClickException(
+            "a password on the command line shows in `ps`: use --auth-file or CLEARMARK_FLOWER_AUTH"
+        )
     if auth_file:
         lines = auth_file.read_text().splitlines()
         auth = lines[0].strip() if lines else ""
@@ -625,8 +737,17 @@ def flower(port: int, address: str, auth_file: Path | None, flower_args: tuple[s
         auth = os.environ.get("CLEARMARK_FLOWER_AUTH", "")
     if ":" not in auth:
         raise click.ClickException("give USER:PASSWORD in --auth-file or CLEARMARK_FLOWER_AUTH")
-    argv = [sys.executable, "-m", "celery", "-A", "workers.tasks", "flower", f"--port={port}",
-            f"--address={address}", *flower_args]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.tasks",
+        "flower",
+        f"--port={port}",
+        f"--address={address}",
+        *flower_args,
+    ]
     os.execve(sys.executable, argv, {**os.environ, "FLOWER_BASIC_AUTH": auth})
 
 

@@ -3,6 +3,7 @@
 The same code runs on SQLite (embedded default) and PostgreSQL (production). The schema
 itself is created only by Alembic migrations (`clearmark db upgrade`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -10,14 +11,27 @@ import enum
 import os
 import secrets
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Iterator
 
 from sqlalchemy import (
-    JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData,
-    String, Text, create_engine, event, false, text,
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    create_engine,
+    event,
+    false,
+    text,
 )
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -32,12 +46,12 @@ NAMING = {
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def as_utc(value: datetime) -> datetime:
     """`value` with its time zone (SQLite gives back naive datetimes, stored in UTC)."""
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def new_webhook_secret() -> str:
@@ -52,6 +66,7 @@ def new_id() -> str:
 
 class Priority(str, enum.Enum):
     """Which queue a job goes to: normal -> uploads, low -> bulk (DESIGN: queues, not numbers)."""
+
     normal = "normal"
     low = "low"
 
@@ -65,8 +80,7 @@ class JobStatus(str, enum.Enum):
     failed = "failed"
 
 
-FINISHED = frozenset({JobStatus.succeeded, JobStatus.no_watermark, JobStatus.needs_review,
-                      JobStatus.failed})
+FINISHED = frozenset({JobStatus.succeeded, JobStatus.no_watermark, JobStatus.needs_review, JobStatus.failed})
 
 # Which status may follow which. running -> running is a take-over of a job whose worker
 # died; finished -> queued is an operator's retry or a reprocessing run; needs_review ends
@@ -153,10 +167,11 @@ class Job(Base):
     # Finished with a callback URL and its webhook not yet delivered (or given up): the
     # reaper sends it again when no webhook task for it is on the broker.
     webhook_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    priority: Mapped[str] = mapped_column(String(16), default=Priority.normal.value,
-                                          server_default=Priority.normal.value)
+    priority: Mapped[str] = mapped_column(
+        String(16), default=Priority.normal.value, server_default=Priority.normal.value
+    )
 
-    metrics: Mapped["JobMetrics | None"] = relationship(back_populates="job", uselist=False)
+    metrics: Mapped[JobMetrics | None] = relationship(back_populates="job", uselist=False)
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_valid"),
@@ -164,11 +179,20 @@ class Job(Base):
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
         Index("ix_jobs_batch_id", "batch_id"),
-        Index("ix_jobs_webhook_pending", "webhook_pending",
-              postgresql_where=text("webhook_pending"), sqlite_where=text("webhook_pending")),
-        Index("uq_jobs_tenant_id_idempotency_key", "tenant_id", "idempotency_key", unique=True,
-              postgresql_where=text("idempotency_key IS NOT NULL"),
-              sqlite_where=text("idempotency_key IS NOT NULL")),
+        Index(
+            "ix_jobs_webhook_pending",
+            "webhook_pending",
+            postgresql_where=text("webhook_pending"),
+            sqlite_where=text("webhook_pending"),
+        ),
+        Index(
+            "uq_jobs_tenant_id_idempotency_key",
+            "tenant_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
 
@@ -208,8 +232,18 @@ class JobEvent(Base):
     __table_args__ = (Index("ix_job_events_job_id_created_at", "job_id", "created_at"),)
 
 
-METRIC_FIELDS = ("width", "height", "mask_area_fraction", "detector_confidence", "residual_score",
-                 "ms_decode", "ms_detect", "ms_remove", "ms_encode", "ms_total")
+METRIC_FIELDS = (
+    "width",
+    "height",
+    "mask_area_fraction",
+    "detector_confidence",
+    "residual_score",
+    "ms_decode",
+    "ms_detect",
+    "ms_remove",
+    "ms_encode",
+    "ms_total",
+)
 # Optional (None unless the result is a JPEG the pipeline wrote), so kept apart from the
 # numbers that reports average.
 JPEG_METRIC_FIELDS = ("jpeg_exact", "jpeg_blocks_changed")

@@ -23,6 +23,7 @@ the detector's false alarms. The job is `succeeded` only when every region it ke
 `needs_review` when a region the detector was sure of (confidence >= REVIEW_CONFIDENT) had
 to be put back, so a mark may remain: the reason is stated in the job's details.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -30,33 +31,32 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-FIT_PIXELS = 20_000     # pixels sampled per region for the blend fit
-MIN_CHANGE = 3.0        # grey levels: a smaller move is JPEG noise, not a change
-RING_PX = 3             # width of the ring outside the region that `continues` looks at
-MIN_APART = 30.0        # removed and fill colours closer than this: `continues` is not measured
+FIT_PIXELS = 20_000  # pixels sampled per region for the blend fit
+MIN_CHANGE = 3.0  # grey levels: a smaller move is JPEG noise, not a change
+RING_PX = 3  # width of the ring outside the region that `continues` looks at
+MIN_APART = 30.0  # removed and fill colours closer than this: `continues` is not measured
 
 
 @dataclass(frozen=True)
 class GateLimits:
-    min_confidence: float = 0.95    # the detector's mean probability over the region's core
-    min_opacity: float = 0.2        # median fitted opacity: a visible overlay, not a shading
-    min_explained: float = 0.8      # blend fit must explain this share of the change
-    max_continues: float = 0.05     # share of the ring coloured like what was removed
-    max_flattened: float = 1.0      # 1 - (restored texture / surrounding texture)
+    min_confidence: float = 0.95  # the detector's mean probability over the region's core
+    min_opacity: float = 0.2  # median fitted opacity: a visible overlay, not a shading
+    min_explained: float = 0.8  # blend fit must explain this share of the change
+    max_continues: float = 0.05  # share of the ring coloured like what was removed
+    max_flattened: float = 1.0  # 1 - (restored texture / surrounding texture)
     review_confident: float = 0.99  # a reverted region this sure -> needs_review
 
-    def failures(self, confidence: float, opacity: float, explained: float, continues: float,
-                 flattened: float) -> list[str]:
+    def failures(
+        self, confidence: float, opacity: float, explained: float, continues: float, flattened: float
+    ) -> list[str]:
         """Why a region with these measurements may not stay changed (empty: it may)."""
         out = []
         if confidence < self.min_confidence:
             out.append(f"the detector is not sure of it ({confidence:.2f} < {self.min_confidence})")
         if opacity < self.min_opacity:
-            out.append(f"too faint a change for an overlay (opacity {opacity:.2f} < "
-                       f"{self.min_opacity})")
+            out.append(f"too faint a change for an overlay (opacity {opacity:.2f} < {self.min_opacity})")
         if explained < self.min_explained:
-            out.append(f"change not explained by one overlay colour ({explained:.2f} < "
-                       f"{self.min_explained})")
+            out.append(f"change not explained by one overlay colour ({explained:.2f} < {self.min_explained})")
         if continues > self.max_continues:
             out.append(f"removed colour continues outside the region ({continues:.2f})")
         if flattened > self.max_flattened:
@@ -69,11 +69,11 @@ class RegionVerdict:
     box: tuple[int, int, int, int]
     pixels: int
     explained: float
-    opacity: float          # median fitted opacity over the changed pixels
+    opacity: float  # median fitted opacity over the changed pixels
     colour: tuple[int, int, int]
     continues: float
     flattened: float
-    confidence: float       # mean detector probability over the region's core
+    confidence: float  # mean detector probability over the region's core
     passed: bool
     reason: str
 
@@ -81,8 +81,7 @@ class RegionVerdict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def blend_fit(before: np.ndarray, after: np.ndarray, iters: int = 8
-              ) -> tuple[float, np.ndarray, np.ndarray]:
+def blend_fit(before: np.ndarray, after: np.ndarray, iters: int = 8) -> tuple[float, np.ndarray, np.ndarray]:
     """Fit `before ~ after + a * (W - after)` (N x 3 float arrays, 0-255) with one colour
     W in [0, 255]^3 and a in [0, 1] per pixel, by alternating least squares from a few
     starts. Returns (explained share of sum |before - after|^2, W, a)."""
@@ -90,9 +89,13 @@ def blend_fit(before: np.ndarray, after: np.ndarray, iters: int = 8
     total = float((d * d).sum())
     if total == 0:
         return 1.0, np.zeros(3), np.zeros(len(d))
-    strong = np.argsort((d * d).sum(1))[-max(1, len(d) // 10):]
-    starts = [np.zeros(3), np.full(3, 255.0), before[strong].mean(0),
-              np.clip(after[strong].mean(0) + 3 * d[strong].mean(0), 0, 255)]
+    strong = np.argsort((d * d).sum(1))[-max(1, len(d) // 10) :]
+    starts = [
+        np.zeros(3),
+        np.full(3, 255.0),
+        before[strong].mean(0),
+        np.clip(after[strong].mean(0) + 3 * d[strong].mean(0), 0, 255),
+    ]
     best = (-np.inf, starts[0], np.zeros(len(d)))
     for w in starts:
         for _ in range(iters):
@@ -118,16 +121,23 @@ def _texture(gray: np.ndarray, where: np.ndarray) -> float:
     return float(np.abs(cv2.Laplacian(gray, cv2.CV_32F, ksize=3))[where].mean())
 
 
-def judge_region(rgb: np.ndarray, restored: np.ndarray, region: np.ndarray, core_prob: float,
-                 limits: GateLimits, rng: np.random.Generator) -> RegionVerdict:
+def judge_region(
+    rgb: np.ndarray,
+    restored: np.ndarray,
+    region: np.ndarray,
+    core_prob: float,
+    limits: GateLimits,
+    rng: np.random.Generator,
+) -> RegionVerdict:
     """The verdict on one region (bool H x W, already cropped with its surroundings)."""
     before, after = rgb.astype(np.float32), restored.astype(np.float32)
     moved = region & (np.abs(before - after).max(axis=2) >= MIN_CHANGE)
     ys, xs = np.nonzero(region)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    if not moved.any():   # nothing lifted: keeping it would only re-encode the photo
-        return RegionVerdict(box, int(region.sum()), 0.0, 0.0, (0, 0, 0), 0.0, 0.0, core_prob,
-                             False, "no visible change")
+    if not moved.any():  # nothing lifted: keeping it would only re-encode the photo
+        return RegionVerdict(
+            box, int(region.sum()), 0.0, 0.0, (0, 0, 0), 0.0, 0.0, core_prob, False, "no visible change"
+        )
     idx = np.flatnonzero(moved)
     if len(idx) > FIT_PIXELS:
         idx = rng.choice(idx, FIT_PIXELS, replace=False)
@@ -141,34 +151,53 @@ def judge_region(rgb: np.ndarray, restored: np.ndarray, region: np.ndarray, core
     continues = 0.0
     removed_colour, fill_colour = np.median(removed, axis=0), np.median(a_, axis=0)
     apart = float(np.linalg.norm(removed_colour - fill_colour))
-    if ring.any() and apart >= MIN_APART:   # else the two colours cannot be told apart
+    if ring.any() and apart >= MIN_APART:  # else the two colours cannot be told apart
         near_removed = np.linalg.norm(before[ring] - removed_colour, axis=1)
         continues = float((near_removed < 0.35 * apart).mean())
 
     gray_in = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
     gray_out = cv2.cvtColor(restored, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    wide = cv2.dilate(region.astype(np.uint8), cv2.getStructuringElement(
-        cv2.MORPH_ELLIPSE, (17, 17))).astype(bool) & ~region
+    wide = (
+        cv2.dilate(region.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (17, 17))).astype(
+            bool
+        )
+        & ~region
+    )
     around = _texture(gray_in, wide)
     inside = _texture(gray_out, moved)
     flattened = max(0.0, 1.0 - inside / around) if around >= 2.0 else 0.0
 
     median_opacity = float(np.median(opacity))
     reasons = limits.failures(core_prob, median_opacity, explained, continues, flattened)
-    return RegionVerdict(box, int(region.sum()), explained, median_opacity,
-                         tuple(int(round(c)) for c in colour), continues, flattened, core_prob,
-                         not reasons, "; ".join(reasons) or "consistent with an overlay")
+    return RegionVerdict(
+        box,
+        int(region.sum()),
+        explained,
+        median_opacity,
+        tuple(int(round(c)) for c in colour),
+        continues,
+        flattened,
+        core_prob,
+        not reasons,
+        "; ".join(reasons) or "consistent with an overlay",
+    )
 
 
 @dataclass
 class Region:
-    window: tuple[slice, slice]   # the region's box grown by `pad`, in image coordinates
-    pixels: np.ndarray            # bool, the region inside `window`
+    window: tuple[slice, slice]  # the region's box grown by `pad`, in image coordinates
+    pixels: np.ndarray  # bool, the region inside `window`
     verdict: RegionVerdict
 
 
-def judge(rgb: np.ndarray, restored: np.ndarray, dilated: np.ndarray, prob: np.ndarray,
-          limits: GateLimits = GateLimits(), pad: int = 24) -> list[Region]:
+def judge(
+    rgb: np.ndarray,
+    restored: np.ndarray,
+    dilated: np.ndarray,
+    prob: np.ndarray,
+    limits: GateLimits = GateLimits(),
+    pad: int = 24,
+) -> list[Region]:
     """A verdict on each connected component of `dilated` (bool H x W). `prob` is the
     detector's probability on the mask's core and 0 elsewhere (H x W float): a region's
     confidence is its mean over the core pixels. Deterministic (fixed sampling seed)."""
@@ -183,7 +212,11 @@ def judge(rgb: np.ndarray, restored: np.ndarray, dilated: np.ndarray, prob: np.n
         core = region & (prob[win] > 0)
         conf = float(prob[win][core].mean()) if core.any() else 0.0
         v = judge_region(rgb[win], restored[win], region, conf, limits, rng)
-        v.box = (v.box[0] + win[1].start, v.box[1] + win[0].start,
-                 v.box[2] + win[1].start, v.box[3] + win[0].start)
+        v.box = (
+            v.box[0] + win[1].start,
+            v.box[1] + win[0].start,
+            v.box[2] + win[1].start,
+            v.box[3] + win[0].start,
+        )
         regions.append(Region(win, region, v))
     return regions

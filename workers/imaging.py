@@ -24,11 +24,13 @@ What comes back for odd inputs:
 - JPEG keeps the upload's own DCT coefficients in every block the change does not touch
   (`workers.jpeg_exact`): those blocks decode to exactly the upload's pixels. Where that
   path cannot be taken (see `jpeg_exact_unsupported`; the reason goes into
-  `EncodedImage.details`, recorded with the job) the photo is re-encoded with the input's own quantisation tables and chroma
-  subsampling, so untouched areas see requantisation noise; `jpeg_quality` is the IJG
-  quality estimated from the luminance table, used when the tables cannot be reused.
+  `EncodedImage.details`, recorded with the job) the photo is re-encoded with the input's own
+  quantisation tables and chroma subsampling, so untouched areas see requantisation
+  noise; `jpeg_quality` is the IJG quality estimated from the luminance table, used when
+  the tables cannot be reused.
 - Lossless WEBP stays lossless; lossy WEBP is written at quality 90.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,34 +38,120 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
-from PIL import BmpImagePlugin, GifImagePlugin, PngImagePlugin  # noqa: F401
-from PIL import TiffImagePlugin, WebPImagePlugin  # noqa: F401  (registers the formats we open)
+from PIL import (  # noqa: F401  # noqa: F401  (registers the formats we open)
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
 
 from clearmark.errors import BadInput
-from clearmark.workers.jpeg_exact import encode_jpeg_exact, jpeg_exact_unsupported
 from clearmark.settings import Settings, get_settings
+from clearmark.workers.jpeg_exact import encode_jpeg_exact, jpeg_exact_unsupported
 
 # Formats we open (multi-picture JPEGs open as "MPO" through the JPEG plugin). Everything
 # else (EPS/PDF need Ghostscript, PSD, ICO ...) is refused as not_an_image.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Format we write for each input format, and its file extension.
-OUTPUT_FORMAT = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "GIF",
-                 "BMP": "BMP", "TIFF": "TIFF"}
-EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif",
-              "BMP": ".bmp", "TIFF": ".tif"}
+OUTPUT_FORMAT = {
+    "JPEG": "JPEG",
+    "MPO": "JPEG",
+    "PNG": "PNG",
+    "WEBP": "WEBP",
+    "GIF": "GIF",
+    "BMP": "BMP",
+    "TIFF": "TIFF",
+}
+EXTENSIONS = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+}
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 DEFAULT_JPEG_QUALITY = 90
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a",
-               b"II*\x00", b"MM\x00*")
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 ORIENTATION = 0x0112
 
 # IJG (libjpeg) standard luminance table, natural order (Annex K of ITU T.81).
-_IJG_LUMA = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.int64)
+_IJG_LUMA = np.array(
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ],
+    dtype=np.int64,
+)
 
 
 @dataclass
@@ -71,13 +159,13 @@ class DecodedImage:
     """An input file, upright, as 8-bit RGB for the networks plus what is needed to write
     it back: `base` is the upright first frame in the mode the output is written in."""
 
-    rgb: np.ndarray                 # H x W x 3 uint8, upright
-    alpha: np.ndarray | None        # H x W uint8, kept aside and put back unchanged
-    base: Image.Image               # upright first frame in the output mode
-    format: str                     # Pillow format name of the input ("JPEG", "PNG", ...)
-    mode: str                       # Pillow mode of the input as stored
+    rgb: np.ndarray  # H x W x 3 uint8, upright
+    alpha: np.ndarray | None  # H x W uint8, kept aside and put back unchanged
+    base: Image.Image  # upright first frame in the output mode
+    format: str  # Pillow format name of the input ("JPEG", "PNG", ...)
+    mode: str  # Pillow mode of the input as stored
     icc_profile: bytes | None = None
-    exif: bytes | None = None       # with Orientation reset to 1
+    exif: bytes | None = None  # with Orientation reset to 1
     jpeg_quality: int | None = None
     jpeg_qtables: list | None = None
     jpeg_subsampling: int = -1
@@ -85,8 +173,8 @@ class DecodedImage:
     webp_lossless: bool = False
     frames: int = 1
     notes: list[str] = field(default_factory=list)
-    source: bytes | None = None     # the uploaded file, kept for JPEG (coefficients reused)
-    orientation: int = 1            # the EXIF orientation the pixels were turned upright by
+    source: bytes | None = None  # the uploaded file, kept for JPEG (coefficients reused)
+    orientation: int = 1  # the EXIF orientation the pixels were turned upright by
 
     @property
     def size(self) -> tuple[int, int]:
@@ -103,9 +191,14 @@ class DecodedImage:
 
 # The inverse of each EXIF orientation's transpose (ImageOps.exif_transpose), on arrays.
 _TO_STORED = {
-    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, 1),
-    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: np.rot90(a, -1)}
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, 1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, -1),
+}
 
 
 def to_stored(upright: np.ndarray, orientation: int) -> np.ndarray:
@@ -146,12 +239,14 @@ def _classify(exc: Exception, stage: str) -> BadInput:
     """Map what Pillow raised on untrusted bytes to a BadInput code."""
     text = str(exc).lower()
     if isinstance(exc, Image.DecompressionBombError):
-        return _refuse(f"image header claims too many pixels (decompression bomb): {exc}",
-                       "decompression_bomb")
-    if "too large" in text:   # a PNG text/ICC chunk inflating past Pillow's safe size
+        return _refuse(
+            f"image header claims too many pixels (decompression bomb): {exc}", "decompression_bomb"
+        )
+    if "too large" in text:  # a PNG text/ICC chunk inflating past Pillow's safe size
         return _refuse(f"compressed data expands too far: {exc}", "decompression_bomb")
-    if isinstance(exc, EOFError) or any(w in text for w in ("truncated", "broken data stream",
-                                                            "premature", "out of data")):
+    if isinstance(exc, EOFError) or any(
+        w in text for w in ("truncated", "broken data stream", "premature", "out of data")
+    ):
         return _refuse(f"image data ends early: {exc}", "truncated_image")
     return _refuse(f"corrupt image {stage}: {type(exc).__name__}: {exc}", "corrupt_image")
 
@@ -161,10 +256,12 @@ def _open(data: bytes) -> Image.Image:
         return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         if any(data.startswith(sig) for sig in _SIGNATURES) or data[8:12] == b"WEBP":
-            raise _refuse("the file has an image signature but its header is corrupt",
-                          "corrupt_image") from None
-        raise _refuse("not a recognised image (accepted: JPEG, PNG, WEBP, GIF, BMP, TIFF)",
-                      "not_an_image") from None
+            raise _refuse(
+                "the file has an image signature but its header is corrupt", "corrupt_image"
+            ) from None
+        raise _refuse(
+            "not a recognised image (accepted: JPEG, PNG, WEBP, GIF, BMP, TIFF)", "not_an_image"
+        ) from None
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything a parser raises on hostile bytes
@@ -198,7 +295,7 @@ def _exif_bytes(im: Image.Image, notes: list[str]) -> bytes | None:
 def _split(im: Image.Image, fmt: str) -> tuple[np.ndarray, np.ndarray | None, Image.Image]:
     """Working RGB, alpha and the base image (in the output mode) for an upright frame."""
     mode = im.mode
-    if fmt == "GIF" and mode == "P":   # stays a palette GIF: see _palette_rebuild
+    if fmt == "GIF" and mode == "P":  # stays a palette GIF: see _palette_rebuild
         return np.asarray(im.convert("RGB")), None, im
     if mode in SIXTEEN_BIT:
         v16 = np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
@@ -225,7 +322,7 @@ def _split(im: Image.Image, fmt: str) -> tuple[np.ndarray, np.ndarray | None, Im
 
 @dataclass(frozen=True)
 class ImageHeader:
-    format: str                     # Pillow format name ("JPEG", "PNG", ...)
+    format: str  # Pillow format name ("JPEG", "PNG", ...)
     size: tuple[int, int]
 
     @property
@@ -268,7 +365,7 @@ def decode_image(data: bytes, settings: Settings | None = None) -> DecodedImage:
         if frames > 1:
             im.seek(0)
             notes.append(f"{frames} frames: only the first is processed")
-        ImageFile.LOAD_TRUNCATED_IMAGES = False   # a truncated file is an error, never padded
+        ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never padded
         im.load()
         return _finish(data, im, fmt, frames, notes)
 
@@ -285,17 +382,27 @@ def _finish(data: bytes, im: Image.Image, fmt: str, frames: int, notes: list[str
     except Exception as exc:  # noqa: BLE001 - an odd orientation tag is not fatal
         notes.append(f"EXIF orientation ignored: {exc}")
         orientation, upright = 1, im
-    exif = _exif_bytes(im, notes)   # after the transpose: this resets Orientation to 1
+    exif = _exif_bytes(im, notes)  # after the transpose: this resets Orientation to 1
     rgb, alpha, base = _split(upright, fmt)
     lossless = fmt == "WEBP" and b"VP8L" in data[12:4096] and b"VP8 " not in data[12:4096]
     return DecodedImage(
-        rgb=np.ascontiguousarray(rgb), alpha=alpha, base=base, format=fmt, mode=stored_mode,
-        icc_profile=icc, exif=exif, jpeg_quality=estimate_jpeg_quality(quant),
+        rgb=np.ascontiguousarray(rgb),
+        alpha=alpha,
+        base=base,
+        format=fmt,
+        mode=stored_mode,
+        icc_profile=icc,
+        exif=exif,
+        jpeg_quality=estimate_jpeg_quality(quant),
         jpeg_qtables=[list(quant[k]) for k in sorted(quant)] if quant else None,
         jpeg_subsampling=subsampling,
         jpeg_progressive=bool(quant and (im.info.get("progressive") or im.info.get("progression"))),
-        webp_lossless=lossless, frames=frames, notes=notes,
-        source=data if quant else None, orientation=orientation)
+        webp_lossless=lossless,
+        frames=frames,
+        notes=notes,
+        source=data if quant else None,
+        orientation=orientation,
+    )
 
 
 def _nearest_palette_index(colours: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -303,8 +410,8 @@ def _nearest_palette_index(colours: np.ndarray, palette: np.ndarray) -> np.ndarr
     out = np.empty(len(colours), np.uint8)
     pal = palette.astype(np.int32)[None]
     for i in range(0, len(colours), 16384):
-        block = colours[i:i + 16384].astype(np.int32)[:, None]
-        out[i:i + 16384] = ((block - pal) ** 2).sum(axis=2).argmin(axis=1)
+        block = colours[i : i + 16384].astype(np.int32)[:, None]
+        out[i : i + 16384] = ((block - pal) ** 2).sum(axis=2).argmin(axis=1)
     return out
 
 
@@ -345,7 +452,7 @@ def _rebuild(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray) -> Image.I
     if base.mode == "LA":
         grey = Image.fromarray(rgb, "RGB").convert("L")
         new = Image.merge("LA", (grey, base.getchannel("A")))
-    else:                               # L, CMYK
+    else:  # L, CMYK
         new = Image.fromarray(rgb, "RGB").convert(base.mode)
     out.paste(new, (0, 0), Image.fromarray(changed.astype(np.uint8) * 255, "L"))
     return out
@@ -355,7 +462,7 @@ def _rebuild(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray) -> Image.I
 class EncodedImage:
     data: bytes
     extension: str
-    details: dict = field(default_factory=dict)   # how it was written, for the job's record
+    details: dict = field(default_factory=dict)  # how it was written, for the job's record
 
 
 def _exact_jpeg(dec: DecodedImage, rgb: np.ndarray) -> EncodedImage | str:
@@ -364,20 +471,28 @@ def _exact_jpeg(dec: DecodedImage, rgb: np.ndarray) -> EncodedImage | str:
     why = jpeg_exact_unsupported(dec.source or b"", dec.format)
     if why is None:
         try:
-            exact = encode_jpeg_exact(dec.source or b"", to_stored(dec.rgb, dec.orientation),
-                                      to_stored(rgb, dec.orientation), dec.jpeg_progressive)
-        except (OSError, ValueError) as exc:   # libjpeg refused what Pillow read
+            exact = encode_jpeg_exact(
+                dec.source or b"",
+                to_stored(dec.rgb, dec.orientation),
+                to_stored(rgb, dec.orientation),
+                dec.jpeg_progressive,
+            )
+        except (OSError, ValueError) as exc:  # libjpeg refused what Pillow read
             return f"coefficients could not be reused: {exc}"
-        details = {"jpeg_exact": True, "jpeg_blocks_changed": exact.blocks_changed,
-                   "jpeg_blocks_total": exact.blocks_total}
+        details = {
+            "jpeg_exact": True,
+            "jpeg_blocks_changed": exact.blocks_changed,
+            "jpeg_blocks_total": exact.blocks_total,
+        }
         if dec.orientation != 1:
             details["orientation"] = dec.orientation
         return EncodedImage(exact.data, EXTENSIONS["JPEG"], details)
     return why
 
 
-def encode_image(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray,
-                 settings: Settings | None = None) -> EncodedImage:
+def encode_image(
+    dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray, settings: Settings | None = None
+) -> EncodedImage:
     """Encode the processed `rgb` (pixels outside `changed` must equal `dec.rgb`) in the
     input's format."""
     fmt = dec.output_format

@@ -7,6 +7,7 @@ the attempt that holds the claim may record a result (guarded update on status +
 number). Each attempt writes its own result keys, so a late loser never overwrites the
 winner's files.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,13 +21,25 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from clearmark.workers.db import (
-    FINISHED, JPEG_METRIC_FIELDS, METRIC_FIELDS, Batch, Job, JobEvent, JobMetrics, JobStatus,
-    Priority, Tenant, as_utc, check_transition, session_scope, utcnow,
-)
 from clearmark.errors import BadInput, ClearmarkError, TransientError
-from clearmark.workers.leases import Heartbeat
 from clearmark.settings import Settings, get_settings
+from clearmark.workers.db import (
+    FINISHED,
+    JPEG_METRIC_FIELDS,
+    METRIC_FIELDS,
+    Batch,
+    Job,
+    JobEvent,
+    JobMetrics,
+    JobStatus,
+    Priority,
+    Tenant,
+    as_utc,
+    check_transition,
+    session_scope,
+    utcnow,
+)
+from clearmark.workers.leases import Heartbeat
 from clearmark.workers.storage import delete_uri, get_storage, read_uri, write_uri
 from clearmark.workers.transient import retry_database
 
@@ -34,15 +47,15 @@ log = logging.getLogger(__name__)
 DEFAULT_TENANT = "local"
 
 
-def set_status(session: Session, job: Job, new: JobStatus, kind: str = "status",
-               **detail) -> None:
+def set_status(session: Session, job: Job, new: JobStatus, kind: str = "status", **detail) -> None:
     """Move a job to `new` (raises IllegalTransition when the machine forbids it)."""
     old = job.status
     check_transition(old, new)
     job.status = new.value
     job.updated_at = utcnow()
-    session.add(JobEvent(job_id=job.id, kind=kind, from_status=old, to_status=new.value,
-                         detail=detail or None))
+    session.add(
+        JobEvent(job_id=job.id, kind=kind, from_status=old, to_status=new.value, detail=detail or None)
+    )
 
 
 def ensure_tenant(session: Session, name: str = DEFAULT_TENANT) -> Tenant:
@@ -54,47 +67,71 @@ def ensure_tenant(session: Session, name: str = DEFAULT_TENANT) -> Tenant:
     return tenant
 
 
-def create_batch(session: Session, tenant: Tenant, kind: str, description: str = "",
-                 total: int = 0) -> Batch:
+def create_batch(session: Session, tenant: Tenant, kind: str, description: str = "", total: int = 0) -> Batch:
     batch = Batch(tenant_id=tenant.id, kind=kind, description=description, total=total)
     session.add(batch)
     session.flush()
     return batch
 
 
-def create_job(session: Session, tenant: Tenant, source_uri: str, *, batch: Batch | None = None,
-               idempotency_key: str | None = None, result_uri: str | None = None,
-               mask_uri: str | None = None, source_sha256: str | None = None,
-               callback_url: str | None = None, priority: str = Priority.normal.value,
-               source_name: str | None = None) -> tuple[Job, bool]:
+def create_job(
+    session: Session,
+    tenant: Tenant,
+    source_uri: str,
+    *,
+    batch: Batch | None = None,
+    idempotency_key: str | None = None,
+    result_uri: str | None = None,
+    mask_uri: str | None = None,
+    source_sha256: str | None = None,
+    callback_url: str | None = None,
+    priority: str = Priority.normal.value,
+    source_name: str | None = None,
+) -> tuple[Job, bool]:
     """A queued job, or the tenant's existing job with the same idempotency key.
     Returns (job, created). `source_name`, the file's name as its owner knows it (the
     source URI may be a storage hash), goes into the first event's detail."""
     if idempotency_key:
-        existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id,
-                                                    Job.idempotency_key == idempotency_key))
+        existing = session.scalar(
+            select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
+        )
         if existing is not None:
             return existing, False
-    job = Job(tenant_id=tenant.id, source_uri=source_uri, batch_id=batch.id if batch else None,
-              idempotency_key=idempotency_key, result_uri=result_uri, mask_uri=mask_uri,
-              source_sha256=source_sha256, status=JobStatus.queued.value, attempts=0,
-              callback_url=callback_url, priority=priority)
+    job = Job(
+        tenant_id=tenant.id,
+        source_uri=source_uri,
+        batch_id=batch.id if batch else None,
+        idempotency_key=idempotency_key,
+        result_uri=result_uri,
+        mask_uri=mask_uri,
+        source_sha256=source_sha256,
+        status=JobStatus.queued.value,
+        attempts=0,
+        callback_url=callback_url,
+        priority=priority,
+    )
     try:
         with session.begin_nested():
             session.add(job)
             session.flush()
     except IntegrityError:  # lost a race on the idempotency key
-        existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id,
-                                                    Job.idempotency_key == idempotency_key))
+        existing = session.scalar(
+            select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
+        )
         if existing is None:
             raise
         return existing, False
     # The priority asked for stays here: a reprocess run may change job.priority, and an
     # Idempotency-Key replay is compared with the request as it was.
-    session.add(JobEvent(job_id=job.id, kind="status", from_status=None,
-                         to_status=JobStatus.queued.value,
-                         detail={"priority": priority,
-                                 **({"source_name": source_name} if source_name else {})}))
+    session.add(
+        JobEvent(
+            job_id=job.id,
+            kind="status",
+            from_status=None,
+            to_status=JobStatus.queued.value,
+            detail={"priority": priority, **({"source_name": source_name} if source_name else {})},
+        )
+    )
     return job, True
 
 
@@ -122,8 +159,9 @@ def mark_finished(session: Session, job: Job) -> None:
     cannot lose it: the reaper sends what no task carries)."""
     job.finished_at = utcnow()
     job.lease_expires_at = None
-    job.webhook_pending = bool(job.callback_url or session.scalar(
-        select(Tenant.webhook_url).where(Tenant.id == job.tenant_id)))
+    job.webhook_pending = bool(
+        job.callback_url or session.scalar(select(Tenant.webhook_url).where(Tenant.id == job.tenant_id))
+    )
 
 
 def webhook_settled(db_url: str, job_id: str, settle: bool) -> bool:
@@ -142,19 +180,23 @@ def give_up(session: Session, job: Job) -> None:
     """Fail a job whose attempts are used up, for good."""
     set_status(session, job, JobStatus.failed, attempts=job.attempts)
     job.error_code = "too_many_attempts"
-    job.error_message = (f"gave up after {job.attempts} attempts (the worker died, hung or a "
-                         "transient error repeated each time)")
+    job.error_message = (
+        f"gave up after {job.attempts} attempts (the worker died, hung or a "
+        "transient error repeated each time)"
+    )
     mark_finished(session, job)
 
 
 def lease_held(job: Job) -> bool:
     """A running job whose lease has not expired yet: its attempt is alive."""
-    return (job.status == JobStatus.running.value and job.lease_expires_at is not None
-            and as_utc(job.lease_expires_at) > utcnow())
+    return (
+        job.status == JobStatus.running.value
+        and job.lease_expires_at is not None
+        and as_utc(job.lease_expires_at) > utcnow()
+    )
 
 
-def claim_job(db_url: str, job_id: str, max_attempts: int, lease_s: float | None = None
-              ) -> Claim | None:
+def claim_job(db_url: str, job_id: str, max_attempts: int, lease_s: float | None = None) -> Claim | None:
     """Mark the job running for this attempt, holding a lease for `lease_s` (default
     CLEARMARK_LEASE_S), or None when there is nothing to do: the job is finished, or running
     under a lease that has not expired (a second delivery never takes over a live attempt).
@@ -169,16 +211,26 @@ def claim_job(db_url: str, job_id: str, max_attempts: int, lease_s: float | None
             log.info("job %s already %s; nothing to do", job_id, job.status)
             return None
         if lease_held(job):
-            log.info("job %s: attempt %s holds it until %s; not taken over", job_id,
-                     job.attempts, job.lease_expires_at)
+            log.info(
+                "job %s: attempt %s holds it until %s; not taken over",
+                job_id,
+                job.attempts,
+                job.lease_expires_at,
+            )
             return None
         gave_up = job.attempts >= max_attempts
         if gave_up:
             give_up(session, job)
         else:
             kind = "takeover" if job.status == JobStatus.running.value else "status"
-            set_status(session, job, JobStatus.running, kind=kind, attempt=job.attempts + 1,
-                       worker=socket.gethostname())
+            set_status(
+                session,
+                job,
+                JobStatus.running,
+                kind=kind,
+                attempt=job.attempts + 1,
+                worker=socket.gethostname(),
+            )
             job.attempts += 1
             job.started_at = utcnow()
             job.lease_expires_at = job.started_at + timedelta(seconds=lease_s)
@@ -191,8 +243,7 @@ def claim_job(db_url: str, job_id: str, max_attempts: int, lease_s: float | None
 
 
 def _holds_claim(job: Job | None, claim: Claim) -> bool:
-    return (job is not None and job.status == JobStatus.running.value
-            and job.attempts == claim.attempt)
+    return job is not None and job.status == JobStatus.running.value and job.attempts == claim.attempt
 
 
 def _json_safe(value):
@@ -211,10 +262,20 @@ def _json_safe(value):
     return str(value)
 
 
-def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str | None,
-               mask_uri: str | None, metrics: dict, pipeline_version: str,
-               review_reason: str | None = None, gate: list[dict] | None = None,
-               encoding: dict | None = None, stage_ms: dict | None = None) -> bool:
+def finish_job(
+    db_url: str,
+    claim: Claim,
+    status: JobStatus,
+    *,
+    result_uri: str | None,
+    mask_uri: str | None,
+    metrics: dict,
+    pipeline_version: str,
+    review_reason: str | None = None,
+    gate: list[dict] | None = None,
+    encoding: dict | None = None,
+    stage_ms: dict | None = None,
+) -> bool:
     """Record the result; False (and nothing written) when this attempt lost its claim.
     `review_reason` is stored only with needs_review. The status event's detail gets
     `gate` (the do-no-harm gate's per-region verdicts), `encoding` (how the result file was
@@ -224,8 +285,7 @@ def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str 
     with session_scope(db_url) as session:
         job = _locked_job(session, claim.job_id)
         if not _holds_claim(job, claim):
-            log.warning("job %s: attempt %s lost its claim; result discarded",
-                        claim.job_id, claim.attempt)
+            log.warning("job %s: attempt %s lost its claim; result discarded", claim.job_id, claim.attempt)
             return False
         reason = review_reason if status == JobStatus.needs_review else None
         extra = {}
@@ -245,7 +305,7 @@ def finish_job(db_url: str, claim: Claim, status: JobStatus, *, result_uri: str 
         mark_finished(session, job)
         row = session.get(JobMetrics, job.id) or JobMetrics(job_id=job.id)
         for name in METRIC_FIELDS + JPEG_METRIC_FIELDS:
-            setattr(row, name, metrics.get(name))   # the jpeg_* ones are optional
+            setattr(row, name, metrics.get(name))  # the jpeg_* ones are optional
         session.add(row)
         return True
 
@@ -267,8 +327,9 @@ def release_for_retry(db_url: str, claim: Claim, reason: str) -> None:
     with session_scope(db_url) as session:
         job = _locked_job(session, claim.job_id)
         if _holds_claim(job, claim):
-            set_status(session, job, JobStatus.queued, kind="retry", attempt=claim.attempt,
-                       reason=reason[:500])
+            set_status(
+                session, job, JobStatus.queued, kind="retry", attempt=claim.attempt, reason=reason[:500]
+            )
             job.lease_expires_at = None
 
 
@@ -354,18 +415,28 @@ def _run_claimed(claim: Claim, engines, settings: Settings) -> str | None:
     except ClearmarkError as exc:
         return failed(exc.code, exc.message)
     except SoftTimeLimitExceeded:
-        return failed("time_limit",
-                      f"took longer than the soft time limit ({settings.soft_time_limit_s} s)")
+        return failed("time_limit", f"took longer than the soft time limit ({settings.soft_time_limit_s} s)")
     except Exception as exc:  # a bug or an unexpected library error: fail this job only
         log.exception("job %s: unexpected error", claim.job_id)
         return failed("internal_error", f"{type(exc).__name__}: {exc}")
     status = JobStatus(result.status)
-    won = retry_database(lambda: finish_job(
-        db_url, claim, status, result_uri=uris[0], mask_uri=uris[1], metrics=result.metrics,
-        pipeline_version=engines.version, review_reason=result.review_reason,
-        gate=result.details.get("gate"), encoding=result.encoding,
-        stage_ms={k: result.details[k] for k in ("ms_gate", "ms_residual")
-                  if k in result.details}), settings, what)
+    won = retry_database(
+        lambda: finish_job(
+            db_url,
+            claim,
+            status,
+            result_uri=uris[0],
+            mask_uri=uris[1],
+            metrics=result.metrics,
+            pipeline_version=engines.version,
+            review_reason=result.review_reason,
+            gate=result.details.get("gate"),
+            encoding=result.encoding,
+            stage_ms={k: result.details[k] for k in ("ms_gate", "ms_residual") if k in result.details},
+        ),
+        settings,
+        what,
+    )
     if won:
         log.info("job %s %s in %.0f ms", claim.job_id, status.value, result.metrics["ms_total"])
         return status.value

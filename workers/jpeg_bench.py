@@ -8,6 +8,7 @@ the models: how many MCUs are re-encoded, how far pixels outside the mask and ou
 changed MCUs move from the decoded upload, how close the mark's pixels come to the clean
 photo, the file size against the upload, and the encode time.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,25 +21,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, JpegImagePlugin
 
+from clearmark.settings import get_settings
 from clearmark.workers.imaging import decode_image, encode_image
 from clearmark.workers.jpeg_exact import reach_of_change
-from clearmark.settings import get_settings
 
 PLACES = ("corner", "centre")
-MCU_BY_SAMPLING = {0: (8, 8), 1: (8, 16), 2: (16, 16)}     # Pillow sampling -> (h, w)
+MCU_BY_SAMPLING = {0: (8, 8), 1: (8, 16), 2: (16, 16)}  # Pillow sampling -> (h, w)
 
 
 @dataclass
 class JpegCase:
     upload: bytes
-    clean: np.ndarray        # the photo without the mark (the perfect restoration)
+    clean: np.ndarray  # the photo without the mark (the perfect restoration)
     box: tuple[int, int, int, int]
 
 
 @dataclass
 class JpegBenchRow:
     place: str
-    path: str                # "exact" or "full"
+    path: str  # "exact" or "full"
     blocks_share: list[float] = field(default_factory=list)
     psnr_outside_mask: list[float] = field(default_factory=list)
     moved_outside_blocks: list[int] = field(default_factory=list)
@@ -75,21 +76,23 @@ def make_case(photo: np.ndarray, place: str, quality: int = 90) -> JpegCase:
     ys, xs = np.nonzero(alpha[..., 0] > 0)
     buf = io.BytesIO()
     Image.fromarray(marked).save(buf, "JPEG", quality=quality, subsampling=2)
-    return JpegCase(buf.getvalue(), photo,
-                    (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+    return JpegCase(
+        buf.getvalue(), photo, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    )
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()) if a.size else 0.0
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
-def measure(case: JpegCase, place: str, rows: dict[tuple[str, str], JpegBenchRow],
-            dilate_px: int = 6) -> None:
+def measure(
+    case: JpegCase, place: str, rows: dict[tuple[str, str], JpegBenchRow], dilate_px: int = 6
+) -> None:
     dec = decode_image(case.upload)
     x0, y0, x1, y1 = case.box
     changed = np.zeros(dec.rgb.shape[:2], bool)
-    changed[max(0, y0 - dilate_px):y1 + dilate_px, max(0, x0 - dilate_px):x1 + dilate_px] = True
+    changed[max(0, y0 - dilate_px) : y1 + dilate_px, max(0, x0 - dilate_px) : x1 + dilate_px] = True
     restored = dec.rgb.copy()
     restored[changed] = case.clean[changed]
     with Image.open(io.BytesIO(case.upload)) as im:
@@ -115,8 +118,9 @@ def measure(case: JpegCase, place: str, rows: dict[tuple[str, str], JpegBenchRow
 def photo_files(photos: Path | None, n: int) -> list[Path]:
     """`n` photos: every image under `photos`, or the dev split of the real product photos."""
     if photos is not None:
-        files = sorted(p for p in Path(photos).rglob("*")
-                       if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+        files = sorted(
+            p for p in Path(photos).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")
+        )
     else:
         from clearmark.models.products import split_paths
         from clearmark.models.scenes import DEFAULT_DATA
@@ -148,15 +152,20 @@ def format_jpeg_table(rows: list[JpegBenchRow]) -> str:
     def db(v: float) -> str:
         return "inf" if math.isinf(v) else f"{v:.2f}"
 
-    lines = [f"{'mark':<7} {'path':<6} {'n':>3} {'MCUs re-encoded':>16} {'PSNR outside mask':>18} "
-             f"{'px moved outside MCUs':>22} {'PSNR in mark':>13} {'size vs upload':>15} "
-             f"{'encode ms':>10}"]
+    lines = [
+        f"{'mark':<7} {'path':<6} {'n':>3} {'MCUs re-encoded':>16} {'PSNR outside mask':>18} "
+        f"{'px moved outside MCUs':>22} {'PSNR in mark':>13} {'size vs upload':>15} "
+        f"{'encode ms':>10}"
+    ]
     for r in rows:
         lines.append(
             f"{r.place:<7} {r.path:<6} {len(r.encode_ms):>3} {_median(r.blocks_share):>15.2%} "
             f"{db(_median(r.psnr_outside_mask)):>18} {sum(r.moved_outside_blocks):>22} "
             f"{db(_median(r.psnr_inside_mark)):>13} {_median(r.size_change):>+14.1%} "
-            f"{statistics.mean(r.encode_ms):>10.1f}")
-    lines.append("(medians over photos; px moved: total over photos, outside the changed MCUs "
-                 "grown by 1 px; encode ms: mean)")
+            f"{statistics.mean(r.encode_ms):>10.1f}"
+        )
+    lines.append(
+        "(medians over photos; px moved: total over photos, outside the changed MCUs "
+        "grown by 1 px; encode ms: mean)"
+    )
     return "\n".join(lines)

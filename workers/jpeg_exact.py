@@ -17,6 +17,7 @@ a full re-encode): arithmetic coding, lossless or 12-bit JPEG, CMYK/YCCK, multi-
 files. The arrays given are in the file's stored orientation (an EXIF-rotated upload keeps
 its tag, and its pixels stay as stored).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,31 +30,38 @@ import numpy as np
 # Orthonormal 8-point DCT-II matrix: JPEG's 2-D DCT of a block B is D @ B @ D.T.
 _K = np.arange(8)
 _DCT = np.sqrt(np.where(_K == 0, 1.0, 2.0) / 8.0)[:, None] * np.cos(
-    (2 * _K[None, :] + 1) * _K[:, None] * np.pi / 16)
+    (2 * _K[None, :] + 1) * _K[:, None] * np.pi / 16
+)
 # BT.601 full-range RGB -> YCbCr as JPEG (JFIF) defines it; the offsets cancel in a delta.
-_RGB_TO_YCC = np.array([[0.299, 0.587, 0.114],
-                        [-0.168736, -0.331264, 0.5],
-                        [0.5, -0.418688, -0.081312]])
+_RGB_TO_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 # libjpeg builds bundled with jpeglib: 6b writes baseline files; mozjpeg writes progressive
 # ones (and ignores a request for baseline). Neither touches the coefficients it is given.
 _WRITER = {False: "6b", True: "mozjpeg403"}
-_LIBJPEG = threading.Lock()   # jpeglib's choice of library is process-wide
+_LIBJPEG = threading.Lock()  # jpeglib's choice of library is process-wide
 # Largest quantised coefficient a baseline file can carry: 11 bits for DC, 10 for AC.
 _LIMIT = np.full((8, 8), 1023)
 _LIMIT[0, 0] = 2047
 # Start-of-frame markers this path handles: baseline (C0), extended Huffman (C1), progressive (C2).
 _HUFFMAN_SOF = {0xC0, 0xC1, 0xC2}
-_OTHER_SOF = {0xC3: "lossless JPEG", 0xC5: "hierarchical JPEG", 0xC6: "hierarchical JPEG",
-              0xC7: "hierarchical JPEG", 0xC9: "arithmetic coding", 0xCA: "arithmetic coding",
-              0xCB: "arithmetic coding", 0xCD: "arithmetic coding", 0xCE: "arithmetic coding",
-              0xCF: "arithmetic coding"}
+_OTHER_SOF = {
+    0xC3: "lossless JPEG",
+    0xC5: "hierarchical JPEG",
+    0xC6: "hierarchical JPEG",
+    0xC7: "hierarchical JPEG",
+    0xC9: "arithmetic coding",
+    0xCA: "arithmetic coding",
+    0xCB: "arithmetic coding",
+    0xCD: "arithmetic coding",
+    0xCE: "arithmetic coding",
+    0xCF: "arithmetic coding",
+}
 
 
 @dataclass
 class ExactJpeg:
     data: bytes
-    blocks_changed: int       # MCUs whose coefficients differ from the upload's
-    blocks_total: int         # MCUs in the image
+    blocks_changed: int  # MCUs whose coefficients differ from the upload's
+    blocks_total: int  # MCUs in the image
 
 
 def reach_of_change(changed: np.ndarray, mcu: tuple[int, int]) -> np.ndarray:
@@ -69,7 +77,7 @@ def reach_of_change(changed: np.ndarray, mcu: tuple[int, int]) -> np.ndarray:
     grown = np.zeros((h, w), bool)
     for dy in range(3):
         for dx in range(3):
-            grown |= region[dy:dy + h, dx:dx + w]
+            grown |= region[dy : dy + h, dx : dx + w]
     return grown
 
 
@@ -80,15 +88,15 @@ def _frame_header(data: bytes) -> tuple[int, int, int] | None:
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
-        if marker == 0xFF:          # fill byte
+        if marker == 0xFF:  # fill byte
             i += 1
             continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if i + 10 > len(data):
                 return None
             return marker, data[i + 4], data[i + 9]
-        if marker == 0xDA:          # scan before any frame header
+        if marker == 0xDA:  # scan before any frame header
             return None
         i += 2 + length
     return None
@@ -116,16 +124,16 @@ def _ycc_delta(old_rgb: np.ndarray, new_rgb: np.ndarray, components: int) -> lis
     return [delta @ _RGB_TO_YCC[c].astype(np.float32) for c in range(components)]
 
 
-def _component_plane(delta: np.ndarray, factor_y: int, factor_x: int,
-                     blocks: tuple[int, int]) -> np.ndarray:
+def _component_plane(delta: np.ndarray, factor_y: int, factor_x: int, blocks: tuple[int, int]) -> np.ndarray:
     """`delta` box-downsampled by the component's factors (as libjpeg does) and edge-padded
     to `blocks` whole blocks (past the image's edge, as an encoder pads)."""
     h, w = delta.shape
     ph, pw = -h % factor_y, -w % factor_x
     if ph or pw:
         delta = np.pad(delta, ((0, ph), (0, pw)), mode="edge")
-    small = delta.reshape(delta.shape[0] // factor_y, factor_y,
-                          delta.shape[1] // factor_x, factor_x).mean(axis=(1, 3))
+    small = delta.reshape(delta.shape[0] // factor_y, factor_y, delta.shape[1] // factor_x, factor_x).mean(
+        axis=(1, 3)
+    )
     bh, bw = blocks[0] * 8, blocks[1] * 8
     return np.pad(small, ((0, bh - small.shape[0]), (0, bw - small.shape[1])), mode="edge")
 
@@ -153,11 +161,10 @@ def _add_delta(coef: np.ndarray, plane: np.ndarray, qt: np.ndarray) -> np.ndarra
     return touched
 
 
-def encode_jpeg_exact(data: bytes, old_rgb: np.ndarray, new_rgb: np.ndarray,
-                      progressive: bool) -> ExactJpeg:
+def encode_jpeg_exact(data: bytes, old_rgb: np.ndarray, new_rgb: np.ndarray, progressive: bool) -> ExactJpeg:
     """The upload `data` with the change `new_rgb - old_rgb` (both H x W x 3 uint8, `old_rgb`
     the upload as decoded) added to its coefficients."""
-    import jpeglib   # imported here: only JPEG results need it
+    import jpeglib  # imported here: only JPEG results need it
 
     changed = (new_rgb != old_rgb).any(axis=2)
     with _LIBJPEG, tempfile.TemporaryDirectory(prefix="clearmark-jpeg-") as tmp:
@@ -167,12 +174,13 @@ def encode_jpeg_exact(data: bytes, old_rgb: np.ndarray, new_rgb: np.ndarray,
         jpeglib.version.set(_WRITER[False])
         jpeg = jpeglib.read_dct(src)
         if (jpeg.width, jpeg.height) != (old_rgb.shape[1], old_rgb.shape[0]):
-            raise ValueError(f"libjpeg reads {jpeg.width}x{jpeg.height}, Pillow "
-                             f"{old_rgb.shape[1]}x{old_rgb.shape[0]}")
+            raise ValueError(
+                f"libjpeg reads {jpeg.width}x{jpeg.height}, Pillow {old_rgb.shape[1]}x{old_rgb.shape[0]}"
+            )
         components = jpeg.num_components
         if components == 3 and jpeg.jpeg_color_space != jpeglib.Colorspace.JCS_YCbCr:
             raise ValueError(f"colour space {jpeg.jpeg_color_space} is not YCbCr")
-        factors = np.asarray(jpeg.samp_factor).reshape(-1, 2)[:components]   # (v, h)
+        factors = np.asarray(jpeg.samp_factor).reshape(-1, 2)[:components]  # (v, h)
         vmax, hmax = int(factors[:, 0].max()), int(factors[:, 1].max())
         mcu = (8 * vmax, 8 * hmax)
         total = -(-old_rgb.shape[0] // mcu[0]) * -(-old_rgb.shape[1] // mcu[1])
@@ -185,7 +193,7 @@ def encode_jpeg_exact(data: bytes, old_rgb: np.ndarray, new_rgb: np.ndarray,
         deltas = _ycc_delta(old_rgb[window], new_rgb[window], components)
         mcu_changed = np.zeros((r1 - r0, c1 - c0), bool)
         for c, ((v, h), delta, coef) in enumerate(zip(factors, deltas, planes)):
-            sub = coef[r0 * v:r1 * v, c0 * h:c1 * h]    # a view: edited in place
+            sub = coef[r0 * v : r1 * v, c0 * h : c1 * h]  # a view: edited in place
             plane = _component_plane(delta, vmax // v, hmax // h, sub.shape[:2])
             rows, cols = np.nonzero(_add_delta(sub, plane, jpeg.qt[jpeg.quant_tbl_no[c]]))
             mcu_changed[rows // v, cols // h] = True

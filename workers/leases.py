@@ -1,6 +1,7 @@
 """Leases: a running attempt holds its job until `jobs.lease_expires_at`, renewed by a
 heartbeat thread while the attempt runs. A job whose lease has expired belongs to the
 reaper (workers.reaper), which queues it again."""
+
 from __future__ import annotations
 
 import logging
@@ -18,9 +19,12 @@ def renew_lease(db_url: str, claim, lease_s: float) -> bool:
     """Extend the claim's lease; False when the attempt no longer holds the job."""
     with session_scope(db_url) as session:
         renewed = session.execute(
-            update(Job).where(Job.id == claim.job_id, Job.status == JobStatus.running.value,
-                              Job.attempts == claim.attempt)
-            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))).rowcount
+            update(Job)
+            .where(
+                Job.id == claim.job_id, Job.status == JobStatus.running.value, Job.attempts == claim.attempt
+            )
+            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        ).rowcount
     return bool(renewed)
 
 
@@ -34,10 +38,9 @@ class Heartbeat:
         self.db_url, self.claim, self.lease_s = db_url, claim, lease_s
         self.every_s = lease_s / 3 if every_s is None else every_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True,
-                                        name=f"lease-{claim.job_id}")
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{claim.job_id}")
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -49,8 +52,7 @@ class Heartbeat:
         while not self._stop.wait(self.every_s):
             try:
                 if not renew_lease(self.db_url, self.claim, self.lease_s):
-                    log.warning("job %s: attempt %s lost its lease", self.claim.job_id,
-                                self.claim.attempt)
+                    log.warning("job %s: attempt %s lost its lease", self.claim.job_id, self.claim.attempt)
                     return
             except Exception as exc:  # noqa: BLE001 - keep beating; the next one may work
                 log.warning("job %s: lease not renewed: %s", self.claim.job_id, exc)

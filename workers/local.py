@@ -1,5 +1,6 @@
 """In-process execution for `clearmark clean`: the same jobs and pipeline as the workers,
 run here with a progress bar, on SQLite by default."""
+
 from __future__ import annotations
 
 import logging
@@ -14,11 +15,11 @@ from pathlib import Path
 from sqlalchemy import select
 from tqdm import tqdm
 
+from clearmark.errors import TransientError
+from clearmark.settings import Settings, get_settings, set_settings
 from clearmark.workers import migrate
 from clearmark.workers.db import Job, JobEvent, JobMetrics, JobStatus, session_scope, utcnow
-from clearmark.errors import TransientError
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant, process_job, set_status
-from clearmark.settings import Settings, get_settings, set_settings
 
 log = logging.getLogger(__name__)
 # The stages of one image, in order; together (plus rounding) they make up ms_total.
@@ -32,18 +33,20 @@ class Summary:
     batch_id: str
     seconds: float
     counts: Counter = field(default_factory=Counter)
-    failures: list[tuple[str, str, str]] = field(default_factory=list)      # name, code, message
-    unfinished: list[tuple[str, str]] = field(default_factory=list)         # name, status
-    skipped: list[str] = field(default_factory=list)                        # not images
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # name, code, message
+    unfinished: list[tuple[str, str]] = field(default_factory=list)  # name, status
+    skipped: list[str] = field(default_factory=list)  # not images
     mean_ms: dict[str, float] = field(default_factory=dict)
 
     def render(self) -> str:
         total = sum(self.counts.values())
-        lines = [f"batch {self.batch_id}: {total} images in {self.seconds:.1f} s",
-                 f"  cleaned       {self.counts.get('succeeded', 0)}",
-                 f"  needs review  {self.counts.get('needs_review', 0)}",
-                 f"  no watermark  {self.counts.get('no_watermark', 0)}",
-                 f"  failed        {self.counts.get('failed', 0)}"]
+        lines = [
+            f"batch {self.batch_id}: {total} images in {self.seconds:.1f} s",
+            f"  cleaned       {self.counts.get('succeeded', 0)}",
+            f"  needs review  {self.counts.get('needs_review', 0)}",
+            f"  no watermark  {self.counts.get('no_watermark', 0)}",
+            f"  failed        {self.counts.get('failed', 0)}",
+        ]
         if self.unfinished:
             lines.append(f"  NOT FINISHED  {len(self.unfinished)}")
         if self.mean_ms:
@@ -54,8 +57,10 @@ class Summary:
         for name, status in self.unfinished:
             lines.append(f"  NOT FINISHED {name}: still {status}")
         if self.skipped:
-            lines.append(f"  skipped {len(self.skipped)} file(s) that are not images by their "
-                         f"extension: {', '.join(self.skipped)}")
+            lines.append(
+                f"  skipped {len(self.skipped)} file(s) that are not images by their "
+                f"extension: {', '.join(self.skipped)}"
+            )
         return "\n".join(lines)
 
     @property
@@ -94,17 +99,16 @@ def prepare_engines(settings: Settings) -> None:
     """Export the ONNX files the engines load, once, with a progress line: the first run
     on a machine spends about a minute here. Done in this process before any worker
     process starts, so they do not race to export the same files."""
-    if settings.backend not in ("auto", "onnxruntime", "ort", "onnx") \
-            or not settings.device.startswith("cpu"):
+    if settings.backend not in ("auto", "onnxruntime", "ort", "onnx") or not settings.device.startswith(
+        "cpu"
+    ):
         return
     from clearmark.engine_build.onnx_export import export_onnx, onnx_path
 
-    missing = [k for k in ("detector", "remover")
-               if not onnx_path(k, "fp32", settings.engine_dir).exists()]
+    missing = [k for k in ("detector", "remover") if not onnx_path(k, "fp32", settings.engine_dir).exists()]
     if not missing:
         return
-    with tqdm(total=len(missing), desc="preparing engines (first run only)",
-              unit="model") as bar:
+    with tqdm(total=len(missing), desc="preparing engines (first run only)", unit="model") as bar:
         for kind in missing:
             export_onnx(kind, "fp32", settings.engine_dir)
             bar.update()
@@ -129,19 +133,25 @@ def _run_in_worker(job_id: str) -> str:
     return job_id
 
 
-def _create_jobs(settings: Settings, images: list[tuple[Path, Path]], out_dir: Path,
-                 masks_dir: Path | None) -> tuple[str, dict[str, Path]]:
+def _create_jobs(
+    settings: Settings, images: list[tuple[Path, Path]], out_dir: Path, masks_dir: Path | None
+) -> tuple[str, dict[str, Path]]:
     """A batch with a job per image; returns the batch id and each job's relative path."""
     with session_scope(settings.database_url) as session:
         tenant = ensure_tenant(session)
-        batch = create_batch(session, tenant, "clean", description=f"clean -> {out_dir}",
-                             total=len(images))
+        batch = create_batch(session, tenant, "clean", description=f"clean -> {out_dir}", total=len(images))
         names = {}
         for path, rel in images:
             mask_uri = (masks_dir / rel).with_suffix(".png").resolve().as_uri() if masks_dir else None
-            job, _ = create_job(session, tenant, path.resolve().as_uri(), batch=batch,
-                                result_uri=(out_dir / rel).resolve().as_uri(), mask_uri=mask_uri,
-                                source_name=str(path))
+            job, _ = create_job(
+                session,
+                tenant,
+                path.resolve().as_uri(),
+                batch=batch,
+                result_uri=(out_dir / rel).resolve().as_uri(),
+                mask_uri=mask_uri,
+                source_name=str(path),
+            )
             names[job.id] = rel
         return batch.id, names
 
@@ -151,10 +161,10 @@ def _stage_ms(session, job_ids: list[str]) -> dict[str, float]:
     rows = session.scalars(select(JobMetrics).where(JobMetrics.job_id.in_(job_ids))).all()
     if not rows:
         return {}
-    extra: dict[str, dict] = {}   # the latest status event's timings per job
-    for event in session.scalars(select(JobEvent).where(JobEvent.job_id.in_(job_ids),
-                                                        JobEvent.kind == "status")
-                                 .order_by(JobEvent.id)):
+    extra: dict[str, dict] = {}  # the latest status event's timings per job
+    for event in session.scalars(
+        select(JobEvent).where(JobEvent.job_id.in_(job_ids), JobEvent.kind == "status").order_by(JobEvent.id)
+    ):
         if event.detail and "ms" in event.detail:
             extra[event.job_id] = event.detail["ms"]
 
@@ -166,8 +176,9 @@ def _stage_ms(session, job_ids: list[str]) -> dict[str, float]:
     return {stage: sum(ms(r, stage) for r in rows) / len(rows) for stage in (*STAGES, "total")}
 
 
-def _summarise(settings: Settings, batch_id: str, names: dict[str, Path], seconds: float,
-               skipped: list[str]) -> Summary:
+def _summarise(
+    settings: Settings, batch_id: str, names: dict[str, Path], seconds: float, skipped: list[str]
+) -> Summary:
     summary = Summary(batch_id, seconds, skipped=skipped)
     with session_scope(settings.database_url) as session:
         jobs = session.scalars(select(Job).where(Job.batch_id == batch_id)).all()
@@ -183,8 +194,13 @@ def _summarise(settings: Settings, batch_id: str, names: dict[str, Path], second
     return summary
 
 
-def clean_folder(images: list[tuple[Path, Path]], out_dir: Path, masks_dir: Path | None,
-                 workers: int = 1, skipped: list[str] | None = None) -> Summary:
+def clean_folder(
+    images: list[tuple[Path, Path]],
+    out_dir: Path,
+    masks_dir: Path | None,
+    workers: int = 1,
+    skipped: list[str] | None = None,
+) -> Summary:
     """Create a batch of jobs for `images` and run them here; returns the summary
     (`skipped`: files left out as not images, listed in it)."""
     settings = get_settings()
@@ -203,8 +219,9 @@ def clean_folder(images: list[tuple[Path, Path]], out_dir: Path, masks_dir: Path
             progress.update()
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(settings, threads)) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(settings, threads)
+        ) as pool:
             for _ in pool.map(_run_in_worker, job_ids):
                 progress.update()
     progress.close()

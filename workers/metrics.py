@@ -13,6 +13,7 @@ directory and serves the children's merged files from a thread; each child write
 file and marks it dead when it exits. The port thus stays one per worker node, whatever the
 concurrency, and survives child replacement.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,8 @@ from functools import lru_cache
 
 from sqlalchemy import func, select
 
-from clearmark.workers.db import Job, JobMetrics, JobStatus, session_scope, utcnow
 from clearmark.settings import Settings, get_settings
+from clearmark.workers.db import Job, JobMetrics, JobStatus, session_scope, utcnow
 
 log = logging.getLogger(__name__)
 STAGES = ("decode", "detect", "remove", "encode", "total")
@@ -36,6 +37,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 # --- shared state, for the API's /metrics -------------------------------------------------
+
 
 class StateCollector:
     """Jobs by status, images per second and queue depth, read at scrape time."""
@@ -49,21 +51,19 @@ class StateCollector:
         from clearmark.workers.reports import status_counts
 
         s = self.settings or get_settings()
-        jobs = GaugeMetricFamily("clearmark_jobs", "Jobs by status (the jobs table)",
-                                 labels=["status"])
+        jobs = GaugeMetricFamily("clearmark_jobs", "Jobs by status (the jobs table)", labels=["status"])
         for status, n in status_counts(s.database_url).items():
             jobs.add_metric([status], n)
         yield jobs
         since = utcnow() - timedelta(seconds=RATE_WINDOW_S)
         with session_scope(s.database_url) as session:
-            recent = session.scalar(select(func.count()).select_from(Job).where(
-                Job.finished_at >= since))
+            recent = session.scalar(select(func.count()).select_from(Job).where(Job.finished_at >= since))
         yield GaugeMetricFamily(
             "clearmark_images_per_second",
             f"Jobs finished per second over the last {RATE_WINDOW_S} s, all workers",
-            value=recent / RATE_WINDOW_S)
-        depth = GaugeMetricFamily("clearmark_queue_depth", "Tasks waiting on each queue",
-                                  labels=["queue"])
+            value=recent / RATE_WINDOW_S,
+        )
+        depth = GaugeMetricFamily("clearmark_queue_depth", "Tasks waiting on each queue", labels=["queue"])
         for queue, n in queue_depths(s).items():
             depth.add_metric([queue], n)
         yield depth
@@ -101,20 +101,21 @@ def render_state(settings: Settings | None = None) -> tuple[bytes, str]:
 
 # --- per worker ---------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=1)
 def worker_metrics():
     """The worker's metric objects, created on first use (after multiprocess set-up)."""
     from prometheus_client import Counter, Gauge, Histogram
 
     return {
-        "done": Counter("clearmark_worker_jobs", "Jobs this worker finished, by status",
-                        ["status"]),
-        "stage": Histogram("clearmark_stage_seconds", "Time per pipeline stage",
-                           ["stage"], buckets=BUCKETS),
-        "backend": Gauge("clearmark_worker_backend_info",
-                         "Engines loaded by this worker (value 1)",
-                         ["detector", "remover", "pipeline_version"],
-                         multiprocess_mode="livemax"),
+        "done": Counter("clearmark_worker_jobs", "Jobs this worker finished, by status", ["status"]),
+        "stage": Histogram("clearmark_stage_seconds", "Time per pipeline stage", ["stage"], buckets=BUCKETS),
+        "backend": Gauge(
+            "clearmark_worker_backend_info",
+            "Engines loaded by this worker (value 1)",
+            ["detector", "remover", "pipeline_version"],
+            multiprocess_mode="livemax",
+        ),
     }
 
 
@@ -151,8 +152,7 @@ def child_exited(pid: int) -> None:
 
 
 def record_backend(engines) -> None:
-    worker_metrics()["backend"].labels(engines.detector.key, engines.remover.key,
-                                       engines.version).set(1)
+    worker_metrics()["backend"].labels(engines.detector.key, engines.remover.key, engines.version).set(1)
 
 
 def record_job(job_id: str, status: str | None, settings: Settings) -> None:

@@ -1,4 +1,5 @@
 """Apply Alembic migrations programmatically (`clearmark db upgrade|downgrade|current`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,6 @@ from alembic import command
 from alembic.config import Config
 
 import clearmark.migrations
-
 from clearmark.settings import get_settings
 
 MIGRATIONS_DIR = Path(clearmark.migrations.__file__).resolve().parent

@@ -4,31 +4,31 @@
 pure over its inputs (no database, storage or Celery here) and raises
 `workers.errors.BadInput` for files it cannot use (codes in `workers.imaging`).
 """
+
 from __future__ import annotations
 
 import io
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from clearmark.engine_build import Engine, load_engine
-from clearmark.models.networks import remover_input, to_chw
+from clearmark.models.inference import ceil_to, detect_probability, detect_scale, pad_to, run_engine
+from clearmark.models.masks import Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
+from clearmark.models.networks import remover_input
+from clearmark.settings import Settings, get_settings
 from clearmark.workers.gate import GateLimits, RegionVerdict, judge
 from clearmark.workers.imaging import decode_image, encode_image, orientation_exif, to_stored
-from clearmark.workers.masks import (Mask, Tile, bbox, build_mask, component_boxes, confirmed,
-                           plan_tiles)
-from clearmark.settings import Settings, get_settings
 
 PIPELINE_CODE_VERSION = "6"  # 2: the remover gets a Telea prefill of its crop;
-                             # 3: the remover's mask output confirms what changes;
-                             # 4: mirrored passes, 6 px dilation, own mark threshold;
-                             # 5: the do-no-harm gate (workers.gate);
-                             # 6: JPEG keeps its coefficients outside the change
+# 3: the remover's mask output confirms what changes;
+# 4: mirrored passes, 6 px dilation, own mark threshold;
+# 5: the do-no-harm gate (workers.gate);
+# 6: JPEG keeps its coefficients outside the change
 # Pixels (N*H*W) per remover call: bounds memory when many crops share a size.
 REMOVE_BATCH_PIXELS = 2 * 1024 * 1024
 RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual check
@@ -40,10 +40,12 @@ class Engines:
     remover: Engine
 
     @classmethod
-    def load(cls, settings: Settings | None = None) -> "Engines":
+    def load(cls, settings: Settings | None = None) -> Engines:
         s = settings or get_settings()
-        return cls(detector=load_engine("detector", backend=s.backend, device=s.device, settings=s),
-                   remover=load_engine("remover", backend=s.backend, device=s.device, settings=s))
+        return cls(
+            detector=load_engine("detector", backend=s.backend, device=s.device, settings=s),
+            remover=load_engine("remover", backend=s.backend, device=s.device, settings=s),
+        )
 
     @property
     def version(self) -> str:
@@ -57,8 +59,10 @@ def current_version_pattern() -> str:
     `pipeline-<code>+detector:<sha12>:%+remover:<sha12>:%` (Engine.key starts kind:sha12:)."""
     from clearmark.models.registry import weights_sha256
 
-    return (f"pipeline-{PIPELINE_CODE_VERSION}+detector:{weights_sha256('detector')[:12]}:%"
-            f"+remover:{weights_sha256('remover')[:12]}:%")
+    return (
+        f"pipeline-{PIPELINE_CODE_VERSION}+detector:{weights_sha256('detector')[:12]}:%"
+        f"+remover:{weights_sha256('remover')[:12]}:%"
+    )
 
 
 def pipeline_fingerprint() -> str:
@@ -66,86 +70,36 @@ def pipeline_fingerprint() -> str:
     output's meaning): part of the API's default idempotency key."""
     from clearmark.models.registry import weights_sha256
 
-    return "+".join([f"pipeline-{PIPELINE_CODE_VERSION}",
-                     *(weights_sha256(kind)[:16] for kind in ("detector", "remover"))])
+    return "+".join(
+        [
+            f"pipeline-{PIPELINE_CODE_VERSION}",
+            *(weights_sha256(kind)[:16] for kind in ("detector", "remover")),
+        ]
+    )
 
 
 @dataclass
 class PipelineResult:
-    status: str          # "succeeded" | "no_watermark" | "needs_review"
-    image_bytes: bytes   # output encoded in the input's format
-    extension: str       # ".jpg", ".png", ".webp", ... matching image_bytes
-    mask_png: bytes      # 8-bit grey PNG, upright, output size: 0 untouched, 1-127 changed
-                         # around the mark (feathered), >= 128 the watermark's own pixels
-    metrics: dict        # width, height, mask_area_fraction, detector_confidence,
-                         # residual_score, ms_decode, ms_detect, ms_remove, ms_encode, ms_total
-    details: dict = field(default_factory=dict)   # input/output format and mode, frames,
-                                                  # jpeg_quality, ms_residual, ms_gate, notes,
-                                                  # gate (each region's verdict), and
-                                                  # `encoding`'s entries
-    review_reason: str | None = None   # why the status is needs_review
+    status: str  # "succeeded" | "no_watermark" | "needs_review"
+    image_bytes: bytes  # output encoded in the input's format
+    extension: str  # ".jpg", ".png", ".webp", ... matching image_bytes
+    mask_png: bytes  # 8-bit grey PNG, upright, output size: 0 untouched, 1-127 changed
+    # around the mark (feathered), >= 128 the watermark's own pixels
+    metrics: dict  # width, height, mask_area_fraction, detector_confidence,
+    # residual_score, ms_decode, ms_detect, ms_remove, ms_encode, ms_total
+    details: dict = field(default_factory=dict)  # input/output format and mode, frames,
+    # jpeg_quality, ms_residual, ms_gate, notes,
+    # gate (each region's verdict), and
+    # `encoding`'s entries
+    review_reason: str | None = None  # why the status is needs_review
     # How the result file was written (EncodedImage.details: jpeg_exact, blocks changed and
     # total, fallback reason, orientation); empty when the result is the upload itself.
     encoding: dict = field(default_factory=dict)
 
 
-def _run(engine: Engine, batch: np.ndarray) -> np.ndarray:
-    """`engine.run` over `batch`, in pieces of at most `engine.max_batch` images. An engine
-    that returns NaN/inf is broken: fail loudly (internal error), never silently call an
-    image clean."""
-    step = engine.max_batch or len(batch)
-    outs = [engine.run(np.ascontiguousarray(batch[i:i + step])) for i in range(0, len(batch), step)]
-    out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-    if not np.isfinite(out).all():
-        raise RuntimeError(f"{engine.key} returned non-finite values")
-    return out
-
-
-def _ceil_to(n: int, stride: int) -> int:
-    return -(-n // stride) * stride
-
-
-def _pad_to(x: np.ndarray, stride: int) -> np.ndarray:
-    """Reflect-pad an N x C x H x W batch at the bottom/right to multiples of stride."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % stride, -w % stride
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
-    return x
-
-
-def detect_scale(detector: Engine, shape: tuple[int, int], long_side: int) -> float:
-    """The factor the detector sees an image of `shape` at: long side `long_side`, never
-    upscaled, short side kept >= the stride."""
-    h, w = shape
-    scale = min(1.0, long_side / max(h, w))
-    return max(scale, min(1.0, detector.stride / min(h, w)))
-
-
-def detect_probability(detector: Engine, rgb: np.ndarray, long_side: int,
-                       flip: bool = False, scale: float | None = None) -> np.ndarray:
-    """Watermark probability, H x W float32 at full resolution (the detector's channel 0;
-    a second, opacity channel is ignored here). The detector sees a copy resized by
-    `scale` (default `detect_scale`). With `flip`, the copy and its mirror image run as
-    one batch of two and each pixel keeps the lower score."""
-    h, w = rgb.shape[:2]
-    scale = detect_scale(detector, (h, w), long_side) if scale is None else scale
-    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = rgb if (sh, sw) == (h, w) else cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
-    batch = to_chw(small)[None]
-    if flip:
-        batch = np.concatenate([batch, batch[..., ::-1]])
-    out = _run(detector, _pad_to(batch, detector.stride))[:, 0, :sh, :sw]
-    if flip:
-        out = np.minimum(out[0], out[1][:, ::-1])[None]
-    prob = np.ascontiguousarray(out[0], dtype=np.float32)
-    if (sh, sw) != (h, w):
-        prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
-    return prob
-
-
-def residual_score(detector: Engine, restored: np.ndarray, region: np.ndarray, long_side: int,
-                   flip: bool) -> float:
+def residual_score(
+    detector: Engine, restored: np.ndarray, region: np.ndarray, long_side: int, flip: bool
+) -> float:
     """Mean detector probability over `region` (bool H x W) of the restored image. Only a
     crop around the region is run, at the scale the whole image was detected at, with
     RESIDUAL_CONTEXT px of context (detector scale) on each side, so a corner mark costs a
@@ -156,40 +110,39 @@ def residual_score(detector: Engine, restored: np.ndarray, region: np.ndarray, l
     h, w = region.shape
     scale = detect_scale(detector, (h, w), long_side)
     x0, y0, x1, y1 = bbox(region, pad=int(np.ceil(RESIDUAL_CONTEXT / scale)))
-    if min(y1 - y0, x1 - x0) * scale < detector.stride:   # too thin a crop: whole image
+    if min(y1 - y0, x1 - x0) * scale < detector.stride:  # too thin a crop: whole image
         y0, y1, x0, x1 = 0, h, 0, w
     prob = detect_probability(detector, restored[y0:y1, x0:x1], long_side, flip, scale)
     return _mean_inside(prob, region[y0:y1, x0:x1])
 
 
-def remove_watermark(remover: Engine, rgb: np.ndarray, mask: Mask, margin: int,
-                     max_crop: int, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def remove_watermark(
+    remover: Engine, rgb: np.ndarray, mask: Mask, margin: int, max_crop: int, flip: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(restored, mark): a copy of `rgb` restored inside the mask, composited with the
     feathered alpha (pixels where `mask.alpha == 0` are returned unchanged), and the
     remover's full-resolution watermark probability, H x W float32, 0 outside the dilated
     mask. Crops of equal padded size run as one batch of at most REMOVE_BATCH_PIXELS
-    (`_run` splits it further to the engine's `max_batch`). With `flip`, each crop's mirror
+    (`run_engine` splits it further to the engine's `max_batch`). With `flip`, each crop's mirror
     image runs in the same batch and the two outputs, mirrored back, are averaged."""
     out = rgb.copy()
     mark = np.zeros(rgb.shape[:2], np.float32)
-    tiles = plan_tiles(component_boxes(mask.dilated, margin), rgb.shape[:2], max_crop, margin,
-                       remover.stride)
+    tiles = plan_tiles(component_boxes(mask.dilated, margin), rgb.shape[:2], max_crop, margin, remover.stride)
     groups: dict[tuple[int, int], list[Tile]] = defaultdict(list)
     for t in tiles:
         x0, y0, x1, y1 = t.box
-        groups[(_ceil_to(y1 - y0, remover.stride), _ceil_to(x1 - x0, remover.stride))].append(t)
+        groups[(ceil_to(y1 - y0, remover.stride), ceil_to(x1 - x0, remover.stride))].append(t)
     copies = 2 if flip else 1
     for (ph, pw), group in groups.items():
         per_batch = max(1, REMOVE_BATCH_PIXELS // (ph * pw * copies))
         for i in range(0, len(group), per_batch):
-            chunk = group[i:i + per_batch]
-            batch = np.stack([_pad_to(_crop_input(rgb, mask, t)[None], remover.stride)[0]
-                              for t in chunk])
+            chunk = group[i : i + per_batch]
+            batch = np.stack([pad_to(_crop_input(rgb, mask, t)[None], remover.stride)[0] for t in chunk])
             if flip:
                 batch = np.concatenate([batch, batch[..., ::-1]])
-            restored = _run(remover, batch)
+            restored = run_engine(remover, batch)
             if flip:
-                restored = (restored[:len(chunk)] + restored[len(chunk):][..., ::-1]) / 2
+                restored = (restored[: len(chunk)] + restored[len(chunk) :][..., ::-1]) / 2
             for t, res in zip(chunk, restored):
                 _composite(out, rgb, mask.alpha, t, res[:3])
                 x0, y0, x1, y1 = t.core
@@ -200,19 +153,19 @@ def remove_watermark(remover: Engine, rgb: np.ndarray, mask: Mask, margin: int,
 
 def _crop_input(rgb: np.ndarray, mask: Mask, t: Tile) -> np.ndarray:
     x0, y0, x1, y1 = t.box
-    return remover_input(np.ascontiguousarray(rgb[y0:y1, x0:x1]),
-                         mask.dilated[y0:y1, x0:x1].astype(np.float32))
+    return remover_input(
+        np.ascontiguousarray(rgb[y0:y1, x0:x1]), mask.dilated[y0:y1, x0:x1].astype(np.float32)
+    )
 
 
 def _core_of(t: Tile, output: np.ndarray) -> np.ndarray:
     """The part of a tile's output (... x H x W, padded crop coordinates) over its core."""
     bx0, by0 = t.box[:2]
     x0, y0, x1, y1 = t.core
-    return output[..., y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
+    return output[..., y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
 
 
-def _composite(out: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, t: Tile,
-               restored: np.ndarray) -> None:
+def _composite(out: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, t: Tile, restored: np.ndarray) -> None:
     """Blend the remover's output into `out` over the tile's core, only where alpha > 0."""
     x0, y0, x1, y1 = t.core
     a = alpha[y0:y1, x0:x1]
@@ -239,7 +192,8 @@ def _png(gray: np.ndarray, orientation: int = 1) -> bytes:
         Image.fromarray(gray, "L").save(buf, "PNG", compress_level=6)
     else:
         Image.fromarray(to_stored(gray, orientation), "L").save(
-            buf, "PNG", compress_level=6, exif=orientation_exif(orientation))
+            buf, "PNG", compress_level=6, exif=orientation_exif(orientation)
+        )
     return buf.getvalue()
 
 
@@ -260,8 +214,7 @@ def around_mark(found: np.ndarray, mask: Mask, ring_px: int) -> Mask:
     at 640 px, fat; on real photos everything else inside its outline is product."""
     tight = build_mask(found.astype(np.float32), 0.5, 1, ring_px)
     keep = tight.dilated & mask.dilated
-    return Mask(core=tight.core & keep, dilated=keep,
-                alpha=np.where(keep, tight.alpha, 0).astype(np.uint8))
+    return Mask(core=tight.core & keep, dilated=keep, alpha=np.where(keep, tight.alpha, 0).astype(np.uint8))
 
 
 def _blend(rgb: np.ndarray, restored: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -276,12 +229,12 @@ def _blend(rgb: np.ndarray, restored: np.ndarray, alpha: np.ndarray) -> np.ndarr
 
 @dataclass
 class Cleaning:
-    restored: np.ndarray   # H x W x 3 uint8, the input wherever mask.alpha == 0
-    mask: Mask             # the detector's mask less the regions the remover did not
-                           # confirm and those the gate put back
-    found: np.ndarray      # bool H x W, watermark_pixels inside `mask`
-    confidence: float      # mean detector probability over mask.core
-    verdicts: list[RegionVerdict] = field(default_factory=list)   # the gate's, every region
+    restored: np.ndarray  # H x W x 3 uint8, the input wherever mask.alpha == 0
+    mask: Mask  # the detector's mask less the regions the remover did not
+    # confirm and those the gate put back
+    found: np.ndarray  # bool H x W, watermark_pixels inside `mask`
+    confidence: float  # mean detector probability over mask.core
+    verdicts: list[RegionVerdict] = field(default_factory=list)  # the gate's, every region
 
     def put_back(self, confidence: float) -> list[RegionVerdict]:
         """Regions the gate put back although the detector's confidence reached this."""
@@ -289,14 +242,19 @@ class Cleaning:
 
 
 def gate_limits(s: Settings) -> GateLimits:
-    return GateLimits(min_confidence=s.gate_min_confidence, min_opacity=s.gate_min_opacity,
-                      min_explained=s.gate_min_explained, max_continues=s.gate_max_continues,
-                      max_flattened=s.gate_max_flattened, review_confident=s.gate_review_confident)
+    return GateLimits(
+        min_confidence=s.gate_min_confidence,
+        min_opacity=s.gate_min_opacity,
+        min_explained=s.gate_min_explained,
+        max_continues=s.gate_max_continues,
+        max_flattened=s.gate_max_flattened,
+        review_confident=s.gate_review_confident,
+    )
 
 
-def apply_gate(rgb: np.ndarray, restored: np.ndarray, mask: Mask, found: np.ndarray,
-               prob: np.ndarray, limits: GateLimits
-               ) -> tuple[np.ndarray, Mask, np.ndarray, list[RegionVerdict]]:
+def apply_gate(
+    rgb: np.ndarray, restored: np.ndarray, mask: Mask, found: np.ndarray, prob: np.ndarray, limits: GateLimits
+) -> tuple[np.ndarray, Mask, np.ndarray, list[RegionVerdict]]:
     """Judge every changed region (`workers.gate.judge`) and put back exactly the input in
     those that fail; returns the restored image, mask and found pixels without them."""
     regions = judge(rgb, restored, mask.dilated, prob, limits)
@@ -306,14 +264,14 @@ def apply_gate(rgb: np.ndarray, restored: np.ndarray, mask: Mask, found: np.ndar
         for r in failed:
             restored[r.window][r.pixels] = rgb[r.window][r.pixels]
             keep[r.window][r.pixels] = False
-        mask = Mask(core=mask.core & keep, dilated=keep,
-                    alpha=np.where(keep, mask.alpha, 0).astype(np.uint8))
+        mask = Mask(core=mask.core & keep, dilated=keep, alpha=np.where(keep, mask.alpha, 0).astype(np.uint8))
         found = found & keep
     return restored, mask, found, [r.verdict for r in regions]
 
 
-def clean_rgb(engines: Engines, rgb: np.ndarray, s: Settings,
-              lap: Callable[[str], None] = lambda stage: None) -> Cleaning:
+def clean_rgb(
+    engines: Engines, rgb: np.ndarray, s: Settings, lap: Callable[[str], None] = lambda stage: None
+) -> Cleaning:
     """Detect, mask, remove, and keep only what the remover confirms: a detected region in
     which the remover, looking at full resolution, finds fewer than `mask_confirm_px`
     watermark pixels is left exactly as it was (a second opinion on the detector's false
@@ -323,7 +281,7 @@ def clean_rgb(engines: Engines, rgb: np.ndarray, s: Settings,
     stages end."""
     prob = detect_probability(engines.detector, rgb, s.detect_long_side, s.detect_flip)
     mask = build_mask(prob, s.mask_threshold, s.mask_min_area, s.mask_dilate_px)
-    detected_core, core_prob = mask.core, prob[mask.core]   # all the confidence needs
+    detected_core, core_prob = mask.core, prob[mask.core]  # all the confidence needs
     core_map = np.where(mask.core, prob, np.float32(0)) if s.gate and not mask.empty else None
     del prob
     lap("detect")
@@ -332,8 +290,9 @@ def clean_rgb(engines: Engines, rgb: np.ndarray, s: Settings,
         # The remover's output over the whole dilated mask; blended once, below, with the
         # feathering of the pixels that finally change.
         whole = Mask(mask.core, mask.dilated, np.where(mask.dilated, 255, 0).astype(np.uint8))
-        restored, mark = remove_watermark(engines.remover, rgb, whole, s.remove_crop_margin,
-                                          s.remove_max_crop, s.remove_flip)
+        restored, mark = remove_watermark(
+            engines.remover, rgb, whole, s.remove_crop_margin, s.remove_max_crop, s.remove_flip
+        )
         found = watermark_pixels(mask, mark, s.mark_threshold)
         kept = confirmed(mask, found, s.mask_confirm_px)
         mask, found = kept, found & kept.dilated
@@ -343,13 +302,18 @@ def clean_rgb(engines: Engines, rgb: np.ndarray, s: Settings,
     lap("remove")
     verdicts: list[RegionVerdict] = []
     if core_map is not None and not mask.empty:
-        restored, mask, found, verdicts = apply_gate(rgb, restored, mask, found,
-                                                     np.where(mask.core, core_map, 0),
-                                                     gate_limits(s))
+        restored, mask, found, verdicts = apply_gate(
+            rgb, restored, mask, found, np.where(mask.core, core_map, 0), gate_limits(s)
+        )
     lap("gate")
     kept = core_prob[mask.core[detected_core]]
-    return Cleaning(restored=restored, mask=mask, found=found,
-                    confidence=float(kept.mean()) if kept.size else 0.0, verdicts=verdicts)
+    return Cleaning(
+        restored=restored,
+        mask=mask,
+        found=found,
+        confidence=float(kept.mean()) if kept.size else 0.0,
+        verdicts=verdicts,
+    )
 
 
 def process_image(data: bytes, engines: Engines, settings: Settings | None = None) -> PipelineResult:
@@ -380,57 +344,82 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
     lap("decode")
     c = clean_rgb(engines, dec.rgb, s, lap)
     h, w = dec.rgb.shape[:2]
-    details = {"input_format": dec.format, "input_mode": dec.mode, "frames": dec.frames,
-               "jpeg_quality": dec.jpeg_quality, "notes": list(dec.notes)}
+    details = {
+        "input_format": dec.format,
+        "input_mode": dec.mode,
+        "frames": dec.frames,
+        "jpeg_quality": dec.jpeg_quality,
+        "notes": list(dec.notes),
+    }
 
-    reasons = [f"the gate put back a region the detector was sure of ({v.confidence:.2f}) at "
-               f"{v.box}: {v.reason}" for v in c.put_back(s.gate_review_confident)]
+    reasons = [
+        f"the gate put back a region the detector was sure of ({v.confidence:.2f}) at {v.box}: {v.reason}"
+        for v in c.put_back(s.gate_review_confident)
+    ]
     if c.mask.empty:
         ms["residual"] = 0.0
-        mask_png = _png(c.mask.alpha, dec.orientation)   # the result is the upload itself
+        mask_png = _png(c.mask.alpha, dec.orientation)  # the result is the upload itself
         lap("encode")
         status = "needs_review" if reasons else "no_watermark"
         image_bytes, ext, residual, encoding = data, dec.input_extension, 0.0, {}
         details.update(output_format=dec.format, output_mode=dec.mode)
     else:
-        residual = residual_score(engines.detector, c.restored,
-                                  c.found if c.found.any() else c.mask.core,
-                                  s.detect_long_side, s.detect_flip)
+        residual = residual_score(
+            engines.detector,
+            c.restored,
+            c.found if c.found.any() else c.mask.core,
+            s.detect_long_side,
+            s.detect_flip,
+        )
         lap("residual")
-        if not reasons:   # some of the mark was lifted: was some of it left in place?
+        if not reasons:  # some of the mark was lifted: was some of it left in place?
             left = c.put_back(s.gate_min_confidence)
             if left:
-                reasons.append(f"part of the mark may remain: the gate put back {len(left)} "
-                               f"region(s) the detector was sure of, e.g. at {left[0].box}: "
-                               f"{left[0].reason}")
+                reasons.append(
+                    f"part of the mark may remain: the gate put back {len(left)} "
+                    f"region(s) the detector was sure of, e.g. at {left[0].box}: "
+                    f"{left[0].reason}"
+                )
         encoded = encode_image(dec, c.restored, c.mask.dilated, s)
         image_bytes, ext, encoding = encoded.data, encoded.extension, encoded.details
         details.update(encoding)
         mask_png = _png(mask_image(c.mask, c.found), encoding.get("orientation", 1))
         lap("encode")
         if residual >= s.review_residual_min:
-            reasons.append(f"the detector still sees a mark in the result (residual "
-                           f"{residual:.2f} >= {s.review_residual_min})")
+            reasons.append(
+                f"the detector still sees a mark in the result (residual "
+                f"{residual:.2f} >= {s.review_residual_min})"
+            )
         if s.review_confidence_max > 0 and c.confidence <= s.review_confidence_max:
-            reasons.append(f"the detector is unsure (confidence {c.confidence:.2f} <= "
-                           f"{s.review_confidence_max})")
+            reasons.append(
+                f"the detector is unsure (confidence {c.confidence:.2f} <= {s.review_confidence_max})"
+            )
         status = "needs_review" if reasons else "succeeded"
         details.update(output_format=dec.output_format, output_mode=dec.base.mode)
     details["ms_residual"] = ms.get("residual", 0.0)
     details["ms_gate"] = ms.get("gate", 0.0)
     details["gate"] = [v.as_dict() for v in c.verdicts]
     metrics = {
-        "width": w, "height": h,
+        "width": w,
+        "height": h,
         "mask_area_fraction": c.mask.area_fraction,
         "detector_confidence": c.confidence,
         "residual_score": residual,
-        "ms_decode": ms["decode"], "ms_detect": ms["detect"], "ms_remove": ms["remove"],
+        "ms_decode": ms["decode"],
+        "ms_detect": ms["detect"],
+        "ms_remove": ms["remove"],
         "ms_encode": ms["encode"],
         "ms_total": round((time.perf_counter() - t_start) * 1000.0, 2),
         "jpeg_exact": details.get("jpeg_exact"),
         "jpeg_blocks_changed": details.get("jpeg_blocks_changed"),
     }
-    return PipelineResult(status=status, image_bytes=image_bytes, extension=ext,
-                          mask_png=mask_png, metrics=metrics, details=details,
-                          review_reason="; ".join(reasons) if status == "needs_review" else None,
-                          encoding=encoding)
+    return PipelineResult(
+        status=status,
+        image_bytes=image_bytes,
+        extension=ext,
+        mask_png=mask_png,
+        metrics=metrics,
+        details=details,
+        review_reason="; ".join(reasons) if status == "needs_review" else None,
+        encoding=encoding,
+    )

@@ -7,6 +7,7 @@ files does all of that. The images are the evaluation set's kind (held-out photo
 studio scenes, every watermark kind, `models.evaluate.eval_set`) resized to `size` px on
 the long side and saved as JPEG quality 90, as a storefront would upload them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,7 @@ class PipelineBenchRow:
     size: int
     images: int = 0
     total_ms: list[float] = field(default_factory=list)
-    stage_ms: dict[str, float] = field(default_factory=dict)   # mean per stage
+    stage_ms: dict[str, float] = field(default_factory=dict)  # mean per stage
     statuses: dict[str, int] = field(default_factory=dict)
     error: str = ""
 
@@ -43,25 +44,33 @@ def bench_images(n: int, size: int, seed: int = 0) -> list[bytes]:
             break
         h, w = s.composite.shape[:2]
         scale = size / max(h, w)
-        rgb = cv2.resize(s.composite, (round(w * scale), round(h * scale)),
-                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        rgb = cv2.resize(
+            s.composite,
+            (round(w * scale), round(h * scale)),
+            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+        )
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, "JPEG", quality=90)
         files.append(buf.getvalue())
     return files
 
 
-def bench_pipeline(files: list[bytes], backend: str, flip: bool, device: str | None = None,
-                   warmup: int = 1) -> PipelineBenchRow:
+def bench_pipeline(
+    files: list[bytes], backend: str, flip: bool, device: str | None = None, warmup: int = 1
+) -> PipelineBenchRow:
     """Run `process_image` on every file (after `warmup` untimed runs of the first).
     `flip` turns both mirrored passes on or off (`detect_flip`, `remove_flip`)."""
     from clearmark.engine_build import BackendUnavailable
-    from clearmark.workers.pipeline import Engines, process_image
     from clearmark.settings import get_settings
+    from clearmark.workers.pipeline import Engines, process_image
 
-    settings = dataclasses.replace(get_settings(), backend=backend, detect_flip=flip,
-                                   remove_flip=flip,
-                                   **({"device": device} if device else {}))
+    settings = dataclasses.replace(
+        get_settings(),
+        backend=backend,
+        detect_flip=flip,
+        remove_flip=flip,
+        **({"device": device} if device else {}),
+    )
     size = max(Image.open(io.BytesIO(files[0])).size) if files else 0
     row = PipelineBenchRow(backend, flip, size)
     try:
@@ -78,7 +87,9 @@ def bench_pipeline(files: list[bytes], backend: str, flip: bool, device: str | N
         result = process_image(data, engines, settings)
         row.total_ms.append((time.perf_counter() - t0) * 1000.0)
         for stage in STAGES:
-            sums[stage] += (result.details if stage in ("gate", "residual") else result.metrics)[f"ms_{stage}"]
+            sums[stage] += (result.details if stage in ("gate", "residual") else result.metrics)[
+                f"ms_{stage}"
+            ]
         row.statuses[result.status] = row.statuses.get(result.status, 0) + 1
     row.images = len(files)
     row.stage_ms = {k: v / max(1, len(files)) for k, v in sums.items()}
@@ -86,16 +97,21 @@ def bench_pipeline(files: list[bytes], backend: str, flip: bool, device: str | N
 
 
 def format_pipeline_table(rows: list[PipelineBenchRow]) -> str:
-    head = (f"{'backend':<12} {'flip':<4} {'size':>5} {'images':>6} {'mean s':>7} {'median s':>8} "
-            + " ".join(f"{s + ' ms':>11}" for s in STAGES) + "  statuses")
+    head = (
+        f"{'backend':<12} {'flip':<4} {'size':>5} {'images':>6} {'mean s':>7} {'median s':>8} "
+        + " ".join(f"{s + ' ms':>11}" for s in STAGES)
+        + "  statuses"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.error:
             lines.append(f"{r.backend:<12} {'on' if r.flip else 'off':<4} unavailable: {r.error}")
             continue
         stages = " ".join(f"{r.stage_ms[s]:11.0f}" for s in STAGES)
-        lines.append(f"{r.backend:<12} {'on' if r.flip else 'off':<4} {r.size:>5} {r.images:>6} "
-                     f"{statistics.mean(r.total_ms) / 1000:7.2f} "
-                     f"{statistics.median(r.total_ms) / 1000:8.2f} {stages}  "
-                     + ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items())))
+        lines.append(
+            f"{r.backend:<12} {'on' if r.flip else 'off':<4} {r.size:>5} {r.images:>6} "
+            f"{statistics.mean(r.total_ms) / 1000:7.2f} "
+            f"{statistics.median(r.total_ms) / 1000:8.2f} {stages}  "
+            + ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()))
+        )
     return "\n".join(lines)

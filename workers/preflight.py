@@ -1,6 +1,7 @@
 """What a worker checks before it takes tasks. A worker on another database than the one
 its jobs were written to cannot claim them: each task fails there, and the job stays
 `queued` in the real database with nothing left to run it."""
+
 from __future__ import annotations
 
 from clearmark.settings import DEFAULT_BROKER_URL, Settings, default_database_url
@@ -19,15 +20,18 @@ def safe_url(url: str) -> str:
 
 def describe(settings: Settings) -> str:
     """Which broker and database a worker uses, and whether each is the default."""
+
     def origin(default: bool, variable: str) -> str:
         return f"default; set {variable} for another" if default else f"from {variable}"
 
     s = settings
     db_default = s.database_url == default_database_url(s.data_dir)
-    return (f"broker   {safe_url(s.broker_url)} "
-            f"({origin(s.broker_url == DEFAULT_BROKER_URL, 'CLEARMARK_BROKER_URL')})\n"
-            f"database {safe_url(s.database_url)} "
-            f"({origin(db_default, 'CLEARMARK_DATABASE_URL')})")
+    return (
+        f"broker   {safe_url(s.broker_url)} "
+        f"({origin(s.broker_url == DEFAULT_BROKER_URL, 'CLEARMARK_BROKER_URL')})\n"
+        f"database {safe_url(s.database_url)} "
+        f"({origin(db_default, 'CLEARMARK_DATABASE_URL')})"
+    )
 
 
 def worker_problems(settings: Settings) -> list[str]:
@@ -38,20 +42,25 @@ def worker_problems(settings: Settings) -> list[str]:
     db_default = s.database_url == default_database_url(s.data_dir)
     broker_default = s.broker_url == DEFAULT_BROKER_URL
     if db_default and not broker_default:
-        return [f"the broker is set ({safe_url(s.broker_url)}) but the database is the "
-                f"default local SQLite file ({s.database_url}): set CLEARMARK_DATABASE_URL "
-                "to the database that `clearmark submit` and the API write jobs to"]
+        return [
+            f"the broker is set ({safe_url(s.broker_url)}) but the database is the "
+            f"default local SQLite file ({s.database_url}): set CLEARMARK_DATABASE_URL "
+            "to the database that `clearmark submit` and the API write jobs to"
+        ]
     if broker_default and not db_default:
-        return [f"the database is set ({safe_url(s.database_url)}) but the broker is the "
-                f"default ({DEFAULT_BROKER_URL}): set CLEARMARK_BROKER_URL to the broker "
-                "that `clearmark submit` and the API send tasks to"]
+        return [
+            f"the database is set ({safe_url(s.database_url)}) but the broker is the "
+            f"default ({DEFAULT_BROKER_URL}): set CLEARMARK_BROKER_URL to the broker "
+            "that `clearmark submit` and the API send tasks to"
+        ]
     try:
         current, head = migrate.revisions(s.database_url)
     except Exception as exc:  # noqa: BLE001 - unreachable, wrong password, not a database
-        return [f"cannot read the database {safe_url(s.database_url)}: "
-                f"{type(exc).__name__}: {exc}"]
+        return [f"cannot read the database {safe_url(s.database_url)}: {type(exc).__name__}: {exc}"]
     if current != head:
-        return [f"the database {safe_url(s.database_url)} is at migration "
-                f"{current or '(none)'}, this code expects {head}: run `clearmark db upgrade` "
-                "with the same CLEARMARK_DATABASE_URL"]
+        return [
+            f"the database {safe_url(s.database_url)} is at migration "
+            f"{current or '(none)'}, this code expects {head}: run `clearmark db upgrade` "
+            "with the same CLEARMARK_DATABASE_URL"
+        ]
     return []

@@ -11,6 +11,7 @@ One pass (`reap`), safe to run in several places at once (rows are taken with
 Jobs changed in the last CLEARMARK_REAP_GRACE_S are left alone (their publish may be under
 way). Sending is after the commit; a crash in between leaves jobs the next pass finds.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,11 +21,11 @@ from datetime import timedelta
 
 from sqlalchemy import or_, select
 
+from clearmark.errors import ServiceUnavailable
+from clearmark.settings import Settings, get_settings
 from clearmark.workers import broker
 from clearmark.workers.db import Job, JobEvent, JobStatus, session_scope, utcnow
-from clearmark.errors import ServiceUnavailable
 from clearmark.workers.jobs import give_up, set_status
-from clearmark.settings import Settings, get_settings
 from clearmark.workers.transient import BROKER_ERRORS, DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -33,22 +34,25 @@ LIMIT = 1000  # rows per kind per pass
 
 @dataclass
 class Reaped:
-    expired: list[str] = field(default_factory=list)    # lease expired: queued again
-    unsent: list[str] = field(default_factory=list)     # queued without a task: sent again
-    gave_up: list[str] = field(default_factory=list)    # attempts used up: failed
-    webhooks: list[str] = field(default_factory=list)   # due webhook without a task: sent
-    not_sent: int = 0                                   # broker down: the next pass sends them
+    expired: list[str] = field(default_factory=list)  # lease expired: queued again
+    unsent: list[str] = field(default_factory=list)  # queued without a task: sent again
+    gave_up: list[str] = field(default_factory=list)  # attempts used up: failed
+    webhooks: list[str] = field(default_factory=list)  # due webhook without a task: sent
+    not_sent: int = 0  # broker down: the next pass sends them
 
     def __str__(self) -> str:
-        return (f"reaped: {len(self.expired)} expired leases requeued, {len(self.unsent)} "
-                f"queued jobs re-sent, {len(self.gave_up)} failed (attempts used up), "
-                f"{len(self.webhooks)} webhooks re-sent"
-                + (f", {self.not_sent} not sent (broker down)" if self.not_sent else ""))
+        return (
+            f"reaped: {len(self.expired)} expired leases requeued, {len(self.unsent)} "
+            f"queued jobs re-sent, {len(self.gave_up)} failed (attempts used up), "
+            f"{len(self.webhooks)} webhooks re-sent"
+            + (f", {self.not_sent} not sent (broker down)" if self.not_sent else "")
+        )
 
 
 def _locked(session, query):
-    return session.scalars(query.order_by(Job.updated_at).limit(LIMIT)
-                           .with_for_update(skip_locked=True)).all()
+    return session.scalars(
+        query.order_by(Job.updated_at).limit(LIMIT).with_for_update(skip_locked=True)
+    ).all()
 
 
 def _without_task(session, due, on_broker: set[str]) -> list[Job]:
@@ -70,17 +74,27 @@ def reap(settings: Settings | None = None) -> Reaped:
         raise ServiceUnavailable("broker", str(exc)) from None
     try:
         with session_scope(s.database_url) as session:
-            for job in _locked(session, select(Job).where(
+            for job in _locked(
+                session,
+                select(Job).where(
                     Job.status == JobStatus.running.value,
-                    or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))):
+                    or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+                ),
+            ):
                 if job.attempts >= s.max_attempts:
                     give_up(session, job)
                     out.gave_up.append(job.id)
                     if job.webhook_pending:
                         to_send.append((broker.WEBHOOK_TASK, job))
                     continue
-                set_status(session, job, JobStatus.queued, kind="reaped",
-                           reason="lease expired", attempt=job.attempts)
+                set_status(
+                    session,
+                    job,
+                    JobStatus.queued,
+                    kind="reaped",
+                    reason="lease expired",
+                    attempt=job.attempts,
+                )
                 job.lease_expires_at = None
                 out.expired.append(job.id)
                 to_send.append((broker.CLEAN_TASK, job))
@@ -88,13 +102,13 @@ def reap(settings: Settings | None = None) -> Reaped:
                 queued = (Job.status == JobStatus.queued.value) & (Job.updated_at < cutoff)
                 for job in _without_task(session, queued, on_broker.get(broker.CLEAN_TASK, set())):
                     job.updated_at = now
-                    session.add(JobEvent(job_id=job.id, kind="reaped",
-                                         detail={"reason": "no task on the broker"}))
+                    session.add(
+                        JobEvent(job_id=job.id, kind="reaped", detail={"reason": "no task on the broker"})
+                    )
                     out.unsent.append(job.id)
                     to_send.append((broker.CLEAN_TASK, job))
                 hook_due = Job.webhook_pending.is_(True) & (Job.updated_at < cutoff)
-                for job in _without_task(session, hook_due,
-                                         on_broker.get(broker.WEBHOOK_TASK, set())):
+                for job in _without_task(session, hook_due, on_broker.get(broker.WEBHOOK_TASK, set())):
                     if job.id not in out.gave_up:
                         job.updated_at = now
                         out.webhooks.append(job.id)

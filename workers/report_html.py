@@ -4,6 +4,7 @@ Counts by status, failure reasons, stage latency percentiles, distributions of d
 confidence and mask area (inline SVG), and before/after/mask thumbnails (base64 JPEG read
 from storage) for the needs_review jobs, the lowest-confidence jobs and a random sample.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,14 +18,20 @@ import numpy as np
 from PIL import Image, ImageOps
 from sqlalchemy import func, select
 
-from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
 from clearmark.settings import Settings, get_settings
+from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
 from clearmark.workers.storage import read_uri
 
 STAGES = ("decode", "detect", "remove", "encode", "total")
 DONE = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
-COLOURS = {"succeeded": "#2e7d32", "no_watermark": "#607d8b", "needs_review": "#ef6c00",
-           "failed": "#c62828", "queued": "#1565c0", "running": "#6a1b9a"}
+COLOURS = {
+    "succeeded": "#2e7d32",
+    "no_watermark": "#607d8b",
+    "needs_review": "#ef6c00",
+    "failed": "#c62828",
+    "queued": "#1565c0",
+    "running": "#6a1b9a",
+}
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
   max-width:1180px;color:#1d2733;background:#f6f7f9;padding:0 16px}
@@ -60,8 +67,7 @@ code{font-size:12px}
 
 def _query_filters(q, tenant: str | None, since: datetime | None):
     if tenant:
-        q = q.where(Job.tenant_id == select(Tenant.id).where(Tenant.name == tenant)
-                    .scalar_subquery())
+        q = q.where(Job.tenant_id == select(Tenant.id).where(Tenant.name == tenant).scalar_subquery())
     if since:
         q = q.where(Job.created_at >= since)
     return q
@@ -86,8 +92,16 @@ def thumbnail(uri: str | None, size: int = 256) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-def histogram_svg(values, title: str, bins: int = 20, lo: float = 0.0, hi: float | None = None,
-                  fmt: str = "{:.2f}", width: int = 540, height: int = 210) -> str:
+def histogram_svg(
+    values,
+    title: str,
+    bins: int = 20,
+    lo: float = 0.0,
+    hi: float | None = None,
+    fmt: str = "{:.2f}",
+    width: int = 540,
+    height: int = 210,
+) -> str:
     """Bars of `values` over [lo, hi] as inline SVG with axis labels."""
     values = np.asarray(values, dtype=float)
     hi = hi if hi is not None else (float(values.max()) if values.size else 1.0) or 1.0
@@ -96,151 +110,236 @@ def histogram_svg(values, title: str, bins: int = 20, lo: float = 0.0, hi: float
     plot_h = bottom - top
     peak = max(int(counts.max()) if counts.size else 0, 1)
     bar_w = plot_w / bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'role="img" aria-label="{escape(title)}" font-size="11" fill="#5b6675">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(title)}" font-size="11" fill="#5b6675">'
+    ]
     for tick in sorted({0, peak // 2, peak}):
         y = bottom - tick / peak * plot_h
-        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
-                     f'stroke="#e3e7ec"/><text x="{left - 6}" y="{y + 4:.1f}" '
-                     f'text-anchor="end">{tick}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
+            f'stroke="#e3e7ec"/><text x="{left - 6}" y="{y + 4:.1f}" '
+            f'text-anchor="end">{tick}</text>'
+        )
     for i, n in enumerate(counts):
         h = n / peak * plot_h
-        parts.append(f'<rect x="{left + i * bar_w + 1:.1f}" y="{bottom - h:.1f}" '
-                     f'width="{bar_w - 2:.1f}" height="{h:.1f}" fill="#3f7fbf">'
-                     f'<title>{fmt.format(edges[i])}–{fmt.format(edges[i + 1])}: {n}</title>'
-                     '</rect>')
+        parts.append(
+            f'<rect x="{left + i * bar_w + 1:.1f}" y="{bottom - h:.1f}" '
+            f'width="{bar_w - 2:.1f}" height="{h:.1f}" fill="#3f7fbf">'
+            f"<title>{fmt.format(edges[i])}–{fmt.format(edges[i + 1])}: {n}</title>"
+            "</rect>"
+        )
     for frac, anchor in ((0, "start"), (0.5, "middle"), (1, "end")):
         x = left + frac * plot_w
-        parts.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="{anchor}">'
-                     f'{fmt.format(lo + frac * (hi - lo))}</text>')
-    parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{bottom}" y2="{bottom}" '
-                 f'stroke="#8a94a3"/></svg>')
+        parts.append(
+            f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="{anchor}">'
+            f"{fmt.format(lo + frac * (hi - lo))}</text>"
+        )
+    parts.append(
+        f'<line x1="{left}" x2="{left + plot_w}" y1="{bottom}" y2="{bottom}" stroke="#8a94a3"/></svg>'
+    )
     return "".join(parts)
 
 
 def _badge(status: str) -> str:
-    return (f'<span class="badge" style="background:{COLOURS.get(status, "#555")}">'
-            f'{escape(status)}</span>')
+    return f'<span class="badge" style="background:{COLOURS.get(status, "#555")}">{escape(status)}</span>'
 
 
 def _job_card(job: Job, m: JobMetrics | None) -> str:
     figures = []
-    for label, uri in (("before", job.source_uri), ("after", job.result_uri),
-                       ("mask", job.mask_uri)):
+    for label, uri in (("before", job.source_uri), ("after", job.result_uri), ("mask", job.mask_uri)):
         src = thumbnail(uri)
         img = f'<img src="{src}" alt="{label}">' if src else '<div class="missing">missing</div>'
         figures.append(f"<figure>{img}{label}</figure>")
-    scores = (f"confidence {m.detector_confidence:.2f} · residual {m.residual_score:.2f} · "
-              f"mask {m.mask_area_fraction:.1%} · {m.width}×{m.height}" if m else "no metrics")
-    why = (f'<br><span class="why">{escape(job.review_reason)}</span>'
-           if job.status == JobStatus.needs_review.value and job.review_reason else "")
-    return (f'<div class="job"><div class="imgs">{"".join(figures)}</div><div class="cap">'
-            f'{_badge(job.status)} <code>{job.id}</code><br>{scores}<br>'
-            f'<span class="empty">{escape(job.source_uri[-90:])}</span>{why}</div></div>')
+    scores = (
+        f"confidence {m.detector_confidence:.2f} · residual {m.residual_score:.2f} · "
+        f"mask {m.mask_area_fraction:.1%} · {m.width}×{m.height}"
+        if m
+        else "no metrics"
+    )
+    why = (
+        f'<br><span class="why">{escape(job.review_reason)}</span>'
+        if job.status == JobStatus.needs_review.value and job.review_reason
+        else ""
+    )
+    return (
+        f'<div class="job"><div class="imgs">{"".join(figures)}</div><div class="cap">'
+        f"{_badge(job.status)} <code>{job.id}</code><br>{scores}<br>"
+        f'<span class="empty">{escape(job.source_uri[-90:])}</span>{why}</div></div>'
+    )
 
 
 def _gallery(title: str, rows, note: str) -> str:
     cards = "".join(_job_card(job, m) for job, m in rows) or '<p class="empty">none</p>'
-    return (f'<h2>{escape(title)}</h2><p class="meta">{escape(note)}</p>'
-            f'<div class="gallery">{cards}</div>')
+    return f'<h2>{escape(title)}</h2><p class="meta">{escape(note)}</p><div class="gallery">{cards}</div>'
 
 
 def _table(head: list[str], rows: list[list], numeric: tuple[int, ...] = ()) -> str:
     """A table; `rows` hold HTML already escaped; columns in `numeric` align right."""
     cls = lambda i: ' class="n"' if i in numeric else ""  # noqa: E731
     th = "".join(f"<th{cls(i)}>{escape(h)}</th>" for i, h in enumerate(head))
-    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(r)) + "</tr>"
-                   for r in rows)
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
-def build_report(tenant: str | None = None, since: datetime | None = None, sample: int = 6,
-                 worst: int = 6, review: int = 6, settings: Settings | None = None) -> str:
+def build_report(
+    tenant: str | None = None,
+    since: datetime | None = None,
+    sample: int = 6,
+    worst: int = 6,
+    review: int = 6,
+    settings: Settings | None = None,
+) -> str:
     s = settings or get_settings()
     with session_scope(s.database_url) as session:
-        counts = Counter(dict(session.execute(_query_filters(
-            select(Job.status, func.count()), tenant, since).group_by(Job.status)).all()))
-        failures = session.execute(_query_filters(
-            select(Job.error_code, func.count(), func.min(Job.error_message)), tenant, since)
+        counts = Counter(
+            dict(
+                session.execute(
+                    _query_filters(select(Job.status, func.count()), tenant, since).group_by(Job.status)
+                ).all()
+            )
+        )
+        failures = session.execute(
+            _query_filters(select(Job.error_code, func.count(), func.min(Job.error_message)), tenant, since)
             .where(Job.status == JobStatus.failed.value)
-            .group_by(Job.error_code).order_by(func.count().desc())).all()
-        cols = ["detector_confidence", "mask_area_fraction", "residual_score",
-                *(f"ms_{stage}" for stage in STAGES)]
-        values = np.array(session.execute(_query_filters(
-            select(*(getattr(JobMetrics, c) for c in cols)).join(Job, Job.id == JobMetrics.job_id),
-            tenant, since).where(Job.status.in_(DONE))).all(), dtype=float).reshape(-1, len(cols))
+            .group_by(Job.error_code)
+            .order_by(func.count().desc())
+        ).all()
+        cols = [
+            "detector_confidence",
+            "mask_area_fraction",
+            "residual_score",
+            *(f"ms_{stage}" for stage in STAGES),
+        ]
+        values = np.array(
+            session.execute(
+                _query_filters(
+                    select(*(getattr(JobMetrics, c) for c in cols)).join(Job, Job.id == JobMetrics.job_id),
+                    tenant,
+                    since,
+                ).where(Job.status.in_(DONE))
+            ).all(),
+            dtype=float,
+        ).reshape(-1, len(cols))
         metrics = dict(zip(cols, values.T))
-        versions = session.execute(_query_filters(
-            select(Job.pipeline_version, func.count()), tenant, since)
-            .where(Job.pipeline_version.is_not(None)).group_by(Job.pipeline_version)).all()
-        with_metrics = _query_filters(select(Job, JobMetrics).join(
-            JobMetrics, JobMetrics.job_id == Job.id), tenant, since)
-        review_rows = session.execute(with_metrics.where(
-            Job.status == JobStatus.needs_review.value)
-            .order_by(JobMetrics.residual_score.desc()).limit(review)).all()
-        worst_rows = session.execute(with_metrics.where(
-            Job.status.in_((JobStatus.succeeded.value, JobStatus.needs_review.value)))
-            .order_by(JobMetrics.detector_confidence, Job.id).limit(worst)).all()
-        sample_rows = session.execute(_query_filters(
-            select(Job, JobMetrics).outerjoin(JobMetrics, JobMetrics.job_id == Job.id),
-            tenant, since).where(Job.status.in_(DONE)).order_by(func.random()).limit(sample)).all()
-        galleries = (_gallery("Needs review", review_rows,
-                              f"{counts['needs_review']} jobs wait for `clearmark review`; "
-                              "highest residual first")
-                     + _gallery("Lowest detector confidence", worst_rows,
-                                "cleaned jobs the detector was least sure about")
-                     + _gallery("Random sample", sample_rows,
-                                f"{len(sample_rows)} of {len(values)} finished jobs"))
+        versions = session.execute(
+            _query_filters(select(Job.pipeline_version, func.count()), tenant, since)
+            .where(Job.pipeline_version.is_not(None))
+            .group_by(Job.pipeline_version)
+        ).all()
+        with_metrics = _query_filters(
+            select(Job, JobMetrics).join(JobMetrics, JobMetrics.job_id == Job.id), tenant, since
+        )
+        review_rows = session.execute(
+            with_metrics.where(Job.status == JobStatus.needs_review.value)
+            .order_by(JobMetrics.residual_score.desc())
+            .limit(review)
+        ).all()
+        worst_rows = session.execute(
+            with_metrics.where(Job.status.in_((JobStatus.succeeded.value, JobStatus.needs_review.value)))
+            .order_by(JobMetrics.detector_confidence, Job.id)
+            .limit(worst)
+        ).all()
+        sample_rows = session.execute(
+            _query_filters(
+                select(Job, JobMetrics).outerjoin(JobMetrics, JobMetrics.job_id == Job.id), tenant, since
+            )
+            .where(Job.status.in_(DONE))
+            .order_by(func.random())
+            .limit(sample)
+        ).all()
+        galleries = (
+            _gallery(
+                "Needs review",
+                review_rows,
+                f"{counts['needs_review']} jobs wait for `clearmark review`; highest residual first",
+            )
+            + _gallery(
+                "Lowest detector confidence", worst_rows, "cleaned jobs the detector was least sure about"
+            )
+            + _gallery("Random sample", sample_rows, f"{len(sample_rows)} of {len(values)} finished jobs")
+        )
 
     total = sum(counts.values())
     order = ["succeeded", "needs_review", "no_watermark", "failed", "queued", "running"]
     cards = [f'<div class="card"><b>{total}</b><span>jobs</span></div>'] + [
         f'<div class="card" style="border-top:4px solid {COLOURS[st]}"><b>{counts[st]}</b>'
-        f'<span>{st.replace("_", " ")}</span></div>' for st in order]
-    failure_table = _table(["error code", "jobs", "example message"], [
-        [f"<code>{escape(code or '-')}</code>", n, escape((msg or "")[:160])]
-        for code, n, msg in failures], numeric=(1,)) if failures else \
-        '<p class="empty">no failures</p>'
+        f"<span>{st.replace('_', ' ')}</span></div>"
+        for st in order
+    ]
+    failure_table = (
+        _table(
+            ["error code", "jobs", "example message"],
+            [
+                [f"<code>{escape(code or '-')}</code>", n, escape((msg or "")[:160])]
+                for code, n, msg in failures
+            ],
+            numeric=(1,),
+        )
+        if failures
+        else '<p class="empty">no failures</p>'
+    )
     if len(values):
         pct_rows = []
         for stage in STAGES:
             ms = metrics[f"ms_{stage}"]
-            pct_rows.append([stage] + [f"{v:,.0f}" for v in np.percentile(ms, [50, 90, 99])]
-                            + [f"{ms.max():,.0f}", f"{ms.mean():,.0f}"])
-        latency = _table(["stage", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"], pct_rows,
-                         numeric=(1, 2, 3, 4, 5))
+            pct_rows.append(
+                [stage]
+                + [f"{v:,.0f}" for v in np.percentile(ms, [50, 90, 99])]
+                + [f"{ms.max():,.0f}", f"{ms.mean():,.0f}"]
+            )
+        latency = _table(
+            ["stage", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"], pct_rows, numeric=(1, 2, 3, 4, 5)
+        )
         conf = metrics["detector_confidence"][metrics["mask_area_fraction"] > 0]
         area = metrics["mask_area_fraction"] * 100
-        plots = (f'<div class="plot"><h3>Detector confidence (jobs with a mask, n={len(conf)})'
-                 f'</h3>{histogram_svg(conf, "detector confidence", hi=1.0)}</div>'
-                 f'<div class="plot"><h3>Mask area, % of the image (n={len(area)})</h3>'
-                 f'{histogram_svg(area, "mask area", fmt="{:.1f}%")}</div>'
-                 f'<div class="plot"><h3>Residual score (n={len(values)}; review at &ge; '
-                 f'{s.review_residual_min:g})</h3>'
-                 f'{histogram_svg(metrics["residual_score"], "residual", hi=1.0)}</div>'
-                 f'<div class="plot"><h3>Total ms per image</h3>'
-                 f'{histogram_svg(metrics["ms_total"], "total ms", fmt="{:.0f}")}</div>')
+        plots = (
+            f'<div class="plot"><h3>Detector confidence (jobs with a mask, n={len(conf)})'
+            f"</h3>{histogram_svg(conf, 'detector confidence', hi=1.0)}</div>"
+            f'<div class="plot"><h3>Mask area, % of the image (n={len(area)})</h3>'
+            f"{histogram_svg(area, 'mask area', fmt='{:.1f}%')}</div>"
+            f'<div class="plot"><h3>Residual score (n={len(values)}; review at &ge; '
+            f"{s.review_residual_min:g})</h3>"
+            f"{histogram_svg(metrics['residual_score'], 'residual', hi=1.0)}</div>"
+            f'<div class="plot"><h3>Total ms per image</h3>'
+            f"{histogram_svg(metrics['ms_total'], 'total ms', fmt='{:.0f}')}</div>"
+        )
     else:
         latency = plots = '<p class="empty">no finished jobs with metrics</p>'
     from clearmark.workers.pipeline import current_version_pattern
 
     current = re.compile(re.escape(current_version_pattern()).replace("%", ".*"))
-    version_table = _table(["pipeline version", "jobs", "models"],
-                           [[f'<code class="nowrap">{escape(v)}</code>', n,
-                             "current" if current.fullmatch(v) else "outdated"]
-                            for v, n in versions], (1,)) + (
-        '<p class="meta">Outdated: made by other code or weights than a worker would use now; '
-        "<code>clearmark reprocess --outdated</code> queues them again.</p>") \
-        if versions else '<p class="empty">none yet</p>'
+    version_table = (
+        _table(
+            ["pipeline version", "jobs", "models"],
+            [
+                [
+                    f'<code class="nowrap">{escape(v)}</code>',
+                    n,
+                    "current" if current.fullmatch(v) else "outdated",
+                ]
+                for v, n in versions
+            ],
+            (1,),
+        )
+        + (
+            '<p class="meta">Outdated: made by other code or weights than a worker would use now; '
+            "<code>clearmark reprocess --outdated</code> queues them again.</p>"
+        )
+        if versions
+        else '<p class="empty">none yet</p>'
+    )
     scope = f"tenant {tenant}" if tenant else "all tenants"
     scope += f", created since {since:%Y-%m-%d %H:%M} UTC" if since else ""
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<title>clearmark report</title><style>{CSS}</style></head><body>'
-            f'<h1>clearmark quality report</h1><div class="meta">{escape(scope)} · generated '
-            f'{utcnow():%Y-%m-%d %H:%M} UTC</div>'
-            f'<h2>Jobs by status</h2><div class="cards">{"".join(cards)}</div>'
-            f'<h2>Failure reasons</h2>{failure_table}'
-            f'<h2>Latency percentiles</h2>{latency}'
-            f'<h2>Distributions</h2><div class="plots">{plots}</div>'
-            f'<h2>Pipeline versions</h2>{version_table}'
-            f'{galleries}</body></html>')
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>clearmark report</title><style>{CSS}</style></head><body>"
+        f'<h1>clearmark quality report</h1><div class="meta">{escape(scope)} · generated '
+        f"{utcnow():%Y-%m-%d %H:%M} UTC</div>"
+        f'<h2>Jobs by status</h2><div class="cards">{"".join(cards)}</div>'
+        f"<h2>Failure reasons</h2>{failure_table}"
+        f"<h2>Latency percentiles</h2>{latency}"
+        f'<h2>Distributions</h2><div class="plots">{plots}</div>'
+        f"<h2>Pipeline versions</h2>{version_table}"
+        f"{galleries}</body></html>"
+    )

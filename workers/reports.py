@@ -1,4 +1,5 @@
 """Operator views of the jobs table."""
+
 from __future__ import annotations
 
 from sqlalchemy import func, select
@@ -8,10 +9,10 @@ from clearmark.workers.db import FINISHED, Job, JobEvent, JobStatus, session_sco
 
 def source_names(session, job_ids: list[str]) -> dict[str, str]:
     """Job id -> the file name its owner submitted (when recorded at creation)."""
-    events = session.scalars(select(JobEvent).where(JobEvent.job_id.in_(job_ids),
-                                                    JobEvent.from_status.is_(None)))
-    return {e.job_id: e.detail["source_name"] for e in events
-            if e.detail and e.detail.get("source_name")}
+    events = session.scalars(
+        select(JobEvent).where(JobEvent.job_id.in_(job_ids), JobEvent.from_status.is_(None))
+    )
+    return {e.job_id: e.detail["source_name"] for e in events if e.detail and e.detail.get("source_name")}
 
 
 def status_counts(db_url: str) -> dict[str, int]:
@@ -26,13 +27,19 @@ def status_text(db_url: str, failures: int = 10) -> str:
     lines = ["jobs by status:"]
     lines += [f"  {status:<13} {n}" for status, n in status_counts(db_url).items()]
     with session_scope(db_url) as session:
-        failed = session.scalars(select(Job).where(Job.status == JobStatus.failed.value)
-                                 .order_by(Job.updated_at.desc()).limit(failures)).all()
+        failed = session.scalars(
+            select(Job)
+            .where(Job.status == JobStatus.failed.value)
+            .order_by(Job.updated_at.desc())
+            .limit(failures)
+        ).all()
         if failed:
             names = source_names(session, [j.id for j in failed])
             lines.append(f"recent failures (newest first, up to {failures}):")
-            lines += [f"  {j.id}  {j.error_code}: {j.error_message}  "
-                      f"[{names.get(j.id, j.source_uri)}]" for j in failed]
+            lines += [
+                f"  {j.id}  {j.error_code}: {j.error_message}  [{names.get(j.id, j.source_uri)}]"
+                for j in failed
+            ]
     return "\n".join(lines)
 
 
@@ -60,14 +67,17 @@ def queues_text(settings) -> str:
     consumers = queue_consumers(settings)
     lines = [f"queues on {safe_url(settings.broker_url)}:"]
     for queue, waiting in depths.items():
-        who = ", ".join(sorted(consumers.get(queue, []))) or \
-            "NO WORKER consumes it: start one (clearmark worker)"
+        who = (
+            ", ".join(sorted(consumers.get(queue, [])))
+            or "NO WORKER consumes it: start one (clearmark worker)"
+        )
         lines.append(f"  {queue:<22} {waiting:>6} waiting   {who}")
     return "\n".join(lines)
 
 
-def batch_progress(db_url: str, batch_ids: list[str] | None = None, tenant: str | None = None,
-                   limit: int = 20) -> list[dict]:
+def batch_progress(
+    db_url: str, batch_ids: list[str] | None = None, tenant: str | None = None, limit: int = 20
+) -> list[dict]:
     """Newest batches first: id, kind, tenant, created_at, total and job counts by status."""
     from clearmark.workers.db import Batch, Tenant
 
@@ -79,14 +89,25 @@ def batch_progress(db_url: str, batch_ids: list[str] | None = None, tenant: str 
             q = q.where(Tenant.name == tenant)
         batches = session.execute(q.order_by(Batch.created_at.desc()).limit(limit)).all()
         ids = [b.id for b, _ in batches]
-        counts = session.execute(select(Job.batch_id, Job.status, func.count())
-                                 .where(Job.batch_id.in_(ids))
-                                 .group_by(Job.batch_id, Job.status)).all()
+        counts = session.execute(
+            select(Job.batch_id, Job.status, func.count())
+            .where(Job.batch_id.in_(ids))
+            .group_by(Job.batch_id, Job.status)
+        ).all()
     by_batch: dict[str, dict[str, int]] = {i: {} for i in ids}
     for batch_id, status, n in counts:
         by_batch[batch_id][status] = n
-    return [{"id": b.id, "kind": b.kind, "tenant": name, "created_at": b.created_at,
-             "total": b.total, "counts": by_batch[b.id]} for b, name in batches]
+    return [
+        {
+            "id": b.id,
+            "kind": b.kind,
+            "tenant": name,
+            "created_at": b.created_at,
+            "total": b.total,
+            "counts": by_batch[b.id],
+        }
+        for b, name in batches
+    ]
 
 
 def batches_text(rows: list[dict]) -> str:
@@ -95,12 +116,13 @@ def batches_text(rows: list[dict]) -> str:
     if not rows:
         return "no batches"
     width = max(6, *(len(r["tenant"]) for r in rows))
-    lines = [f"{'batch':<32}  {'kind':<9} {'tenant':<{width}} {'created (UTC)':<16} "
-             f"{'done':>13}  by status"]
+    lines = [f"{'batch':<32}  {'kind':<9} {'tenant':<{width}} {'created (UTC)':<16} {'done':>13}  by status"]
     for r in rows:
         done = sum(n for s, n in r["counts"].items() if s in {f.value for f in FINISHED})
         jobs = sum(r["counts"].values())
         counts = " ".join(f"{s}={n}" for s, n in sorted(r["counts"].items())) or "-"
-        lines.append(f"{r['id']:<32}  {r['kind']:<9} {r['tenant']:<{width}} "
-                     f"{r['created_at']:%Y-%m-%d %H:%M} {done:>6}/{jobs:<6}  {counts}")
+        lines.append(
+            f"{r['id']:<32}  {r['kind']:<9} {r['tenant']:<{width}} "
+            f"{r['created_at']:%Y-%m-%d %H:%M} {done:>6}/{jobs:<6}  {counts}"
+        )
     return "\n".join(lines)

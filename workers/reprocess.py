@@ -12,21 +12,22 @@ the same command again) sends exactly the batch's queued jobs without an `enqueu
 then goes on with the selection. Only a hard kill between 2 and 3 can send part of one
 chunk twice, which the task absorbs (it is idempotent: a finished job is left alone).
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 from sqlalchemy import bindparam, exists, func, or_, select
 from sqlalchemy.sql import Select
 
+from clearmark.settings import Settings, get_settings
 from clearmark.workers.db import FINISHED, Batch, Job, JobEvent, JobStatus, Priority, Tenant, session_scope
 from clearmark.workers.jobs import create_batch, ensure_tenant, requeue_job
-from clearmark.settings import Settings, get_settings
 
 ENQUEUED = "enqueued"
 
@@ -34,19 +35,19 @@ ENQUEUED = "enqueued"
 @dataclass(frozen=True)
 class Selection:
     tenant: str | None = None
-    statuses: tuple[str, ...] = ()          # empty: every finished status
-    since: str | None = None                # ISO 8601, created at or after
-    until: str | None = None                # ISO 8601, created before
-    outdated: bool = False                  # made by other code or weights than the current
-    version: str | None = None              # pipeline version prefix
+    statuses: tuple[str, ...] = ()  # empty: every finished status
+    since: str | None = None  # ISO 8601, created at or after
+    until: str | None = None  # ISO 8601, created before
+    outdated: bool = False  # made by other code or weights than the current
+    version: str | None = None  # pipeline version prefix
     batch: str | None = None
-    ids_file: str | None = None             # job ids or source URIs, one per line
+    ids_file: str | None = None  # job ids or source URIs, one per line
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Selection":
+    def from_json(cls, text: str) -> Selection:
         data = json.loads(text)
         data["statuses"] = tuple(data.get("statuses") or ())
         return cls(**data)
@@ -59,8 +60,9 @@ class Selection:
             raise ValueError(f"only finished jobs can be reprocessed, not {sorted(bad)}")
         q = select(*(what or (Job,))).where(Job.status.in_(statuses))
         if self.tenant:
-            q = q.where(Job.tenant_id == select(Tenant.id).where(Tenant.name == self.tenant)
-                        .scalar_subquery())
+            q = q.where(
+                Job.tenant_id == select(Tenant.id).where(Tenant.name == self.tenant).scalar_subquery()
+            )
         if self.since:
             q = q.where(Job.created_at >= _utc(self.since))
         if self.until:
@@ -74,27 +76,31 @@ class Selection:
         if self.batch:
             q = q.where(Job.batch_id == self.batch)
         if self.ids_file:
-            keys = [line.strip() for line in Path(self.ids_file).read_text().splitlines()
-                    if line.strip() and not line.startswith("#")]
+            keys = [
+                line.strip()
+                for line in Path(self.ids_file).read_text().splitlines()
+                if line.strip() and not line.startswith("#")
+            ]
             # Inline literals: a list of 100k ids is over PostgreSQL's 65,535 parameters.
-            q = q.where(or_(Job.id.in_(bindparam("ids", keys, expanding=True,
-                                                 literal_execute=True)),
-                            Job.source_uri.in_(bindparam("uris", keys, expanding=True,
-                                                         literal_execute=True))))
+            q = q.where(
+                or_(
+                    Job.id.in_(bindparam("ids", keys, expanding=True, literal_execute=True)),
+                    Job.source_uri.in_(bindparam("uris", keys, expanding=True, literal_execute=True)),
+                )
+            )
         return q
 
 
 def _utc(text: str) -> datetime:
     value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def dry_run(selection: Selection, settings: Settings | None = None) -> dict[str, int]:
     """How many jobs the selection would queue, by current status."""
     s = settings or get_settings()
     with session_scope(s.database_url) as session:
-        rows = session.execute(selection.query(Job.status, func.count())
-                               .group_by(Job.status)).all()
+        rows = session.execute(selection.query(Job.status, func.count()).group_by(Job.status)).all()
     return dict(sorted(rows))
 
 
@@ -118,10 +124,10 @@ def load(batch_id: str, settings: Settings | None = None) -> Selection:
 
 def _stranded(batch_id: str) -> Select:
     """Ids of the batch's queued jobs that no run has enqueued."""
-    sent = exists().where(JobEvent.job_id == Job.id, JobEvent.kind == ENQUEUED,
-                          JobEvent.detail["batch"].as_string() == batch_id)
-    return select(Job.id).where(Job.batch_id == batch_id, Job.status == JobStatus.queued.value,
-                                ~sent)
+    sent = exists().where(
+        JobEvent.job_id == Job.id, JobEvent.kind == ENQUEUED, JobEvent.detail["batch"].as_string() == batch_id
+    )
+    return select(Job.id).where(Job.batch_id == batch_id, Job.status == JobStatus.queued.value, ~sent)
 
 
 def unfinished(selection: Selection, settings: Settings | None = None) -> tuple[str, int] | None:
@@ -129,9 +135,12 @@ def unfinished(selection: Selection, settings: Settings | None = None) -> tuple[
     between commit and enqueue, so running the same command again resumes it."""
     s = settings or get_settings()
     with session_scope(s.database_url) as session:
-        batch_id = session.scalar(select(Batch.id).where(
-            Batch.kind == "reprocess", Batch.description == selection.to_json())
-            .order_by(Batch.created_at.desc()).limit(1))
+        batch_id = session.scalar(
+            select(Batch.id)
+            .where(Batch.kind == "reprocess", Batch.description == selection.to_json())
+            .order_by(Batch.created_at.desc())
+            .limit(1)
+        )
         if batch_id is None:
             return None
         n = session.scalar(select(func.count()).select_from(_stranded(batch_id).subquery()))
@@ -140,8 +149,7 @@ def unfinished(selection: Selection, settings: Settings | None = None) -> tuple[
 
 def _mark_enqueued(db_url: str, batch_id: str, job_ids: list[str]) -> None:
     with session_scope(db_url) as session:
-        session.add_all(JobEvent(job_id=j, kind=ENQUEUED, detail={"batch": batch_id})
-                        for j in job_ids)
+        session.add_all(JobEvent(job_id=j, kind=ENQUEUED, detail={"batch": batch_id}) for j in job_ids)
 
 
 def _send(job_ids: list[str], batch_id: str, s: Settings, pace: Callable[[], None]) -> None:
@@ -171,8 +179,7 @@ def _pacer(rate: float) -> Callable[[], None]:
     return pace
 
 
-def run(batch_id: str, chunk: int = 500, rate: float = 0, settings: Settings | None = None
-        ) -> Iterator[int]:
+def run(batch_id: str, chunk: int = 500, rate: float = 0, settings: Settings | None = None) -> Iterator[int]:
     """Queue the batch's selection chunk by chunk; yields the number sent per chunk.
     First sends the batch's queued jobs that have no `enqueued` event (an earlier run of
     this batch stopped between its commit and its enqueue)."""
@@ -183,14 +190,17 @@ def run(batch_id: str, chunk: int = 500, rate: float = 0, settings: Settings | N
     with session_scope(s.database_url) as session:
         stranded = session.scalars(_stranded(batch_id)).all()
     for i in range(0, len(stranded), chunk):
-        _send(stranded[i:i + chunk], batch_id, s, pace)
-        yield len(stranded[i:i + chunk])
+        _send(stranded[i : i + chunk], batch_id, s, pace)
+        yield len(stranded[i : i + chunk])
     while True:
         with session_scope(s.database_url) as session:
             jobs = session.scalars(
-                selection.query().where(or_(Job.batch_id.is_(None), Job.batch_id != batch_id))
-                .order_by(Job.created_at, Job.id).limit(chunk)
-                .with_for_update(skip_locked=True)).all()
+                selection.query()
+                .where(or_(Job.batch_id.is_(None), Job.batch_id != batch_id))
+                .order_by(Job.created_at, Job.id)
+                .limit(chunk)
+                .with_for_update(skip_locked=True)
+            ).all()
             for job in jobs:
                 requeue_job(session, job, reason=f"reprocess batch {batch_id}")
                 job.batch_id, job.priority = batch_id, Priority.low.value

@@ -8,32 +8,37 @@ makes it `succeeded`, reject makes it `failed` (error code `rejected_in_review`)
 way a `review` event records who decided and why, and the job's webhook fires again with
 the final status.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import select
 
+from clearmark.settings import Settings, get_settings
 from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope
 from clearmark.workers.jobs import mark_finished, set_status
-from clearmark.settings import Settings, get_settings
 
 REJECTED = "rejected_in_review"
 
 
-def pending(tenant: str | None = None, limit: int = 50, settings: Settings | None = None
-            ) -> list[tuple[Job, JobMetrics | None]]:
+def pending(
+    tenant: str | None = None, limit: int = 50, settings: Settings | None = None
+) -> list[tuple[Job, JobMetrics | None]]:
     """Jobs waiting for review, oldest first, with their metrics."""
     s = settings or get_settings()
-    q = (select(Job, JobMetrics).outerjoin(JobMetrics, JobMetrics.job_id == Job.id)
-         .where(Job.status == JobStatus.needs_review.value))
+    q = (
+        select(Job, JobMetrics)
+        .outerjoin(JobMetrics, JobMetrics.job_id == Job.id)
+        .where(Job.status == JobStatus.needs_review.value)
+    )
     if tenant:
         q = q.join(Tenant, Tenant.id == Job.tenant_id).where(Tenant.name == tenant)
     with session_scope(s.database_url) as session:
-        return [tuple(row) for row in session.execute(q.order_by(Job.finished_at, Job.id)
-                                                      .limit(limit))]
+        return [tuple(row) for row in session.execute(q.order_by(Job.finished_at, Job.id).limit(limit))]
 
 
-def decide(job_id: str, accept: bool, reviewer: str = "", note: str = "",
-           settings: Settings | None = None) -> str:
+def decide(
+    job_id: str, accept: bool, reviewer: str = "", note: str = "", settings: Settings | None = None
+) -> str:
     """Close a review; returns the job's new status. Raises LookupError for an unknown job
     and ValueError for one that is not in needs_review."""
     from clearmark.workers.webhooks import notify_finished

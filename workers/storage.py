@@ -3,13 +3,14 @@
 Keys are relative, slash-separated names inside the storage root; a key that could escape
 the root (`..`, absolute paths, backslashes, empty parts) is rejected.
 """
+
 from __future__ import annotations
 
 import logging
 import posixpath
 import uuid
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Iterator
 from urllib.parse import unquote
 
 import fsspec

@@ -1,22 +1,24 @@
 """Submitting files as jobs on the broker (`clearmark submit`, `clearmark bulk`)."""
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import fsspec
 
-from clearmark.workers.db import Batch, Priority, session_scope
 from clearmark.errors import ServiceUnavailable
-from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
 from clearmark.settings import get_settings
+from clearmark.workers.db import Batch, Priority, session_scope
+from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
 from clearmark.workers.storage import get_storage
 from clearmark.workers.transient import DATABASE_ERRORS
 
 
-def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool = False,
-                   chunk: int = 500) -> Iterator[tuple[str, Path | str, bool, str]]:
+def submit_sources(
+    sources: list[Path | str], tenant: str = "local", bulk: bool = False, chunk: int = 500
+) -> Iterator[tuple[str, Path | str, bool, str]]:
     """Create a job per source as one batch and enqueue it; yields (job id, source, created,
     batch id).
 
@@ -32,12 +34,12 @@ def submit_sources(sources: list[Path | str], tenant: str = "local", bulk: bool 
     try:
         yield from _submit(sources, tenant, bulk, chunk)
     except DATABASE_ERRORS as exc:
-        raise ServiceUnavailable("database", f"{type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0]}") from None
+        raise ServiceUnavailable("database", f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
-def _submit(sources: list[Path | str], tenant: str, bulk: bool, chunk: int
-            ) -> Iterator[tuple[str, Path | str, bool, str]]:
+def _submit(
+    sources: list[Path | str], tenant: str, bulk: bool, chunk: int
+) -> Iterator[tuple[str, Path | str, bool, str]]:
     from clearmark.workers.tasks import enqueue, queue_for
 
     settings = get_settings()
@@ -51,7 +53,7 @@ def _submit(sources: list[Path | str], tenant: str, bulk: bool, chunk: int
     for start in range(0, len(sources), chunk):
         created = []
         with session_scope(settings.database_url) as session:
-            for source in sources[start:start + chunk]:
+            for source in sources[start : start + chunk]:
                 if isinstance(source, Path):
                     data = source.read_bytes()
                     digest = hashlib.sha256(data).hexdigest()
@@ -59,9 +61,16 @@ def _submit(sources: list[Path | str], tenant: str, bulk: bool, chunk: int
                     key = digest
                 else:
                     uri, key, digest = source, f"uri:{source}", None
-                job, is_new = create_job(session, owner, uri, batch=batch,
-                                         idempotency_key=key, source_sha256=digest,
-                                         priority=priority, source_name=str(source))
+                job, is_new = create_job(
+                    session,
+                    owner,
+                    uri,
+                    batch=batch,
+                    idempotency_key=key,
+                    source_sha256=digest,
+                    priority=priority,
+                    source_name=str(source),
+                )
                 created.append((job.id, source, is_new))
         for i, (job_id, source, is_new) in enumerate(created):
             if is_new:
@@ -69,9 +78,12 @@ def _submit(sources: list[Path | str], tenant: str, bulk: bool, chunk: int
                     enqueue(job_id, queue)
                 except ServiceUnavailable as exc:
                     unsent = sum(new for _, _, new in created[i:])
-                    raise ServiceUnavailable(exc.service, f"{exc.detail} "
-                                             f"({unsent} job(s) recorded but not sent; the "
-                                             "reaper sends them when it is back)") from None
+                    raise ServiceUnavailable(
+                        exc.service,
+                        f"{exc.detail} "
+                        f"({unsent} job(s) recorded but not sent; the "
+                        "reaper sends them when it is back)",
+                    ) from None
             any_new = any_new or is_new
             yield job_id, source, is_new, batch.id
     if not any_new:
@@ -79,8 +91,7 @@ def _submit(sources: list[Path | str], tenant: str, bulk: bool, chunk: int
             session.delete(session.get(Batch, batch.id))
 
 
-def submit_files(paths: list[Path], tenant: str = "local", bulk: bool = False
-                 ) -> Iterator[tuple[str, Path]]:
+def submit_files(paths: list[Path], tenant: str = "local", bulk: bool = False) -> Iterator[tuple[str, Path]]:
     """Copy each file into storage, create its job and enqueue it (one batch)."""
     for job_id, path, _, _ in submit_sources(list(paths), tenant=tenant, bulk=bulk):
         yield job_id, path
@@ -90,5 +101,4 @@ def list_uri(uri: str, extensions: Iterable[str]) -> list[str]:
     """URIs of the objects under a bucket prefix (any fsspec URI) with these extensions."""
     fs, root = fsspec.core.url_to_fs(uri)
     extensions = {e.lower() for e in extensions}
-    return [fs.unstrip_protocol(p) for p in sorted(fs.find(root))
-            if Path(p).suffix.lower() in extensions]
+    return [fs.unstrip_protocol(p) for p in sorted(fs.find(root)) if Path(p).suffix.lower() in extensions]

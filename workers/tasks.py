@@ -5,20 +5,24 @@ never in the parent, so CUDA state is not shared across fork. With CLEARMARK_MET
 set, the parent serves Prometheus metrics that its children write (workers.metrics:
 multiprocess mode, set up in worker_init, i.e. before the pool forks).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 
 from celery.signals import (
-    worker_init, worker_process_init, worker_process_shutdown, worker_shutdown,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
 )
 
+from clearmark.settings import Settings, get_settings
 from clearmark.workers import broker, metrics
 from clearmark.workers.celery_app import app
 from clearmark.workers.db import Priority
 from clearmark.workers.jobs import process_job
-from clearmark.settings import Settings, get_settings
 from clearmark.workers.transient import TRANSIENT_ERRORS, backoff_s, max_retries
 
 log = logging.getLogger(__name__)
@@ -73,8 +77,9 @@ def clean_image(self, job_id: str) -> str | None:
     except TRANSIENT_ERRORS as exc:
         retries = self.request.retries
         if retries >= max_retries(settings):
-            log.warning("job %s: still failing after %d retries (%s); left to the reaper",
-                        job_id, retries, exc)
+            log.warning(
+                "job %s: still failing after %d retries (%s); left to the reaper", job_id, retries, exc
+            )
             return None
         raise self.retry(countdown=backoff_s(retries, settings), exc=exc)
     if settings.metrics_port:

@@ -4,6 +4,7 @@ A key is 32 random bytes (URL-safe base64 behind a `cm_` prefix), shown once at 
 the database keeps only its sha256. A plain hash is enough for a key with 256 bits of
 entropy (no dictionary to attack), and it can be looked up by an index.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,7 @@ class TenantExists(ValueError):
     pass
 
 
-def create_tenant(session: Session, name: str, webhook_url: str | None = None
-                  ) -> tuple[Tenant, str]:
+def create_tenant(session: Session, name: str, webhook_url: str | None = None) -> tuple[Tenant, str]:
     """A tenant with a new API key and webhook secret; returns (tenant, key). The key is
     not stored anywhere: the caller shows it once."""
     tenant = ensure_tenant(session, name)

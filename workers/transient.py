@@ -4,13 +4,15 @@ A task retries with doubling delays (1, 2, 4 ... capped at CLEARMARK_RETRY_BACKO
 for CLEARMARK_TRANSIENT_RETRY_S in all; after that the reaper finds the job (queued
 without a message, or running with an expired lease) and queues it again.
 """
+
 from __future__ import annotations
 
 import itertools
 import logging
 import random
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -53,7 +55,8 @@ def retry_database(fn: Callable[[], T], settings: Settings, what: str) -> T:
             delay = backoff_s(retries, settings)
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("%s: database unavailable (%s); trying again in %.1f s",
-                        what, type(exc).__name__, delay)
+            log.warning(
+                "%s: database unavailable (%s); trying again in %.1f s", what, type(exc).__name__, delay
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")

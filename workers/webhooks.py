@@ -23,6 +23,7 @@ address that check vetted (the IP is pinned in the request; the Host header and 
 name stay the URL's host): a DNS answer that changes in between (rebinding) cannot send the
 POST elsewhere. No proxy from the environment, no redirects followed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,10 +40,19 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy import func, select
 
-from clearmark.workers.celery_app import app
-from clearmark.workers.db import JPEG_METRIC_FIELDS, METRIC_FIELDS, Job, JobEvent, JobStatus, Tenant, session_scope, utcnow
 from clearmark.errors import BadInput
 from clearmark.settings import Settings, get_settings
+from clearmark.workers.celery_app import app
+from clearmark.workers.db import (
+    JPEG_METRIC_FIELDS,
+    METRIC_FIELDS,
+    Job,
+    JobEvent,
+    JobStatus,
+    Tenant,
+    session_scope,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Clearmark-Signature"
@@ -62,8 +72,9 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
-def verify_signature(secret: str, header: str, body: bytes, tolerance_s: float = 300,
-                     now: float | None = None) -> bool:
+def verify_signature(
+    secret: str, header: str, body: bytes, tolerance_s: float = 300, now: float | None = None
+) -> bool:
     """True when `header` signs `body` with `secret` and is at most tolerance_s old."""
     fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
     try:
@@ -77,17 +88,24 @@ def verify_signature(secret: str, header: str, body: bytes, tolerance_s: float =
 
 def sign_standard(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
     """The Standard Webhooks `webhook-signature` value."""
-    key = (base64.b64decode(secret[len(STANDARD_SECRET_PREFIX):])
-           if secret.startswith(STANDARD_SECRET_PREFIX) else secret.encode())
+    key = (
+        base64.b64decode(secret[len(STANDARD_SECRET_PREFIX) :])
+        if secret.startswith(STANDARD_SECRET_PREFIX)
+        else secret.encode()
+    )
     mac = hmac.new(key, f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256)
     return "v1," + base64.b64encode(mac.digest()).decode()
 
 
 def signed_headers(secret: str, event_id: str, body: bytes, timestamp: int) -> dict[str, str]:
-    return {"Content-Type": "application/json",
-            "webhook-id": event_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign_standard(secret, event_id, timestamp, body),
-            EVENT_HEADER: event_id, SIGNATURE_HEADER: sign(secret, timestamp, body)}
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": event_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign_standard(secret, event_id, timestamp, body),
+        EVENT_HEADER: event_id,
+        SIGNATURE_HEADER: sign(secret, timestamp, body),
+    }
 
 
 def _embedded_ipv4(ip) -> ipaddress.IPv4Address | None:
@@ -143,19 +161,20 @@ def check_callback_url(url: str, settings: Settings | None = None) -> Callback:
     try:
         infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, ValueError) as exc:
-        raise UnsafeCallback(f"cannot resolve callback host {host!r}: {exc}",
-                             code="callback_unresolvable") from None
+        raise UnsafeCallback(
+            f"cannot resolve callback host {host!r}: {exc}", code="callback_unresolvable"
+        ) from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     for ip in addresses:
         if not _is_public(ip) and not _allowed(host, (ip, _embedded_ipv4(ip)), allow):
             raise UnsafeCallback(
                 f"callback host {host!r} resolves to {ip}, a loopback, private or link-local "
-                "address (allow it with CLEARMARK_WEBHOOK_ALLOW_HOSTS)")
+                "address (allow it with CLEARMARK_WEBHOOK_ALLOW_HOSTS)"
+            )
     return Callback(url, str(addresses[0]))
 
 
-def post_pinned(callback: Callback, body: bytes, headers: dict[str, str],
-                timeout_s: float) -> httpx.Response:
+def post_pinned(callback: Callback, body: bytes, headers: dict[str, str], timeout_s: float) -> httpx.Response:
     """POST to the vetted address itself: the URL's host becomes that IP while the Host
     header and the TLS server name (SNI and certificate check) stay the original host."""
     url, extensions = httpx.URL(callback.url), {}
@@ -177,19 +196,24 @@ def job_document(job: Job, base_url: str = "") -> dict:
     done = job.status in DONE_OK and job.result_uri
     m = job.metrics
     return {
-        "id": job.id, "status": job.status, "priority": job.priority,
-        "source_sha256": job.source_sha256, "idempotency_key": job.idempotency_key,
-        "attempts": job.attempts, "pipeline_version": job.pipeline_version,
-        "created_at": _iso(job.created_at), "updated_at": _iso(job.updated_at),
+        "id": job.id,
+        "status": job.status,
+        "priority": job.priority,
+        "source_sha256": job.source_sha256,
+        "idempotency_key": job.idempotency_key,
+        "attempts": job.attempts,
+        "pipeline_version": job.pipeline_version,
+        "created_at": _iso(job.created_at),
+        "updated_at": _iso(job.updated_at),
         "finished_at": _iso(job.finished_at),
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-        "review_reason": (job.review_reason
-                          if job.status == JobStatus.needs_review.value else None),
-        "metrics": ({name: getattr(m, name) for name in METRIC_FIELDS + JPEG_METRIC_FIELDS}
-                    if m else None),
-        "links": {"self": path,
-                  "result": f"{path}/result" if done else None,
-                  "mask": f"{path}/mask" if done and job.mask_uri else None},
+        "review_reason": (job.review_reason if job.status == JobStatus.needs_review.value else None),
+        "metrics": ({name: getattr(m, name) for name in METRIC_FIELDS + JPEG_METRIC_FIELDS} if m else None),
+        "links": {
+            "self": path,
+            "result": f"{path}/result" if done else None,
+            "mask": f"{path}/mask" if done and job.mask_uri else None,
+        },
     }
 
 
@@ -207,8 +231,14 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
         tenant = session.get(Tenant, job.tenant_id)
         url, secret = job.callback_url or tenant.webhook_url, tenant.webhook_secret or ""
         event_id = f"{job.id}.{int(job.finished_at.timestamp() * 1000) if job.finished_at else 0}"
-        body = json.dumps({"id": event_id, "type": "job.finished", "created_at": _iso(utcnow()),
-                           "job": job_document(job, s.public_url)}).encode()
+        body = json.dumps(
+            {
+                "id": event_id,
+                "type": "job.finished",
+                "created_at": _iso(utcnow()),
+                "job": job_document(job, s.public_url),
+            }
+        ).encode()
     detail: dict = {"attempt": attempt, "url": url, "event_id": event_id}
     try:
         callback = check_callback_url(url, s)
@@ -232,7 +262,7 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
 
 def backoff_s(retries: int, settings: Settings) -> float:
     """Delay before the next attempt: doubling, capped at 60 s (below the visibility timeout)."""
-    return min(60.0, settings.webhook_backoff_s * 2 ** retries)
+    return min(60.0, settings.webhook_backoff_s * 2**retries)
 
 
 @app.task(name="clearmark.deliver_webhook", bind=True, max_retries=None)
@@ -257,14 +287,16 @@ def notify_finished(job_id: str, settings: Settings | None = None) -> None:
     s = settings or get_settings()
     try:
         with session_scope(s.database_url) as session:
-            url = session.scalar(select(func.coalesce(Job.callback_url, Tenant.webhook_url))
-                                 .join(Tenant, Tenant.id == Job.tenant_id).where(Job.id == job_id))
+            url = session.scalar(
+                select(func.coalesce(Job.callback_url, Tenant.webhook_url))
+                .join(Tenant, Tenant.id == Job.tenant_id)
+                .where(Job.id == job_id)
+            )
         if url:
             deliver_webhook.apply_async(args=[job_id], queue=s.queue_webhooks)
     except Exception as exc:  # noqa: BLE001 - the broker or database is down: log, carry on
         log.warning("job %s: webhook not enqueued: %s", job_id, exc)
         try:
-            _log_attempt(s.database_url, job_id, outcome="not_enqueued",
-                         error=f"{type(exc).__name__}: {exc}")
+            _log_attempt(s.database_url, job_id, outcome="not_enqueued", error=f"{type(exc).__name__}: {exc}")
         except Exception:  # noqa: BLE001
             log.exception("job %s: cannot record the webhook failure", job_id)

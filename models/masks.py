@@ -2,6 +2,7 @@
 
 All coordinates are full-resolution pixels; boxes are half-open (x0, y0, x1, y1).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,10 +15,10 @@ Box = tuple[int, int, int, int]
 
 @dataclass
 class Mask:
-    core: np.ndarray      # bool H x W: thresholded, blobs under min_area removed
-    dilated: np.ndarray   # bool H x W: core dilated by mask_dilate_px; nothing outside changes
-    alpha: np.ndarray     # uint8 H x W: feathered compositing weight, > 0 exactly on `dilated`,
-                          # 255 on the core, ramping down across the dilation ring
+    core: np.ndarray  # bool H x W: thresholded, blobs under min_area removed
+    dilated: np.ndarray  # bool H x W: core dilated by mask_dilate_px; nothing outside changes
+    alpha: np.ndarray  # uint8 H x W: feathered compositing weight, > 0 exactly on `dilated`,
+    # 255 on the core, ramping down across the dilation ring
 
     @property
     def empty(self) -> bool:
@@ -70,16 +71,21 @@ def confirmed(mask: Mask, found: np.ndarray, min_px: int) -> Mask:
     if keep[1:].all():
         return mask
     sel = keep[labels]
-    return Mask(core=mask.core & sel, dilated=mask.dilated & sel,
-                alpha=np.where(sel, mask.alpha, 0).astype(np.uint8))
+    return Mask(
+        core=mask.core & sel, dilated=mask.dilated & sel, alpha=np.where(sel, mask.alpha, 0).astype(np.uint8)
+    )
 
 
 def bbox(mask: np.ndarray, pad: int = 0) -> Box:
     ys = np.flatnonzero(mask.any(axis=1))
     xs = np.flatnonzero(mask.any(axis=0))
     h, w = mask.shape
-    return (max(int(xs[0]) - pad, 0), max(int(ys[0]) - pad, 0),
-            min(int(xs[-1]) + 1 + pad, w), min(int(ys[-1]) + 1 + pad, h))
+    return (
+        max(int(xs[0]) - pad, 0),
+        max(int(ys[0]) - pad, 0),
+        min(int(xs[-1]) + 1 + pad, w),
+        min(int(ys[-1]) + 1 + pad, h),
+    )
 
 
 def _overlap(a: Box, b: Box) -> bool:
@@ -109,7 +115,7 @@ def component_boxes(mask: np.ndarray, margin: int) -> list[Box]:
     """Boxes around the mask's connected components grown by `margin` (clipped to the
     image), overlapping ones merged."""
     m = mask.astype(np.uint8)
-    if margin > 0:   # components closer than 2*margin end up in one box anyway
+    if margin > 0:  # components closer than 2*margin end up in one box anyway
         m = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * margin + 1,) * 2))
     n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
     boxes = [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, _ in stats[1:]]
@@ -145,12 +151,13 @@ def _fit(a0: int, a1: int, stride: int, limit: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Tile:
-    box: Box    # pixels fed to the remover (context included)
-    core: Box   # pixels this tile writes back (tiles' cores never overlap)
+    box: Box  # pixels fed to the remover (context included)
+    core: Box  # pixels this tile writes back (tiles' cores never overlap)
 
 
-def plan_tiles(boxes: list[Box], shape: tuple[int, int], max_crop: int, margin: int,
-               stride: int) -> list[Tile]:
+def plan_tiles(
+    boxes: list[Box], shape: tuple[int, int], max_crop: int, margin: int, stride: int
+) -> list[Tile]:
     """Crops for the remover: each box, tiled when a side exceeds `max_crop` (tiles
     overlap by 2*margin so every seam has `margin` px of context), grown to stride
     multiples inside the image when possible."""
