@@ -112,9 +112,17 @@ class LazyGroup(click.Group):
 
 
 def _setup_logging(verbosity: int) -> None:
+    """Normal output is for people: without -v only warnings and errors are logged. The
+    libraries' loggers are set too, not only the root's, so that their INFO lines (Alembic's
+    "Running upgrade ...") stay away even where something else configured logging first."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("alembic").setLevel(level)
+    # Alembic's "setup plugin ..." lines on every run say nothing about this database: -vv.
+    logging.getLogger("alembic.runtime.plugins").setLevel(
+        logging.DEBUG if verbosity >= 2 else logging.WARNING
     )
 
 

@@ -9,6 +9,7 @@ from clearmark.errors import BadInput
 from clearmark.settings import get_settings
 from clearmark.workers import migrate
 from clearmark.workers.db import Tenant, session_scope
+from clearmark.workers.preflight import safe_url
 from clearmark.workers.tenants import TenantExists, create_tenant
 from clearmark.workers.webhooks import check_callback_url
 
@@ -23,7 +24,7 @@ def db() -> None:
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION."""
     migrate.upgrade(revision=revision)
-    click.echo(f"database at {revision}: {get_settings().database_url}")
+    click.echo(f"database at {revision}: {safe_url(get_settings().database_url)}")
 
 
 @db.command("downgrade")
