@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -56,7 +56,7 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def batches(recipe: BatchRecipe, steps: int, workers: int = 0) -> Iterator[list[torch.Tensor]]:
+def batches(recipe: BatchRecipe, steps: int, workers: int = 0) -> Generator[list[torch.Tensor], None, None]:
     """The batches of steps 0 .. steps-1 in order, as CPU tensors: made by one thread one
     step ahead (`workers` 0), or by `workers` processes up to 2 x workers steps ahead."""
     if workers > 0:
