@@ -1,4 +1,5 @@
-"""The engine interface every backend implements, and `load_engine`, which picks one.
+"""`load_engine`, which picks a backend for a model (the interface every backend implements,
+`Engine`, is in engine_build.engine and re-exported here).
 
 Backends: "tensorrt" (engine file + pycuda buffers, NVIDIA GPU), "onnxruntime" (CUDA or
 CPU provider), "torch" (eager PyTorch, CPU or CUDA). "auto" resolves by a fixed rule,
