@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -20,6 +21,7 @@ from clearmark.engine_build import Engine, load_engine
 from clearmark.models.inference import ceil_to, detect_probability, detect_scale, pad_to, run_engine
 from clearmark.models.masks import Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import remover_input
+from clearmark.models.registry import weights_sha256
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.gate import GateLimits, RegionVerdict, judge
 from clearmark.workers.imaging import decode_image, encode_image, orientation_exif, to_stored
@@ -57,8 +59,6 @@ class Engines:
 def current_version_pattern() -> str:
     """LIKE pattern of the `Engines.version` a worker would write now, any backend:
     `pipeline-<code>+detector:<sha12>:%+remover:<sha12>:%` (Engine.key starts kind:sha12:)."""
-    from clearmark.models.registry import weights_sha256
-
     return (
         f"pipeline-{PIPELINE_CODE_VERSION}+detector:{weights_sha256('detector')[:12]}:%"
         f"+remover:{weights_sha256('remover')[:12]}:%"
@@ -68,8 +68,6 @@ def current_version_pattern() -> str:
 def pipeline_fingerprint() -> str:
     """Code version and weights hashes (the backend may differ between workers but not the
     output's meaning): part of the API's default idempotency key."""
-    from clearmark.models.registry import weights_sha256
-
     return "+".join(
         [
             f"pipeline-{PIPELINE_CODE_VERSION}",
@@ -85,16 +83,16 @@ class PipelineResult:
     extension: str  # ".jpg", ".png", ".webp", ... matching image_bytes
     mask_png: bytes  # 8-bit grey PNG, upright, output size: 0 untouched, 1-127 changed
     # around the mark (feathered), >= 128 the watermark's own pixels
-    metrics: dict  # width, height, mask_area_fraction, detector_confidence,
+    metrics: dict[str, Any]  # width, height, mask_area_fraction, detector_confidence,
     # residual_score, ms_decode, ms_detect, ms_remove, ms_encode, ms_total
-    details: dict = field(default_factory=dict)  # input/output format and mode, frames,
+    details: dict[str, Any] = field(default_factory=dict)  # input/output format and mode, frames,
     # jpeg_quality, ms_residual, ms_gate, notes,
     # gate (each region's verdict), and
     # `encoding`'s entries
     review_reason: str | None = None  # why the status is needs_review
     # How the result file was written (EncodedImage.details: jpeg_exact, blocks changed and
     # total, fallback reason, orientation); empty when the result is the upload itself.
-    encoding: dict = field(default_factory=dict)
+    encoding: dict[str, Any] = field(default_factory=dict)
 
 
 def residual_score(
@@ -344,7 +342,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
     lap("decode")
     c = clean_rgb(engines, dec.rgb, s, lap)
     h, w = dec.rgb.shape[:2]
-    details = {
+    details: dict[str, Any] = {
         "input_format": dec.format,
         "input_mode": dec.mode,
         "frames": dec.frames,
