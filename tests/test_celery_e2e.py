@@ -100,7 +100,7 @@ class Service:
     def __init__(self, settings: Settings, log_path: Path, *argv: str):
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", *argv],
+            [sys.executable, "-m", "clearmark", *argv],
             env=service_env(settings),
             stdout=self.log,
             stderr=subprocess.STDOUT,
