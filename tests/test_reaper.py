@@ -212,7 +212,7 @@ def test_crash_between_commit_and_publish_is_recovered(pg_url, redis_url, worker
 
 def _submit(env: dict, path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "workers", "submit", str(path)], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "clearmark", "submit", str(path)], env=env, capture_output=True, text=True
     )
 
 
