@@ -186,7 +186,7 @@ class Worker:
             [
                 sys.executable,
                 "-m",
-                "workers",
+                "clearmark",
                 "worker",
                 "--reap",
                 "-Q",

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from clearmark.settings import Settings, set_settings
 from clearmark.workers.celery_app import app, configure
-from clearmark.workers.cli import find_images
+from clearmark.workers.commands.common import find_images
 from clearmark.workers.db import FINISHED, Job, JobEvent, JobMetrics, session_scope
 from clearmark.workers.local import clean_folder
 from clearmark.workers.storage import read_uri
