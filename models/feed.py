@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +42,7 @@ def _one_torch_thread() -> None:
 
 def batches(
     make: MakeBatch, recipe: BatchRecipe, steps: int, workers: int = 0
-) -> Iterator[list[torch.Tensor]]:
+) -> Generator[list[torch.Tensor], None, None]:
     """The batches `make` makes for steps 0 .. steps-1 in order, as CPU tensors: made by one
     thread one step ahead (`workers` 0), or by `workers` processes up to 2 x workers steps
     ahead."""

@@ -121,7 +121,7 @@ def _product_detector_sample(rng: np.random.Generator, crop: int, data_dir) -> t
     training family (`models.styles.TRAIN`) or, PRODUCT_NONE of the time, clean."""
     seen = get_settings().detect_long_side
     window, long_side = _product_window(rng, lambda long: int(round(crop * max(1.0, long / seen))), data_dir)
-    kinds = [] if rng.random() < PRODUCT_NONE else None
+    kinds: list[str] | None = [] if rng.random() < PRODUCT_NONE else None
     s = mark_photo(rng, window, "train", kinds, long_side=long_side)
     return _detector_view(s.composite, s.mask, crop)
 
@@ -281,7 +281,7 @@ def product_remover_batch(
     inputs, cleans, alphas = [], [], []
     for _ in range(batch):
         window, long_side = _product_window(rng, crop + crop // 2, data_dir)
-        kinds = [] if rng.random() < PRODUCT_NONE else None
+        kinds: list[str] | None = [] if rng.random() < PRODUCT_NONE else None
         s = mark_photo(rng, window, "train", kinds, long_side=long_side)
         size = min(crop, *window.shape[:2])
         found = None
@@ -466,7 +466,9 @@ def select_trainable(model: torch.nn.Module, trainable: str) -> list[torch.nn.Pa
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(TRAINABLE[trainable]))
     if trainable == "mark-head":
-        model.net.eval()
+        net = model.net
+        assert isinstance(net, torch.nn.Module)
+        net.eval()
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -526,7 +528,8 @@ def train(
     model = build_model(kind, **arch)
     if init:
         load_init(model, init_state)
-    model = model.to(dev, memory_format=torch.channels_last)
+    # torch's stubs leave out Module.to's memory_format
+    model = model.to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]
     params = select_trainable(model, trainable)
     loss_of = mark_head_loss if trainable == "mark-head" else LOSSES[kind]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)

@@ -408,7 +408,7 @@ def test_auto_falls_back_when_tensorrt_or_pycuda_missing(exported, monkeypatch, 
     if "tensorrt" not in missing:
         monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     _hide(monkeypatch, *missing)
-    caplog.set_level(logging.INFO, logger="engine_build")
+    caplog.set_level(logging.INFO, logger="clearmark.engine_build")
     eng = load_engine("detector", backend="auto", device="cuda")
     assert eng.backend in ("torch", "onnxruntime")  # torch on CUDA where a GPU exists
     assert f"{missing[0]} not importable" in caplog.text
