@@ -19,6 +19,7 @@ class Runner(Protocol):
     """What running a model takes: `run` maps a float32 N x C x H x W batch (H, W
     multiples of `stride`) to the model's float32 output."""
 
+    backend: str  # what runs it: torch, onnxruntime, tensorrt
     stride: int
     max_batch: int | None
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clearmark.engine_build import Engine, load_engine
-from clearmark.models.inference import ceil_to, detect_probability, detect_scale, pad_to, run_engine
+from clearmark.engine_build import load_engine
+from clearmark.models.inference import Runner, ceil_to, detect_probability, detect_scale, pad_to, run_engine
 from clearmark.models.masks import Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import remover_input
 from clearmark.models.registry import weights_sha256
@@ -38,8 +38,11 @@ RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual 
 
 @dataclass
 class Engines:
-    detector: Engine
-    remover: Engine
+    """The two models the pipeline runs: engines from `load` (any backend), or any other
+    `Runner` (evaluation hands in PyTorch models in this process)."""
+
+    detector: Runner
+    remover: Runner
 
     @classmethod
     def load(cls, settings: Settings | None = None) -> Engines:
@@ -96,7 +99,7 @@ class PipelineResult:
 
 
 def residual_score(
-    detector: Engine, restored: np.ndarray, region: np.ndarray, long_side: int, flip: bool
+    detector: Runner, restored: np.ndarray, region: np.ndarray, long_side: int, flip: bool
 ) -> float:
     """Mean detector probability over `region` (bool H x W) of the restored image. Only a
     crop around the region is run, at the scale the whole image was detected at, with
@@ -115,7 +118,7 @@ def residual_score(
 
 
 def remove_watermark(
-    remover: Engine, rgb: np.ndarray, mask: Mask, margin: int, max_crop: int, flip: bool = False
+    remover: Runner, rgb: np.ndarray, mask: Mask, margin: int, max_crop: int, flip: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(restored, mark): a copy of `rgb` restored inside the mask, composited with the
     feathered alpha (pixels where `mask.alpha == 0` are returned unchanged), and the
