@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from clearmark.models import STRIDE, weights_sha256
-from clearmark.models.networks import IN_CHANNELS
+from clearmark.models.networks import IN_CHANNELS, STRIDE
+from clearmark.models.weights import weights_sha256
 
 
 class BackendUnavailable(RuntimeError):

@@ -36,8 +36,7 @@ import onnxruntime as ort
 import torch
 
 from clearmark.engine_build.sources import load_source_model, model_identity
-from clearmark.models import STRIDE
-from clearmark.models.networks import IN_CHANNELS
+from clearmark.models.networks import IN_CHANNELS, STRIDE
 from clearmark.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from clearmark import models
-from clearmark.models import load_model, weights_sha256
+from clearmark.models import networks
+from clearmark.models.registry import load_model
+from clearmark.models.weights import weights_sha256
 
 
 def load_source_model(kind: str) -> torch.nn.Module:
@@ -29,7 +30,7 @@ def load_source_model(kind: str) -> torch.nn.Module:
 
 @cache
 def _networks_source_sha() -> str:
-    src = Path(models.networks.__file__).read_bytes()
+    src = Path(networks.__file__).read_bytes()
     return hashlib.sha256(src).hexdigest()
 
 

@@ -57,7 +57,7 @@ from clearmark.engine_build.trt_cache import (
     timing_cache_path,
 )
 from clearmark.models.networks import IN_CHANNELS
-from clearmark.models.registry import file_sha256, weights_sha256
+from clearmark.models.weights import file_sha256, weights_sha256
 from clearmark.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

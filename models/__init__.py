@@ -1,15 +1,5 @@
-"""clearmark's networks: a watermark Detector and a background Remover (see DESIGN.md)."""
+"""clearmark's networks: a watermark Detector and a background Remover (see DESIGN.md).
 
-from clearmark.models.networks import STRIDE, Detector, Remover
-from clearmark.models.registry import KINDS, build_model, load_model, weights_path, weights_sha256
-
-__all__ = [
-    "Detector",
-    "Remover",
-    "STRIDE",
-    "KINDS",
-    "build_model",
-    "load_model",
-    "weights_path",
-    "weights_sha256",
-]
+Import what you need from its modules (`networks`, `registry`, `weights`...): this package
+itself loads nothing, so that reading the weights' hashes does not pull in torch.
+"""

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from clearmark.models.masks import dilate_disc
-from clearmark.models.registry import WEIGHTS_DIR
 from clearmark.models.synth import make_sample
 from clearmark.models.train import update_manifest
+from clearmark.models.weights import WEIGHTS_DIR
 
 EVAL_TAG = 2
 SLICES = ("wm", "clean", "text")

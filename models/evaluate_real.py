@@ -38,8 +38,8 @@ from PIL import Image
 from clearmark.models.evaluate import psnr, ssim
 from clearmark.models.masks import dilate_disc
 from clearmark.models.products import load_photo, mark_photo, split_paths
-from clearmark.models.registry import WEIGHTS_DIR
 from clearmark.models.train import update_manifest
+from clearmark.models.weights import WEIGHTS_DIR
 
 EVAL_REAL_TAG = 3  # rng stream of this set (training uses 1, the synthetic eval 2)
 OUTSIDE_PX = 8  # the mark's JPEG-block reach, left out of "outside"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from clearmark.models.registry import WEIGHTS_DIR, file_sha256, read_manifest, weights_path
 from clearmark.models.train import code_version, train
+from clearmark.models.weights import WEIGHTS_DIR, file_sha256, read_manifest, weights_path
 from clearmark.settings import get_settings
 
 

@@ -51,16 +51,10 @@ from clearmark.models.inference import detect_probability
 from clearmark.models.masks import build_mask, dilate_disc
 from clearmark.models.networks import MarkRefiner, remover_input
 from clearmark.models.products import PhotoCache, mark_photo, split_paths, structured_window
-from clearmark.models.registry import (
-    WEIGHTS_DIR,
-    ModelEngine,
-    build_model,
-    file_sha256,
-    load_weights,
-    read_manifest,
-)
+from clearmark.models.registry import ModelEngine, build_model, load_weights
 from clearmark.models.scenes import DEFAULT_DATA
 from clearmark.models.synth import make_sample
+from clearmark.models.weights import WEIGHTS_DIR, file_sha256, read_manifest
 from clearmark.settings import get_settings
 
 log = logging.getLogger("clearmark.train")

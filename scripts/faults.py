@@ -296,9 +296,9 @@ class Suite:
             self.cli("submit", "--tenant", "faults", *map(str, paths))
             return
         script = (
-            "import os, signal, sys\nfrom pathlib import Path\nimport workers.tasks\n"
-            "from workers.submit import submit_files\n"
-            "clearmark.workers.tasks.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "import os, signal, sys\nfrom pathlib import Path\nimport clearmark.workers.broker\n"
+            "from clearmark.workers.submit import submit_files\n"
+            "clearmark.workers.broker.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
             "list(submit_files([Path(p) for p in sys.argv[1:]], tenant='faults'))\n"
         )
         run = subprocess.run([sys.executable, "-c", script, *map(str, paths)], env=self.env)

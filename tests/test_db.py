@@ -275,7 +275,7 @@ def test_giving_up_is_a_finished_attempt(db_url, monkeypatch):
     webhook is sent like any other final status."""
     from clearmark.settings import Settings
     from clearmark.workers import webhooks
-    from clearmark.workers.jobs import process_job
+    from clearmark.workers.attempts import process_job
 
     notified = []
     monkeypatch.setattr(webhooks, "notify_finished", lambda job_id, s: notified.append(job_id))

@@ -8,8 +8,10 @@ from PIL import Image
 from sqlalchemy import select
 
 from clearmark.errors import TransientError
+from clearmark.workers import attempts
+from clearmark.workers.attempts import process_job
 from clearmark.workers.db import Job, JobEvent, JobMetrics, session_scope
-from clearmark.workers.jobs import create_job, ensure_tenant, process_job
+from clearmark.workers.jobs import create_job, ensure_tenant
 from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
 
 
@@ -119,7 +121,7 @@ def test_needs_review_reason_and_gate_verdicts_reach_the_job(settings, tmp_path,
             review_reason=reason,
         )
 
-    monkeypatch.setattr(pipeline, "process_image", fake_process_image)
+    monkeypatch.setattr(attempts, "process_image", fake_process_image)
     job_id = _job(settings, _png(tmp_path))
     engines = fake_engines(MagentaDetector(), GreyRemover())
     assert process_job(job_id, engines, settings) == "needs_review"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from clearmark.models import STRIDE, build_model, load_model, weights_path
 from clearmark.models import train as training
-from clearmark.models.networks import remover_input
-from clearmark.models.registry import ModelEngine
+from clearmark.models.networks import STRIDE, remover_input
+from clearmark.models.registry import ModelEngine, build_model, load_model
 from clearmark.models.train import LOSSES, detector_batch, load_init, remover_batch, select_trainable
+from clearmark.models.weights import weights_path
 from clearmark.settings import get_settings
 
 torch.set_num_threads(1)
@@ -210,8 +210,8 @@ def test_detector_mask_is_dilated_as_asked():
 
 
 def test_training_with_detector_masks_records_that_detector(tmp_path, grocery_data):
-    from clearmark.models.registry import file_sha256
     from clearmark.models.train import train
+    from clearmark.models.weights import file_sha256
 
     weights = tmp_path / "detector.pt"
     torch.save(build_model("detector").state_dict(), weights)
@@ -283,7 +283,7 @@ def test_mark_head_training_is_remover_only():
 
 
 def test_weights_hash_follows_the_file_on_disk(tmp_path):
-    from clearmark.models.registry import weights_sha256
+    from clearmark.models.weights import weights_sha256
 
     assert weights_sha256("detector", tmp_path) == "untrained"
     path = tmp_path / "detector.pt"
@@ -343,7 +343,7 @@ def test_fine_tuning_keeps_the_lineage_in_the_manifest(tmp_path, grocery_data):
 
     from click.testing import CliRunner
 
-    from clearmark.models.registry import file_sha256
+    from clearmark.models.weights import file_sha256
     from clearmark.workers.cli import cli
 
     def run(*extra, out=tmp_path):
@@ -394,10 +394,10 @@ def test_fine_tuning_keeps_the_lineage_in_the_manifest(tmp_path, grocery_data):
 def test_missing_weights_are_an_error_naming_the_file(tmp_path, monkeypatch):
     """Never a silent fall-back to untrained weights: the engines' loader refuses too."""
     from clearmark.engine_build.sources import load_source_model
-    from clearmark.models import registry
+    from clearmark.models import registry, weights
 
-    with pytest.raises(registry.MissingWeights, match=str(tmp_path / "remover.pt")):
+    with pytest.raises(weights.MissingWeights, match=str(tmp_path / "remover.pt")):
         registry.load_model("remover", tmp_path)
-    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)  # a checkout without its weights
-    with pytest.raises(registry.MissingWeights, match=str(tmp_path / "detector.pt")):
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)  # a checkout without its weights
+    with pytest.raises(weights.MissingWeights, match=str(tmp_path / "detector.pt")):
         load_source_model("detector")

@@ -15,17 +15,10 @@ from sqlalchemy import select
 from clearmark.errors import BadInput
 from clearmark.settings import Settings, set_settings
 from clearmark.workers import broker, migrate
+from clearmark.workers.attempts import _run_claimed, output_uris
 from clearmark.workers.celery_app import app, configure
 from clearmark.workers.db import Job, JobEvent, JobStatus, session_scope
-from clearmark.workers.jobs import (
-    Claim,
-    _run_claimed,
-    claim_job,
-    create_job,
-    ensure_tenant,
-    finish_job,
-    output_uris,
-)
+from clearmark.workers.jobs import Claim, claim_job, create_job, ensure_tenant, finish_job
 from clearmark.workers.leases import Heartbeat, renew_lease
 from clearmark.workers.reaper import reap
 from clearmark.workers.storage import read_uri
@@ -142,7 +135,7 @@ def test_reaper(reaping):
     claim_job(s.database_url, alive, s.max_attempts, lease_s=300)
     unsent = _job(s)  # committed, then the publisher died
     sent = _job(s)
-    from clearmark.workers.tasks import enqueue
+    from clearmark.workers.broker import enqueue
 
     enqueue(sent, s.queue_uploads)
     hook = _job(s, callback_url="https://example.com/hook")  # its worker died before notifying
@@ -188,9 +181,9 @@ def test_crash_between_commit_and_publish_is_recovered(pg_url, redis_url, worker
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        import clearmark.workers.tasks
+        import clearmark.workers.broker
         from clearmark.workers.submit import submit_files
-        clearmark.workers.tasks.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+        clearmark.workers.broker.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
         list(submit_files(sorted(Path({str(tmp_path)!r}).glob("p*.png"))))
     """)
     killed = subprocess.run([sys.executable, "-c", script], env=service_env(s), capture_output=True)

@@ -14,8 +14,8 @@ from clearmark.workers import reprocess as rp
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Batch, Job, JobEvent, session_scope
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
-from clearmark.workers.pipeline import current_version_pattern
 from clearmark.workers.submit import submit_files
+from clearmark.workers.versions import current_version_pattern
 from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
     all_done,
     db_url,
@@ -99,7 +99,7 @@ def test_interrupted_run_resumes_without_enqueueing_twice(service, monkeypatch):
             raise KeyboardInterrupt
         sent.append((job_id, queue))
 
-    monkeypatch.setattr("clearmark.workers.tasks.enqueue", enqueue)
+    monkeypatch.setattr("clearmark.workers.broker.enqueue", enqueue)
     run = lambda *args: CliRunner().invoke(cli, ["reprocess", "--chunk", "3", *args])  # noqa
     first = run("--outdated")
     assert first.exit_code == 1 and "Aborted" in first.output and len(sent) == 5

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from clearmark.models.registry import file_sha256
 from clearmark.models.reproduce import ReproduceError, reproduce, weights_gap
 from clearmark.models.train import train
+from clearmark.models.weights import file_sha256
 from clearmark.workers.cli import cli
 
 TINY = {"steps": 2, "batch": 2, "crop": 32}

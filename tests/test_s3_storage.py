@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from clearmark.settings import set_settings
+from clearmark.workers.attempts import process_job
 from clearmark.workers.db import Job, session_scope
-from clearmark.workers.jobs import create_job, ensure_tenant, process_job
+from clearmark.workers.jobs import create_job, ensure_tenant
 from clearmark.workers.storage import Storage, read_uri
 from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
 

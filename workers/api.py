@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException
 
 from clearmark.errors import BadInput, ServiceUnavailable
 from clearmark.settings import Settings, get_settings
-from clearmark.workers import tasks
+from clearmark.workers import broker
 from clearmark.workers.api_errors import (
     OUTAGE_RETRY_AFTER_S,
     OUTAGE_TYPES,
@@ -58,6 +58,7 @@ from clearmark.workers.imaging import probe_image
 from clearmark.workers.jobs import create_job, requeue_job
 from clearmark.workers.metrics import render_state
 from clearmark.workers.storage import check_key, get_storage, iter_uri, read_uri
+from clearmark.workers.versions import pipeline_fingerprint
 from clearmark.workers.webhooks import DONE_OK, check_callback_url, job_document
 
 # Upload rejections by probe_image's code; any other bad input is a 422.
@@ -153,19 +154,11 @@ def _owned_job(session: Session, tenant: Tenant, job_id: str, lock: bool = False
     return job
 
 
-def _pipeline_fingerprint() -> str:
-    # Imported here, not at the top: the pipeline module pulls in torch, OpenCV and the
-    # engines, which the API never runs (about 100 MB per API process without, 300 with).
-    from clearmark.workers.pipeline import pipeline_fingerprint
-
-    return pipeline_fingerprint()
-
-
 def _enqueue(job_id: str, priority: str, settings: Settings) -> None:
     """Send the job's task. With the broker down: 503, and the job stays queued (the reaper
     sends it when the broker is back; the same request again returns the job)."""
     try:
-        tasks.enqueue(job_id, tasks.queue_for(priority, settings))
+        broker.enqueue(job_id, broker.queue_for(priority, settings))
     except ServiceUnavailable as exc:  # the job stays queued: the reaper sends it
         log.warning("job %s could not be queued yet: %s", job_id, exc)
         raise ApiError(
@@ -276,7 +269,7 @@ def upload_image(
     if file is not None:
         source_uri = get_storage().uri(storage_key)
     assert source_uri is not None  # the upload's, or the one given (_read_source)
-    key = idempotency_key or f"sha256:{digest}@{_pipeline_fingerprint()}"
+    key = idempotency_key or f"sha256:{digest}@{pipeline_fingerprint()}"
     asked = {
         "source_sha256": digest,
         "source_uri": source_uri,

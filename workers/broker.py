@@ -14,10 +14,11 @@ import json
 from collections import defaultdict
 
 import redis
-from celery import Task
 
 from clearmark.errors import ServiceUnavailable
-from clearmark.settings import Settings
+from clearmark.settings import Settings, get_settings
+from clearmark.workers.celery_app import app
+from clearmark.workers.db import Priority
 from clearmark.workers.transient import BROKER_ERRORS
 
 CLEAN_TASK = "clearmark.clean_image"
@@ -27,13 +28,29 @@ UNACKED_KEY = "unacked"
 CHUNK = 1000
 
 
-def publish(task: Task, job_id: str, queue: str, settings: Settings) -> None:
-    """Send `task(job_id)`; ServiceUnavailable (one line, no traceback) when the broker is
-    down. The job is already committed, so it is not lost: the reaper sends it later."""
+def publish(task: str, job_id: str, queue: str, settings: Settings) -> None:
+    """Send the task named `task` for `job_id`; ServiceUnavailable (one line, no traceback)
+    when the broker is down. The job is already committed, so it is not lost: the reaper
+    sends it later. Sent by name, so that senders (the API, `submit`) never import the
+    tasks' module and the pipeline behind it; no result is awaited (the jobs table is the
+    record)."""
     try:
-        task.apply_async(args=[job_id], queue=queue)
+        app.send_task(task, args=[job_id], queue=queue, ignore_result=True)
     except BROKER_ERRORS as exc:
         raise ServiceUnavailable("broker", f"{_where(settings.broker_url)}: {exc}") from None
+
+
+def queue_for(priority: str, settings: Settings | None = None) -> str:
+    """Low-priority (bulk) jobs go to their own queue so they never delay uploads."""
+    s = settings or get_settings()
+    return s.queue_bulk if priority == Priority.low.value else s.queue_uploads
+
+
+def enqueue(job_id: str, queue: str | None = None) -> None:
+    """Send the job's clean task; ServiceUnavailable when the broker is down (the committed
+    job is not lost: the reaper sends it when the broker is back)."""
+    settings = get_settings()
+    publish(CLEAN_TASK, job_id, queue or settings.queue_uploads, settings)
 
 
 def _where(url: str) -> str:

@@ -68,11 +68,15 @@ def configure(app: Celery, settings: Settings) -> None:
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
     )
+    # Connection and producer pools made under earlier settings would go on talking to the
+    # earlier broker (Celery caches both; it drops them the same way after a fork).
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 # The modules whose tasks a worker runs (imported when it starts).
 app = Celery(
     "clearmark",
-    include=["clearmark.workers.tasks", "clearmark.workers.webhooks", "clearmark.workers.reaper"],
+    include=["clearmark.workers.tasks", "clearmark.workers.webhooks"],
 )
 configure(app, get_settings())

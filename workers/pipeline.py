@@ -21,16 +21,11 @@ from clearmark.engine_build import load_engine
 from clearmark.models.inference import Runner, ceil_to, detect_probability, detect_scale, pad_to, run_engine
 from clearmark.models.masks import Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import remover_input
-from clearmark.models.registry import weights_sha256
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.gate import GateLimits, RegionVerdict, judge
 from clearmark.workers.imaging import decode_image, encode_image, orientation_exif, to_stored
+from clearmark.workers.versions import PIPELINE_CODE_VERSION
 
-PIPELINE_CODE_VERSION = "6"  # 2: the remover gets a Telea prefill of its crop;
-# 3: the remover's mask output confirms what changes;
-# 4: mirrored passes, 6 px dilation, own mark threshold;
-# 5: the do-no-harm gate (workers.gate);
-# 6: JPEG keeps its coefficients outside the change
 # Pixels (N*H*W) per remover call: bounds memory when many crops share a size.
 REMOVE_BATCH_PIXELS = 2 * 1024 * 1024
 RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual check
@@ -55,28 +50,6 @@ class Engines:
     @property
     def version(self) -> str:
         return f"pipeline-{PIPELINE_CODE_VERSION}+{self.detector.key}+{self.remover.key}"
-
-
-# Both below describe the current pipeline without loading engines; they live beside
-# `Engines.version` so that its format is defined in one place.
-def current_version_pattern() -> str:
-    """LIKE pattern of the `Engines.version` a worker would write now, any backend:
-    `pipeline-<code>+detector:<sha12>:%+remover:<sha12>:%` (Engine.key starts kind:sha12:)."""
-    return (
-        f"pipeline-{PIPELINE_CODE_VERSION}+detector:{weights_sha256('detector')[:12]}:%"
-        f"+remover:{weights_sha256('remover')[:12]}:%"
-    )
-
-
-def pipeline_fingerprint() -> str:
-    """Code version and weights hashes (the backend may differ between workers but not the
-    output's meaning): part of the API's default idempotency key."""
-    return "+".join(
-        [
-            f"pipeline-{PIPELINE_CODE_VERSION}",
-            *(weights_sha256(kind)[:16] for kind in ("detector", "remover")),
-        ]
-    )
 
 
 @dataclass

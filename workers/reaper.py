@@ -25,8 +25,7 @@ from sqlalchemy.orm import Session
 
 from clearmark.errors import ServiceUnavailable
 from clearmark.settings import Settings, get_settings
-from clearmark.workers import broker, tasks, webhooks
-from clearmark.workers.celery_app import app
+from clearmark.workers import broker
 from clearmark.workers.db import Job, JobEvent, JobStatus, session_scope, utcnow
 from clearmark.workers.jobs import give_up, set_status
 from clearmark.workers.transient import BROKER_ERRORS, DATABASE_ERRORS
@@ -127,10 +126,8 @@ def reap(settings: Settings | None = None) -> Reaped:
 def _send(to_send: list[tuple[str, Job]], s: Settings, out: Reaped) -> None:
     for i, (task, job) in enumerate(to_send):
         try:
-            if task == broker.CLEAN_TASK:
-                broker.publish(tasks.clean_image, job.id, tasks.queue_for(job.priority, s), s)
-            else:
-                broker.publish(webhooks.deliver_webhook, job.id, s.queue_webhooks, s)
+            queue = broker.queue_for(job.priority, s) if task == broker.CLEAN_TASK else s.queue_webhooks
+            broker.publish(task, job.id, queue, s)
         except ServiceUnavailable as exc:
             out.not_sent = len(to_send) - i
             log.warning("reaper: %s; %d tasks left for the next pass", exc, out.not_sent)
@@ -151,11 +148,3 @@ def reap_forever(settings: Settings | None = None, stop: threading.Event | None 
             log.exception("reaper: pass failed")
         if stop.wait(s.reap_interval_s):
             return
-
-
-# The Celery task lives here, not in workers.tasks: this module sends tasks'
-# clean_image, so tasks must not import it back. celery_app's `include` loads it.
-@app.task(name="clearmark.reap")  # type: ignore[untyped-decorator]  # Celery is untyped
-def reap_task() -> str:
-    """One reaper pass (Celery beat sends it every CLEARMARK_REAP_INTERVAL_S)."""
-    return str(reap(get_settings()))

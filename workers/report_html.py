@@ -23,8 +23,8 @@ from sqlalchemy import Select, func, select
 
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
-from clearmark.workers.pipeline import current_version_pattern
 from clearmark.workers.storage import read_uri
+from clearmark.workers.versions import current_version_pattern
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 

@@ -56,8 +56,11 @@ def status_text(db_url: str, failures: int = 10) -> str:
 
 def queue_consumers(settings: Settings, timeout_s: float = 1.0) -> dict[str, list[str]]:
     """Queue name -> the workers consuming it now (asked over the broker; a worker that does
-    not answer within timeout_s counts as absent)."""
-    replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
+    not answer within timeout_s counts as absent). Asked on `settings`' broker, over a
+    connection of its own (the app's pooled ones may point at the broker of earlier
+    settings)."""
+    with app.connection_for_write(settings.broker_url) as connection:
+        replies = app.control.inspect(timeout=timeout_s, connection=connection).active_queues() or {}
     consumers: dict[str, list[str]] = {}
     for worker, queues in replies.items():
         for queue in queues:

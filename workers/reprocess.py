@@ -27,10 +27,10 @@ from sqlalchemy import ColumnExpressionArgument, bindparam, exists, func, or_, s
 from sqlalchemy.sql import Select
 
 from clearmark.settings import Settings, get_settings
-from clearmark.workers import tasks
+from clearmark.workers import broker
 from clearmark.workers.db import FINISHED, Batch, Job, JobEvent, JobStatus, Priority, Tenant, session_scope
 from clearmark.workers.jobs import create_batch, ensure_tenant, requeue_job
-from clearmark.workers.pipeline import current_version_pattern
+from clearmark.workers.versions import current_version_pattern
 
 ENQUEUED = "enqueued"
 
@@ -165,7 +165,7 @@ def _send(job_ids: Sequence[str], batch_id: str, s: Settings, pace: Callable[[],
     try:
         for job_id in job_ids:
             pace()
-            tasks.enqueue(job_id, s.queue_bulk)  # looked up on the module: tests replace it
+            broker.enqueue(job_id, s.queue_bulk)  # looked up on the module: tests replace it
             sent.append(job_id)
     finally:  # interrupted (Ctrl-C, broker error): record what did go out
         _mark_enqueued(s.database_url, batch_id, sent)

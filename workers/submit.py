@@ -10,7 +10,7 @@ import fsspec
 
 from clearmark.errors import ServiceUnavailable
 from clearmark.settings import get_settings
-from clearmark.workers import tasks
+from clearmark.workers import broker
 from clearmark.workers.db import Batch, Priority, session_scope
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
 from clearmark.workers.storage import get_storage
@@ -44,7 +44,7 @@ def _submit(
     settings = get_settings()
     storage = get_storage()
     priority = (Priority.low if bulk else Priority.normal).value
-    queue = tasks.queue_for(priority, settings)
+    queue = broker.queue_for(priority, settings)
     with session_scope(settings.database_url) as session:
         owner = ensure_tenant(session, tenant)
         batch = create_batch(session, owner, "bulk" if bulk else "submit", total=len(sources))
@@ -74,7 +74,7 @@ def _submit(
         for i, (job_id, source, is_new) in enumerate(created):
             if is_new:
                 try:
-                    tasks.enqueue(job_id, queue)  # looked up here: tests replace it
+                    broker.enqueue(job_id, queue)  # looked up here: tests replace it
                 except ServiceUnavailable as exc:
                     unsent = sum(new for _, _, new in created[i:])
                     raise ServiceUnavailable(

@@ -1,16 +1,18 @@
-"""Celery tasks: thin wrappers around `workers.jobs.process_job`.
+"""Celery tasks: thin wrappers around `workers.attempts.process_job`.
 
 The engines are loaded once per worker child (worker_process_init), never per task and
 never in the parent, so CUDA state is not shared across fork. With CLEARMARK_METRICS_PORT
 set, the parent serves Prometheus metrics that its children write (workers.metrics:
 multiprocess mode, set up in worker_init, i.e. before the pool forks).
+
+Only workers import this module (it loads the pipeline): everyone else sends jobs by task
+name (`broker.enqueue`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
 
 from celery import Task
 from celery.signals import (
@@ -20,15 +22,13 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from clearmark.settings import Settings, get_settings
+from clearmark.settings import get_settings
 from clearmark.workers import broker, metrics
+from clearmark.workers.attempts import process_job
 from clearmark.workers.celery_app import app
-from clearmark.workers.db import Priority
-from clearmark.workers.jobs import process_job
+from clearmark.workers.pipeline import Engines
+from clearmark.workers.reaper import reap
 from clearmark.workers.transient import TRANSIENT_ERRORS, backoff_s, max_retries
-
-if TYPE_CHECKING:
-    from clearmark.workers.pipeline import Engines
 
 log = logging.getLogger(__name__)
 _engines: Engines | None = None
@@ -41,11 +41,6 @@ _metrics_dir: str | None = None
 def get_engines() -> Engines:
     global _engines
     if _engines is None:
-        # Imported here, not at the top: the pipeline pulls in torch, OpenCV and the
-        # engines, and this module is also imported by the API and `clearmark submit`
-        # (enqueue), which never run a job.
-        from clearmark.workers.pipeline import Engines
-
         _engines = Engines.load(get_settings())
         log.info("engines loaded: %s", _engines.version)
         if get_settings().metrics_port:
@@ -98,14 +93,7 @@ def clean_image(self: Task, job_id: str) -> str | None:
     return status
 
 
-def queue_for(priority: str, settings: Settings | None = None) -> str:
-    """Low-priority (bulk) jobs go to their own queue so they never delay uploads."""
-    s = settings or get_settings()
-    return s.queue_bulk if priority == Priority.low.value else s.queue_uploads
-
-
-def enqueue(job_id: str, queue: str | None = None) -> None:
-    """Send the job's task; ServiceUnavailable when the broker is down (the committed job
-    is not lost: the reaper sends it when the broker is back)."""
-    settings = get_settings()
-    broker.publish(clean_image, job_id, queue or settings.queue_uploads, settings)
+@app.task(name="clearmark.reap")  # type: ignore[untyped-decorator]  # Celery is untyped
+def reap_task() -> str:
+    """One reaper pass (Celery beat sends it every CLEARMARK_REAP_INTERVAL_S)."""
+    return str(reap(get_settings()))

@@ -14,7 +14,7 @@ from clearmark.engine_build.bench import BenchRow, bench_one, format_table
 from clearmark.engine_build.onnx_export import ONNX_OPSET, export_onnx, stale_onnx
 from clearmark.engine_build.trt_backend import _cuda_index, ensure_engine, tensorrt_status
 from clearmark.engine_build.trt_cache import parse_profile, stale_engines
-from clearmark.models import KINDS, weights_sha256
+from clearmark.models.weights import KINDS, weights_sha256
 from clearmark.settings import get_settings
 from clearmark.workers.jpeg_bench import bench_jpeg, format_jpeg_table, photo_files
 from clearmark.workers.pipeline_bench import bench_images, bench_pipeline, format_pipeline_table

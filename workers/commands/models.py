@@ -14,10 +14,11 @@ from tqdm import tqdm
 
 from clearmark.models import evaluate as synthetic_eval
 from clearmark.models import evaluate_real as real_eval
-from clearmark.models.registry import KINDS, WEIGHTS_DIR, ModelEngine, load_model, load_weights, read_manifest
+from clearmark.models.registry import ModelEngine, load_model, load_weights
 from clearmark.models.reproduce import ReproduceError, reproduce
 from clearmark.models.scenes import DEFAULT_DATA
 from clearmark.models.train import train
+from clearmark.models.weights import KINDS, WEIGHTS_DIR, read_manifest
 from clearmark.settings import get_settings
 from clearmark.workers.gate import GateLimits
 from clearmark.workers.pipeline import Engines, clean_rgb, process_image

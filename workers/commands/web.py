@@ -76,7 +76,7 @@ def flower(port: int, address: str, auth_file: Path | None, flower_args: tuple[s
         "-m",
         "celery",
         "-A",
-        "clearmark.workers.tasks",
+        "clearmark.workers.celery_app",
         "flower",
         f"--port={port}",
         f"--address={address}",

@@ -1,0 +1,125 @@
+"""One attempt at a job: claim it, run the pipeline on its image, store the outputs and
+record the outcome (`process_job`), used alike by the Celery task and the in-process
+`clearmark clean`. The state changes themselves are `jobs`'s; this module is the part that
+runs the pipeline (and so loads torch): the API never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from clearmark.errors import BadInput, ClearmarkError, TransientError
+from clearmark.settings import Settings, get_settings
+from clearmark.workers import webhooks
+from clearmark.workers.db import JobStatus
+from clearmark.workers.jobs import (
+    Claim,
+    TooManyAttempts,
+    claim_job,
+    fail_job,
+    finish_job,
+    release_for_retry,
+)
+from clearmark.workers.leases import Heartbeat
+from clearmark.workers.pipeline import Engines, process_image
+from clearmark.workers.storage import delete_uri, get_storage, read_uri, write_uri
+from clearmark.workers.transient import retry_database
+
+log = logging.getLogger(__name__)
+
+
+def output_uris(claim: Claim, extension: str) -> tuple[str, str]:
+    """Where the result and mask go: preset on the job (clean), else keys of this attempt
+    in storage (`results/<job>-<attempt><ext>`), never shared with another attempt."""
+    storage = get_storage()
+    key = f"{claim.job_id}-{claim.attempt}"
+    result = claim.result_uri or storage.uri(f"results/{key}{extension}")
+    mask = claim.mask_uri or storage.uri(f"masks/{key}.png")
+    return result, mask
+
+
+def _discard_outputs(claim: Claim, uris: tuple[str, str]) -> None:
+    """A losing attempt removes the files it wrote under its own keys (best effort)."""
+    for uri, preset in zip(uris, (claim.result_uri, claim.mask_uri)):
+        if uri != preset:
+            delete_uri(uri)
+
+
+def process_job(job_id: str, engines: Engines, settings: Settings | None = None) -> str | None:
+    """One attempt at a job. Returns the final status, or None when nothing was done.
+    Bad input fails the job; TransientError propagates (after releasing the job) so the
+    caller can retry; any other exception fails the job with `internal_error`. A job this
+    attempt finished gets its webhook enqueued (when it has a callback URL)."""
+    settings = settings or get_settings()
+    status = _attempt(job_id, engines, settings)
+    if status is not None:
+        webhooks.notify_finished(job_id, settings)
+    return status
+
+
+def _attempt(job_id: str, engines: Engines, settings: Settings) -> str | None:
+    try:
+        claim = claim_job(settings.database_url, job_id, settings.max_attempts, settings.lease_s)
+    except TooManyAttempts as exc:
+        log.warning("%s: failed as too_many_attempts", exc)
+        return JobStatus.failed.value  # finished now: its webhook goes out like any other
+    if claim is None:
+        return None
+    with Heartbeat(settings.database_url, claim, settings.lease_s):
+        return _run_claimed(claim, engines, settings)
+
+
+def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | None:
+    """Run the pipeline for a claimed job and record the outcome. The records wait out a
+    database outage (retry_database): the work is done, only its bookkeeping is left."""
+    db_url, what = settings.database_url, f"job {claim.job_id}"
+
+    def failed(code: str, message: str) -> str | None:
+        done = retry_database(lambda: fail_job(db_url, claim, code, message), settings, what)
+        return JobStatus.failed.value if done else None
+
+    try:
+        data = read_uri(claim.source_uri, max_bytes=settings.max_bytes)
+        result = process_image(data, engines, settings)
+        uris = output_uris(claim, result.extension)
+        write_uri(uris[0], result.image_bytes)
+        write_uri(uris[1], result.mask_png)
+    except BadInput as exc:
+        log.info("job %s failed: %s (%s)", claim.job_id, exc.message, exc.code)
+        return failed(exc.code, exc.message)
+    except TransientError as exc:
+        reason = str(exc)
+        retry_database(lambda: release_for_retry(db_url, claim, reason), settings, what)
+        raise
+    except ClearmarkError as exc:
+        return failed(exc.code, exc.message)
+    except SoftTimeLimitExceeded:
+        return failed("time_limit", f"took longer than the soft time limit ({settings.soft_time_limit_s} s)")
+    except Exception as exc:  # a bug or an unexpected library error: fail this job only
+        log.exception("job %s: unexpected error", claim.job_id)
+        return failed("internal_error", f"{type(exc).__name__}: {exc}")
+    status = JobStatus(result.status)
+    won = retry_database(
+        lambda: finish_job(
+            db_url,
+            claim,
+            status,
+            result_uri=uris[0],
+            mask_uri=uris[1],
+            metrics=result.metrics,
+            pipeline_version=engines.version,
+            review_reason=result.review_reason,
+            gate=result.details.get("gate"),
+            encoding=result.encoding,
+            stage_ms={k: result.details[k] for k in ("ms_gate", "ms_residual") if k in result.details},
+        ),
+        settings,
+        what,
+    )
+    if won:
+        log.info("job %s %s in %.0f ms", claim.job_id, status.value, result.metrics["ms_total"])
+        return status.value
+    _discard_outputs(claim, uris)
+    return None
