@@ -41,6 +41,10 @@ LAZY_COMMANDS = {
         "Repeat the training run that made KIND.pt and check the result bit for bit.",
     ),
     "engines": ("clearmark.engine_build.cli:engines_group", "Export ONNX models and build TensorRT engines."),
+    "config": (
+        "clearmark.workers.commands.config:config_command",
+        "Show every setting, its value and its source (default, environment, file, override).",
+    ),
     "bench": (
         "clearmark.engine_build.cli:bench_command",
         "Images per second and ms per image for "
@@ -82,6 +86,17 @@ class LazyGroup(click.Group):
             module, attr = LAZY_COMMANDS[name][0].split(":")
             self.add_command(getattr(importlib.import_module(module), attr), name)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx):
+        """Bad settings (a CLEARMARK_* variable out of range, contradicting another): one
+        error line naming the variable and exit status 2, from whichever command loads them."""
+        from clearmark.settings import SettingsError
+
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
 
     def format_commands(self, ctx, formatter):
         rows = []
