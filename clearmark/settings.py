@@ -197,10 +197,11 @@ class Settings(BaseSettings):
         description="also run the remover on each crop's mirror image and average the two (a little "
         "better mask and restoration; the remover's time doubles)",
     )
-    review_residual_min: Share = Field(
+    review_residual_min: float = Field(
         0.5,
+        ge=0.0,
         description="a finished job whose residual score (the detector run on the output) reaches "
-        "this goes to `needs_review`",
+        "this goes to `needs_review` (above 1: off)",
     )
     review_confidence_max: Share = Field(
         0.0,
@@ -237,10 +238,11 @@ class Settings(BaseSettings):
         description="gate: ... and it lost at most this share of the surrounding texture (1: not checked)",
         json_schema_extra=_doc("1 (off)"),
     )
-    gate_review_confident: Share = Field(
+    gate_review_confident: float = Field(
         0.99,
+        ge=0.0,
         description="a region put back although the detector's confidence there was at least this "
-        "sends the job to `needs_review` (a mark may remain)",
+        "sends the job to `needs_review` (a mark may remain; above 1: off)",
     )
 
     # Engines.
