@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from dotenv import dotenv_values
+from limits import parse_many
 from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -435,8 +437,6 @@ class Settings(BaseSettings):
     @field_validator("rate_limit", mode="after")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
-        from limits import parse_many
-
         try:
             parse_many(value)
         except ValueError:
@@ -572,8 +572,6 @@ def settings_file() -> Path | None:
 def _file_values(path: Path | None) -> dict[str, str]:
     if path is None:
         return {}
-    from dotenv import dotenv_values
-
     return {key.upper(): value for key, value in dotenv_values(path).items() if value}
 
 

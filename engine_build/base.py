@@ -20,7 +20,7 @@ noisy; torch 2.13.0+cpu (channels_last), onnxruntime 1.32.0, default threads, fp
 batch 1, 2 warm-up runs then >= 3 s timed; two runs, A with untrained weights, B with
 the first trained weights - weights do not change the cost):
 
-    python -m engine_build.cli bench --backend torch --backend onnxruntime
+    clearmark bench --backend torch --backend onnxruntime
                                      --batch 1 --size 512     (and --size 1024)
 
                       ms/image, run A            ms/image, run B

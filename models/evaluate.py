@@ -8,7 +8,8 @@ catalogue resolution (long side 800-1600 px; grocery photos are upscaled to it).
 - `text`: studio scenes whose product carries printed text/logos, watermarked elsewhere
   or on top; the product's own text pixels must survive.
 
-The models run through the production pipeline's own function (`workers.pipeline.clean_rgb`:
+The models run through the production pipeline's own function (`workers.pipeline.clean_rgb`,
+handed in by `clearmark eval` as `model`:
 detect at 640 px long side (and mirrored, per `detect_flip`), threshold, min-area, dilate,
 Telea prefill and remover on tiled full-resolution crops (and their mirror images, per
 `remove_flip`), feathered composite, regions the remover does not confirm left as they
@@ -30,16 +31,17 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from clearmark.models.registry import ModelEngine, load_model
+from clearmark.models.masks import dilate_disc
+from clearmark.models.registry import WEIGHTS_DIR
 from clearmark.models.synth import make_sample
 from clearmark.models.train import update_manifest
-from clearmark.workers.masks import dilate_disc
 
 EVAL_TAG = 2
 SLICES = ("wm", "clean", "text")
@@ -142,22 +144,23 @@ def _opacity_band(s) -> str:
     return "a<0.4" if a < 0.4 else ("a0.4-0.7" if a < 0.7 else "a>=0.7")
 
 
+# A method under test: RGB in, (restored RGB, the pixels it calls the mark, the mask it
+# restored under) out.
+Method = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
 def evaluate(
-    n: int = 60, seed: int = 0, data_dir=None, weights_dir=None, threads: int = 2, slices=SLICES
+    model: Method,
+    dilate_px: int,
+    n: int = 60,
+    seed: int = 0,
+    data_dir=None,
+    threads: int = 2,
+    slices=SLICES,
 ) -> dict:
-    from clearmark.settings import get_settings
-    from clearmark.workers.pipeline import Engines, clean_rgb
-
+    """Score `model` (the pipeline's `clean_rgb` over the models under test; the CLI builds
+    it) and the baselines, the true-mask Telea dilated by `dilate_px` like the pipeline."""
     torch.set_num_threads(threads)
-    st = get_settings()
-    engines = Engines(
-        detector=ModelEngine(load_model("detector", weights_dir)),
-        remover=ModelEngine(load_model("remover", weights_dir)),
-    )
-
-    def model(rgb):
-        c = clean_rgb(engines, rgb, st)
-        return c.restored, c.found, c.mask.dilated
 
     def nothing(rgb):
         none = np.zeros(rgb.shape[:2], bool)
@@ -166,7 +169,7 @@ def evaluate(
     methods = {"model": model, "none": nothing}
     rows: list[dict] = []
     for slice_, i, s in eval_set(n, seed, data_dir, slices):
-        methods["telea"] = lambda rgb, m=s.mask: (_telea(rgb, m, st.mask_dilate_px), m, m)
+        methods["telea"] = lambda rgb, m=s.mask: (_telea(rgb, m, dilate_px), m, m)
         near = cv2.dilate(s.mask.astype(np.uint8), np.ones((17, 17), np.uint8)).astype(bool)
         for name, fn in methods.items():
             t0 = time.perf_counter()
@@ -291,8 +294,6 @@ def format_table(results: dict) -> str:
 
 
 def store_in_manifest(results: dict, weights_dir=None) -> None:
-    from clearmark.models.registry import WEIGHTS_DIR
-
     summ = results["summary"]
     entry = {
         "eval": {

@@ -20,19 +20,26 @@ the input; `telea` inpaints the true mask, dilated like the pipeline's, with Ope
 
 from __future__ import annotations
 
+import base64
 import io
+import itertools
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from clearmark.models.evaluate import psnr, ssim
+from clearmark.models.masks import dilate_disc
 from clearmark.models.products import load_photo, mark_photo, split_paths
-from clearmark.workers.masks import dilate_disc
+from clearmark.models.registry import WEIGHTS_DIR
+from clearmark.models.train import update_manifest
 
 EVAL_REAL_TAG = 3  # rng stream of this set (training uses 1, the synthetic eval 2)
 OUTSIDE_PX = 8  # the mark's JPEG-block reach, left out of "outside"
@@ -134,17 +141,38 @@ def telea(case: Case, dilate_px: int) -> np.ndarray:
     return cv2.inpaint(case.composite, hole, 3, cv2.INPAINT_TELEA) if hole.any() else case.composite
 
 
-def run_methods(
-    cases: list[Case], engines, settings, methods=METHODS, progress=None
-) -> dict[str, list[dict]]:
-    """Rows per method. `engines` is a `workers.pipeline.Engines` (any backend)."""
-    from clearmark.workers.pipeline import process_image
+class Cleaned(Protocol):
+    """What the pipeline returns for one upload (`workers.pipeline.PipelineResult`)."""
 
+    image_bytes: bytes
+    mask_png: bytes
+    status: str
+    details: dict
+    review_reason: str | None
+
+
+class GateCheck(Protocol):
+    """The gate's verdict on one region's measurements (`workers.gate.GateLimits`)."""
+
+    def failures(
+        self, confidence: float, opacity: float, explained: float, continues: float, flattened: float
+    ) -> list[str]: ...
+
+
+def run_methods(
+    cases: list[Case],
+    process: Callable[[bytes], Cleaned],
+    dilate_px: int,
+    methods=METHODS,
+    progress=None,
+) -> dict[str, list[dict]]:
+    """Rows per method. `process` is the pipeline (`workers.pipeline.process_image` on some
+    engines and settings); `dilate_px` dilates the true mask for the Telea baseline."""
     rows: dict[str, list[dict]] = defaultdict(list)
     for case in cases:
         if "model" in methods:
             t = time.perf_counter()
-            r = process_image(case.upload, engines, settings)
+            r = process(case.upload)
             sec = time.perf_counter() - t
             out = decode_rgb(r.image_bytes)
             job_mask = np.asarray(Image.open(io.BytesIO(r.mask_png)))
@@ -167,7 +195,7 @@ def run_methods(
             rows["telea"].append(
                 score(
                     case,
-                    telea(case, settings.mask_dilate_px),
+                    telea(case, dilate_px),
                     case.mask,
                     "succeeded" if case.marked else "no_watermark",
                 )
@@ -179,7 +207,6 @@ def run_methods(
 
 def _thumb(img: np.ndarray, side: int = 420) -> str:
     """A base64 JPEG thumbnail (for the gallery)."""
-    import base64
 
     im = Image.fromarray(img)
     im.thumbnail((side, side))
@@ -191,7 +218,6 @@ def _thumb(img: np.ndarray, side: int = 420) -> str:
 def gallery_html(results: dict, n: int = 12) -> str:
     """Before / after / job mask for `n` images (two in three marked, the rest clean):
     one self-contained HTML page."""
-    from html import escape
 
     rows = results["rows"]["model"]
     marked = [r for r in rows if r["marked"]][: n - n // 3]
@@ -231,17 +257,16 @@ def _delta_sse(box, case: Case, output: np.ndarray) -> float:
     return _sse(output[win], case.clean[win]) - _sse(case.composite[win], case.clean[win])
 
 
-def sweep_gate(rows: list[dict], limits: dict) -> dict:
+def sweep_gate(rows: list[dict], limits: dict, make_gate: Callable[..., GateCheck]) -> dict:
     """What the gate would have done with `limits` (min_explained, max_continues,
     max_flattened, review_confident) on a run where it let every region through
     (`OPEN_GATE`, `clearmark eval-real --sweep-gate`): per image,
     keep the regions that pass, add their `delta_sse`, and call it succeeded (some region
     kept, none sure one put back), needs_review or no_watermark. Approximate (boxes, not
     pixels; JPEG noise outside the regions ignored): for choosing limits on the tuning
-    split, never for reporting."""
-    from clearmark.workers.gate import GateLimits
-
-    gate = GateLimits(**limits)
+    split, never for reporting. `make_gate(**limits)` is the gate with those limits
+    (`workers.gate.GateLimits`)."""
+    gate = make_gate(**limits)
     out = {
         "harmed": 0,
         "succeeded": 0,
@@ -295,17 +320,16 @@ SWEEP = {
 }
 
 
-def format_sweep(rows: list[dict], top: int = 15) -> str:
+def format_sweep(rows: list[dict], make_gate: Callable[..., GateCheck], top: int = 15) -> str:
     """The SWEEP grid's limits under which no image was harmed, best first (most marked
     photos succeeded, then fewest clean photos sent to review)."""
-    import itertools
 
     n_marked = sum(r["marked"] for r in rows)
     n_clean = len(rows) - n_marked
     found = []
     for combo in itertools.product(*SWEEP.values()):
         limits = dict(zip(SWEEP, combo))
-        res = sweep_gate(rows, limits)
+        res = sweep_gate(rows, limits, make_gate)
         if res["harmed"] == 0:
             found.append((-res["marked_succeeded"], res["clean_review"], -res["gain_db"], limits, res))
     found.sort(key=lambda f: f[:3])
@@ -467,8 +491,8 @@ def format_report(results: dict) -> str:
 
 def evaluate_real(
     data_dir,
-    engines,
-    settings,
+    process: Callable[[bytes], Cleaned],
+    dilate_px: int,
     split="dev",
     n_marked=48,
     n_clean=24,
@@ -479,7 +503,7 @@ def evaluate_real(
     progress=None,
 ) -> dict:
     cases = build_set(data_dir, split, n_marked, n_clean, seed, family)
-    rows = run_methods(cases, engines, settings, methods, progress)
+    rows = run_methods(cases, process, dilate_px, methods, progress)
     return {
         "split": split,
         "family": family,
@@ -497,8 +521,6 @@ def evaluate_real(
 def store_in_manifest(results: dict, command: str, weights_dir=None) -> None:
     """The summary of a run with every method, as `eval_real` of both models' manifest
     entries (training new weights drops it, as it drops `eval`)."""
-    from clearmark.models.registry import WEIGHTS_DIR
-    from clearmark.models.train import update_manifest
 
     names = {"model": "model", "none": "baseline_none", "telea": "baseline_telea_true_mask"}
     entry = {

@@ -89,13 +89,17 @@ def load_model(kind: str, weights_dir: Path | None = None) -> torch.nn.Module:
 
 class ModelEngine:
     """A model in eval mode behind the members of `engine_build.Engine` that the
-    pipeline's functions use (evaluation and training run them on the models directly)."""
+    functions in `models.inference` use (evaluation and training run them on the models directly)."""
 
     stride = STRIDE
     max_batch = None
 
     def __init__(self, model: torch.nn.Module):
         self.model = model.eval()
+
+    @property
+    def key(self) -> str:
+        return f"{type(self.model).__name__.lower()}:pytorch-in-process"
 
     @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -45,13 +45,14 @@ import torch
 import torch.nn.functional as F
 
 from clearmark.models.feed import BatchRecipe, batches
+from clearmark.models.inference import detect_probability
+from clearmark.models.masks import build_mask, dilate_disc
 from clearmark.models.networks import MarkRefiner, remover_input
 from clearmark.models.products import PhotoCache, mark_photo, split_paths, structured_window
 from clearmark.models.registry import WEIGHTS_DIR, build_model, file_sha256, read_manifest
 from clearmark.models.scenes import DEFAULT_DATA
 from clearmark.models.synth import make_sample
 from clearmark.settings import get_settings
-from clearmark.workers.masks import build_mask, dilate_disc
 
 log = logging.getLogger("clearmark.train")
 DEFAULT_ARCH = {"detector": {"base": 16}, "remover": {"base": 16}}
@@ -188,7 +189,6 @@ def detector_mask(detector, composite: np.ndarray, long_side: int, dilate_px: in
     """The mask (bool H x W), dilated by `dilate_px`, that the pipeline builds from
     `detector` for a window of a photo with long side `long_side`: seen at the pipeline's
     scale, with its other settings."""
-    from clearmark.workers.pipeline import detect_probability
 
     st = get_settings()
     prob = detect_probability(

@@ -186,7 +186,7 @@ class Worker:
             [
                 sys.executable,
                 "-m",
-                "workers",
+                "clearmark",
                 "worker",
                 "--reap",
                 "-Q",
@@ -270,7 +270,7 @@ class Suite:
 
     def cli(self, *argv, check=True) -> subprocess.CompletedProcess:
         run = subprocess.run(
-            [sys.executable, "-m", "workers", *argv], env=self.env, capture_output=True, text=True
+            [sys.executable, "-m", "clearmark", *argv], env=self.env, capture_output=True, text=True
         )
         if check and run.returncode:
             raise RuntimeError(f"clearmark {' '.join(argv)}: {run.stderr[-2000:]}")

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from clearmark.settings import Settings, set_settings
 from clearmark.workers.celery_app import app, configure
-from clearmark.workers.cli import find_images
+from clearmark.workers.commands.common import find_images
 from clearmark.workers.db import FINISHED, Job, JobEvent, JobMetrics, session_scope
 from clearmark.workers.local import clean_folder
 from clearmark.workers.storage import read_uri
@@ -105,7 +105,7 @@ class Service:
     def __init__(self, settings: Settings, log_path: Path, *argv: str):
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", *argv],
+            [sys.executable, "-m", "clearmark", *argv],
             env=service_env(settings),
             stdout=self.log,
             stderr=subprocess.STDOUT,

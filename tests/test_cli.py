@@ -87,16 +87,16 @@ def test_clean_without_images_is_a_clear_error(tmp_path, local_settings):
 
 def test_start_up_commands_are_listed_without_importing_them():
     """`clearmark --help` shows the lazily loaded commands' one-line help from
-    LAZY_COMMANDS; it must be what the commands themselves say."""
+    COMMANDS; it must be what the commands themselves say."""
     import click
 
-    from clearmark.workers.cli import LAZY_COMMANDS
+    from clearmark.workers.cli import COMMANDS
 
     ctx = click.Context(cli)
-    for name, (_, short_help) in LAZY_COMMANDS.items():
+    for name, (_, short_help) in COMMANDS.items():
         assert cli.get_command(ctx, name).get_short_help_str(1000) == short_help, name
     result = CliRunner().invoke(cli, ["--help"])
-    assert result.exit_code == 0 and all(name in result.output for name in LAZY_COMMANDS)
+    assert result.exit_code == 0 and all(name in result.output for name in COMMANDS)
 
 
 ODD_NAMES = ["a b.png", "c#1.png", "100%.png", "new\nline.png", "żółw ü.png"]

@@ -335,7 +335,7 @@ def test_new_weights_give_a_new_engine(trt_dir, monkeypatch):
 def test_prune_deletes_only_files_from_other_weights_or_code(trt_dir, monkeypatch):
     from click.testing import CliRunner
 
-    from clearmark.engine_build.cli import engines_group
+    from clearmark.workers.commands.engines import engines_group
 
     builder = FakeBuilder()
     current = _ensure(trt_dir, builder)
@@ -408,7 +408,7 @@ def test_auto_falls_back_when_tensorrt_or_pycuda_missing(exported, monkeypatch, 
     if "tensorrt" not in missing:
         monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     _hide(monkeypatch, *missing)
-    caplog.set_level(logging.INFO, logger="engine_build")
+    caplog.set_level(logging.INFO, logger="clearmark.engine_build")
     eng = load_engine("detector", backend="auto", device="cuda")
     assert eng.backend in ("torch", "onnxruntime")  # torch on CUDA where a GPU exists
     assert f"{missing[0]} not importable" in caplog.text
@@ -455,7 +455,7 @@ def test_unknown_backend_and_device():
 def test_cli_export_bench_and_build(exported):
     from click.testing import CliRunner
 
-    from clearmark.engine_build.cli import bench_command, engines_group
+    from clearmark.workers.commands.engines import bench_command, engines_group
 
     runner = CliRunner()
     res = runner.invoke(engines_group, ["export", "--kind", "detector"])
@@ -476,7 +476,7 @@ def test_cli_export_bench_and_build(exported):
 def test_cli_bench_pipeline_times_every_stage_of_real_photos(monkeypatch, grocery_data):
     from click.testing import CliRunner
 
-    from clearmark.engine_build.cli import bench_command
+    from clearmark.workers.commands.engines import bench_command
     from clearmark.workers.pipeline_bench import STAGES, bench_images, bench_pipeline
 
     # The bench photos come from the eval set, whose photo backgrounds are read from the

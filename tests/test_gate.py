@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clearmark.models.masks import build_mask
 from clearmark.models.networks import IN_CHANNELS
 from clearmark.workers.gate import GateLimits, blend_fit, judge, judge_region
-from clearmark.workers.masks import build_mask
 from clearmark.workers.pipeline import around_mark, mask_image, process_image
 from tests.badfiles import encode
 from tests.test_pipeline import BoxDetector, FakeEngine, cfg, fake_engines, pixels

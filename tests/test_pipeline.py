@@ -28,15 +28,15 @@ import pytest
 from PIL import Image, ImageOps
 
 from clearmark.engine_build import Engine
+from clearmark.models.inference import detect_probability
+from clearmark.models.masks import build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import IN_CHANNELS
 from clearmark.settings import Settings
 from clearmark.workers.imaging import decode_image, estimate_jpeg_quality
 from clearmark.workers.jpeg_exact import reach_of_change
-from clearmark.workers.masks import build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.workers.pipeline import (
     Engines,
     PipelineResult,
-    detect_probability,
     process_image,
     remove_watermark,
     residual_score,

@@ -192,7 +192,7 @@ def test_crash_between_commit_and_publish_is_recovered(pg_url, redis_url, worker
         from pathlib import Path
         import clearmark.workers.tasks
         from clearmark.workers.submit import submit_files
-        workers.tasks.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+        clearmark.workers.tasks.enqueue = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
         list(submit_files(sorted(Path({str(tmp_path)!r}).glob("p*.png"))))
     """)
     killed = subprocess.run([sys.executable, "-c", script], env=service_env(s), capture_output=True)
@@ -214,7 +214,7 @@ def test_crash_between_commit_and_publish_is_recovered(pg_url, redis_url, worker
 
 def _submit(env: dict, path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "workers", "submit", str(path)], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "clearmark", "submit", str(path)], env=env, capture_output=True, text=True
     )
 
 

@@ -70,5 +70,5 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
-app = Celery("clearmark", include=["workers.tasks", "workers.webhooks"])
+app = Celery("clearmark", include=["clearmark.workers.tasks", "clearmark.workers.webhooks"])
 configure(app, get_settings())

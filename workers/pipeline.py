@@ -13,16 +13,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from clearmark.engine_build import Engine, load_engine
-from clearmark.models.networks import remover_input, to_chw
+from clearmark.models.inference import ceil_to, detect_probability, detect_scale, pad_to, run_engine
+from clearmark.models.masks import Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
+from clearmark.models.networks import remover_input
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.gate import GateLimits, RegionVerdict, judge
 from clearmark.workers.imaging import decode_image, encode_image, orientation_exif, to_stored
-from clearmark.workers.masks import Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
 
 PIPELINE_CODE_VERSION = "6"  # 2: the remover gets a Telea prefill of its crop;
 # 3: the remover's mask output confirms what changes;
@@ -97,62 +97,6 @@ class PipelineResult:
     encoding: dict = field(default_factory=dict)
 
 
-def _run(engine: Engine, batch: np.ndarray) -> np.ndarray:
-    """`engine.run` over `batch`, in pieces of at most `engine.max_batch` images. An engine
-    that returns NaN/inf is broken: fail loudly (internal error), never silently call an
-    image clean."""
-    step = engine.max_batch or len(batch)
-    outs = [engine.run(np.ascontiguousarray(batch[i : i + step])) for i in range(0, len(batch), step)]
-    out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-    if not np.isfinite(out).all():
-        raise RuntimeError(f"{engine.key} returned non-finite values")
-    return out
-
-
-def _ceil_to(n: int, stride: int) -> int:
-    return -(-n // stride) * stride
-
-
-def _pad_to(x: np.ndarray, stride: int) -> np.ndarray:
-    """Reflect-pad an N x C x H x W batch at the bottom/right to multiples of stride."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % stride, -w % stride
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
-    return x
-
-
-def detect_scale(detector: Engine, shape: tuple[int, int], long_side: int) -> float:
-    """The factor the detector sees an image of `shape` at: long side `long_side`, never
-    upscaled, short side kept >= the stride."""
-    h, w = shape
-    scale = min(1.0, long_side / max(h, w))
-    return max(scale, min(1.0, detector.stride / min(h, w)))
-
-
-def detect_probability(
-    detector: Engine, rgb: np.ndarray, long_side: int, flip: bool = False, scale: float | None = None
-) -> np.ndarray:
-    """Watermark probability, H x W float32 at full resolution (the detector's channel 0;
-    a second, opacity channel is ignored here). The detector sees a copy resized by
-    `scale` (default `detect_scale`). With `flip`, the copy and its mirror image run as
-    one batch of two and each pixel keeps the lower score."""
-    h, w = rgb.shape[:2]
-    scale = detect_scale(detector, (h, w), long_side) if scale is None else scale
-    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = rgb if (sh, sw) == (h, w) else cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
-    batch = to_chw(small)[None]
-    if flip:
-        batch = np.concatenate([batch, batch[..., ::-1]])
-    out = _run(detector, _pad_to(batch, detector.stride))[:, 0, :sh, :sw]
-    if flip:
-        out = np.minimum(out[0], out[1][:, ::-1])[None]
-    prob = np.ascontiguousarray(out[0], dtype=np.float32)
-    if (sh, sw) != (h, w):
-        prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
-    return prob
-
-
 def residual_score(
     detector: Engine, restored: np.ndarray, region: np.ndarray, long_side: int, flip: bool
 ) -> float:
@@ -179,7 +123,7 @@ def remove_watermark(
     feathered alpha (pixels where `mask.alpha == 0` are returned unchanged), and the
     remover's full-resolution watermark probability, H x W float32, 0 outside the dilated
     mask. Crops of equal padded size run as one batch of at most REMOVE_BATCH_PIXELS
-    (`_run` splits it further to the engine's `max_batch`). With `flip`, each crop's mirror
+    (`run_engine` splits it further to the engine's `max_batch`). With `flip`, each crop's mirror
     image runs in the same batch and the two outputs, mirrored back, are averaged."""
     out = rgb.copy()
     mark = np.zeros(rgb.shape[:2], np.float32)
@@ -187,16 +131,16 @@ def remove_watermark(
     groups: dict[tuple[int, int], list[Tile]] = defaultdict(list)
     for t in tiles:
         x0, y0, x1, y1 = t.box
-        groups[(_ceil_to(y1 - y0, remover.stride), _ceil_to(x1 - x0, remover.stride))].append(t)
+        groups[(ceil_to(y1 - y0, remover.stride), ceil_to(x1 - x0, remover.stride))].append(t)
     copies = 2 if flip else 1
     for (ph, pw), group in groups.items():
         per_batch = max(1, REMOVE_BATCH_PIXELS // (ph * pw * copies))
         for i in range(0, len(group), per_batch):
             chunk = group[i : i + per_batch]
-            batch = np.stack([_pad_to(_crop_input(rgb, mask, t)[None], remover.stride)[0] for t in chunk])
+            batch = np.stack([pad_to(_crop_input(rgb, mask, t)[None], remover.stride)[0] for t in chunk])
             if flip:
                 batch = np.concatenate([batch, batch[..., ::-1]])
-            restored = _run(remover, batch)
+            restored = run_engine(remover, batch)
             if flip:
                 restored = (restored[: len(chunk)] + restored[len(chunk) :][..., ::-1]) / 2
             for t, res in zip(chunk, restored):

@@ -1,17 +1,23 @@
-"""`clearmark engines ...` and `clearmark bench` (mounted by workers/cli.py).
-
-Standalone: `python -m engine_build.cli engines export`, `python -m engine_build.cli bench`.
-"""
+"""`clearmark engines ...` (ONNX export, TensorRT engines) and `clearmark bench`."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import click
+import onnxruntime as ort
+import torch
 
-from clearmark.models import KINDS
+from clearmark.engine_build.base import CPU_AUTO_BACKEND, resolve_device
+from clearmark.engine_build.bench import bench_one, format_table
+from clearmark.engine_build.onnx_export import ONNX_OPSET, export_onnx, stale_onnx
+from clearmark.engine_build.trt_backend import _cuda_index, ensure_engine, tensorrt_status
+from clearmark.engine_build.trt_cache import parse_profile, stale_engines
+from clearmark.models import KINDS, weights_sha256
+from clearmark.settings import get_settings
+from clearmark.workers.jpeg_bench import bench_jpeg, format_jpeg_table, photo_files
+from clearmark.workers.pipeline_bench import bench_images, bench_pipeline, format_pipeline_table
 
 KIND_CHOICE = click.Choice([*KINDS, "all"])
 
@@ -37,8 +43,6 @@ def engines_group():
 @click.option("--force", is_flag=True, help="Export again even when cached.")
 def export_command(kind: str, precision: str, force: bool):
     """Export the models to ONNX (dynamic batch/height/width), check and run them."""
-    from clearmark.engine_build.onnx_export import ONNX_OPSET, export_onnx
-
     for k in _kinds(kind):
         path = export_onnx(k, precision, force=force)
         click.echo(f"{k}: {path} (opset {ONNX_OPSET}, {precision}, checked)")
@@ -58,9 +62,6 @@ def export_command(kind: str, precision: str, force: bool):
 @click.option("--force", is_flag=True, help="Rebuild even when a valid engine is cached.")
 def build_command(kind: str, precision: str, profile: str | None, device: str, force: bool):
     """Build (or reuse) TensorRT engines from the ONNX files."""
-    from clearmark.engine_build.trt_backend import _cuda_index, ensure_engine, tensorrt_status
-    from clearmark.engine_build.trt_cache import parse_profile
-
     try:
         prof = parse_profile(profile)
     except ValueError as exc:
@@ -83,11 +84,6 @@ def build_command(kind: str, precision: str, profile: str | None, device: str, f
 def prune_command(dry_run: bool):
     """Delete cached ONNX files and TensorRT engines made from other weights or code than
     the shipped ones (engines for other GPUs or TensorRT versions are kept)."""
-    from clearmark.engine_build.onnx_export import stale_onnx
-    from clearmark.engine_build.trt_cache import stale_engines
-    from clearmark.models import weights_sha256
-    from clearmark.settings import get_settings
-
     engine_dir = get_settings().engine_dir
     stale = stale_onnx(engine_dir) + stale_engines(engine_dir, {k: weights_sha256(k) for k in KINDS})
     freed = 0
@@ -105,17 +101,10 @@ def prune_command(dry_run: bool):
 @engines_group.command("info")
 def info_command():
     """Which backends are usable here and what `auto` picks."""
-    import onnxruntime as ort
-
-    from clearmark.engine_build.base import CPU_AUTO_BACKEND, resolve_device
-    from clearmark.engine_build.trt_backend import tensorrt_status
-    from clearmark.settings import get_settings
-
     settings = get_settings()
     ok, why = tensorrt_status()
     click.echo(f"tensorrt:    {'yes' if ok else 'no'} ({why})")
     click.echo(f"onnxruntime: {ort.__version__} providers {ort.get_available_providers()}")
-    import torch
 
     click.echo(f"torch:       {torch.__version__} cuda={torch.cuda.is_available()}")
     click.echo(
@@ -192,21 +181,15 @@ def bench_command(
     --pipeline, seconds per photo for the whole pipeline, stage by stage; with --jpeg,
     what writing a JPEG result costs and changes."""
     if jpeg:  # no engines involved
-        from clearmark.workers.jpeg_bench import bench_jpeg, format_jpeg_table, photo_files
-
         files = photo_files(photos, images)
         with click.progressbar(length=len(files), label="photos", file=sys.stderr) as bar:
             rows = bench_jpeg(files, size or 1024, progress=bar.update)
         click.echo(format_jpeg_table(rows))
         return
-    from clearmark.engine_build.bench import bench_one, format_table
-    from clearmark.engine_build.trt_backend import tensorrt_status
 
     if not backends:
         backends = ("torch", "onnxruntime") + (("tensorrt",) if tensorrt_status()[0] else ())
     if pipeline:  # the pipeline lives in workers; imported only for this mode
-        from clearmark.workers.pipeline_bench import bench_images, bench_pipeline, format_pipeline_table
-
         files = bench_images(images, size or 1024)
         click.echo(
             format_pipeline_table(
@@ -235,19 +218,3 @@ def bench_command(
                 )
             )
     click.echo(format_table(rows))
-
-
-@click.group()
-@click.option("-v", "--verbose", is_flag=True)
-def cli(verbose: bool):
-    """engine_build on its own (the same commands `clearmark` mounts)."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-
-
-cli.add_command(engines_group)
-cli.add_command(bench_command)
-
-if __name__ == "__main__":
-    cli()

@@ -1,18 +1,25 @@
-"""`clearmark train`, `clearmark reproduce` and `clearmark eval` (mounted by workers/cli.py).
-
-Also runnable alone: `python -m models.cli train detector --steps 100`.
-"""
+"""Model commands: `clearmark train`, `reproduce`, `eval` and `eval-real`."""
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import click
+import torch
+from tqdm import tqdm
 
-from clearmark.models.registry import KINDS, WEIGHTS_DIR
+from clearmark.models import evaluate as synthetic_eval
+from clearmark.models import evaluate_real as real_eval
+from clearmark.models.registry import KINDS, WEIGHTS_DIR, ModelEngine, load_model, load_weights, read_manifest
+from clearmark.models.reproduce import ReproduceError, reproduce
 from clearmark.models.scenes import DEFAULT_DATA
+from clearmark.models.train import train
+from clearmark.settings import get_settings
+from clearmark.workers.gate import GateLimits
+from clearmark.workers.pipeline import Engines, clean_rgb, process_image
 
 
 def _command_line(kind: str) -> str:
@@ -121,10 +128,6 @@ def train_command(
     out_dir,
 ):
     """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest."""
-    from tqdm import tqdm
-
-    from clearmark.models.train import train
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
         try:
@@ -199,13 +202,6 @@ def reproduce_command(kind, weights_dir, init, detector_masks, data_dir, out_dir
     is compared by sha256. Exits 1 when it differs (other code, libraries or CPU), 2 when
     the run cannot be repeated as recorded. It takes as long as the run did (its recipe's
     train_minutes; the shipped runs took 31 and 39 minutes on a 2-core CPU)."""
-    import tempfile
-
-    from tqdm import tqdm
-
-    from clearmark.models.registry import read_manifest
-    from clearmark.models.reproduce import ReproduceError, reproduce
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix=f"clearmark-reproduce-{kind}-"))
     recipe = read_manifest(weights_dir).get(kind, {}).get("recipe", {})
@@ -256,21 +252,28 @@ def reproduce_command(kind, weights_dir, init, detector_masks, data_dir, out_dir
 @click.option("--update-manifest", is_flag=True, help="store the summary in the weights manifest")
 def eval_command(n, seed, data_dir, weights_dir, threads, json_path, slices, update_manifest):
     """Evaluate the shipped models against two baselines on a held-out synthetic set."""
-    from clearmark.models.evaluate import SLICES, evaluate, format_table
-
-    slices = tuple(slices) or SLICES
-    if update_manifest and set(slices) != set(SLICES):
+    slices = tuple(slices) or synthetic_eval.SLICES
+    if update_manifest and set(slices) != set(synthetic_eval.SLICES):
         raise click.UsageError("--update-manifest records the whole set: drop --slice")
-    results = evaluate(
-        n=n, seed=seed, data_dir=data_dir, weights_dir=weights_dir, threads=threads, slices=slices
+    settings = get_settings()
+    torch.set_num_threads(threads)
+    engines = Engines(
+        detector=ModelEngine(load_model("detector", weights_dir)),
+        remover=ModelEngine(load_model("remover", weights_dir)),
     )
-    click.echo(format_table(results))
+
+    def model(rgb):
+        c = clean_rgb(engines, rgb, settings)
+        return c.restored, c.found, c.mask.dilated
+
+    results = synthetic_eval.evaluate(
+        model, settings.mask_dilate_px, n=n, seed=seed, data_dir=data_dir, threads=threads, slices=slices
+    )
+    click.echo(synthetic_eval.format_table(results))
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     if update_manifest:
-        from clearmark.models.evaluate import store_in_manifest
-
-        store_in_manifest(results, weights_dir)
+        synthetic_eval.store_in_manifest(results, weights_dir)
 
 
 @click.command("eval-real")
@@ -362,19 +365,6 @@ def eval_real_command(
     and clean, against doing nothing and true-mask Telea: harm rate, clean photos changed,
     PSNR/SSIM, PSNR inside and outside the mark, mask F1, statuses, per style, with
     bootstrap 95% intervals."""
-    from tqdm import tqdm
-
-    from clearmark.models.evaluate_real import (
-        METHODS,
-        OPEN_GATE,
-        evaluate_real,
-        format_report,
-        format_sweep,
-        gallery_html,
-    )
-    from clearmark.settings import get_settings
-    from clearmark.workers.pipeline import Engines
-
     if update_manifest and (weights_dir or not baselines or sweep_gate):
         raise click.UsageError(
             "--update-manifest records the shipped engines with baselines "
@@ -382,10 +372,8 @@ def eval_real_command(
         )
     settings = get_settings().replace(backend=backend)
     if sweep_gate:
-        settings = settings.replace(**OPEN_GATE)
+        settings = settings.replace(**real_eval.OPEN_GATE)
     if weights_dir:
-        from clearmark.models.registry import ModelEngine, load_weights
-
         engines = Engines(
             *(ModelEngine(load_weights(k, Path(weights_dir) / f"{k}.pt")) for k in ("detector", "remover"))
         )
@@ -394,31 +382,29 @@ def eval_real_command(
         engines = Engines.load(settings)
     try:
         with tqdm(total=n_marked + n_clean, desc="eval-real", mininterval=5) as bar:
-            results = evaluate_real(
+            results = real_eval.evaluate_real(
                 data_dir,
-                engines,
-                settings,
+                lambda upload: process_image(upload, engines, settings),
+                settings.mask_dilate_px,
                 split,
                 n_marked,
                 n_clean,
                 seed,
                 family,
-                METHODS if baselines else ("model",),
+                real_eval.METHODS if baselines else ("model",),
                 backend=backend,
                 progress=bar,
             )
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(format_report(results))
+    click.echo(real_eval.format_report(results))
     if sweep_gate:
-        click.echo("\n" + format_sweep(results["rows"]["model"]))
+        click.echo("\n" + real_eval.format_sweep(results["rows"]["model"], GateLimits))
     if gallery:
-        Path(gallery).write_text(gallery_html(results))
+        Path(gallery).write_text(real_eval.gallery_html(results))
         click.echo(f"gallery: {gallery}")
     if update_manifest:
-        from clearmark.models.evaluate_real import store_in_manifest
-
-        store_in_manifest(
+        real_eval.store_in_manifest(
             results,
             f"clearmark eval-real --split {split} --family {family} "
             f"--marked {n_marked} --clean {n_clean} --seed {seed} "
@@ -431,17 +417,3 @@ def eval_real_command(
             for m, rows in results["rows"].items()
         }
         Path(json_path).write_text(json.dumps(slim, indent=1, default=str) + "\n")
-
-
-@click.group()
-def _main():
-    """Model commands (stand-alone entry; the project CLI mounts the same commands)."""
-
-
-_main.add_command(train_command)
-_main.add_command(eval_command)
-_main.add_command(eval_real_command)
-_main.add_command(reproduce_command)
-
-if __name__ == "__main__":
-    _main()

@@ -1,0 +1,216 @@
+"""Jobs on the service: `submit`, `bulk`, `reprocess`, `batches`, `status`, `report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clearmark.settings import get_settings
+from clearmark.workers import reprocess as rp
+from clearmark.workers.commands.common import (
+    IMAGE_EXTENSIONS,
+    exit_when_unavailable,
+    find_images,
+    follow,
+    since_value,
+)
+from clearmark.workers.report_html import build_report
+from clearmark.workers.reports import batch_progress, batches_text, queues_text, status_text
+from clearmark.workers.submit import list_uri, submit_files, submit_sources
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--tenant", default="local", show_default=True, help="Tenant (storefront) name.")
+@click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders.")
+@click.option("--bulk", is_flag=True, help="Use the bulk queue (lower priority than uploads).")
+@exit_when_unavailable
+def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -> None:
+    """Upload images to storage and enqueue a job for each on the broker.
+
+    Prints one job id per line (tab, then the file). The same file submitted again for the
+    same tenant returns its existing job instead of a new one. With the broker or database
+    down: one error line and exit status 75; jobs already recorded are sent by the reaper.
+    """
+    images = find_images(list(inputs), recursive)
+    if not images:
+        raise click.ClickException("no images found")
+    for job_id, path in submit_files([p for p, _ in images], tenant=tenant, bulk=bulk):
+        click.echo(f"{job_id}\t{path}")
+
+
+@click.command()
+@click.argument("source")
+@click.option("--tenant", default="local", show_default=True, help="Tenant (storefront) name.")
+@click.option(
+    "--chunk", default=500, show_default=True, type=click.IntRange(1, 100_000), help="Jobs per transaction."
+)
+@exit_when_unavailable
+def bulk(source: str, tenant: str, chunk: int) -> None:
+    """Import a folder or bucket prefix (any fsspec URI) as one batch on the bulk queue.
+
+    Local files are copied into storage; bucket objects are processed in place. A source
+    already imported for the tenant keeps its job, so an interrupted import can simply
+    be run again (the new batch then holds the rest).
+    """
+    if Path(source).exists():
+        sources = [p for p, _ in find_images([Path(source)], recursive=True)]
+    else:
+        sources = list_uri(source, IMAGE_EXTENSIONS)
+    if not sources:
+        raise click.ClickException(f"no images found under {source}")
+    new, batch_id = 0, None
+    for _, _, created, batch_id in follow(
+        submit_sources(sources, tenant, bulk=True, chunk=chunk), len(sources), "submit"
+    ):
+        new += created
+    if not new:
+        click.echo(f"all {len(sources)} images are already known: no new batch")
+        return
+    rows = batch_progress(get_settings().database_url, [batch_id])
+    click.echo(f"batch {batch_id}: {len(sources)} images, {new} new jobs, {len(sources) - new} already known")
+    click.echo(batches_text(rows))
+
+
+@click.command()
+@click.option("--tenant", help="Only this tenant's jobs (name).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["succeeded", "no_watermark", "needs_review", "failed"]),
+    help="Only jobs in this status (repeatable; default: every finished status).",
+)
+@click.option(
+    "--since",
+    metavar="DATE|AGE",
+    help="Created at or after: an ISO date or time (UTC unless an offset is given) or an age (12h, 7d, 2w).",
+)
+@click.option("--until", help="Created before (ISO 8601).")
+@click.option(
+    "--outdated",
+    is_flag=True,
+    help="Only jobs whose result was made by other pipeline code or model weights "
+    "than the current ones (failed jobs without a result: use --status failed).",
+)
+@click.option("--version", "version", help="Only jobs whose pipeline version starts so.")
+@click.option("--batch", help="Only jobs of this batch.")
+@click.option(
+    "--ids",
+    "ids_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Only these jobs: a file of job ids or source URIs, one per line.",
+)
+@click.option("--dry-run", is_flag=True, help="Print counts by status; queue nothing.")
+@click.option(
+    "--resume",
+    "resume",
+    metavar="BATCH",
+    help="Continue an interrupted run (its selection is stored in the batch).",
+)
+@click.option(
+    "--chunk", default=500, show_default=True, type=click.IntRange(1, 100_000), help="Jobs per transaction."
+)
+@click.option(
+    "--rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="At most this many jobs enqueued per second (0: no limit).",
+)
+@exit_when_unavailable
+def reprocess(
+    tenant, statuses, since, until, outdated, version, batch, ids_file, dry_run, resume, chunk, rate
+) -> None:
+    """Queue finished jobs again, as a new batch on the bulk queue.
+
+    Select by tenant, status, creation date, pipeline version (--outdated: not made by the
+    current models), batch or a list of ids. Interrupted, run `--resume BATCH`: nothing
+    is enqueued twice and nothing is lost.
+    """
+    settings = get_settings()
+    if resume:
+        try:
+            selection = rp.load(resume)
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
+        since = since and since_value(since).isoformat()  # an age is fixed now, for --resume
+        selection = rp.Selection(
+            tenant=tenant,
+            statuses=statuses,
+            since=since,
+            until=until,
+            outdated=outdated,
+            version=version,
+            batch=batch,
+            ids_file=ids_file and str(Path(ids_file).resolve()),
+        )
+    try:
+        counts = rp.dry_run(selection)
+    except ValueError as exc:  # a bad date
+        raise click.ClickException(str(exc)) from None
+    total = sum(counts.values())
+    click.echo(
+        "selected: " + (", ".join(f"{s} {n}" for s, n in counts.items()) or "none") + f" (total {total})"
+    )
+    earlier = None if resume else rp.unfinished(selection)
+    if earlier:
+        resume, stranded = earlier
+        total += stranded
+        click.echo(
+            f"resuming batch {resume}: its last run stopped with {stranded} jobs queued but not yet sent"
+        )
+    if dry_run or not (total or resume):
+        return
+    batch_id = resume or rp.start(selection)
+    click.echo(f"batch {batch_id} -> queue {settings.queue_bulk}")
+    sent = sum(follow(rp.run(batch_id, chunk=chunk, rate=rate), total, "enqueue"))
+    click.echo(f"queued {sent} jobs in batch {batch_id}; progress: clearmark batches {batch_id}")
+
+
+@click.command()
+@click.argument("batch_ids", nargs=-1)
+@click.option("--tenant", help="Only this tenant's batches.")
+@click.option("--limit", default=20, show_default=True, help="Newest batches to show.")
+def batches(batch_ids: tuple[str, ...], tenant: str | None, limit: int) -> None:
+    """Batches (newest first) with their jobs by status."""
+    rows = batch_progress(get_settings().database_url, list(batch_ids), tenant, limit)
+    click.echo(batches_text(rows))
+
+
+@click.command()
+@click.option("--failures", default=10, show_default=True, help="Recent failures to list.")
+def status(failures: int) -> None:
+    """Counts of jobs by status, the most recent failures, and each queue's waiting tasks
+    and the workers consuming it."""
+    click.echo(status_text(get_settings().database_url, failures))
+    click.echo(queues_text(get_settings()))
+
+
+@click.command()
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write.",
+)
+@click.option("--tenant", help="Only this tenant's jobs.")
+@click.option(
+    "--since",
+    metavar="DATE|AGE",
+    help="Only jobs created since: an ISO date or time (UTC unless an offset is "
+    "given) or an age (12h, 7d, 2w).",
+)
+@click.option("--sample", default=6, show_default=True, help="Random jobs in the gallery.")
+@click.option("--worst", default=6, show_default=True, help="Lowest-confidence jobs shown.")
+@click.option("--review", "review_n", default=6, show_default=True, help="needs_review jobs shown.")
+def report(out_path: Path, tenant: str | None, since, sample: int, worst: int, review_n: int) -> None:
+    """Write a self-contained HTML quality report: counts, failure reasons, latency
+    percentiles, confidence and mask-area plots, before/after/mask thumbnails."""
+    html = build_report(tenant, since and since_value(since), sample=sample, worst=worst, review=review_n)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(html, encoding="utf-8")
+    click.echo(f"wrote {out_path} ({len(html) // 1024} KiB)")

@@ -1,0 +1,54 @@
+"""`clearmark review`: jobs waiting for a person."""
+
+from __future__ import annotations
+
+import getpass
+
+import click
+
+from clearmark.workers.review import decide, pending
+
+
+@click.group()
+def review() -> None:
+    """Jobs waiting for a person: residual or confidence in the review band."""
+
+
+@review.command("list")
+@click.option("--tenant", help="Only this tenant's jobs.")
+@click.option("--limit", default=50, show_default=True)
+def review_list(tenant: str | None, limit: int) -> None:
+    """Jobs in needs_review, oldest first: id, confidence, residual, source, result, and
+    on the next line why the pipeline sent it to review."""
+    rows = pending(tenant, limit)
+    for job, m in rows:
+        scores = f"conf {m.detector_confidence:.2f}  resid {m.residual_score:.2f}" if m else "-"
+        click.echo(f"{job.id}  {scores}  {job.source_uri}  {job.result_uri or '-'}")
+        if job.review_reason:
+            click.echo(f"    why: {job.review_reason}")
+    click.echo(f"{len(rows)} job(s) need review", err=True)
+
+
+def _decide(job_ids: tuple[str, ...], accept: bool, note: str) -> None:
+
+    for job_id in job_ids:
+        try:
+            click.echo(f"{job_id}\t{decide(job_id, accept, getpass.getuser(), note)}")
+        except (LookupError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@review.command("accept")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--note", default="", help="Why (kept in the job's events).")
+def review_accept(job_ids: tuple[str, ...], note: str) -> None:
+    """The result is good: the job becomes succeeded."""
+    _decide(job_ids, True, note)
+
+
+@review.command("reject")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--note", default="", help="Why (kept as the job's error message).")
+def review_reject(job_ids: tuple[str, ...], note: str) -> None:
+    """The result is not good: the job fails with rejected_in_review (retry or reprocess)."""
+    _decide(job_ids, False, note)

@@ -1,0 +1,120 @@
+"""Running the service: `worker`, `reap` and `beat`."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+
+import click
+
+from clearmark.settings import get_settings
+from clearmark.workers.commands.common import exit_when_unavailable
+from clearmark.workers.preflight import describe, worker_problems
+from clearmark.workers.reaper import reap as reap_once
+from clearmark.workers.reaper import reap_forever
+from clearmark.workers.tasks import app
+
+
+def default_queues(settings) -> str:
+    """What `clearmark worker` consumes without -Q: every queue, so that nothing submitted
+    waits for a worker that was never started (webhooks included)."""
+    return ",".join([settings.queue_uploads, settings.queue_bulk, settings.queue_webhooks])
+
+
+@click.command()
+@click.option(
+    "-Q", "--queues", help="Comma-separated queues (default: all three, uploads, bulk and webhooks)."
+)
+@click.option("-c", "--concurrency", type=int, help="Child processes (default from settings).")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option(
+    "-P", "--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"])
+)
+@click.option("-n", "--hostname", help="Worker node name (default celery@host).")
+@click.option(
+    "--reap",
+    is_flag=True,
+    help="Also run the reaper beside the worker (a child process, every "
+    "CLEARMARK_REAP_INTERVAL_S), where no Celery beat runs it.",
+)
+def worker(
+    queues: str | None, concurrency: int | None, loglevel: str, pool: str, hostname: str | None, reap: bool
+) -> None:
+    """Start a Celery worker on the configured broker (Redis by default).
+
+    Refuses to start when only one of CLEARMARK_DATABASE_URL and CLEARMARK_BROKER_URL is
+    set, or when the database is not migrated to this code's revision: such a worker
+    would take tasks whose jobs it cannot see, and they would stay queued."""
+    settings = get_settings()
+    queues = queues or default_queues(settings)
+    click.echo(f"{describe(settings)}\nqueues   {queues}", err=True)
+    problems = worker_problems(settings)
+    if problems:
+        raise click.ClickException("worker not started: " + "; ".join(problems))
+
+    argv = [
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency or settings.worker_concurrency),
+        "-l",
+        loglevel,
+        "-P",
+        pool,
+        "-E",
+    ]
+    if hostname:
+        argv += ["-n", hostname]
+    reaper = _start_reaper_process() if reap else None
+    try:
+        app.worker_main(argv)
+    finally:
+        if reaper is not None:
+            reaper.terminate()
+
+
+def _start_reaper_process():
+    """`clearmark reap --every` as a child that dies with this process (even on SIGKILL)."""
+
+    def die_with_parent() -> None:
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "clearmark", "reap", "--every", str(get_settings().reap_interval_s)],
+        env=dict(os.environ, CLEARMARK_DATABASE_URL=get_settings().database_url),
+        preexec_fn=die_with_parent,
+    )
+
+
+@click.command()
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="Run a pass every SECONDS until stopped (default: one pass).",
+)
+@exit_when_unavailable
+def reap(every: float | None) -> None:
+    """Queue again what would otherwise never finish: running jobs whose lease expired (or
+    fail them after the last attempt), queued jobs and due webhooks with no task on the
+    broker. Safe to run anywhere, any number of times."""
+    settings = get_settings()
+    if every:
+        reap_forever(settings.replace(reap_interval_s=every))
+        return
+    click.echo(str(reap_once(settings)))
+
+
+@click.command()
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+def beat(loglevel: str) -> None:
+    """Run Celery beat: sends a reaper pass every CLEARMARK_REAP_INTERVAL_S (run exactly one)."""
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    app.Beat(loglevel=loglevel).run()
