@@ -1,4 +1,5 @@
-"""The engine interface every backend implements, and `load_engine`, which picks one.
+"""`load_engine`, which picks a backend for a model (the interface every backend implements,
+`Engine`, is in engine_build.engine and re-exported here).
 
 Backends: "tensorrt" (engine file + pycuda buffers, NVIDIA GPU), "onnxruntime" (CUDA or
 CPU provider), "torch" (eager PyTorch, CPU or CUDA). "auto" resolves by a fixed rule,
@@ -39,10 +40,14 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
+import torch
 
-from clearmark.models import STRIDE, weights_sha256
+from clearmark.engine_build import ort_backend, torch_backend, trt_backend
+from clearmark.engine_build.engine import BackendUnavailable, Engine
 from clearmark.models.networks import IN_CHANNELS
+from clearmark.settings import Settings, get_settings
+
+__all__ = ["BACKENDS", "CPU_AUTO_BACKEND", "BackendUnavailable", "Engine", "load_engine", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -50,72 +55,31 @@ BACKENDS = ("tensorrt", "onnxruntime", "torch")
 CPU_AUTO_BACKEND = "onnxruntime"
 
 
-class BackendUnavailable(RuntimeError):
-    """The backend asked for cannot run here (missing package, no GPU)."""
-
-
-class Engine:
-    """One model on one backend. `run` takes a float32 batch N x C x H x W (H, W multiples
-    of `stride`, N images of one shape) and returns the model's float32 output for it."""
-
-    kind: str
-    backend: str
-    stride: int = STRIDE
-    max_batch: int | None = None  # the most images one `run` takes; None: no limit
-
-    def run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    @property
-    def details(self) -> str:
-        """Backend specifics for the key: device, precision, provider, engine hash."""
-        return ""
-
-    @property
-    def key(self) -> str:
-        """What produced the numbers: model, weights, backend and engine details, for the
-        job record. `kind:weights-sha256[:12]:backend[:details]`."""
-        base = f"{self.kind}:{weights_sha256(self.kind)[:12]}:{self.backend}"
-        return f"{base}:{self.details}" if self.details else base
-
-    def _check_input(self, x: np.ndarray) -> None:
-        want = IN_CHANNELS[self.kind]
-        if x.ndim != 4 or x.shape[1] != want:
-            raise ValueError(f"{self.kind} expects N x {want} x H x W, got {x.shape}")
-        if x.shape[2] % self.stride or x.shape[3] % self.stride:
-            raise ValueError(f"H and W must be multiples of {self.stride}, got {x.shape[2:]}")
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.key}>"
-
-
 def _torch_cuda_available() -> bool:
     try:
-        import torch
-
         return torch.cuda.is_available()
-    except Exception:  # pragma: no cover - torch is a hard dependency
+    except Exception:  # pragma: no cover - a broken CUDA install must not stop start-up
         return False
 
 
-def resolve_device(device: str | None, settings=None) -> str:
+def resolve_device(device: str | None, settings: Settings | None = None) -> str:
     """None -> settings.device; "auto" -> "cuda" when a GPU is visible, else "cpu"."""
     if device is None:
-        from clearmark.settings import get_settings
-
         device = (settings or get_settings()).device
     device = device.strip().lower() or "cpu"
     if device == "auto":
-        from clearmark.engine_build.trt_backend import cuda_device_count
-
-        device = "cuda" if (_torch_cuda_available() or cuda_device_count() > 0) else "cpu"
+        device = "cuda" if (_torch_cuda_available() or trt_backend.cuda_device_count() > 0) else "cpu"
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"device must be cpu, cuda, cuda:N or auto, not {device!r}")
     return device
 
 
 def load_engine(
-    kind: str, backend: str = "auto", device: str | None = None, precision: str | None = None, settings=None
+    kind: str,
+    backend: str = "auto",
+    device: str | None = None,
+    precision: str | None = None,
+    settings: Settings | None = None,
 ) -> Engine:
     """An engine for `kind` ("detector" or "remover").
 
@@ -123,70 +87,58 @@ def load_engine(
     device: "cpu" | "cuda[:N]" | "auto" (None -> settings.device).
     precision: None for the backend's default (fp16 on GPU, fp32 on CPU), or
     "fp32" | "fp16" | "int8" (int8: TensorRT only).
-    settings: a workers.settings.Settings for engine_dir, threads and the TensorRT
+    settings: a clearmark.settings.Settings for engine_dir, threads and the TensorRT
     workspace/profile (None -> get_settings()).
     """
     if kind not in IN_CHANNELS:
         raise ValueError(f"unknown model kind {kind!r}")
     if settings is None:
-        from clearmark.settings import get_settings
-
         settings = get_settings()
     backend = (backend or settings.backend).strip().lower()
     device = resolve_device(device, settings)
 
+    # The backends are called through their modules (trt_backend.TrtEngine), so that a
+    # test replacing one there is seen here.
     if backend == "auto":
         return _load_auto(kind, device, precision, settings)
     if backend in ("tensorrt", "trt"):
-        from clearmark.engine_build.trt_backend import TrtEngine, tensorrt_status
-
-        ok, why = tensorrt_status()
+        ok, why = trt_backend.tensorrt_status()
         if not ok:
             raise BackendUnavailable(f"tensorrt backend unavailable: {why}")
-        return TrtEngine(
+        return trt_backend.TrtEngine(
             kind,
             device=device if device.startswith("cuda") else "cuda",
             precision=precision or "fp16",
             settings=settings,
         )
     if backend in ("onnxruntime", "ort", "onnx"):
-        from clearmark.engine_build.ort_backend import OrtEngine
-
-        return OrtEngine(kind, device=device, settings=settings)
+        return ort_backend.OrtEngine(kind, device=device, settings=settings)
     if backend in ("torch", "pytorch"):
-        from clearmark.engine_build.torch_backend import TorchEngine
-
-        return TorchEngine(kind, device=device, precision=precision, settings=settings)
+        return torch_backend.TorchEngine(kind, device=device, precision=precision, settings=settings)
     raise ValueError(f"unknown backend {backend!r}; expected auto or one of {BACKENDS}")
 
 
-def _load_auto(kind: str, device: str, precision: str | None, settings) -> Engine:
+def _load_auto(kind: str, device: str, precision: str | None, settings: Settings) -> Engine:
     if device.startswith("cuda"):
-        from clearmark.engine_build.trt_backend import TrtEngine, tensorrt_status
-
-        ok, why = tensorrt_status()
+        ok, why = trt_backend.tensorrt_status()
         if ok:
             try:
-                return TrtEngine(kind, device=device, precision=precision or "fp16", settings=settings)
+                return trt_backend.TrtEngine(
+                    kind, device=device, precision=precision or "fp16", settings=settings
+                )
             except Exception as exc:  # build/deserialise failure: keep the worker alive
                 log.warning("auto: TensorRT engine for %s failed (%s); falling back", kind, exc)
         else:
             log.info("auto: not using tensorrt for %s: %s", kind, why)
         if _torch_cuda_available():
-            from clearmark.engine_build.torch_backend import TorchEngine
-
             log.info("auto: %s on torch/%s", kind, device)
-            return TorchEngine(kind, device=device, precision=precision, settings=settings)
+            return torch_backend.TorchEngine(kind, device=device, precision=precision, settings=settings)
         log.warning("auto: device %s asked for but torch sees no CUDA GPU; %s runs on CPU", device, kind)
     if precision not in (None, "fp32"):
         log.info("auto: precision %s ignored on CPU (fp32)", precision)
     if CPU_AUTO_BACKEND == "onnxruntime":
         try:
-            from clearmark.engine_build.ort_backend import OrtEngine
-
-            return OrtEngine(kind, device="cpu", settings=settings)
+            return ort_backend.OrtEngine(kind, device="cpu", settings=settings)
         except ImportError as exc:
             log.warning("auto: onnxruntime unavailable (%s); using torch on CPU", exc)
-    from clearmark.engine_build.torch_backend import TorchEngine
-
-    return TorchEngine(kind, device="cpu", settings=settings)
+    return torch_backend.TorchEngine(kind, device="cpu", settings=settings)

@@ -30,7 +30,8 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         shade = 1.0 - 0.3 * (yy - cy) / max(ry, 1.0) / 2
         img = np.where(inside[None], colour[:, None, None] * shade[None], img)
     img += rng.normal(0, 0.01, size=img.shape).astype(np.float32)
-    return np.clip(img, 0, 1)
+    clipped: np.ndarray = np.clip(img, 0, 1)
+    return clipped
 
 
 def _strokes(rng: np.random.Generator, mask: np.ndarray, y0: int, x0: int, h: int, w: int) -> None:
@@ -56,8 +57,9 @@ def _watermark_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
                 _strokes(rng, mask, y, x, th, th * 6)
     elif style == 1:  # corner badge with text
         bh, bw = max(8, h // 8), max(16, w // 4)
-        y, x = h - bh - rng.integers(0, h // 16 + 1), w - bw - rng.integers(0, w // 16 + 1)
-        _strokes(rng, mask, y + bh // 4, x + bw // 8, bh // 2, bw * 3 // 4)
+        by = h - bh - int(rng.integers(0, h // 16 + 1))
+        bx = w - bw - int(rng.integers(0, w // 16 + 1))
+        _strokes(rng, mask, by + bh // 4, bx + bw // 8, bh // 2, bw * 3 // 4)
     else:  # one line of shop name / URL across the middle
         th = max(6, h // 12)
         _strokes(rng, mask, int(rng.uniform(0.3, 0.7) * h), w // 8, th, w * 3 // 4)

@@ -31,11 +31,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 
 from clearmark.engine_build.sources import load_source_model, model_identity
 from clearmark.models import STRIDE
 from clearmark.models.networks import IN_CHANNELS
+from clearmark.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +62,12 @@ class _CastWrapper(torch.nn.Module):
         self.model = model.half()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.half()).float()
+        y: torch.Tensor = self.model(x.half())
+        return y.float()
 
 
 def onnx_dir(engine_dir: str | Path | None = None) -> Path:
     if engine_dir is None:
-        from clearmark.settings import get_settings
-
         engine_dir = get_settings().engine_dir
     return Path(engine_dir) / "onnx"
 
@@ -129,8 +131,6 @@ def _export(kind: str, precision: str, dest: Path) -> None:
 
 def check_onnx(path: str | Path, kind: str) -> None:
     """onnx.checker (full) and the expected input/output signature with dynamic axes."""
-    import onnx
-
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path), load_external_data=False)
     if [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] != [ONNX_OPSET]:
@@ -147,8 +147,6 @@ def check_onnx(path: str | Path, kind: str) -> None:
 
 def verify_with_onnxruntime(path: str | Path, kind: str, atol: float = 1e-3) -> float:
     """Run the file in ONNX Runtime (CPU) against PyTorch at two shapes; max abs diff."""
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

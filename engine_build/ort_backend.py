@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import onnxruntime as ort
 
-from clearmark.engine_build.base import Engine
+from clearmark.engine_build.engine import Engine
 from clearmark.engine_build.onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx
+from clearmark.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +31,8 @@ class OrtEngine(Engine):
         device: str = "cpu",
         threads: int | None = None,
         engine_dir: str | None = None,
-        settings=None,
-    ):
-        import onnxruntime as ort
-
-        from clearmark.settings import get_settings
-
+        settings: Settings | None = None,
+    ) -> None:
         settings = settings or get_settings()
         self.kind = kind
         self.path = export_onnx(kind, "fp32", engine_dir or settings.engine_dir)
@@ -48,7 +46,7 @@ class OrtEngine(Engine):
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
 
-        providers: list = ["CPUExecutionProvider"]
+        providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         idx = _cuda_index(device)
         if idx is not None:
             if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -56,14 +54,15 @@ class OrtEngine(Engine):
             else:
                 log.warning("onnxruntime has no CUDAExecutionProvider; %s runs on CPU", kind)
         self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
-        self.provider = self.session.get_providers()[0]
+        self.provider: str = self.session.get_providers()[0]
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self.threads = threads
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         self._check_input(x)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        out: np.ndarray = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        return out
 
     @property
     def details(self) -> str:

@@ -13,8 +13,9 @@ import logging
 import numpy as np
 import torch
 
-from clearmark.engine_build.base import Engine
+from clearmark.engine_build.engine import Engine
 from clearmark.engine_build.sources import load_source_model
+from clearmark.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,8 @@ class TorchEngine(Engine):
         device: str = "cpu",
         precision: str | None = None,
         threads: int | None = None,
-        settings=None,
-    ):
-        from clearmark.settings import get_settings
-
+        settings: Settings | None = None,
+    ) -> None:
         self.kind = kind
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
@@ -51,7 +50,8 @@ class TorchEngine(Engine):
         model = load_source_model(kind).to(self.device, self.dtype)
         if cuda:
             torch.backends.cudnn.benchmark = True
-        self.model = model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format (documented); torch's overloads for it omit it.
+        self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.channels_last = True
 
     @torch.inference_mode()
@@ -64,8 +64,9 @@ class TorchEngine(Engine):
         t = t.to(self.dtype)
         if self.channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
-        y = self.model(t)
-        return y.float().cpu().numpy()
+        y: torch.Tensor = self.model(t)
+        out: np.ndarray = y.float().cpu().numpy()
+        return out
 
     @property
     def details(self) -> str:

@@ -35,12 +35,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import DTypeLike
 
-from clearmark.engine_build.base import BackendUnavailable, Engine
+from clearmark.engine_build.calibration import synthetic_batch
+from clearmark.engine_build.engine import BackendUnavailable, Engine
 from clearmark.engine_build.onnx_export import INPUT_NAME, export_onnx
 from clearmark.engine_build.trt_cache import (
     EngineCacheKey,
@@ -53,25 +58,47 @@ from clearmark.engine_build.trt_cache import (
 )
 from clearmark.models.networks import IN_CHANNELS
 from clearmark.models.registry import file_sha256, weights_sha256
+from clearmark.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_BATCHES = 16
 
+# tensorrt and pycuda have no type information: their objects (ICudaEngine, execution
+# contexts, pycuda's Device) are `Any` here. The two pycuda objects this module keeps are
+# described by what it uses of them.
+
+
+class _DeviceBuffer(Protocol):
+    """pycuda.driver.DeviceAllocation: int() is its device address."""
+
+    def free(self) -> None: ...
+    def __int__(self) -> int: ...
+
+
+class _Stream(Protocol):
+    """pycuda.driver.Stream."""
+
+    handle: int
+
+    def synchronize(self) -> None: ...
+
 
 # --------------------------------------------------------------------------- availability
 
 
-def _import_tensorrt():
-    import tensorrt as trt  # noqa: PLC0415 - lazy by design
+def _import_tensorrt() -> ModuleType:
+    import tensorrt as trt  # noqa: PLC0415 - lazy by design (the gpu extra)
 
-    return trt
+    module: ModuleType = trt  # untyped: mypy sees Any
+    return module
 
 
-def _import_pycuda():
-    import pycuda.driver as cuda  # noqa: PLC0415 - lazy by design
+def _import_pycuda() -> ModuleType:
+    import pycuda.driver as cuda  # noqa: PLC0415 - lazy by design (the gpu extra)
 
-    return cuda
+    module: ModuleType = cuda  # untyped: mypy sees Any
+    return module
 
 
 def cuda_device_count() -> int:
@@ -115,14 +142,14 @@ def _cuda_index(device: str) -> int:
 class _PycudaLayer:
     """The buffer layer: a retained primary context, streams, device and pinned memory."""
 
-    def __init__(self, index: int = 0):
+    def __init__(self, index: int = 0) -> None:
         self.cuda = cuda = _import_pycuda()
         cuda.init()
         self.device = cuda.Device(index)
         self.context = self.device.retain_primary_context()
 
     @contextlib.contextmanager
-    def active(self):
+    def active(self) -> Iterator[_PycudaLayer]:
         self.context.push()
         try:
             yield self
@@ -131,24 +158,27 @@ class _PycudaLayer:
 
     def identity(self) -> tuple[str, str]:
         major, minor = self.device.compute_capability()
-        return self.device.name(), f"{major}.{minor}"
+        return str(self.device.name()), f"{major}.{minor}"
 
-    def stream(self):
-        return self.cuda.Stream()
+    def stream(self) -> _Stream:
+        stream: _Stream = self.cuda.Stream()
+        return stream
 
-    def alloc(self, nbytes: int):
-        return self.cuda.mem_alloc(max(int(nbytes), 1))
+    def alloc(self, nbytes: int) -> _DeviceBuffer:
+        buf: _DeviceBuffer = self.cuda.mem_alloc(max(int(nbytes), 1))
+        return buf
 
-    def pinned(self, count: int, dtype) -> np.ndarray:
-        return self.cuda.pagelocked_empty(max(int(count), 1), dtype)
+    def pinned(self, count: int, dtype: DTypeLike) -> np.ndarray:
+        host: np.ndarray = self.cuda.pagelocked_empty(max(int(count), 1), dtype)
+        return host
 
-    def htod(self, dst, src: np.ndarray, stream=None) -> None:
+    def htod(self, dst: _DeviceBuffer, src: np.ndarray, stream: _Stream | None = None) -> None:
         if stream is None:
             self.cuda.memcpy_htod(dst, src)
         else:
             self.cuda.memcpy_htod_async(dst, src, stream)
 
-    def dtoh(self, dst: np.ndarray, src, stream) -> None:
+    def dtoh(self, dst: np.ndarray, src: _DeviceBuffer, stream: _Stream) -> None:
         self.cuda.memcpy_dtoh_async(dst, src, stream)
 
 
@@ -229,9 +259,9 @@ def ensure_engine(
     *,
     device_index: int = 0,
     identity: tuple[str, str, str] | None = None,
-    builder=None,
+    builder: Callable[[BuildPlan], bytes] | None = None,
     force: bool = False,
-    settings=None,
+    settings: Settings | None = None,
 ) -> EngineBuild:
     """The serialized engine for these settings: from the cache when its key matches and
     its bytes are intact, else built (with `builder`, default the TensorRT builder).
@@ -240,8 +270,6 @@ def ensure_engine(
     ones; tests on machines without TensorRT pass it (and a fake `builder`) to exercise
     this same cache path.
     """
-    from clearmark.settings import get_settings
-
     settings = settings or get_settings()
     engine_dir = Path(engine_dir or settings.engine_dir)
     if not isinstance(profile, Profile):
@@ -278,21 +306,27 @@ def ensure_engine(
     return EngineBuild(data=data, key=key, path=engine_path(engine_dir, key), built=built, plan=plan)
 
 
-def _make_calibrator(trt, layer: _PycudaLayer, kind: str, shape: tuple[int, ...], cache: Path | None):
+def _make_calibrator(
+    trt: Any,  # the tensorrt module, as Any: a class here subclasses one of its classes
+    layer: _PycudaLayer,
+    kind: str,
+    shape: tuple[int, ...],
+    cache: Path | None,
+) -> Any:  # a trt.IInt8EntropyCalibrator2 (tensorrt is untyped)
     """An IInt8EntropyCalibrator2 over synthetic watermarked images at `shape` (NCHW)."""
-    from clearmark.engine_build.calibration import synthetic_batch
 
-    class SyntheticCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
+    # The base class is only known at run time (tensorrt is untyped): subclassing Any.
+    class SyntheticCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
+        def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.index = 0
             self.nbytes = int(np.prod(shape)) * 4
             self.buffer = layer.alloc(self.nbytes)
 
-        def get_batch_size(self):
+        def get_batch_size(self) -> int:
             return shape[0]
 
-        def get_batch(self, names):
+        def get_batch(self, names: list[str]) -> list[int] | None:
             if self.index >= CALIBRATION_BATCHES:
                 return None
             data = synthetic_batch(kind, shape[0], shape[2], shape[3], seed=1000 + self.index)
@@ -300,12 +334,12 @@ def _make_calibrator(trt, layer: _PycudaLayer, kind: str, shape: tuple[int, ...]
             self.index += 1
             return [int(self.buffer)]
 
-        def read_calibration_cache(self):
+        def read_calibration_cache(self) -> bytes | None:
             if cache is not None and cache.exists():
                 return cache.read_bytes()
             return None
 
-        def write_calibration_cache(self, blob):
+        def write_calibration_cache(self, blob: bytes) -> None:
             if cache is not None:
                 _atomic_write(cache, bytes(blob))
 
@@ -379,26 +413,29 @@ def build_serialized_engine(plan: BuildPlan) -> bytes:
 class _ThreadState:
     """One execution context, stream and buffer set (grown on demand, reused)."""
 
-    def __init__(self, engine, layer: _PycudaLayer):
-        self.context = engine.create_execution_context()
+    def __init__(self, engine: Any, layer: _PycudaLayer) -> None:  # engine: trt.ICudaEngine
+        self.context: Any = engine.create_execution_context()  # trt.IExecutionContext
         if self.context is None:
             raise RuntimeError("TensorRT could not create an execution context")
         self.stream = layer.stream()
         self.layer = layer
-        self.device: dict[str, tuple[object, int]] = {}
+        self.device: dict[str, tuple[_DeviceBuffer, int]] = {}
         self.host: dict[str, np.ndarray] = {}
 
-    def device_buffer(self, name: str, nbytes: int):
-        buf, cap = self.device.get(name, (None, 0))
-        if nbytes > cap:
-            if buf is not None:
-                buf.free()
-            cap = max(nbytes, 2 * cap)
-            buf = self.layer.alloc(cap)
-            self.device[name] = (buf, cap)
+    def device_buffer(self, name: str, nbytes: int) -> _DeviceBuffer:
+        held = self.device.get(name)
+        if held is not None and nbytes <= held[1]:
+            return held[0]
+        cap = 0
+        if held is not None:
+            held[0].free()
+            cap = held[1]
+        cap = max(nbytes, 2 * cap)
+        buf = self.layer.alloc(cap)
+        self.device[name] = (buf, cap)
         return buf
 
-    def host_buffer(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    def host_buffer(self, name: str, shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
         count = int(np.prod(shape))
         buf = self.host.get(name)
         if buf is None or buf.size < count or buf.dtype != np.dtype(dtype):
@@ -425,8 +462,8 @@ class TrtEngine(Engine):
         precision: str = "fp16",
         profile: Profile | str | None = None,
         engine_dir: str | Path | None = None,
-        settings=None,
-    ):
+        settings: Settings | None = None,
+    ) -> None:
         trt = _import_tensorrt()
         self.kind = kind
         self.device_index = _cuda_index(device)
@@ -452,7 +489,7 @@ class TrtEngine(Engine):
                 engine = self._deserialize(build.data)
             if engine is None:
                 raise RuntimeError(f"TensorRT could not deserialise {build.path}")
-        self._engine = engine
+        self._engine: Any = engine  # trt.ICudaEngine; None once closed
         self.cache_key = build.key
         self.precision = build.key.precision
         self.profile = build.plan.profile
@@ -473,7 +510,7 @@ class TrtEngine(Engine):
         self._states: list[_ThreadState] = []
         self._lock = threading.Lock()
 
-    def _deserialize(self, data: bytes):
+    def _deserialize(self, data: bytes) -> Any:
         """The ICudaEngine, or None for a plan this TensorRT/GPU rejects."""
         try:
             return self._runtime.deserialize_cuda_engine(data)
@@ -530,9 +567,9 @@ class TrtEngine(Engine):
             self._local = threading.local()
             self._engine = None
             self._runtime = None
-        self._layer = None
+        del self._layer  # closed: no layer (getattr above finds none)
 
-    def __del__(self):  # best effort; CUDA may already be torn down at exit
+    def __del__(self) -> None:  # best effort; CUDA may already be torn down at exit
         with contextlib.suppress(Exception):
             self.close()
 

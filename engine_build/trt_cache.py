@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from clearmark.settings import Settings, get_settings
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
@@ -62,12 +64,10 @@ class Profile:
         return tuple((s.batch, channels, s.height, s.width) for s in (self.min, self.opt, self.max))
 
 
-def default_profile_text(settings=None) -> str:
+def default_profile_text(settings: Settings | None = None) -> str:
     """min 1x16x16, opt 1x512x512, max 8 x M x M with M covering both what detection
     (settings.detect_long_side) and removal crops (settings.remove_max_crop) can send,
     and at least 1024."""
-    from clearmark.settings import get_settings
-
     s = settings or get_settings()
     side = max(1024, s.detect_long_side, s.remove_max_crop)
     side = -(-side // 16) * 16
@@ -92,7 +92,7 @@ def parse_shape(text: str) -> Shape:
     return Shape(*nums)
 
 
-def parse_profile(text: str | None, settings=None) -> Profile:
+def parse_profile(text: str | None, settings: Settings | None = None) -> Profile:
     """ "min,opt,max", each NxHxW (e.g. "1x16x16,1x512x512,8x1024x1024"); None or ""
     gives `default_profile_text()`."""
     parts = [p for p in (text or default_profile_text(settings)).split(",") if p.strip()]
@@ -118,7 +118,7 @@ class EngineCacheKey:
     precision: str  # fp32 | fp16 | int8
     profile: str  # str(Profile)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
 
     @property

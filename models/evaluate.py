@@ -28,11 +28,12 @@ wrong elsewhere).
 
 from __future__ import annotations
 
-import json
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -109,7 +110,7 @@ def slice_sizes(n: int) -> dict[str, int]:
 
 
 # slice -> (make_sample arguments, what a usable image has)
-_SLICE_DRAW = {
+_SLICE_DRAW: dict[str, tuple[dict[str, Any], Callable[[Any], bool]]] = {
     "wm": ({"p_none": 0.0}, lambda s: s.mask.any()),  # a white logo on white shows nothing
     "clean": ({"kinds": []}, lambda s: True),
     "text": ({"p_none": 0.0, "source": "studio"}, lambda s: s.product.sum() > 200),  # printed text
@@ -132,6 +133,13 @@ def eval_set(n: int, seed: int = 0, data_dir=None, slices=SLICES):
             if usable(s):
                 break
         yield slice_, i, s
+
+
+def _true_mask_telea(
+    rgb: np.ndarray, mask: np.ndarray, dilate_px: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The oracle baseline as a `Method`: Telea inpainting of the true mask."""
+    return _telea(rgb, mask, dilate_px), mask, mask
 
 
 def _telea(rgb: np.ndarray, mask: np.ndarray, dilate_px: int) -> np.ndarray:
@@ -166,10 +174,10 @@ def evaluate(
         none = np.zeros(rgb.shape[:2], bool)
         return rgb, none, none
 
-    methods = {"model": model, "none": nothing}
+    methods: dict[str, Method] = {"model": model, "none": nothing}
     rows: list[dict] = []
     for slice_, i, s in eval_set(n, seed, data_dir, slices):
-        methods["telea"] = lambda rgb, m=s.mask: (_telea(rgb, m, dilate_px), m, m)
+        methods["telea"] = functools.partial(_true_mask_telea, mask=s.mask, dilate_px=dilate_px)
         near = cv2.dilate(s.mask.astype(np.uint8), np.ones((17, 17), np.uint8)).astype(bool)
         for name, fn in methods.items():
             t0 = time.perf_counter()
@@ -305,9 +313,3 @@ def store_in_manifest(results: dict, weights_dir=None) -> None:
     }
     for kind in ("detector", "remover"):
         update_manifest(Path(weights_dir or WEIGHTS_DIR), kind, entry)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    res = evaluate(n=6)
-    print(format_table(res))
-    print(json.dumps(res["summary"]["model"]["all"]))

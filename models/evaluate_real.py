@@ -267,7 +267,7 @@ def sweep_gate(rows: list[dict], limits: dict, make_gate: Callable[..., GateChec
     split, never for reporting. `make_gate(**limits)` is the gate with those limits
     (`workers.gate.GateLimits`)."""
     gate = make_gate(**limits)
-    out = {
+    out: dict = {
         "harmed": 0,
         "succeeded": 0,
         "review": 0,

@@ -19,6 +19,7 @@ class Runner(Protocol):
     """What running a model takes: `run` maps a float32 N x C x H x W batch (H, W
     multiples of `stride`) to the model's float32 output."""
 
+    backend: str  # what runs it: torch, onnxruntime, tensorrt
     stride: int
     max_batch: int | None
 
@@ -78,7 +79,7 @@ def detect_probability(
     out = run_engine(detector, pad_to(batch, detector.stride))[:, 0, :sh, :sw]
     if flip:
         out = np.minimum(out[0], out[1][:, ::-1])[None]
-    prob = np.ascontiguousarray(out[0], dtype=np.float32)
+    prob: np.ndarray = np.ascontiguousarray(out[0], dtype=np.float32)
     if (sh, sw) != (h, w):
         prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
     return prob

@@ -114,7 +114,7 @@ def merge_boxes(boxes: list[Box]) -> list[Box]:
 def component_boxes(mask: np.ndarray, margin: int) -> list[Box]:
     """Boxes around the mask's connected components grown by `margin` (clipped to the
     image), overlapping ones merged."""
-    m = mask.astype(np.uint8)
+    m: np.ndarray = mask.astype(np.uint8)
     if margin > 0:  # components closer than 2*margin end up in one box anyway
         m = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * margin + 1,) * 2))
     n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)

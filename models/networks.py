@@ -98,8 +98,11 @@ class MarkRefiner(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(width, 1, 1),
         )
-        nn.init.zeros_(self.body[-1].weight)
-        nn.init.zeros_(self.body[-1].bias)
+        last = self.body[-1]
+        # Sequential indexing is typed as any Module; this one is the 1x1 conv, with a bias
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.body(torch.cat([features, x], dim=1))

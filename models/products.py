@@ -91,7 +91,8 @@ class PhotoCache:
     """The last `size` decoded photos (training draws from ~1,000 photos of ~5 MB each)."""
 
     def __init__(self, size: int = 48):
-        self.size, self._items = size, OrderedDict()
+        self.size = size
+        self._items: OrderedDict[Path, np.ndarray] = OrderedDict()
 
     def get(self, path: Path) -> np.ndarray:
         if path in self._items:
@@ -156,7 +157,9 @@ def _jpeg_file(rgb: np.ndarray, quality: int) -> tuple[bytes, np.ndarray]:
         ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     )
     assert ok
-    return buf.tobytes(), cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    assert decoded is not None  # OpenCV reads back the file it has just written
+    return buf.tobytes(), cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
 def structured_window(

@@ -92,7 +92,8 @@ class ModelEngine:
     functions in `models.inference` use (evaluation and training run them on the models directly)."""
 
     stride = STRIDE
-    max_batch = None
+    max_batch: int | None = None
+    backend = "torch"
 
     def __init__(self, model: torch.nn.Module):
         self.model = model.eval()

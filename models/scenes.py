@@ -76,7 +76,7 @@ WORDS = [
 
 
 @lru_cache(maxsize=256)
-def font(name: str, size: int) -> ImageFont.FreeTypeFont:
+def font(name: str, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for d in FONT_DIRS:
         if (d / name).exists():
             return ImageFont.truetype(str(d / name), max(6, int(size)))
@@ -224,7 +224,7 @@ def studio_scene(rng: np.random.Generator, h: int, w: int, long_side: int) -> tu
     base = _studio_base(rng, h, w, long_side)
     img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     prod = Image.new("L", (w, h), 0)
-    shadow = np.zeros((h, w), np.float32)
+    shadow: np.ndarray = np.zeros((h, w), np.float32)
     for _ in range(int(rng.integers(0, 4))):
         ow, oh = long_side * rng.uniform(0.15, 0.5), long_side * rng.uniform(0.15, 0.7)
         cx, cy = rng.uniform(-0.3, 1.3) * w, rng.uniform(-0.3, 1.3) * h
@@ -256,7 +256,7 @@ def studio_scene(rng: np.random.Generator, h: int, w: int, long_side: int) -> tu
                 _draw_label(rng, img, prod, (lx0, ly0, lx1, ly1), long_side)
     if rng.random() < 0.4:  # a printed tag or card on the backdrop
         _draw_label(rng, img, prod, _card(rng, img, h, w, long_side), long_side)
-    out = np.asarray(img, np.float32)
+    out: np.ndarray = np.asarray(img, np.float32)
     sig = max(1.0, long_side * 0.01)
     shadow = cv2.GaussianBlur(shadow, (0, 0), sig)
     bg_only = np.all(np.abs(out - np.clip(base, 0, 255).astype(np.uint8)) < 1, axis=2)
@@ -290,14 +290,14 @@ def add_streaks(rng: np.random.Generator, img: np.ndarray, long_side: int) -> np
     detector takes for a watermark's stroke in clean real photos. Training draws them into
     some backgrounds as negatives; they are part of the photo, never of the mark."""
     h, w = img.shape[:2]
-    out = img.astype(np.float32)
+    out: np.ndarray = img.astype(np.float32)
     scale = long_side / 1000
     for _ in range(int(rng.integers(1, 4))):
         angle = rng.uniform(0, np.pi)
         dx, dy = np.cos(angle) * 2 * (h + w), np.sin(angle) * 2 * (h + w)
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         thick = max(1, int(round(rng.uniform(1, 5) * scale)))
-        layer = np.zeros((h, w), np.float32)
+        layer: np.ndarray = np.zeros((h, w), np.float32)
         for offset in [0.0, rng.uniform(4, 20) * scale] if rng.random() < 0.3 else [0.0]:
             ox, oy = -np.sin(angle) * offset, np.cos(angle) * offset
             cv2.line(

@@ -15,12 +15,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clearmark.models.scenes import font
+from clearmark.models.scenes import CJK_FONTS, LATIN_FONTS, font
 from clearmark.models.synth import (
-    CJK_FONTS,
     CJK_WORDS,
     KINDS,
-    LATIN_FONTS,
     MARK_WORDS,
     NAMES,
     Element,
@@ -128,10 +126,10 @@ def stamp_element(rng: np.random.Generator, long_side: int, colour: np.ndarray, 
 def diagonal_element(rng: np.random.Generator, long_side: int, colour: np.ndarray, pal: Palette) -> Element:
     """One line of text about as long as the photo (the synthesizer rotates and places it)."""
     text = _phrase(rng, "text", pal)
-    f = font(pal.latin_fonts[int(rng.integers(len(pal.latin_fonts)))], 100)
-    width = max(1, f.getbbox(text)[2])
+    name = pal.latin_fonts[int(rng.integers(len(pal.latin_fonts)))]
+    width = max(1, font(name, 100).getbbox(text)[2])
     size = 100 * long_side * rng.uniform(0.5, 0.9) / width
-    fill, _ = _text_masks(text, font(f.path.split("/")[-1], min(size, long_side * 0.2)), 0)
+    fill, _ = _text_masks(text, font(name, min(size, long_side * 0.2)), 0)
     return _solid(fill, colour)
 
 

@@ -179,7 +179,7 @@ def text_element(
     if style == "shadow":
         off = max(1, int(size * rng.uniform(0.04, 0.1)))
         a = np.pad(fill, ((0, off), (0, off)))
-        sh = cv2.GaussianBlur(np.roll(a, (off, off), (0, 1)), (0, 0), max(0.5, off / 2))
+        sh: np.ndarray = cv2.GaussianBlur(np.roll(a, (off, off), (0, 1)), (0, 0), max(0.5, off / 2))
         sh *= rng.uniform(0.4, 0.8)
         shadow_col = np.zeros(3, np.float32) if colour.mean() > 0.4 else np.ones(3, np.float32)
         top = (np.pad(elem[0], ((0, off), (0, off))), np.pad(elem[1], ((0, off), (0, off), (0, 0))))
@@ -255,7 +255,7 @@ def _place(rng: np.random.Generator, h: int, w: int, eh: int, ew: int, corner: b
     # anywhere, but at least a third of the element lands inside the canvas
     # (an element larger than the canvas then covers it)
     xs, ys = sorted((-ew / 3, w - 2 * ew / 3)), sorted((-eh / 3, h - 2 * eh / 3))
-    return int(rng.uniform(*xs)), int(rng.uniform(*ys))
+    return int(rng.uniform(xs[0], xs[1])), int(rng.uniform(ys[0], ys[1]))
 
 
 def _tiled(
@@ -356,7 +356,9 @@ def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
         ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     )
     assert ok
-    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    assert decoded is not None  # OpenCV reads back the file it has just written
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
 def blend(clean: np.ndarray, alpha: np.ndarray, premult: np.ndarray) -> np.ndarray:

@@ -37,6 +37,8 @@ import logging
 import math
 import subprocess
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -49,7 +51,14 @@ from clearmark.models.inference import detect_probability
 from clearmark.models.masks import build_mask, dilate_disc
 from clearmark.models.networks import MarkRefiner, remover_input
 from clearmark.models.products import PhotoCache, mark_photo, split_paths, structured_window
-from clearmark.models.registry import WEIGHTS_DIR, build_model, file_sha256, read_manifest
+from clearmark.models.registry import (
+    WEIGHTS_DIR,
+    ModelEngine,
+    build_model,
+    file_sha256,
+    load_weights,
+    read_manifest,
+)
 from clearmark.models.scenes import DEFAULT_DATA
 from clearmark.models.synth import make_sample
 from clearmark.settings import get_settings
@@ -112,7 +121,7 @@ def _product_detector_sample(rng: np.random.Generator, crop: int, data_dir) -> t
     training family (`models.styles.TRAIN`) or, PRODUCT_NONE of the time, clean."""
     seen = get_settings().detect_long_side
     window, long_side = _product_window(rng, lambda long: int(round(crop * max(1.0, long / seen))), data_dir)
-    kinds = [] if rng.random() < PRODUCT_NONE else None
+    kinds: list[str] | None = [] if rng.random() < PRODUCT_NONE else None
     s = mark_photo(rng, window, "train", kinds, long_side=long_side)
     return _detector_view(s.composite, s.mask, crop)
 
@@ -272,7 +281,7 @@ def product_remover_batch(
     inputs, cleans, alphas = [], [], []
     for _ in range(batch):
         window, long_side = _product_window(rng, crop + crop // 2, data_dir)
-        kinds = [] if rng.random() < PRODUCT_NONE else None
+        kinds: list[str] | None = [] if rng.random() < PRODUCT_NONE else None
         s = mark_photo(rng, window, "train", kinds, long_side=long_side)
         size = min(crop, *window.shape[:2])
         found = None
@@ -298,8 +307,34 @@ def product_remover_batch(
     return torch.stack(inputs), _to_tensor(cleans), _to_tensor(alphas)
 
 
-BATCHES = {"detector": detector_batch, "remover": remover_batch}
-PRODUCT_BATCHES = {"detector": product_detector_batch, "remover": product_remover_batch}
+# kind -> (rng, batch, crop, data_dir, **options) -> the batch's tensors
+BATCHES: dict[str, Callable[..., Sequence[torch.Tensor]]] = {
+    "detector": detector_batch,
+    "remover": remover_batch,
+}
+PRODUCT_BATCHES: dict[str, Callable[..., Sequence[torch.Tensor]]] = {
+    "detector": product_detector_batch,
+    "remover": product_remover_batch,
+}
+_detectors: dict[str, ModelEngine] = {}  # per process, by file hash: loaded on first use
+
+
+def make_batch(recipe: BatchRecipe, step: int) -> list[np.ndarray]:
+    """The arrays of the batch of `step` (`models.feed` makes them ahead of the optimizer,
+    here or in worker processes)."""
+    batch_of = (PRODUCT_BATCHES if recipe.photos == "products" else BATCHES)[recipe.kind]
+    if recipe.detector_masks:
+        key = file_sha256(recipe.detector_masks)
+        if key not in _detectors:
+            _detectors[key] = ModelEngine(load_weights("detector", recipe.detector_masks))
+        batch_of = partial(
+            PRODUCT_BATCHES["remover"] if recipe.photos == "products" else remover_batch,
+            detector=_detectors[key],
+        )
+    rng = np.random.default_rng([TRAIN_TAG, recipe.seed, step])
+    return [t.numpy() for t in batch_of(rng, recipe.batch, recipe.crop, recipe.data_dir)]
+
+
 LOSSES = {"detector": detector_loss, "remover": remover_loss}
 TRAINABLE = {"all": "", "mark-head": "refine."}  # parameter-name prefix that trains
 
@@ -431,7 +466,9 @@ def select_trainable(model: torch.nn.Module, trainable: str) -> list[torch.nn.Pa
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(TRAINABLE[trainable]))
     if trainable == "mark-head":
-        model.net.eval()
+        net = model.net
+        assert isinstance(net, torch.nn.Module)
+        net.eval()
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -491,7 +528,8 @@ def train(
     model = build_model(kind, **arch)
     if init:
         load_init(model, init_state)
-    model = model.to(dev, memory_format=torch.channels_last)
+    # torch's stubs leave out Module.to's memory_format
+    model = model.to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]
     params = select_trainable(model, trainable)
     loss_of = mark_head_loss if trainable == "mark-head" else LOSSES[kind]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -554,7 +592,10 @@ def train(
     history = lineage(out_dir, kind, init)  # read now: the first save replaces the entry
     ema, done = None, 0
     feed = batches(
-        BatchRecipe(kind, seed, batch, crop, data_dir, detector_masks, photos), steps, data_workers
+        make_batch,
+        BatchRecipe(kind, seed, batch, crop, data_dir, detector_masks, photos),
+        steps,
+        data_workers,
     )
     for step, data in enumerate(feed):
         data = [t.to(dev, memory_format=torch.channels_last) if t.ndim == 4 else t.to(dev) for t in data]

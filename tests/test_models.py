@@ -294,7 +294,8 @@ def test_weights_hash_follows_the_file_on_disk(tmp_path):
 
 
 def test_worker_processes_make_the_same_batches_as_the_thread(tmp_path, grocery_data):
-    from clearmark.models.feed import BatchRecipe, batches, make_batch
+    from clearmark.models.feed import BatchRecipe, batches
+    from clearmark.models.train import make_batch
 
     detector = _uniform_detector(20.0).model  # finds the whole window: no threshold noise
     torch.save(detector.state_dict(), tmp_path / "detector.pt")
@@ -310,7 +311,8 @@ def test_worker_processes_make_the_same_batches_as_the_thread(tmp_path, grocery_
             detector_masks=tmp_path / "detector.pt",
         ),
     ):
-        thread, procs = list(batches(recipe, 3, workers=0)), list(batches(recipe, 3, workers=2))
+        thread = list(batches(make_batch, recipe, 3, workers=0))
+        procs = list(batches(make_batch, recipe, 3, workers=2))
         assert len(thread) == len(procs) == 3
         for ours, theirs in zip(thread, procs):
             assert all(torch.equal(a, b) for a, b in zip(ours, theirs))

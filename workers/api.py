@@ -17,6 +17,7 @@ import logging
 import mimetypes
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import (
     APIRouter,
@@ -35,10 +36,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import select, text, tuple_
+from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
 from clearmark.errors import BadInput, ServiceUnavailable
 from clearmark.settings import Settings, get_settings
+from clearmark.workers import tasks
 from clearmark.workers.api_errors import (
     OUTAGE_RETRY_AFTER_S,
     OUTAGE_TYPES,
@@ -49,9 +52,11 @@ from clearmark.workers.api_errors import (
     outage,
 )
 from clearmark.workers.api_guard import DOCS_ASSETS, ApiGuard
+from clearmark.workers.celery_app import app as celery_app
 from clearmark.workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get_engine, session_scope
 from clearmark.workers.imaging import probe_image
 from clearmark.workers.jobs import create_job, requeue_job
+from clearmark.workers.metrics import render_state
 from clearmark.workers.storage import check_key, get_storage, iter_uri, read_uri
 from clearmark.workers.webhooks import DONE_OK, check_callback_url, job_document
 
@@ -90,23 +95,23 @@ bearer = HTTPBearer(auto_error=False, description="API key from `clearmark tenan
 
 
 @app.exception_handler(ApiError)
-async def _api_error(_request: Request, exc: ApiError):
+async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc.status_code, exc.code, exc.message, exc.headers)
 
 
 @app.exception_handler(HTTPException)
-async def _http_error(_request: Request, exc: HTTPException):
+async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
     return error_response(exc.status_code, f"http_{exc.status_code}", str(exc.detail), exc.headers)
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_error(_request: Request, exc: RequestValidationError):
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     return error_response(
         422, "invalid_request", "the request's parameters are invalid", details=jsonable_encoder(exc.errors())
     )
 
 
-async def _failure(request: Request, exc: Exception):
+async def _failure(request: Request, exc: Exception) -> JSONResponse:
     """A database or broker outage is a 503; anything else unexpected a 500 that names the
     request id (also in the log line with the traceback)."""
     error = outage(exc)
@@ -132,14 +137,15 @@ def current_tenant(
     request: Request, _credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
 ) -> Tenant:
     """The tenant ApiGuard authenticated (the dependency declares the key in OpenAPI)."""
-    return request.state.tenant
+    tenant: Tenant = request.state.tenant
+    return tenant
 
 
 def _base_url(request: Request) -> str:
     return get_settings().public_url or str(request.base_url)
 
 
-def _owned_job(session, tenant: Tenant, job_id: str, lock: bool = False) -> Job:
+def _owned_job(session: Session, tenant: Tenant, job_id: str, lock: bool = False) -> Job:
     query = select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id)
     job = session.scalar(query.with_for_update() if lock else query)
     if job is None:
@@ -148,7 +154,9 @@ def _owned_job(session, tenant: Tenant, job_id: str, lock: bool = False) -> Job:
 
 
 def _pipeline_fingerprint() -> str:
-    from clearmark.workers.pipeline import pipeline_fingerprint  # lazy: the API loads no engines
+    # Imported here, not at the top: the pipeline module pulls in torch, OpenCV and the
+    # engines, which the API never runs (about 100 MB per API process without, 300 with).
+    from clearmark.workers.pipeline import pipeline_fingerprint
 
     return pipeline_fingerprint()
 
@@ -156,10 +164,8 @@ def _pipeline_fingerprint() -> str:
 def _enqueue(job_id: str, priority: str, settings: Settings) -> None:
     """Send the job's task. With the broker down: 503, and the job stays queued (the reaper
     sends it when the broker is back; the same request again returns the job)."""
-    from clearmark.workers.tasks import enqueue, queue_for
-
     try:
-        enqueue(job_id, queue_for(priority, settings))
+        tasks.enqueue(job_id, tasks.queue_for(priority, settings))
     except ServiceUnavailable as exc:  # the job stays queued: the reaper sends it
         log.warning("job %s could not be queued yet: %s", job_id, exc)
         raise ApiError(
@@ -184,6 +190,7 @@ def _read_source(
                 f"content type {file.content_type!r} is not an accepted image type",
             )
         return file.file.read(settings.max_bytes + 1)
+    assert source_uri is not None  # exactly one of the two, checked above
     root, prefix = get_storage().root_uri + "/", f"sources/{tenant.id}/"
     key = source_uri[len(root) :] if source_uri.startswith(root) else ""
     try:
@@ -200,7 +207,7 @@ def _read_source(
         raise ApiError(UPLOAD_STATUS.get(exc.code, 422), exc.code, exc.message) from None
 
 
-def _same_request(session, job: Job, request: dict) -> bool:
+def _same_request(session: Session, job: Job, request: dict[str, Any]) -> bool:
     """Whether `job` was created by this request (its image, source and parameters); the
     priority is the one it was created with (a reprocess run may have changed it since)."""
     created = session.scalar(
@@ -217,7 +224,9 @@ def _same_request(session, job: Job, request: dict) -> bool:
     }
 
 
-def _existing_job(session, tenant: Tenant, key: str, request: dict, client_key: bool) -> Job | None:
+def _existing_job(
+    session: Session, tenant: Tenant, key: str, request: dict[str, Any], client_key: bool
+) -> Job | None:
     """The tenant's job for this idempotency key; an Idempotency-Key the client reuses for a
     different request is a 422 (Stripe's rule), never the old job."""
     job = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
@@ -250,7 +259,7 @@ def upload_image(
     priority: Priority = Form(Priority.normal, description="normal or low (bulk)"),
     idempotency_key: str | None = Header(None, max_length=200),
     tenant: Tenant = Depends(current_tenant),
-) -> dict:
+) -> dict[str, Any]:
     """Queue an image for cleaning: 202 with the new job, or 200 with the existing job
     for the same Idempotency-Key and request (or, without a key, the same image and pipeline
     version); 422 for a key reused with another image or other parameters."""
@@ -266,6 +275,7 @@ def upload_image(
     storage_key = f"sources/{tenant.id}/{digest}{header.input_extension}"
     if file is not None:
         source_uri = get_storage().uri(storage_key)
+    assert source_uri is not None  # the upload's, or the one given (_read_source)
     key = idempotency_key or f"sha256:{digest}@{_pipeline_fingerprint()}"
     asked = {
         "source_sha256": digest,
@@ -276,20 +286,21 @@ def upload_image(
     with session_scope(settings.database_url) as session:
         job = _existing_job(session, tenant, key, asked, bool(idempotency_key))
         created = job is None
-        if created:
+        if job is None:
             if file is not None:
                 get_storage().put(storage_key, data)
             job, created = create_job(
                 session,
-                session.get(Tenant, tenant.id),
+                session.get_one(Tenant, tenant.id),
                 source_uri,
                 source_sha256=digest,
                 idempotency_key=key,
                 callback_url=callback_url or None,
                 priority=priority.value,
             )
-            if not created:  # another request with this key won the race
-                job = _existing_job(session, tenant, key, asked, bool(idempotency_key))
+            if not created:  # another request with this key won the race: the same row,
+                # checked (422) to come from the same request
+                job = _existing_job(session, tenant, key, asked, bool(idempotency_key)) or job
         document = job_document(job, _base_url(request))
     if created:
         _enqueue(job.id, job.priority, settings)
@@ -299,7 +310,7 @@ def upload_image(
 
 
 @v1.get("/jobs/{job_id}", responses=documented(404))
-def get_job(job_id: str, request: Request, tenant: Tenant = Depends(current_tenant)) -> dict:
+def get_job(job_id: str, request: Request, tenant: Tenant = Depends(current_tenant)) -> dict[str, Any]:
     """The job: status, error, metrics, and links to the result and mask when done."""
     with session_scope(get_settings().database_url) as session:
         return job_document(_owned_job(session, tenant, job_id), _base_url(request))
@@ -324,13 +335,13 @@ def _stream(tenant: Tenant, job_id: str, which: str) -> StreamingResponse:
 
 
 @v1.get("/jobs/{job_id}/result", response_class=StreamingResponse, responses=documented(404, 409))
-def get_result(job_id: str, tenant: Tenant = Depends(current_tenant)):
+def get_result(job_id: str, tenant: Tenant = Depends(current_tenant)) -> StreamingResponse:
     """The cleaned image, in the upload's format (409 until the job is done)."""
     return _stream(tenant, job_id, "result")
 
 
 @v1.get("/jobs/{job_id}/mask", response_class=StreamingResponse, responses=documented(404, 409))
-def get_mask(job_id: str, tenant: Tenant = Depends(current_tenant)):
+def get_mask(job_id: str, tenant: Tenant = Depends(current_tenant)) -> StreamingResponse:
     """The mask of what was changed: 8-bit grey PNG, 0 = untouched."""
     return _stream(tenant, job_id, "mask")
 
@@ -355,7 +366,7 @@ def list_jobs(
     limit: int = Query(50, ge=1, le=200),
     cursor: str | None = None,
     tenant: Tenant = Depends(current_tenant),
-) -> dict:
+) -> dict[str, Any]:
     """The tenant's jobs, oldest first; pass `next_cursor` back as `cursor` for the next page."""
     query = select(Job).where(Job.tenant_id == tenant.id)
     if status:
@@ -374,7 +385,7 @@ def list_jobs(
 
 
 @v1.post("/jobs/{job_id}/retry", status_code=202, responses=documented(404, 409))
-def retry_job(job_id: str, request: Request, tenant: Tenant = Depends(current_tenant)) -> dict:
+def retry_job(job_id: str, request: Request, tenant: Tenant = Depends(current_tenant)) -> dict[str, Any]:
     """Queue a failed job again (409 for a job that has not failed)."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:
@@ -391,7 +402,7 @@ app.include_router(v1)
 
 
 @app.get("/healthz", tags=["health"], responses=documented(500))
-def healthz() -> dict:
+def healthz() -> dict[str, Any]:
     """The process is up."""
     return {"status": "ok"}
 
@@ -400,8 +411,6 @@ def healthz() -> dict:
 def prometheus_metrics() -> Response:
     """Prometheus text format: jobs by status, images per second, queue depth per queue
     (no auth, like /healthz: keep it off the public interface)."""
-    from clearmark.workers.metrics import render_state
-
     body, content_type = render_state()
     return Response(body, media_type=content_type)
 
@@ -413,22 +422,20 @@ def prometheus_metrics() -> Response:
 )
 def readyz() -> JSONResponse:
     """Database, broker and storage are reachable (503 naming what is not)."""
-    from clearmark.workers.celery_app import app as celery_app
-
     settings = get_settings()
 
-    def database():
+    def database() -> None:
         with get_engine(settings.database_url).connect() as conn:
             conn.execute(text("SELECT 1"))
 
-    def broker():
+    def broker() -> None:
         with celery_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
 
-    def storage():
+    def storage() -> None:
         get_storage().put("health/readyz", b"ok")
 
-    checks = {}
+    checks: dict[str, str] = {}
     for name, check in (("database", database), ("broker", broker), ("storage", storage)):
         try:
             check()

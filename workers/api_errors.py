@@ -4,6 +4,9 @@ unexpected (500 with the request id), and the OpenAPI entries that declare them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import kombu.exceptions
 import redis.exceptions
 from pydantic import BaseModel
@@ -45,7 +48,7 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def documented(*codes: int) -> dict:
+def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for these error codes."""
     return {code: {"model": ErrorBody, "description": DESCRIPTIONS[code]} for code in codes}
 
@@ -54,13 +57,15 @@ class ApiError(HTTPException):
     """A refusal with its status, code and message. An HTTPException, so one raised while
     FastAPI reads the body (the streaming byte limit) keeps its status."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(status, message, headers)
         self.code, self.message = code, message
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict | None = None, **extra
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers

@@ -13,6 +13,9 @@ import base64
 import json
 from collections import defaultdict
 
+import redis
+from celery import Task
+
 from clearmark.errors import ServiceUnavailable
 from clearmark.settings import Settings
 from clearmark.workers.transient import BROKER_ERRORS
@@ -24,7 +27,7 @@ UNACKED_KEY = "unacked"
 CHUNK = 1000
 
 
-def publish(task, job_id: str, queue: str, settings: Settings) -> None:
+def publish(task: Task, job_id: str, queue: str, settings: Settings) -> None:
     """Send `task(job_id)`; ServiceUnavailable (one line, no traceback) when the broker is
     down. The job is already committed, so it is not lost: the reaper sends it later."""
     try:
@@ -37,7 +40,8 @@ def _where(url: str) -> str:
     return url.rsplit("@", 1)[-1]  # no password in messages
 
 
-def _task_and_job(raw: bytes) -> tuple[str, str] | None:
+def _task_and_job(raw: bytes | str) -> tuple[str, str] | None:
+    """(task name, job id) of one kombu message, or None for one that names no task or job."""
     message = json.loads(raw)
     if isinstance(message, list):  # unacked: [message, exchange, routing key]
         message = message[0]
@@ -46,7 +50,8 @@ def _task_and_job(raw: bytes) -> tuple[str, str] | None:
         body = base64.b64decode(body)
     try:
         args = json.loads(body)[0]
-        return (message.get("headers") or {}).get("task"), str(args[0])
+        task = (message.get("headers") or {}).get("task")
+        return (task, str(args[0])) if isinstance(task, str) else None
     except (ValueError, IndexError, KeyError, TypeError):
         return None
 
@@ -54,14 +59,12 @@ def _task_and_job(raw: bytes) -> tuple[str, str] | None:
 def jobs_with_tasks(settings: Settings) -> dict[str, set[str]] | None:
     """{task name: job ids} of every clearmark task on the broker, or None when the broker
     cannot be read this way (not Redis)."""
-    import redis
-
     if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
         return None
     client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5, socket_timeout=60)
     found: dict[str, set[str]] = defaultdict(set)
 
-    def add(raw: bytes) -> None:
+    def add(raw: bytes | str) -> None:
         hit = _task_and_job(raw)
         if hit:
             found[hit[0]].add(hit[1])

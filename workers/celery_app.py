@@ -8,7 +8,7 @@ the hard time limit, and separate queues for uploads, bulk runs and webhooks.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from clearmark.settings import Settings, get_settings
 
@@ -47,10 +47,10 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_send_task_events=True,
         task_send_sent_event=True,
         task_default_queue=settings.queue_uploads,
+        # kombu ships py.typed but leaves Queue.__init__ unannotated.
         task_queues=[
-            Queue(settings.queue_uploads),
-            Queue(settings.queue_bulk),
-            Queue(settings.queue_webhooks),
+            Queue(name)  # type: ignore[no-untyped-call]
+            for name in (settings.queue_uploads, settings.queue_bulk, settings.queue_webhooks)
         ],
         task_routes={
             "clearmark.clean_image": {"queue": settings.queue_uploads},
@@ -70,5 +70,9 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
-app = Celery("clearmark", include=["clearmark.workers.tasks", "clearmark.workers.webhooks"])
+# The modules whose tasks a worker runs (imported when it starts).
+app = Celery(
+    "clearmark",
+    include=["clearmark.workers.tasks", "clearmark.workers.webhooks", "clearmark.workers.reaper"],
+)
 configure(app, get_settings())

@@ -92,10 +92,10 @@ COMMANDS = {
 class LazyGroup(click.Group):
     """A group whose COMMANDS are imported on first use, not at start-up."""
 
-    def list_commands(self, ctx):
+    def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *COMMANDS])
 
-    def get_command(self, ctx, name):
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in COMMANDS and name not in self.commands:
             module, attr = COMMANDS[name][0].split(":")
             module = f"clearmark.workers.commands.{module}"
@@ -111,14 +111,14 @@ class LazyGroup(click.Group):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(2)
 
-    def format_commands(self, ctx, formatter):
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = []
         for name in self.list_commands(ctx):
             limit = formatter.width - 6 - len(name)
             if name in COMMANDS and name not in self.commands:
                 stand_in = click.Command(name, help=COMMANDS[name][1])
                 rows.append((name, stand_in.get_short_help_str(limit)))
-            elif not (cmd := self.get_command(ctx, name)).hidden:
+            elif (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden:
                 rows.append((name, cmd.get_short_help_str(limit)))
         if rows:
             with formatter.section("Commands"):

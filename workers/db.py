@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -34,7 +35,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine as SqlEngine
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -226,7 +229,7 @@ class JobEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))  # status | retry | takeover | reaped | webhook
     from_status: Mapped[str | None] = mapped_column(String(20))
     to_status: Mapped[str | None] = mapped_column(String(20))
-    detail: Mapped[dict | None] = mapped_column(JSON)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_job_events_job_id_created_at", "job_id", "created_at"),)
@@ -249,7 +252,7 @@ METRIC_FIELDS = (
 JPEG_METRIC_FIELDS = ("jpeg_exact", "jpeg_blocks_changed")
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -284,7 +287,7 @@ os.register_at_fork(after_in_child=_forget_pooled_connections)
 
 
 @lru_cache(maxsize=8)
-def _sessionmaker(url: str) -> sessionmaker:
+def _sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
 
 

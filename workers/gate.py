@@ -27,6 +27,7 @@ to be put back, so a mark may remain: the reason is stated in the job's details.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -77,7 +78,7 @@ class RegionVerdict:
     passed: bool
     reason: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
@@ -169,12 +170,13 @@ def judge_region(
 
     median_opacity = float(np.median(opacity))
     reasons = limits.failures(core_prob, median_opacity, explained, continues, flattened)
+    red, green, blue = (int(round(c)) for c in colour)  # the fitted overlay colour W
     return RegionVerdict(
         box,
         int(region.sum()),
         explained,
         median_opacity,
-        tuple(int(round(c)) for c in colour),
+        (red, green, blue),
         continues,
         flattened,
         core_prob,

@@ -34,8 +34,10 @@ What comes back for odd inputs:
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import (  # noqa: F401  # noqa: F401  (registers the formats we open)
@@ -167,7 +169,7 @@ class DecodedImage:
     icc_profile: bytes | None = None
     exif: bytes | None = None  # with Orientation reset to 1
     jpeg_quality: int | None = None
-    jpeg_qtables: list | None = None
+    jpeg_qtables: list[list[int]] | None = None
     jpeg_subsampling: int = -1
     jpeg_progressive: bool = False
     webp_lossless: bool = False
@@ -215,7 +217,7 @@ def orientation_exif(orientation: int) -> bytes:
     return exif.tobytes()
 
 
-def estimate_jpeg_quality(quantization: dict | None) -> int | None:
+def estimate_jpeg_quality(quantization: dict[int, list[int]] | None) -> int | None:
     """The IJG quality (1..100) whose scaled standard luminance table is closest to the
     file's table 0, or None when there is no table. Exact for libjpeg-encoded files."""
     if not quantization or 0 not in quantization or len(quantization[0]) != 64:
@@ -269,7 +271,7 @@ def _open(data: bytes) -> Image.Image:
 
 
 @contextmanager
-def _pixels_guard():
+def _pixels_guard() -> Iterator[None]:
     """Errors while reading frames/pixels of an opened file become BadInput."""
     try:
         yield
@@ -350,7 +352,7 @@ def probe_image(data: bytes, settings: Settings | None = None) -> ImageHeader:
     need no pixels: the API's check of an upload; a file whose pixel data is broken fails
     later, in the worker's decode_image)."""
     im = _open_checked(data, settings or get_settings())
-    return ImageHeader(im.format, im.size)
+    return ImageHeader(im.format or "unknown", im.size)  # always set: opened by its format
 
 
 def decode_image(data: bytes, settings: Settings | None = None) -> DecodedImage:
@@ -442,11 +444,12 @@ def _rebuild(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray) -> Image.I
     if base.mode == "RGB":
         return Image.fromarray(rgb, "RGB")
     if base.mode == "RGBA":
+        assert dec.alpha is not None  # _split keeps the alpha of every RGBA base
         return Image.fromarray(np.dstack([rgb, dec.alpha]), "RGBA")
     if base.mode == "I;16":
         v16 = np.asarray(base, dtype=np.uint16).copy()
-        grey = np.asarray(Image.fromarray(rgb, "RGB").convert("L"), dtype=np.uint16)
-        v16[changed] = grey[changed] * 257
+        grey16 = np.asarray(Image.fromarray(rgb, "RGB").convert("L"), dtype=np.uint16)
+        v16[changed] = grey16[changed] * 257
         return Image.fromarray(v16)
     out = base.copy()
     if base.mode == "LA":
@@ -462,7 +465,7 @@ def _rebuild(dec: DecodedImage, rgb: np.ndarray, changed: np.ndarray) -> Image.I
 class EncodedImage:
     data: bytes
     extension: str
-    details: dict = field(default_factory=dict)  # how it was written, for the job's record
+    details: dict[str, Any] = field(default_factory=dict)  # how it was written, for the job's record
 
 
 def _exact_jpeg(dec: DecodedImage, rgb: np.ndarray) -> EncodedImage | str:
@@ -479,7 +482,7 @@ def _exact_jpeg(dec: DecodedImage, rgb: np.ndarray) -> EncodedImage | str:
             )
         except (OSError, ValueError) as exc:  # libjpeg refused what Pillow read
             return f"coefficients could not be reused: {exc}"
-        details = {
+        details: dict[str, Any] = {
             "jpeg_exact": True,
             "jpeg_blocks_changed": exact.blocks_changed,
             "jpeg_blocks_total": exact.blocks_total,
@@ -503,7 +506,7 @@ def encode_image(
             return exact
         fallback = f"JPEG re-encoded in full: {exact}"
     out = _rebuild(dec, rgb, changed)
-    kwargs: dict = {}
+    kwargs: dict[str, Any] = {}
     if dec.icc_profile:
         kwargs["icc_profile"] = dec.icc_profile
     if dec.exif and fmt in ("JPEG", "PNG", "WEBP"):
@@ -530,7 +533,7 @@ def encode_image(
         kwargs["compression"] = "tiff_lzw"
     buf = io.BytesIO()
     out.save(buf, fmt, **kwargs)
-    details: dict = {"jpeg_exact": False} if fmt == "JPEG" else {}
+    details: dict[str, Any] = {"jpeg_exact": False} if fmt == "JPEG" else {}
     if fallback:
         details["jpeg_exact_fallback"] = fallback
     return EncodedImage(buf.getvalue(), EXTENSIONS[fmt], details)

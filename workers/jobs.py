@@ -15,6 +15,7 @@ import math
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from clearmark.errors import BadInput, ClearmarkError, TransientError
 from clearmark.settings import Settings, get_settings
+from clearmark.workers import webhooks
 from clearmark.workers.db import (
     FINISHED,
     JPEG_METRIC_FIELDS,
@@ -43,11 +45,14 @@ from clearmark.workers.leases import Heartbeat
 from clearmark.workers.storage import delete_uri, get_storage, read_uri, write_uri
 from clearmark.workers.transient import retry_database
 
+if TYPE_CHECKING:  # the pipeline pulls in torch and the engines: imported where a job runs
+    from clearmark.workers.pipeline import Engines
+
 log = logging.getLogger(__name__)
 DEFAULT_TENANT = "local"
 
 
-def set_status(session: Session, job: Job, new: JobStatus, kind: str = "status", **detail) -> None:
+def set_status(session: Session, job: Job, new: JobStatus, kind: str = "status", **detail: Any) -> None:
     """Move a job to `new` (raises IllegalTransition when the machine forbids it)."""
     old = job.status
     check_transition(old, new)
@@ -164,18 +169,6 @@ def mark_finished(session: Session, job: Job) -> None:
     )
 
 
-def webhook_settled(db_url: str, job_id: str, settle: bool) -> bool:
-    """Whether the job's webhook is no longer due (settle: mark it so, delivered or given up)."""
-    with session_scope(db_url) as session:
-        job = _locked_job(session, job_id)
-        if job is None:
-            return True
-        settled = not job.webhook_pending
-        if settle:
-            job.webhook_pending = False
-        return settled
-
-
 def give_up(session: Session, job: Job) -> None:
     """Fail a job whose attempts are used up, for good."""
     set_status(session, job, JobStatus.failed, attempts=job.attempts)
@@ -242,11 +235,11 @@ def claim_job(db_url: str, job_id: str, max_attempts: int, lease_s: float | None
     return claim
 
 
-def _holds_claim(job: Job | None, claim: Claim) -> bool:
+def _holds_claim(job: Job | None, claim: Claim) -> TypeGuard[Job]:
     return job is not None and job.status == JobStatus.running.value and job.attempts == claim.attempt
 
 
-def _json_safe(value):
+def _json_safe(value: object) -> Any:
     """`value` as plain JSON types for an event's detail: numpy scalars and arrays become
     Python numbers and lists, tuples lists, NaN/inf None (PostgreSQL's json has neither)."""
     if isinstance(value, dict):
@@ -269,12 +262,12 @@ def finish_job(
     *,
     result_uri: str | None,
     mask_uri: str | None,
-    metrics: dict,
+    metrics: dict[str, Any],
     pipeline_version: str,
     review_reason: str | None = None,
-    gate: list[dict] | None = None,
-    encoding: dict | None = None,
-    stage_ms: dict | None = None,
+    gate: list[dict[str, Any]] | None = None,
+    encoding: dict[str, Any] | None = None,
+    stage_ms: dict[str, float] | None = None,
 ) -> bool:
     """Record the result; False (and nothing written) when this attempt lost its claim.
     `review_reason` is stored only with needs_review. The status event's detail gets
@@ -288,7 +281,7 @@ def finish_job(
             log.warning("job %s: attempt %s lost its claim; result discarded", claim.job_id, claim.attempt)
             return False
         reason = review_reason if status == JobStatus.needs_review else None
-        extra = {}
+        extra: dict[str, Any] = {}
         if reason:
             extra["review_reason"] = reason
         if gate:
@@ -362,7 +355,7 @@ def _discard_outputs(claim: Claim, uris: tuple[str, str]) -> None:
             delete_uri(uri)
 
 
-def process_job(job_id: str, engines, settings: Settings | None = None) -> str | None:
+def process_job(job_id: str, engines: Engines, settings: Settings | None = None) -> str | None:
     """One attempt at a job. Returns the final status, or None when nothing was done.
     Bad input fails the job; TransientError propagates (after releasing the job) so the
     caller can retry; any other exception fails the job with `internal_error`. A job this
@@ -370,13 +363,11 @@ def process_job(job_id: str, engines, settings: Settings | None = None) -> str |
     settings = settings or get_settings()
     status = _attempt(job_id, engines, settings)
     if status is not None:
-        from clearmark.workers.webhooks import notify_finished  # lazy: Celery only when needed
-
-        notify_finished(job_id, settings)
+        webhooks.notify_finished(job_id, settings)
     return status
 
 
-def _attempt(job_id: str, engines, settings: Settings) -> str | None:
+def _attempt(job_id: str, engines: Engines, settings: Settings) -> str | None:
     try:
         claim = claim_job(settings.database_url, job_id, settings.max_attempts, settings.lease_s)
     except TooManyAttempts as exc:
@@ -388,9 +379,11 @@ def _attempt(job_id: str, engines, settings: Settings) -> str | None:
         return _run_claimed(claim, engines, settings)
 
 
-def _run_claimed(claim: Claim, engines, settings: Settings) -> str | None:
+def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | None:
     """Run the pipeline for a claimed job and record the outcome. The records wait out a
     database outage (retry_database): the work is done, only its bookkeeping is left."""
+    # Imported here, not at the top: the pipeline pulls in torch, OpenCV and the engines,
+    # which the API (jobs' other user) never needs (~200 MB per API process).
     from clearmark.workers.pipeline import process_image
 
     db_url, what = settings.database_url, f"job {claim.job_id}"

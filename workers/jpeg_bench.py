@@ -15,12 +15,15 @@ import io
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, JpegImagePlugin
 
+from clearmark.models.products import load_photo, split_paths
+from clearmark.models.scenes import DEFAULT_DATA
 from clearmark.settings import get_settings
 from clearmark.workers.imaging import decode_image, encode_image
 from clearmark.workers.jpeg_exact import reach_of_change
@@ -48,7 +51,7 @@ class JpegBenchRow:
     encode_ms: list[float] = field(default_factory=list)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for name in ("DejaVuSans-Bold.ttf", "LiberationSans-Bold.ttf"):
         try:
             return ImageFont.truetype(name, size)
@@ -117,23 +120,21 @@ def measure(
 
 def photo_files(photos: Path | None, n: int) -> list[Path]:
     """`n` photos: every image under `photos`, or the dev split of the real product photos."""
+    files: list[Path]
     if photos is not None:
         files = sorted(
             p for p in Path(photos).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")
         )
     else:
-        from clearmark.models.products import split_paths
-        from clearmark.models.scenes import DEFAULT_DATA
-
         files = list(split_paths(str(DEFAULT_DATA), "dev"))
     if not files:
         raise FileNotFoundError(f"no photos in {photos}")
     return files[:n]
 
 
-def bench_jpeg(files: list[Path], size: int, progress=None) -> list[JpegBenchRow]:
-    from clearmark.models.products import load_photo
-
+def bench_jpeg(
+    files: list[Path], size: int, progress: Callable[[int], object] | None = None
+) -> list[JpegBenchRow]:
     rows: dict[tuple[str, str], JpegBenchRow] = {}
     for path in files:
         photo = load_photo(path, max_side=size)

@@ -25,7 +25,9 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
+import jpeglib
 import numpy as np
+from numpy.typing import NDArray
 
 # Orthonormal 8-point DCT-II matrix: JPEG's 2-D DCT of a block B is D @ B @ D.T.
 _K = np.arange(8)
@@ -148,7 +150,7 @@ def _add_delta(coef: np.ndarray, plane: np.ndarray, qt: np.ndarray) -> np.ndarra
     """coef (by x bx x 8 x 8) plus the quantised DCT of `plane`; True where a block changed."""
     by, bx = coef.shape[:2]
     blocks = plane.reshape(by, 8, bx, 8).swapaxes(1, 2)
-    touched = np.abs(blocks).max(axis=(2, 3)) > 1e-9
+    touched: NDArray[np.bool_] = np.abs(blocks).max(axis=(2, 3)) > 1e-9
     if touched.any():
         dct = np.einsum("ij,njk,lk->nil", _DCT, blocks[touched], _DCT)
         step = np.rint(dct / qt).astype(np.int32)
@@ -164,8 +166,6 @@ def _add_delta(coef: np.ndarray, plane: np.ndarray, qt: np.ndarray) -> np.ndarra
 def encode_jpeg_exact(data: bytes, old_rgb: np.ndarray, new_rgb: np.ndarray, progressive: bool) -> ExactJpeg:
     """The upload `data` with the change `new_rgb - old_rgb` (both H x W x 3 uint8, `old_rgb`
     the upload as decoded) added to its coefficients."""
-    import jpeglib  # imported here: only JPEG results need it
-
     changed = (new_rgb != old_rgb).any(axis=2)
     with _LIBJPEG, tempfile.TemporaryDirectory(prefix="clearmark-jpeg-") as tmp:
         src, dst = os.path.join(tmp, "in.jpg"), os.path.join(tmp, "out.jpg")

@@ -7,23 +7,34 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 
 from clearmark.workers.db import Job, JobStatus, session_scope, utcnow
+
+if TYPE_CHECKING:  # jobs imports this module (Heartbeat)
+    from clearmark.workers.jobs import Claim
 
 log = logging.getLogger(__name__)
 
 
-def renew_lease(db_url: str, claim, lease_s: float) -> bool:
+def renew_lease(db_url: str, claim: Claim, lease_s: float) -> bool:
     """Extend the claim's lease; False when the attempt no longer holds the job."""
     with session_scope(db_url) as session:
-        renewed = session.execute(
-            update(Job)
-            .where(
-                Job.id == claim.job_id, Job.status == JobStatus.running.value, Job.attempts == claim.attempt
-            )
-            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        # An UPDATE's result is a CursorResult (it has rowcount); execute() is typed Result.
+        renewed = cast(
+            CursorResult[Any],
+            session.execute(
+                update(Job)
+                .where(
+                    Job.id == claim.job_id,
+                    Job.status == JobStatus.running.value,
+                    Job.attempts == claim.attempt,
+                )
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+            ),
         ).rowcount
     return bool(renewed)
 
@@ -34,7 +45,7 @@ class Heartbeat:
     A failed renewal (database down) is only logged: the lease then runs out, the reaper
     may queue the job again, and the finish of this attempt is guarded anyway."""
 
-    def __init__(self, db_url: str, claim, lease_s: float, every_s: float | None = None):
+    def __init__(self, db_url: str, claim: Claim, lease_s: float, every_s: float | None = None) -> None:
         self.db_url, self.claim, self.lease_s = db_url, claim, lease_s
         self.every_s = lease_s / 3 if every_s is None else every_s
         self._stop = threading.Event()
@@ -44,7 +55,12 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._stop.set()
         self._thread.join()
 

@@ -12,14 +12,18 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import torch
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from tqdm import tqdm
 
+from clearmark.engine_build.onnx_export import export_onnx, onnx_path
 from clearmark.errors import TransientError
 from clearmark.settings import Settings, get_settings, set_settings
 from clearmark.workers import migrate
 from clearmark.workers.db import Job, JobEvent, JobMetrics, JobStatus, session_scope, utcnow
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant, process_job, set_status
+from clearmark.workers.pipeline import Engines
 
 log = logging.getLogger(__name__)
 # The stages of one image, in order; together (plus rounding) they make up ms_total.
@@ -32,7 +36,7 @@ DONE = ("succeeded", "needs_review", "no_watermark", "failed")
 class Summary:
     batch_id: str
     seconds: float
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # name, code, message
     unfinished: list[tuple[str, str]] = field(default_factory=list)  # name, status
     skipped: list[str] = field(default_factory=list)  # not images
@@ -81,7 +85,7 @@ def _give_up(db_url: str, job_id: str, attempts: int, error: Exception) -> None:
         job.finished_at = utcnow()
 
 
-def _run_with_retries(job_id: str, engines, settings: Settings) -> None:
+def _run_with_retries(job_id: str, engines: Engines, settings: Settings) -> None:
     for attempt in range(1, settings.max_attempts + 1):
         try:
             process_job(job_id, engines, settings)
@@ -103,8 +107,6 @@ def prepare_engines(settings: Settings) -> None:
         "cpu"
     ):
         return
-    from clearmark.engine_build.onnx_export import export_onnx, onnx_path
-
     missing = [k for k in ("detector", "remover") if not onnx_path(k, "fp32", settings.engine_dir).exists()]
     if not missing:
         return
@@ -114,21 +116,18 @@ def prepare_engines(settings: Settings) -> None:
             bar.update()
 
 
-_worker_engines = None
+_worker_engines: Engines | None = None  # per worker process, loaded by _init_worker
 
 
 def _init_worker(settings: Settings, threads: int) -> None:
     global _worker_engines
-    import torch
-
-    from clearmark.workers.pipeline import Engines
-
     torch.set_num_threads(threads)
     set_settings(settings)
     _worker_engines = Engines.load(settings)
 
 
 def _run_in_worker(job_id: str) -> str:
+    assert _worker_engines is not None  # the pool runs _init_worker first
     _run_with_retries(job_id, _worker_engines, get_settings())
     return job_id
 
@@ -140,7 +139,7 @@ def _create_jobs(
     with session_scope(settings.database_url) as session:
         tenant = ensure_tenant(session)
         batch = create_batch(session, tenant, "clean", description=f"clean -> {out_dir}", total=len(images))
-        names = {}
+        names: dict[str, Path] = {}
         for path, rel in images:
             mask_uri = (masks_dir / rel).with_suffix(".png").resolve().as_uri() if masks_dir else None
             job, _ = create_job(
@@ -156,12 +155,12 @@ def _create_jobs(
         return batch.id, names
 
 
-def _stage_ms(session, job_ids: list[str]) -> dict[str, float]:
+def _stage_ms(session: Session, job_ids: list[str]) -> dict[str, float]:
     """Mean ms per stage (and total) over the jobs that have metrics."""
     rows = session.scalars(select(JobMetrics).where(JobMetrics.job_id.in_(job_ids))).all()
     if not rows:
         return {}
-    extra: dict[str, dict] = {}  # the latest status event's timings per job
+    extra: dict[str, dict[str, float]] = {}  # the latest status event's timings per job
     for event in session.scalars(
         select(JobEvent).where(JobEvent.job_id.in_(job_ids), JobEvent.kind == "status").order_by(JobEvent.id)
     ):
@@ -171,7 +170,8 @@ def _stage_ms(session, job_ids: list[str]) -> dict[str, float]:
     def ms(row: JobMetrics, stage: str) -> float:
         if stage in ("gate", "residual"):
             return float(extra.get(row.job_id, {}).get(f"ms_{stage}", 0.0))
-        return getattr(row, f"ms_{stage}")
+        value: float = getattr(row, f"ms_{stage}")
+        return value
 
     return {stage: sum(ms(r, stage) for r in rows) / len(rows) for stage in (*STAGES, "total")}
 
@@ -211,8 +211,6 @@ def clean_folder(
     started = time.perf_counter()
     progress = tqdm(total=len(job_ids), unit="img", desc="cleaning")
     if workers == 1:
-        from clearmark.workers.pipeline import Engines
-
         engines = Engines.load(settings)
         for job_id in job_ids:
             _run_with_retries(job_id, engines, settings)

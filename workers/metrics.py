@@ -20,13 +20,32 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from datetime import timedelta
 from functools import lru_cache
+from typing import TYPE_CHECKING, TypedDict
 
+from kombu.exceptions import ChannelError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from clearmark.settings import Settings, get_settings
+from clearmark.workers.celery_app import app
 from clearmark.workers.db import Job, JobMetrics, JobStatus, session_scope, utcnow
+
+if TYPE_CHECKING:  # annotation only: the API serves /metrics without loading any engine
+    from clearmark.workers.pipeline import Engines
 
 log = logging.getLogger(__name__)
 STAGES = ("decode", "detect", "remove", "encode", "total")
@@ -45,11 +64,7 @@ class StateCollector:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings
 
-    def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
-
-        from clearmark.workers.reports import status_counts
-
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         s = self.settings or get_settings()
         jobs = GaugeMetricFamily("clearmark_jobs", "Jobs by status (the jobs table)", labels=["status"])
         for status, n in status_counts(s.database_url).items():
@@ -61,7 +76,7 @@ class StateCollector:
         yield GaugeMetricFamily(
             "clearmark_images_per_second",
             f"Jobs finished per second over the last {RATE_WINDOW_S} s, all workers",
-            value=recent / RATE_WINDOW_S,
+            value=(recent or 0) / RATE_WINDOW_S,
         )
         depth = GaugeMetricFamily("clearmark_queue_depth", "Tasks waiting on each queue", labels=["queue"])
         for queue, n in queue_depths(s).items():
@@ -69,13 +84,18 @@ class StateCollector:
         yield depth
 
 
+def status_counts(db_url: str) -> dict[str, int]:
+    """Jobs by status, every status present (0 when none)."""
+    with session_scope(db_url) as session:
+        rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    counts = {s.value: 0 for s in JobStatus}
+    counts.update({status: n for status, n in rows})
+    return counts
+
+
 def queue_depths(settings: Settings) -> dict[str, int]:
     """Messages waiting per queue; an empty dict when the broker cannot be reached."""
-    from kombu.exceptions import ChannelError
-
-    from clearmark.workers.celery_app import app
-
-    depths = {}
+    depths: dict[str, int] = {}
     try:
         with app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
@@ -92,8 +112,6 @@ def queue_depths(settings: Settings) -> dict[str, int]:
 
 def render_state(settings: Settings | None = None) -> tuple[bytes, str]:
     """The API's /metrics body and content type."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StateCollector(settings))
     return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -102,11 +120,15 @@ def render_state(settings: Settings | None = None) -> tuple[bytes, str]:
 # --- per worker ---------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def worker_metrics():
-    """The worker's metric objects, created on first use (after multiprocess set-up)."""
-    from prometheus_client import Counter, Gauge, Histogram
+class WorkerMetrics(TypedDict):
+    done: Counter
+    stage: Histogram
+    backend: Gauge
 
+
+@lru_cache(maxsize=1)
+def worker_metrics() -> WorkerMetrics:
+    """The worker's metric objects, created on first use (after multiprocess set-up)."""
     return {
         "done": Counter("clearmark_worker_jobs", "Jobs this worker finished, by status", ["status"]),
         "stage": Histogram("clearmark_stage_seconds", "Time per pipeline stage", ["stage"], buckets=BUCKETS),
@@ -126,11 +148,10 @@ def start_worker_server(port: int) -> str | None:
     if not os.environ.get(MULTIPROC_ENV):
         created = tempfile.mkdtemp(prefix="clearmark-metrics-")
         os.environ[MULTIPROC_ENV] = created
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server, values
-
-    values.ValueClass = values.get_value_class()  # in case prometheus_client came in earlier
+    # prometheus_client chose its value class when imported, before the variable was set
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped in prometheus_client
     try:
         start_http_server(port, registry=registry)
         log.info("worker metrics on port %s", port)
@@ -146,12 +167,10 @@ def stop_worker_server(created: str | None) -> None:
 
 def child_exited(pid: int) -> None:
     if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
 
-def record_backend(engines) -> None:
+def record_backend(engines: Engines) -> None:
     worker_metrics()["backend"].labels(engines.detector.key, engines.remover.key, engines.version).set(1)
 
 

@@ -6,9 +6,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 import clearmark.migrations
 from clearmark.settings import get_settings
+from clearmark.workers.db import get_engine
 
 MIGRATIONS_DIR = Path(clearmark.migrations.__file__).resolve().parent
 
@@ -35,13 +38,9 @@ def current(database_url: str | None = None) -> None:
     command.current(alembic_config(database_url), verbose=True)
 
 
-def revisions(database_url: str | None = None) -> tuple[str | None, str]:
-    """(the database's Alembic revision, or None when it has none; this code's head)."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    from clearmark.workers.db import get_engine
-
+def revisions(database_url: str | None = None) -> tuple[str | None, str | None]:
+    """(the database's Alembic revision, or None when it has none; this code's head, None
+    only without any migration)."""
     url = database_url or get_settings().database_url
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     with get_engine(url).connect() as conn:

@@ -12,14 +12,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from clearmark.engine_build import Engine, load_engine
-from clearmark.models.inference import ceil_to, detect_probability, detect_scale, pad_to, run_engine
+from clearmark.engine_build import load_engine
+from clearmark.models.inference import Runner, ceil_to, detect_probability, detect_scale, pad_to, run_engine
 from clearmark.models.masks import Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import remover_input
+from clearmark.models.registry import weights_sha256
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.gate import GateLimits, RegionVerdict, judge
 from clearmark.workers.imaging import decode_image, encode_image, orientation_exif, to_stored
@@ -36,8 +38,11 @@ RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual 
 
 @dataclass
 class Engines:
-    detector: Engine
-    remover: Engine
+    """The two models the pipeline runs: engines from `load` (any backend), or any other
+    `Runner` (evaluation hands in PyTorch models in this process)."""
+
+    detector: Runner
+    remover: Runner
 
     @classmethod
     def load(cls, settings: Settings | None = None) -> Engines:
@@ -57,8 +62,6 @@ class Engines:
 def current_version_pattern() -> str:
     """LIKE pattern of the `Engines.version` a worker would write now, any backend:
     `pipeline-<code>+detector:<sha12>:%+remover:<sha12>:%` (Engine.key starts kind:sha12:)."""
-    from clearmark.models.registry import weights_sha256
-
     return (
         f"pipeline-{PIPELINE_CODE_VERSION}+detector:{weights_sha256('detector')[:12]}:%"
         f"+remover:{weights_sha256('remover')[:12]}:%"
@@ -68,8 +71,6 @@ def current_version_pattern() -> str:
 def pipeline_fingerprint() -> str:
     """Code version and weights hashes (the backend may differ between workers but not the
     output's meaning): part of the API's default idempotency key."""
-    from clearmark.models.registry import weights_sha256
-
     return "+".join(
         [
             f"pipeline-{PIPELINE_CODE_VERSION}",
@@ -85,20 +86,20 @@ class PipelineResult:
     extension: str  # ".jpg", ".png", ".webp", ... matching image_bytes
     mask_png: bytes  # 8-bit grey PNG, upright, output size: 0 untouched, 1-127 changed
     # around the mark (feathered), >= 128 the watermark's own pixels
-    metrics: dict  # width, height, mask_area_fraction, detector_confidence,
+    metrics: dict[str, Any]  # width, height, mask_area_fraction, detector_confidence,
     # residual_score, ms_decode, ms_detect, ms_remove, ms_encode, ms_total
-    details: dict = field(default_factory=dict)  # input/output format and mode, frames,
+    details: dict[str, Any] = field(default_factory=dict)  # input/output format and mode, frames,
     # jpeg_quality, ms_residual, ms_gate, notes,
     # gate (each region's verdict), and
     # `encoding`'s entries
     review_reason: str | None = None  # why the status is needs_review
     # How the result file was written (EncodedImage.details: jpeg_exact, blocks changed and
     # total, fallback reason, orientation); empty when the result is the upload itself.
-    encoding: dict = field(default_factory=dict)
+    encoding: dict[str, Any] = field(default_factory=dict)
 
 
 def residual_score(
-    detector: Engine, restored: np.ndarray, region: np.ndarray, long_side: int, flip: bool
+    detector: Runner, restored: np.ndarray, region: np.ndarray, long_side: int, flip: bool
 ) -> float:
     """Mean detector probability over `region` (bool H x W) of the restored image. Only a
     crop around the region is run, at the scale the whole image was detected at, with
@@ -117,7 +118,7 @@ def residual_score(
 
 
 def remove_watermark(
-    remover: Engine, rgb: np.ndarray, mask: Mask, margin: int, max_crop: int, flip: bool = False
+    remover: Runner, rgb: np.ndarray, mask: Mask, margin: int, max_crop: int, flip: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(restored, mark): a copy of `rgb` restored inside the mask, composited with the
     feathered alpha (pixels where `mask.alpha == 0` are returned unchanged), and the
@@ -344,7 +345,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
     lap("decode")
     c = clean_rgb(engines, dec.rgb, s, lap)
     h, w = dec.rgb.shape[:2]
-    details = {
+    details: dict[str, Any] = {
         "input_format": dec.format,
         "input_mode": dec.mode,
         "frames": dec.frames,

@@ -10,7 +10,6 @@ the long side and saved as JPEG quality 90, as a storefront would upload them.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import statistics
 import time
@@ -18,6 +17,11 @@ from dataclasses import dataclass, field
 
 import cv2
 from PIL import Image
+
+from clearmark.engine_build import BackendUnavailable
+from clearmark.models.evaluate import eval_set
+from clearmark.settings import get_settings
+from clearmark.workers.pipeline import Engines, process_image
 
 STAGES = ("decode", "detect", "remove", "gate", "residual", "encode")
 
@@ -36,9 +40,7 @@ class PipelineBenchRow:
 
 def bench_images(n: int, size: int, seed: int = 0) -> list[bytes]:
     """`n` watermarked catalogue photos, long side `size`, as JPEG files."""
-    from clearmark.models.evaluate import eval_set
-
-    files = []
+    files: list[bytes] = []
     for _, _, s in eval_set(n, seed):
         if len(files) == n:
             break
@@ -60,17 +62,9 @@ def bench_pipeline(
 ) -> PipelineBenchRow:
     """Run `process_image` on every file (after `warmup` untimed runs of the first).
     `flip` turns both mirrored passes on or off (`detect_flip`, `remove_flip`)."""
-    from clearmark.engine_build import BackendUnavailable
-    from clearmark.settings import get_settings
-    from clearmark.workers.pipeline import Engines, process_image
-
-    settings = dataclasses.replace(
-        get_settings(),
-        backend=backend,
-        detect_flip=flip,
-        remove_flip=flip,
-        **({"device": device} if device else {}),
-    )
+    settings = get_settings().replace(backend=backend, detect_flip=flip, remove_flip=flip)
+    if device:
+        settings = settings.replace(device=device)
     size = max(Image.open(io.BytesIO(files[0])).size) if files else 0
     row = PipelineBenchRow(backend, flip, size)
     try:

@@ -4,14 +4,15 @@ its jobs were written to cannot claim them: each task fails there, and the job s
 
 from __future__ import annotations
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from clearmark.settings import DEFAULT_BROKER_URL, Settings, default_database_url
+from clearmark.workers import migrate
 
 
 def safe_url(url: str) -> str:
     """`url` with its password hidden."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -36,8 +37,6 @@ def describe(settings: Settings) -> str:
 
 def worker_problems(settings: Settings) -> list[str]:
     """Why a worker must not start with these settings (empty: it may)."""
-    from clearmark.workers import migrate
-
     s = settings
     db_default = s.database_url == default_database_url(s.data_dir)
     broker_default = s.broker_url == DEFAULT_BROKER_URL

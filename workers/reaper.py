@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, Select, or_, select
+from sqlalchemy.orm import Session
 
 from clearmark.errors import ServiceUnavailable
 from clearmark.settings import Settings, get_settings
-from clearmark.workers import broker
+from clearmark.workers import broker, tasks, webhooks
+from clearmark.workers.celery_app import app
 from clearmark.workers.db import Job, JobEvent, JobStatus, session_scope, utcnow
 from clearmark.workers.jobs import give_up, set_status
 from clearmark.workers.transient import BROKER_ERRORS, DATABASE_ERRORS
@@ -49,13 +52,13 @@ class Reaped:
         )
 
 
-def _locked(session, query):
+def _locked(session: Session, query: Select[Job]) -> Sequence[Job]:
     return session.scalars(
         query.order_by(Job.updated_at).limit(LIMIT).with_for_update(skip_locked=True)
     ).all()
 
 
-def _without_task(session, due, on_broker: set[str]) -> list[Job]:
+def _without_task(session: Session, due: ColumnElement[bool], on_broker: set[str]) -> Sequence[Job]:
     """The jobs matching `due` whose id has no task on the broker, locked (ids are read
     first, unlocked: a backlog of queued jobs with tasks costs a read, not a lock each)."""
     missing = [i for i in session.scalars(select(Job.id).where(due)) if i not in on_broker]
@@ -65,7 +68,7 @@ def _without_task(session, due, on_broker: set[str]) -> list[Job]:
 def reap(settings: Settings | None = None) -> Reaped:
     """One pass; raises ServiceUnavailable when the broker or database is down."""
     s = settings or get_settings()
-    out, to_send = Reaped(), []
+    out, to_send = Reaped(), list[tuple[str, Job]]()
     now = utcnow()
     cutoff = now - timedelta(seconds=s.reap_grace_s)
     try:
@@ -121,16 +124,13 @@ def reap(settings: Settings | None = None) -> Reaped:
     return out
 
 
-def _send(to_send, s: Settings, out: Reaped) -> None:
-    from clearmark.workers.tasks import clean_image, queue_for
-    from clearmark.workers.webhooks import deliver_webhook
-
+def _send(to_send: list[tuple[str, Job]], s: Settings, out: Reaped) -> None:
     for i, (task, job) in enumerate(to_send):
         try:
             if task == broker.CLEAN_TASK:
-                broker.publish(clean_image, job.id, queue_for(job.priority, s), s)
+                broker.publish(tasks.clean_image, job.id, tasks.queue_for(job.priority, s), s)
             else:
-                broker.publish(deliver_webhook, job.id, s.queue_webhooks, s)
+                broker.publish(webhooks.deliver_webhook, job.id, s.queue_webhooks, s)
         except ServiceUnavailable as exc:
             out.not_sent = len(to_send) - i
             log.warning("reaper: %s; %d tasks left for the next pass", exc, out.not_sent)
@@ -151,3 +151,11 @@ def reap_forever(settings: Settings | None = None, stop: threading.Event | None 
             log.exception("reaper: pass failed")
         if stop.wait(s.reap_interval_s):
             return
+
+
+# The Celery task lives here, not in workers.tasks: this module sends tasks'
+# clean_image, so tasks must not import it back. celery_app's `include` loads it.
+@app.task(name="clearmark.reap")  # type: ignore[untyped-decorator]  # Celery is untyped
+def reap_task() -> str:
+    """One reaper pass (Celery beat sends it every CLEARMARK_REAP_INTERVAL_S)."""
+    return str(reap(get_settings()))

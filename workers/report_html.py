@@ -11,16 +11,22 @@ import base64
 import io
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from html import escape
+from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image, ImageOps
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
+from clearmark.workers.pipeline import current_version_pattern
 from clearmark.workers.storage import read_uri
+
+_Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 
 STAGES = ("decode", "detect", "remove", "encode", "total")
 DONE = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
@@ -65,7 +71,7 @@ code{font-size:12px}
 """
 
 
-def _query_filters(q, tenant: str | None, since: datetime | None):
+def _query_filters(q: _Query, tenant: str | None, since: datetime | None) -> _Query:
     if tenant:
         q = q.where(Job.tenant_id == select(Tenant.id).where(Tenant.name == tenant).scalar_subquery())
     if since:
@@ -93,7 +99,7 @@ def thumbnail(uri: str | None, size: int = 256) -> str | None:
 
 
 def histogram_svg(
-    values,
+    values: ArrayLike,
     title: str,
     bins: int = 20,
     lo: float = 0.0,
@@ -103,9 +109,9 @@ def histogram_svg(
     height: int = 210,
 ) -> str:
     """Bars of `values` over [lo, hi] as inline SVG with axis labels."""
-    values = np.asarray(values, dtype=float)
-    hi = hi if hi is not None else (float(values.max()) if values.size else 1.0) or 1.0
-    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    data = np.asarray(values, dtype=float)
+    hi = hi if hi is not None else (float(data.max()) if data.size else 1.0) or 1.0
+    counts, edges = np.histogram(data, bins=bins, range=(lo, hi))
     left, bottom, top, plot_w = 44, height - 28, 10, width - 56
     plot_h = bottom - top
     peak = max(int(counts.max()) if counts.size else 0, 1)
@@ -169,14 +175,17 @@ def _job_card(job: Job, m: JobMetrics | None) -> str:
     )
 
 
-def _gallery(title: str, rows, note: str) -> str:
+def _gallery(title: str, rows: Iterable[tuple[Job, JobMetrics | None]], note: str) -> str:
     cards = "".join(_job_card(job, m) for job, m in rows) or '<p class="empty">none</p>'
     return f'<h2>{escape(title)}</h2><p class="meta">{escape(note)}</p><div class="gallery">{cards}</div>'
 
 
-def _table(head: list[str], rows: list[list], numeric: tuple[int, ...] = ()) -> str:
+def _table(head: list[str], rows: Sequence[Sequence[object]], numeric: tuple[int, ...] = ()) -> str:
     """A table; `rows` hold HTML already escaped; columns in `numeric` align right."""
-    cls = lambda i: ' class="n"' if i in numeric else ""  # noqa: E731
+
+    def cls(i: int) -> str:
+        return ' class="n"' if i in numeric else ""
+
     th = "".join(f"<th{cls(i)}>{escape(h)}</th>" for i, h in enumerate(head))
     body = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><tr>{th}</tr>{body}</table>"
@@ -306,8 +315,6 @@ def build_report(
         )
     else:
         latency = plots = '<p class="empty">no finished jobs with metrics</p>'
-    from clearmark.workers.pipeline import current_version_pattern
-
     current = re.compile(re.escape(current_version_pattern()).replace("%", ".*"))
     version_table = (
         _table(
@@ -319,6 +326,7 @@ def build_report(
                     "current" if current.fullmatch(v) else "outdated",
                 ]
                 for v, n in versions
+                if v is not None  # always: the query keeps set versions only
             ],
             (1,),
         )

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import TypedDict
+
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from clearmark.workers.db import FINISHED, Job, JobEvent, JobStatus, session_scope
+from clearmark.settings import Settings
+from clearmark.workers.celery_app import app
+from clearmark.workers.db import FINISHED, Batch, Job, JobEvent, JobStatus, Tenant, session_scope
+from clearmark.workers.metrics import queue_depths, status_counts
+from clearmark.workers.preflight import safe_url
 
 
-def source_names(session, job_ids: list[str]) -> dict[str, str]:
+class BatchProgress(TypedDict):
+    """A row of `batch_progress`."""
+
+    id: str
+    kind: str
+    tenant: str
+    created_at: datetime
+    total: int
+    counts: dict[str, int]
+
+
+def source_names(session: Session, job_ids: list[str]) -> dict[str, str]:
     """Job id -> the file name its owner submitted (when recorded at creation)."""
     events = session.scalars(
         select(JobEvent).where(JobEvent.job_id.in_(job_ids), JobEvent.from_status.is_(None))
     )
     return {e.job_id: e.detail["source_name"] for e in events if e.detail and e.detail.get("source_name")}
-
-
-def status_counts(db_url: str) -> dict[str, int]:
-    with session_scope(db_url) as session:
-        rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
-    counts = {s.value: 0 for s in JobStatus}
-    counts.update({status: n for status, n in rows})
-    return counts
 
 
 def status_text(db_url: str, failures: int = 10) -> str:
@@ -43,11 +54,9 @@ def status_text(db_url: str, failures: int = 10) -> str:
     return "\n".join(lines)
 
 
-def queue_consumers(settings, timeout_s: float = 1.0) -> dict[str, list[str]]:
+def queue_consumers(settings: Settings, timeout_s: float = 1.0) -> dict[str, list[str]]:
     """Queue name -> the workers consuming it now (asked over the broker; a worker that does
     not answer within timeout_s counts as absent)."""
-    from clearmark.workers.celery_app import app
-
     replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
     consumers: dict[str, list[str]] = {}
     for worker, queues in replies.items():
@@ -56,11 +65,8 @@ def queue_consumers(settings, timeout_s: float = 1.0) -> dict[str, list[str]]:
     return consumers
 
 
-def queues_text(settings) -> str:
+def queues_text(settings: Settings) -> str:
     """Each queue's waiting tasks and consumers, flagging a queue that nobody consumes."""
-    from clearmark.workers.metrics import queue_depths
-    from clearmark.workers.preflight import safe_url
-
     depths = queue_depths(settings)
     if not depths:
         return f"queues: the broker {safe_url(settings.broker_url)} cannot be reached"
@@ -77,10 +83,8 @@ def queues_text(settings) -> str:
 
 def batch_progress(
     db_url: str, batch_ids: list[str] | None = None, tenant: str | None = None, limit: int = 20
-) -> list[dict]:
+) -> list[BatchProgress]:
     """Newest batches first: id, kind, tenant, created_at, total and job counts by status."""
-    from clearmark.workers.db import Batch, Tenant
-
     with session_scope(db_url) as session:
         q = select(Batch, Tenant.name).join(Tenant, Tenant.id == Batch.tenant_id)
         if batch_ids:
@@ -96,7 +100,8 @@ def batch_progress(
         ).all()
     by_batch: dict[str, dict[str, int]] = {i: {} for i in ids}
     for batch_id, status, n in counts:
-        by_batch[batch_id][status] = n
+        if batch_id is not None:  # always: the query selects jobs of these batches
+            by_batch[batch_id][status] = n
     return [
         {
             "id": b.id,
@@ -110,7 +115,7 @@ def batch_progress(
     ]
 
 
-def batches_text(rows: list[dict]) -> str:
+def batches_text(rows: list[BatchProgress]) -> str:
     """One line per batch: finished/jobs now in it, and the counts by status (a job that a
     later reprocess run took over counts in that run's batch)."""
     if not rows:

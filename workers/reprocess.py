@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, overload
 
-from sqlalchemy import bindparam, exists, func, or_, select
+from sqlalchemy import ColumnExpressionArgument, bindparam, exists, func, or_, select
 from sqlalchemy.sql import Select
 
 from clearmark.settings import Settings, get_settings
+from clearmark.workers import tasks
 from clearmark.workers.db import FINISHED, Batch, Job, JobEvent, JobStatus, Priority, Tenant, session_scope
 from clearmark.workers.jobs import create_batch, ensure_tenant, requeue_job
+from clearmark.workers.pipeline import current_version_pattern
 
 ENQUEUED = "enqueued"
 
@@ -52,7 +55,12 @@ class Selection:
         data["statuses"] = tuple(data.get("statuses") or ())
         return cls(**data)
 
-    def query(self, *what) -> Select:
+    @overload
+    def query(self) -> Select[Job]: ...
+    @overload
+    def query(self, *what: ColumnExpressionArgument[Any]) -> Select[*tuple[Any, ...]]: ...
+
+    def query(self, *what: ColumnExpressionArgument[Any]) -> Select[*tuple[Any, ...]]:
         """Finished jobs (or `what` of them) matching the selection."""
         statuses = self.statuses or tuple(s.value for s in FINISHED)
         bad = set(statuses) - {s.value for s in FINISHED}
@@ -68,8 +76,6 @@ class Selection:
         if self.until:
             q = q.where(Job.created_at < _utc(self.until))
         if self.outdated:
-            from clearmark.workers.pipeline import current_version_pattern
-
             q = q.where(Job.pipeline_version.not_like(current_version_pattern()))  # NULL: never
         if self.version:
             q = q.where(Job.pipeline_version.startswith(self.version, autoescape=True))
@@ -119,10 +125,12 @@ def load(batch_id: str, settings: Settings | None = None) -> Selection:
         batch = session.get(Batch, batch_id)
         if batch is None or batch.kind != "reprocess":
             raise LookupError(f"no reprocess batch {batch_id}")
+        if batch.description is None:  # `start` always records it
+            raise LookupError(f"reprocess batch {batch_id} records no selection")
         return Selection.from_json(batch.description)
 
 
-def _stranded(batch_id: str) -> Select:
+def _stranded(batch_id: str) -> Select[str]:
     """Ids of the batch's queued jobs that no run has enqueued."""
     sent = exists().where(
         JobEvent.job_id == Job.id, JobEvent.kind == ENQUEUED, JobEvent.detail["batch"].as_string() == batch_id
@@ -147,19 +155,17 @@ def unfinished(selection: Selection, settings: Settings | None = None) -> tuple[
     return (batch_id, n) if n else None
 
 
-def _mark_enqueued(db_url: str, batch_id: str, job_ids: list[str]) -> None:
+def _mark_enqueued(db_url: str, batch_id: str, job_ids: Sequence[str]) -> None:
     with session_scope(db_url) as session:
         session.add_all(JobEvent(job_id=j, kind=ENQUEUED, detail={"batch": batch_id}) for j in job_ids)
 
 
-def _send(job_ids: list[str], batch_id: str, s: Settings, pace: Callable[[], None]) -> None:
-    from clearmark.workers.tasks import enqueue
-
+def _send(job_ids: Sequence[str], batch_id: str, s: Settings, pace: Callable[[], None]) -> None:
     sent = []
     try:
         for job_id in job_ids:
             pace()
-            enqueue(job_id, s.queue_bulk)
+            tasks.enqueue(job_id, s.queue_bulk)  # looked up on the module: tests replace it
             sent.append(job_id)
     finally:  # interrupted (Ctrl-C, broker error): record what did go out
         _mark_enqueued(s.database_url, batch_id, sent)
@@ -205,6 +211,7 @@ def run(batch_id: str, chunk: int = 500, rate: float = 0, settings: Settings | N
                 requeue_job(session, job, reason=f"reprocess batch {batch_id}")
                 job.batch_id, job.priority = batch_id, Priority.low.value
             batch = session.get(Batch, batch_id)
+            assert batch is not None  # `load` found it (only an empty submit batch is deleted)
             batch.total += len(jobs)
             job_ids = [job.id for job in jobs]
         if not job_ids:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from clearmark.settings import Settings, get_settings
+from clearmark.workers import webhooks
 from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope
 from clearmark.workers.jobs import mark_finished, set_status
 
@@ -33,7 +34,8 @@ def pending(
     if tenant:
         q = q.join(Tenant, Tenant.id == Job.tenant_id).where(Tenant.name == tenant)
     with session_scope(s.database_url) as session:
-        return [tuple(row) for row in session.execute(q.order_by(Job.finished_at, Job.id).limit(limit))]
+        rows = session.execute(q.order_by(Job.finished_at, Job.id).limit(limit))
+        return [(job, metrics) for job, metrics in rows]
 
 
 def decide(
@@ -41,8 +43,6 @@ def decide(
 ) -> str:
     """Close a review; returns the job's new status. Raises LookupError for an unknown job
     and ValueError for one that is not in needs_review."""
-    from clearmark.workers.webhooks import notify_finished
-
     s = settings or get_settings()
     new = JobStatus.succeeded if accept else JobStatus.failed
     with session_scope(s.database_url) as session:
@@ -55,5 +55,5 @@ def decide(
         if not accept:
             job.error_code, job.error_message = REJECTED, note or "rejected by a reviewer"
         mark_finished(session, job)
-    notify_finished(job_id, s)
+    webhooks.notify_finished(job_id, s)
     return new.value

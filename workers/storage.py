@@ -14,6 +14,7 @@ from functools import lru_cache
 from urllib.parse import unquote
 
 import fsspec
+from fsspec import AbstractFileSystem  # fsspec is untyped: Any to mypy, named for the reader
 
 from clearmark.errors import BadInput, TransientError
 from clearmark.settings import get_settings
@@ -48,12 +49,13 @@ class Storage:
         return uri
 
 
-def _fs_path(uri: str):
+def _fs_path(uri: str) -> tuple[AbstractFileSystem, str]:
     """(filesystem, path) of a URI. A `file://` URI is percent-decoded first, as RFC 8089
     asks (fsspec takes it literally): `Path.as_uri()` writes a space as %20, `#` as %23."""
     if uri.startswith("file://"):
         uri = "file://" + unquote(uri.removeprefix("file://"))
-    return fsspec.core.url_to_fs(uri)
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
 
 
 def read_uri(uri: str, max_bytes: int | None = None) -> bytes:
@@ -61,7 +63,7 @@ def read_uri(uri: str, max_bytes: int | None = None) -> bytes:
     try:
         fs, path = _fs_path(uri)
         with fs.open(path, "rb") as f:
-            data = f.read(max_bytes + 1 if max_bytes else -1)
+            data: bytes = f.read(max_bytes + 1 if max_bytes else -1)
     except FileNotFoundError as exc:
         raise BadInput(f"source not found: {uri}", code="source_missing") from exc
     except IsADirectoryError as exc:

@@ -10,6 +10,7 @@ import fsspec
 
 from clearmark.errors import ServiceUnavailable
 from clearmark.settings import get_settings
+from clearmark.workers import tasks
 from clearmark.workers.db import Batch, Priority, session_scope
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
 from clearmark.workers.storage import get_storage
@@ -40,12 +41,10 @@ def submit_sources(
 def _submit(
     sources: list[Path | str], tenant: str, bulk: bool, chunk: int
 ) -> Iterator[tuple[str, Path | str, bool, str]]:
-    from clearmark.workers.tasks import enqueue, queue_for
-
     settings = get_settings()
     storage = get_storage()
     priority = (Priority.low if bulk else Priority.normal).value
-    queue = queue_for(priority, settings)
+    queue = tasks.queue_for(priority, settings)
     with session_scope(settings.database_url) as session:
         owner = ensure_tenant(session, tenant)
         batch = create_batch(session, owner, "bulk" if bulk else "submit", total=len(sources))
@@ -75,7 +74,7 @@ def _submit(
         for i, (job_id, source, is_new) in enumerate(created):
             if is_new:
                 try:
-                    enqueue(job_id, queue)
+                    tasks.enqueue(job_id, queue)  # looked up here: tests replace it
                 except ServiceUnavailable as exc:
                     unsent = sum(new for _, _, new in created[i:])
                     raise ServiceUnavailable(
@@ -93,8 +92,8 @@ def _submit(
 
 def submit_files(paths: list[Path], tenant: str = "local", bulk: bool = False) -> Iterator[tuple[str, Path]]:
     """Copy each file into storage, create its job and enqueue it (one batch)."""
-    for job_id, path, _, _ in submit_sources(list(paths), tenant=tenant, bulk=bulk):
-        yield job_id, path
+    for job_id, source, _, _ in submit_sources(list(paths), tenant=tenant, bulk=bulk):
+        yield job_id, Path(source)  # one of `paths` (submit_sources yields what it was given)
 
 
 def list_uri(uri: str, extensions: Iterable[str]) -> list[str]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
+from celery import Task
 from celery.signals import (
     worker_init,
     worker_process_init,
@@ -25,14 +27,23 @@ from clearmark.workers.db import Priority
 from clearmark.workers.jobs import process_job
 from clearmark.workers.transient import TRANSIENT_ERRORS, backoff_s, max_retries
 
+if TYPE_CHECKING:
+    from clearmark.workers.pipeline import Engines
+
 log = logging.getLogger(__name__)
-_engines = None
+_engines: Engines | None = None
 _metrics_dir: str | None = None
 
+# Celery is untyped: its decorators (tasks, signals) hide the functions' signatures from
+# mypy, hence the `type: ignore[untyped-decorator]` on each.
 
-def get_engines():
+
+def get_engines() -> Engines:
     global _engines
     if _engines is None:
+        # Imported here, not at the top: the pipeline pulls in torch, OpenCV and the
+        # engines, and this module is also imported by the API and `clearmark submit`
+        # (enqueue), which never run a job.
         from clearmark.workers.pipeline import Engines
 
         _engines = Engines.load(get_settings())
@@ -42,30 +53,30 @@ def get_engines():
     return _engines
 
 
-@worker_init.connect
-def _start_metrics_in_parent(**_kwargs) -> None:
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _start_metrics_in_parent(**_kwargs: object) -> None:
     global _metrics_dir
     if get_settings().metrics_port:
         _metrics_dir = metrics.start_worker_server(get_settings().metrics_port)
 
 
-@worker_shutdown.connect
-def _stop_metrics(**_kwargs) -> None:
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _stop_metrics(**_kwargs: object) -> None:
     metrics.stop_worker_server(_metrics_dir)
 
 
-@worker_process_init.connect
-def _load_engines_in_child(**_kwargs) -> None:
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _load_engines_in_child(**_kwargs: object) -> None:
     get_engines()
 
 
-@worker_process_shutdown.connect
-def _child_exits(pid=None, **_kwargs) -> None:
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _child_exits(pid: int | None = None, **_kwargs: object) -> None:
     metrics.child_exited(pid or os.getpid())
 
 
-@app.task(name=broker.CLEAN_TASK, bind=True, max_retries=None)
-def clean_image(self, job_id: str) -> str | None:
+@app.task(name=broker.CLEAN_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+def clean_image(self: Task, job_id: str) -> str | None:
     """Clean one job's image; the argument is the job id (never image bytes).
 
     A transient fault (database, broker, storage) retries with doubling delays for
@@ -85,14 +96,6 @@ def clean_image(self, job_id: str) -> str | None:
     if settings.metrics_port:
         metrics.record_job(job_id, status, settings)
     return status
-
-
-@app.task(name="clearmark.reap")
-def reap() -> str:
-    """One reaper pass (Celery beat sends it every CLEARMARK_REAP_INTERVAL_S)."""
-    from clearmark.workers.reaper import reap as reap_once
-
-    return str(reap_once(get_settings()))
 
 
 def queue_for(priority: str, settings: Settings | None = None) -> str:

@@ -43,6 +43,7 @@ def max_retries(settings: Settings) -> int:
         total += backoff_s(n, settings, jitter=False)
         if total > settings.transient_retry_s:
             return n
+    raise AssertionError("unreachable")
 
 
 def retry_database(fn: Callable[[], T], settings: Settings, what: str) -> T:

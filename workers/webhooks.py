@@ -34,10 +34,14 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from celery import Task
 from sqlalchemy import func, select
 
 from clearmark.errors import BadInput
@@ -61,6 +65,7 @@ STANDARD_SECRET_PREFIX = "whsec_"
 DONE_OK = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class UnsafeCallback(BadInput):
@@ -108,9 +113,9 @@ def signed_headers(secret: str, event_id: str, body: bytes, timestamp: int) -> d
     }
 
 
-def _embedded_ipv4(ip) -> ipaddress.IPv4Address | None:
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
     """The IPv4 address inside an IPv6 one (IPv4-mapped, 6to4, NAT64, IPv4-compatible)."""
-    if ip.version == 4:
+    if isinstance(ip, ipaddress.IPv4Address):  # ip.version == 4
         return None
     if ip.ipv4_mapped or ip.sixtofour:
         return ip.ipv4_mapped or ip.sixtofour
@@ -119,14 +124,14 @@ def _embedded_ipv4(ip) -> ipaddress.IPv4Address | None:
     return None
 
 
-def _is_public(ip) -> bool:
+def _is_public(ip: IPAddress) -> bool:
     inner = _embedded_ipv4(ip)
     if inner is not None and not inner.is_global:
         return False
-    return ip.is_global or (ip.version == 6 and ip.ipv4_mapped is not None)
+    return ip.is_global or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None)
 
 
-def _allowed(host: str, ips, allow: tuple[str, ...]) -> bool:
+def _allowed(host: str, ips: Iterable[IPAddress | None], allow: tuple[str, ...]) -> bool:
     for entry in allow:
         if entry.lower() == host:
             return True
@@ -164,7 +169,8 @@ def check_callback_url(url: str, settings: Settings | None = None) -> Callback:
         raise UnsafeCallback(
             f"cannot resolve callback host {host!r}: {exc}", code="callback_unresolvable"
         ) from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    # sockaddr[0] is the address text for AF_INET/AF_INET6 (the only families asked for).
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     for ip in addresses:
         if not _is_public(ip) and not _allowed(host, (ip, _embedded_ipv4(ip)), allow):
             raise UnsafeCallback(
@@ -177,7 +183,7 @@ def check_callback_url(url: str, settings: Settings | None = None) -> Callback:
 def post_pinned(callback: Callback, body: bytes, headers: dict[str, str], timeout_s: float) -> httpx.Response:
     """POST to the vetted address itself: the URL's host becomes that IP while the Host
     header and the TLS server name (SNI and certificate check) stay the original host."""
-    url, extensions = httpx.URL(callback.url), {}
+    url, extensions = httpx.URL(callback.url), dict[str, Any]()
     if callback.address:
         headers = {**headers, "Host": url.netloc.decode("ascii")}
         extensions["sni_hostname"] = url.host
@@ -186,11 +192,11 @@ def post_pinned(callback: Callback, body: bytes, headers: dict[str, str], timeou
         return client.post(url, content=body, headers=headers, extensions=extensions)
 
 
-def _iso(value) -> str | None:
+def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def job_document(job: Job, base_url: str = "") -> dict:
+def job_document(job: Job, base_url: str = "") -> dict[str, Any]:
     """A job as the API shows it and webhooks send it (links are relative without a base)."""
     path = f"{base_url.rstrip('/')}/v1/jobs/{job.id}"
     done = job.status in DONE_OK and job.result_uri
@@ -217,7 +223,7 @@ def job_document(job: Job, base_url: str = "") -> dict:
     }
 
 
-def _log_attempt(db_url: str, job_id: str, **detail) -> None:
+def _log_attempt(db_url: str, job_id: str, **detail: Any) -> None:
     with session_scope(db_url) as session:
         session.add(JobEvent(job_id=job_id, kind="webhook", detail=detail))
 
@@ -228,8 +234,14 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
     s = settings or get_settings()
     with session_scope(s.database_url) as session:
         job = session.get(Job, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
         tenant = session.get(Tenant, job.tenant_id)
+        if tenant is None:  # cannot happen: jobs.tenant_id is a foreign key
+            raise LookupError(f"job {job_id}: no tenant {job.tenant_id}")
         url, secret = job.callback_url or tenant.webhook_url, tenant.webhook_secret or ""
+        if url is None:
+            raise ValueError(f"job {job_id}: no callback URL (neither the job's nor its tenant's)")
         event_id = f"{job.id}.{int(job.finished_at.timestamp() * 1000) if job.finished_at else 0}"
         body = json.dumps(
             {
@@ -239,7 +251,7 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
                 "job": job_document(job, s.public_url),
             }
         ).encode()
-    detail: dict = {"attempt": attempt, "url": url, "event_id": event_id}
+    detail: dict[str, Any] = {"attempt": attempt, "url": url, "event_id": event_id}
     try:
         callback = check_callback_url(url, s)
         detail["address"] = callback.address
@@ -262,15 +274,26 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
 
 def backoff_s(retries: int, settings: Settings) -> float:
     """Delay before the next attempt: doubling, capped at 60 s (below the visibility timeout)."""
-    return min(60.0, settings.webhook_backoff_s * 2**retries)
+    return min(60.0, settings.webhook_backoff_s * 2.0**retries)
 
 
-@app.task(name="clearmark.deliver_webhook", bind=True, max_retries=None)
-def deliver_webhook(self, job_id: str) -> str:
+def webhook_settled(db_url: str, job_id: str, settle: bool) -> bool:
+    """Whether the job's webhook is no longer due (settle: mark it so, delivered or given up)."""
+    with session_scope(db_url) as session:
+        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+        if job is None:
+            return True
+        settled = not job.webhook_pending
+        if settle:
+            job.webhook_pending = False
+        return settled
+
+
+# Celery is untyped: its task decorator hides the function's signature from mypy.
+@app.task(name="clearmark.deliver_webhook", bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+def deliver_webhook(self: Task, job_id: str) -> str:
     """Deliver until an outcome is final; the job's `webhook_pending` flag then clears (a
     copy of this task the reaper sent meanwhile finds it clear and does nothing)."""
-    from clearmark.workers.jobs import webhook_settled
-
     settings = get_settings()
     if not webhook_settled(settings.database_url, job_id, settle=False):
         outcome = deliver(job_id, self.request.retries + 1, settings)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import click
 from tqdm import tqdm
@@ -13,18 +16,22 @@ from tqdm import tqdm
 from clearmark.errors import ServiceUnavailable
 from clearmark.workers.dates import parse_since
 
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
 UNAVAILABLE_EXIT = 75  # EX_TEMPFAIL: the broker or database is down; try again later
 
 
-def exit_when_unavailable(fn):
+def exit_when_unavailable(fn: Callable[P, R]) -> Callable[P, R]:
     """A command that talks to the broker or database: when one is down, one error line
     and exit status 75 instead of a traceback."""
 
     @functools.wraps(fn)
-    def run(*args, **kwargs):
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except ServiceUnavailable as exc:
@@ -57,15 +64,15 @@ def find_images(
     return found
 
 
-def since_value(text: str):
-
+def since_value(text: str) -> datetime:
+    """`--since` as a time: an ISO date or time, or an age (12h, 7d, 2w) back from now."""
     try:
         return parse_since(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
 
 
-def follow(items, total: int, desc: str):
+def follow(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
     """A progress bar on stderr over an iterator of chunk sizes (or single items)."""
     with tqdm(total=total, desc=desc, unit="job", file=sys.stderr) as bar:
         for n in items:

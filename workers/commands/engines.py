@@ -10,7 +10,7 @@ import onnxruntime as ort
 import torch
 
 from clearmark.engine_build.base import CPU_AUTO_BACKEND, resolve_device
-from clearmark.engine_build.bench import bench_one, format_table
+from clearmark.engine_build.bench import BenchRow, bench_one, format_table
 from clearmark.engine_build.onnx_export import ONNX_OPSET, export_onnx, stale_onnx
 from clearmark.engine_build.trt_backend import _cuda_index, ensure_engine, tensorrt_status
 from clearmark.engine_build.trt_cache import parse_profile, stale_engines
@@ -27,7 +27,7 @@ def _kinds(kind: str) -> list[str]:
 
 
 @click.group("engines")
-def engines_group():
+def engines_group() -> None:
     """Export ONNX models and build TensorRT engines."""
 
 
@@ -41,7 +41,7 @@ def engines_group():
     help="fp16: the cast graph TensorRT builds strongly typed.",
 )
 @click.option("--force", is_flag=True, help="Export again even when cached.")
-def export_command(kind: str, precision: str, force: bool):
+def export_command(kind: str, precision: str, force: bool) -> None:
     """Export the models to ONNX (dynamic batch/height/width), check and run them."""
     for k in _kinds(kind):
         path = export_onnx(k, precision, force=force)
@@ -60,7 +60,7 @@ def export_command(kind: str, precision: str, force: bool):
 )
 @click.option("--device", default="cuda:0", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when a valid engine is cached.")
-def build_command(kind: str, precision: str, profile: str | None, device: str, force: bool):
+def build_command(kind: str, precision: str, profile: str | None, device: str, force: bool) -> None:
     """Build (or reuse) TensorRT engines from the ONNX files."""
     try:
         prof = parse_profile(profile)
@@ -81,7 +81,7 @@ def build_command(kind: str, precision: str, profile: str | None, device: str, f
 
 @engines_group.command("prune")
 @click.option("--dry-run", is_flag=True, help="List what would be deleted, delete nothing.")
-def prune_command(dry_run: bool):
+def prune_command(dry_run: bool) -> None:
     """Delete cached ONNX files and TensorRT engines made from other weights or code than
     the shipped ones (engines for other GPUs or TensorRT versions are kept)."""
     engine_dir = get_settings().engine_dir
@@ -99,7 +99,7 @@ def prune_command(dry_run: bool):
 
 
 @engines_group.command("info")
-def info_command():
+def info_command() -> None:
     """Which backends are usable here and what `auto` picks."""
     settings = get_settings()
     ok, why = tensorrt_status()
@@ -175,26 +175,37 @@ def info_command():
     help="--jpeg: a folder of photos (default: the dev split of ../shared/data/products).",
 )
 def bench_command(
-    backends, batch, size, kind, device, precision, warmup, seconds, pipeline, images, jpeg, photos
-):
+    backends: tuple[str, ...],
+    batch: int,
+    size: int | None,
+    kind: str,
+    device: str | None,
+    precision: str | None,
+    warmup: int,
+    seconds: float,
+    pipeline: bool,
+    images: int,
+    jpeg: bool,
+    photos: Path | None,
+) -> None:
     """Images per second and ms per image for detection and removal, per backend; with
     --pipeline, seconds per photo for the whole pipeline, stage by stage; with --jpeg,
     what writing a JPEG result costs and changes."""
     if jpeg:  # no engines involved
         files = photo_files(photos, images)
         with click.progressbar(length=len(files), label="photos", file=sys.stderr) as bar:
-            rows = bench_jpeg(files, size or 1024, progress=bar.update)
-        click.echo(format_jpeg_table(rows))
+            jpeg_rows = bench_jpeg(files, size or 1024, progress=bar.update)
+        click.echo(format_jpeg_table(jpeg_rows))
         return
 
     if not backends:
         backends = ("torch", "onnxruntime") + (("tensorrt",) if tensorrt_status()[0] else ())
-    if pipeline:  # the pipeline lives in workers; imported only for this mode
-        files = bench_images(images, size or 1024)
+    if pipeline:
+        uploads = bench_images(images, size or 1024)
         click.echo(
             format_pipeline_table(
                 [
-                    bench_pipeline(files, backend, flip, device=device, warmup=min(warmup, 1))
+                    bench_pipeline(uploads, backend, flip, device=device, warmup=min(warmup, 1))
                     for backend in backends
                     for flip in (True, False)
                 ]
@@ -202,7 +213,7 @@ def bench_command(
         )
         return
     size = size or 512
-    rows = []
+    rows: list[BenchRow] = []
     for backend in backends:
         for k in _kinds(kind):
             rows.append(

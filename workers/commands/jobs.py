@@ -54,10 +54,11 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
     already imported for the tenant keeps its job, so an interrupted import can simply
     be run again (the new batch then holds the rest).
     """
+    sources: list[Path | str]
     if Path(source).exists():
         sources = [p for p, _ in find_images([Path(source)], recursive=True)]
     else:
-        sources = list_uri(source, IMAGE_EXTENSIONS)
+        sources = list(list_uri(source, IMAGE_EXTENSIONS))
     if not sources:
         raise click.ClickException(f"no images found under {source}")
     new, batch_id = 0, None
@@ -65,7 +66,7 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
         submit_sources(sources, tenant, bulk=True, chunk=chunk), len(sources), "submit"
     ):
         new += created
-    if not new:
+    if not new or batch_id is None:
         click.echo(f"all {len(sources)} images are already known: no new batch")
         return
     rows = batch_progress(get_settings().database_url, [batch_id])
@@ -121,7 +122,18 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
 )
 @exit_when_unavailable
 def reprocess(
-    tenant, statuses, since, until, outdated, version, batch, ids_file, dry_run, resume, chunk, rate
+    tenant: str | None,
+    statuses: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    outdated: bool,
+    version: str | None,
+    batch: str | None,
+    ids_file: str | None,
+    dry_run: bool,
+    resume: str | None,
+    chunk: int,
+    rate: float,
 ) -> None:
     """Queue finished jobs again, as a new batch on the bulk queue.
 
@@ -207,10 +219,14 @@ def status(failures: int) -> None:
 @click.option("--sample", default=6, show_default=True, help="Random jobs in the gallery.")
 @click.option("--worst", default=6, show_default=True, help="Lowest-confidence jobs shown.")
 @click.option("--review", "review_n", default=6, show_default=True, help="needs_review jobs shown.")
-def report(out_path: Path, tenant: str | None, since, sample: int, worst: int, review_n: int) -> None:
+def report(
+    out_path: Path, tenant: str | None, since: str | None, sample: int, worst: int, review_n: int
+) -> None:
     """Write a self-contained HTML quality report: counts, failure reasons, latency
     percentiles, confidence and mask-area plots, before/after/mask thumbnails."""
-    html = build_report(tenant, since and since_value(since), sample=sample, worst=worst, review=review_n)
+    html = build_report(
+        tenant, since_value(since) if since else None, sample=sample, worst=worst, review=review_n
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(html, encoding="utf-8")
     click.echo(f"wrote {out_path} ({len(html) // 1024} KiB)")

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import click
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -20,6 +21,12 @@ from clearmark.models.train import train
 from clearmark.settings import get_settings
 from clearmark.workers.gate import GateLimits
 from clearmark.workers.pipeline import Engines, clean_rgb, process_image
+
+
+class CannotRepeat(click.ClickException):
+    """The run cannot be repeated as recorded: exit status 2 (1 is "it differs")."""
+
+    exit_code = 2
 
 
 def _command_line(kind: str) -> str:
@@ -109,24 +116,24 @@ def _command_line(kind: str) -> str:
 )
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR, show_default=True)
 def train_command(
-    kind,
-    steps,
-    batch,
-    crop,
-    seed,
-    lr,
-    threads,
-    max_minutes,
-    init,
-    trainable,
-    detector_masks,
-    refine_width,
-    device,
-    data_workers,
-    photos,
-    data_dir,
-    out_dir,
-):
+    kind: str,
+    steps: int,
+    batch: int,
+    crop: int,
+    seed: int,
+    lr: float,
+    threads: int,
+    max_minutes: float | None,
+    init: Path | None,
+    trainable: str,
+    detector_masks: Path | None,
+    refine_width: int | None,
+    device: str,
+    data_workers: int,
+    photos: str,
+    data_dir: Path,
+    out_dir: Path,
+) -> None:
     """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
@@ -195,7 +202,14 @@ def train_command(
     default=None,
     help="where the repeated run writes its weights (default: a new temporary directory, kept)",
 )
-def reproduce_command(kind, weights_dir, init, detector_masks, data_dir, out_dir):
+def reproduce_command(
+    kind: str,
+    weights_dir: Path,
+    init: Path | None,
+    detector_masks: Path | None,
+    data_dir: Path,
+    out_dir: Path | None,
+) -> None:
     """Repeat the training run that made KIND.pt and check the result bit for bit.
 
     The run's options, seed and input weights come from the manifest's recipe; the result
@@ -213,9 +227,7 @@ def reproduce_command(kind, weights_dir, init, detector_masks, data_dir, out_dir
         try:
             res = reproduce(kind, out_dir, weights_dir, data_dir, init, detector_masks, bar)
         except ReproduceError as exc:
-            cannot = click.ClickException(str(exc))
-            cannot.exit_code = 2
-            raise cannot from None
+            raise CannotRepeat(str(exc)) from None
     if res["same"]:
         click.echo(f"reproduced {kind}.pt bit for bit: sha256 {res['got']}")
         return
@@ -250,7 +262,16 @@ def reproduce_command(kind, weights_dir, init, detector_masks, data_dir, out_dir
     "to count false alarms on other seeds; the images do not change",
 )
 @click.option("--update-manifest", is_flag=True, help="store the summary in the weights manifest")
-def eval_command(n, seed, data_dir, weights_dir, threads, json_path, slices, update_manifest):
+def eval_command(
+    n: int,
+    seed: int,
+    data_dir: Path,
+    weights_dir: Path,
+    threads: int,
+    json_path: Path | None,
+    slices: tuple[str, ...],
+    update_manifest: bool,
+) -> None:
     """Evaluate the shipped models against two baselines on a held-out synthetic set."""
     slices = tuple(slices) or synthetic_eval.SLICES
     if update_manifest and set(slices) != set(synthetic_eval.SLICES):
@@ -262,7 +283,7 @@ def eval_command(n, seed, data_dir, weights_dir, threads, json_path, slices, upd
         remover=ModelEngine(load_model("remover", weights_dir)),
     )
 
-    def model(rgb):
+    def model(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = clean_rgb(engines, rgb, settings)
         return c.restored, c.found, c.mask.dilated
 
@@ -347,20 +368,20 @@ def eval_command(n, seed, data_dir, weights_dir, threads, json_path, slices, upd
     "harmed no image (run it on --split train, never on the split you report)",
 )
 def eval_real_command(
-    split,
-    family,
-    n_marked,
-    n_clean,
-    seed,
-    backend,
-    weights_dir,
-    data_dir,
-    json_path,
-    gallery,
-    baselines,
-    update_manifest,
-    sweep_gate,
-):
+    split: str,
+    family: str,
+    n_marked: int,
+    n_clean: int,
+    seed: int,
+    backend: str,
+    weights_dir: Path | None,
+    data_dir: Path,
+    json_path: Path | None,
+    gallery: Path | None,
+    baselines: bool,
+    update_manifest: bool,
+    sweep_gate: bool,
+) -> None:
     """Score the pipeline (decode to encode, gate included) on real product photos, marked
     and clean, against doing nothing and true-mask Telea: harm rate, clean photos changed,
     PSNR/SSIM, PSNR inside and outside the mark, mask F1, statuses, per style, with

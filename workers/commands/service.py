@@ -10,15 +10,15 @@ import sys
 
 import click
 
-from clearmark.settings import get_settings
+from clearmark.settings import Settings, get_settings
+from clearmark.workers.celery_app import app
 from clearmark.workers.commands.common import exit_when_unavailable
 from clearmark.workers.preflight import describe, worker_problems
 from clearmark.workers.reaper import reap as reap_once
 from clearmark.workers.reaper import reap_forever
-from clearmark.workers.tasks import app
 
 
-def default_queues(settings) -> str:
+def default_queues(settings: Settings) -> str:
     """What `clearmark worker` consumes without -Q: every queue, so that nothing submitted
     waits for a worker that was never started (webhooks included)."""
     return ",".join([settings.queue_uploads, settings.queue_bulk, settings.queue_webhooks])
@@ -77,7 +77,7 @@ def worker(
             reaper.terminate()
 
 
-def _start_reaper_process():
+def _start_reaper_process() -> subprocess.Popen[bytes]:
     """`clearmark reap --every` as a child that dies with this process (even on SIGKILL)."""
 
     def die_with_parent() -> None:
