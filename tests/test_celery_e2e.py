@@ -63,7 +63,9 @@ def service(tmp_path, db_url, redis_url):
         database_url=db_url,
         storage_uri=(tmp_path / "storage").as_uri(),
         broker_url=redis_url,
-        visibility_timeout_s=120,
+        visibility_timeout_s=120,  # above the hard time limit (a task still running is not re-delivered)
+        soft_time_limit_s=100,
+        hard_time_limit_s=110,
         **unique_queues(),
     )
     set_settings(settings)
@@ -81,6 +83,9 @@ def service_env(settings: Settings) -> dict[str, str]:
         CLEARMARK_STORAGE_URI=settings.storage_uri,
         CLEARMARK_DATA_DIR=str(settings.data_dir),
         CLEARMARK_VISIBILITY_TIMEOUT_S=str(settings.visibility_timeout_s),
+        CLEARMARK_SOFT_TIME_LIMIT_S=str(settings.soft_time_limit_s),
+        CLEARMARK_HARD_TIME_LIMIT_S=str(settings.hard_time_limit_s),
+        CLEARMARK_RETRY_BACKOFF_MAX_S=str(settings.retry_backoff_max_s),
         CLEARMARK_QUEUE_UPLOADS=settings.queue_uploads,
         CLEARMARK_QUEUE_BULK=settings.queue_bulk,
         CLEARMARK_QUEUE_WEBHOOKS=settings.queue_webhooks,
@@ -215,9 +220,19 @@ def test_worker_processes_good_and_bad_files(service, workers, tmp_path):
 
 
 def test_sigkilled_worker_job_finishes_exactly_once(service, workers, tmp_path):
-    # A short visibility timeout and lease, so Redis hands the dead worker's task on and
-    # the reaper (run by the second worker) queues the job again within seconds.
-    service = service.replace(visibility_timeout_s=6, lease_s=4, reap_interval_s=1, reap_grace_s=0)
+    # A short lease, so the reaper (run by the second worker) queues the job again within
+    # seconds, and a visibility timeout as short as the time limits allow (settings refuse
+    # one not above the hard limit and every retry delay), so Redis may hand the dead
+    # worker's task on as well.
+    service = service.replace(
+        visibility_timeout_s=31,
+        soft_time_limit_s=25,
+        hard_time_limit_s=30,
+        webhook_backoff_s=1,
+        lease_s=4,
+        reap_interval_s=1,
+        reap_grace_s=0,
+    )
     big = tmp_path / "big.png"
     rng = np.random.default_rng(0)
     # Noise makes PNG decode/encode slow enough to kill the worker mid-task.

@@ -56,6 +56,8 @@ def _pg_settings(pg_url: str, redis_url: str, tmp_path, **changes) -> Settings:
         broker_url=redis_url,
         storage_uri=(tmp_path / "storage").as_uri(),
         visibility_timeout_s=120,
+        soft_time_limit_s=100,
+        hard_time_limit_s=110,
         reap_grace_s=0,
         **unique_queues(),
         **changes,

@@ -11,10 +11,11 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import Any
 
 import click
 
-from clearmark.settings import get_settings, set_settings
+from clearmark.settings import SettingsError, get_settings, set_settings
 
 # name -> (module:attribute under clearmark.workers.commands, the one-line help).
 COMMANDS = {
@@ -75,6 +76,10 @@ COMMANDS = {
         "Repeat the training run that made KIND.pt and check the result bit for bit.",
     ),
     "engines": ("engines:engines_group", "Export ONNX models and build TensorRT engines."),
+    "config": (
+        "config:config_command",
+        "Show every setting, its value and its source (default, environment, file, override).",
+    ),
     "bench": (
         "engines:bench_command",
         "Images per second and ms per image for detection and removal, per backend; with "
@@ -96,6 +101,15 @@ class LazyGroup(click.Group):
             module = f"clearmark.workers.commands.{module}"
             self.add_command(getattr(importlib.import_module(module), attr), name)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Bad settings (a CLEARMARK_* variable out of range, contradicting another): one
+        error line naming the variable and exit status 2, from whichever command loads them."""
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = []

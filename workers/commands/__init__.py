@@ -1,0 +1,1 @@
+"""The clearmark command's subcommands, one module per group."""
