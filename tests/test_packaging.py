@@ -107,6 +107,6 @@ def test_installed_wheel_works_and_leaves_no_stray_packages(venv, tmp_path):
     upgraded = run(str(venv / "bin" / "clearmark"), "db", "upgrade", cwd=tmp_path, env=env)
     assert "database at head" in upgraded.stdout
     # The shipped weights load from the installed package.
-    code = "from clearmark.models import load_model; print(type(load_model('detector')).__name__)"
+    code = "from clearmark.models.registry import load_model; print(type(load_model('detector')).__name__)"
     loaded = run(python, "-c", code, cwd=tmp_path, env=env)
     assert loaded.stdout.strip() == "Detector"
