@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from clearmark.settings import Settings
+from clearmark.settings import Settings, set_settings
 from clearmark.workers.db import METRIC_FIELDS, JobEvent, JobStatus, Tenant, session_scope
 from clearmark.workers.jobs import claim_job, create_job, ensure_tenant, finish_job
 from clearmark.workers.webhooks import (
@@ -184,6 +184,32 @@ def test_no_callback_needs_no_broker(tmp_path, monkeypatch):
     notify_finished(loud, s)
     assert [e["outcome"] for e in _webhook_events(s, loud)] == ["not_enqueued"]
     assert statuses(s.database_url, [loud])[loud].status == "succeeded"
+
+
+def test_a_callback_url_removed_before_delivery_settles_the_webhook(tmp_path):
+    """The tenant removed its webhook URL while a delivery was due: the delivery ends as
+    `dropped` (an event says so) and the job's webhook is no longer due, so the reaper
+    does not send it again and again."""
+    from clearmark.workers import migrate
+    from clearmark.workers.db import Job
+    from clearmark.workers.webhooks import deliver_webhook
+
+    s = Settings(data_dir=tmp_path)
+    migrate.upgrade(s.database_url)
+    with session_scope(s.database_url) as session:
+        ensure_tenant(session, "shop").webhook_url = "https://93.184.215.14/hook"
+    job_id = finished_job(s, None)
+    with session_scope(s.database_url) as session:
+        assert session.get(Job, job_id).webhook_pending
+        session.scalar(select(Tenant).where(Tenant.name == "shop")).webhook_url = None
+    set_settings(s)
+    try:
+        assert deliver_webhook.apply(args=[job_id]).get() == "dropped"
+    finally:
+        set_settings(None)
+    assert [e["outcome"] for e in _webhook_events(s, job_id)] == ["dropped"]
+    with session_scope(s.database_url) as session:
+        assert not session.get(Job, job_id).webhook_pending
 
 
 def test_legacy_secrets_sign_standard_webhooks_with_their_bytes():

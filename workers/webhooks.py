@@ -230,7 +230,8 @@ def _log_attempt(db_url: str, job_id: str, **detail: Any) -> None:
 
 def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
     """One delivery attempt, logged as a `webhook` event. Returns its outcome: delivered,
-    retry (worth another attempt), failed (last attempt) or refused (unsafe URL)."""
+    retry (worth another attempt), failed (last attempt), refused (unsafe URL) or dropped
+    (no callback URL any more: the tenant removed it after the job finished)."""
     s = settings or get_settings()
     with session_scope(s.database_url) as session:
         job = session.get(Job, job_id)
@@ -240,8 +241,6 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
         if tenant is None:  # cannot happen: jobs.tenant_id is a foreign key
             raise LookupError(f"job {job_id}: no tenant {job.tenant_id}")
         url, secret = job.callback_url or tenant.webhook_url, tenant.webhook_secret or ""
-        if url is None:
-            raise ValueError(f"job {job_id}: no callback URL (neither the job's nor its tenant's)")
         event_id = f"{job.id}.{int(job.finished_at.timestamp() * 1000) if job.finished_at else 0}"
         body = json.dumps(
             {
@@ -252,6 +251,10 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
             }
         ).encode()
     detail: dict[str, Any] = {"attempt": attempt, "url": url, "event_id": event_id}
+    if url is None:  # final: retrying cannot bring the URL back
+        _log_attempt(s.database_url, job_id, outcome="dropped", error="no callback URL any more", **detail)
+        log.info("job %s: webhook dropped: neither the job nor its tenant has a callback URL now", job_id)
+        return "dropped"
     try:
         callback = check_callback_url(url, s)
         detail["address"] = callback.address
