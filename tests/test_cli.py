@@ -215,3 +215,34 @@ def test_flower_needs_its_extra_and_keeps_the_password_off_the_command_line(tmp_
     else:
         result = runner.invoke(cli, ["flower", "--basic-auth=admin:secret"])
         assert result.exit_code == 1 and "shows in `ps`" in result.output
+
+
+def test_commands_on_a_missing_or_unmigrated_database_say_what_to_run(tmp_path):
+    """Before any database exists (a fresh machine), the service's commands print one line
+    that names `clearmark db upgrade` and exit 1, never a traceback; a database that cannot
+    be reached is exit 75; once migrated they work."""
+    product_photo(0, size=(64, 48)).save(tmp_path / "p.png")
+    runner = CliRunner()
+    fresh = Settings(data_dir=tmp_path / "data")
+    commands = [["status"], ["submit", str(tmp_path / "p.png")], ["tenants", "list"], ["review", "list"]]
+    try:
+        set_settings(fresh)
+        for args in commands:
+            result = runner.invoke(cli, args)
+            assert isinstance(result.exception, SystemExit) and result.exit_code == 1, (args, result.output)
+            assert "there is no database at" in result.output and "clearmark db upgrade" in result.output
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "clearmark.db").touch()  # a database with no tables
+        result = runner.invoke(cli, ["batches"])
+        assert result.exit_code == 1 and "is at migration (none), this code expects" in result.output
+
+        set_settings(fresh.replace(database_url="postgresql://clearmark@127.0.0.1:1/nothing"))
+        result = runner.invoke(cli, ["status"])
+        assert result.exit_code == 75 and "database unavailable" in result.output
+
+        set_settings(fresh)
+        assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+        result = runner.invoke(cli, ["tenants", "list"])
+        assert result.exit_code == 0, result.output
+    finally:
+        set_settings(None)

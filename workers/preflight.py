@@ -1,14 +1,19 @@
-"""What a worker checks before it takes tasks. A worker on another database than the one
-its jobs were written to cannot claim them: each task fails there, and the job stays
-`queued` in the real database with nothing left to run it."""
+"""What a worker (and every command on the service's database) checks before it starts. A
+worker on another database than the one its jobs were written to cannot claim them: each
+task fails there, and the job stays `queued` in the real database with nothing left to run
+it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from clearmark.errors import ServiceUnavailable
 from clearmark.settings import DEFAULT_BROKER_URL, Settings, default_database_url
 from clearmark.workers import migrate
+from clearmark.workers.transient import DATABASE_ERRORS
 
 
 def safe_url(url: str) -> str:
@@ -53,13 +58,28 @@ def worker_problems(settings: Settings) -> list[str]:
             "that `clearmark submit` and the API send tasks to"
         ]
     try:
-        current, head = migrate.revisions(s.database_url)
+        problem = schema_problem(s)
     except Exception as exc:  # noqa: BLE001 - unreachable, wrong password, not a database
         return [f"cannot read the database {safe_url(s.database_url)}: {type(exc).__name__}: {exc}"]
+    return [problem] if problem else []
+
+
+def schema_problem(settings: Settings) -> str | None:
+    """Why the service's commands cannot use the database yet (None: it is at this code's
+    migration). ServiceUnavailable when it cannot be reached."""
+    url = settings.database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return (
+            f"there is no database at {url.removeprefix('sqlite:///')} yet: run `clearmark db "
+            "upgrade` (or `clearmark clean`, which makes it), or set CLEARMARK_DATABASE_URL"
+        )
+    try:
+        current, head = migrate.revisions(url)
+    except DATABASE_ERRORS as exc:
+        raise ServiceUnavailable("database", f"{safe_url(url)}: {str(exc).splitlines()[0]}") from None
     if current != head:
-        return [
-            f"the database {safe_url(s.database_url)} is at migration "
-            f"{current or '(none)'}, this code expects {head}: run `clearmark db upgrade` "
-            "with the same CLEARMARK_DATABASE_URL"
-        ]
-    return []
+        return (
+            f"the database {safe_url(url)} is at migration {current or '(none)'}, this code "
+            "expects {head}: run `clearmark db upgrade` with the same CLEARMARK_DATABASE_URL"
+        ).replace("{head}", str(head))
+    return None

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from clearmark.errors import BadInput
 from clearmark.settings import get_settings
 from clearmark.workers import migrate
+from clearmark.workers.commands.common import needs_database
 from clearmark.workers.db import Tenant, session_scope
 from clearmark.workers.preflight import safe_url
 from clearmark.workers.tenants import TenantExists, create_tenant
@@ -48,6 +49,7 @@ def tenants() -> None:
 @tenants.command("create")
 @click.argument("name")
 @click.option("--webhook", help="URL that receives a signed POST when each job finishes.")
+@needs_database
 def tenants_create(name: str, webhook: str | None) -> None:
     """Create tenant NAME and print its API key and webhook secret (shown only this once)."""
     settings = get_settings()
@@ -66,6 +68,7 @@ def tenants_create(name: str, webhook: str | None) -> None:
 
 
 @tenants.command("list")
+@needs_database
 def tenants_list() -> None:
     """Tenants with their id and webhook URL (never keys)."""
     with session_scope(get_settings().database_url) as session:

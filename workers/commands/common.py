@@ -14,7 +14,9 @@ import click
 from tqdm import tqdm
 
 from clearmark.errors import ServiceUnavailable
+from clearmark.settings import get_settings
 from clearmark.workers.dates import parse_since
+from clearmark.workers.preflight import schema_problem
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -39,6 +41,21 @@ def exit_when_unavailable(fn: Callable[P, R]) -> Callable[P, R]:
             sys.exit(UNAVAILABLE_EXIT)
 
     return run
+
+
+def needs_database(fn: Callable[P, R]) -> Callable[P, R]:
+    """A command on the service's database: one that is not there or not migrated to this
+    code is one error line saying what to run (exit 1), one that cannot be reached is
+    exit 75 (`exit_when_unavailable`), never a traceback."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        problem = schema_problem(get_settings())
+        if problem:
+            raise click.ClickException(problem)
+        return fn(*args, **kwargs)
+
+    return exit_when_unavailable(run)
 
 
 def find_images(

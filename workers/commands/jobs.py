@@ -10,9 +10,9 @@ from clearmark.settings import get_settings
 from clearmark.workers import reprocess as rp
 from clearmark.workers.commands.common import (
     IMAGE_EXTENSIONS,
-    exit_when_unavailable,
     find_images,
     follow,
+    needs_database,
     since_value,
 )
 from clearmark.workers.report_html import build_report
@@ -25,7 +25,7 @@ from clearmark.workers.submit import list_uri, submit_files, submit_sources
 @click.option("--tenant", default="local", show_default=True, help="Tenant (storefront) name.")
 @click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders.")
 @click.option("--bulk", is_flag=True, help="Use the bulk queue (lower priority than uploads).")
-@exit_when_unavailable
+@needs_database
 def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -> None:
     """Upload images to storage and enqueue a job for each on the broker.
 
@@ -46,7 +46,7 @@ def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -
 @click.option(
     "--chunk", default=500, show_default=True, type=click.IntRange(1, 100_000), help="Jobs per transaction."
 )
-@exit_when_unavailable
+@needs_database
 def bulk(source: str, tenant: str, chunk: int) -> None:
     """Import a folder or bucket prefix (any fsspec URI) as one batch on the bulk queue.
 
@@ -120,7 +120,7 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
     type=click.FloatRange(0),
     help="At most this many jobs enqueued per second (0: no limit).",
 )
-@exit_when_unavailable
+@needs_database
 def reprocess(
     tenant: str | None,
     statuses: tuple[str, ...],
@@ -186,6 +186,7 @@ def reprocess(
 @click.argument("batch_ids", nargs=-1)
 @click.option("--tenant", help="Only this tenant's batches.")
 @click.option("--limit", default=20, show_default=True, help="Newest batches to show.")
+@needs_database
 def batches(batch_ids: tuple[str, ...], tenant: str | None, limit: int) -> None:
     """Batches (newest first) with their jobs by status."""
     rows = batch_progress(get_settings().database_url, list(batch_ids), tenant, limit)
@@ -194,6 +195,7 @@ def batches(batch_ids: tuple[str, ...], tenant: str | None, limit: int) -> None:
 
 @click.command()
 @click.option("--failures", default=10, show_default=True, help="Recent failures to list.")
+@needs_database
 def status(failures: int) -> None:
     """Counts of jobs by status, the most recent failures, and each queue's waiting tasks
     and the workers consuming it."""
@@ -219,6 +221,7 @@ def status(failures: int) -> None:
 @click.option("--sample", default=6, show_default=True, help="Random jobs in the gallery.")
 @click.option("--worst", default=6, show_default=True, help="Lowest-confidence jobs shown.")
 @click.option("--review", "review_n", default=6, show_default=True, help="needs_review jobs shown.")
+@needs_database
 def report(
     out_path: Path, tenant: str | None, since: str | None, sample: int, worst: int, review_n: int
 ) -> None:

@@ -6,6 +6,7 @@ import getpass
 
 import click
 
+from clearmark.workers.commands.common import needs_database
 from clearmark.workers.review import decide, pending
 
 
@@ -17,6 +18,7 @@ def review() -> None:
 @review.command("list")
 @click.option("--tenant", help="Only this tenant's jobs.")
 @click.option("--limit", default=50, show_default=True)
+@needs_database
 def review_list(tenant: str | None, limit: int) -> None:
     """Jobs in needs_review, oldest first: id, confidence, residual, source, result, and
     on the next line why the pipeline sent it to review."""
@@ -41,6 +43,7 @@ def _decide(job_ids: tuple[str, ...], accept: bool, note: str) -> None:
 @review.command("accept")
 @click.argument("job_ids", nargs=-1, required=True)
 @click.option("--note", default="", help="Why (kept in the job's events).")
+@needs_database
 def review_accept(job_ids: tuple[str, ...], note: str) -> None:
     """The result is good: the job becomes succeeded."""
     _decide(job_ids, True, note)
@@ -49,6 +52,7 @@ def review_accept(job_ids: tuple[str, ...], note: str) -> None:
 @review.command("reject")
 @click.argument("job_ids", nargs=-1, required=True)
 @click.option("--note", default="", help="Why (kept as the job's error message).")
+@needs_database
 def review_reject(job_ids: tuple[str, ...], note: str) -> None:
     """The result is not good: the job fails with rejected_in_review (retry or reprocess)."""
     _decide(job_ids, False, note)

@@ -12,7 +12,7 @@ import click
 
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.celery_app import app
-from clearmark.workers.commands.common import exit_when_unavailable
+from clearmark.workers.commands.common import needs_database
 from clearmark.workers.preflight import describe, worker_problems
 from clearmark.workers.reaper import reap as reap_once
 from clearmark.workers.reaper import reap_forever
@@ -100,7 +100,7 @@ def _start_reaper_process() -> subprocess.Popen[bytes]:
     metavar="SECONDS",
     help="Run a pass every SECONDS until stopped (default: one pass).",
 )
-@exit_when_unavailable
+@needs_database
 def reap(every: float | None) -> None:
     """Queue again what would otherwise never finish: running jobs whose lease expired (or
     fail them after the last attempt), queued jobs and due webhooks with no task on the
