@@ -8,14 +8,12 @@ import logging
 import threading
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from sqlalchemy import CursorResult, update
 
 from clearmark.workers.db import Job, JobStatus, session_scope, utcnow
-
-if TYPE_CHECKING:  # jobs imports this module (Heartbeat)
-    from clearmark.workers.jobs import Claim
+from clearmark.workers.jobs import Claim
 
 log = logging.getLogger(__name__)
 

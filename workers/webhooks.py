@@ -45,7 +45,7 @@ from celery import Task
 from sqlalchemy import func, select
 
 from clearmark.errors import BadInput
-from clearmark.settings import Settings, get_settings
+from clearmark.settings import WEBHOOK_BACKOFF_CAP_S, Settings, get_settings
 from clearmark.workers.celery_app import app
 from clearmark.workers.db import (
     JPEG_METRIC_FIELDS,
@@ -276,8 +276,9 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
 
 
 def backoff_s(retries: int, settings: Settings) -> float:
-    """Delay before the next attempt: doubling, capped at 60 s (below the visibility timeout)."""
-    return min(60.0, settings.webhook_backoff_s * 2.0**retries)
+    """Delay before the next attempt: doubling, capped at WEBHOOK_BACKOFF_CAP_S (the settings
+    check keeps the visibility timeout above the longest)."""
+    return min(WEBHOOK_BACKOFF_CAP_S, settings.webhook_backoff_s * 2.0**retries)
 
 
 def webhook_settled(db_url: str, job_id: str, settle: bool) -> bool:

@@ -23,8 +23,6 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-
-
 UNAVAILABLE_EXIT = 75  # EX_TEMPFAIL: the broker or database is down; try again later
 
 

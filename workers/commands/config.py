@@ -1,13 +1,11 @@
 """`clearmark config`: every setting, its value and where it came from.
 
-`python -m clearmark.workers.commands.config --update-readme README.md` (or the same
-options on `clearmark config`) regenerates the README's settings table.
+`clearmark config --update-readme README.md` regenerates the README's settings table.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -15,7 +13,6 @@ import click
 from clearmark.settings import (
     ENV_FILE_VARIABLE,
     Settings,
-    SettingsError,
     get_settings,
     settings_file,
     settings_table_markdown,
@@ -24,7 +21,7 @@ from clearmark.settings import (
 
 README_START = "<!-- settings-table:start -->"
 README_END = "<!-- settings-table:end -->"
-REFRESH_COMMAND = "python -m clearmark.workers.commands.config --update-readme README.md"
+REFRESH_COMMAND = "clearmark config --update-readme README.md"
 
 
 def readme_with_table(text: str) -> str:
@@ -93,11 +90,3 @@ def config_command(as_json: bool, markdown: bool, update_readme: Path | None) ->
         click.echo(json.dumps(config_rows(settings), indent=2))
         return
     click.echo(config_text(settings))
-
-
-if __name__ == "__main__":
-    try:
-        config_command(sys.argv[1:], prog_name="clearmark config")
-    except SettingsError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)

@@ -105,7 +105,6 @@ def info_command() -> None:
     ok, why = tensorrt_status()
     click.echo(f"tensorrt:    {'yes' if ok else 'no'} ({why})")
     click.echo(f"onnxruntime: {ort.__version__} providers {ort.get_available_providers()}")
-
     click.echo(f"torch:       {torch.__version__} cuda={torch.cuda.is_available()}")
     click.echo(
         f"settings:    backend={settings.backend} device={settings.device} "

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from clearmark.models import evaluate as synthetic_eval
 from clearmark.models import evaluate_real as real_eval
-from clearmark.models.registry import ModelEngine, load_model, load_weights
+from clearmark.models.registry import ModelEngine, load_model
 from clearmark.models.reproduce import ReproduceError, reproduce
 from clearmark.models.scenes import DEFAULT_DATA
 from clearmark.models.train import train
-from clearmark.models.weights import KINDS, WEIGHTS_DIR, read_manifest
+from clearmark.models.weights import KINDS, WEIGHTS_DIR, MissingWeights, read_manifest
 from clearmark.settings import get_settings
 from clearmark.workers.gate import GateLimits
 from clearmark.workers.pipeline import Engines, clean_rgb, process_image
@@ -28,6 +27,15 @@ class CannotRepeat(click.ClickException):
     """The run cannot be repeated as recorded: exit status 2 (1 is "it differs")."""
 
     exit_code = 2
+
+
+def _in_process_engines(weights_dir: Path) -> Engines:
+    """The models in `weights_dir`, run by PyTorch in this process (no engine export):
+    candidate weights are evaluated as they are."""
+    try:
+        return Engines(*(ModelEngine(load_model(kind, weights_dir)) for kind in KINDS))
+    except MissingWeights as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _command_line(kind: str) -> str:
@@ -278,11 +286,7 @@ def eval_command(
     if update_manifest and set(slices) != set(synthetic_eval.SLICES):
         raise click.UsageError("--update-manifest records the whole set: drop --slice")
     settings = get_settings()
-    torch.set_num_threads(threads)
-    engines = Engines(
-        detector=ModelEngine(load_model("detector", weights_dir)),
-        remover=ModelEngine(load_model("remover", weights_dir)),
-    )
+    engines = _in_process_engines(weights_dir)
 
     def model(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = clean_rgb(engines, rgb, settings)
@@ -396,9 +400,7 @@ def eval_real_command(
     if sweep_gate:
         settings = settings.replace(**real_eval.OPEN_GATE)
     if weights_dir:
-        engines = Engines(
-            *(ModelEngine(load_weights(k, Path(weights_dir) / f"{k}.pt")) for k in ("detector", "remover"))
-        )
+        engines = _in_process_engines(weights_dir)
         backend = f"torch ({weights_dir})"
     else:
         engines = Engines.load(settings)

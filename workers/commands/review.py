@@ -32,7 +32,6 @@ def review_list(tenant: str | None, limit: int) -> None:
 
 
 def _decide(job_ids: tuple[str, ...], accept: bool, note: str) -> None:
-
     for job_id in job_ids:
         try:
             click.echo(f"{job_id}\t{decide(job_id, accept, getpass.getuser(), note)}")

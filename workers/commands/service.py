@@ -54,7 +54,6 @@ def worker(
     problems = worker_problems(settings)
     if problems:
         raise click.ClickException("worker not started: " + "; ".join(problems))
-
     argv = [
         "worker",
         "-Q",
