@@ -25,10 +25,12 @@ from starlette.routing import compile_path
 
 from clearmark.settings import set_settings
 from clearmark.workers import api
+from clearmark.workers.attempts import process_job
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Job, JobEvent, Tenant, session_scope
-from clearmark.workers.jobs import claim_job, fail_job
-from clearmark.workers.storage import get_storage, read_uri
+from clearmark.workers.jobs import claim_job, create_job, fail_job
+from clearmark.workers.storage import InvalidSourceUri, get_storage, read_uri
+from clearmark.workers.submit import submit_sources
 from clearmark.workers.tenants import create_tenant
 from clearmark.workers.webhooks import DONE_OK, SIGNATURE_HEADER, verify_signature
 from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
@@ -437,6 +439,79 @@ def test_tenants_create_prints_a_working_key_once(api_settings, client):
     assert private.exit_code == 1 and "private" in private.output
     listed = runner.invoke(cli, ["tenants", "list"])
     assert "shop" in listed.output and key not in listed.output
+
+
+def _traversals(storage, a_id: str, b_id: str, name: str) -> list[str]:
+    """Every encoded way of climbing from tenant a's prefix into b's (or out of storage)."""
+    own = f"{storage.root_uri}/sources/{a_id}"
+    return [
+        f"{own}/%2e%2e/{b_id}/{name}",
+        f"{own}/%2E%2e/{b_id}/{name}",
+        f"{own}/..%2f{b_id}/{name}",
+        f"{own}/%2e%2e%2f{b_id}/{name}",
+        f"{own}/%252e%252e/{b_id}/{name}",
+        f"{own}/%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2fetc/passwd",
+        f"{own}/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/dev/zero",
+        f"{own}/p1.png%00.png",
+        f"{own}/%00",
+        f"{own}/a%5c..%5c..%5c{b_id}%5c{name}",
+        f"{own}/link-out.png",
+        f"{own}/link-theirs.png",
+        f"{own}/catalogue",
+        f"{own}/%0a.png",
+    ]
+
+
+def test_source_uri_traversal_is_refused_alike(api_settings, client, make_shop):
+    a, b = make_shop("a"), make_shop("b")
+    storage = get_storage()
+    storage.put(f"sources/{a.id}/catalogue/p1.png", png(5))
+    theirs = storage.put(f"sources/{b.id}/p2.png", png(6))
+    root = Path(api_settings.storage_uri.removeprefix("file://"))
+    (root / "sources" / a.id / "link-out.png").symlink_to("/etc/passwd")
+    (root / "sources" / a.id / "link-theirs.png").symlink_to(root / "sources" / b.id / "p2.png")
+    answers = set()
+    for uri in _traversals(storage, a.id, b.id, "p2.png"):
+        r = client.post("/v1/images", headers=a.auth, data={"source_uri": uri})
+        assert r.status_code == 422, (uri, r.text)
+        answers.add((r.json()["error"]["code"], r.json()["error"]["message"]))
+    assert len(answers) == 1 and next(iter(answers))[0] == "invalid_source_uri", answers
+    assert count_jobs(api_settings) == 0
+    assert read_uri(theirs) == png(6)  # untouched, and never reached by a
+    own_link = root / "sources" / a.id / "alias.png"
+    own_link.symlink_to(root / "sources" / a.id / "catalogue" / "p1.png")
+    alias = f"{storage.root_uri}/sources/{a.id}/alias.png"
+    r = client.post("/v1/images", headers=a.auth, data={"source_uri": alias})
+    assert r.status_code == 202, r.text
+    with session_scope(api_settings.database_url) as session:  # the job names the real file
+        assert session.get(Job, r.json()["id"]).source_uri.endswith(f"sources/{a.id}/catalogue/p1.png")
+
+
+def test_bulk_refuses_another_tenants_source(api_settings, make_shop):
+    a, b = make_shop("a"), make_shop("b")
+    storage = get_storage()
+    theirs = storage.put(f"sources/{b.id}/p2.png", png(6))
+    result = CliRunner().invoke(cli, ["bulk", theirs, "--tenant", "a"])
+    assert result.exit_code == 1 and "sources/" in result.output and "Traceback" not in result.output
+    for uri in [theirs, *_traversals(storage, a.id, b.id, "p2.png")[:10]]:
+        with pytest.raises(InvalidSourceUri):
+            list(submit_sources([uri], tenant="a", bulk=True))
+    assert count_jobs(api_settings) == 0
+
+
+def test_worker_refuses_a_recorded_traversal(api_settings, make_shop):
+    """A job recorded with a crafted source before the API checked it fails on its own."""
+    a, b = make_shop("a"), make_shop("b")
+    storage = get_storage()
+    storage.put(f"sources/{b.id}/p2.png", png(6))
+    with session_scope(api_settings.database_url) as session:
+        crafted = _traversals(storage, a.id, b.id, "p2.png")[0]
+        job, _ = create_job(session, session.get_one(Tenant, a.id), crafted)
+        job_id = job.id
+    assert process_job(job_id, engines=None, settings=api_settings) == "failed"  # type: ignore[arg-type]
+    with session_scope(api_settings.database_url) as session:
+        job = session.get_one(Job, job_id)
+        assert (job.error_code, job.result_uri) == ("invalid_source_uri", None)
 
 
 def test_upload_by_source_uri_inside_own_prefix(api_settings, client, make_shop):

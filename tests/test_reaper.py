@@ -100,7 +100,7 @@ def test_a_valid_lease_is_never_taken_over(settings):
             "the heartbeat to renew the lease",
             interval=0.05,
         )
-    stale = Claim(job_id, 0, "file:///x.png", None, None)
+    stale = Claim(job_id, 0, "file:///x.png", None, None, "t")
     assert not renew_lease(settings.database_url, stale, 600)
     assert renew_lease(settings.database_url, first, 0)  # the lease runs out now
     second = claim_job(settings.database_url, job_id, max_attempts=3)

@@ -57,7 +57,7 @@ from clearmark.workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get
 from clearmark.workers.imaging import probe_image
 from clearmark.workers.jobs import create_job, requeue_job
 from clearmark.workers.metrics import render_state
-from clearmark.workers.storage import check_key, get_storage, iter_uri, read_uri
+from clearmark.workers.storage import get_storage, iter_uri, read_uri, tenant_source_uri
 from clearmark.workers.versions import pipeline_fingerprint
 from clearmark.workers.webhooks import DONE_OK, check_callback_url, job_document
 
@@ -172,7 +172,8 @@ def _enqueue(job_id: str, priority: str, settings: Settings) -> None:
 
 def _read_source(
     tenant: Tenant, file: UploadFile | None, source_uri: str | None, settings: Settings
-) -> bytes:
+) -> tuple[bytes, str | None]:
+    """The image's bytes, and for a `source_uri` the canonical URI the job records."""
     if (file is None) == (source_uri is None):
         raise ApiError(400, "bad_request", "send exactly one of 'file' or 'source_uri'")
     if file is not None:
@@ -182,20 +183,11 @@ def _read_source(
                 "unsupported_media_type",
                 f"content type {file.content_type!r} is not an accepted image type",
             )
-        return file.file.read(settings.max_bytes + 1)
+        return file.file.read(settings.max_bytes + 1), None
     assert source_uri is not None  # exactly one of the two, checked above
-    root, prefix = get_storage().root_uri + "/", f"sources/{tenant.id}/"
-    key = source_uri[len(root) :] if source_uri.startswith(root) else ""
     try:
-        inside = check_key(key).startswith(prefix)
-    except BadInput:
-        inside = False
-    if not inside:
-        raise ApiError(
-            422, "invalid_source_uri", f"source_uri must be inside the storage under {root}{prefix}"
-        )
-    try:
-        return read_uri(source_uri, max_bytes=settings.max_bytes)
+        canonical = tenant_source_uri(source_uri, tenant.id)
+        return read_uri(canonical, max_bytes=settings.max_bytes), canonical
     except BadInput as exc:
         raise ApiError(UPLOAD_STATUS.get(exc.code, 422), exc.code, exc.message) from None
 
@@ -257,7 +249,7 @@ def upload_image(
     for the same Idempotency-Key and request (or, without a key, the same image and pipeline
     version); 422 for a key reused with another image or other parameters."""
     settings = get_settings()
-    data = _read_source(tenant, file, source_uri, settings)
+    data, source_uri = _read_source(tenant, file, source_uri, settings)
     try:
         if callback_url:
             check_callback_url(callback_url, settings)

@@ -24,7 +24,7 @@ from clearmark.workers.jobs import (
 )
 from clearmark.workers.leases import Heartbeat
 from clearmark.workers.pipeline import Engines, process_image
-from clearmark.workers.storage import delete_uri, get_storage, read_uri, write_uri
+from clearmark.workers.storage import delete_uri, get_storage, job_source_uri, read_uri, write_uri
 from clearmark.workers.transient import retry_database
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | No
         return JobStatus.failed.value if done else None
 
     try:
-        data = read_uri(claim.source_uri, max_bytes=settings.max_bytes)
+        data = read_uri(job_source_uri(claim.source_uri, claim.tenant_id), max_bytes=settings.max_bytes)
         result = process_image(data, engines, settings)
         uris = output_uris(claim, result.extension)
         write_uri(uris[0], result.image_bytes)

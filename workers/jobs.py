@@ -138,6 +138,7 @@ class Claim:
     source_uri: str
     result_uri: str | None
     mask_uri: str | None
+    tenant_id: str
 
 
 def _locked_job(session: Session, job_id: str) -> Job | None:
@@ -220,7 +221,7 @@ def claim_job(db_url: str, job_id: str, max_attempts: int, lease_s: float | None
             job.lease_expires_at = job.started_at + timedelta(seconds=lease_s)
             job.review_reason = None  # a new attempt: an earlier review reason no longer holds
             job.worker_host = socket.gethostname()
-        claim = Claim(job.id, job.attempts, job.source_uri, job.result_uri, job.mask_uri)
+        claim = Claim(job.id, job.attempts, job.source_uri, job.result_uri, job.mask_uri, job.tenant_id)
     if gave_up:
         raise TooManyAttempts(f"job {job_id}: {claim.attempt} attempts used up")
     return claim

@@ -1,13 +1,19 @@
 """Object storage behind fsspec URIs: a local directory by default, S3/MinIO in compose.
 
 Keys are relative, slash-separated names inside the storage root; a key that could escape
-the root (`..`, absolute paths, backslashes, empty parts) is rejected.
+the root (`..`, absolute paths, backslashes, empty parts, `%`, control characters) is
+rejected. A source URI given by a tenant is judged by `tenant_source_uri` exactly as
+storage will resolve it: decoded once, its real path (symlinks followed) inside the
+tenant's own prefix.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
+import re
+import stat
 import uuid
 from collections.abc import Iterator
 from functools import lru_cache
@@ -26,9 +32,18 @@ class UnsafeKey(BadInput):
     code = "unsafe_key"
 
 
+class InvalidSourceUri(BadInput):
+    code = "invalid_source_uri"
+
+
+# `%` too: a key is decoded once (file:// URIs) and must then be plain, so that no second
+# decoding anywhere can turn it into another path.
+_NOT_IN_KEYS = re.compile(r"[\x00-\x1f\x7f\\:%]")
+
+
 def check_key(key: str) -> str:
-    if not key or key.startswith(("/", "~")) or "\\" in key or "\x00" in key or ":" in key:
-        raise UnsafeKey(f"storage key {key!r} is not a relative path")
+    if not key or key.startswith(("/", "~")) or _NOT_IN_KEYS.search(key):
+        raise UnsafeKey(f"storage key {key!r} is not a plain relative path")
     parts = key.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise UnsafeKey(f"storage key {key!r} has an empty, '.' or '..' part")
@@ -47,6 +62,61 @@ class Storage:
         uri = self.uri(key)
         write_uri(uri, data)
         return uri
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    return "file" in fs.protocol or "local" in fs.protocol
+
+
+def tenant_source_uri(uri: str, tenant_id: str) -> str:
+    """The canonical URI of a tenant's own source object named by `uri`, or InvalidSourceUri.
+
+    The part after the storage root is decoded as storage reads it (`_fs_path`), must then
+    be a plain key under `sources/<tenant>/`, and, on local storage, its real path (every
+    symlink followed) must stay under the tenant's real prefix and be a regular file. Every
+    refusal is the same error whatever exists on the host; a missing object inside the
+    tenant's own prefix is `source_missing`."""
+    storage = get_storage()
+    prefix = f"sources/{tenant_id}/"
+    refused = InvalidSourceUri(
+        f"source_uri must name a file inside the storage under {storage.root_uri}/{prefix}"
+    )
+    root = storage.root_uri + "/"
+    raw = uri[len(root) :] if uri.startswith(root) else ""
+    key = unquote(raw) if root.startswith("file://") else raw
+    try:
+        check_key(key)
+    except UnsafeKey:
+        raise refused from None
+    if not key.startswith(prefix):
+        raise refused
+    fs, root_path = _fs_path(storage.root_uri)
+    if not _is_local(fs):
+        return storage.uri(key)
+    real_root = os.path.realpath(root_path)
+    real = os.path.realpath(os.path.join(root_path, key))
+    if not real.startswith(os.path.join(real_root, prefix)):
+        raise refused
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        raise BadInput(f"source not found: {uri}", code="source_missing") from None
+    except OSError:
+        raise refused from None
+    if not stat.S_ISREG(mode):
+        raise refused
+    try:  # a symlink inside the tenant's prefix: the job names its target
+        return storage.uri(os.path.relpath(real, real_root))
+    except UnsafeKey:
+        raise refused from None
+
+
+def job_source_uri(uri: str, tenant_id: str) -> str:
+    """The source a job of this tenant may read: inside storage, only the tenant's own
+    prefix (`tenant_source_uri`); outside it (an operator's `bulk` from a bucket), as given."""
+    if uri.startswith(get_storage().root_uri + "/"):
+        return tenant_source_uri(uri, tenant_id)
+    return uri
 
 
 def _fs_path(uri: str) -> tuple[AbstractFileSystem, str]:
@@ -93,7 +163,7 @@ def write_uri(uri: str, data: bytes) -> None:
     """Write atomically where the filesystem allows (local: temp file + rename)."""
     fs, path = _fs_path(uri)
     try:
-        if "file" in fs.protocol or "local" in fs.protocol:
+        if _is_local(fs):
             fs.makedirs(posixpath.dirname(path), exist_ok=True)
             tmp = f"{path}.{uuid.uuid4().hex[:8]}.part"  # unique: concurrent writers of one key
             with fs.open(tmp, "wb") as f:

@@ -13,7 +13,7 @@ from clearmark.settings import get_settings
 from clearmark.workers import broker
 from clearmark.workers.db import Batch, Priority, session_scope
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
-from clearmark.workers.storage import get_storage
+from clearmark.workers.storage import get_storage, job_source_uri
 from clearmark.workers.transient import DATABASE_ERRORS
 
 
@@ -43,10 +43,12 @@ def _submit(
 ) -> Iterator[tuple[str, Path | str, bool, str]]:
     settings = get_settings()
     storage = get_storage()
+    with session_scope(settings.database_url) as session:
+        owner = ensure_tenant(session, tenant)
+    sources = [s if isinstance(s, Path) else job_source_uri(s, owner.id) for s in sources]
     priority = (Priority.low if bulk else Priority.normal).value
     queue = broker.queue_for(priority, settings)
     with session_scope(settings.database_url) as session:
-        owner = ensure_tenant(session, tenant)
         batch = create_batch(session, owner, "bulk" if bulk else "submit", total=len(sources))
     any_new = False
     for start in range(0, len(sources), chunk):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from clearmark.errors import BadInput
 from clearmark.settings import get_settings
 from clearmark.workers import reprocess as rp
 from clearmark.workers.commands.common import (
@@ -62,10 +63,13 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
     if not sources:
         raise click.ClickException(f"no images found under {source}")
     new, batch_id = 0, None
-    for _, _, created, batch_id in follow(
-        submit_sources(sources, tenant, bulk=True, chunk=chunk), len(sources), "submit"
-    ):
-        new += created
+    try:
+        for _, _, created, batch_id in follow(
+            submit_sources(sources, tenant, bulk=True, chunk=chunk), len(sources), "submit"
+        ):
+            new += created
+    except BadInput as exc:  # a source inside storage but outside the tenant's prefix
+        raise click.ClickException(exc.message) from None
     if not new or batch_id is None:
         click.echo(f"all {len(sources)} images are already known: no new batch")
         return
