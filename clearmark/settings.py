@@ -199,11 +199,13 @@ class Settings(BaseSettings):
         description="also run the remover on each crop's mirror image and average the two (a little "
         "better mask and restoration; the remover's time doubles)",
     )
-    review_residual_min: float = Field(
+    detector_absent_below: float = Field(
         0.5,
         ge=0.0,
-        description="a finished job whose residual score (the detector run on the output) reaches "
-        "this goes to `needs_review` (above 1: off)",
+        description="the detector's low limit: a region where its probability reaches this (90th "
+        "percentile over the region) is a possible mark, so a job is `no_watermark` only with none, "
+        "and `succeeded` only when, run again on the result, it is below this over every such region "
+        "(above 1: off)",
     )
     review_confidence_max: Share = Field(
         0.0,
@@ -239,12 +241,6 @@ class Settings(BaseSettings):
         1.0,
         description="gate: ... and it lost at most this share of the surrounding texture (1: not checked)",
         json_schema_extra=_doc("1 (off)"),
-    )
-    gate_review_confident: float = Field(
-        0.99,
-        ge=0.0,
-        description="a region put back although the detector's confidence there was at least this "
-        "sends the job to `needs_review` (a mark may remain; above 1: off)",
     )
 
     # Engines.

@@ -51,7 +51,7 @@ def test_bad_file_fails_with_its_code(name):
 @pytest.mark.parametrize("name", PASSING)
 def test_odd_file_is_processed(name):
     data, _ = CASES[name]
-    r = process_image(data, engines(), cfg(review_residual_min=1.01))
+    r = process_image(data, engines(), cfg(detector_absent_below=1.01))
     assert r.status == "succeeded"
     out = Image.open(io.BytesIO(r.image_bytes))
     out.load()
@@ -139,7 +139,7 @@ def test_mangled_files_never_raise_anything_but_bad_input(fmt):
     """Random byte flips, cuts and insertions: processed, or BadInput with a known code."""
     src = Image.fromarray(photo(64, 48))
     data = encode(src.convert("P") if fmt == "GIF" else src, fmt)
-    eng, s = engines(), cfg(review_residual_min=1.01)
+    eng, s = engines(), cfg(detector_absent_below=1.01)
     for i, bad in enumerate(_mutations(data, 80, seed=len(fmt))):
         try:
             process_image(bad, eng, s)

@@ -19,9 +19,9 @@ component of the dilated mask) on its own:
   lost structure present in the surroundings).
 
 A region that fails is put back exactly as it was (`revert`): on clean photos these are
-the detector's false alarms. The job is `succeeded` only when every region it keeps passes;
-`needs_review` when a region the detector was sure of (confidence >= REVIEW_CONFIDENT) had
-to be put back, so a mark may remain: the reason is stated in the job's details.
+the detector's false alarms. What that means for the job's status is `workers.verdict`'s:
+a region put back while the detector still scores it at its low limit or above sends the
+job to `needs_review`, never to `no_watermark`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from clearmark.workers.verdict import as_compared
 
 FIT_PIXELS = 20_000  # pixels sampled per region for the blend fit
 MIN_CHANGE = 3.0  # grey levels: a smaller move is JPEG noise, not a change
@@ -45,7 +47,7 @@ class GateLimits:
     min_explained: float = 0.8  # blend fit must explain this share of the change
     max_continues: float = 0.05  # share of the ring coloured like what was removed
     max_flattened: float = 1.0  # 1 - (restored texture / surrounding texture)
-    review_confident: float = 0.99  # a reverted region this sure -> needs_review
+    review_confident: float = 0.99  # eval-real's gate sweep only: a reverted region this sure
 
     def failures(
         self, confidence: float, opacity: float, explained: float, continues: float, flattened: float
@@ -53,16 +55,21 @@ class GateLimits:
         """Why a region with these measurements may not stay changed (empty: it may)."""
         out = []
         if confidence < self.min_confidence:
-            out.append(f"the detector is not sure of it ({confidence:.2f} < {self.min_confidence})")
+            out.append(f"the detector is not sure of it ({_vs(confidence, self.min_confidence)})")
         if opacity < self.min_opacity:
-            out.append(f"too faint a change for an overlay (opacity {opacity:.2f} < {self.min_opacity})")
+            out.append(f"too faint a change for an overlay (opacity {_vs(opacity, self.min_opacity)})")
         if explained < self.min_explained:
-            out.append(f"change not explained by one overlay colour ({explained:.2f} < {self.min_explained})")
+            out.append(f"change not explained by one overlay colour ({_vs(explained, self.min_explained)})")
         if continues > self.max_continues:
-            out.append(f"removed colour continues outside the region ({continues:.2f})")
+            out.append(f"removed colour continues outside the region ({_vs(continues, self.max_continues)})")
         if flattened > self.max_flattened:
-            out.append(f"restored area lost the surrounding texture ({flattened:.2f})")
+            out.append(f"restored area lost the surrounding texture ({_vs(flattened, self.max_flattened)})")
         return out
+
+
+def _vs(value: float, limit: float) -> str:
+    """`value < limit` or `value > limit`, with the value as compared, not rounded."""
+    return f"{as_compared(value, limit)} {'<' if value < limit else '>'} {limit}"
 
 
 @dataclass

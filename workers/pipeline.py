@@ -19,11 +19,19 @@ from PIL import Image
 
 from clearmark.engine_build import load_engine
 from clearmark.models.inference import Runner, ceil_to, detect_probability, detect_scale, pad_to, run_engine
-from clearmark.models.masks import Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
+from clearmark.models.masks import Box, Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import remover_input
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.gate import GateLimits, RegionVerdict, judge
 from clearmark.workers.imaging import decode_image, encode_image, orientation_exif, to_stored
+from clearmark.workers.verdict import (
+    SUSPECT_MIN_AREA_AT_DETECTOR,
+    Suspect,
+    as_compared,
+    decide,
+    find_suspects,
+    score_p90,
+)
 from clearmark.workers.versions import PIPELINE_CODE_VERSION
 
 # Pixels (N*H*W) per remover call: bounds memory when many crops share a size.
@@ -71,23 +79,20 @@ class PipelineResult:
     encoding: dict[str, Any] = field(default_factory=dict)
 
 
-def residual_score(
-    detector: Runner, restored: np.ndarray, region: np.ndarray, long_side: int, flip: bool
-) -> float:
-    """Mean detector probability over `region` (bool H x W) of the restored image. Only a
-    crop around the region is run, at the scale the whole image was detected at, with
-    RESIDUAL_CONTEXT px of context (detector scale) on each side, so a corner mark costs a
-    corner's worth. The score is close to a full-image pass, not equal: the crop shifts
-    the network's pooling grid (within 0.07 on the marks of the tests' photos)."""
-    if not region.any():
-        return 0.0
+def detect_around(
+    detector: Runner, image: np.ndarray, region: np.ndarray, long_side: int, flip: bool
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The detector's probability over a crop of `image` around `region` (bool H x W), at
+    the scale the whole image was detected at, with RESIDUAL_CONTEXT px of context
+    (detector scale) on each side, and the crop's top-left corner (x0, y0): a corner mark
+    costs a corner's worth. Close to a full-image pass, not equal: the crop shifts the
+    network's pooling grid (within 0.07 on the marks of the tests' photos)."""
     h, w = region.shape
     scale = detect_scale(detector, (h, w), long_side)
     x0, y0, x1, y1 = bbox(region, pad=int(np.ceil(RESIDUAL_CONTEXT / scale)))
     if min(y1 - y0, x1 - x0) * scale < detector.stride:  # too thin a crop: whole image
         y0, y1, x0, x1 = 0, h, 0, w
-    prob = detect_probability(detector, restored[y0:y1, x0:x1], long_side, flip, scale)
-    return _mean_inside(prob, region[y0:y1, x0:x1])
+    return detect_probability(detector, image[y0:y1, x0:x1], long_side, flip, scale), (x0, y0)
 
 
 def remove_watermark(
@@ -209,10 +214,8 @@ class Cleaning:
     found: np.ndarray  # bool H x W, watermark_pixels inside `mask`
     confidence: float  # mean detector probability over mask.core
     verdicts: list[RegionVerdict] = field(default_factory=list)  # the gate's, every region
-
-    def put_back(self, confidence: float) -> list[RegionVerdict]:
-        """Regions the gate put back although the detector's confidence reached this."""
-        return [v for v in self.verdicts if not v.passed and v.confidence >= confidence]
+    suspects: list[Suspect] = field(default_factory=list)  # every region a detector
+    # flagged at its low limit, each with what the pipeline did there (`fate`)
 
 
 def gate_limits(s: Settings) -> GateLimits:
@@ -222,7 +225,6 @@ def gate_limits(s: Settings) -> GateLimits:
         min_explained=s.gate_min_explained,
         max_continues=s.gate_max_continues,
         max_flattened=s.gate_max_flattened,
-        review_confident=s.gate_review_confident,
     )
 
 
@@ -254,12 +256,15 @@ def clean_rgb(
     lifting an overlay. Calls `lap("detect")`, `lap("remove")` and `lap("gate")` as the
     stages end."""
     prob = detect_probability(engines.detector, rgb, s.detect_long_side, s.detect_flip)
+    scale = detect_scale(engines.detector, rgb.shape[:2], s.detect_long_side)
+    suspects = find_suspects(prob, s.detector_absent_below, round(SUSPECT_MIN_AREA_AT_DETECTOR / scale**2))
     mask = build_mask(prob, s.mask_threshold, s.mask_min_area, s.mask_dilate_px)
     detected_core, core_prob = mask.core, prob[mask.core]  # all the confidence needs
     core_map = np.where(mask.core, prob, np.float32(0)) if s.gate and not mask.empty else None
     del prob
     lap("detect")
     restored, found = rgb, np.zeros(rgb.shape[:2], bool)
+    confirmed_dilated = mask.dilated
     if not mask.empty:
         # The remover's output over the whole dilated mask; blended once, below, with the
         # feathering of the pixels that finally change.
@@ -270,6 +275,7 @@ def clean_rgb(
         found = watermark_pixels(mask, mark, s.mark_threshold)
         kept = confirmed(mask, found, s.mask_confirm_px)
         mask, found = kept, found & kept.dilated
+        confirmed_dilated = mask.dilated
         if s.change_ring_px >= 0:
             mask = around_mark(found, mask, s.change_ring_px)
         restored = _blend(rgb, restored, mask.alpha)
@@ -280,6 +286,8 @@ def clean_rgb(
             rgb, restored, mask, found, np.where(mask.core, core_map, 0), gate_limits(s)
         )
     lap("gate")
+    for suspect in suspects:
+        suspect.fate = _fate(suspect, mask.dilated, verdicts, confirmed_dilated, detected_core, s)
     kept = core_prob[mask.core[detected_core]]
     return Cleaning(
         restored=restored,
@@ -287,21 +295,66 @@ def clean_rgb(
         found=found,
         confidence=float(kept.mean()) if kept.size else 0.0,
         verdicts=verdicts,
+        suspects=suspects,
     )
 
 
-def process_image(data: bytes, engines: Engines, settings: Settings | None = None) -> PipelineResult:
-    """Clean one image file (`clean_rgb`, then the residual check and encoding).
+def _fate(
+    suspect: Suspect,
+    changed: np.ndarray,
+    verdicts: list[RegionVerdict],
+    confirmed_dilated: np.ndarray,
+    detected_core: np.ndarray,
+    s: Settings,
+) -> str:
+    """What the pipeline did with a flagged region, in words for the review reason."""
+    if suspect.touched_by(changed):
+        return "removed" if not suspect.pixels.any() or _share(suspect, changed) >= 0.5 else "partly removed"
+    back = [v for v in verdicts if not v.passed and _overlaps(v.box, suspect.box)]
+    if back:
+        return f"put back by the gate: {back[0].reason}"
+    if suspect.touched_by(detected_core) and not suspect.touched_by(confirmed_dilated):
+        return f"dropped: the remover found fewer than {s.mask_confirm_px} mark pixels there"
+    if suspect.touched_by(detected_core):
+        return "left: the remover found no mark pixels there"
+    return f"under the mask threshold {s.mask_threshold} or too small to mask"
 
-    Returns status "no_watermark" when the mask is empty (nothing detected, or nothing the
-    remover confirmed): then `image_bytes` are the input bytes unchanged (same extension,
-    any EXIF orientation still applies) and the mask is all zero. Otherwise pixels outside
-    the dilated mask are exactly the decoded input before encoding, and the status is
-    "needs_review" when the residual score (detector run on the output, mean probability
-    over `watermark_pixels`, or over the detected core when the remover found none there)
-    is >= review_residual_min or, when review_confidence_max > 0, the detector confidence
-    (mean probability over the core) is <= it; else "succeeded". Raises BadInput for
-    unusable files.
+
+def _share(suspect: Suspect, changed: np.ndarray) -> float:
+    return float(changed[suspect.window][suspect.pixels].mean())
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def rerun_detector(
+    engines: Engines, restored: np.ndarray, suspects: list[Suspect], changed: np.ndarray, s: Settings
+) -> None:
+    """Score every suspect the change touched again on the delivered image (`after`): one
+    detector pass over a crop around all of them, at the scale of the first pass."""
+    touched = [x for x in suspects if x.touched_by(changed)]
+    if not touched:
+        return
+    region = np.zeros(changed.shape, bool)
+    for x in touched:
+        region[x.window] |= x.pixels
+    prob, (x0, y0) = detect_around(engines.detector, restored, region, s.detect_long_side, s.detect_flip)
+    for x in touched:
+        bx0, by0, bx1, by1 = x.box
+        x.after = score_p90(prob[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0], x.pixels)
+
+
+def process_image(data: bytes, engines: Engines, settings: Settings | None = None) -> PipelineResult:
+    """Clean one image file (`clean_rgb`, encoding, then the detectors again on the result).
+
+    The status follows `workers.verdict`: "no_watermark" only when no detector flagged any
+    region at its low limit (then `image_bytes` are the input bytes unchanged, same
+    extension, any EXIF orientation still applies, and the mask is all zero); "succeeded"
+    only when something was removed and the detector, run again on the delivered image over
+    every flagged region (removed, put back or dropped), is below its limit everywhere;
+    else "needs_review" with the reasons. Pixels outside the dilated mask are exactly the
+    decoded input before encoding. Raises BadInput for unusable files.
     """
     s = settings or get_settings()
     t_start = time.perf_counter()
@@ -326,50 +379,31 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         "notes": list(dec.notes),
     }
 
-    reasons = [
-        f"the gate put back a region the detector was sure of ({v.confidence:.2f}) at {v.box}: {v.reason}"
-        for v in c.put_back(s.gate_review_confident)
-    ]
     if c.mask.empty:
-        ms["residual"] = 0.0
         mask_png = _png(c.mask.alpha, dec.orientation)  # the result is the upload itself
-        lap("encode")
-        status = "needs_review" if reasons else "no_watermark"
-        image_bytes, ext, residual, encoding = data, dec.input_extension, 0.0, {}
+        image_bytes, ext, encoding = data, dec.input_extension, {}
         details.update(output_format=dec.format, output_mode=dec.mode)
     else:
-        residual = residual_score(
-            engines.detector,
-            c.restored,
-            c.found if c.found.any() else c.mask.core,
-            s.detect_long_side,
-            s.detect_flip,
-        )
-        lap("residual")
-        if not reasons:  # some of the mark was lifted: was some of it left in place?
-            left = c.put_back(s.gate_min_confidence)
-            if left:
-                reasons.append(
-                    f"part of the mark may remain: the gate put back {len(left)} "
-                    f"region(s) the detector was sure of, e.g. at {left[0].box}: "
-                    f"{left[0].reason}"
-                )
         encoded = encode_image(dec, c.restored, c.mask.dilated, s)
         image_bytes, ext, encoding = encoded.data, encoded.extension, encoded.details
-        details.update(encoding)
+        details.update(encoding, output_format=dec.output_format, output_mode=dec.base.mode)
         mask_png = _png(mask_image(c.mask, c.found), encoding.get("orientation", 1))
-        lap("encode")
-        if residual >= s.review_residual_min:
-            reasons.append(
-                f"the detector still sees a mark in the result (residual "
-                f"{residual:.2f} >= {s.review_residual_min})"
-            )
-        if s.review_confidence_max > 0 and c.confidence <= s.review_confidence_max:
-            reasons.append(
-                f"the detector is unsure (confidence {c.confidence:.2f} <= {s.review_confidence_max})"
-            )
-        status = "needs_review" if reasons else "succeeded"
-        details.update(output_format=dec.output_format, output_mode=dec.base.mode)
+    lap("encode")
+    rerun_detector(engines, c.restored, c.suspects, c.mask.dilated, s)
+    lap("residual")
+    verdict = decide(c.suspects, changed=not c.mask.empty)
+    reasons = verdict.reasons
+    if verdict.status == "succeeded" and 0 < c.confidence <= s.review_confidence_max:
+        reasons.append(
+            f"the detector is unsure (confidence {as_compared(c.confidence, s.review_confidence_max)} "
+            f"<= {s.review_confidence_max})"
+        )
+    status = "needs_review" if reasons else verdict.status
+    residual = max((x.final for x in c.suspects), default=0.0)
+    details["suspects"] = [
+        {"detector": x.detector, "box": list(x.box), "score": x.value, "after": x.after, "fate": x.fate}
+        for x in c.suspects
+    ]
     details["ms_residual"] = ms.get("residual", 0.0)
     details["ms_gate"] = ms.get("gate", 0.0)
     details["gate"] = [v.as_dict() for v in c.verdicts]

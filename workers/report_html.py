@@ -308,7 +308,7 @@ def build_report(
             f'<div class="plot"><h3>Mask area, % of the image (n={len(area)})</h3>'
             f"{histogram_svg(area, 'mask area', fmt='{:.1f}%')}</div>"
             f'<div class="plot"><h3>Residual score (n={len(values)}; review at &ge; '
-            f"{s.review_residual_min:g})</h3>"
+            f"{s.detector_absent_below:g})</h3>"
             f"{histogram_svg(metrics['residual_score'], 'residual', hi=1.0)}</div>"
             f'<div class="plot"><h3>Total ms per image</h3>'
             f"{histogram_svg(metrics['ms_total'], 'total ms', fmt='{:.0f}')}</div>"

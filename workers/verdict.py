@@ -1,0 +1,102 @@
+"""What a job's status promises, as rules over what every detector saw.
+
+A storefront publishes on `succeeded` and `no_watermark` without looking, so:
+
+- `no_watermark` is evidence of absence: no detector flagged anything at its calibrated
+  low limit, anywhere. A region that was flagged and not removed (put back by the gate,
+  dropped because the remover found too little there, or never masked) is never
+  `no_watermark`.
+- `succeeded`: something was removed, and every detector, run again on the delivered
+  image over every region any of them flagged (removed, put back or dropped alike), is
+  below its low limit there.
+- anything else is `needs_review`, with each reason naming the detector, where, and the
+  value as compared against its limit.
+
+`Suspect` is one flagged region; `decide` applies the rules. The pipeline fills both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from clearmark.models.masks import Box
+
+SUSPECT_MIN_AREA_AT_DETECTOR = 24  # px at the detector's scale: smaller blobs are noise
+
+
+@dataclass
+class Suspect:
+    detector: str  # which detector flagged it ("detector", ...)
+    box: Box  # full-resolution x0, y0, x1, y1 (half-open)
+    pixels: np.ndarray  # bool, the region inside `box`
+    value: float  # the detector's score for the region on the upload
+    limit: float  # the detector's calibrated low limit: below it, nothing is there
+    after: float | None = None  # the score on the delivered image (None: not run again)
+    fate: str = "not removed"  # what the pipeline did there, for the reason
+
+    @property
+    def window(self) -> tuple[slice, slice]:
+        x0, y0, x1, y1 = self.box
+        return slice(y0, y1), slice(x0, x1)
+
+    @property
+    def final(self) -> float:
+        """The score the delivered image has there."""
+        return self.value if self.after is None else self.after
+
+    def touched_by(self, changed: np.ndarray) -> bool:
+        return bool(changed[self.window][self.pixels].any())
+
+
+@dataclass
+class Verdict:
+    status: str  # "succeeded" | "no_watermark" | "needs_review"
+    reasons: list[str] = field(default_factory=list)
+
+
+def as_compared(value: float, limit: float) -> str:
+    """`value` printed so that the comparison with `limit` reads true: short where that
+    is enough, in full where rounding would make them look equal."""
+    short = f"{value:.3g}"
+    return (
+        short if float(short) != float(limit) and (float(short) >= limit) == (value >= limit) else repr(value)
+    )
+
+
+def score_p90(prob: np.ndarray, pixels: np.ndarray) -> float:
+    """A region's score: the 90th percentile of the probability over its pixels (the mean
+    lets a large faint blob hide a strong part; the maximum is one noisy pixel)."""
+    return float(np.percentile(prob[pixels], 90)) if pixels.any() else 0.0
+
+
+def find_suspects(prob: np.ndarray, limit: float, min_area: int, detector: str = "detector") -> list[Suspect]:
+    """The regions (8-connected, at least `min_area` px) where `prob` reaches `limit`."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((prob >= limit).astype(np.uint8), connectivity=8)
+    out = []
+    for k in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[k])
+        if area < min_area:
+            continue
+        pixels = labels[y : y + h, x : x + w] == k
+        value = score_p90(prob[y : y + h, x : x + w], pixels)
+        out.append(Suspect(detector, (x, y, x + w, y + h), pixels, value, limit))
+    return out
+
+
+def decide(suspects: list[Suspect], changed: bool) -> Verdict:
+    """The status the rules above give (see the module docstring)."""
+    lingering = [s for s in suspects if s.final >= s.limit]
+    if lingering:
+        return Verdict("needs_review", [_why(s) for s in lingering])
+    return Verdict("succeeded" if changed else "no_watermark")
+
+
+def _why(s: Suspect) -> str:
+    when = "after removal" if s.after is not None else "and nothing was removed there"
+    return (
+        f"the {s.detector} still finds a mark at {s.box} {when} "
+        f"(score {as_compared(s.final, s.limit)} >= {s.limit}; {s.fate})"
+    )
