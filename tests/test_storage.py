@@ -29,7 +29,7 @@ def test_put_and_read(tmp_path):
     assert err.value.code == "source_missing"
 
 
-def _disk_fills_up(monkeypatch) -> None:
+def disk_fills_up(monkeypatch) -> None:
     """Every local write stores half its bytes, then fails as a full disk does."""
 
     def write(self, data):
@@ -42,7 +42,7 @@ def _disk_fills_up(monkeypatch) -> None:
 def test_a_full_disk_is_an_outage_and_leaves_no_partial_file(tmp_path, monkeypatch):
     storage = Storage(tmp_path.as_uri())
     storage.put("results/a.png", b"old result")
-    _disk_fills_up(monkeypatch)
+    disk_fills_up(monkeypatch)
     for key in ("results/a.png", "results/b.png"):
         with pytest.raises(StorageUnavailable) as err:
             storage.put(key, b"x" * 1000)
