@@ -29,11 +29,21 @@ class TransientError(ClearmarkError):
 
 
 class ServiceUnavailable(ClearmarkError):
-    """The broker or the database cannot be reached: answer 503, try again later. Jobs
-    already recorded are not lost (the reaper sends them when the broker is back)."""
+    """The broker, the database or the storage cannot be reached: answer 503, try again
+    later. Jobs already recorded are not lost (the reaper sends them when the broker is
+    back)."""
 
     code = "service_unavailable"
 
     def __init__(self, service: str, detail: str):
         super().__init__(f"{service} unavailable: {detail}", code=f"{service}_unavailable")
         self.service, self.detail = service, detail
+
+
+class StorageUnavailable(ServiceUnavailable, TransientError):
+    """The storage as a whole refuses reads or writes for now (read-only, full, I/O errors,
+    an S3 5xx or timeout). Transient like a database or broker outage: a job retries it with
+    backoff without spending an attempt, the API answers 503 and the CLI exits 75."""
+
+    def __init__(self, detail: str):
+        super().__init__("storage", detail)

@@ -4,16 +4,22 @@ run, and the table says what became of them.
 
     bash scripts/faults.sh [-n 40] [--faults child,parent,...] [--timeout 600]
 
+The images are the watermarked example photos (real products, real marks), so every job
+runs the whole pipeline. The storage is a tmpfs of its own (mounted here: root with mount
+rights), which the storage faults make read-only or fill up.
+
 lost: jobs that failed (every image is valid) or never got a row; stuck: not finished when
 the round's timeout ran out; duplicated: jobs with more than one terminal status event;
 webhooks missing: finished jobs whose signed webhook never arrived (repeats of one event id
-are allowed: at least once, the receiver dedups); recovery: seconds from the injection to
-the last job finished (the `none` round shows the time the work itself takes).
+are allowed: at least once, the receiver dedups); temp_files: temporary files left in the
+storage; recovery: seconds from the injection to the last job finished (the `none` round
+shows the time the work itself takes).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -28,20 +34,34 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-FAULTS = ("none", "child", "parent", "time_limit", "redis_aof", "redis_bare", "postgres", "crash_submit")
+FAULTS = (
+    "none",
+    "child",
+    "parent",
+    "time_limit",
+    "redis_aof",
+    "redis_bare",
+    "postgres",
+    "crash_submit",
+    "storage_ro",
+    "storage_full",
+)
+EXAMPLES = sorted((ROOT / "examples" / "watermarked").glob("*.jpg"))
+STORAGE_SIZE = "1g"  # the tmpfs; storage_full fills what is left of it
 DONE = {"succeeded", "no_watermark", "needs_review", "failed"}
 ENV = {  # short leases and reaper passes, so recovery shows within a round
     "CLEARMARK_LEASE_S": "10",
     "CLEARMARK_REAP_INTERVAL_S": "3",
     "CLEARMARK_REAP_GRACE_S": "5",
-    "CLEARMARK_VISIBILITY_TIMEOUT_S": "60",
-    "CLEARMARK_SOFT_TIME_LIMIT_S": "15",
-    "CLEARMARK_HARD_TIME_LIMIT_S": "20",
+    "CLEARMARK_VISIBILITY_TIMEOUT_S": "120",
+    # Real photos take 3-4 s each here, a child's first one and a loaded machine several
+    # times that: a soft limit they cannot reach (a failed job counts as lost).
+    "CLEARMARK_SOFT_TIME_LIMIT_S": "60",
+    "CLEARMARK_HARD_TIME_LIMIT_S": "75",
     "CLEARMARK_THREADS": "1",
     "CLEARMARK_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
     "CLEARMARK_WEBHOOK_BACKOFF_S": "1",
@@ -58,16 +78,23 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def photo(seed: int, size=(320, 240)) -> Image.Image:
-    """A studio shot with a box and a semi-transparent mark (distinct bytes per seed)."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    img = np.full((h, w, 3), 235, np.float32) + rng.normal(0, 2, (h, w, 3))
-    img[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = rng.uniform(40, 200, 3)
-    img[h // 2 - 10 : h // 2 + 10, 20 : w - 20 : 3] = (
-        0.5 * img[h // 2 - 10 : h // 2 + 10, 20 : w - 20 : 3] + 127
-    )
-    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+def save_photo(seed: int, path: Path) -> None:
+    """One of the watermarked example photos (800 px, a detected mark: the whole pipeline
+    runs, not the half second of a `no_watermark`), its seed in a JPEG comment so that each
+    file has bytes of its own (a job per file)."""
+    with Image.open(EXAMPLES[seed % len(EXAMPLES)]) as img:
+        img.save(path, quality=95, comment=f"faults seed {seed}")
+
+
+def fill(path: Path) -> None:
+    """Write zeros to `path` until its filesystem is full."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(bytes(1 << 20))
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
 
 
 class Receiver(ThreadingHTTPServer):
@@ -243,6 +270,12 @@ class Suite:
         self.root.chmod(0o755)  # PostgreSQL runs as its own user
         log(f"working in {self.root}")
         self.redis, self.pg = Redis(self.root), Postgres(self.root)
+        self.storage = self.root / "storage"
+        self.storage.mkdir()
+        mount = ["mount", "-t", "tmpfs", "-o", f"size={STORAGE_SIZE}", "tmpfs", str(self.storage)]
+        self.storage_mounted = not subprocess.run(mount, capture_output=True).returncode
+        if not self.storage_mounted:
+            log("could not mount a tmpfs for the storage (not root?): no storage faults")
         self.redis.start()
         self.pg.start()
         self.receiver = Receiver()
@@ -251,7 +284,7 @@ class Suite:
             **ENV,
             CLEARMARK_DATABASE_URL=self.pg.url,
             CLEARMARK_BROKER_URL=f"redis://127.0.0.1:{self.redis.port}/0",
-            CLEARMARK_STORAGE_URI=(self.root / "storage").as_uri(),
+            CLEARMARK_STORAGE_URI=self.storage.as_uri(),
             CLEARMARK_DATA_DIR=str(self.root / "data"),
             CLEARMARK_ENGINE_DIR=os.environ.get("CLEARMARK_ENGINE_DIR", str(self.root / "engines")),
             CLEARMARK_QUEUE_UPLOADS="faults.uploads",
@@ -288,8 +321,8 @@ class Suite:
         folder = self.root / f"in{self.round}"
         folder.mkdir()
         for i in range(self.n):
-            photo(self.round * 100_000 + i).save(folder / f"p{i:03d}.png")
-        return sorted(folder.glob("*.png"))
+            save_photo(self.round * 100_000 + i, folder / f"p{i:03d}.jpg")
+        return sorted(folder.glob("*.jpg"))
 
     def submit(self, paths: list[Path], crash: bool = False) -> None:
         if not crash:
@@ -345,6 +378,28 @@ class Suite:
             self.pg.stop()
             time.sleep(self.outage or 15)
             self.pg.start()
+        elif fault in ("storage_ro", "storage_full"):
+            if not self.storage_mounted:
+                raise RuntimeError(f"{fault} needs the storage on its own tmpfs (run as root)")
+            self.storage_outage(fault)
+
+    def remount(self, mode: str) -> None:
+        # A remount to ro is refused (EBUSY) while a worker has a file open for writing.
+        remount = ["mount", "-o", f"remount,{mode}", str(self.storage)]
+        wait(lambda: not subprocess.run(remount, capture_output=True).returncode, 30, f"storage {mode}", 0.05)
+
+    def storage_outage(self, fault: str) -> None:
+        """The storage read-only, or full, for --outage seconds (default 30)."""
+        filler = self.storage / "filler"
+        if fault == "storage_ro":
+            self.remount("ro")
+        else:
+            fill(filler)
+        time.sleep(self.outage or 30)
+        if fault == "storage_ro":
+            self.remount("rw")
+        else:
+            filler.unlink()
 
     def run(self, fault: str) -> dict:
         self.round += 1
@@ -356,9 +411,10 @@ class Suite:
         else:
             self.submit(paths)
             wait(
-                lambda: self.sql("SELECT count(*) FROM jobs WHERE status <> 'queued'")[0][0],
+                lambda: any(s != "queued" for s in self.batch_jobs().values()),
                 120,
-                "a job to start",
+                "a job of this round to start",
+                0.05,
             )
             t0 = time.monotonic()
             if fault != "none":
@@ -410,12 +466,15 @@ class Suite:
             "attempts": sum(
                 a for (a,) in self.sql("SELECT attempts FROM jobs WHERE id = ANY(:ids)", ids=ids)
             ),
+            "temp_files": sum(1 for _ in self.storage.rglob("*.part")),
             "recovery_s": round(recovery, 1),
         }
 
     def close(self) -> None:
         for w in self.workers:
             w.stop()
+        if self.storage_mounted:
+            subprocess.run(["umount", "--lazy", str(self.storage)], check=False)
         self.redis.stop(graceful=False)
         try:
             self.pg.stop()
@@ -457,6 +516,7 @@ def table(rows: list[dict]) -> str:
         "hooks_missing",
         "hooks_repeated",
         "attempts",
+        "temp_files",
         "recovery_s",
     ]
     lines = ["  ".join(f"{c:>14}" for c in cols)]
@@ -473,7 +533,8 @@ def main() -> int:
         "--outage",
         type=float,
         default=None,
-        help="seconds PostgreSQL (postgres) and Redis (redis_bare) stay down (default 15 and 5)",
+        help="seconds PostgreSQL (postgres), Redis (redis_bare) and the storage (storage_ro, "
+        "storage_full) stay down (default 15, 5 and 30)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the logs and data after a pass")
     args = parser.parse_args()
@@ -486,7 +547,11 @@ def main() -> int:
     finally:
         suite.close()
     print(table(rows))
-    bad = [r["fault"] for r in rows if r["lost"] or r["stuck"] or r["duplicated"] or r["hooks_missing"]]
+    bad = [
+        r["fault"]
+        for r in rows
+        if r["lost"] or r["stuck"] or r["duplicated"] or r["hooks_missing"] or r["temp_files"]
+    ]
     if bad:
         print(f"FAILED: {', '.join(bad)} (logs in {suite.root})")
         return 1

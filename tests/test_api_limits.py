@@ -5,17 +5,21 @@ talk raw HTTP/1.1 to a real uvicorn, so they see exactly what a client sees."""
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import select
 import socket
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from fsspec.implementations.local import LocalFileSystem
 
 from clearmark.workers import api
+from clearmark.workers.storage import get_storage
 from tests.test_api import (  # noqa: F401 - fixtures used here
     api_settings,
     client,
@@ -25,10 +29,12 @@ from tests.test_api import (  # noqa: F401 - fixtures used here
     free_port,
     make_shop,
     png,
+    queued_messages,
     service,
     upload,
 )
 from tests.test_celery_e2e import Service, wait_for
+from tests.test_storage import disk_fills_up
 
 pytestmark = [pytest.mark.integration]
 UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/test"
@@ -227,3 +233,27 @@ def test_every_route_declares_the_errors_every_request_can_meet(client):
                 assert {"401", "422", "429", "503"} <= set(declared), (method, path)
                 for code in set(declared) - {"200", "202"}:
                     assert "ErrorBody" in json.dumps(declared[code]), (method, path, code)
+
+
+def test_storage_down_is_a_json_503_and_stores_nothing(api_settings, client, make_shop, monkeypatch):
+    """A full storage on upload, failing reads on a source_uri: 503 storage_unavailable with
+    Retry-After (no server path in the answer); no job, no message, no partial file."""
+    shop = make_shop("shop")
+    source = get_storage().put(f"sources/{shop.id}/p.png", png(2))
+    storage_root = Path(api_settings.storage_uri.removeprefix("file://"))
+    with monkeypatch.context() as full:
+        disk_fills_up(full)
+        r = upload(client, shop, png(1))
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "storage_unavailable" and str(storage_root) not in r.text
+    assert int(r.headers["retry-after"]) > 0
+    assert count_jobs(api_settings) == 0 and queued_messages(api_settings) == 0
+    assert [p.name for p in storage_root.rglob("*") if p.is_file()] == ["p.png"]
+
+    def failing_open(self, path, mode="rb", **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(LocalFileSystem, "_open", failing_open)
+    r = client.post("/v1/images", headers=shop.auth, data={"source_uri": source})
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable")
+    assert count_jobs(api_settings) == 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from datetime import UTC
 
 import pytest
 from click.testing import CliRunner
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 from sqlalchemy import select
 
@@ -246,3 +248,22 @@ def test_commands_on_a_missing_or_unmigrated_database_say_what_to_run(tmp_path):
         assert result.exit_code == 0, result.output
     finally:
         set_settings(None)
+
+
+def test_submit_with_the_storage_read_only_is_one_line_and_exit_75(tmp_path, local_settings, monkeypatch):
+    """Copying the file into storage fails (a read-only folder): one error line, exit 75,
+    no traceback, and no job recorded for a file that is not stored."""
+    product_photo(0, size=(64, 48)).save(tmp_path / "p.png")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+
+    def read_only(self, path, mode="rb", **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(LocalFileSystem, "_open", read_only)
+    result = runner.invoke(cli, ["submit", str(tmp_path / "p.png")])
+    assert result.exit_code == 75, result.output
+    assert result.output.startswith("Error: storage unavailable: cannot write ")
+    assert "Read-only file system" in result.output and result.output.count("\n") == 1
+    with session_scope(local_settings.database_url) as session:
+        assert session.scalars(select(Job)).all() == []

@@ -7,12 +7,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from sqlalchemy import select
 
-from clearmark.errors import TransientError
+from clearmark.errors import StorageUnavailable, TransientError
 from clearmark.workers import attempts
 from clearmark.workers.attempts import process_job
 from clearmark.workers.db import Job, JobEvent, JobMetrics, session_scope
 from clearmark.workers.jobs import create_job, ensure_tenant
+from clearmark.workers.storage import read_uri
 from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
+from tests.test_storage import disk_fills_up
 
 
 def _job(settings, source_uri: str) -> str:
@@ -154,3 +156,43 @@ def test_a_jpeg_job_records_how_its_result_was_written(settings, tmp_path):
         metrics = session.get(JobMetrics, job_id)
         assert metrics.jpeg_exact is True
         assert metrics.jpeg_blocks_changed == encoding["jpeg_blocks_changed"]
+
+
+def test_a_storage_outage_spends_no_attempt(settings, tmp_path, monkeypatch):
+    """A full disk for longer than CLEARMARK_MAX_ATTEMPTS retries: the job waits it out and
+    then succeeds as its first attempt (it used to fail as too_many_attempts)."""
+    job_id = _job(settings, _png(tmp_path))
+    engines = fake_engines(MagentaDetector(), GreyRemover())
+    with monkeypatch.context() as full:
+        disk_fills_up(full)
+        for _ in range(settings.max_attempts + 2):
+            with pytest.raises(StorageUnavailable):
+                process_job(job_id, engines, settings)
+            with session_scope(settings.database_url) as session:
+                assert (session.get(Job, job_id).status, session.get(Job, job_id).attempts) == ("queued", 0)
+    assert process_job(job_id, engines, settings) == "succeeded"
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job.attempts == 1 and read_uri(job.result_uri)
+        retries = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "retry"))
+        assert [(e.detail["attempt_spent"], "No space left" in e.detail["reason"]) for e in retries] == [
+            (False, True)
+        ] * (settings.max_attempts + 2)
+
+
+def test_a_job_that_gives_up_keeps_the_error_of_its_last_attempt(settings, tmp_path):
+    """An output that cannot be written for a reason of its own (not an outage) spends the
+    attempt; the too_many_attempts failure says what the write error was."""
+    settings = settings.replace(max_attempts=1)
+    job_id = _job(settings, _png(tmp_path))
+    (tmp_path / "storage" / "results").parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "storage" / "results").write_text("a file where the results folder should be")
+    engines = fake_engines(MagentaDetector(), GreyRemover())
+    with pytest.raises(TransientError):
+        process_job(job_id, engines, settings)
+    assert process_job(job_id, engines, settings) == "failed"
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+    assert job.error_code == "too_many_attempts"
+    assert "gave up after 1 attempts" in job.error_message
+    assert "last error: cannot write" in job.error_message and "/results/" in job.error_message

@@ -113,7 +113,7 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
 
 
 async def _failure(request: Request, exc: Exception) -> JSONResponse:
-    """A database or broker outage is a 503; anything else unexpected a 500 that names the
+    """A database, broker or storage outage is a 503; anything else unexpected a 500 that names the
     request id (also in the log line with the traceback)."""
     error = outage(exc)
     if error is not None:

@@ -1,5 +1,5 @@
 """The API's errors: one JSON shape, `{"error": {"code", "message", ...}}`, for everything
-it refuses, for outages of the database or broker (503 with Retry-After) and for anything
+it refuses, for outages of the database, broker or storage (503 with Retry-After) and for anything
 unexpected (500 with the request id), and the OpenAPI entries that declare them."""
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
+from clearmark.errors import StorageUnavailable
+
 OUTAGE_RETRY_AFTER_S = 5
 REQUEST_ID_HEADER = "X-Request-Id"
-# Exceptions that may mean a database or broker outage (outage() decides).
+# Exceptions that may mean a database, broker or storage outage (outage() decides).
 OUTAGE_TYPES = (
+    StorageUnavailable,
     sa_exc.DBAPIError,
     sa_exc.TimeoutError,
     redis.exceptions.RedisError,
@@ -34,7 +37,7 @@ DESCRIPTIONS = {
     "reused with a different request",
     429: "Over this tenant's rate or concurrent-upload limit: retry after `Retry-After` seconds",
     500: "Unexpected error; the answer carries a `request_id` to quote",
-    503: "The database or the broker cannot be reached: retry after `Retry-After` seconds",
+    503: "The database, the broker or the storage cannot be reached: retry after `Retry-After` seconds",
 }
 
 
@@ -73,8 +76,12 @@ def error_response(
 
 
 def outage(exc: BaseException) -> ApiError | None:
-    """A 503 for an exception that says the database or broker cannot be reached."""
+    """A 503 for an exception that says the database, broker or storage cannot be reached."""
     retry = {"Retry-After": str(OUTAGE_RETRY_AFTER_S)}
+    if isinstance(exc, StorageUnavailable):  # its message names server paths: not passed on
+        return ApiError(
+            503, "storage_unavailable", "the storage cannot be read or written; retry later", retry
+        )
     if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)) or (
         isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
     ):

@@ -10,7 +10,7 @@ import logging
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from clearmark.errors import BadInput, ClearmarkError, TransientError
+from clearmark.errors import BadInput, ClearmarkError, StorageUnavailable, TransientError
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import webhooks
 from clearmark.workers.db import JobStatus
@@ -49,9 +49,10 @@ def _discard_outputs(claim: Claim, uris: tuple[str, str]) -> None:
 
 def process_job(job_id: str, engines: Engines, settings: Settings | None = None) -> str | None:
     """One attempt at a job. Returns the final status, or None when nothing was done.
-    Bad input fails the job; TransientError propagates (after releasing the job) so the
-    caller can retry; any other exception fails the job with `internal_error`. A job this
-    attempt finished gets its webhook enqueued (when it has a callback URL)."""
+    Bad input fails the job; TransientError propagates (after releasing the job; a storage
+    outage gives the attempt back) so the caller can retry; any other exception fails the
+    job with `internal_error`. A job this attempt finished gets its webhook enqueued (when
+    it has a callback URL)."""
     settings = settings or get_settings()
     status = _attempt(job_id, engines, settings)
     if status is not None:
@@ -90,8 +91,8 @@ def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | No
         log.info("job %s failed: %s (%s)", claim.job_id, exc.message, exc.code)
         return failed(exc.code, exc.message)
     except TransientError as exc:
-        reason = str(exc)
-        retry_database(lambda: release_for_retry(db_url, claim, reason), settings, what)
+        reason, spent = str(exc), not isinstance(exc, StorageUnavailable)
+        retry_database(lambda: release_for_retry(db_url, claim, reason, spent), settings, what)
         raise
     except ClearmarkError as exc:
         return failed(exc.code, exc.message)

@@ -162,13 +162,22 @@ def mark_finished(session: Session, job: Job) -> None:
 
 
 def give_up(session: Session, job: Job) -> None:
-    """Fail a job whose attempts are used up, for good."""
+    """Fail a job whose attempts are used up, for good; the message keeps the error of the
+    last attempt released by a transient error (release_for_retry), if any."""
+    last = session.scalar(
+        select(JobEvent.detail)
+        .where(JobEvent.job_id == job.id, JobEvent.kind == "retry")
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    )
     set_status(session, job, JobStatus.failed, attempts=job.attempts)
     job.error_code = "too_many_attempts"
     job.error_message = (
         f"gave up after {job.attempts} attempts (the worker died, hung or a "
         "transient error repeated each time)"
     )
+    if last and "attempt" in last:  # requeue_job's retry events (a fresh budget) have none
+        job.error_message = f"{job.error_message}; last error: {last['reason']}"[:2000]
     mark_finished(session, job)
 
 
@@ -307,15 +316,27 @@ def fail_job(db_url: str, claim: Claim, code: str, message: str) -> bool:
         return True
 
 
-def release_for_retry(db_url: str, claim: Claim, reason: str) -> None:
-    """Transient fault: back to queued so the retried task can claim it again."""
+def release_for_retry(db_url: str, claim: Claim, reason: str, attempt_spent: bool = True) -> None:
+    """Transient fault: back to queued so the retried task can claim it again. An outage
+    (`attempt_spent` False: the storage is read-only or full) gives the attempt back, as a
+    database or broker outage spends none: waiting one out must not use up the job's
+    CLEARMARK_MAX_ATTEMPTS. The next claim then takes this attempt's number (and its output
+    keys) again: no other live attempt can have it, as this one held the claim."""
     with session_scope(db_url) as session:
         job = _locked_job(session, claim.job_id)
         if _holds_claim(job, claim):
             set_status(
-                session, job, JobStatus.queued, kind="retry", attempt=claim.attempt, reason=reason[:500]
+                session,
+                job,
+                JobStatus.queued,
+                kind="retry",
+                attempt=claim.attempt,
+                reason=reason[:500],
+                attempt_spent=attempt_spent,
             )
             job.lease_expires_at = None
+            if not attempt_spent:
+                job.attempts = claim.attempt - 1
 
 
 def requeue_job(session: Session, job: Job, reason: str) -> None:

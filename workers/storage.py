@@ -9,6 +9,7 @@ tenant's own prefix.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
@@ -22,10 +23,25 @@ from urllib.parse import unquote
 import fsspec
 from fsspec import AbstractFileSystem  # fsspec is untyped: Any to mypy, named for the reader
 
-from clearmark.errors import BadInput, TransientError
+from clearmark.errors import BadInput, StorageUnavailable, TransientError
 from clearmark.settings import get_settings
 
 log = logging.getLogger(__name__)
+# What an outage of the storage as a whole looks like (s3fs turns an S3 500 into EREMOTEIO
+# and a 503 or SlowDown into EBUSY), as opposed to a fault of one object.
+OUTAGE_ERRNOS = frozenset(
+    {
+        errno.EROFS,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EIO,
+        errno.EREMOTEIO,
+        errno.EBUSY,
+        errno.EAGAIN,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+    }
+)
 
 
 class UnsafeKey(BadInput):
@@ -128,8 +144,22 @@ def _fs_path(uri: str) -> tuple[AbstractFileSystem, str]:
     return fs, path
 
 
+def storage_error(exc: OSError, what: str, writing: bool = False) -> TransientError:
+    """What a failed read or write raises: StorageUnavailable for an outage (the errnos
+    above, timeouts and connection errors, an OSError without an errno, as botocore's
+    timeouts are, and a refused write: a read-only folder when not root, S3 AccessDenied),
+    else a TransientError, which spends the job's attempt."""
+    outage = (
+        exc.errno is None
+        or exc.errno in OUTAGE_ERRNOS
+        or isinstance(exc, (TimeoutError, ConnectionError))
+        or (writing and isinstance(exc, PermissionError))
+    )
+    return (StorageUnavailable if outage else TransientError)(f"{what}: {exc}")
+
+
 def read_uri(uri: str, max_bytes: int | None = None) -> bytes:
-    """The object's bytes. Missing objects are bad input; I/O hiccups are transient."""
+    """The object's bytes. Missing objects are bad input; I/O errors are storage_error's."""
     try:
         fs, path = _fs_path(uri)
         with fs.open(path, "rb") as f:
@@ -139,7 +169,7 @@ def read_uri(uri: str, max_bytes: int | None = None) -> bytes:
     except IsADirectoryError as exc:
         raise BadInput(f"source is a directory: {uri}", code="source_missing") from exc
     except OSError as exc:
-        raise TransientError(f"cannot read {uri}: {exc}") from exc
+        raise storage_error(exc, f"cannot read {uri}") from exc
     if max_bytes and len(data) > max_bytes:
         raise BadInput(f"file is larger than {max_bytes} bytes", code="too_large_bytes")
     return data
@@ -147,9 +177,15 @@ def read_uri(uri: str, max_bytes: int | None = None) -> bytes:
 
 def iter_uri(uri: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     """The object's bytes in chunks (for streaming responses). Opens eagerly, so a missing
-    object raises FileNotFoundError here rather than in the middle of a response."""
+    object raises FileNotFoundError (and an outage StorageUnavailable) here rather than in
+    the middle of a response."""
     fs, path = _fs_path(uri)
-    f = fs.open(path, "rb")
+    try:
+        f = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, f"cannot read {uri}") from exc
 
     def chunks() -> Iterator[bytes]:
         with f:
@@ -160,20 +196,34 @@ def iter_uri(uri: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
 
 
 def write_uri(uri: str, data: bytes) -> None:
-    """Write atomically where the filesystem allows (local: temp file + rename)."""
+    """Write atomically where the filesystem allows (local: temp file + rename). Errors are
+    storage_error's."""
     fs, path = _fs_path(uri)
     try:
         if _is_local(fs):
-            fs.makedirs(posixpath.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex[:8]}.part"  # unique: concurrent writers of one key
-            with fs.open(tmp, "wb") as f:
-                f.write(data)
-            fs.mv(tmp, path)
+            _write_local(fs, path, data)
         else:
             with fs.open(path, "wb") as f:
                 f.write(data)
     except OSError as exc:
-        raise TransientError(f"cannot write {uri}: {exc}") from exc
+        raise storage_error(exc, f"cannot write {uri}", writing=True) from exc
+
+
+def _write_local(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    """Temp file + rename; the temp file is removed whatever stops the write (a full disk,
+    a soft time limit), so a failed write leaves nothing behind."""
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.part"  # unique: concurrent writers of one key
+    try:
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+    except BaseException:
+        try:
+            fs.rm_file(tmp)
+        except OSError:  # never created (a read-only folder), or the folder is gone
+            pass
+        raise
 
 
 def delete_uri(uri: str) -> None:

@@ -30,8 +30,8 @@ def submit_sources(
     are committed a chunk at a time, and each chunk is enqueued only after its commit, so a
     worker always finds its job; a crash or a broker outage in between leaves queued jobs
     without a task, which the reaper sends. When every source was already known, the batch
-    (empty) is removed at the end. Raises ServiceUnavailable (broker or database down)
-    after yielding what was sent."""
+    (empty) is removed at the end. Raises ServiceUnavailable (broker, database or storage
+    down) after yielding what was sent."""
     try:
         yield from _submit(sources, tenant, bulk, chunk)
     except DATABASE_ERRORS as exc:

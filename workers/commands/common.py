@@ -23,12 +23,12 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-UNAVAILABLE_EXIT = 75  # EX_TEMPFAIL: the broker or database is down; try again later
+UNAVAILABLE_EXIT = 75  # EX_TEMPFAIL: the broker, database or storage is down; try again later
 
 
 def exit_when_unavailable(fn: Callable[P, R]) -> Callable[P, R]:
-    """A command that talks to the broker or database: when one is down, one error line
-    and exit status 75 instead of a traceback."""
+    """A command that talks to the broker, database or storage: when one is down, one error
+    line and exit status 75 instead of a traceback."""
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -31,8 +31,9 @@ def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -
     """Upload images to storage and enqueue a job for each on the broker.
 
     Prints one job id per line (tab, then the file). The same file submitted again for the
-    same tenant returns its existing job instead of a new one. With the broker or database
-    down: one error line and exit status 75; jobs already recorded are sent by the reaper.
+    same tenant returns its existing job instead of a new one. With the broker, database or
+    storage down: one error line and exit status 75; jobs already recorded are sent by the
+    reaper.
     """
     images = find_images(list(inputs), recursive)
     if not images:
