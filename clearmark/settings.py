@@ -349,6 +349,13 @@ class Settings(BaseSettings):
         description="requests to `/v1` per tenant ([`limits`](https://limits.readthedocs.io) "
         "notation, `;` between limits); over it: `429`",
     )
+    rate_limit_bad_keys: str = Field(
+        "5/second;60/minute",
+        min_length=1,
+        description="requests to `/v1` with a missing or wrong key per client address; over it, "
+        "every request from that address is a `429` until the window passes, before any key is "
+        "looked up",
+    )
     rate_limit_storage: str = Field(
         "memory://",
         min_length=1,
@@ -434,7 +441,7 @@ class Settings(BaseSettings):
             raise PydanticCustomError("public_url", "expected an http:// or https:// URL")
         return value
 
-    @field_validator("rate_limit", mode="after")
+    @field_validator("rate_limit", "rate_limit_bad_keys", mode="after")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         try:

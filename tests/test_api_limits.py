@@ -15,7 +15,8 @@ import httpx
 import pytest
 import uvicorn
 
-from clearmark.workers import api
+from clearmark.settings import set_settings
+from clearmark.workers import api, api_guard
 from tests.test_api import (  # noqa: F401 - fixtures used here
     api_settings,
     client,
@@ -141,6 +142,29 @@ def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(api_settings, cl
     assert (over.status_code, over.json()["error"]["code"]) == (429, "rate_limited")
     assert 0 < int(over.headers["retry-after"]) <= 3600
     assert client.get("/v1/jobs", headers=other.auth).status_code == 200
+
+
+def test_wrong_keys_are_limited_per_client_address(api_settings, make_shop, monkeypatch):
+    """Each wrong key costs a database lookup: past the limit, the address is refused before
+    any lookup (its right keys too, until the window passes); other addresses carry on."""
+    set_settings(api_settings.replace(rate_limit_bad_keys="3/hour"))
+    shop = make_shop("shop")
+    lookups = []
+    lookup = api_guard.tenant_for_key
+    monkeypatch.setattr(
+        api_guard, "tenant_for_key", lambda session, key: lookups.append(key) or lookup(session, key)
+    )
+    attacker = documented_client(client=("203.0.113.7", 5000))
+    neighbour = documented_client(client=("198.51.100.9", 5000))
+    wrong = {"Authorization": "Bearer cm_wrong"}
+    assert [attacker.get("/v1/jobs", headers=wrong).status_code for _ in range(3)] == [401] * 3
+    over = attacker.get("/v1/jobs", headers=wrong)
+    assert (over.status_code, over.json()["error"]["code"]) == (429, "rate_limited")
+    assert 0 < int(over.headers["retry-after"]) <= 3600
+    assert attacker.get("/v1/jobs", headers=shop.auth).status_code == 429
+    assert len(lookups) == 3
+    assert neighbour.get("/v1/jobs", headers=shop.auth).status_code == 200
+    assert neighbour.get("/v1/jobs", headers=wrong).status_code == 401
 
 
 def test_database_down_is_a_json_503(api_settings, client, caplog):
