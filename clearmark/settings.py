@@ -337,6 +337,18 @@ class Settings(BaseSettings):
     # HTTP API (`clearmark api`).
     api_host: str = Field("127.0.0.1", min_length=1, description="where `clearmark api` listens")
     api_port: int = Field(8000, ge=0, le=65535, description="the port `clearmark api` listens on")
+    api_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request's headers must all arrive within this many seconds (from the "
+        "connection's start or the previous response), else `408` and the connection is closed",
+    )
+    api_body_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="a request's body must all arrive within this many seconds after its headers, "
+        "else `408` and the connection is closed",
+    )
     public_url: str = Field(
         "",
         description="base of links in API answers and webhooks (http:// or https://; unset: each "

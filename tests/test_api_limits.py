@@ -10,13 +10,18 @@ import json
 import select
 import socket
 import threading
+import time
 
 import httpx
 import pytest
 import uvicorn
+from click.testing import CliRunner
 
 from clearmark.settings import set_settings
 from clearmark.workers import api, api_guard
+from clearmark.workers.cli import cli
+from clearmark.workers.commands import web
+from clearmark.workers.slow_clients import DeadlineH11Protocol
 from tests.test_api import (  # noqa: F401 - fixtures used here
     api_settings,
     client,
@@ -45,7 +50,14 @@ def live_api(api_settings):
     settings the test installs); yields the port."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(api.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            api.app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            http=DeadlineH11Protocol,  # as `clearmark api` serves it
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -97,6 +109,47 @@ def test_an_oversize_chunked_upload_is_refused_while_it_streams(api_settings, li
     assert (status, body["error"]["code"]) == (413, "too_large_bytes")
     assert headers["connection"] == "close"
     assert count_jobs(api_settings) == 0
+
+
+def trickle(sock: socket.socket, pieces) -> None:
+    """Send each piece 0.2 s after the last, until the server answers or hangs up."""
+    for piece in pieces:
+        try:
+            sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        if select.select([sock], [], [], 0.2)[0]:
+            return
+
+
+def test_slow_headers_and_bodies_are_cut_off_with_408(api_settings, live_api, make_shop):
+    set_settings(api_settings.replace(api_header_timeout_s=1, api_body_timeout_s=1))
+    shop = make_shop("shop")
+    kept_alive = http.client.HTTPConnection("127.0.0.1", live_api, timeout=30)
+    for _ in range(2):  # prompt requests on one connection: each has its own deadline
+        kept_alive.request("GET", "/healthz")
+        assert kept_alive.getresponse().read() == b'{"status":"ok"}'
+        time.sleep(0.6)
+    kept_alive.close()
+    slow_headers = [b"GET /healthz HTTP/1.1\r\n"] + [b"X-Slow-%d: 1\r\n" % i for i in range(50)]
+    slow_body = [upload_head(shop.key, "Content-Length: 100000") + FILE_PART] + [b"x" * 10] * 50
+    for pieces, what in ((slow_headers, "headers"), (slow_body, "body")):
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", live_api), timeout=30) as sock:
+            trickle(sock, pieces)  # 10 s in all, if nothing stops it
+            status, headers, body = answer(sock)
+            assert sock.recv(1) == b""  # closed
+        assert (status, body["error"]["code"]) == (408, "request_timeout"), what
+        assert what in body["error"]["message"] and headers["connection"] == "close"
+        assert time.monotonic() - started < 3, what
+    assert count_jobs(api_settings) == 0
+
+
+def test_clearmark_api_serves_with_the_deadlines(monkeypatch):
+    served = []
+    monkeypatch.setattr(web.uvicorn, "run", lambda app, **options: served.append(options))
+    assert CliRunner().invoke(cli, ["api", "--port", "8123"]).exit_code == 0
+    assert served[0]["http"] is DeadlineH11Protocol
 
 
 def test_uploads_in_flight_per_tenant_are_limited(api_settings, live_api, make_shop):

@@ -91,7 +91,7 @@ app = FastAPIOffline(
     static_url=DOCS_ASSETS.rstrip("/"),
 )
 app.add_middleware(ApiGuard)
-v1 = APIRouter(prefix="/v1", tags=["jobs"], responses=documented(401, 422, 429, 500, 503))
+v1 = APIRouter(prefix="/v1", tags=["jobs"], responses=documented(401, 408, 422, 429, 500, 503))
 bearer = HTTPBearer(auto_error=False, description="API key from `clearmark tenants create`")
 
 
