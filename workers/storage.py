@@ -95,7 +95,9 @@ def write_uri(uri: str, data: bytes) -> None:
     try:
         if "file" in fs.protocol or "local" in fs.protocol:
             fs.makedirs(posixpath.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex[:8]}.part"  # unique: concurrent writers of one key
+            # Unique (concurrent writers of one key) and short: a name near the 255-byte
+            # limit must still be writable.
+            tmp = f"{posixpath.dirname(path)}/.{uuid.uuid4().hex}.part"
             with fs.open(tmp, "wb") as f:
                 f.write(data)
             fs.mv(tmp, path)
