@@ -333,6 +333,18 @@ class Settings(BaseSettings):
     # HTTP API (`clearmark api`).
     api_host: str = Field("127.0.0.1", min_length=1, description="where `clearmark api` listens")
     api_port: int = Field(8000, ge=0, le=65535, description="the port `clearmark api` listens on")
+    api_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request's headers must all arrive within this many seconds (from the "
+        "connection's start or the previous response), else `408` and the connection is closed",
+    )
+    api_body_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="a request's body must all arrive within this many seconds after its headers, "
+        "else `408` and the connection is closed",
+    )
     public_url: str = Field(
         "",
         description="base of links in API answers and webhooks (http:// or https://; unset: each "
@@ -344,6 +356,13 @@ class Settings(BaseSettings):
         min_length=1,
         description="requests to `/v1` per tenant ([`limits`](https://limits.readthedocs.io) "
         "notation, `;` between limits); over it: `429`",
+    )
+    rate_limit_bad_keys: str = Field(
+        "5/second;60/minute",
+        min_length=1,
+        description="requests to `/v1` with a missing or wrong key per client address; over it, "
+        "every request from that address is a `429` until the window passes, before any key is "
+        "looked up",
     )
     rate_limit_storage: str = Field(
         "memory://",
@@ -430,7 +449,7 @@ class Settings(BaseSettings):
             raise PydanticCustomError("public_url", "expected an http:// or https:// URL")
         return value
 
-    @field_validator("rate_limit", mode="after")
+    @field_validator("rate_limit", "rate_limit_bad_keys", mode="after")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         try:

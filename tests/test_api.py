@@ -317,6 +317,8 @@ def test_callback_url_must_be_public_unless_allow_listed(api_settings, client, m
         "http://169.254.169.254/latest",
         "http://[::1]:8080/",
         "ftp://example.com/hook",
+        "http://127.0.0.1:9/hook\x01",  # allow-listed, but no URL has a control character
+        "http://127.0.0.1:9/" + "a" * 70_000,  # nor more than 2,048 characters
     ):
         r = upload(client, shop, png(1), callback_url=url)
         assert r.status_code == 422 and r.json()["error"]["code"] == "unsafe_callback_url", url
@@ -437,6 +439,8 @@ def test_tenants_create_prints_a_working_key_once(api_settings, client):
     assert again.exit_code == 1 and "already has an API key" in again.output
     private = runner.invoke(cli, ["tenants", "create", "other", "--webhook", "http://10.0.0.1/h"])
     assert private.exit_code == 1 and "private" in private.output
+    long = runner.invoke(cli, ["tenants", "create", "other", "--webhook", "http://127.0.0.1:9/" + "a" * 2048])
+    assert long.exit_code == 1 and "longer than 2048" in long.output
     listed = runner.invoke(cli, ["tenants", "list"])
     assert "shop" in listed.output and key not in listed.output
 

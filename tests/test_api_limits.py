@@ -11,14 +11,20 @@ import json
 import select
 import socket
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from click.testing import CliRunner
 from fsspec.implementations.local import LocalFileSystem
 
-from clearmark.workers import api
+from clearmark.settings import set_settings
+from clearmark.workers import api, api_guard
+from clearmark.workers.cli import cli
+from clearmark.workers.commands import web
+from clearmark.workers.slow_clients import DeadlineH11Protocol
 from clearmark.workers.storage import get_storage
 from tests.test_api import (  # noqa: F401 - fixtures used here
     api_settings,
@@ -50,7 +56,14 @@ def live_api(api_settings):
     settings the test installs); yields the port."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(api.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            api.app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            http=DeadlineH11Protocol,  # as `clearmark api` serves it
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -104,6 +117,47 @@ def test_an_oversize_chunked_upload_is_refused_while_it_streams(api_settings, li
     assert count_jobs(api_settings) == 0
 
 
+def trickle(sock: socket.socket, pieces) -> None:
+    """Send each piece 0.2 s after the last, until the server answers or hangs up."""
+    for piece in pieces:
+        try:
+            sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        if select.select([sock], [], [], 0.2)[0]:
+            return
+
+
+def test_slow_headers_and_bodies_are_cut_off_with_408(api_settings, live_api, make_shop):
+    set_settings(api_settings.replace(api_header_timeout_s=1, api_body_timeout_s=1))
+    shop = make_shop("shop")
+    kept_alive = http.client.HTTPConnection("127.0.0.1", live_api, timeout=30)
+    for _ in range(2):  # prompt requests on one connection: each has its own deadline
+        kept_alive.request("GET", "/healthz")
+        assert kept_alive.getresponse().read() == b'{"status":"ok"}'
+        time.sleep(0.6)
+    kept_alive.close()
+    slow_headers = [b"GET /healthz HTTP/1.1\r\n"] + [b"X-Slow-%d: 1\r\n" % i for i in range(50)]
+    slow_body = [upload_head(shop.key, "Content-Length: 100000") + FILE_PART] + [b"x" * 10] * 50
+    for pieces, what in ((slow_headers, "headers"), (slow_body, "body")):
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", live_api), timeout=30) as sock:
+            trickle(sock, pieces)  # 10 s in all, if nothing stops it
+            status, headers, body = answer(sock)
+            assert sock.recv(1) == b""  # closed
+        assert (status, body["error"]["code"]) == (408, "request_timeout"), what
+        assert what in body["error"]["message"] and headers["connection"] == "close"
+        assert time.monotonic() - started < 3, what
+    assert count_jobs(api_settings) == 0
+
+
+def test_clearmark_api_serves_with_the_deadlines(monkeypatch):
+    served = []
+    monkeypatch.setattr(web.uvicorn, "run", lambda app, **options: served.append(options))
+    assert CliRunner().invoke(cli, ["api", "--port", "8123"]).exit_code == 0
+    assert served[0]["http"] is DeadlineH11Protocol
+
+
 def test_uploads_in_flight_per_tenant_are_limited(api_settings, live_api, make_shop):
     from clearmark.settings import set_settings
 
@@ -149,7 +203,30 @@ def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(api_settings, cl
     assert client.get("/v1/jobs", headers=other.auth).status_code == 200
 
 
-def test_database_down_is_a_json_503(api_settings, client):
+def test_wrong_keys_are_limited_per_client_address(api_settings, make_shop, monkeypatch):
+    """Each wrong key costs a database lookup: past the limit, the address is refused before
+    any lookup (its right keys too, until the window passes); other addresses carry on."""
+    set_settings(api_settings.replace(rate_limit_bad_keys="3/hour"))
+    shop = make_shop("shop")
+    lookups = []
+    lookup = api_guard.tenant_for_key
+    monkeypatch.setattr(
+        api_guard, "tenant_for_key", lambda session, key: lookups.append(key) or lookup(session, key)
+    )
+    attacker = documented_client(client=("203.0.113.7", 5000))
+    neighbour = documented_client(client=("198.51.100.9", 5000))
+    wrong = {"Authorization": "Bearer cm_wrong"}
+    assert [attacker.get("/v1/jobs", headers=wrong).status_code for _ in range(3)] == [401] * 3
+    over = attacker.get("/v1/jobs", headers=wrong)
+    assert (over.status_code, over.json()["error"]["code"]) == (429, "rate_limited")
+    assert 0 < int(over.headers["retry-after"]) <= 3600
+    assert attacker.get("/v1/jobs", headers=shop.auth).status_code == 429
+    assert len(lookups) == 3
+    assert neighbour.get("/v1/jobs", headers=shop.auth).status_code == 200
+    assert neighbour.get("/v1/jobs", headers=wrong).status_code == 401
+
+
+def test_database_down_is_a_json_503(api_settings, client, caplog):
     from clearmark.settings import set_settings
 
     set_settings(api_settings.replace(database_url=UNREACHABLE_PG))
@@ -159,7 +236,10 @@ def test_database_down_is_a_json_503(api_settings, client):
         assert r.json()["error"]["code"] == "database_unavailable", path
         assert int(r.headers["retry-after"]) > 0
     ready = client.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["checks"]["database"] != "ok"
+    assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unavailable"
+    # /readyz needs no key: where the database is and what its driver said go to the log only
+    assert "127.0.0.1" not in ready.text and "psycopg" not in ready.text.lower()
+    assert any("database unavailable" in r.message and "127.0.0.1" in r.message for r in caplog.records)
 
 
 @pytest.mark.slow

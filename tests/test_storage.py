@@ -106,3 +106,12 @@ def test_a_file_where_a_folder_should_be_is_not_an_outage(tmp_path):
     with pytest.raises(TransientError) as err:
         Storage(tmp_path.as_uri()).put("results/a.png", b"x")
     assert not isinstance(err.value, StorageUnavailable) and "cannot write" in err.value.message
+
+
+def test_a_name_at_the_file_system_limit_is_written_whole(tmp_path):
+    """The temporary file of an atomic write has a short name of its own: an output named
+    like its upload, 255 bytes long, is written and nothing is left beside it."""
+    name = "é" * 125 + ".png"  # 254 bytes
+    Storage(tmp_path.as_uri()).put(f"out/{name}", b"hello")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [name]
+    assert (tmp_path / "out" / name).read_bytes() == b"hello"

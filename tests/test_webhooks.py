@@ -15,12 +15,14 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from clearmark.settings import Settings, set_settings
-from clearmark.workers.db import METRIC_FIELDS, JobEvent, JobStatus, Tenant, session_scope
+from clearmark.workers import migrate, webhooks
+from clearmark.workers.db import METRIC_FIELDS, Job, JobEvent, JobStatus, Tenant, session_scope
 from clearmark.workers.jobs import claim_job, create_job, ensure_tenant, finish_job
 from clearmark.workers.webhooks import (
     UnsafeCallback,
     check_callback_url,
     deliver,
+    deliver_webhook,
     notify_finished,
     sign,
     signed_headers,
@@ -74,6 +76,18 @@ def test_callback_guard():
         "http://[2002:7f00:1::1]/",
         "http://[2002:a9fe:a9fe::]/",
         "http://[2002:a00:1::5]/",
+        # local-use NAT64 (whatever it holds), IPv4-translated (SIIT), site-local, multicast
+        "http://[64:ff9b:1::7f00:1]/",
+        "http://[64:ff9b:1:a00:1::]/",
+        "http://[64:ff9b:1::5db8:d70e]/",
+        "http://[::ffff:0:7f00:1]/",
+        "http://[::ffff:0:c0a8:101]/",
+        "http://[fec0::1]/",
+        "http://224.0.0.1/",
+        "http://239.255.255.250/",
+        "http://[ff0e::1]/",
+        "http://[::ffff:224.0.0.1]/",
+        "http://[64:ff9b::e000:1]/",
     ):
         with pytest.raises(UnsafeCallback):
             check_callback_url(url, closed)
@@ -82,6 +96,7 @@ def test_callback_guard():
         "http://[64:ff9b::5db8:d70e]/",
         "http://[2002:5db8:d70e::1]/",
         "http://[::ffff:93.184.215.14]/",
+        "http://[::ffff:0:5db8:d70e]/",
     ):
         assert check_callback_url(url, closed).address, url  # public inside too
     opened = Settings(webhook_allow_hosts=("10.0.0.0/8", "receiver"))
@@ -90,6 +105,24 @@ def test_callback_guard():
     assert check_callback_url("http://receiver/hook", opened)  # named: not even resolved
     with pytest.raises(UnsafeCallback):
         check_callback_url("http://192.168.0.1/", opened)
+
+
+def test_callback_urls_must_be_short_and_free_of_control_characters():
+    closed = Settings(webhook_allow_hosts=())
+    base = "https://93.184.215.14/"
+    assert check_callback_url(base + "a" * (2048 - len(base)), closed)
+    for url in (
+        base + "a" * (2049 - len(base)),
+        base + "a" * 70_000,
+        base + "a" * 900_000,
+        base + "hook\x01",
+        base + "ho\nok",
+        base + "hook\x7f",
+        base + "hook\x85",
+        "https://[93.184.215.14/",  # the sending client cannot parse it
+    ):
+        with pytest.raises(UnsafeCallback):
+            check_callback_url(url, closed)
 
 
 def finished_job(settings: Settings, callback_url: str | None) -> str:
@@ -169,8 +202,6 @@ def test_no_callback_needs_no_broker(tmp_path, monkeypatch):
     broker that is down only costs a logged event, never the job."""
     from kombu.exceptions import OperationalError
 
-    from clearmark.workers import migrate, webhooks
-
     def broker_down(*args, **kwargs):
         raise OperationalError("Error 111 connecting to the broker. Connection refused.")
 
@@ -190,10 +221,6 @@ def test_a_callback_url_removed_before_delivery_settles_the_webhook(tmp_path):
     """The tenant removed its webhook URL while a delivery was due: the delivery ends as
     `dropped` (an event says so) and the job's webhook is no longer due, so the reaper
     does not send it again and again."""
-    from clearmark.workers import migrate
-    from clearmark.workers.db import Job
-    from clearmark.workers.webhooks import deliver_webhook
-
     s = Settings(data_dir=tmp_path)
     migrate.upgrade(s.database_url)
     with session_scope(s.database_url) as session:
@@ -210,6 +237,37 @@ def test_a_callback_url_removed_before_delivery_settles_the_webhook(tmp_path):
     assert [e["outcome"] for e in _webhook_events(s, job_id)] == ["dropped"]
     with session_scope(s.database_url) as session:
         assert not session.get(Job, job_id).webhook_pending
+
+
+def test_any_delivery_error_is_a_recorded_attempt_that_counts(tmp_path, monkeypatch):
+    """Whatever the HTTP client raises, the attempt is recorded and counts toward the
+    limit, so the webhook settles as failed instead of being sent again for ever; a URL
+    stored before the URL checks existed is refused, once."""
+    s = Settings(data_dir=tmp_path, webhook_max_attempts=3, webhook_backoff_s=0.01)
+    migrate.upgrade(s.database_url)
+    job_id = finished_job(s, "https://93.184.215.14/hook")
+    crashes = []
+
+    def crash(*args, **kwargs):
+        crashes.append(1)
+        raise httpx.InvalidURL("Invalid non-printable ASCII character in URL")
+
+    monkeypatch.setattr(webhooks, "post_pinned", crash)
+    set_settings(s)
+    try:
+        assert deliver_webhook.apply(args=[job_id]).get() == "failed"
+        events = _webhook_events(s, job_id)
+        assert [e["outcome"] for e in events] == ["retry", "retry", "failed"] and len(crashes) == 3
+        assert all(e["error"].startswith("InvalidURL: Invalid non-printable") for e in events)
+        with session_scope(s.database_url) as session:
+            assert not session.get(Job, job_id).webhook_pending
+        stored = finished_job(s, "https://93.184.215.14/" + "a" * 900_000)  # no check here
+        assert deliver_webhook.apply(args=[stored]).get() == "refused"
+    finally:
+        set_settings(None)
+    (refused,) = _webhook_events(s, stored)
+    assert "longer than 2048" in refused["error"] and len(refused["url"]) == 2048
+    assert len(crashes) == 3
 
 
 def test_legacy_secrets_sign_standard_webhooks_with_their_bytes():

@@ -91,7 +91,7 @@ app = FastAPIOffline(
     static_url=DOCS_ASSETS.rstrip("/"),
 )
 app.add_middleware(ApiGuard)
-v1 = APIRouter(prefix="/v1", tags=["jobs"], responses=documented(401, 422, 429, 500, 503))
+v1 = APIRouter(prefix="/v1", tags=["jobs"], responses=documented(401, 408, 422, 429, 500, 503))
 bearer = HTTPBearer(auto_error=False, description="API key from `clearmark tenants create`")
 
 
@@ -406,7 +406,8 @@ def prometheus_metrics() -> Response:
     responses={503: {"description": "Not ready: `checks` names what cannot be reached"}, **documented(500)},
 )
 def readyz() -> JSONResponse:
-    """Database, broker and storage are reachable (503 naming what is not)."""
+    """Database, broker and storage are reachable (503 naming what is not; the error itself,
+    which names hosts and ports, goes to the log only: this route has no key)."""
     settings = get_settings()
 
     def database() -> None:
@@ -426,6 +427,7 @@ def readyz() -> JSONResponse:
             check()
             checks[name] = "ok"
         except Exception as exc:  # noqa: BLE001 - report any failure
-            checks[name] = f"{type(exc).__name__}: {exc}"
+            log.warning("readyz: %s unavailable: %s: %s", name, type(exc).__name__, exc)
+            checks[name] = "unavailable"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

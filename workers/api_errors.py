@@ -30,6 +30,7 @@ DESCRIPTIONS = {
     400: "Bad request: neither or both of `file`/`source_uri`, or a cursor not from this API",
     401: "Missing or unknown API key (`Authorization: Bearer <api key>`)",
     404: "No such job for this tenant",
+    408: "The request's headers or body came too slowly; the connection is closed",
     409: "The job is not in a state that allows this",
     413: "Over the byte or pixel limits",
     415: "Not an accepted image type",

@@ -1,9 +1,10 @@
 """What every request passes before a route reads it (a pure ASGI middleware, so nothing
 here waits for the body): a request id (`X-Request-Id` on every answer), and on `/v1` the
-API key, the tenant's rate limit and, for uploads, the tenant's concurrent-upload limit and
-the byte limit: from Content-Length before any byte is read, and again while the body
-streams (chunked uploads included). A wrong key is a 401, an oversize body a 413, without
-reading the rest of the body; such answers close the connection."""
+client address's limit on wrong keys, the API key, the tenant's rate limit and, for
+uploads, the tenant's concurrent-upload limit and the byte limit: from Content-Length
+before any byte is read, and again while the body streams (chunked uploads included). A
+wrong key is a 401, an oversize body a 413, without reading the rest of the body; such
+answers close the connection."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import uuid
 from collections import Counter
 from functools import lru_cache
 
-from limits import parse_many
+from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from starlette.concurrency import run_in_threadpool
@@ -55,21 +56,36 @@ def _rate_limiter(storage: str) -> MovingWindowRateLimiter:
     return MovingWindowRateLimiter(storage_from_string(storage))
 
 
+def _rate_limited(
+    limiter: MovingWindowRateLimiter, limit: RateLimitItem, key: tuple[str, ...], whose: str
+) -> ApiError:
+    reset = limiter.get_window_stats(limit, *key).reset_time
+    wait = max(1, math.ceil(reset - time.time()))
+    return ApiError(429, "rate_limited", f"over {whose} limit of {limit}", {"Retry-After": str(wait)})
+
+
 def check_rate(tenant_id: str, settings: Settings) -> None:
     limiter = _rate_limiter(settings.rate_limit_storage)
     for limit in parse_many(settings.rate_limit):
         if not limiter.hit(limit, tenant_id):
-            reset = limiter.get_window_stats(limit, tenant_id).reset_time
-            wait = max(1, math.ceil(reset - time.time()))
-            raise ApiError(
-                429, "rate_limited", f"over this tenant's limit of {limit}", {"Retry-After": str(wait)}
-            )
+            raise _rate_limited(limiter, limit, (tenant_id,), "this tenant's")
 
 
-def _admit(authorization: str, settings: Settings) -> Tenant:
+def _admit(authorization: str, client: str, settings: Settings) -> Tenant:
     """The tenant whose key this is, within its rate limit (blocking: a database lookup, and
-    the limiter's storage may be Redis)."""
-    tenant = _tenant_for(authorization, settings.database_url)
+    the limiter's storage may be Redis). Wrong or missing keys count against the client's
+    address, and past its limit the address is refused before any key is looked up."""
+    limiter, limits = _rate_limiter(settings.rate_limit_storage), parse_many(settings.rate_limit_bad_keys)
+    address = ("bad_key", client)
+    for limit in limits:
+        if not limiter.test(limit, *address):
+            raise _rate_limited(limiter, limit, address, "this address's wrong-key")
+    try:
+        tenant = _tenant_for(authorization, settings.database_url)
+    except ApiError:
+        for limit in limits:
+            limiter.hit(limit, *address)
+        raise
     check_rate(tenant.id, settings)
     return tenant
 
@@ -145,7 +161,8 @@ class ApiGuard:
         headers, settings = Headers(scope=scope), get_settings()
         upload = path == UPLOAD_PATH and scope["method"] == "POST"
         try:
-            tenant = await run_in_threadpool(_admit, headers.get("authorization", ""), settings)
+            client = (scope.get("client") or ("unknown",))[0]
+            tenant = await run_in_threadpool(_admit, headers.get("authorization", ""), client, settings)
             length = headers.get("content-length", "")
             if upload and length.isdigit() and int(length) > upload_limit(settings):
                 raise ApiError(

@@ -213,7 +213,9 @@ def _write_local(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     """Temp file + rename; the temp file is removed whatever stops the write (a full disk,
     a soft time limit), so a failed write leaves nothing behind."""
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.part"  # unique: concurrent writers of one key
+    # Unique (concurrent writers of one key) and short: a name near the 255-byte limit
+    # must still be writable.
+    tmp = f"{posixpath.dirname(path)}/.{uuid.uuid4().hex}.part"
     try:
         with fs.open(tmp, "wb") as f:
             f.write(data)

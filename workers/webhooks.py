@@ -15,8 +15,10 @@ webhook secret:
 Delivery is its own Celery task on the webhooks queue: non-2xx answers and network errors
 retry with doubling delays, and every attempt is a `webhook` JobEvent.
 
-Callback URLs that resolve to loopback, private, link-local or other non-global addresses,
-also inside IPv6 (IPv4-mapped, IPv4-compatible, 6to4, NAT64), are refused unless
+A callback URL is at most 2,048 characters without control characters, parsed by the HTTP
+client that will send it. URLs that resolve to loopback, private, link-local, site-local,
+multicast or other non-global addresses, also inside IPv6 (IPv4-mapped, IPv4-translated,
+IPv4-compatible, 6to4, NAT64: judged on the IPv4 inside), are refused unless
 `CLEARMARK_WEBHOOK_ALLOW_HOSTS` names the host or a range holding it. The check runs when
 the URL is given and again before each attempt, and the attempt connects to the very
 address that check vetted (the IP is pinned in the request; the Host header and the TLS
@@ -32,13 +34,13 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from celery import Task
@@ -63,8 +65,14 @@ SIGNATURE_HEADER = "Clearmark-Signature"
 EVENT_HEADER = "Clearmark-Event-Id"
 STANDARD_SECRET_PREFIX = "whsec_"
 DONE_OK = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
-IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+MAX_CALLBACK_URL = 2048
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# IPv6 ranges that carry an IPv4 address in their last 32 bits: NAT64 (RFC 6052), SIIT's
+# IPv4-translated addresses (RFC 2765) and the old IPv4-compatible ones.
+IPV4_TAIL = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96"))
+# Not globally routable, though Python 3.11's is_global says they are: local-use NAT64
+# (RFC 8215, whatever IPv4 it holds) and site-local (RFC 3879); multicast is refused apart.
+NOT_GLOBAL = tuple(ipaddress.ip_network(n) for n in ("64:ff9b:1::/48", "fec0::/10"))
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -114,21 +122,27 @@ def signed_headers(secret: str, event_id: str, body: bytes, timestamp: int) -> d
 
 
 def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address inside an IPv6 one (IPv4-mapped, 6to4, NAT64, IPv4-compatible)."""
+    """The IPv4 address inside an IPv6 one (IPv4-mapped, 6to4, NAT64, IPv4-translated,
+    IPv4-compatible)."""
     if isinstance(ip, ipaddress.IPv4Address):  # ip.version == 4
         return None
     if ip.ipv4_mapped or ip.sixtofour:
         return ip.ipv4_mapped or ip.sixtofour
-    if ip in NAT64 or ip in IPV4_COMPATIBLE:
+    if any(ip in network for network in IPV4_TAIL):
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
 
 def _is_public(ip: IPAddress) -> bool:
+    """Globally routable unicast; an IPv6 address that carries an IPv4 one is judged on it
+    (the outer prefix only says how to reach it)."""
     inner = _embedded_ipv4(ip)
-    if inner is not None and not inner.is_global:
-        return False
-    return ip.is_global or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None)
+    target = ip if inner is None else inner
+    return (
+        target.is_global
+        and not target.is_multicast
+        and not any(target.version == n.version and target in n for n in NOT_GLOBAL)
+    )
 
 
 def _allowed(host: str, ips: Iterable[IPAddress | None], allow: tuple[str, ...]) -> bool:
@@ -153,14 +167,28 @@ class Callback:
     address: str | None
 
 
-def check_callback_url(url: str, settings: Settings | None = None) -> Callback:
-    """The URL and the address to post it to, else UnsafeCallback (a bad scheme, an
-    unresolvable host, or an address that is not globally routable and not allow-listed)."""
-    allow = (settings or get_settings()).webhook_allow_hosts
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+def _parse(url: str) -> httpx.URL:
+    """The URL as the HTTP client that sends it reads it, else UnsafeCallback."""
+    if len(url) > MAX_CALLBACK_URL:
+        raise UnsafeCallback(f"callback URL is longer than {MAX_CALLBACK_URL} characters")
+    if CONTROL_CHARACTER.search(url):
+        raise UnsafeCallback(f"callback URL has a control character: {url!r}")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UnsafeCallback(f"callback URL is not a valid URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
         raise UnsafeCallback(f"callback URL must be http(s)://host/...: {url!r}")
-    host = parts.hostname.lower()
+    return parsed
+
+
+def check_callback_url(url: str, settings: Settings | None = None) -> Callback:
+    """The URL and the address to post it to, else UnsafeCallback (too long, a control
+    character, unparsable, a bad scheme, an unresolvable host, or an address that is not
+    globally routable and not allow-listed)."""
+    allow = (settings or get_settings()).webhook_allow_hosts
+    parts = _parse(url)
+    host = parts.host.lower()
     if _allowed(host, (), allow):
         return Callback(url, None)
     try:
@@ -174,8 +202,8 @@ def check_callback_url(url: str, settings: Settings | None = None) -> Callback:
     for ip in addresses:
         if not _is_public(ip) and not _allowed(host, (ip, _embedded_ipv4(ip)), allow):
             raise UnsafeCallback(
-                f"callback host {host!r} resolves to {ip}, a loopback, private or link-local "
-                "address (allow it with CLEARMARK_WEBHOOK_ALLOW_HOSTS)"
+                f"callback host {host!r} resolves to {ip}, a loopback, private, link-local or "
+                "other non-global address (allow it with CLEARMARK_WEBHOOK_ALLOW_HOSTS)"
             )
     return Callback(url, str(addresses[0]))
 
@@ -250,7 +278,8 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
                 "job": job_document(job, s.public_url),
             }
         ).encode()
-    detail: dict[str, Any] = {"attempt": attempt, "url": url, "event_id": event_id}
+    # A URL stored before the length limit existed is not copied whole into every event.
+    detail: dict[str, Any] = {"attempt": attempt, "url": url and url[:MAX_CALLBACK_URL], "event_id": event_id}
     if url is None:  # final: retrying cannot bring the URL back
         _log_attempt(s.database_url, job_id, outcome="dropped", error="no callback URL any more", **detail)
         log.info("job %s: webhook dropped: neither the job nor its tenant has a callback URL now", job_id)
@@ -265,8 +294,8 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
     except UnsafeCallback as exc:
         detail["error"] = exc.message
         outcome = "retry" if exc.code == "callback_unresolvable" else "refused"
-    except httpx.HTTPError as exc:
-        detail["error"] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - any failure is an attempt that counts toward the limit
+        detail["error"] = f"{type(exc).__name__}: {exc}"[:MAX_CALLBACK_URL]
         outcome = "retry"
     if outcome == "retry" and attempt >= s.webhook_max_attempts:
         outcome = "failed"

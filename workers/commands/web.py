@@ -12,6 +12,7 @@ import click
 import uvicorn
 
 from clearmark.settings import get_settings
+from clearmark.workers.slow_clients import DeadlineH11Protocol
 
 
 @click.command()
@@ -34,6 +35,7 @@ def api(host: str | None, port: int | None, processes: int) -> None:
         port=port or settings.api_port,
         workers=processes,
         proxy_headers=True,
+        http=DeadlineH11Protocol,
     )
 
 
