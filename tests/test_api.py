@@ -362,7 +362,7 @@ def test_needs_review_job_carries_its_reason(api_settings, client, make_shop):
     list); other statuses, and the job once a reviewer accepted it, show null."""
     from clearmark.workers.db import JobStatus
     from clearmark.workers.jobs import finish_job
-    from clearmark.workers.review import decide
+    from clearmark.workers.review import Decision, decide
 
     reason = (
         "the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80):"
@@ -401,7 +401,7 @@ def test_needs_review_job_carries_its_reason(api_settings, client, make_shop):
     assert [(j["id"], j["review_reason"]) for j in listed] == [(review_id, reason)]
     assert client.get(f"/v1/jobs/{ok_id}", headers=shop.auth).json()["review_reason"] is None
 
-    assert decide(review_id, accept=True, reviewer="ana", settings=api_settings) == "succeeded"
+    assert decide(review_id, Decision.accept, reviewer="ana", settings=api_settings) == "succeeded"
     doc = client.get(f"/v1/jobs/{review_id}", headers=shop.auth).json()
     assert (doc["status"], doc["review_reason"]) == ("succeeded", None)
     with session_scope(api_settings.database_url) as session:

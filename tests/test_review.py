@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from sqlalchemy import select
 
 from clearmark.workers.cli import cli
 from clearmark.workers.db import METRIC_FIELDS, Job, JobEvent, JobMetrics, session_scope
 from clearmark.workers.jobs import create_job, ensure_tenant
-from clearmark.workers.review import REJECTED, decide, pending
+from clearmark.workers.review import REJECTED, Decision, decide, pending
+from clearmark.workers.storage import read_uri
 
 
 def seed(db_url: str) -> list[str]:
@@ -53,7 +57,7 @@ def test_review_list_accept_reject(settings):
         assert lines[at + 1].strip() == (f"why: the detector still sees a mark in the result (job {i})")
     assert "(job 2)" not in listed.output
 
-    assert decide(ids[0], accept=True, reviewer="ana") == "succeeded"
+    assert decide(ids[0], Decision.accept, reviewer="ana") == "succeeded"
     result = CliRunner().invoke(cli, ["review", "reject", ids[1], "--note", "ghost of the logo"])
     assert result.exit_code == 0 and f"{ids[1]}\tfailed" in result.output
     with session_scope(settings.database_url) as session:
@@ -84,4 +88,32 @@ def test_review_list_accept_reject(settings):
     again = CliRunner().invoke(cli, ["review", "accept", ids[3]])
     assert again.exit_code != 0 and "not needs_review" in again.output
     with pytest.raises(LookupError):
-        decide("nope", accept=False)
+        decide("nope", Decision.reject)
+
+
+def test_accepting_an_unchanged_upload_is_no_watermark_not_a_removal(settings):
+    ids = seed(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        session.get(JobMetrics, ids[0]).mask_area_fraction = 0.0  # the gate put everything back
+    assert decide(ids[0], Decision.accept, reviewer="ana") == "no_watermark"
+    with session_scope(settings.database_url) as session:
+        event = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == ids[0]).order_by(JobEvent.id.desc())
+        ).first()
+        assert event.detail["decision"] == "accept" and event.detail["unchanged_upload"] is True
+
+
+def test_no_mark_delivers_the_upload_with_an_empty_mask(settings):
+    ids = seed(settings.database_url)
+    result = CliRunner().invoke(cli, ["review", "no-mark", ids[0], "--note", "it is the print"])
+    assert result.exit_code == 0 and f"{ids[0]}\tno_watermark" in result.output, result.output
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, ids[0])
+        assert job.result_uri == job.source_uri and job.error_code is None
+        mask = np.asarray(Image.open(io.BytesIO(read_uri(job.mask_uri))))
+        assert mask.shape == (1, 1) and not mask.any()  # the seed's metrics say 1 x 1
+        assert session.get(JobMetrics, ids[0]).mask_area_fraction == 0.0
+        event = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == ids[0]).order_by(JobEvent.id.desc())
+        ).first()
+        assert (event.detail["decision"], event.detail["note"]) == ("no_mark", "it is the print")

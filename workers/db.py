@@ -93,7 +93,9 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.running: frozenset({JobStatus.running, JobStatus.queued, *FINISHED}),
     JobStatus.succeeded: frozenset({JobStatus.queued}),
     JobStatus.no_watermark: frozenset({JobStatus.queued}),
-    JobStatus.needs_review: frozenset({JobStatus.queued, JobStatus.succeeded, JobStatus.failed}),
+    JobStatus.needs_review: frozenset(
+        {JobStatus.queued, JobStatus.succeeded, JobStatus.no_watermark, JobStatus.failed}
+    ),
     JobStatus.failed: frozenset({JobStatus.queued}),
 }
 

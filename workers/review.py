@@ -1,22 +1,34 @@
 """The review loop: jobs in `needs_review` wait for a person's accept or reject.
 
 The pipeline sends a job there when its residual score or detector confidence falls in the
-configured band (CLEARMARK_REVIEW_RESIDUAL_MIN / CLEARMARK_REVIEW_CONFIDENCE_MAX) or the
-do-no-harm gate put back a region the detector was sure of; `Job.review_reason` says which
-(it stays on the job after the decision). Accept
-makes it `succeeded`, reject makes it `failed` (error code `rejected_in_review`); either
-way a `review` event records who decided and why, and the job's webhook fires again with
-the final status.
+rules of `workers.verdict` cannot promise `succeeded` or `no_watermark`; `Job.review_reason`
+says why (it stays on the job after the decision). Three decisions:
+
+- accept: the delivered result is good. A result with something removed becomes
+  `succeeded`; a result that is the upload unchanged (nothing was removed) becomes
+  `no_watermark`, recorded as an accepted unchanged upload, never as a removal;
+- reject: `failed` (error code `rejected_in_review`), to retry or reprocess;
+- no mark (a false alarm): `no_watermark`, and the job delivers the upload itself with an
+  empty mask, whatever the pipeline changed.
+
+Each is a `review` event with who decided, what and why, and the job's webhook fires again
+with the final status.
 """
 
 from __future__ import annotations
 
+import enum
+import io
+
+import numpy as np
+from PIL import Image
 from sqlalchemy import select
 
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import webhooks
 from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope
 from clearmark.workers.jobs import mark_finished, set_status
+from clearmark.workers.storage import get_storage
 
 REJECTED = "rejected_in_review"
 
@@ -38,22 +50,52 @@ def pending(
         return [(job, metrics) for job, metrics in rows]
 
 
+class Decision(enum.StrEnum):
+    accept = "accept"
+    reject = "reject"
+    no_mark = "no_mark"
+
+
 def decide(
-    job_id: str, accept: bool, reviewer: str = "", note: str = "", settings: Settings | None = None
+    job_id: str, decision: Decision, reviewer: str = "", note: str = "", settings: Settings | None = None
 ) -> str:
     """Close a review; returns the job's new status. Raises LookupError for an unknown job
     and ValueError for one that is not in needs_review."""
     s = settings or get_settings()
-    new = JobStatus.succeeded if accept else JobStatus.failed
     with session_scope(s.database_url) as session:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None:
             raise LookupError(f"no job {job_id}")
         if job.status != JobStatus.needs_review.value:
             raise ValueError(f"job {job_id} is {job.status}, not needs_review")
-        set_status(session, job, new, kind="review", reviewer=reviewer or None, note=note or None)
-        if not accept:
+        metrics = session.get(JobMetrics, job.id)
+        unchanged = metrics is None or not metrics.mask_area_fraction
+        detail: dict[str, object] = {
+            "decision": decision.value,
+            "reviewer": reviewer or None,
+            "note": note or None,
+        }
+        if decision is Decision.reject:
+            new = JobStatus.failed
             job.error_code, job.error_message = REJECTED, note or "rejected by a reviewer"
+        elif decision is Decision.accept and not unchanged:
+            new = JobStatus.succeeded
+        else:
+            new, detail["unchanged_upload"] = JobStatus.no_watermark, True
+            if decision is Decision.no_mark and not unchanged:
+                _deliver_the_upload(job, metrics)
+        set_status(session, job, new, kind="review", **detail)
         mark_finished(session, job)
     webhooks.notify_finished(job_id, s)
     return new.value
+
+
+def _deliver_the_upload(job: Job, metrics: JobMetrics | None) -> None:
+    """The job's result becomes its upload, its mask empty: nothing was a mark."""
+    w, h = (int(metrics.width), int(metrics.height)) if metrics else (1, 1)
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((h, w), np.uint8), "L").save(buf, "PNG")
+    job.mask_uri = get_storage().put(f"masks/{job.id}-no-mark.png", buf.getvalue())
+    job.result_uri = job.source_uri
+    if metrics is not None:
+        metrics.mask_area_fraction = 0.0

@@ -7,7 +7,7 @@ import getpass
 import click
 
 from clearmark.workers.commands.common import needs_database
-from clearmark.workers.review import decide, pending
+from clearmark.workers.review import Decision, decide, pending
 
 
 @click.group()
@@ -31,10 +31,10 @@ def review_list(tenant: str | None, limit: int) -> None:
     click.echo(f"{len(rows)} job(s) need review", err=True)
 
 
-def _decide(job_ids: tuple[str, ...], accept: bool, note: str) -> None:
+def _decide(job_ids: tuple[str, ...], decision: Decision, note: str) -> None:
     for job_id in job_ids:
         try:
-            click.echo(f"{job_id}\t{decide(job_id, accept, getpass.getuser(), note)}")
+            click.echo(f"{job_id}\t{decide(job_id, decision, getpass.getuser(), note)}")
         except (LookupError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -44,8 +44,9 @@ def _decide(job_ids: tuple[str, ...], accept: bool, note: str) -> None:
 @click.option("--note", default="", help="Why (kept in the job's events).")
 @needs_database
 def review_accept(job_ids: tuple[str, ...], note: str) -> None:
-    """The result is good: the job becomes succeeded."""
-    _decide(job_ids, True, note)
+    """The result is good: the job becomes succeeded (no_watermark when the result is the
+    upload unchanged: nothing was removed, and the event says so)."""
+    _decide(job_ids, Decision.accept, note)
 
 
 @review.command("reject")
@@ -54,4 +55,14 @@ def review_accept(job_ids: tuple[str, ...], note: str) -> None:
 @needs_database
 def review_reject(job_ids: tuple[str, ...], note: str) -> None:
     """The result is not good: the job fails with rejected_in_review (retry or reprocess)."""
-    _decide(job_ids, False, note)
+    _decide(job_ids, Decision.reject, note)
+
+
+@review.command("no-mark")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--note", default="", help="Why (kept in the job's events).")
+@needs_database
+def review_no_mark(job_ids: tuple[str, ...], note: str) -> None:
+    """A false alarm: the job becomes no_watermark and delivers the upload unchanged with an
+    empty mask, whatever the pipeline changed."""
+    _decide(job_ids, Decision.no_mark, note)
