@@ -45,6 +45,8 @@ EVAL_REAL_TAG = 3  # rng stream of this set (training uses 1, the synthetic eval
 OUTSIDE_PX = 8  # the mark's JPEG-block reach, left out of "outside"
 CHANGED_LEVELS = 2  # a pixel moved by more than this counts as changed
 BOOTSTRAP = 1000
+MARK_LEFT_F1 = 0.5  # a succeeded photo whose mask F1 is under this ...
+MARK_LEFT_GAIN_DB = 6.0  # ... or whose PSNR inside the mark gained less: the mark was left
 METHODS = ("model", "none", "telea")
 
 
@@ -127,11 +129,16 @@ def score(case: Case, output: np.ndarray, mark: np.ndarray, status: str) -> dict
     }
     if case.marked:
         outside = ~dilate_disc(case.mask, OUTSIDE_PX).astype(bool)
+        f1 = _f1(mark, case.mask)
+        inside = psnr(output, case.clean, case.mask)
+        inside_before = psnr(case.composite, case.clean, case.mask)
         row.update(
-            psnr_in=psnr(output, case.clean, case.mask),
-            psnr_in_input=psnr(case.composite, case.clean, case.mask),
+            psnr_in=inside,
+            psnr_in_input=inside_before,
             psnr_out=psnr(output, case.composite, outside),
-            f1=_f1(mark, case.mask),
+            f1=f1,
+            mark_left=status == "succeeded"
+            and (f1 < MARK_LEFT_F1 or inside < inside_before + MARK_LEFT_GAIN_DB),
         )
     return row
 
@@ -395,6 +402,10 @@ def summarize(rows: list[dict]) -> dict:
             psnr_out=bootstrap([r["psnr_out"] for r in marked]),
             f1=bootstrap([r["f1"] for r in marked]),
             marked_succeeded=sum(r["status"] == "succeeded" for r in marked),
+            marked_succeeded_share=bootstrap([float(r["status"] == "succeeded") for r in marked]),
+            marked_no_watermark=bootstrap([float(r["status"] == "no_watermark") for r in marked]),
+            marked_left=bootstrap([float(r["mark_left"]) for r in marked]),
+            psnr_gain=bootstrap([r["psnr"] - r["psnr_input"] for r in rows]),
         )
     if rows and "sec" in rows[0]:
         out["sec"] = bootstrap([r["sec"] for r in rows])
@@ -419,18 +430,20 @@ def gate_precision(rows: list[dict]) -> dict:
 
 
 def by_style(rows: list[dict]) -> dict[str, dict]:
+    """The marked photos grouped by their mark's first kind, with 95% intervals."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         if r["marked"]:
-            for kind in r["style"].split("+")[:1]:
-                groups[kind.split("+")[0]].append(r)
+            groups[r["style"].split("+")[0]].append(r)
     return {
         k: {
             "n": len(v),
-            "f1": float(np.mean([r["f1"] for r in v])),
+            "f1": bootstrap([r["f1"] for r in v]),
             "psnr_in": float(np.mean([r["psnr_in"] for r in v])),
             "psnr_in_input": float(np.mean([r["psnr_in_input"] for r in v])),
             "succeeded": sum(r["status"] == "succeeded" for r in v),
+            "no_watermark": bootstrap([float(r["status"] == "no_watermark") for r in v]),
+            "mark_left": bootstrap([float(r["mark_left"]) for r in v]),
             "harmed": sum(r["harm"] for r in v),
         }
         for k, v in sorted(groups.items())
@@ -469,6 +482,12 @@ def format_report(results: dict) -> str:
                 f"{_ci(s['psnr_out'])}; mask F1 {_ci(s['f1'], '{:.3f}')}; succeeded "
                 f"{s['marked_succeeded']}/{s['n_marked']}"
             )
+            lines.append(
+                f"  marked photos: succeeded {_ci(s['marked_succeeded_share'], '{:.3f}')}; reported "
+                f"no_watermark {_ci(s['marked_no_watermark'], '{:.3f}')}; succeeded with the mark "
+                f"left (F1 < {MARK_LEFT_F1} or < {MARK_LEFT_GAIN_DB:g} dB gained inside) "
+                f"{_ci(s['marked_left'], '{:.3f}')}; whole-image PSNR gain {_ci(s['psnr_gain'])} dB"
+            )
         if "sec" in s:
             lines.append(f"  seconds per image {_ci(s['sec'])}")
         if s.get("gate", {}).get("kept", 0) + s.get("gate", {}).get("put_back", 0):
@@ -480,11 +499,16 @@ def format_report(results: dict) -> str:
             )
     styles = results.get("styles", {})
     if styles:
-        lines += ["", "model by the first kind of mark: n, F1, PSNR inside (input), succeeded, harmed"]
+        lines += [
+            "",
+            "model by the first kind of mark: n, F1, PSNR inside (input), succeeded, harmed, "
+            "reported no_watermark, succeeded with the mark left",
+        ]
         for k, v in styles.items():
             lines.append(
-                f"  {k:<10} {v['n']:>3} {v['f1']:.3f} {v['psnr_in']:6.2f} "
-                f"({v['psnr_in_input']:6.2f}) {v['succeeded']:>3} {v['harmed']:>2}"
+                f"  {k:<10} {v['n']:>3} {_ci(v['f1'], '{:.3f}')} {v['psnr_in']:6.2f} "
+                f"({v['psnr_in_input']:6.2f}) {v['succeeded']:>3} {v['harmed']:>2}  "
+                f"{_ci(v['no_watermark'], '{:.2f}')}  {_ci(v['mark_left'], '{:.2f}')}"
             )
     return "\n".join(lines)
 
