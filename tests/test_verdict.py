@@ -1,0 +1,94 @@
+"""What each status promises (issue 32), on crafted images and fake engines that see what
+is really there: MagentaDetector finds magenta pixels, on the upload and on the result."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from clearmark.workers.pipeline import process_image
+from clearmark.workers.verdict import Suspect, as_compared, decide, find_suspects
+from tests.test_pipeline import GreyRemover, IdentityRemover, cfg, encode, fake_engines, marked, photo
+
+
+class LeftHalfRemover(GreyRemover):
+    """Paints grey only the left half of each crop's mask: half of a mark stays."""
+
+    def run(self, batch):
+        out = super().run(batch)
+        half = batch.shape[3] // 2
+        out[:, :3, :, half:] = batch[:, :3, :, half:]
+        return out
+
+
+def png(img: np.ndarray) -> bytes:
+    return encode(Image.fromarray(img), "PNG")
+
+
+def test_a_mark_removed_whole_succeeds():
+    r = process_image(png(marked()), fake_engines(), cfg())
+    assert r.status == "succeeded" and r.review_reason is None
+    assert r.details["suspects"][0]["after"] == 0.0
+
+
+def test_a_half_removed_mark_goes_to_review():
+    r = process_image(png(marked(box=(20, 30, 140, 60))), fake_engines(remover=LeftHalfRemover()), cfg())
+    assert r.status == "needs_review"
+    assert "still finds a mark at (20, 30, 140, 60) after removal (score 1 >= 0.5" in r.review_reason
+
+
+def test_a_mark_the_remover_left_in_place_goes_to_review():
+    r = process_image(png(marked()), fake_engines(remover=IdentityRemover()), cfg())
+    assert r.status == "needs_review" and "after removal" in r.review_reason
+
+
+def test_a_dropped_region_is_never_no_watermark():
+    """The remover finds no mark pixels in a detected region: nothing changes, and the job
+    says so instead of promising absence."""
+    r = process_image(png(marked()), fake_engines(remover=IdentityRemover()), cfg(mask_confirm_px=10_000))
+    assert r.status == "needs_review" and "dropped: the remover found fewer than 10000" in r.review_reason
+
+
+def test_nothing_flagged_is_no_watermark():
+    r = process_image(png(photo(160, 120, seed=1)), fake_engines(), cfg())
+    assert r.status == "no_watermark" and r.details["suspects"] == []
+
+
+def test_a_region_under_the_mask_threshold_still_counts():
+    """A faint detection the mask ignores (0.4 < mask threshold 0.5) but above the low
+    limit: not removed, so not no_watermark."""
+
+    class Faint(type(fake_engines().detector)):  # MagentaDetector at 0.4
+        def run(self, batch):
+            return super().run(batch) * np.float32(0.4)
+
+    r = process_image(png(marked()), fake_engines(detector=Faint()), cfg(detector_absent_below=0.3))
+    assert r.status == "needs_review" and "under the mask threshold 0.5" in r.review_reason
+
+
+def test_find_suspects_keeps_regions_at_the_limit_and_big_enough():
+    prob = np.zeros((50, 60), np.float32)
+    prob[5:15, 5:15] = 0.7  # 100 px
+    prob[30:32, 40:42] = 0.9  # 4 px: too small
+    prob[40:45, 5:25] = 0.2  # under the limit
+    found = find_suspects(prob, 0.5, min_area=10)
+    assert [(s.box, s.value) for s in found] == [((5, 5, 15, 15), np.float32(0.7))]
+
+
+def test_decide_follows_the_final_scores():
+    def suspect(value, after):
+        return Suspect("detector", (0, 0, 1, 1), np.ones((1, 1), bool), value, 0.5, after)
+
+    assert decide([], changed=False).status == "no_watermark"
+    assert decide([], changed=True).status == "succeeded"
+    assert decide([suspect(0.9, 0.1)], changed=True).status == "succeeded"
+    assert decide([suspect(0.9, None)], changed=True).status == "needs_review"
+    assert decide([suspect(0.9, None)], changed=False).status == "needs_review"
+    assert decide([suspect(0.9, 0.5)], changed=True).status == "needs_review"
+
+
+def test_reasons_never_round_a_value_onto_its_limit():
+    assert as_compared(0.19999, 0.2) == "0.19999"
+    assert as_compared(0.2049, 0.2) == "0.205"
+    assert as_compared(0.5, 0.5) == "0.5"
+    assert as_compared(0.123456, 0.5) == "0.123"
