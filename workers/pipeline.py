@@ -273,6 +273,9 @@ def clean_rgb(
             engines.remover, rgb, whole, s.remove_crop_margin, s.remove_max_crop, s.remove_flip
         )
         found = watermark_pixels(mask, mark, s.mark_threshold)
+        for suspect in suspects:  # the remover's second opinion, before anything is dropped
+            suspect.evidence["mark_mean"] = float(mark[suspect.window][suspect.pixels].mean())
+            suspect.evidence["mark_share"] = float(found[suspect.window][suspect.pixels].mean())
         kept = confirmed(mask, found, s.mask_confirm_px)
         mask, found = kept, found & kept.dilated
         confirmed_dilated = mask.dilated
@@ -288,6 +291,7 @@ def clean_rgb(
     lap("gate")
     for suspect in suspects:
         suspect.fate = _fate(suspect, mask.dilated, verdicts, confirmed_dilated, detected_core, s)
+        suspect.evidence.update(_gate_evidence(suspect, verdicts))
     kept = core_prob[mask.core[detected_core]]
     return Cleaning(
         restored=restored,
@@ -318,6 +322,21 @@ def _fate(
     if suspect.touched_by(detected_core):
         return "left: the remover found no mark pixels there"
     return f"under the mask threshold {s.mask_threshold} or too small to mask"
+
+
+def _gate_evidence(suspect: Suspect, verdicts: list[RegionVerdict]) -> dict[str, float]:
+    """The gate's measurements of the largest judged region overlapping the suspect."""
+    near = [v for v in verdicts if _overlaps(v.box, suspect.box)]
+    if not near:
+        return {}
+    v = max(near, key=lambda v: v.pixels)
+    return {
+        "gate_opacity": v.opacity,
+        "gate_explained": v.explained,
+        "gate_continues": v.continues,
+        "gate_confidence": v.confidence,
+        "gate_passed": float(v.passed),
+    }
 
 
 def _share(suspect: Suspect, changed: np.ndarray) -> float:
@@ -399,9 +418,10 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
             f"<= {s.review_confidence_max})"
         )
     status = "needs_review" if reasons else verdict.status
-    residual = max((x.final for x in c.suspects), default=0.0)
+    residual = max((x.final[0] for x in c.suspects), default=0.0)
     details["suspects"] = [
         {"detector": x.detector, "box": list(x.box), "score": x.value, "after": x.after, "fate": x.fate}
+        | {"evidence": x.evidence}
         for x in c.suspects
     ]
     details["ms_residual"] = ms.get("residual", 0.0)

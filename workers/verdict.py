@@ -34,8 +34,10 @@ class Suspect:
     pixels: np.ndarray  # bool, the region inside `box`
     value: float  # the detector's score for the region on the upload
     limit: float  # the detector's calibrated low limit: below it, nothing is there
-    after: float | None = None  # the score on the delivered image (None: not run again)
+    after: float | None = None  # the detector's score on the delivered image (None: not run again)
     fate: str = "not removed"  # what the pipeline did there, for the reason
+    evidence: dict[str, float] = field(default_factory=dict)  # measurements behind `value`
+    after_limit: float | None = None  # the limit for `after` (None: `limit`)
 
     @property
     def window(self) -> tuple[slice, slice]:
@@ -43,9 +45,16 @@ class Suspect:
         return slice(y0, y1), slice(x0, x1)
 
     @property
-    def final(self) -> float:
-        """The score the delivered image has there."""
-        return self.value if self.after is None else self.after
+    def final(self) -> tuple[float, float]:
+        """The score the delivered image has there, and the limit it must stay under."""
+        if self.after is None:
+            return self.value, self.limit
+        return self.after, self.limit if self.after_limit is None else self.after_limit
+
+    @property
+    def lingers(self) -> bool:
+        score, limit = self.final
+        return score >= limit
 
     def touched_by(self, changed: np.ndarray) -> bool:
         return bool(changed[self.window][self.pixels].any())
@@ -81,14 +90,16 @@ def find_suspects(prob: np.ndarray, limit: float, min_area: int, detector: str =
         if area < min_area:
             continue
         pixels = labels[y : y + h, x : x + w] == k
-        value = score_p90(prob[y : y + h, x : x + w], pixels)
-        out.append(Suspect(detector, (x, y, x + w, y + h), pixels, value, limit))
+        window = prob[y : y + h, x : x + w][pixels]
+        value = float(np.percentile(window, 90))
+        evidence = {"p90": value, "mean": float(window.mean()), "area": area / prob.size}
+        out.append(Suspect(detector, (x, y, x + w, y + h), pixels, value, limit, evidence=evidence))
     return out
 
 
 def decide(suspects: list[Suspect], changed: bool) -> Verdict:
     """The status the rules above give (see the module docstring)."""
-    lingering = [s for s in suspects if s.final >= s.limit]
+    lingering = [s for s in suspects if s.lingers]
     if lingering:
         return Verdict("needs_review", [_why(s) for s in lingering])
     return Verdict("succeeded" if changed else "no_watermark")
@@ -96,7 +107,6 @@ def decide(suspects: list[Suspect], changed: bool) -> Verdict:
 
 def _why(s: Suspect) -> str:
     when = "after removal" if s.after is not None else "and nothing was removed there"
-    return (
-        f"the {s.detector} still finds a mark at {s.box} {when} "
-        f"(score {as_compared(s.final, s.limit)} >= {s.limit}; {s.fate})"
-    )
+    score, limit = s.final
+    measured = f"score {as_compared(score, limit)} >= {limit}; {s.fate}"
+    return f"the {s.detector} still finds a mark at {s.box} {when} ({measured})"
