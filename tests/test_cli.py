@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections import Counter
 from datetime import UTC
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import select
 from clearmark.settings import Settings, set_settings
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Job, JobMetrics, session_scope
+from clearmark.workers.local import Summary
 from tests.test_celery_e2e import product_photo
 
 
@@ -267,3 +269,11 @@ def test_submit_with_the_storage_read_only_is_one_line_and_exit_75(tmp_path, loc
     assert "Read-only file system" in result.output and result.output.count("\n") == 1
     with session_scope(local_settings.database_url) as session:
         assert session.scalars(select(Job)).all() == []
+
+
+def test_clean_summary_names_the_files_that_need_review():
+    summary = Summary("b1", 1.0, counts=Counter(needs_review=1, succeeded=1))
+    summary.reviews.append(("shoes/red.jpg", "the detector still finds a mark at (1, 2, 3, 4)"))
+    text = summary.render()
+    assert "needs review  1" in text
+    assert "REVIEW shoes/red.jpg: the detector still finds a mark at (1, 2, 3, 4)" in text

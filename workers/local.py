@@ -40,6 +40,7 @@ class Summary:
     counts: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # name, code, message
     unfinished: list[tuple[str, str]] = field(default_factory=list)  # name, status
+    reviews: list[tuple[str, str]] = field(default_factory=list)  # name, why
     skipped: list[str] = field(default_factory=list)  # not images
     mean_ms: dict[str, float] = field(default_factory=dict)
 
@@ -61,6 +62,8 @@ class Summary:
             lines.append(f"  FAILED {name}: {code}: {message}")
         for name, status in self.unfinished:
             lines.append(f"  NOT FINISHED {name}: still {status}")
+        for name, why in self.reviews:
+            lines.append(f"  REVIEW {name}: {why}")
         if self.skipped:
             lines.append(
                 f"  skipped {len(self.skipped)} file(s) that are not images by their "
@@ -191,6 +194,8 @@ def _summarise(
             summary.counts[job.status] += 1
             if job.status == "failed":
                 summary.failures.append((name, job.error_code or "?", job.error_message or ""))
+            if job.status == "needs_review":
+                summary.reviews.append((name, job.review_reason or ""))
         summary.mean_ms = _stage_ms(session, [j.id for j in jobs])
     return summary
 
