@@ -44,6 +44,9 @@ MIN_PERIOD = 18.0  # work px: shorter lattice vectors are fabric weave, not a ti
 MAX_LAG = 0.5  # lags up to this share of the image size are searched
 N_CANDIDATES = 14  # strongest peaks tried as lattice vectors
 NCC_WINDOW = 15  # px: window of the local template match
+NCC_T = 0.25  # a mask pixel's neighbourhood matches the unfolded template at least this
+STROKE_T = 0.6  # normalised high-pass (mark's sign) above this is a stroke pixel
+FRAC_T = 0.25  # a cell bin is the mark where this share of the lattice cells show a stroke
 PEAK_RING = 4  # px: a peak's sharpness is its height minus the ring at this radius
 RING_PCT = 100  # a ridge (stripes) crosses the ring: its top is as high as the ridge
 SUPPORT_HALF = 0.02  # lattice support that scores 0.5
@@ -215,8 +218,8 @@ def _reduce(basis: np.ndarray) -> np.ndarray:
     return np.stack([a, b])
 
 
-def _fold(hp: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Cell index of every pixel, and the mean template per cell bin."""
+def _fold(hp: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell bin of every pixel, the mean high-pass per bin and the pixels per bin."""
     h, w = hp.shape
     inv = np.linalg.inv(basis.T)  # (dy, dx) -> lattice coordinates
     n1, n2 = (max(4, int(round(float(np.hypot(*v))))) for v in basis)
@@ -229,7 +232,7 @@ def _fold(hp: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray, tu
     cnt = np.bincount(idx, minlength=n1 * n2)
     tot = np.bincount(idx, weights=hp.ravel(), minlength=n1 * n2)
     tmpl = tot / np.maximum(cnt, 1)
-    return idx, tmpl, (n1, n2)
+    return idx, tmpl, cnt
 
 
 def _score(ev: dict[str, float]) -> float:
@@ -265,30 +268,34 @@ def find_repetition(rgb: np.ndarray) -> Repetition:
     )
     if score < REPEAT_LOW:
         return Repetition(score, period, empty, ev)
-    mask = _mark_mask(hp, basis, ev)
-    if mask.shape != (H, W):
-        mask = cv2.resize(mask.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR) >= 0.5
-    return Repetition(score, period, mask, ev)
+    return Repetition(score, period, _mark_mask(hp, basis, ev, (H, W)), ev)
 
 
-def _mark_mask(hp: np.ndarray, basis: np.ndarray, ev: dict[str, float]) -> np.ndarray:
-    idx, tmpl, _ = _fold(hp, basis)
+def _mark_mask(
+    hp: np.ndarray, basis: np.ndarray, ev: dict[str, float], out_shape: tuple[int, int]
+) -> np.ndarray:
+    """The repeated mark's pixels (image size `out_shape`): cell bins where at least
+    FRAC_T of the lattice cells show a stroke (an indicator median: a product edge shows
+    in one cell only), painted over every cell, kept where the neighbourhood matches the
+    unfolded mean template."""
+    idx, tmpl, cnt = _fold(hp, basis)
     sign = 1.0 if np.percentile(tmpl, 99.5) >= -np.percentile(tmpl, 0.5) else -1.0
-    t = sign * tmpl
-    thr = 0.35 * float(np.percentile(t, 99.5))
-    unfolded = t[idx].reshape(hp.shape).astype(np.float32)
-    strokes = unfolded > thr
     s_hp = sign * hp
+    stroke = (s_hp > STROKE_T).ravel()
+    frac = np.bincount(idx, weights=stroke, minlength=len(cnt)) / np.maximum(cnt, 1)
+    cell = frac[idx].reshape(hp.shape).astype(np.float32)
+    unfolded = (sign * tmpl)[idx].reshape(hp.shape).astype(np.float32)
     k = (NCC_WINDOW, NCC_WINDOW)
     num = cv2.boxFilter(s_hp * unfolded, -1, k)
-    den = (
-        np.sqrt(np.maximum(cv2.boxFilter(s_hp * s_hp, -1, k) * cv2.boxFilter(unfolded * unfolded, -1, k), 0))
-        + 1e-6
-    )
-    ncc = num / den
-    ev["template_peak"] = float(np.percentile(t, 99.5))
-    ev["ncc_mean"] = float(ncc[strokes].mean()) if strokes.any() else 0.0
-    return strokes & (ncc > 0.25)
+    den = cv2.boxFilter(s_hp * s_hp, -1, k) * cv2.boxFilter(unfolded * unfolded, -1, k)
+    ncc = num / (np.sqrt(np.maximum(den, 0)) + 1e-6)
+    keep = ncc > NCC_T
+    prob = np.where(keep, cell, 0).astype(np.float32)
+    ev["template_peak"] = float(np.percentile(sign * tmpl, 99.5))
+    ev["mark_share"] = float(np.mean(frac >= FRAC_T))
+    if prob.shape != out_shape:
+        prob = cv2.resize(prob, (out_shape[1], out_shape[0]), interpolation=cv2.INTER_LINEAR)
+    return prob >= FRAC_T
 
 
 EVAL_SIDE = 1024  # eval photos are scaled to this long side before a mark is drawn
