@@ -48,14 +48,16 @@ NCC_WINDOW = 15  # px: window of the local template match
 NCC_T = 0.25  # a mask pixel's neighbourhood matches the unfolded template at least this
 STROKE_T = 0.6  # normalised high-pass (mark's sign) above this is a stroke pixel
 FRAC_T = 0.25  # a cell bin is the mark where this share of the lattice cells show a stroke
-PEAK_RING = 4  # px: a peak's sharpness is its height minus the ring at this radius
-RING_PCT = 100  # a ridge (stripes) crosses the ring: its top is as high as the ridge
+PEAK_RING = 5  # px: a peak's sharpness is its height minus the ring at this radius
 SUPPORT_HALF = 0.02  # lattice support that scores 0.5
+# Autocorrelation along the lattice vectors (between the lattice points): tiled marks on
+# train stay under 0.18, grids of lines (tiles, grilles) reach 0.4 and more.
+RIDGE_OK, RIDGE_MAX = 0.2, 0.35
 # Score thresholds, chosen on train with
 #   python -m clearmark.models.repetition --products ../shared/data/products --split train --limit 300
-# (clean train photos: 0.3% at or above REPEAT_HIGH, 16% at or above REPEAT_LOW; tiled marks:
-# 91% at or above REPEAT_HIGH, 4% at or below REPEAT_LOW).
-REPEAT_HIGH = 0.4  # this sure: a tiled mark
+# (300 clean train photos: 0.3% at or above REPEAT_HIGH, 4.3% at or above REPEAT_LOW; the same
+# photos with a tiled mark: 90% at or above REPEAT_HIGH, 4.7% at or below REPEAT_LOW).
+REPEAT_HIGH = 0.35  # this sure: a tiled mark
 REPEAT_LOW = 0.25  # below: no repetition
 
 
@@ -94,21 +96,31 @@ def _autocorrelation(hp: np.ndarray) -> np.ndarray:
     return (ac / max(float(ac[ly, lx]), 1e-6)).astype(np.float32)
 
 
-def _ring_offsets(r: int) -> np.ndarray:
-    t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-    return np.stack([np.round(r * np.sin(t)), np.round(r * np.cos(t))], 1).astype(int)
+_ANGLES = np.linspace(0, 2 * np.pi, 32, endpoint=False)
 
 
-RING = _ring_offsets(PEAK_RING)
-
-
-def _sharpness(ac: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Peak height minus the top (RING_PCT percentile) of the ring around it."""
+def _bilinear(ac: np.ndarray, ry: np.ndarray, rx: np.ndarray) -> np.ndarray:
     h, w = ac.shape
-    ry = np.clip(ys[:, None] + RING[None, :, 0], 0, h - 1)
-    rx = np.clip(xs[:, None] + RING[None, :, 1], 0, w - 1)
-    ring = np.percentile(ac[ry, rx], RING_PCT, axis=1)
-    return ac[ys, xs] - ring
+    ry, rx = np.clip(ry, 0, h - 1.001), np.clip(rx, 0, w - 1.001)
+    y0, x0 = ry.astype(int), rx.astype(int)
+    fy, fx = ry - y0, rx - x0
+    return np.asarray(
+        ac[y0, x0] * (1 - fy) * (1 - fx)
+        + ac[y0 + 1, x0] * fy * (1 - fx)
+        + ac[y0, x0 + 1] * (1 - fy) * fx
+        + ac[y0 + 1, x0 + 1] * fy * fx
+    )
+
+
+def _sharpness(ac: np.ndarray, dil: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Peak height minus the highest point near the ring around it (radius PEAK_RING; a
+    3x3 maximum, so that the crest of a ridge, which a stripe pattern gives, is met where
+    it crosses the ring between pixels: `dil` is `ac` dilated by 3x3)."""
+    h, w = ac.shape
+    ys, xs = np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)
+    ry = np.clip(np.round(ys[:, None] + PEAK_RING * np.sin(_ANGLES)).astype(int), 0, h - 1)
+    rx = np.clip(np.round(xs[:, None] + PEAK_RING * np.cos(_ANGLES)).astype(int), 0, w - 1)
+    return ac[ys, xs] - dil[ry, rx].max(axis=1)
 
 
 def _local_peak(ac: np.ndarray, y: float, x: float, rad: int = 2) -> tuple[float, float, float]:
@@ -144,7 +156,8 @@ def _find_lattice(ac: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, d
     yy, xx = yy[keep], xx[keep]
     if len(yy) < 2:
         return None
-    sharp = _sharpness(ac, yy, xx)
+    dil3 = cv2.dilate(ac, np.ones((3, 3), np.uint8))
+    sharp = _sharpness(ac, dil3, yy, xx)
     order = np.argsort(-sharp)[: N_CANDIDATES * 3]
     yy, xx, sharp = yy[order], xx[order], sharp[order]
     top = order[:N_CANDIDATES]
@@ -192,8 +205,18 @@ def _find_lattice(ac: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, d
         sol, *_ = np.linalg.lstsq(np.array(rows, np.float64), np.array(obs, np.float64), rcond=None)
         if np.linalg.matrix_rank(sol) == 2:
             basis = sol
-    basis = _reduce(basis)
-    heights = [_local_peak(ac, basis[k, 0] + cy, basis[k, 1] + cx)[2] for k in range(2)]
+    basis = _finest(ac, dil3, _reduce(basis))
+    if np.hypot(*basis[0]) < MIN_PERIOD:  # the peaks tried were multiples of a fine weave's lags
+        return None
+    peaks = [_local_peak(ac, basis[k, 0] + cy, basis[k, 1] + cx) for k in range(2)]
+    heights = [p[2] for p in peaks]
+    sharp_basis = _sharpness(
+        ac, dil3, np.array([round(p[0]) for p in peaks]), np.array([round(p[1]) for p in peaks])
+    )
+    # a grid of lines (tiles, grilles, shelves) correlates all along its lattice vectors
+    # (a ridge from the origin through every lattice point); a tiled mark only at them
+    along = np.array([0.35, 0.5, 0.65])
+    ridge = max(float(np.median(_bilinear(ac, cy + along * v[0], cx + along * v[1]))) for v in basis)
     lens = np.hypot(basis[:, 0], basis[:, 1])
     area = abs(basis[0, 0] * basis[1, 1] - basis[0, 1] * basis[1, 0])
     ev = {
@@ -201,12 +224,45 @@ def _find_lattice(ac: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, d
         "height1": float(heights[0]),
         "height2": float(heights[1]),
         "sharp_max": float(sharp[0]),
+        "sharp_basis": float(sharp_basis.min()),
         "period_short": float(lens.min()),
         "period_long": float(lens.max()),
         "repeats": float(shape[0] * shape[1] / max(area, 1.0)),
         "lattice_hits": float(len(rows)),
+        "ridge": ridge,
     }
     return basis, ev
+
+
+def _finest(ac: np.ndarray, dil3: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """`basis`, or a finer lattice where a fraction of a lattice vector (or the cell's
+    centre) is as sharp a peak as the vectors themselves: the peaks tried may all have been
+    multiples of a shorter period."""
+    h, w = ac.shape
+    cy, cx = h // 2, w // 2
+
+    def sharp_at(v: np.ndarray) -> float:
+        py, px, _ = _local_peak(ac, v[0] + cy, v[1] + cx, 1)
+        return float(_sharpness(ac, dil3, np.array([round(py)]), np.array([round(px)]))[0])
+
+    for _ in range(4):
+        ref = 0.5 * max(sharp_at(basis[0]), sharp_at(basis[1]))
+        if ref <= 0.005:
+            return basis
+        finer = None
+        tries = [(basis[i], k) for k in (2, 3, 4, 5) for i in (0, 1)] + [(basis[0] + basis[1], 2)]
+        for v, k in tries:
+            # every multiple of the fraction up to v is a peak (a letter repeated within the
+            # mark gives a peak at one of them only)
+            if np.hypot(*v) / k >= 4 and all(sharp_at(v * j / k) >= ref for j in range(1, k)):
+                finer = v / k
+                break
+        if finer is None:
+            return basis
+        # the finer vector with the basis vector it is not parallel to
+        other = basis[1] if abs(finer[0] * basis[1][1] - finer[1] * basis[1][0]) > 1e-6 else basis[0]
+        basis = _reduce(np.stack([finer, other]))
+    return basis
 
 
 def _reduce(basis: np.ndarray) -> np.ndarray:
@@ -241,8 +297,9 @@ def _fold(hp: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 
 def _score(ev: dict[str, float]) -> float:
     """0..1 from the lattice support (mean sharpness of the peaks at the lattice points):
-    half at SUPPORT_HALF."""
-    s = max(ev["support"], 0.0)
+    half at SUPPORT_HALF; none for a lattice whose vectors lie on ridges (a grid of lines)."""
+    ridge_ok = np.clip((RIDGE_MAX - ev["ridge"]) / (RIDGE_MAX - RIDGE_OK), 0.0, 1.0)
+    s = max(ev["support"], 0.0) * float(ridge_ok)
     return float(s / (s + SUPPORT_HALF))
 
 
@@ -304,8 +361,8 @@ def _mark_mask(
     ev["template_peak"] = float(np.percentile(sign * tmpl, 99.5))
     ev["mark_share"] = float(np.mean(frac >= FRAC_T))
     if prob.shape != out_shape:
-        prob = cv2.resize(prob, (out_shape[1], out_shape[0]), interpolation=cv2.INTER_LINEAR)
-    return prob >= FRAC_T
+        prob = np.asarray(cv2.resize(prob, (out_shape[1], out_shape[0]), interpolation=cv2.INTER_LINEAR))
+    return np.asarray(prob >= FRAC_T)
 
 
 EVAL_SIDE = 1024  # eval photos are scaled to this long side before a mark is drawn

@@ -142,3 +142,17 @@ def test_any_photo_size_gives_an_image_sized_mask(shape):
     img = np.full((*shape, 3), 230, np.uint8)
     rep = find_repetition(img)
     assert rep.mask.shape == shape and 0.0 <= rep.score <= 1.0
+
+
+@pytest.mark.parametrize("period, angle", [(90, 0.0), (70, 0.3), (40, 0.0)])
+def test_grids_of_lines_are_not_a_tiled_mark(period, angle):
+    """Floor tiles and grilles: a 2-D lattice, but of lines, not of a repeated mark."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    u, v = xx * np.cos(angle) + yy * np.sin(angle), -xx * np.sin(angle) + yy * np.cos(angle)
+    grout = ((u % period) < 4) | ((v % period) < 4)
+    shade = (np.floor(u / period) * 31 + np.floor(v / period) * 17) % 7 * 3
+    img = np.where(grout, 90.0, 200.0 + shade) + np.random.default_rng(4).normal(0, 5, (H, W))
+    img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 0.8)
+    rgb = np.repeat(np.clip(img, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    rep = find_repetition(jpeg(rgb, 90))
+    assert rep.score < REPEAT_HIGH, rep.evidence
