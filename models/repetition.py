@@ -7,18 +7,26 @@ Method, at `WORK_SIDE` px on the long side:
    so that a faint mark over a flat backdrop weighs as much as the product's strong edges.
 2. Normalised 2-D autocorrelation by FFT (zero-padded, corrected for the overlap at each
    lag). A tiled mark gives sharp peaks at every lattice lag `n*v1 + m*v2`.
-3. Lattice: among the strongest sharp off-origin peaks, the pair of non-collinear vectors
-   whose lattice points are best supported by peaks (a stripe pattern has peaks along one
-   direction only; a weave has a period under `MIN_PERIOD`); refined by least squares
-   over the peaks found near the predicted lattice points.
-4. Template: the high-pass image folded onto one lattice cell and averaged (shift-and-
-   average makes a faint mark strong and averages the product away); its strokes
-   (thresholded) are painted back over every cell, kept where the local high-pass image
-   correlates with the unfolded template.
+3. Lattice: among the sharpest off-origin peaks (height minus the ring around them, so
+   that a stripe pattern's ridges are not peaks), the pair of non-collinear vectors whose
+   lattice points are best supported by sharp peaks; refined by least squares over the
+   peaks near the predicted lattice points, reduced to the shortest basis and to the
+   finest lattice whose points are all peaks. A weave or grille has a period under
+   `MIN_PERIOD`; a grid of lines (tiles) correlates all along its lattice vectors
+   (`ridge`), which zeroes the score. The score grows with the support (`_score`).
+4. Template: the high-pass image folded onto one lattice cell (shift-and-average makes a
+   faint mark strong and averages the product away); its strokes (the cell bins where at
+   least FRAC_T of the cells show a stroke: a median-like vote that one product edge does
+   not sway) are painted back over every cell, kept where the local high-pass image
+   correlates with the unfolded mean template.
 
 `python -m clearmark.models.repetition --products DIR --split dev --limit N` reports the
 false-alarm rate on clean photos and the hit rate and mask F1 on photos with a synthetic
-tiled mark.
+tiled mark (the photo scaled to 1,024 px, a `kinds=["tiled"]` mark of the train palette,
+opacity 0.15-0.7, JPEG 75-97). Dev, all 184 photos, seed 0 (after the thresholds were set on
+train): clean 0.5% at or above REPEAT_HIGH and 6.5% at or above REPEAT_LOW; tiled 92.9% at or
+above REPEAT_HIGH and 3.3% at or below REPEAT_LOW; mask F1 0.653 over all tiled photos (0.692
+over those found); 0.041 s per 1,024 px photo.
 """
 
 from __future__ import annotations
