@@ -9,6 +9,7 @@ from PIL import Image
 from clearmark.workers.pipeline import process_image
 from clearmark.workers.verdict import Suspect, as_compared, decide, find_suspects
 from tests.test_pipeline import GreyRemover, IdentityRemover, cfg, encode, fake_engines, marked, photo
+from tests.test_repetition import composite, product_photo, tiled_alpha
 
 
 class LeftHalfRemover(GreyRemover):
@@ -92,3 +93,15 @@ def test_reasons_never_round_a_value_onto_its_limit():
     assert as_compared(0.2049, 0.2) == "0.205"
     assert as_compared(0.5, 0.5) == "0.5"
     assert as_compared(0.123456, 0.5) == "0.123"
+
+
+def test_a_tiled_mark_the_learned_detector_misses_is_never_no_watermark():
+    """MagentaDetector sees nothing here; the repetition detector finds the lattice, hands
+    its copies to the remover, and the job cannot promise absence."""
+    clean = product_photo(3)
+    tiled, _ = composite(clean, tiled_alpha(opacity=0.25))
+    r = process_image(png(tiled), fake_engines(remover=IdentityRemover()), cfg())
+    assert r.status == "needs_review" and "repetition detector still finds a mark" in r.review_reason
+    assert any(x["detector"] == "repetition detector" for x in r.details["suspects"])
+    plain = process_image(png(clean), fake_engines(), cfg())
+    assert plain.status == "no_watermark"

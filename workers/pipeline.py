@@ -21,10 +21,13 @@ from clearmark.engine_build import load_engine
 from clearmark.models.inference import Runner, ceil_to, detect_probability, detect_scale, pad_to, run_engine
 from clearmark.models.masks import Box, Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import remover_input
+from clearmark.models.repetition import REPEAT_HIGH, REPEAT_LOW, Repetition, find_repetition
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.gate import GateLimits, RegionVerdict, judge
 from clearmark.workers.imaging import decode_image, encode_image, orientation_exif, to_stored
 from clearmark.workers.verdict import (
+    DETECTOR,
+    REPETITION,
     SUSPECT_MIN_AREA_AT_DETECTOR,
     Suspect,
     as_compared,
@@ -258,6 +261,11 @@ def clean_rgb(
     prob = detect_probability(engines.detector, rgb, s.detect_long_side, s.detect_flip)
     scale = detect_scale(engines.detector, rgb.shape[:2], s.detect_long_side)
     suspects = find_suspects(prob, s.detector_absent_below, round(SUSPECT_MIN_AREA_AT_DETECTOR / scale**2))
+    tiled = find_repetition(rgb)
+    if tiled.score >= REPEAT_LOW:
+        suspects.append(repetition_suspect(tiled))
+    if tiled.score >= REPEAT_HIGH:  # a tiled mark: the remover gets its copies too
+        prob = np.maximum(prob, tiled.mask.astype(np.float32))
     mask = build_mask(prob, s.mask_threshold, s.mask_min_area, s.mask_dilate_px)
     detected_core, core_prob = mask.core, prob[mask.core]  # all the confidence needs
     core_map = np.where(mask.core, prob, np.float32(0)) if s.gate and not mask.empty else None
@@ -347,12 +355,26 @@ def _overlaps(a: Box, b: Box) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def rerun_detector(
+def repetition_suspect(tiled: Repetition) -> Suspect:
+    """The tiled mark as one suspect: its copies' mask, or the whole photo without one."""
+    mask = tiled.mask if tiled.mask.any() else np.ones(tiled.mask.shape, bool)
+    x0, y0, x1, y1 = bbox(mask)
+    evidence = {"score": tiled.score} | {k: float(v) for k, v in tiled.evidence.items()}
+    return Suspect(
+        REPETITION, (x0, y0, x1, y1), mask[y0:y1, x0:x1], tiled.score, REPEAT_LOW, evidence=evidence
+    )
+
+
+def rerun_detectors(
     engines: Engines, restored: np.ndarray, suspects: list[Suspect], changed: np.ndarray, s: Settings
 ) -> None:
     """Score every suspect the change touched again on the delivered image (`after`): one
-    detector pass over a crop around all of them, at the scale of the first pass."""
-    touched = [x for x in suspects if x.touched_by(changed)]
+    detector pass over a crop around all of them, at the scale of the first pass; the
+    repetition detector over the whole result."""
+    for x in suspects:
+        if x.detector == REPETITION and x.touched_by(changed):
+            x.after = find_repetition(restored).score
+    touched = [x for x in suspects if x.detector == DETECTOR and x.touched_by(changed)]
     if not touched:
         return
     region = np.zeros(changed.shape, bool)
@@ -408,7 +430,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         details.update(encoding, output_format=dec.output_format, output_mode=dec.base.mode)
         mask_png = _png(mask_image(c.mask, c.found), encoding.get("orientation", 1))
     lap("encode")
-    rerun_detector(engines, c.restored, c.suspects, c.mask.dilated, s)
+    rerun_detectors(engines, c.restored, c.suspects, c.mask.dilated, s)
     lap("residual")
     verdict = decide(c.suspects, changed=not c.mask.empty)
     reasons = verdict.reasons

@@ -25,11 +25,13 @@ import numpy as np
 from clearmark.models.masks import Box
 
 SUSPECT_MIN_AREA_AT_DETECTOR = 24  # px at the detector's scale: smaller blobs are noise
+DETECTOR = "detector"  # the learned detector (per-pixel watermark probability)
+REPETITION = "repetition detector"  # models.repetition: a mark tiled over the photo
 
 
 @dataclass
 class Suspect:
-    detector: str  # which detector flagged it ("detector", ...)
+    detector: str  # which detector flagged it (DETECTOR, REPETITION, ...)
     box: Box  # full-resolution x0, y0, x1, y1 (half-open)
     pixels: np.ndarray  # bool, the region inside `box`
     value: float  # the detector's score for the region on the upload
@@ -81,7 +83,7 @@ def score_p90(prob: np.ndarray, pixels: np.ndarray) -> float:
     return float(np.percentile(prob[pixels], 90)) if pixels.any() else 0.0
 
 
-def find_suspects(prob: np.ndarray, limit: float, min_area: int, detector: str = "detector") -> list[Suspect]:
+def find_suspects(prob: np.ndarray, limit: float, min_area: int, detector: str = DETECTOR) -> list[Suspect]:
     """The regions (8-connected, at least `min_area` px) where `prob` reaches `limit`."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats((prob >= limit).astype(np.uint8), connectivity=8)
     out = []
