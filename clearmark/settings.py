@@ -200,12 +200,17 @@ class Settings(BaseSettings):
         "better mask and restoration; the remover's time doubles)",
     )
     detector_absent_below: float = Field(
-        0.5,
+        0.3,
         ge=0.0,
-        description="the detector's low limit: a region where its probability reaches this (90th "
-        "percentile over the region) is a possible mark, so a job is `no_watermark` only with none, "
-        "and `succeeded` only when, run again on the result, it is below this over every such region "
-        "(above 1: off)",
+        description="the detector's low limit: every region where its probability reaches this is a "
+        "suspect (judged by the suspect prior), and after removal a suspect must score under it "
+        "(90th percentile over the region) for the job to succeed (above 1: off)",
+    )
+    suspect_prior: Flag = Field(
+        True,
+        description="judge the detector's suspects by the calibrated prior "
+        "(models/weights/suspect_prior.json, `clearmark calibrate-suspects`): one below its limit "
+        "is a false alarm; 0: by the detector's probability alone",
     )
     review_confidence_max: Share = Field(
         0.0,

@@ -143,6 +143,7 @@ def cfg(**kw) -> Settings:
         remove_crop_margin=16,
         remove_max_crop=1024,
         detector_absent_below=0.5,
+        suspect_prior=False,
         review_confidence_max=0.0,
         max_pixels=40_000_000,
         max_bytes=50 << 20,

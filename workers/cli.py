@@ -71,6 +71,10 @@ COMMANDS = {
         "changed, PSNR/SSIM, PSNR inside and outside the mark, mask F1, statuses, per style, "
         "with bootstrap 95% intervals.",
     ),
+    "calibrate-suspects": (
+        "models:calibrate_suspects_command",
+        "Fit the suspect prior (is a flagged region a mark?) and its limit on the train split.",
+    ),
     "reproduce": (
         "models:reproduce_command",
         "Repeat the training run that made KIND.pt and check the result bit for bit.",

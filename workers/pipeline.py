@@ -33,6 +33,7 @@ from clearmark.workers.verdict import (
     as_compared,
     decide,
     find_suspects,
+    load_prior,
     score_p90,
 )
 from clearmark.workers.versions import PIPELINE_CODE_VERSION
@@ -297,9 +298,13 @@ def clean_rgb(
             rgb, restored, mask, found, np.where(mask.core, core_map, 0), gate_limits(s)
         )
     lap("gate")
+    prior = load_prior() if s.suspect_prior else None
     for suspect in suspects:
         suspect.fate = _fate(suspect, mask.dilated, verdicts, confirmed_dilated, detected_core, s)
         suspect.evidence.update(_gate_evidence(suspect, verdicts))
+        if prior is not None and suspect.detector == DETECTOR:
+            suspect.value, suspect.limit = prior.score(suspect.evidence), prior.limit
+            suspect.after_limit = s.detector_absent_below
     kept = core_prob[mask.core[detected_core]]
     return Cleaning(
         restored=restored,

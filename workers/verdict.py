@@ -17,12 +17,18 @@ A storefront publishes on `succeeded` and `no_watermark` without looking, so:
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from clearmark.models.logistic import Logistic
 from clearmark.models.masks import Box
+from clearmark.models.weights import WEIGHTS_DIR, MissingWeights
 
 SUSPECT_MIN_AREA_AT_DETECTOR = 24  # px at the detector's scale: smaller blobs are noise
 DETECTOR = "detector"  # the learned detector (per-pixel watermark probability)
@@ -60,6 +66,58 @@ class Suspect:
 
     def touched_by(self, changed: np.ndarray) -> bool:
         return bool(changed[self.window][self.pixels].any())
+
+
+PRIOR_PATH = WEIGHTS_DIR / "suspect_prior.json"
+PRIOR_FEATURES = [
+    "logit_p90",
+    "mean",
+    "log_area",
+    "mark_mean",
+    "mark_share",
+    "gate_opacity",
+    "gate_continues",
+    "gate_confidence",
+    "gated",
+]
+
+
+def prior_features(evidence: dict[str, float]) -> list[float]:
+    """A learned-detector suspect's evidence as the prior's features (PRIOR_FEATURES)."""
+    p = min(max(evidence["p90"], 1e-4), 1 - 1e-4)
+    gated = "gate_confidence" in evidence
+    return [
+        math.log(p / (1 - p)),
+        evidence["mean"],
+        math.log10(evidence["area"] + 1e-7),
+        evidence.get("mark_mean", 0.0),
+        evidence.get("mark_share", 0.0),
+        evidence.get("gate_opacity", 0.0),
+        evidence.get("gate_continues", 0.0),
+        evidence.get("gate_confidence", evidence["mean"]),
+        float(gated),
+    ]
+
+
+@dataclass
+class SuspectPrior:
+    """How likely a learned-detector suspect is a mark, from all its evidence (the detector's
+    scores, the remover's second opinion, the gate's measurements): a logistic model fitted
+    on the train split by `clearmark calibrate-suspects`, and the low limit chosen there."""
+
+    model: Logistic
+    limit: float
+
+    def score(self, evidence: dict[str, float]) -> float:
+        return float(self.model.predict(np.array([prior_features(evidence)]))[0])
+
+
+@lru_cache(maxsize=2)
+def load_prior(path: Path = PRIOR_PATH) -> SuspectPrior:
+    if not path.is_file():
+        raise MissingWeights(f"{path} is missing: run `clearmark calibrate-suspects` to make it")
+    d = json.loads(path.read_text())
+    return SuspectPrior(Logistic.from_dict(d["model"]), float(d["limit"]))
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Model commands: `clearmark train`, `reproduce`, `eval` and `eval-real`."""
+"""Model commands: `clearmark train`, `reproduce`, `eval`, `eval-real` and `calibrate-suspects`."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from clearmark.models.scenes import DEFAULT_DATA
 from clearmark.models.train import train
 from clearmark.models.weights import KINDS, WEIGHTS_DIR, MissingWeights, read_manifest
 from clearmark.settings import get_settings
+from clearmark.workers import calibrate
 from clearmark.workers.gate import GateLimits
 from clearmark.workers.pipeline import Engines, clean_rgb, process_image
+from clearmark.workers.verdict import PRIOR_PATH
 
 
 class CannotRepeat(click.ClickException):
@@ -441,3 +443,41 @@ def eval_real_command(
             for m, rows in results["rows"].items()
         }
         Path(json_path).write_text(json.dumps(slim, indent=1, default=str) + "\n")
+
+
+@click.command("calibrate-suspects")
+@click.option("--marked", "n_marked", default=70, show_default=True, type=click.IntRange(1))
+@click.option("--clean", "n_clean", default=90, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=21, show_default=True)
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=PRIOR_PATH,
+    show_default=True,
+    help="where the prior goes",
+)
+def calibrate_suspects_command(n_marked: int, n_clean: int, seed: int, data_dir: Path, out: Path) -> None:
+    """Fit the suspect prior on the TRAIN split (training's mark styles) and choose its
+    limit there: how likely each region the detector flags is a mark, from the detector's
+    scores, the remover's second opinion and the gate's measurements (workers/calibrate.py)."""
+    settings = get_settings().replace(backend="onnxruntime")
+    engines = Engines.load(settings)
+    try:
+        cases = real_eval.build_set(data_dir, "train", n_marked, n_clean, seed=seed, family="train")
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    photos = list(tqdm(calibrate.observe(cases, engines, settings), total=len(cases), desc="calibrate"))
+    try:
+        prior = calibrate.fit_prior(photos)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    command = f"clearmark calibrate-suspects --marked {n_marked} --clean {n_clean} --seed {seed}"
+    calibrate.write_prior(prior, command, out)
+    at = prior["at_limit"]
+    click.echo(
+        f"limit {prior['limit']}: on train, {at['marked_dismissed']:.1%} of marked photos would be "
+        f"dismissed unchanged, {at['clean_flagged']:.1%} of clean photos flagged; "
+        f"{prior['suspects']['on_mark']} suspects on marks, {prior['suspects']['false_alarm']} false "
+        f"alarms; written to {out}"
+    )
