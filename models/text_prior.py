@@ -65,8 +65,8 @@ MIN_SIDE = 3  # px at network scale: thinner components are dropped
 # photos have a line; LOW, the level 95% of the train mark lines reach; also recorded in
 # weights/text_prior.json). A line at or above OVERLAY_HIGH is taken for a mark, one below
 # OVERLAY_LOW for printed product text; between them the pipeline decides by other evidence.
-OVERLAY_HIGH = 0.735
-OVERLAY_LOW = 0.244
+OVERLAY_HIGH = 0.725
+OVERLAY_LOW = 0.231
 
 FEATURES = (
     "blend_corr",
@@ -108,7 +108,7 @@ class _Raw:
     rect: tuple[tuple[float, float], tuple[float, float], float]  # unclipped minAreaRect, long side first
     score: float
     feats: dict[str, float]
-    desc: np.ndarray  # 16 x 64 standardised grey crop, for repetition
+    desc: np.ndarray  # standardised column profile of the line, for repetition
 
 
 def _session(path: Path, threads: int = 2) -> ort.InferenceSession:
@@ -418,7 +418,11 @@ def _line_features(ctx: _ImageContext, rect) -> tuple[dict[str, float], np.ndarr
         "score": 0.0,
     }
     core_crop = grey[m : hh - m, m : ww - m] if hh > 2 * m and ww > 2 * m else grey
-    d = cv2.resize(core_crop, (64, 16), interpolation=cv2.INTER_AREA)
+    # the line's column profile at a height of 16 px: the same text gives the same profile
+    # wherever a tile's crop begins
+    ch, cw = core_crop.shape
+    d = cv2.resize(core_crop, (max(4, round(cw * 16 / max(1, ch))), 16), interpolation=cv2.INTER_AREA)
+    d = d.mean(axis=0)
     d = (d - d.mean()) / (d.std() + 1e-3)
     return feats, d
 
@@ -432,15 +436,24 @@ def _repetition(raws: list[_Raw]) -> None:
         return
     sizes = np.array([r.rect[1] for r in raws], np.float64)
     angs = np.array([r.rect[2] for r in raws], np.float64)
-    descs = np.stack([r.desc.ravel() for r in raws])
-    ncc = descs @ descs.T / descs.shape[1]
     for i, r in enumerate(raws):
         hr = sizes[:, 1] / sizes[i, 1]
-        wr = sizes[:, 0] / sizes[i, 0]
         da = np.abs((angs - angs[i] + 90) % 180 - 90)
-        like = (hr > 0.8) & (hr < 1.25) & (wr > 0.6) & (wr < 1.67) & (da < 6) & (ncc[i] > 0.5)
-        like[i] = False
-        r.feats["repeats"] = math.log1p(int(like.sum()))
+        cand = np.nonzero((hr > 0.8) & (hr < 1.25) & (da < 5))[0]
+        r.feats["repeats"] = math.log1p(sum(1 for j in cand if j != i and _same_text(r.desc, raws[j].desc)))
+
+
+def _same_text(a: np.ndarray, b: np.ndarray, level: float = 0.75) -> bool:
+    """Whether the shorter column profile matches part of the longer one (normalised
+    cross-correlation at its best shift at least `level`; profiles of 6+ samples)."""
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    if len(short) < 6 or len(short) < 0.3 * len(long):
+        return False
+    win = np.lib.stride_tricks.sliding_window_view(long, len(short))
+    win = win - win.mean(axis=1, keepdims=True)
+    num = win @ (short - short.mean())
+    den = np.sqrt((win**2).sum(axis=1) * ((short - short.mean()) ** 2).sum()) + 1e-6
+    return bool((num / den).max() >= level)
 
 
 # -- calibration and evaluation on the real product photos -----------------------------------
