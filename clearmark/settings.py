@@ -212,6 +212,12 @@ class Settings(BaseSettings):
         "(models/weights/suspect_prior.json, `clearmark calibrate-suspects`): one below its limit "
         "is a false alarm; 0: by the detector's probability alone",
     )
+    text_prior: Flag = Field(
+        True,
+        description="run the text prior (models/text_prior.py: PP-OCRv4 text lines, overlaid or "
+        "printed): overlaid lines are suspects and go to the remover, and a change that reaches "
+        "printed product text is put back (about 0.25 s a photo, twice when text was removed)",
+    )
     review_confidence_max: Share = Field(
         0.0,
         description="a finished job whose detector confidence is at most this goes to "

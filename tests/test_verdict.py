@@ -3,10 +3,14 @@ is really there: MagentaDetector finds magenta pixels, on the upload and on the 
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
-from clearmark.workers.pipeline import process_image
+from clearmark.models.masks import build_mask
+from clearmark.models.text_prior import TextLine
+from clearmark.workers.pipeline import guard_printed_text, process_image
 from clearmark.workers.verdict import Suspect, as_compared, decide, find_suspects
 from tests.test_pipeline import GreyRemover, IdentityRemover, cfg, encode, fake_engines, marked, photo
 from tests.test_repetition import composite, product_photo, tiled_alpha
@@ -105,3 +109,52 @@ def test_a_tiled_mark_the_learned_detector_misses_is_never_no_watermark():
     assert any(x["detector"] == "repetition detector" for x in r.details["suspects"])
     plain = process_image(png(clean), fake_engines(), cfg())
     assert plain.status == "no_watermark"
+
+
+class FakeText:
+    """A text prior that reports fixed lines, on the upload and on the result alike."""
+
+    def __init__(self, *lines: TextLine):
+        self.found = list(lines)
+
+    def lines(self, rgb):
+        return self.found
+
+
+def line(box, overlay: float) -> TextLine:
+    x0, y0, x1, y1 = box
+    return TextLine(box, np.ones((y1 - y0, x1 - x0), bool), 0.9, overlay)
+
+
+def test_overlaid_text_the_learned_detector_misses_is_never_no_watermark():
+    engines = fake_engines(remover=IdentityRemover())
+    engines.text = FakeText(line((10, 10, 70, 30), overlay=0.99))
+    r = process_image(png(photo(160, 120, seed=1)), engines, cfg())
+    assert (
+        r.status == "needs_review"
+        and "the text prior still finds a mark at (10, 10, 70, 30)" in r.review_reason
+    )
+
+
+def test_a_removal_that_reaches_product_text_is_put_back_and_reviewed():
+    img = marked(box=(40, 30, 90, 60))
+    engines = fake_engines()
+    engines.text = FakeText(line((70, 40, 120, 70), overlay=0.05))  # printed, under the mark's edge
+    r = process_image(png(img), engines, cfg())
+    out = np.asarray(Image.open(io.BytesIO(r.image_bytes)).convert("RGB"))
+    assert np.array_equal(out[40:70, 70:120], img[40:70, 70:120])  # the product's text as it was
+    assert (
+        r.status == "needs_review"
+        and "the removal reached product text at (70, 40, 120, 70)" in r.review_reason
+    )
+    assert (out[30:40, 40:90] != img[30:40, 40:90]).any()  # the rest of the mark still went
+
+
+def test_guard_leaves_changes_away_from_printed_text_alone():
+    rgb = np.zeros((50, 60, 3), np.uint8)
+    restored = np.full_like(rgb, 200)
+    found = np.zeros((50, 60), bool)
+    found[5:10, 5:10] = True
+    mask = build_mask(found.astype(np.float32), 0.5, 1, 2)
+    out, kept, _, reasons = guard_printed_text(rgb, restored, mask, found, [line((30, 30, 50, 45), 0.1)])
+    assert reasons == [] and out is restored and kept is mask

@@ -22,6 +22,7 @@ from clearmark.models.inference import Runner, ceil_to, detect_probability, dete
 from clearmark.models.masks import Box, Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import remover_input
 from clearmark.models.repetition import REPEAT_HIGH, REPEAT_LOW, Repetition, find_repetition
+from clearmark.models.text_prior import OVERLAY_HIGH, OVERLAY_LOW, TextDetector, TextLine
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.gate import GateLimits, RegionVerdict, judge
 from clearmark.workers.imaging import decode_image, encode_image, orientation_exif, to_stored
@@ -29,6 +30,7 @@ from clearmark.workers.verdict import (
     DETECTOR,
     REPETITION,
     SUSPECT_MIN_AREA_AT_DETECTOR,
+    TEXT,
     Suspect,
     as_compared,
     decide,
@@ -45,11 +47,13 @@ RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual 
 
 @dataclass
 class Engines:
-    """The two models the pipeline runs: engines from `load` (any backend), or any other
-    `Runner` (evaluation hands in PyTorch models in this process)."""
+    """The models the pipeline runs: engines from `load` (any backend), or any other
+    `Runner` (evaluation hands in PyTorch models in this process), and the text prior's
+    detector (ONNX Runtime on the CPU; None: the text prior is off)."""
 
     detector: Runner
     remover: Runner
+    text: TextDetector | None = None
 
     @classmethod
     def load(cls, settings: Settings | None = None) -> Engines:
@@ -57,6 +61,7 @@ class Engines:
         return cls(
             detector=load_engine("detector", backend=s.backend, device=s.device, settings=s),
             remover=load_engine("remover", backend=s.backend, device=s.device, settings=s),
+            text=TextDetector.load() if s.text_prior else None,
         )
 
     @property
@@ -220,6 +225,8 @@ class Cleaning:
     verdicts: list[RegionVerdict] = field(default_factory=list)  # the gate's, every region
     suspects: list[Suspect] = field(default_factory=list)  # every region a detector
     # flagged at its low limit, each with what the pipeline did there (`fate`)
+    guarded: list[str] = field(default_factory=list)  # product text the change reached:
+    # put back, one sentence each
 
 
 def gate_limits(s: Settings) -> GateLimits:
@@ -267,6 +274,12 @@ def clean_rgb(
         suspects.append(repetition_suspect(tiled))
     if tiled.score >= REPEAT_HIGH:  # a tiled mark: the remover gets its copies too
         prob = np.maximum(prob, tiled.mask.astype(np.float32))
+    lines = engines.text.lines(rgb) if engines.text is not None else []
+    for line in lines:
+        if line.overlay >= OVERLAY_HIGH:  # overlaid text: a suspect, and the remover's
+            suspects.append(text_suspect(line))
+            window = prob[line.box[1] : line.box[3], line.box[0] : line.box[2]]
+            window[line.mask] = np.maximum(window[line.mask], np.float32(line.overlay))
     mask = build_mask(prob, s.mask_threshold, s.mask_min_area, s.mask_dilate_px)
     detected_core, core_prob = mask.core, prob[mask.core]  # all the confidence needs
     core_map = np.where(mask.core, prob, np.float32(0)) if s.gate and not mask.empty else None
@@ -298,6 +311,8 @@ def clean_rgb(
             rgb, restored, mask, found, np.where(mask.core, core_map, 0), gate_limits(s)
         )
     lap("gate")
+    printed = [line for line in lines if line.overlay < OVERLAY_LOW]
+    restored, mask, found, guarded = guard_printed_text(rgb, restored, mask, found, printed)
     prior = load_prior() if s.suspect_prior else None
     for suspect in suspects:
         suspect.fate = _fate(suspect, mask.dilated, verdicts, confirmed_dilated, detected_core, s)
@@ -313,6 +328,7 @@ def clean_rgb(
         confidence=float(kept.mean()) if kept.size else 0.0,
         verdicts=verdicts,
         suspects=suspects,
+        guarded=guarded,
     )
 
 
@@ -360,6 +376,38 @@ def _overlaps(a: Box, b: Box) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def text_suspect(line: TextLine) -> Suspect:
+    """A line of overlaid text as a suspect; after removal the text prior must find no
+    line there it cannot call printed (OVERLAY_LOW)."""
+    evidence = {"overlay": line.overlay, "text_score": line.score} | line.evidence
+    return Suspect(
+        TEXT, line.box, line.mask, line.overlay, OVERLAY_HIGH, evidence=evidence, after_limit=OVERLAY_LOW
+    )
+
+
+def guard_printed_text(
+    rgb: np.ndarray, restored: np.ndarray, mask: Mask, found: np.ndarray, printed: list[TextLine]
+) -> tuple[np.ndarray, Mask, np.ndarray, list[str]]:
+    """Put back every changed pixel inside a line of printed product text (overlay under
+    OVERLAY_LOW): a removal that reaches the product's own text is worse than the mark."""
+    reasons = []
+    keep = mask.dilated.copy()
+    for line in printed:
+        x0, y0, x1, y1 = line.box
+        hit = keep[y0:y1, x0:x1] & line.mask
+        if hit.any():
+            keep[y0:y1, x0:x1] &= ~line.mask
+            reasons.append(
+                f"the removal reached product text at {line.box} (text prior "
+                f"{as_compared(line.overlay, OVERLAY_LOW)} < {OVERLAY_LOW}): put back"
+            )
+    if not reasons:
+        return restored, mask, found, []
+    restored = np.where(keep[..., None], restored, rgb)
+    alpha = np.where(keep, mask.alpha, 0).astype(np.uint8)
+    return restored, Mask(core=mask.core & keep, dilated=keep, alpha=alpha), found & keep, reasons
+
+
 def repetition_suspect(tiled: Repetition) -> Suspect:
     """The tiled mark as one suspect: its copies' mask, or the whole photo without one."""
     mask = tiled.mask if tiled.mask.any() else np.ones(tiled.mask.shape, bool)
@@ -376,9 +424,16 @@ def rerun_detectors(
     """Score every suspect the change touched again on the delivered image (`after`): one
     detector pass over a crop around all of them, at the scale of the first pass; the
     repetition detector over the whole result."""
-    for x in suspects:
-        if x.detector == REPETITION and x.touched_by(changed):
-            x.after = find_repetition(restored).score
+    if any(x.detector == REPETITION and x.touched_by(changed) for x in suspects):
+        again = find_repetition(restored).score
+        for x in suspects:
+            if x.detector == REPETITION:
+                x.after = again
+    if engines.text is not None and any(x.detector == TEXT and x.touched_by(changed) for x in suspects):
+        lines = engines.text.lines(restored)
+        for x in suspects:
+            if x.detector == TEXT and x.touched_by(changed):
+                x.after = max((ln.overlay for ln in lines if _overlaps(ln.box, x.box)), default=0.0)
     touched = [x for x in suspects if x.detector == DETECTOR and x.touched_by(changed)]
     if not touched:
         return
@@ -438,7 +493,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
     rerun_detectors(engines, c.restored, c.suspects, c.mask.dilated, s)
     lap("residual")
     verdict = decide(c.suspects, changed=not c.mask.empty)
-    reasons = verdict.reasons
+    reasons = verdict.reasons + c.guarded
     if verdict.status == "succeeded" and 0 < c.confidence <= s.review_confidence_max:
         reasons.append(
             f"the detector is unsure (confidence {as_compared(c.confidence, s.review_confidence_max)} "

@@ -33,6 +33,7 @@ from clearmark.models.weights import WEIGHTS_DIR, MissingWeights
 SUSPECT_MIN_AREA_AT_DETECTOR = 24  # px at the detector's scale: smaller blobs are noise
 DETECTOR = "detector"  # the learned detector (per-pixel watermark probability)
 REPETITION = "repetition detector"  # models.repetition: a mark tiled over the photo
+TEXT = "text prior"  # models.text_prior: a line of overlaid text
 
 
 @dataclass

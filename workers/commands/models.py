@@ -16,6 +16,7 @@ from clearmark.models import evaluate_real as real_eval
 from clearmark.models.registry import ModelEngine, load_model
 from clearmark.models.reproduce import ReproduceError, reproduce
 from clearmark.models.scenes import DEFAULT_DATA
+from clearmark.models.text_prior import TextDetector
 from clearmark.models.train import train
 from clearmark.models.weights import KINDS, WEIGHTS_DIR, MissingWeights, read_manifest
 from clearmark.settings import get_settings
@@ -35,7 +36,8 @@ def _in_process_engines(weights_dir: Path) -> Engines:
     """The models in `weights_dir`, run by PyTorch in this process (no engine export):
     candidate weights are evaluated as they are."""
     try:
-        return Engines(*(ModelEngine(load_model(kind, weights_dir)) for kind in KINDS))
+        detector, remover = (ModelEngine(load_model(kind, weights_dir)) for kind in KINDS)
+        return Engines(detector, remover, TextDetector.load() if get_settings().text_prior else None)
     except MissingWeights as exc:
         raise click.ClickException(str(exc)) from None
 
