@@ -98,7 +98,7 @@ def test_semi_transparent_text_over_texture_is_more_overlay_than_printed_label_t
     assert boxes_overlap(a.box, truth) > 0.8 and boxes_overlap(b.box, truth) > 0.8
     # the background runs on through the semi-transparent glyphs, not through the printed ones
     assert a.evidence["blend_corr"] > b.evidence["blend_corr"] + 0.3
-    assert a.overlay > b.overlay + 0.1, (a.evidence, b.evidence)
+    assert a.overlay > 3 * b.overlay, (a.evidence, b.evidence)  # the same words, ten times apart here
     assert b.overlay < OVERLAY_LOW
 
 
