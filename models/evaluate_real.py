@@ -137,8 +137,9 @@ def score(case: Case, output: np.ndarray, mark: np.ndarray, status: str) -> dict
             psnr_in_input=inside_before,
             psnr_out=psnr(output, case.composite, outside),
             f1=f1,
-            mark_left=status == "succeeded"
-            and (f1 < MARK_LEFT_F1 or inside < inside_before + MARK_LEFT_GAIN_DB),
+            mark_left=bool(
+                status == "succeeded" and (f1 < MARK_LEFT_F1 or inside < inside_before + MARK_LEFT_GAIN_DB)
+            ),
         )
     return row
 

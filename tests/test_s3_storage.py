@@ -12,7 +12,7 @@ from clearmark.settings import set_settings
 from clearmark.workers.attempts import process_job
 from clearmark.workers.db import Job, session_scope
 from clearmark.workers.jobs import create_job, ensure_tenant
-from clearmark.workers.storage import Storage, read_uri
+from clearmark.workers.storage import InvalidSourceUri, Storage, read_uri, tenant_source_uri
 from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
 
 
@@ -39,11 +39,12 @@ def test_job_reads_and_writes_s3(settings, s3_bucket):
     storage = Storage(s3_bucket)
     buf = io.BytesIO()
     Image.fromarray(marked()).save(buf, "PNG")
-    source = storage.put("sources/shop/photo.png", buf.getvalue())
     local = settings.replace(storage_uri=s3_bucket)
     set_settings(local)
     with session_scope(local.database_url) as session:
-        job, _ = create_job(session, ensure_tenant(session), source)
+        tenant = ensure_tenant(session)
+        source = storage.put(f"sources/{tenant.id}/photo.png", buf.getvalue())  # the tenant's own
+        job, _ = create_job(session, tenant, source)
         job_id = job.id
     assert process_job(job_id, fake_engines(MagentaDetector(), GreyRemover()), local) == "succeeded"
     with session_scope(local.database_url) as session:
@@ -52,3 +53,17 @@ def test_job_reads_and_writes_s3(settings, s3_bucket):
         result = Image.open(io.BytesIO(read_uri(job.result_uri)))
         assert result.size == Image.open(buf).size
         assert Image.open(io.BytesIO(read_uri(job.mask_uri))).mode == "L"
+
+
+def test_a_tenant_cannot_name_another_tenants_object_on_s3(settings, s3_bucket):
+    set_settings(settings.replace(storage_uri=s3_bucket))
+    Storage(s3_bucket).put("sources/b/x.png", b"theirs")
+    for uri in (
+        f"{s3_bucket}/sources/b/x.png",
+        f"{s3_bucket}/sources/a/%2e%2e/b/x.png",
+        f"{s3_bucket}/sources/a/..%2fb/x.png",
+        f"{s3_bucket}/sources/a/../b/x.png",
+    ):
+        with pytest.raises(InvalidSourceUri):
+            tenant_source_uri(uri, "a")
+    assert tenant_source_uri(f"{s3_bucket}/sources/a/y.png", "a") == f"{s3_bucket}/sources/a/y.png"

@@ -73,7 +73,9 @@ COMMANDS = {
     ),
     "calibrate-suspects": (
         "models:calibrate_suspects_command",
-        "Fit the suspect prior (is a flagged region a mark?) and its limit on the train split.",
+        "Fit the suspect prior on the TRAIN split (training's mark styles) and choose its limit "
+        "there: how likely each region the detector flags is a mark, from the detector's "
+        "scores, the remover's second opinion and the gate's measurements (workers/calibrate.py).",
     ),
     "reproduce": (
         "models:reproduce_command",

@@ -159,15 +159,22 @@ def find_suspects(prob: np.ndarray, limit: float, min_area: int, detector: str =
 
 
 def decide(suspects: list[Suspect], changed: bool) -> Verdict:
-    """The status the rules above give (see the module docstring)."""
+    """The status the rules above give (see the module docstring). The reasons: one per
+    detector and outcome, its strongest region first (a tiled mark is one sentence, not a
+    hundred); every region stays in the job's details."""
     lingering = [s for s in suspects if s.lingers]
-    if lingering:
-        return Verdict("needs_review", [_why(s) for s in lingering])
-    return Verdict("succeeded" if changed else "no_watermark")
+    if not lingering:
+        return Verdict("succeeded" if changed else "no_watermark")
+    groups: dict[tuple[str, bool, str], list[Suspect]] = {}
+    for s in lingering:
+        groups.setdefault((s.detector, s.after is not None, s.fate.split(":")[0]), []).append(s)
+    return Verdict("needs_review", [_why(group) for group in groups.values()])
 
 
-def _why(s: Suspect) -> str:
+def _why(group: list[Suspect]) -> str:
+    s = max(group, key=lambda x: x.final[0])
     when = "after removal" if s.after is not None else "and nothing was removed there"
     score, limit = s.final
     measured = f"score {as_compared(score, limit)} >= {limit}; {s.fate}"
-    return f"the {s.detector} still finds a mark at {s.box} {when} ({measured})"
+    where = f"at {s.box}" if len(group) == 1 else f"in {len(group)} regions, most at {s.box}"
+    return f"the {s.detector} still finds a mark {where} {when} ({measured})"
