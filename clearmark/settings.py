@@ -248,6 +248,13 @@ class Settings(BaseSettings):
         description="gate: ... and at most this share of the ring around it is coloured like what "
         "was removed (a strap or edge that carries on)",
     )
+    gate_sure_prior: float = Field(
+        1.01,
+        ge=0.0,
+        description="gate: a region the suspect prior scores at least this needs only the blend fit "
+        "and continuation checks, not the detector's confidence and the opacity (above 1: off)",
+        json_schema_extra=_doc("1.01 (off)"),
+    )
     gate_max_flattened: Share = Field(
         1.0,
         description="gate: ... and it lost at most this share of the surrounding texture (1: not checked)",

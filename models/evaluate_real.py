@@ -287,9 +287,11 @@ def sweep_gate(rows: list[dict], limits: dict, make_gate: Callable[..., GateChec
     for r in rows:
         keep_sse, kept, sure_reverted = 0.0, 0, False
         for v, d in zip(r["gate"], r["delta_sse"]):
-            if not gate.failures(
-                v["confidence"], v["opacity"], v["explained"], v["continues"], v["flattened"]
-            ):
+            shape = (v["explained"], v["continues"], v["flattened"])
+            fails = gate.failures(v["confidence"], v["opacity"], *shape)
+            if fails and v.get("prior", 0.0) >= limits.get("sure_prior", 1.01):  # GateLimits.waived
+                fails = gate.failures(1.0, 1.0, *shape)
+            if not fails:
                 keep_sse, kept = keep_sse + d, kept + 1
             elif v["confidence"] >= limits["review_confident"]:
                 sure_reverted = True
@@ -319,12 +321,13 @@ OPEN_GATE = {
     "gate_max_flattened": 1.0,
 }
 SWEEP = {
-    "min_confidence": (0.0, 0.85, 0.9, 0.93, 0.95),
-    "min_opacity": (0.0, 0.1, 0.2, 0.3),
-    "min_explained": (0.0, 0.8, 0.9, 0.95),
-    "max_continues": (0.05, 0.1, 0.2, 1.0),
-    "max_flattened": (0.5, 0.75, 1.0),
-    "review_confident": (0.93, 0.95, 0.97, 1.01),
+    "min_confidence": (0.9, 0.93, 0.95),
+    "min_opacity": (0.1, 0.2, 0.3),
+    "min_explained": (0.8, 0.9),
+    "max_continues": (0.05, 0.1),
+    "max_flattened": (1.0,),
+    "review_confident": (1.01,),
+    "sure_prior": (0.5, 0.7, 0.8, 0.9, 0.95, 1.01),
 }
 
 

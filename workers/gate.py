@@ -48,6 +48,15 @@ class GateLimits:
     max_continues: float = 0.05  # share of the ring coloured like what was removed
     max_flattened: float = 1.0  # 1 - (restored texture / surrounding texture)
     review_confident: float = 0.99  # eval-real's gate sweep only: a reverted region this sure
+    sure_prior: float = 1.01  # a region the suspect prior scores this high needs only the
+    # blend fit and the continuation checks (the detector's confidence and the opacity are
+    # the gate's proxies for "is it a mark", which the prior answers better); above 1: off
+
+    def waived(self, v: RegionVerdict) -> bool:
+        """Whether the suspect prior's certainty (`v.prior`) lets a failed region stay."""
+        return v.prior >= self.sure_prior and not self.failures(
+            1.0, 1.0, v.explained, v.continues, v.flattened
+        )
 
     def failures(
         self, confidence: float, opacity: float, explained: float, continues: float, flattened: float
@@ -84,6 +93,7 @@ class RegionVerdict:
     confidence: float  # mean detector probability over the region's core
     passed: bool
     reason: str
+    prior: float = 0.0  # the highest suspect prior among the detector's suspects it holds
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}

@@ -32,6 +32,7 @@ from clearmark.workers.verdict import (
     SUSPECT_MIN_AREA_AT_DETECTOR,
     TEXT,
     Suspect,
+    SuspectPrior,
     as_compared,
     decide,
     find_suspects,
@@ -236,15 +237,32 @@ def gate_limits(s: Settings) -> GateLimits:
         min_explained=s.gate_min_explained,
         max_continues=s.gate_max_continues,
         max_flattened=s.gate_max_flattened,
+        sure_prior=s.gate_sure_prior if s.suspect_prior else 1.01,
     )
 
 
 def apply_gate(
-    rgb: np.ndarray, restored: np.ndarray, mask: Mask, found: np.ndarray, prob: np.ndarray, limits: GateLimits
+    rgb: np.ndarray,
+    restored: np.ndarray,
+    mask: Mask,
+    found: np.ndarray,
+    prob: np.ndarray,
+    limits: GateLimits,
+    suspects: list[Suspect],
+    prior: SuspectPrior | None,
 ) -> tuple[np.ndarray, Mask, np.ndarray, list[RegionVerdict]]:
-    """Judge every changed region (`workers.gate.judge`) and put back exactly the input in
-    those that fail; returns the restored image, mask and found pixels without them."""
+    """Judge every changed region (`workers.gate.judge`), score the detector's suspects by
+    the prior with the gate's measurements, let through a failed region the prior is sure
+    of (`GateLimits.waived`), and put back exactly the input in the rest; returns the
+    restored image, mask and found pixels without them."""
     regions = judge(rgb, restored, mask.dilated, prob, limits)
+    verdicts = [r.verdict for r in regions]
+    score_suspects(suspects, verdicts, prior)
+    for v in verdicts:
+        held = [x.value for x in suspects if x.detector == DETECTOR and _overlaps(x.box, v.box)]
+        v.prior = max(held, default=0.0) if prior is not None else 0.0
+        if not v.passed and limits.waived(v):
+            v.passed, v.reason = True, f"kept: the suspect prior is sure of it ({v.prior:.3g}); {v.reason}"
     failed = [r for r in regions if not r.verdict.passed]
     if failed:
         restored, keep = restored.copy(), mask.dilated.copy()
@@ -253,7 +271,18 @@ def apply_gate(
             keep[r.window][r.pixels] = False
         mask = Mask(core=mask.core & keep, dilated=keep, alpha=np.where(keep, mask.alpha, 0).astype(np.uint8))
         found = found & keep
-    return restored, mask, found, [r.verdict for r in regions]
+    return restored, mask, found, verdicts
+
+
+def score_suspects(
+    suspects: list[Suspect], verdicts: list[RegionVerdict], prior: SuspectPrior | None
+) -> None:
+    """Add the gate's measurements to each suspect's evidence and, with a prior, score the
+    detector's suspects by it (their value and limit become the prior's)."""
+    for suspect in suspects:
+        suspect.evidence.update(_gate_evidence(suspect, verdicts))
+        if prior is not None and suspect.detector == DETECTOR:
+            suspect.value, suspect.limit = prior.score(suspect.evidence), prior.limit
 
 
 def clean_rgb(
@@ -306,19 +335,19 @@ def clean_rgb(
         restored = _blend(rgb, restored, mask.alpha)
     lap("remove")
     verdicts: list[RegionVerdict] = []
+    prior = load_prior() if s.suspect_prior else None
     if core_map is not None and not mask.empty:
         restored, mask, found, verdicts = apply_gate(
-            rgb, restored, mask, found, np.where(mask.core, core_map, 0), gate_limits(s)
+            rgb, restored, mask, found, np.where(mask.core, core_map, 0), gate_limits(s), suspects, prior
         )
+    else:
+        score_suspects(suspects, verdicts, prior)
     lap("gate")
     printed = [line for line in lines if line.overlay < OVERLAY_LOW]
     restored, mask, found, guarded = guard_printed_text(rgb, restored, mask, found, printed)
-    prior = load_prior() if s.suspect_prior else None
     for suspect in suspects:
         suspect.fate = _fate(suspect, mask.dilated, verdicts, confirmed_dilated, detected_core, s)
-        suspect.evidence.update(_gate_evidence(suspect, verdicts))
-        if prior is not None and suspect.detector == DETECTOR:
-            suspect.value, suspect.limit = prior.score(suspect.evidence), prior.limit
+        if suspect.detector == DETECTOR:
             suspect.after_limit = s.detector_absent_below
     kept = core_prob[mask.core[detected_core]]
     return Cleaning(
