@@ -8,7 +8,7 @@ from PIL import Image
 
 from clearmark.models.masks import build_mask
 from clearmark.models.networks import IN_CHANNELS
-from clearmark.workers.gate import GateLimits, blend_fit, judge, judge_region
+from clearmark.workers.gate import GateLimits, RegionVerdict, blend_fit, judge, judge_region
 from clearmark.workers.pipeline import around_mark, mask_image, process_image
 from tests.badfiles import encode
 from tests.test_pipeline import BoxDetector, FakeEngine, cfg, fake_engines, pixels
@@ -217,3 +217,19 @@ def test_a_job_that_leaves_a_sure_region_in_place_is_not_a_success():
     out = np.asarray(pixels(r.image_bytes).convert("RGB"))
     assert np.array_equal(out[:, 80:], marked[:, 80:])
     assert np.abs(out[30:80, 10:70].astype(int) - 100).max() <= 1
+
+
+def test_the_prior_waives_confidence_and_opacity_only():
+    limits = GateLimits(sure_prior=0.9)
+
+    def verdict(prior, confidence=0.5, opacity=0.1, explained=0.95, continues=0.0):
+        return RegionVerdict(
+            (0, 0, 1, 1), 1, explained, opacity, (0, 0, 0), continues, 0.0, confidence, False, "", prior
+        )
+
+    assert limits.failures(0.5, 0.1, 0.95, 0.0, 0.0)  # the gate alone puts it back
+    assert limits.waived(verdict(prior=0.95))
+    assert not limits.waived(verdict(prior=0.85))
+    assert not limits.waived(verdict(prior=0.95, explained=0.5))  # not one overlay colour
+    assert not limits.waived(verdict(prior=0.95, continues=0.3))  # a strap, an edge
+    assert not GateLimits().waived(verdict(prior=1.0))  # off by default in GateLimits
