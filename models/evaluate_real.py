@@ -410,7 +410,7 @@ def summarize(rows: list[dict]) -> dict:
             marked_succeeded_share=bootstrap([float(r["status"] == "succeeded") for r in marked]),
             marked_no_watermark=bootstrap([float(r["status"] == "no_watermark") for r in marked]),
             marked_left=bootstrap([float(r["mark_left"]) for r in marked]),
-            psnr_gain=bootstrap([r["psnr"] - r["psnr_input"] for r in rows]),
+            psnr_gain=bootstrap([r["psnr"] - r["psnr_input"] for r in marked]),
         )
     if rows and "sec" in rows[0]:
         out["sec"] = bootstrap([r["sec"] for r in rows])
