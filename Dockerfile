@@ -7,6 +7,7 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY clearmark clearmark
 COPY models models
 COPY engine_build engine_build
+COPY pipeline pipeline
 COPY workers workers
 COPY migrations migrations
 # Every version from constraints.txt (scripts/lock.sh). Its torch pin is the +cpu build,

@@ -226,7 +226,7 @@ class Settings(BaseSettings):
     )
     gate: Flag = Field(
         True,
-        description="the do-no-harm gate (`workers/gate.py`): every changed region must look like a "
+        description="the do-no-harm gate (`pipeline/gate.py`): every changed region must look like a "
         "lifted overlay, else it is put back exactly (thresholds chosen with "
         "`clearmark eval-real --split train --sweep-gate`)",
     )

@@ -8,7 +8,7 @@ catalogue resolution (long side 800-1600 px; grocery photos are upscaled to it).
 - `text`: studio scenes whose product carries printed text/logos, watermarked elsewhere
   or on top; the product's own text pixels must survive.
 
-The models run through the production pipeline's own function (`workers.pipeline.clean_rgb`,
+The models run through the production pipeline's own function (`pipeline.process.clean_rgb`,
 handed in by `clearmark eval` as `model`:
 detect at 640 px long side (and mirrored, per `detect_flip`), threshold, min-area, dilate,
 Telea prefill and remover on tiled full-resolution crops (and their mirror images, per

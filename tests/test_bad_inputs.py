@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageFile, ImageOps
 
 from clearmark.errors import BadInput
-from clearmark.workers.imaging import decode_image
-from clearmark.workers.pipeline import process_image
+from clearmark.pipeline.imaging import decode_image
+from clearmark.pipeline.process import process_image
 from tests.badfiles import bad_files, encode, photo
 from tests.test_pipeline import BoxDetector, GreyRemover, cfg, fake_engines
 

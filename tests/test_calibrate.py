@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clearmark.workers.calibrate import MAX_DISMISSED, Photo, fit_prior, write_prior
-from clearmark.workers.pipeline import process_image
-from clearmark.workers.verdict import PRIOR_FEATURES, load_prior, prior_features
+from clearmark.pipeline.calibrate import MAX_DISMISSED, Photo, fit_prior, write_prior
+from clearmark.pipeline.process import process_image
+from clearmark.pipeline.verdict import PRIOR_FEATURES, load_prior, prior_features
 from tests.test_gate import FaintBoxDetector, SmearRemover, textured
 from tests.test_pipeline import cfg, encode, fake_engines, marked
 
@@ -51,7 +51,7 @@ def test_the_pipeline_scores_detector_suspects_with_the_prior(tmp_path, monkeypa
     write_prior(fit_prior(photos()), "test", path)
     assert json.loads(path.read_text())["command"] == "test"
     load_prior.cache_clear()
-    monkeypatch.setattr("clearmark.workers.pipeline.load_prior", lambda: load_prior(path))
+    monkeypatch.setattr("clearmark.pipeline.process.load_prior", lambda: load_prior(path))
     r = process_image(encode(Image.fromarray(marked()), "PNG"), fake_engines(), cfg(suspect_prior=True))
     suspect = r.details["suspects"][0]
     assert 0.0 <= suspect["score"] <= 1.0 and suspect["evidence"]["p90"] == 1.0

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from clearmark.models.evaluate_real import Case, bootstrap, score, summarize
+from clearmark.pipeline.evaluate_real import Case, bootstrap, score, summarize
 
 
 def case(marked=True) -> Case:
@@ -80,7 +80,7 @@ def test_summary_rates_and_intervals():
 
 
 def test_gate_precision_counts_regions_by_what_they_did():
-    from clearmark.models.evaluate_real import gate_precision
+    from clearmark.pipeline.evaluate_real import gate_precision
 
     rows = [
         {

@@ -1,4 +1,4 @@
-"""The do-no-harm gate (workers.gate) and the pipeline's use of it."""
+"""The do-no-harm gate (pipeline.gate) and the pipeline's use of it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from PIL import Image
 
 from clearmark.models.masks import build_mask
 from clearmark.models.networks import IN_CHANNELS
-from clearmark.workers.gate import GateLimits, RegionVerdict, blend_fit, judge, judge_region
-from clearmark.workers.pipeline import around_mark, mask_image, process_image
+from clearmark.pipeline.gate import GateLimits, RegionVerdict, blend_fit, judge, judge_region
+from clearmark.pipeline.process import around_mark, mask_image, process_image
 from tests.badfiles import encode
 from tests.test_pipeline import BoxDetector, FakeEngine, cfg, fake_engines, pixels
 

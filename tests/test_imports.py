@@ -4,7 +4,8 @@ Layers, bottom to top (a module may import its own layer and the ones below):
   core          clearmark.settings, clearmark.errors (configuration and errors)
   models        clearmark.models
   engine_build  clearmark.engine_build
-  workers       clearmark.workers (pipeline, tasks, API, CLI), clearmark.migrations
+  pipeline      clearmark.pipeline (decode, detect, remove, gate, status, encode; evaluation)
+  workers       clearmark.workers (tasks, API, CLI), clearmark.migrations
 `python -m clearmark` (clearmark.__main__) is the entry point above them all.
 """
 
@@ -20,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {
     "workers": "clearmark.workers",
+    "pipeline": "clearmark.pipeline",
     "models": "clearmark.models",
     "engine_build": "clearmark.engine_build",
     "migrations": "clearmark.migrations",
@@ -28,9 +30,10 @@ LAYERS = {
     "core": 0,
     "clearmark.models": 1,
     "clearmark.engine_build": 2,
-    "clearmark.workers": 3,
-    "clearmark.migrations": 3,
-    "clearmark.__main__": 4,
+    "clearmark.pipeline": 3,
+    "clearmark.workers": 4,
+    "clearmark.migrations": 4,
+    "clearmark.__main__": 5,
 }
 # Scripts that only run inside their host (Alembic's environment), not importable alone.
 HOSTED = {"clearmark.migrations.env", "clearmark.__main__"}
@@ -48,7 +51,7 @@ def package_modules() -> dict[str, Path]:
             parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
-            if "versions" in parts:  # Alembic revision scripts: loaded by Alembic, by path
+            if folder == "migrations" and "versions" in parts:  # Alembic revision scripts: by path
                 continue
             found[".".join([package, *parts])] = path
     return found

@@ -80,7 +80,7 @@ def test_needs_review_reason_and_gate_verdicts_reach_the_job(settings, tmp_path,
     (numpy numbers and all) in the status event."""
     import numpy as np
 
-    from clearmark.workers import pipeline
+    from clearmark.pipeline import process as pipeline
 
     reason = (
         "the gate put back a region the detector was sure of (0.91) at (10, 20, 300, 80):"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, JpegImagePlugin
 
+from clearmark.pipeline.imaging import decode_image, encode_image, to_stored
+from clearmark.pipeline.jpeg_exact import jpeg_exact_unsupported, reach_of_change
 from clearmark.settings import Settings
-from clearmark.workers.imaging import decode_image, encode_image, to_stored
-from clearmark.workers.jpeg_exact import jpeg_exact_unsupported, reach_of_change
 from tests.badfiles import encode, photo
 
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["pyproject.toml", "README.md", "clearmark", "workers", "models", "engine_build", "migrations"]
+SOURCES = [
+    *("pyproject.toml", "README.md", "clearmark"),
+    *("workers", "pipeline", "models", "engine_build", "migrations"),
+]
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +88,9 @@ def test_the_wheel_holds_one_top_level_package(wheel):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"clearmark"}
     assert "clearmark/workers/api.py" in names and "clearmark/models/weights/detector.pt" in names
+    assert "clearmark/pipeline/process.py" in names and "clearmark/pipeline/verdict.py" in names
+    for shipped in ("text_detector.onnx", "text_prior.json", "suspect_prior.json"):
+        assert f"clearmark/models/weights/{shipped}" in names, shipped
     assert "clearmark/migrations/script.py.mako" in names
     assert "clearmark/migrations/versions/0001_initial_schema.py" in names
 
@@ -93,7 +99,7 @@ def test_installed_wheel_works_and_leaves_no_stray_packages(venv, tmp_path):
     python, env = str(venv / "bin" / "python"), {**os.environ, "CLEARMARK_DATA_DIR": str(tmp_path / "data")}
     env.pop("PYTHONPATH", None)
     env.pop("CLEARMARK_DATABASE_URL", None)
-    for stray in ("models", "workers", "engine_build", "migrations"):
+    for stray in ("models", "workers", "pipeline", "engine_build", "migrations"):
         done = subprocess.run(
             [python, "-c", f"import {stray}"], capture_output=True, text=True, cwd=tmp_path, env=env
         )
@@ -110,3 +116,9 @@ def test_installed_wheel_works_and_leaves_no_stray_packages(venv, tmp_path):
     code = "from clearmark.models.registry import load_model; print(type(load_model('detector')).__name__)"
     loaded = run(python, "-c", code, cwd=tmp_path, env=env)
     assert loaded.stdout.strip() == "Detector"
+    # And the pipeline's own priors: the text detector and the suspect prior.
+    code = (
+        "from clearmark.models.text_prior import TextDetector; from clearmark.pipeline.verdict import "
+        "load_prior; TextDetector.load(); print(load_prior().limit)"
+    )
+    assert float(run(python, "-c", code, cwd=tmp_path, env=env).stdout.strip()) > 0

@@ -31,10 +31,9 @@ from clearmark.engine_build import Engine
 from clearmark.models.inference import detect_probability
 from clearmark.models.masks import build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import IN_CHANNELS
-from clearmark.settings import Settings
-from clearmark.workers.imaging import decode_image, estimate_jpeg_quality
-from clearmark.workers.jpeg_exact import reach_of_change
-from clearmark.workers.pipeline import (
+from clearmark.pipeline.imaging import decode_image, estimate_jpeg_quality
+from clearmark.pipeline.jpeg_exact import reach_of_change
+from clearmark.pipeline.process import (
     Engines,
     PipelineResult,
     detect_around,
@@ -42,6 +41,7 @@ from clearmark.workers.pipeline import (
     remove_watermark,
     watermark_pixels,
 )
+from clearmark.settings import Settings
 from tests.badfiles import bad_files, encode, photo
 
 METRIC_KEYS = {

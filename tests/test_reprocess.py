@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from clearmark.pipeline.versions import current_version_pattern
 from clearmark.workers import reprocess as rp
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Batch, Job, JobEvent, session_scope
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
 from clearmark.workers.submit import submit_files
-from clearmark.workers.versions import current_version_pattern
 from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
     all_done,
     db_url,

@@ -10,8 +10,8 @@ from PIL import Image
 
 from clearmark.models.masks import build_mask
 from clearmark.models.text_prior import TextLine
-from clearmark.workers.pipeline import guard_printed_text, process_image
-from clearmark.workers.verdict import Suspect, as_compared, decide, find_suspects
+from clearmark.pipeline.process import guard_printed_text, process_image
+from clearmark.pipeline.verdict import Suspect, as_compared, decide, find_suspects
 from tests.test_pipeline import GreyRemover, IdentityRemover, cfg, encode, fake_engines, marked, photo
 from tests.test_repetition import composite, product_photo, tiled_alpha
 

@@ -1,1 +1,2 @@
-"""clearmark's service side: pipeline, Celery app and tasks, database, storage, CLI."""
+"""clearmark's service side: Celery app and tasks, database, storage, API, CLI (the image
+pipeline is `clearmark.pipeline`)."""

@@ -40,6 +40,8 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
 from clearmark.errors import BadInput, ServiceUnavailable
+from clearmark.pipeline.imaging import probe_image
+from clearmark.pipeline.versions import pipeline_fingerprint
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import broker
 from clearmark.workers.api_errors import (
@@ -54,11 +56,9 @@ from clearmark.workers.api_errors import (
 from clearmark.workers.api_guard import DOCS_ASSETS, ApiGuard
 from clearmark.workers.celery_app import app as celery_app
 from clearmark.workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get_engine, session_scope
-from clearmark.workers.imaging import probe_image
 from clearmark.workers.jobs import create_job, requeue_job
 from clearmark.workers.metrics import render_state
 from clearmark.workers.storage import get_storage, iter_uri, read_uri, tenant_source_uri
-from clearmark.workers.versions import pipeline_fingerprint
 from clearmark.workers.webhooks import DONE_OK, check_callback_url, job_document
 
 # Upload rejections by probe_image's code; any other bad input is a 422.

@@ -11,6 +11,7 @@ import logging
 from celery.exceptions import SoftTimeLimitExceeded
 
 from clearmark.errors import BadInput, ClearmarkError, StorageUnavailable, TransientError
+from clearmark.pipeline.process import Engines, process_image
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import webhooks
 from clearmark.workers.db import JobStatus
@@ -23,7 +24,6 @@ from clearmark.workers.jobs import (
     release_for_retry,
 )
 from clearmark.workers.leases import Heartbeat
-from clearmark.workers.pipeline import Engines, process_image
 from clearmark.workers.storage import delete_uri, get_storage, job_source_uri, read_uri, write_uri
 from clearmark.workers.transient import retry_database
 

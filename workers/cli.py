@@ -75,7 +75,7 @@ COMMANDS = {
         "models:calibrate_suspects_command",
         "Fit the suspect prior on the TRAIN split (training's mark styles) and choose its limit "
         "there: how likely each region the detector flags is a mark, from the detector's "
-        "scores, the remover's second opinion and the gate's measurements (workers/calibrate.py).",
+        "scores, the remover's second opinion and the gate's measurements (pipeline/calibrate.py).",
     ),
     "reproduce": (
         "models:reproduce_command",

@@ -24,9 +24,9 @@ from PIL import Image, ImageDraw, ImageFont, JpegImagePlugin
 
 from clearmark.models.products import load_photo, split_paths
 from clearmark.models.scenes import DEFAULT_DATA
+from clearmark.pipeline.imaging import decode_image, encode_image
+from clearmark.pipeline.jpeg_exact import reach_of_change
 from clearmark.settings import get_settings
-from clearmark.workers.imaging import decode_image, encode_image
-from clearmark.workers.jpeg_exact import reach_of_change
 
 PLACES = ("corner", "centre")
 MCU_BY_SAMPLING = {0: (8, 8), 1: (8, 16), 2: (16, 16)}  # Pillow sampling -> (h, w)

@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from clearmark.engine_build.onnx_export import export_onnx, onnx_path
 from clearmark.errors import TransientError
+from clearmark.pipeline.process import Engines
 from clearmark.settings import Settings, get_settings, set_settings
 from clearmark.workers import migrate
 from clearmark.workers.attempts import process_job
 from clearmark.workers.db import Job, JobEvent, JobMetrics, JobStatus, session_scope, utcnow
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant, set_status
-from clearmark.workers.pipeline import Engines
 
 log = logging.getLogger(__name__)
 # The stages of one image, in order; together (plus rounding) they make up ms_total.

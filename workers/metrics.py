@@ -45,7 +45,7 @@ from clearmark.workers.celery_app import app
 from clearmark.workers.db import Job, JobMetrics, JobStatus, session_scope, utcnow
 
 if TYPE_CHECKING:  # annotation only: the API serves /metrics without loading any engine
-    from clearmark.workers.pipeline import Engines
+    from clearmark.pipeline.process import Engines
 
 log = logging.getLogger(__name__)
 STAGES = ("decode", "detect", "remove", "encode", "total")

@@ -20,8 +20,8 @@ from PIL import Image
 
 from clearmark.engine_build import BackendUnavailable
 from clearmark.models.evaluate import eval_set
+from clearmark.pipeline.process import Engines, process_image
 from clearmark.settings import get_settings
-from clearmark.workers.pipeline import Engines, process_image
 
 STAGES = ("decode", "detect", "remove", "gate", "residual", "encode")
 

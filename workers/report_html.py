@@ -21,10 +21,10 @@ from numpy.typing import ArrayLike
 from PIL import Image, ImageOps
 from sqlalchemy import Select, func, select
 
+from clearmark.pipeline.versions import current_version_pattern
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
 from clearmark.workers.storage import read_uri
-from clearmark.workers.versions import current_version_pattern
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 

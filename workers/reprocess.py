@@ -26,11 +26,11 @@ from typing import Any, overload
 from sqlalchemy import ColumnExpressionArgument, bindparam, exists, func, or_, select
 from sqlalchemy.sql import Select
 
+from clearmark.pipeline.versions import current_version_pattern
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import broker
 from clearmark.workers.db import FINISHED, Batch, Job, JobEvent, JobStatus, Priority, Tenant, session_scope
 from clearmark.workers.jobs import create_batch, ensure_tenant, requeue_job
-from clearmark.workers.versions import current_version_pattern
 
 ENQUEUED = "enqueued"
 

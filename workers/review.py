@@ -1,7 +1,7 @@
 """The review loop: jobs in `needs_review` wait for a person's accept or reject.
 
 The pipeline sends a job there when its residual score or detector confidence falls in the
-rules of `workers.verdict` cannot promise `succeeded` or `no_watermark`; `Job.review_reason`
+rules of `pipeline.verdict` cannot promise `succeeded` or `no_watermark`; `Job.review_reason`
 says why (it stays on the job after the decision). Three decisions:
 
 - accept: the delivered result is good. A result with something removed becomes

@@ -22,11 +22,11 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from clearmark.pipeline.process import Engines
 from clearmark.settings import get_settings
 from clearmark.workers import broker, metrics
 from clearmark.workers.attempts import process_job
 from clearmark.workers.celery_app import app
-from clearmark.workers.pipeline import Engines
 from clearmark.workers.reaper import reap
 from clearmark.workers.transient import TRANSIENT_ERRORS, backoff_s, max_retries
 

@@ -12,18 +12,18 @@ import numpy as np
 from tqdm import tqdm
 
 from clearmark.models import evaluate as synthetic_eval
-from clearmark.models import evaluate_real as real_eval
 from clearmark.models.registry import ModelEngine, load_model
 from clearmark.models.reproduce import ReproduceError, reproduce
 from clearmark.models.scenes import DEFAULT_DATA
 from clearmark.models.text_prior import TextDetector
 from clearmark.models.train import train
 from clearmark.models.weights import KINDS, WEIGHTS_DIR, MissingWeights, read_manifest
+from clearmark.pipeline import calibrate
+from clearmark.pipeline import evaluate_real as real_eval
+from clearmark.pipeline.gate import GateLimits
+from clearmark.pipeline.process import Engines, clean_rgb
+from clearmark.pipeline.verdict import PRIOR_PATH
 from clearmark.settings import get_settings
-from clearmark.workers import calibrate
-from clearmark.workers.gate import GateLimits
-from clearmark.workers.pipeline import Engines, clean_rgb, process_image
-from clearmark.workers.verdict import PRIOR_PATH
 
 
 class CannotRepeat(click.ClickException):
@@ -412,8 +412,8 @@ def eval_real_command(
         with tqdm(total=n_marked + n_clean, desc="eval-real", mininterval=5) as bar:
             results = real_eval.evaluate_real(
                 data_dir,
-                lambda upload: process_image(upload, engines, settings),
-                settings.mask_dilate_px,
+                engines,
+                settings,
                 split,
                 n_marked,
                 n_clean,
@@ -462,7 +462,7 @@ def eval_real_command(
 def calibrate_suspects_command(n_marked: int, n_clean: int, seed: int, data_dir: Path, out: Path) -> None:
     """Fit the suspect prior on the TRAIN split (training's mark styles) and choose its
     limit there: how likely each region the detector flags is a mark, from the detector's
-    scores, the remover's second opinion and the gate's measurements (workers/calibrate.py)."""
+    scores, the remover's second opinion and the gate's measurements (pipeline/calibrate.py)."""
     settings = get_settings().replace(backend="onnxruntime")
     engines = Engines.load(settings)
     try:

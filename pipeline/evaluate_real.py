@@ -5,7 +5,7 @@ The set: photos of one split of `<data>/products` (default `dev`, never trained 
 their own resolution (up to 2,000 px). Some get a mark of a `models.styles` family
 (default `heldout`: fonts, phrases and kinds no training run sees) and are uploaded as the
 JPEG file a storefront would send; the others are uploaded clean. Every image goes through
-`workers.pipeline.process_image` (decode, detect, remove, gate, encode), and the result
+`pipeline.process.process_image` (decode, detect, remove, gate, encode), and the result
 file is decoded and compared with the clean photo.
 
 Per image: whole-image PSNR and SSIM against the clean photo; PSNR inside the true mark
@@ -40,6 +40,8 @@ from clearmark.models.masks import dilate_disc
 from clearmark.models.products import load_photo, mark_photo, split_paths
 from clearmark.models.train import update_manifest
 from clearmark.models.weights import WEIGHTS_DIR
+from clearmark.pipeline.process import Engines, process_image
+from clearmark.settings import Settings
 
 EVAL_REAL_TAG = 3  # rng stream of this set (training uses 1, the synthetic eval 2)
 OUTSIDE_PX = 8  # the mark's JPEG-block reach, left out of "outside"
@@ -150,7 +152,7 @@ def telea(case: Case, dilate_px: int) -> np.ndarray:
 
 
 class Cleaned(Protocol):
-    """What the pipeline returns for one upload (`workers.pipeline.PipelineResult`)."""
+    """What the pipeline returns for one upload (`pipeline.process.PipelineResult`)."""
 
     image_bytes: bytes
     mask_png: bytes
@@ -160,7 +162,7 @@ class Cleaned(Protocol):
 
 
 class GateCheck(Protocol):
-    """The gate's verdict on one region's measurements (`workers.gate.GateLimits`)."""
+    """The gate's verdict on one region's measurements (`pipeline.gate.GateLimits`)."""
 
     def failures(
         self, confidence: float, opacity: float, explained: float, continues: float, flattened: float
@@ -174,7 +176,7 @@ def run_methods(
     methods=METHODS,
     progress=None,
 ) -> dict[str, list[dict]]:
-    """Rows per method. `process` is the pipeline (`workers.pipeline.process_image` on some
+    """Rows per method. `process` is the pipeline (`pipeline.process.process_image` on some
     engines and settings); `dilate_px` dilates the true mask for the Telea baseline."""
     rows: dict[str, list[dict]] = defaultdict(list)
     for case in cases:
@@ -274,7 +276,7 @@ def sweep_gate(rows: list[dict], limits: dict, make_gate: Callable[..., GateChec
     kept, none sure one put back), needs_review or no_watermark. Approximate (boxes, not
     pixels; JPEG noise outside the regions ignored): for choosing limits on the tuning
     split, never for reporting. `make_gate(**limits)` is the gate with those limits
-    (`workers.gate.GateLimits`)."""
+    (`pipeline.gate.GateLimits`)."""
     gate = make_gate(**limits)
     out: dict = {
         "harmed": 0,
@@ -520,8 +522,8 @@ def format_report(results: dict) -> str:
 
 def evaluate_real(
     data_dir,
-    process: Callable[[bytes], Cleaned],
-    dilate_px: int,
+    engines: Engines,
+    settings: Settings,
     split="dev",
     n_marked=48,
     n_clean=24,
@@ -531,8 +533,14 @@ def evaluate_real(
     backend="?",
     progress=None,
 ) -> dict:
+    """The whole pipeline (`process_image` with these engines and settings) on a set of
+    `build_set`, with the baselines in `methods`."""
     cases = build_set(data_dir, split, n_marked, n_clean, seed, family)
-    rows = run_methods(cases, process, dilate_px, methods, progress)
+
+    def process(upload: bytes) -> Cleaned:
+        return process_image(upload, engines, settings)
+
+    rows = run_methods(cases, process, settings.mask_dilate_px, methods, progress)
     return {
         "split": split,
         "family": family,

@@ -22,7 +22,7 @@ What comes back for odd inputs:
   input had transparency, so restored pixels are not posterised and every pixel outside
   the mask keeps its exact colour and alpha.
 - JPEG keeps the upload's own DCT coefficients in every block the change does not touch
-  (`workers.jpeg_exact`): those blocks decode to exactly the upload's pixels. Where that
+  (`pipeline.jpeg_exact`): those blocks decode to exactly the upload's pixels. Where that
   path cannot be taken (see `jpeg_exact_unsupported`; the reason goes into
   `EncodedImage.details`, recorded with the job) the photo is re-encoded with the input's own
   quantisation tables and chroma subsampling, so untouched areas see requantisation
@@ -54,8 +54,8 @@ from PIL import (  # noqa: F401  # noqa: F401  (registers the formats we open)
 )
 
 from clearmark.errors import BadInput
+from clearmark.pipeline.jpeg_exact import encode_jpeg_exact, jpeg_exact_unsupported
 from clearmark.settings import Settings, get_settings
-from clearmark.workers.jpeg_exact import encode_jpeg_exact, jpeg_exact_unsupported
 
 # Formats we open (multi-picture JPEGs open as "MPO" through the JPEG plugin). Everything
 # else (EPS/PDF need Ghostscript, PSD, ICO ...) is refused as not_an_image.

@@ -19,7 +19,7 @@ component of the dilated mask) on its own:
   lost structure present in the surroundings).
 
 A region that fails is put back exactly as it was (`revert`): on clean photos these are
-the detector's false alarms. What that means for the job's status is `workers.verdict`'s:
+the detector's false alarms. What that means for the job's status is `pipeline.verdict`'s:
 a region put back while the detector still scores it at its low limit or above sends the
 job to `needs_review`, never to `no_watermark`.
 """
@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from clearmark.workers.verdict import as_compared
+from clearmark.pipeline.verdict import as_compared
 
 FIT_PIXELS = 20_000  # pixels sampled per region for the blend fit
 MIN_CHANGE = 3.0  # grey levels: a smaller move is JPEG noise, not a change

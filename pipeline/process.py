@@ -2,7 +2,7 @@
 
 `process_image(data, engines, settings)` is what the Celery task and the CLI call. It is
 pure over its inputs (no database, storage or Celery here) and raises
-`workers.errors.BadInput` for files it cannot use (codes in `workers.imaging`).
+`workers.errors.BadInput` for files it cannot use (codes in `pipeline.imaging`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from clearmark.models.masks import Box, Mask, Tile, bbox, build_mask, component_
 from clearmark.models.networks import remover_input
 from clearmark.models.repetition import REPEAT_HIGH, REPEAT_LOW, Repetition, find_repetition
 from clearmark.models.text_prior import OVERLAY_HIGH, OVERLAY_LOW, TextDetector, TextLine
-from clearmark.settings import Settings, get_settings
-from clearmark.workers.gate import GateLimits, RegionVerdict, judge
-from clearmark.workers.imaging import decode_image, encode_image, orientation_exif, to_stored
-from clearmark.workers.verdict import (
+from clearmark.pipeline.gate import GateLimits, RegionVerdict, judge
+from clearmark.pipeline.imaging import decode_image, encode_image, orientation_exif, to_stored
+from clearmark.pipeline.verdict import (
     DETECTOR,
     REPETITION,
     SUSPECT_MIN_AREA_AT_DETECTOR,
@@ -39,7 +38,8 @@ from clearmark.workers.verdict import (
     load_prior,
     score_p90,
 )
-from clearmark.workers.versions import PIPELINE_CODE_VERSION
+from clearmark.pipeline.versions import PIPELINE_CODE_VERSION
+from clearmark.settings import Settings, get_settings
 
 # Pixels (N*H*W) per remover call: bounds memory when many crops share a size.
 REMOVE_BATCH_PIXELS = 2 * 1024 * 1024
@@ -253,7 +253,7 @@ def apply_gate(
     suspects: list[Suspect],
     prior: SuspectPrior | None,
 ) -> tuple[np.ndarray, Mask, np.ndarray, list[RegionVerdict]]:
-    """Judge every changed region (`workers.gate.judge`), score the detector's suspects by
+    """Judge every changed region (`pipeline.gate.judge`), score the detector's suspects by
     the prior with the gate's measurements, let through a failed region the prior is sure
     of (`GateLimits.waived`), and put back exactly the input in the rest; returns the
     restored image, mask and found pixels without them."""
@@ -487,7 +487,7 @@ def rerun_detectors(
 def process_image(data: bytes, engines: Engines, settings: Settings | None = None) -> PipelineResult:
     """Clean one image file (`clean_rgb`, encoding, then the detectors again on the result).
 
-    The status follows `workers.verdict`: "no_watermark" only when no detector flagged any
+    The status follows `pipeline.verdict`: "no_watermark" only when no detector flagged any
     region at its low limit (then `image_bytes` are the input bytes unchanged, same
     extension, any EXIF orientation still applies, and the mask is all zero); "succeeded"
     only when something was removed and the detector, run again on the delivered image over

@@ -1,4 +1,4 @@
-"""`clearmark calibrate-suspects`: fit the suspect prior (`workers.verdict.SuspectPrior`) on
+"""`clearmark calibrate-suspects`: fit the suspect prior (`pipeline.verdict.SuspectPrior`) on
 the train split and choose its low limit there.
 
 The pipeline runs on train photos, marked with training's own mark styles and clean; every
@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from clearmark.models import logistic
-from clearmark.models.evaluate_real import Case
 from clearmark.models.masks import dilate_disc
+from clearmark.pipeline.evaluate_real import Case
+from clearmark.pipeline.process import Engines, clean_rgb, rerun_detectors
+from clearmark.pipeline.verdict import DETECTOR, PRIOR_FEATURES, prior_features
 from clearmark.settings import Settings
-from clearmark.workers.pipeline import Engines, clean_rgb, rerun_detectors
-from clearmark.workers.verdict import DETECTOR, PRIOR_FEATURES, prior_features
 
 ON_MARK, OFF_MARK = 0.5, 0.1  # share of a suspect's pixels on the true mark (3 px dilated)
 LIMITS = tuple(round(x, 2) for x in np.arange(0.05, 0.96, 0.05))
