@@ -215,7 +215,7 @@ def test_flower_needs_its_extra_and_keeps_the_password_off_the_command_line(tmp_
     runner = CliRunner()
     if importlib.util.find_spec("flower") is None:
         result = runner.invoke(cli, ["flower"])
-        assert result.exit_code == 1 and "pip install -e '.[ops]'" in result.output
+        assert result.exit_code == 1 and "pip install -e '.[ops]' -c constraints.txt" in result.output
     else:
         result = runner.invoke(cli, ["flower", "--basic-auth=admin:secret"])
         assert result.exit_code == 1 and "shows in `ps`" in result.output

@@ -85,6 +85,12 @@ def test_selection_and_dry_run_counts(service, tmp_path):
     assert "needs_review 1, succeeded 4 (total 5)" in result.output
     with session_scope(service.database_url) as session:  # a dry run changes nothing
         assert session.scalar(select(Batch).where(Batch.kind == "reprocess")) is None
+    # --until takes what --since takes: an age (every seeded job is older than an hour)...
+    aged = CliRunner().invoke(cli, ["reprocess", "--dry-run", "--until", "1h"])
+    assert aged.exit_code == 0 and "(total 13)" in aged.output, aged.output
+    # ... and says which option it could not read, as --since does.
+    bad = CliRunner().invoke(cli, ["reprocess", "--dry-run", "--until", "soon"])
+    assert bad.exit_code == 2 and "--until" in bad.output and "Traceback" not in bad.output
 
 
 def test_interrupted_run_resumes_without_enqueueing_twice(service, monkeypatch):

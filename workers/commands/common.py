@@ -79,12 +79,13 @@ def find_images(
     return found
 
 
-def since_value(text: str) -> datetime:
-    """`--since` as a time: an ISO date or time, or an age (12h, 7d, 2w) back from now."""
+def since_value(text: str, option: str = "--since") -> datetime:
+    """`--since` (or `--until`) as a time: an ISO date or time, or an age (12h, 7d, 2w)
+    back from now."""
     try:
         return parse_since(text)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from None
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def follow(items: Iterable[T], total: int, desc: str) -> Iterator[T]:

@@ -93,7 +93,11 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
     metavar="DATE|AGE",
     help="Created at or after: an ISO date or time (UTC unless an offset is given) or an age (12h, 7d, 2w).",
 )
-@click.option("--until", help="Created before (ISO 8601).")
+@click.option(
+    "--until",
+    metavar="DATE|AGE",
+    help="Created before: an ISO date or time (UTC unless an offset is given) or an age (12h, 7d, 2w).",
+)
 @click.option(
     "--outdated",
     is_flag=True,
@@ -154,6 +158,7 @@ def reprocess(
             raise click.ClickException(str(exc)) from None
     else:
         since = since and since_value(since).isoformat()  # an age is fixed now, for --resume
+        until = until and since_value(until, "--until").isoformat()
         selection = rp.Selection(
             tenant=tenant,
             statuses=statuses,

@@ -60,7 +60,8 @@ def flower(port: int, address: str, auth_file: Path | None, flower_args: tuple[s
     arguments go to Flower (e.g. --url_prefix=flower)."""
     if importlib.util.find_spec("flower") is None:
         raise click.ClickException(
-            "Flower is not installed: install the ops extra (.venv/bin/pip install -e '.[ops]')"
+            "Flower is not installed: install the ops extra "
+            "(.venv/bin/pip install -e '.[ops]' -c constraints.txt)"
         )
     if any(arg.startswith("--basic") for arg in flower_args):
         raise click.ClickException(
