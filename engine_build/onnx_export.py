@@ -11,7 +11,7 @@
   "output", input and output float32 for both precisions.
 - precision "fp16": the same graph with fp16 weights and activations, wrapped in casts
   (float32 in -> fp16 -> float32 out). It is the graph a *strongly typed* TensorRT
-  network builds from (DESIGN.md practice notes: precision expressed in the ONNX graph).
+  network builds from (ARCHITECTURE.md, Engines: precision expressed in the ONNX graph).
 - Each file is checked with `onnx.checker` (full check, shape inference) and run once in
   ONNX Runtime against PyTorch at two shapes before it is kept (fp32 within 1e-3; fp16
   within 5e-2, where the ONNX Runtime build has the fp16 kernels).

@@ -8,7 +8,7 @@ Build (`ensure_engine`, used by `clearmark engines build` and lazily by `TrtEngi
   profile (min, opt, max) on the dynamic input; workspace limit from
   settings.trt_workspace_mb; a persistent timing cache per (TensorRT version, GPU)
   beside the engines.
-- Precision (DESIGN.md practice notes: TensorRT 11 drops the FP16/INT8 builder flags and
+- Precision (ARCHITECTURE.md, Engines: TensorRT 11 drops the FP16/INT8 builder flags and
   the INT8 calibrators, 10.x deprecates them):
     fp16, TensorRT >= 10: a *strongly typed* network parsed from the fp16 ONNX graph
         (fp16 weights/activations, float32 I/O casts in the graph); no precision flags.

@@ -1,6 +1,6 @@
 """Network definitions.
 
-Contracts (DESIGN.md):
+Contracts (ARCHITECTURE.md):
 - Detector: RGB float in [0, 1], N x 3 x H x W  ->  watermark probability N x 1 x H x W.
 - Remover: RGB + soft mask + classical prefill RGB, N x 7 x H x W (`remover_input` builds it)
   ->  restored RGB + full-resolution watermark probability, N x 4 x H x W in [0, 1].

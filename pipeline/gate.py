@@ -1,6 +1,6 @@
 """The do-no-harm gate: is what the pipeline changed consistent with lifting an overlay?
 
-A watermark composites as `I = a*W + (1-a)*B` (DESIGN.md). So wherever the pipeline
+A watermark composites as `I = a*W + (1-a)*B` (ARCHITECTURE.md). So wherever the pipeline
 changed a pixel, input minus output should be `a * (W - B)`: a move from the restored
 background towards one mark colour W. `judge` checks each changed region (a connected
 component of the dilated mask) on its own:

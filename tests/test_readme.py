@@ -77,3 +77,15 @@ def test_readme_error_table_matches_the_api():
     assert sorted(set(documented) - set(expected)) == [], "README codes the API never returns"
     wrong = {c: (documented[c], s) for c, s in expected.items() if documented[c] != s}
     assert wrong == {}, "README status differs from the API's: code: (README, API)"
+
+
+def test_the_code_cites_only_documents_the_repository_holds():
+    """A clone has no ../shared: every `NAME.md` a module cites is in the repository."""
+    cited = {
+        (path.relative_to(ROOT).as_posix(), name)
+        for folder in ("clearmark", "models", "engine_build", "pipeline", "workers", "migrations", "scripts")
+        for path in (ROOT / folder).rglob("*.py")
+        for name in re.findall(r"\b([A-Z][A-Z_]*\.md)\b", path.read_text())
+    }
+    missing = sorted((where, name) for where, name in cited if not (ROOT / name).is_file())
+    assert cited and not missing, missing

@@ -1,7 +1,7 @@
 """The Celery application: Redis broker, late acks, one task at a time per child.
 
-Settings follow the documented recipe for long, idempotent tasks (DESIGN.md, practice
-notes): late acks + prefetch 1, requeue when a child dies, a Redis visibility timeout above
+Settings follow the documented recipe for long, idempotent tasks (ARCHITECTURE.md, a job's
+life): late acks + prefetch 1, requeue when a child dies, a Redis visibility timeout above
 the hard time limit, and separate queues for uploads, bulk runs and webhooks.
 """
 
