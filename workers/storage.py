@@ -98,8 +98,7 @@ def tenant_source_uri(uri: str, tenant_id: str) -> str:
         f"source_uri must name a file inside the storage under {storage.root_uri}/{prefix}"
     )
     root = storage.root_uri + "/"
-    raw = uri[len(root) :] if uri.startswith(root) else ""
-    key = unquote(raw) if root.startswith("file://") else raw
+    key = _as_read(uri)[len(_as_read(root)) :] if uri.startswith(root) else ""
     try:
         check_key(key)
     except UnsafeKey:
@@ -135,12 +134,17 @@ def job_source_uri(uri: str, tenant_id: str) -> str:
     return uri
 
 
-def _fs_path(uri: str) -> tuple[AbstractFileSystem, str]:
-    """(filesystem, path) of a URI. A `file://` URI is percent-decoded first, as RFC 8089
+def _as_read(uri: str) -> str:
+    """The URI as storage resolves it: a `file://` URI percent-decoded once, as RFC 8089
     asks (fsspec takes it literally): `Path.as_uri()` writes a space as %20, `#` as %23."""
     if uri.startswith("file://"):
-        uri = "file://" + unquote(uri.removeprefix("file://"))
-    fs, path = fsspec.core.url_to_fs(uri)
+        return "file://" + unquote(uri.removeprefix("file://"))
+    return uri
+
+
+def _fs_path(uri: str) -> tuple[AbstractFileSystem, str]:
+    """(filesystem, path) of a URI, decoded as `_as_read` says."""
+    fs, path = fsspec.core.url_to_fs(_as_read(uri))
     return fs, path
 
 
