@@ -192,7 +192,6 @@ def run_methods(
             row.update(
                 sec=sec,
                 review_reason=r.review_reason,
-                undecided_text=r.details.get("undecided_text", []),
                 gate=gate,
                 truth=[_on_mark(v["box"], case.mask) for v in gate],
                 delta_sse=[_delta_sse(v["box"], case, out) for v in gate],

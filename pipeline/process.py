@@ -228,8 +228,6 @@ class Cleaning:
     # flagged at its low limit, each with what the pipeline did there (`fate`)
     guarded: list[str] = field(default_factory=list)  # product text the change reached:
     # put back, one sentence each
-    undecided: list[float] = field(default_factory=list)  # text prior of the lines it can
-    # call neither printed nor overlaid (OVERLAY_LOW <= overlay < OVERLAY_HIGH), left unchanged
 
 
 def gate_limits(s: Settings) -> GateLimits:
@@ -266,14 +264,22 @@ def apply_gate(
         if not v.passed and limits.waived(v):
             v.passed, v.reason = True, f"kept: the suspect prior is sure of it ({v.prior:.3g}); {v.reason}"
     failed = [r for r in regions if not r.verdict.passed]
-    if failed:
-        restored, keep = restored.copy(), mask.dilated.copy()
-        for r in failed:
-            restored[r.window][r.pixels] = rgb[r.window][r.pixels]
-            keep[r.window][r.pixels] = False
-        mask = Mask(core=mask.core & keep, dilated=keep, alpha=np.where(keep, mask.alpha, 0).astype(np.uint8))
-        found = found & keep
-    return restored, mask, found, verdicts
+    if not failed:
+        return restored, mask, found, verdicts
+    keep = mask.dilated.copy()
+    for r in failed:
+        keep[r.window][r.pixels] = False
+    return (*put_back(rgb, restored, mask, found, keep), verdicts)
+
+
+def put_back(
+    rgb: np.ndarray, restored: np.ndarray, mask: Mask, found: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, Mask, np.ndarray]:
+    """The restored image, mask and found pixels with only `keep` (bool H x W) changed: the
+    input exactly everywhere else."""
+    restored = np.where(keep[..., None], restored, rgb)
+    alpha = np.where(keep, mask.alpha, 0).astype(np.uint8)
+    return restored, Mask(core=mask.core & keep, dilated=keep, alpha=alpha), found & keep
 
 
 def score_suspects(
@@ -283,7 +289,9 @@ def score_suspects(
     detector's suspects by it (their value and limit become the prior's)."""
     for suspect in suspects:
         suspect.evidence.update(_gate_evidence(suspect, verdicts))
-        if prior is not None and suspect.detector == DETECTOR:
+        if prior is not None and suspect.detector == DETECTOR:  # the detector's own limit
+            # still holds on the result
+            suspect.after_limit = suspect.limit
             suspect.value, suspect.limit = prior.score(suspect.evidence), prior.limit
 
 
@@ -348,8 +356,6 @@ def clean_rgb(
     restored, mask, found, guarded = guard_printed_text(rgb, restored, mask, found, printed)
     for suspect in suspects:
         suspect.fate = _fate(suspect, mask.dilated, verdicts, confirmed_dilated, detected_core, s)
-        if suspect.detector == DETECTOR:
-            suspect.after_limit = s.detector_absent_below
     kept = core_prob[mask.core[detected_core]]
     return Cleaning(
         restored=restored,
@@ -359,12 +365,6 @@ def clean_rgb(
         verdicts=verdicts,
         suspects=suspects,
         guarded=guarded,
-        undecided=[
-            ln.overlay
-            for ln in lines
-            if OVERLAY_LOW <= ln.overlay < OVERLAY_HIGH
-            and not mask.dilated[ln.box[1] : ln.box[3], ln.box[0] : ln.box[2]][ln.mask].any()
-        ],
     )
 
 
@@ -439,9 +439,7 @@ def guard_printed_text(
             )
     if not reasons:
         return restored, mask, found, []
-    restored = np.where(keep[..., None], restored, rgb)
-    alpha = np.where(keep, mask.alpha, 0).astype(np.uint8)
-    return restored, Mask(core=mask.core & keep, dilated=keep, alpha=alpha), found & keep, reasons
+    return (*put_back(rgb, restored, mask, found, keep), reasons)
 
 
 def repetition_suspect(tiled: Repetition) -> Suspect:
@@ -539,7 +537,6 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         )
     status = "needs_review" if reasons else verdict.status
     residual = max((x.final[0] for x in c.suspects), default=0.0)
-    details["undecided_text"] = c.undecided
     details["suspects"] = [
         {"detector": x.detector, "box": list(x.box), "score": x.value, "after": x.after, "fate": x.fate}
         | {"evidence": x.evidence}

@@ -151,9 +151,9 @@ def find_suspects(prob: np.ndarray, limit: float, min_area: int, detector: str =
         if area < min_area:
             continue
         pixels = labels[y : y + h, x : x + w] == k
-        window = prob[y : y + h, x : x + w][pixels]
-        value = float(np.percentile(window, 90))
-        evidence = {"p90": value, "mean": float(window.mean()), "area": area / prob.size}
+        window = prob[y : y + h, x : x + w]
+        value = score_p90(window, pixels)
+        evidence = {"p90": value, "mean": float(window[pixels].mean()), "area": area / prob.size}
         out.append(Suspect(detector, (x, y, x + w, y + h), pixels, value, limit, evidence=evidence))
     return out
 
