@@ -45,6 +45,8 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from clearmark.models import logistic
+from clearmark.models.logistic import Logistic
 from clearmark.models.products import load_photo, mark_photo, split_paths
 from clearmark.models.styles import FAMILIES, TRAIN
 from clearmark.models.synth import blend, jpeg, render_watermark, visible_part
@@ -127,15 +129,12 @@ def _session(path: Path, threads: int = 2) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
-
-
 class TextDetector:
     def __init__(self, session: ort.InferenceSession, prior: dict | None = None, max_side: int = MAX_SIDE):
         self.session = session
         self.input = session.get_inputs()[0].name
         self.prior = prior
+        self.model = _model(prior) if prior is not None else None
         self.max_side = max_side
 
     @classmethod
@@ -195,11 +194,9 @@ class TextDetector:
         return small, raws
 
     def overlay(self, feats: dict[str, float]) -> float:
-        if self.prior is None:
+        if self.model is None:
             return float("nan")
-        x = np.array([feats[k] for k in self.prior["features"]], np.float64)
-        z = (x - np.array(self.prior["mean"])) / np.array(self.prior["std"])
-        return float(_sigmoid(np.array(z @ np.array(self.prior["coef"]) + self.prior["bias"])))
+        return float(self.model.predict(np.array([[feats[k] for k in self.model.features]]))[0])
 
     def lines(self, rgb: np.ndarray) -> list[TextLine]:
         """The text lines of an H x W x 3 uint8 RGB photo, strongest first. Each line's
@@ -531,26 +528,14 @@ def collect(
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 3000) -> dict:
-    """L2-regularised logistic regression on standardised features, classes weighted equally."""
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
-    z = (x - mean) / std
-    wpos = 0.5 / max(1, int(y.sum()))
-    wneg = 0.5 / max(1, int((1 - y).sum()))
-    sw = np.where(y == 1, wpos, wneg)
-    coef, bias = np.zeros(x.shape[1]), 0.0
-    lr = 1.0
-    for _ in range(steps):  # full-batch gradient descent (convex; a few thousand rows)
-        p = _sigmoid(z @ coef + bias)
-        g = sw * (p - y)
-        coef -= lr * (z.T @ g + l2 * coef)
-        bias -= lr * float(g.sum())
-    return {
-        "features": list(FEATURES),
-        "mean": mean.tolist(),
-        "std": std.tolist(),
-        "coef": coef.tolist(),
-        "bias": bias,
-    }
+    """The prior's coefficients (`models.logistic.fit`), in text_prior.json's own keys."""
+    m = logistic.fit(x, y, list(FEATURES), l2=l2, steps=steps, lr=1.0, scale_floor=1e-6)
+    return {"features": m.features, "mean": m.mean, "std": m.scale, "coef": m.weights, "bias": m.bias}
+
+
+def _model(prior: dict) -> Logistic:
+    """text_prior.json's coefficients as the model that scores with them."""
+    return Logistic(prior["features"], prior["mean"], prior["std"], prior["coef"], float(prior["bias"]))
 
 
 def auc(score: np.ndarray, y: np.ndarray) -> float:
@@ -648,9 +633,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed + 1,
             "max_side": det.max_side,
         }
-        train_prob = _sigmoid(
-            ((rows["x"] - prior["mean"]) / prior["std"]) @ np.array(prior["coef"]) + prior["bias"]
-        )
+        train_prob = _model(prior).predict(rows["x"])
         high, low = choose_thresholds(rows, train_prob)
         prior["thresholds_on_train"] = {"high": high, "low": low}
         args.prior.write_text(json.dumps(prior, indent=1) + "\n")
