@@ -3,7 +3,8 @@ family (fonts, names, phrases and three kinds of mark) that no training run ever
 the real-photo evaluation measures transfer to marks the models have not met.
 
 - `TRAIN`: DejaVu (as the synthetic set) and Liberation fonts, the synthesizer's names and
-  phrases, its six kinds.
+  phrases, its six kinds and the seller marks of `models.seller_marks` (badges, stickers,
+  icons, contact blocks, glow/emboss/gradient text, faint large marks).
 - `HELDOUT`: URW base-35 fonts (Nimbus, C059, P052, Bookman, Gothic, Z003 script), other
   shop names and phrases, other CJK phrases, and the kinds `banner` (a filled label with
   the name knocked out), `stamp` (a double ring around a word) and `diagonal` (one large
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from clearmark.models.scenes import CJK_FONTS, LATIN_FONTS, font
+from clearmark.models.seller_marks import SELLER_KINDS
 from clearmark.models.synth import (
     CJK_WORDS,
     KINDS,
@@ -134,4 +136,7 @@ def diagonal_element(rng: np.random.Generator, long_side: int, colour: np.ndarra
 
 
 HELDOUT_KINDS = {"banner": banner_element, "stamp": stamp_element, "diagonal": diagonal_element}
-FAMILIES = {"train": (TRAIN, KINDS, {}), "heldout": (HELDOUT, KINDS + tuple(HELDOUT_KINDS), HELDOUT_KINDS)}
+FAMILIES = {
+    "train": (TRAIN, KINDS + tuple(SELLER_KINDS), SELLER_KINDS),
+    "heldout": (HELDOUT, KINDS + tuple(HELDOUT_KINDS), HELDOUT_KINDS),
+}

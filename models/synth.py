@@ -333,7 +333,9 @@ def render_watermark(
             angle = rng.uniform(-35, 35) if rng.random() < 0.5 and kind != "corner" else 0.0
             blur = rng.uniform(0.3, 1.5) if rng.random() < 0.25 else 0.0
             elem = _transform(elem, angle, blur)
-            corner = kind == "corner" or (kind in ("url", "logo") and rng.random() < 0.5)
+            corner = kind == "corner" or (
+                kind in ("url", "logo", "badge", "icon", "sticker") and rng.random() < 0.5
+            )
             x, y = _place(rng, h, w, elem[0].shape[0], elem[0].shape[1], corner)
         _paste(canvas, (elem[0] * opacity, elem[1] * opacity), x, y)
         labels.append(kind if style in ("plain", "logo") else f"{kind}+{style}")

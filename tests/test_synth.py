@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clearmark.models.products import mark_photo
 from clearmark.models.scenes import DEFAULT_DATA, photo_list, render_background
+from clearmark.models.seller_marks import SELLER_KINDS
+from clearmark.models.styles import FAMILIES
 from clearmark.models.synth import (
     KINDS,
     MIN_CHANGE,
@@ -142,3 +145,22 @@ def test_printed_product_text_stays_on_its_label():
         outside[60:120, 50:170] = False
         assert not printed[outside].any()
         assert (pixels[outside] == 240).all()
+
+
+@pytest.mark.parametrize("kind", sorted(SELLER_KINDS))
+def test_seller_marks_are_visible_marks_drawn_alike_from_one_seed(kind):
+    photo = np.full((400, 600, 3), 240, np.uint8)
+    photo[150:300, 200:400] = (60, 90, 130)
+    a, b = (mark_photo(np.random.default_rng(11), photo, "train", [kind], quality=90) for _ in range(2))
+    np.testing.assert_array_equal(a.composite, b.composite)
+    assert a.kinds[0].split("+")[0] == kind
+    assert a.mask.any() and a.alpha.max() <= 1
+    # only the mark changes the photo, and it changes it where its ground truth says
+    diff = np.abs(a.composite.astype(int) - a.clean).max(axis=2)
+    assert diff[~a.mask].mean() < 2 and diff[a.mask].mean() > 2 * diff[~a.mask].mean()
+
+
+def test_seller_marks_train_the_detector_but_never_reach_the_heldout_family():
+    train_kinds, heldout_kinds = FAMILIES["train"][1], FAMILIES["heldout"][1]
+    assert set(SELLER_KINDS) <= set(train_kinds)
+    assert not set(SELLER_KINDS) & set(heldout_kinds)
