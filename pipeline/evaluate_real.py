@@ -26,7 +26,7 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +38,7 @@ from PIL import Image
 from clearmark.models.evaluate import psnr, ssim
 from clearmark.models.masks import dilate_disc
 from clearmark.models.products import load_photo, mark_photo, split_paths
+from clearmark.models.text_prior import TextDetector
 from clearmark.models.train import update_manifest
 from clearmark.models.weights import WEIGHTS_DIR
 from clearmark.pipeline.process import Engines, process_image
@@ -49,6 +50,10 @@ CHANGED_LEVELS = 2  # a pixel moved by more than this counts as changed
 BOOTSTRAP = 1000
 MARK_LEFT_F1 = 0.5  # a succeeded photo whose mask F1 is under this ...
 MARK_LEFT_GAIN_DB = 6.0  # ... or whose PSNR inside the mark gained less: the mark was left
+# A line of product text (one the text detector finds on the clean photo, clear of the mark
+# by OUTSIDE_PX) counts as changed when this share of its pixels moved by more than
+# CHANGED_LEVELS: letters lost or smeared, not a JPEG block's ripple at its edge.
+TEXT_CHANGED_SHARE = 0.05
 METHODS = ("model", "none", "telea")
 
 
@@ -61,6 +66,9 @@ class Case:
     clean: np.ndarray  # uint8 RGB, the photo without the mark (same JPEG quality)
     composite: np.ndarray  # uint8 RGB, the upload decoded
     mask: np.ndarray  # bool, the visible mark
+    # the product's own text: (box, mask of the crop at box) of each line the text detector
+    # finds on the clean photo clear of the mark (`find_product_text`)
+    product_text: list[tuple[tuple[int, int, int, int], np.ndarray]] = field(default_factory=list)
 
 
 def build_set(
@@ -102,6 +110,28 @@ def build_set(
     return cases
 
 
+def find_product_text(cases: list[Case], text: TextDetector) -> None:
+    """Fill each case's `product_text`: the lines `text` finds on the clean photo whose box
+    stays clear of the mark grown by OUTSIDE_PX."""
+    for case in cases:
+        near = dilate_disc(case.mask, OUTSIDE_PX).astype(bool) if case.marked else None
+        case.product_text = [
+            (line.box, line.mask)
+            for line in text.lines(case.clean)
+            if near is None or not near[line.box[1] : line.box[3], line.box[0] : line.box[2]].any()
+        ]
+
+
+def text_changed(case: Case, output: np.ndarray) -> bool:
+    """Did `output` change a line of the product's own text (TEXT_CHANGED_SHARE of its
+    pixels moved by more than CHANGED_LEVELS from the upload)?"""
+    for (x0, y0, x1, y1), inside in case.product_text:
+        moved = np.abs(output[y0:y1, x0:x1].astype(np.int16) - case.composite[y0:y1, x0:x1]).max(axis=2)
+        if inside.any() and float((moved[inside] > CHANGED_LEVELS).mean()) >= TEXT_CHANGED_SHARE:
+            return True
+    return False
+
+
 def decode_rgb(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
@@ -127,6 +157,7 @@ def score(case: Case, output: np.ndarray, mark: np.ndarray, status: str) -> dict
         "psnr_input": before,
         "ssim": ssim(output, case.clean),
         "changed": changed,
+        "text_changed": text_changed(case, output),
         "harm": bool(status == "succeeded" and after < before - 1e-9),
     }
     if case.marked:
@@ -397,6 +428,7 @@ def summarize(rows: list[dict]) -> dict:
         ),
         "clean_changed": bootstrap([float(r["changed"]) for r in clean]),
         "clean_review": bootstrap([float(r["status"] == "needs_review") for r in clean]),
+        "text_changed": bootstrap([float(r["text_changed"]) for r in rows]),
         "psnr": bootstrap([r["psnr"] for r in rows]),
         "ssim": bootstrap([r["ssim"] for r in rows]),
     }
@@ -451,6 +483,7 @@ def by_style(rows: list[dict]) -> dict[str, dict]:
             "no_watermark": bootstrap([float(r["status"] == "no_watermark") for r in v]),
             "mark_left": bootstrap([float(r["mark_left"]) for r in v]),
             "harmed": sum(r["harm"] for r in v),
+            "text_changed": sum(r["text_changed"] for r in v),
         }
         for k, v in sorted(groups.items())
     }
@@ -480,6 +513,10 @@ def format_report(results: dict) -> str:
             f"succeeded: {_ci(s['clean_changed_succeeded'], '{:.3f}')}; sent to review: "
             f"{_ci(s['clean_review'], '{:.3f}')}"
         )
+        lines.append(
+            f"  product text changed (a line clear of the mark, {TEXT_CHANGED_SHARE:.0%} of its "
+            f"pixels moved): {_ci(s['text_changed'], '{:.3f}')} of photos"
+        )
         lines.append(f"  whole-image PSNR {_ci(s['psnr'])} dB, SSIM {_ci(s['ssim'], '{:.4f}')}")
         if "f1" in s:
             lines.append(
@@ -508,13 +545,13 @@ def format_report(results: dict) -> str:
         lines += [
             "",
             "model by the first kind of mark: n, F1, PSNR inside (input), succeeded, harmed, "
-            "reported no_watermark, succeeded with the mark left",
+            "reported no_watermark, succeeded with the mark left, product text changed",
         ]
         for k, v in styles.items():
             lines.append(
                 f"  {k:<10} {v['n']:>3} {_ci(v['f1'], '{:.3f}')} {v['psnr_in']:6.2f} "
                 f"({v['psnr_in_input']:6.2f}) {v['succeeded']:>3} {v['harmed']:>2}  "
-                f"{_ci(v['no_watermark'], '{:.2f}')}  {_ci(v['mark_left'], '{:.2f}')}"
+                f"{_ci(v['no_watermark'], '{:.2f}')}  {_ci(v['mark_left'], '{:.2f}')}  {v['text_changed']}"
             )
     return "\n".join(lines)
 
@@ -535,6 +572,7 @@ def evaluate_real(
     """The whole pipeline (`process_image` with these engines and settings) on a set of
     `build_set`, with the baselines in `methods`."""
     cases = build_set(data_dir, split, n_marked, n_clean, seed, family)
+    find_product_text(cases, engines.text or TextDetector.load())
 
     def process(upload: bytes) -> Cleaned:
         return process_image(upload, engines, settings)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from clearmark.pipeline.evaluate_real import Case, bootstrap, score, summarize
+from clearmark.pipeline.evaluate_real import Case, bootstrap, find_product_text, score, summarize
 
 
 def case(marked=True) -> Case:
@@ -97,3 +97,35 @@ def test_gate_precision_counts_regions_by_what_they_did():
         "put_back": 2,
         "put_back_false_alarm": 1,
     }
+
+
+def test_product_text_counts_as_changed_when_letters_move_not_when_untouched():
+    c = case()
+    inside = np.zeros((4, 6), bool)
+    inside[1:3, 1:5] = True  # 8 pixels of a product text line at rows 6-9, columns 2-7
+    c.product_text = [((2, 6, 8, 10), inside)]
+    assert not score(c, c.clean.copy(), c.mask, "succeeded")["text_changed"]
+    out = c.clean.copy()
+    out[7, 3] = 200  # one of 8 letter pixels lost (12.5% >= TEXT_CHANGED_SHARE)
+    assert score(c, out, c.mask, "succeeded")["text_changed"]
+    out = c.clean.copy()
+    out[6, 2] = 200  # inside the box, outside the letters
+    assert not score(c, out, c.mask, "succeeded")["text_changed"]
+
+
+def test_find_product_text_keeps_only_lines_clear_of_the_mark():
+    from PIL import Image, ImageDraw
+
+    from clearmark.models.scenes import font
+    from clearmark.models.text_prior import TextDetector
+
+    im = Image.new("RGB", (640, 480), (250, 250, 250))
+    d = ImageDraw.Draw(im)
+    d.text((40, 60), "ORGANIC OATS", font=font("DejaVuSans-Bold.ttf", 40), fill=(20, 20, 20))
+    d.text((40, 360), "SAMPLE MARK", font=font("DejaVuSans-Bold.ttf", 40), fill=(20, 20, 20))
+    clean = np.asarray(im)
+    mask = np.zeros(clean.shape[:2], bool)
+    mask[355:410, 35:380] = True
+    c = Case("x.jpg", True, "text", b"", clean, clean, mask)
+    find_product_text([c], TextDetector.load())
+    assert c.product_text and all(box[3] < 300 for box, _ in c.product_text)
