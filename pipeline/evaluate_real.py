@@ -299,11 +299,12 @@ def _delta_sse(box, case: Case, output: np.ndarray) -> float:
 
 
 def sweep_gate(rows: list[dict], limits: dict, make_gate: Callable[..., GateCheck]) -> dict:
-    """What the gate would have done with `limits` (min_explained, max_continues,
-    max_flattened, review_confident) on a run where it let every region through
-    (`OPEN_GATE`, `clearmark eval-real --sweep-gate`): per image,
-    keep the regions that pass, add their `delta_sse`, and call it succeeded (some region
-    kept, none sure one put back), needs_review or no_watermark. Approximate (boxes, not
+    """What the gate would have done with `limits` (GateLimits' fields) on a run where it
+    let every region through (`OPEN_GATE`, `clearmark eval-real --sweep-gate`): per image,
+    keep the regions that pass and add their `delta_sse`; as the pipeline's statuses rule
+    (`pipeline.verdict`), a region put back leaves a found mark in place, so the image is
+    needs_review; else succeeded when some region was kept, no_watermark when there was
+    none. The residual check on the result is not replayed. Approximate (boxes, not
     pixels; JPEG noise outside the regions ignored): for choosing limits on the tuning
     split, never for reporting. `make_gate(**limits)` is the gate with those limits
     (`pipeline.gate.GateLimits`)."""
@@ -318,7 +319,7 @@ def sweep_gate(rows: list[dict], limits: dict, make_gate: Callable[..., GateChec
         "gain_db": [],
     }
     for r in rows:
-        keep_sse, kept, sure_reverted = 0.0, 0, False
+        keep_sse, kept, put_back = 0.0, 0, False
         for v, d in zip(r["gate"], r["delta_sse"]):
             shape = (v["explained"], v["continues"], v["flattened"])
             fails = gate.failures(v["confidence"], v["opacity"], *shape)
@@ -326,9 +327,9 @@ def sweep_gate(rows: list[dict], limits: dict, make_gate: Callable[..., GateChec
                 fails = gate.failures(1.0, 1.0, *shape)
             if not fails:
                 keep_sse, kept = keep_sse + d, kept + 1
-            elif v["confidence"] >= limits["review_confident"]:
-                sure_reverted = True
-        status = "needs_review" if sure_reverted else ("succeeded" if kept else "no_watermark")
+            else:
+                put_back = True
+        status = "needs_review" if put_back else ("succeeded" if kept else "no_watermark")
         out["review"] += status == "needs_review"
         if status == "succeeded":
             out["succeeded"] += 1
@@ -359,7 +360,6 @@ SWEEP = {
     "min_explained": (0.8, 0.9),
     "max_continues": (0.05, 0.1),
     "max_flattened": (1.0,),
-    "review_confident": (1.01,),
     "sure_prior": (0.5, 0.7, 0.8, 0.9, 0.95, 1.01),
 }
 

@@ -47,7 +47,6 @@ class GateLimits:
     min_explained: float = 0.8  # blend fit must explain this share of the change
     max_continues: float = 0.05  # share of the ring coloured like what was removed
     max_flattened: float = 1.0  # 1 - (restored texture / surrounding texture)
-    review_confident: float = 0.99  # eval-real's gate sweep only: a reverted region this sure
     sure_prior: float = 1.01  # a region the suspect prior scores this high needs only the
     # blend fit and the continuation checks (the detector's confidence and the opacity are
     # the gate's proxies for "is it a mark", which the prior answers better); above 1: off

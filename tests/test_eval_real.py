@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from clearmark.pipeline.evaluate_real import Case, bootstrap, find_product_text, score, summarize
+from clearmark.pipeline.evaluate_real import Case, bootstrap, find_product_text, score, summarize, sweep_gate
+from clearmark.pipeline.gate import GateLimits
 
 
 def case(marked=True) -> Case:
@@ -129,3 +130,29 @@ def test_find_product_text_keeps_only_lines_clear_of_the_mark():
     c = Case("x.jpg", True, "text", b"", clean, clean, mask)
     find_product_text([c], TextDetector.load())
     assert c.product_text and all(box[3] < 300 for box, _ in c.product_text)
+
+
+def test_the_gate_sweep_follows_the_statuses_rules():
+    def region(confidence, delta):
+        v = {"confidence": confidence, "opacity": 0.5, "explained": 0.95, "continues": 0.0, "flattened": 0.1}
+        return v, delta
+
+    def row(marked, *regions):
+        return {
+            "marked": marked,
+            "gate": [v for v, _ in regions],
+            "delta_sse": [d for _, d in regions],
+            "sse_input": 1000.0,
+        }
+
+    rows = [
+        row(True, region(0.99, -900.0)),  # a sure region that helped: succeeded
+        row(True, region(0.99, -900.0), region(0.5, -10.0)),  # one put back: review
+        row(False),  # nothing found: no_watermark
+        row(False, region(0.5, 50.0)),  # put back on a clean photo: review, not harm
+    ]
+    res = sweep_gate(rows, {"min_confidence": 0.9}, GateLimits)
+    assert (res["succeeded"], res["review"], res["clean_review"], res["harmed"]) == (1, 2, 1, 0)
+    assert res["marked_succeeded"] == 1 and res["gain_db"] == pytest.approx(
+        np.mean([10 * np.log10(1000 / 100), 10 * np.log10(1000 / 100)])
+    )
