@@ -197,3 +197,35 @@ def test_bulk_import_of_a_uri_prefix(service, tmp_path):
     assert sorted(j.source_uri for j in jobs) == [(bucket / f"p{i}.jpg").as_uri() for i in range(3)]
     assert {j.priority for j in jobs} == {"low"}
     assert queue_depths(service)[service.queue_bulk] == 3
+
+
+def test_bulk_and_submit_jobs_keep_their_file_names(service, tmp_path):
+    """Storage keys are hashes: each job keeps the name its file was given, and `review
+    list`, `status` and the report show that name."""
+    from clearmark.workers.db import METRIC_FIELDS, JobMetrics
+
+    folder = tmp_path / "catalogue" / ("spring collection " * 6).strip() / "shoes"
+    folder.mkdir(parents=True)
+    product_photo(1, size=(64, 48)).save(folder / "red shoe #1.png")
+    product_photo(2, size=(64, 48)).save(tmp_path / "hat.png")
+    assert CliRunner().invoke(cli, ["bulk", str(tmp_path / "catalogue"), "--tenant", "shop"]).exit_code == 0
+    submitted = CliRunner().invoke(cli, ["submit", str(tmp_path / "hat.png"), "--tenant", "shop"])
+    assert submitted.exit_code == 0, submitted.output
+    names = {str(folder / "red shoe #1.png"), str(tmp_path / "hat.png")}
+    with session_scope(service.database_url) as session:
+        jobs = session.scalars(select(Job)).all()
+        assert {j.source_name for j in jobs} == names
+        assert not any(j.source_name in j.source_uri for j in jobs)  # stored under their sha256
+        for job in jobs:
+            job.status = "needs_review" if job.priority == "low" else "failed"
+            job.error_code = "corrupt_image" if job.status == "failed" else None
+            job.review_reason = "a mark is left"
+            session.add(JobMetrics(job_id=job.id, **dict.fromkeys(METRIC_FIELDS, 0.5)))
+
+    listed = CliRunner().invoke(cli, ["review", "list"]).output
+    assert f"{folder / 'red shoe #1.png'}  -" in listed
+    assert f"[{tmp_path / 'hat.png'}]" in CliRunner().invoke(cli, ["status"]).output
+    out = tmp_path / "report.html"
+    assert CliRunner().invoke(cli, ["report", "--out", str(out)]).exit_code == 0
+    review = out.read_text().split("<h2>Needs review</h2>")[1].split("<h2>")[0]
+    assert f">{folder / 'red shoe #1.png'}</span>" in review
