@@ -43,6 +43,8 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     assert "ix_jobs_webhook_pending" in index_names
     metrics_columns = {c["name"]: c for c in inspector.get_columns("job_metrics")}
     assert metrics_columns["jpeg_exact"]["nullable"] and metrics_columns["jpeg_blocks_changed"]["nullable"]
+    migrate.downgrade(url, "0007")  # 0008 changes data only
+    assert "source_name" in {c["name"] for c in inspect(engine).get_columns("jobs")}
     migrate.downgrade(url, "0006")  # 0007 alone: the file names go
     assert "source_name" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
     assert "jpeg_exact" in {c["name"] for c in inspect(engine).get_columns("job_metrics")}
@@ -144,6 +146,61 @@ def test_file_names_move_from_the_first_event_into_the_job(request, backend):
         names = dict(conn.execute(text("SELECT id, source_name FROM jobs")).all())
     engine.dispose()
     assert names == {"named": "catalogue/2026/shoe ü.jpg", "unnamed": None, "api": None}
+
+
+@pytest.mark.parametrize("backend", ["sqlite_url", "pg_url"])
+def test_reprocess_batches_move_to_their_jobs_tenant(request, backend):
+    """Before 0008 a reprocess run without --tenant made its batch the default tenant's:
+    such a batch holding one tenant's jobs becomes that tenant's; one with several tenants'
+    jobs or none, and every other kind of batch, keeps its owner."""
+    url = request.getfixturevalue(backend)
+    migrate.upgrade(url, "0007")
+    now = datetime.now(UTC)
+    tenants = table("tenants", column("id"), column("name"), column("created_at"))
+    batches = table("batches", *(column(c) for c in ("id", "tenant_id", "kind", "total", "created_at")))
+    jobs = table(
+        "jobs",
+        *(column(c) for c in ("id", "tenant_id", "batch_id", "source_uri", "status", "attempts")),
+        column("created_at"),
+        column("updated_at"),
+    )
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(tenants.insert(), [{"id": t, "name": t, "created_at": now} for t in ("local", "a", "b")])
+        conn.execute(
+            batches.insert(),
+            [
+                {"id": b, "tenant_id": "local", "kind": kind, "total": 0, "created_at": now}
+                for b, kind in (
+                    ("one", "reprocess"),
+                    ("mixed", "reprocess"),
+                    ("empty", "reprocess"),
+                    ("bulk", "bulk"),
+                )
+            ],
+        )
+        conn.execute(
+            jobs.insert(),
+            [
+                {
+                    "id": f"{batch}-{i}",
+                    "tenant_id": tenant,
+                    "batch_id": batch,
+                    "source_uri": "x",
+                    "status": "queued",
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for batch, owners in (("one", "aa"), ("mixed", "ab"), ("bulk", "bb"))
+                for i, tenant in enumerate(owners)
+            ],
+        )
+    migrate.upgrade(url)
+    with engine.connect() as conn:
+        owners = dict(conn.execute(text("SELECT id, tenant_id FROM batches")).all())
+    engine.dispose()
+    assert owners == {"one": "a", "mixed": "local", "empty": "local", "bulk": "local"}
 
 
 def test_transitions():

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from clearmark.pipeline.versions import current_version_pattern
 from clearmark.workers import reprocess as rp
 from clearmark.workers.cli import cli
-from clearmark.workers.db import Batch, Job, JobEvent, session_scope
+from clearmark.workers.db import Batch, Job, JobEvent, Tenant, session_scope
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
 from clearmark.workers.submit import submit_files
 from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
@@ -95,9 +95,9 @@ def test_selection_and_dry_run_counts(service, tmp_path):
 
 def test_interrupted_run_resumes_without_enqueueing_twice(service, monkeypatch):
     g = seed(service.database_url)
-    selected = set(g["a_old_ok"] + g["a_review"] + g["b_old"])  # --outdated: 8 jobs
+    selected = set(g["a_old_ok"] + g["a_review"] + g["b_old"])  # --outdated: 5 of a's, 3 of b's
     sent: list[tuple[str, str]] = []
-    interrupts = {5, 7}  # Ctrl-C at the 6th and the 8th enqueue (chunks of 3)
+    interrupts = {4, 6}  # Ctrl-C at the 5th and the 7th enqueue (chunks of 3)
 
     def enqueue(job_id, queue=None):
         if len(sent) in interrupts:
@@ -108,24 +108,34 @@ def test_interrupted_run_resumes_without_enqueueing_twice(service, monkeypatch):
     monkeypatch.setattr("clearmark.workers.broker.enqueue", enqueue)
     run = lambda *args: CliRunner().invoke(cli, ["reprocess", "--chunk", "3", *args])  # noqa
     first = run("--outdated")
-    assert first.exit_code == 1 and "Aborted" in first.output and len(sent) == 5
-    batch_id = first.output.split("batch ")[1].split()[0]
-    with session_scope(service.database_url) as session:  # chunk 2 committed, one job unsent
-        in_batch = session.scalars(select(Job).where(Job.batch_id == batch_id)).all()
-        assert len(in_batch) == 6 and {j.status for j in in_batch} == {"queued"}
+    assert first.exit_code == 1 and "Aborted" in first.output and len(sent) == 4
+    assert "one batch per tenant: a 5, b 3" in first.output
+    a_batch = first.output.split("batch ")[2].split()[0]
+    assert f"batch {a_batch} (tenant a)" in first.output and "(tenant b)" not in first.output
+    with session_scope(service.database_url) as session:  # a's 2nd chunk committed, one job unsent
+        in_batch = session.scalars(select(Job).where(Job.batch_id == a_batch)).all()
+        assert len(in_batch) == 5 and {j.status for j in in_batch} == {"queued"}
         assert {j.priority for j in in_batch} == {"low"}
 
-    second = run("--outdated")  # the same command again picks the run up
-    assert f"resuming batch {batch_id}: its last run stopped with 1 jobs" in second.output
-    assert second.exit_code == 1 and len(sent) == 7
-    third = run("--resume", batch_id)
+    second = run("--outdated")  # the same command again picks a's run up, then does b's
+    assert f"resuming batch {a_batch}: its last run stopped with 1 jobs" in second.output
+    assert second.exit_code == 1 and len(sent) == 6
+    b_batch = second.output.split("(tenant b)")[0].split("batch ")[-1].strip()
+    third = run("--resume", b_batch)
     assert third.exit_code == 0, third.output
-    assert f"queued 1 jobs in batch {batch_id}" in third.output
+    assert f"queued 2 jobs in batch {b_batch}" in third.output
     assert Counter(j for j, _ in sent) == Counter(selected)  # each exactly once
     assert {q for _, q in sent} == {service.queue_bulk}
     with session_scope(service.database_url) as session:
-        assert session.get(Batch, batch_id).total == 8
-        assert session.query(Batch).filter(Batch.kind == "reprocess").count() == 1
+        batches = session.execute(
+            select(Batch.id, Tenant.name, Batch.total)
+            .join(Tenant, Tenant.id == Batch.tenant_id)
+            .where(Batch.kind == "reprocess")
+        ).all()
+        assert sorted(batches) == sorted([(a_batch, "a", 5), (b_batch, "b", 3)])
+        owners = dict(session.execute(select(Job.batch_id, Job.tenant_id).where(Job.id.in_(selected))).all())
+        tenants = {name: session.scalar(select(Tenant.id).where(Tenant.name == name)) for name in "ab"}
+        assert owners == {a_batch: tenants["a"], b_batch: tenants["b"]}  # one tenant per batch
         kinds = Counter(
             e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id.in_(selected)))
         )
@@ -135,6 +145,34 @@ def test_interrupted_run_resumes_without_enqueueing_twice(service, monkeypatch):
     again = run("--outdated")
     assert "(total 0)" in again.output and "resuming" not in again.output and len(sent) == 8
     assert "no reprocess batch" in run("--resume", "nope").output
+
+
+def test_a_reprocess_batch_belongs_to_its_jobs_tenant(service, monkeypatch):
+    """Without --tenant, a run over one tenant's jobs makes that tenant's batch (never one of
+    the default tenant's), and a batch recorded without a tenant takes only its owner's jobs."""
+    g = seed(service.database_url)
+    monkeypatch.setattr("clearmark.workers.broker.enqueue", lambda job_id, queue=None: None)
+    result = CliRunner().invoke(cli, ["reprocess", "--batch", g["b_batch"][0]])
+    assert result.exit_code == 0, result.output
+    assert "one batch per tenant" not in result.output and "(tenant b)" in result.output
+    listed = CliRunner().invoke(cli, ["batches", "--tenant", "b"]).output
+    assert listed.count("reprocess") == 1 and "0/3" in listed  # queued, none done yet
+    assert "reprocess" not in CliRunner().invoke(cli, ["batches", "--tenant", "a"]).output
+    with session_scope(service.database_url) as session:
+        assert session.scalar(select(Tenant).where(Tenant.name == "local")) is None
+
+    # A batch from before runs were split by tenant records a selection without one: resumed,
+    # it takes its owner's jobs only (a's 7 succeeded, not the 3 of b's that are finished).
+    with session_scope(service.database_url) as session:
+        for job in session.scalars(select(Job).where(Job.id.in_(g["b_old"]))):
+            job.status = "succeeded"
+        owner = session.scalar(select(Tenant).where(Tenant.name == "a"))
+        legacy = create_batch(session, owner, "reprocess", rp.Selection(statuses=("succeeded",)).to_json())
+    resumed = CliRunner().invoke(cli, ["reprocess", "--resume", legacy.id])
+    assert resumed.exit_code == 0 and f"queued 7 jobs in batch {legacy.id}" in resumed.output
+    with session_scope(service.database_url) as session:
+        queued = session.scalars(select(Job).where(Job.batch_id == legacy.id)).all()
+        assert {j.tenant_id for j in queued} == {owner.id}
 
 
 def test_upload_overtakes_bulk_backlog(service, workers, tmp_path):
