@@ -231,6 +231,7 @@ def test_same_upload_gives_one_job(api_settings, client, make_shop):
     first, again = upload(client, shop, png(1)), upload(client, shop, png(1))
     assert (first.status_code, again.status_code) == (202, 200), first.text
     assert first.json()["id"] == again.json()["id"]
+    assert first.json()["source_name"] == "photo.png"  # the upload's file name, not the storage key
     keyed = upload(client, shop, png(2), key="order-17/photo-1")
     same_key = upload(client, shop, png(2), key="order-17/photo-1")
     assert (keyed.status_code, same_key.status_code) == (202, 200)

@@ -4,6 +4,10 @@ parse. The API and webhook-worker commands are the ones test_api/test_webhooks r
 
 from __future__ import annotations
 
+import re
+import shutil
+import stat
+import subprocess
 from pathlib import Path
 
 import click
@@ -11,7 +15,9 @@ import yaml
 
 from clearmark.workers.cli import cli
 
-COMPOSE = yaml.safe_load((Path(__file__).resolve().parent.parent / "compose.yaml").read_text())
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_TEXT = (ROOT / "compose.yaml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
@@ -104,10 +110,73 @@ def test_clearmark_commands_parse():
 def test_no_default_storage_password_and_no_public_console():
     """MinIO's root password must be given (no default anyone can look up), and its console
     listens on the host's loopback only."""
-    text = (Path(__file__).resolve().parent.parent / "compose.yaml").read_text()
-    assert "clearmark-secret" not in text
+    assert "clearmark-secret" not in COMPOSE_TEXT
     for env in (SERVICES["minio"]["environment"], SERVICES["minio-init"]["environment"]):
         assert env["MINIO_ROOT_PASSWORD"] == "${MINIO_ROOT_PASSWORD:?set MINIO_ROOT_PASSWORD}"
     secret = SERVICES["api"]["environment"]["AWS_SECRET_ACCESS_KEY"]
     assert secret.startswith("${MINIO_ROOT_PASSWORD:?")
     assert all(str(port).startswith("127.0.0.1:") for port in SERVICES["minio"]["ports"])
+
+
+def readme_compose_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text[text.index("### The whole stack with Docker Compose") : text.index("## HTTP API")]
+
+
+def test_the_readme_compose_commands_get_every_required_password(tmp_path):
+    """Run the README's compose block as written, up to each `docker compose` command (in a
+    copy of the repository's root holding the script): every variable compose.yaml requires
+    (`${NAME:?...}`) is set by then, on the command line or in the .env compose reads."""
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE_TEXT))
+    assert required == {"FLOWER_PASSWORD", "MINIO_ROOT_PASSWORD"}
+    block = readme_compose_section().split("```sh\n")[1].split("```")[0]
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    assert sum("docker compose" in c for c in commands) >= 2
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "compose-env.sh", tmp_path / "scripts")
+    env_file = tmp_path / ".env"
+
+    def dotenv() -> dict[str, str]:
+        lines = env_file.read_text().splitlines() if env_file.exists() else []
+        return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+    for command in commands:
+        if "docker compose" in command:
+            inline = set(re.findall(r"(\w+)=\S+ ", command.split("docker compose")[0]))
+            given = inline | {name for name, value in dotenv().items() if value}
+            assert required <= given, (command, sorted(required - given))
+        else:
+            subprocess.run(command, shell=True, cwd=tmp_path, check=True, capture_output=True)
+    first = dotenv()
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert all(len(first[name]) >= 32 for name in required)  # random, not a placeholder
+
+    # Run again: the passwords stay (MinIO's volume keeps its own); one missing is added, and
+    # a line someone left without its newline stays whole.
+    env_file.write_text(f"FLOWER_PASSWORD={first['FLOWER_PASSWORD']}\nFLOWER_USER=ops")
+    subprocess.run(["bash", "scripts/compose-env.sh"], cwd=tmp_path, check=True, capture_output=True)
+    again = dotenv()
+    assert again["FLOWER_PASSWORD"] == first["FLOWER_PASSWORD"] and again["FLOWER_USER"] == "ops"
+    minio = again["MINIO_ROOT_PASSWORD"]
+    assert len(minio) >= 32 and minio != first["MINIO_ROOT_PASSWORD"]
+    assert "/.env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_published_ports_are_loopback_only_as_the_readme_says():
+    """The API's and Flower's /metrics answer without a password: no port is published on
+    every interface, and the README names exactly the ports compose publishes."""
+    published = {name: [str(p) for p in s["ports"]] for name, s in SERVICES.items() if s.get("ports")}
+    assert {"api", "flower", "minio"} <= set(published)
+    assert all(p.startswith("127.0.0.1:") for ports in published.values() for p in ports), published
+    section = readme_compose_section()
+    sentence = section[section.index("Every published port") :].split(". ")[0]
+    assert "loopback" in sentence
+    readme_ports = set(re.findall(r"port (\d+)", sentence))
+    assert readme_ports == {p.split(":")[1] for ports in published.values() for p in ports}
+
+
+def test_the_readme_names_every_service():
+    section = readme_compose_section()
+    order = section[section.index("It starts, in this order") :]
+    named = set(re.findall(r"`([a-z-]+)`", order))
+    assert set(SERVICES) <= named, sorted(set(SERVICES) - named)

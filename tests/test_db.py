@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import JSON, column, create_engine, inspect, select, table, text
 from sqlalchemy.exc import IntegrityError
 
 from clearmark.workers import migrate
@@ -37,10 +38,16 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     } <= index_names
     columns = {c["name"]: c for c in inspector.get_columns("jobs")}
     assert columns["review_reason"]["nullable"] and columns["lease_expires_at"]["nullable"]
+    assert columns["source_name"]["nullable"]
     assert not columns["webhook_pending"]["nullable"]
     assert "ix_jobs_webhook_pending" in index_names
     metrics_columns = {c["name"]: c for c in inspector.get_columns("job_metrics")}
     assert metrics_columns["jpeg_exact"]["nullable"] and metrics_columns["jpeg_blocks_changed"]["nullable"]
+    migrate.downgrade(url, "0007")  # 0008 changes data only
+    assert "source_name" in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    migrate.downgrade(url, "0006")  # 0007 alone: the file names go
+    assert "source_name" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    assert "jpeg_exact" in {c["name"] for c in inspect(engine).get_columns("job_metrics")}
     migrate.downgrade(url, "0005")  # 0006 alone: the JPEG metrics go
     assert not {"jpeg_exact", "jpeg_blocks_changed"} & {
         c["name"] for c in inspect(engine).get_columns("job_metrics")
@@ -59,6 +66,141 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     assert TABLES <= set(inspect(engine).get_table_names())
     assert "review_reason" in {c["name"] for c in inspect(engine).get_columns("jobs")}
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite_url", "pg_url"])
+def test_file_names_move_from_the_first_event_into_the_job(request, backend):
+    """Before 0007 a job's file name was kept in its creation event's detail (when known):
+    the migration copies it into jobs.source_name, and leaves the jobs without one empty."""
+    url = request.getfixturevalue(backend)
+    migrate.upgrade(url, "0006")
+    tenants = table("tenants", column("id"), column("name"), column("created_at"))
+    jobs = table(
+        "jobs",
+        *(
+            column(c)
+            for c in ("id", "tenant_id", "source_uri", "status", "attempts", "created_at", "updated_at")
+        ),
+    )
+    events = table(
+        "job_events",
+        *(column(c) for c in ("job_id", "kind", "from_status", "to_status", "created_at")),
+        column("detail", JSON),
+    )
+    now = datetime.now(UTC)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(tenants.insert().values(id="t", name="t", created_at=now))
+        for job_id in ("named", "unnamed", "api"):
+            conn.execute(
+                jobs.insert().values(
+                    id=job_id,
+                    tenant_id="t",
+                    source_uri=f"s3://b/{job_id}",
+                    status="queued",
+                    attempts=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        conn.execute(
+            events.insert(),
+            [
+                # A webhook event has no from_status either, and comes first here.
+                {
+                    "job_id": "named",
+                    "kind": "webhook",
+                    "from_status": None,
+                    "to_status": None,
+                    "detail": {"source_name": "not this"},
+                    "created_at": now,
+                },
+                {
+                    "job_id": "named",
+                    "kind": "status",
+                    "from_status": None,
+                    "to_status": "queued",
+                    "detail": {"priority": "low", "source_name": "catalogue/2026/shoe ü.jpg"},
+                    "created_at": now,
+                },
+                {
+                    "job_id": "unnamed",
+                    "kind": "status",
+                    "from_status": None,
+                    "to_status": "queued",
+                    "detail": {"priority": "low"},
+                    "created_at": now,
+                },
+                {
+                    "job_id": "api",
+                    "kind": "status",
+                    "from_status": None,
+                    "to_status": "queued",
+                    "detail": None,
+                    "created_at": now,
+                },
+            ],
+        )
+    migrate.upgrade(url)
+    with engine.connect() as conn:
+        names = dict(conn.execute(text("SELECT id, source_name FROM jobs")).all())
+    engine.dispose()
+    assert names == {"named": "catalogue/2026/shoe ü.jpg", "unnamed": None, "api": None}
+
+
+@pytest.mark.parametrize("backend", ["sqlite_url", "pg_url"])
+def test_reprocess_batches_move_to_their_jobs_tenant(request, backend):
+    """Before 0008 a reprocess run without --tenant made its batch the default tenant's:
+    such a batch holding one tenant's jobs becomes that tenant's; one with several tenants'
+    jobs or none, and every other kind of batch, keeps its owner."""
+    url = request.getfixturevalue(backend)
+    migrate.upgrade(url, "0007")
+    now = datetime.now(UTC)
+    tenants = table("tenants", column("id"), column("name"), column("created_at"))
+    batches = table("batches", *(column(c) for c in ("id", "tenant_id", "kind", "total", "created_at")))
+    jobs = table(
+        "jobs",
+        *(column(c) for c in ("id", "tenant_id", "batch_id", "source_uri", "status", "attempts")),
+        column("created_at"),
+        column("updated_at"),
+    )
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(tenants.insert(), [{"id": t, "name": t, "created_at": now} for t in ("local", "a", "b")])
+        conn.execute(
+            batches.insert(),
+            [
+                {"id": b, "tenant_id": "local", "kind": kind, "total": 0, "created_at": now}
+                for b, kind in (
+                    ("one", "reprocess"),
+                    ("mixed", "reprocess"),
+                    ("empty", "reprocess"),
+                    ("bulk", "bulk"),
+                )
+            ],
+        )
+        conn.execute(
+            jobs.insert(),
+            [
+                {
+                    "id": f"{batch}-{i}",
+                    "tenant_id": tenant,
+                    "batch_id": batch,
+                    "source_uri": "x",
+                    "status": "queued",
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for batch, owners in (("one", "aa"), ("mixed", "ab"), ("bulk", "bb"))
+                for i, tenant in enumerate(owners)
+            ],
+        )
+    migrate.upgrade(url)
+    with engine.connect() as conn:
+        owners = dict(conn.execute(text("SELECT id, tenant_id FROM batches")).all())
+    engine.dispose()
+    assert owners == {"one": "a", "mixed": "local", "empty": "local", "bulk": "local"}
 
 
 def test_transitions():

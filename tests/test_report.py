@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 from datetime import UTC, datetime
+from html import escape
 
 from click.testing import CliRunner
 from PIL import Image
@@ -12,6 +13,7 @@ from PIL import Image
 from clearmark.workers.cli import cli
 from clearmark.workers.db import METRIC_FIELDS, JobMetrics, session_scope
 from clearmark.workers.jobs import create_job, ensure_tenant
+from clearmark.workers.report_html import CSS, build_report
 from clearmark.workers.storage import get_storage
 
 
@@ -101,3 +103,46 @@ def test_report_has_every_section(settings, tmp_path):
     assert "data:image/jpeg;base64," in html and "missing" in worst  # ok2's mask is gone
     # Self-contained: nothing fetched from anywhere.
     assert not re.search(r"""(src|href)=["'](?!data:)""", html)
+
+
+def css_rules(css: str) -> dict[str, dict[str, str]]:
+    """Selector -> {property: value} of a flat style sheet (no @-rules)."""
+    return {
+        selector.strip(): dict(
+            d.split(":", 1) for d in (d.strip() for d in body.replace("\n", "").split(";")) if d
+        )
+        for selector, body in re.findall(r"([^{}]+)\{([^}]*)\}", css)
+    }
+
+
+def test_a_long_file_name_stays_inside_its_card(settings, tmp_path):
+    """A card shows the job's file name, however long: it wraps anywhere (never widening the
+    card, so the page does not scroll sideways), at most three lines of it, and the whole name
+    is the element's tooltip."""
+    name = "catalogue/" + "spring-collection-" * 30 + 'shoes/<red> shoe "1".jpg'
+    with session_scope(settings.database_url) as session:
+        job, _ = create_job(
+            session,
+            ensure_tenant(session, "shop"),
+            get_storage().put("sources/ab12.png", png("red")),
+            source_name=name,
+        )
+        job.status, job.review_reason = "needs_review", "a mark is left"
+        session.flush()
+        session.add(JobMetrics(job_id=job.id, **dict.fromkeys(METRIC_FIELDS, 0.5)))
+    html = build_report(settings=settings)
+    review = html.split("<h2>Needs review</h2>")[1].split("<h2>")[0]
+    shown = escape(name)
+    assert f'<span class="name" title="{shown}">{shown}</span>' in review
+    assert "sources/ab12.png" not in review  # the storage key is not what people see
+
+    rules = css_rules(CSS)
+    assert rules[".job"]["min-width"] == "0"  # a grid item may shrink below its content
+    assert rules[".job .cap"]["overflow-wrap"] == "anywhere"  # even a name without spaces
+    name_rule = rules[".job .name"]
+    assert name_rule["overflow"] == "hidden" and name_rule["-webkit-line-clamp"] == "3"
+    assert name_rule["display"] == "-webkit-box" and name_rule["-webkit-box-orient"] == "vertical"
+    assert rules["th,td"]["overflow-wrap"] == "anywhere"  # long error messages in tables
+    # The cards' fixed content (three 170 px thumbnails) fits the gallery's column.
+    column = int(re.search(r"minmax\((\d+)px", rules[".gallery"]["grid-template-columns"]).group(1))
+    assert 3 * 170 + 2 * 6 + 2 * 8 + 2 <= column <= 1180

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from clearmark.pipeline.versions import current_version_pattern
 from clearmark.workers import reprocess as rp
 from clearmark.workers.cli import cli
-from clearmark.workers.db import Batch, Job, JobEvent, session_scope
+from clearmark.workers.db import Batch, Job, JobEvent, Tenant, session_scope
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
 from clearmark.workers.submit import submit_files
 from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
@@ -95,9 +95,9 @@ def test_selection_and_dry_run_counts(service, tmp_path):
 
 def test_interrupted_run_resumes_without_enqueueing_twice(service, monkeypatch):
     g = seed(service.database_url)
-    selected = set(g["a_old_ok"] + g["a_review"] + g["b_old"])  # --outdated: 8 jobs
+    selected = set(g["a_old_ok"] + g["a_review"] + g["b_old"])  # --outdated: 5 of a's, 3 of b's
     sent: list[tuple[str, str]] = []
-    interrupts = {5, 7}  # Ctrl-C at the 6th and the 8th enqueue (chunks of 3)
+    interrupts = {4, 6}  # Ctrl-C at the 5th and the 7th enqueue (chunks of 3)
 
     def enqueue(job_id, queue=None):
         if len(sent) in interrupts:
@@ -108,24 +108,34 @@ def test_interrupted_run_resumes_without_enqueueing_twice(service, monkeypatch):
     monkeypatch.setattr("clearmark.workers.broker.enqueue", enqueue)
     run = lambda *args: CliRunner().invoke(cli, ["reprocess", "--chunk", "3", *args])  # noqa
     first = run("--outdated")
-    assert first.exit_code == 1 and "Aborted" in first.output and len(sent) == 5
-    batch_id = first.output.split("batch ")[1].split()[0]
-    with session_scope(service.database_url) as session:  # chunk 2 committed, one job unsent
-        in_batch = session.scalars(select(Job).where(Job.batch_id == batch_id)).all()
-        assert len(in_batch) == 6 and {j.status for j in in_batch} == {"queued"}
+    assert first.exit_code == 1 and "Aborted" in first.output and len(sent) == 4
+    assert "one batch per tenant: a 5, b 3" in first.output
+    a_batch = first.output.split("batch ")[2].split()[0]
+    assert f"batch {a_batch} (tenant a)" in first.output and "(tenant b)" not in first.output
+    with session_scope(service.database_url) as session:  # a's 2nd chunk committed, one job unsent
+        in_batch = session.scalars(select(Job).where(Job.batch_id == a_batch)).all()
+        assert len(in_batch) == 5 and {j.status for j in in_batch} == {"queued"}
         assert {j.priority for j in in_batch} == {"low"}
 
-    second = run("--outdated")  # the same command again picks the run up
-    assert f"resuming batch {batch_id}: its last run stopped with 1 jobs" in second.output
-    assert second.exit_code == 1 and len(sent) == 7
-    third = run("--resume", batch_id)
+    second = run("--outdated")  # the same command again picks a's run up, then does b's
+    assert f"resuming batch {a_batch}: its last run stopped with 1 jobs" in second.output
+    assert second.exit_code == 1 and len(sent) == 6
+    b_batch = second.output.split("(tenant b)")[0].split("batch ")[-1].strip()
+    third = run("--resume", b_batch)
     assert third.exit_code == 0, third.output
-    assert f"queued 1 jobs in batch {batch_id}" in third.output
+    assert f"queued 2 jobs in batch {b_batch}" in third.output
     assert Counter(j for j, _ in sent) == Counter(selected)  # each exactly once
     assert {q for _, q in sent} == {service.queue_bulk}
     with session_scope(service.database_url) as session:
-        assert session.get(Batch, batch_id).total == 8
-        assert session.query(Batch).filter(Batch.kind == "reprocess").count() == 1
+        batches = session.execute(
+            select(Batch.id, Tenant.name, Batch.total)
+            .join(Tenant, Tenant.id == Batch.tenant_id)
+            .where(Batch.kind == "reprocess")
+        ).all()
+        assert sorted(batches) == sorted([(a_batch, "a", 5), (b_batch, "b", 3)])
+        owners = dict(session.execute(select(Job.batch_id, Job.tenant_id).where(Job.id.in_(selected))).all())
+        tenants = {name: session.scalar(select(Tenant.id).where(Tenant.name == name)) for name in "ab"}
+        assert owners == {a_batch: tenants["a"], b_batch: tenants["b"]}  # one tenant per batch
         kinds = Counter(
             e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id.in_(selected)))
         )
@@ -135,6 +145,34 @@ def test_interrupted_run_resumes_without_enqueueing_twice(service, monkeypatch):
     again = run("--outdated")
     assert "(total 0)" in again.output and "resuming" not in again.output and len(sent) == 8
     assert "no reprocess batch" in run("--resume", "nope").output
+
+
+def test_a_reprocess_batch_belongs_to_its_jobs_tenant(service, monkeypatch):
+    """Without --tenant, a run over one tenant's jobs makes that tenant's batch (never one of
+    the default tenant's), and a batch recorded without a tenant takes only its owner's jobs."""
+    g = seed(service.database_url)
+    monkeypatch.setattr("clearmark.workers.broker.enqueue", lambda job_id, queue=None: None)
+    result = CliRunner().invoke(cli, ["reprocess", "--batch", g["b_batch"][0]])
+    assert result.exit_code == 0, result.output
+    assert "one batch per tenant" not in result.output and "(tenant b)" in result.output
+    listed = CliRunner().invoke(cli, ["batches", "--tenant", "b"]).output
+    assert listed.count("reprocess") == 1 and "0/3" in listed  # queued, none done yet
+    assert "reprocess" not in CliRunner().invoke(cli, ["batches", "--tenant", "a"]).output
+    with session_scope(service.database_url) as session:
+        assert session.scalar(select(Tenant).where(Tenant.name == "local")) is None
+
+    # A batch from before runs were split by tenant records a selection without one: resumed,
+    # it takes its owner's jobs only (a's 7 succeeded, not the 3 of b's that are finished).
+    with session_scope(service.database_url) as session:
+        for job in session.scalars(select(Job).where(Job.id.in_(g["b_old"]))):
+            job.status = "succeeded"
+        owner = session.scalar(select(Tenant).where(Tenant.name == "a"))
+        legacy = create_batch(session, owner, "reprocess", rp.Selection(statuses=("succeeded",)).to_json())
+    resumed = CliRunner().invoke(cli, ["reprocess", "--resume", legacy.id])
+    assert resumed.exit_code == 0 and f"queued 7 jobs in batch {legacy.id}" in resumed.output
+    with session_scope(service.database_url) as session:
+        queued = session.scalars(select(Job).where(Job.batch_id == legacy.id)).all()
+        assert {j.tenant_id for j in queued} == {owner.id}
 
 
 def test_upload_overtakes_bulk_backlog(service, workers, tmp_path):
@@ -197,3 +235,35 @@ def test_bulk_import_of_a_uri_prefix(service, tmp_path):
     assert sorted(j.source_uri for j in jobs) == [(bucket / f"p{i}.jpg").as_uri() for i in range(3)]
     assert {j.priority for j in jobs} == {"low"}
     assert queue_depths(service)[service.queue_bulk] == 3
+
+
+def test_bulk_and_submit_jobs_keep_their_file_names(service, tmp_path):
+    """Storage keys are hashes: each job keeps the name its file was given, and `review
+    list`, `status` and the report show that name."""
+    from clearmark.workers.db import METRIC_FIELDS, JobMetrics
+
+    folder = tmp_path / "catalogue" / ("spring collection " * 6).strip() / "shoes"
+    folder.mkdir(parents=True)
+    product_photo(1, size=(64, 48)).save(folder / "red shoe #1.png")
+    product_photo(2, size=(64, 48)).save(tmp_path / "hat.png")
+    assert CliRunner().invoke(cli, ["bulk", str(tmp_path / "catalogue"), "--tenant", "shop"]).exit_code == 0
+    submitted = CliRunner().invoke(cli, ["submit", str(tmp_path / "hat.png"), "--tenant", "shop"])
+    assert submitted.exit_code == 0, submitted.output
+    names = {str(folder / "red shoe #1.png"), str(tmp_path / "hat.png")}
+    with session_scope(service.database_url) as session:
+        jobs = session.scalars(select(Job)).all()
+        assert {j.source_name for j in jobs} == names
+        assert not any(j.source_name in j.source_uri for j in jobs)  # stored under their sha256
+        for job in jobs:
+            job.status = "needs_review" if job.priority == "low" else "failed"
+            job.error_code = "corrupt_image" if job.status == "failed" else None
+            job.review_reason = "a mark is left"
+            session.add(JobMetrics(job_id=job.id, **dict.fromkeys(METRIC_FIELDS, 0.5)))
+
+    listed = CliRunner().invoke(cli, ["review", "list"]).output
+    assert f"{folder / 'red shoe #1.png'}  -" in listed
+    assert f"[{tmp_path / 'hat.png'}]" in CliRunner().invoke(cli, ["status"]).output
+    out = tmp_path / "report.html"
+    assert CliRunner().invoke(cli, ["report", "--out", str(out)]).exit_code == 0
+    review = out.read_text().split("<h2>Needs review</h2>")[1].split("<h2>")[0]
+    assert f">{folder / 'red shoe #1.png'}</span>" in review

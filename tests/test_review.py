@@ -117,3 +117,28 @@ def test_no_mark_delivers_the_upload_with_an_empty_mask(settings):
             select(JobEvent).where(JobEvent.job_id == ids[0]).order_by(JobEvent.id.desc())
         ).first()
         assert (event.detail["decision"], event.detail["note"]) == ("no_mark", "it is the print")
+
+
+def test_review_list_shows_the_file_name_made_harmless(settings):
+    """The list shows the name the file was submitted under (the API's upload name is the
+    client's to choose): a terminal escape or a bidi override in it is shown as U+FFFD,
+    and an overlong one keeps its end."""
+    ids = seed(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        named, _ = create_job(
+            session,
+            ensure_tenant(session, "a"),
+            "file:///s/9f86d081.png",
+            source_name="\x1b[2Jshoe\u202egpj.png",
+        )
+        long, _ = create_job(
+            session, ensure_tenant(session, "a"), "file:///s/e3b0c442.png", source_name="d/" * 600 + "hat.png"
+        )
+        for job in (named, long):
+            job.status, job.finished_at = "needs_review", datetime(2026, 5, 2, tzinfo=UTC)
+    listed = CliRunner().invoke(cli, ["review", "list", "--tenant", "a"]).output
+    assert "\x1b" not in listed and "\u202e" not in listed
+    assert "  \ufffd[2Jshoe\ufffdgpj.png  -" in listed and "9f86d081" not in listed
+    assert "  …" + ("d/" * 600 + "hat.png")[-999:] + "  -" in listed
+    assert "file:///s/0.png" in listed  # a job created without a name shows its source
+    assert ids[0] in listed

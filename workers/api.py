@@ -280,6 +280,7 @@ def upload_image(
                 source_uri,
                 source_sha256=digest,
                 idempotency_key=key,
+                source_name=file.filename if file is not None else None,
                 callback_url=callback_url or None,
                 priority=priority.value,
             )

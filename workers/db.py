@@ -149,6 +149,9 @@ class Job(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
     source_uri: Mapped[str] = mapped_column(Text)
+    # The file's name as its owner knows it (the upload's file name, the path or URI given
+    # to submit, bulk or clean); source_uri may be a storage hash. None when not given.
+    source_name: Mapped[str | None] = mapped_column(Text)
     source_sha256: Mapped[str | None] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued.value)
@@ -177,6 +180,11 @@ class Job(Base):
     )
 
     metrics: Mapped[JobMetrics | None] = relationship(back_populates="job", uselist=False)
+
+    @property
+    def display_name(self) -> str:
+        """What people are shown for the job's source: its name, else its URI."""
+        return self.source_name or self.source_uri
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_valid"),

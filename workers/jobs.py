@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import unicodedata
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeGuard
@@ -63,6 +64,16 @@ def ensure_tenant(session: Session, name: str = DEFAULT_TENANT) -> Tenant:
     return tenant
 
 
+def readable_name(name: str | None, limit: int = 1000) -> str | None:
+    """A file name as it may be shown in a terminal or a page: control and format characters
+    (escape sequences, bidi overrides) become U+FFFD, and a longer name keeps its last
+    `limit` characters (a path's end names the file). None for no name."""
+    if not name:
+        return None
+    clean = "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cf") else c for c in name)
+    return clean if len(clean) <= limit else "…" + clean[-(limit - 1) :]
+
+
 def create_batch(session: Session, tenant: Tenant, kind: str, description: str = "", total: int = 0) -> Batch:
     batch = Batch(tenant_id=tenant.id, kind=kind, description=description, total=total)
     session.add(batch)
@@ -85,8 +96,8 @@ def create_job(
     source_name: str | None = None,
 ) -> tuple[Job, bool]:
     """A queued job, or the tenant's existing job with the same idempotency key.
-    Returns (job, created). `source_name`, the file's name as its owner knows it (the
-    source URI may be a storage hash), goes into the first event's detail."""
+    Returns (job, created). `source_name` is the file's name as its owner knows it (the
+    source URI may be a storage hash), kept as people may be shown it (readable_name)."""
     if idempotency_key:
         existing = session.scalar(
             select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
@@ -96,6 +107,7 @@ def create_job(
     job = Job(
         tenant_id=tenant.id,
         source_uri=source_uri,
+        source_name=readable_name(source_name),
         batch_id=batch.id if batch else None,
         idempotency_key=idempotency_key,
         result_uri=result_uri,
@@ -125,7 +137,7 @@ def create_job(
             kind="status",
             from_status=None,
             to_status=JobStatus.queued.value,
-            detail={"priority": priority, **({"source_name": source_name} if source_name else {})},
+            detail={"priority": priority},
         )
     )
     return job, True

@@ -49,18 +49,20 @@ h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #d5dae1;padding-bot
 .card b{display:block;font-size:22px}
 .card span{color:#5b6675;font-size:12px;text-transform:uppercase;letter-spacing:.04em}
 table{border-collapse:collapse;background:#fff;border:1px solid #dde2e8}
-th,td{padding:5px 10px;border-bottom:1px solid #eef0f3;text-align:left}
+th,td{padding:5px 10px;border-bottom:1px solid #eef0f3;text-align:left;overflow-wrap:anywhere}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .plots{display:flex;flex-wrap:wrap;gap:16px}
 .plot{background:#fff;border:1px solid #dde2e8;border-radius:8px;padding:8px}
 .plot h3{font-size:14px;margin:2px 6px 6px}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:12px}
-.job{background:#fff;border:1px solid #dde2e8;border-radius:8px;padding:8px}
+.job{background:#fff;border:1px solid #dde2e8;border-radius:8px;padding:8px;min-width:0}
 .job .imgs{display:flex;gap:6px}
 .job figure{margin:0;text-align:center;font-size:11px;color:#5b6675}
 .job img{width:170px;height:128px;object-fit:contain;background:#e9ecf0;display:block;
   border-radius:4px}
-.job .cap{font-size:12px;margin-top:6px}
+.job .cap{font-size:12px;margin-top:6px;overflow-wrap:anywhere}
+.job .name{display:-webkit-box;-webkit-box-orient:vertical;-webkit-line-clamp:3;line-clamp:3;
+  overflow:hidden;color:#5b6675}
 .badge{color:#fff;border-radius:10px;padding:1px 8px;font-size:11px}
 .missing{width:170px;height:128px;display:flex;align-items:center;justify-content:center;
   background:#e9ecf0;border-radius:4px;color:#8a94a3}
@@ -171,7 +173,8 @@ def _job_card(job: Job, m: JobMetrics | None) -> str:
     return (
         f'<div class="job"><div class="imgs">{"".join(figures)}</div><div class="cap">'
         f"{_badge(job.status)} <code>{job.id}</code><br>{scores}<br>"
-        f'<span class="empty">{escape(job.source_uri[-90:])}</span>{why}</div></div>'
+        f'<span class="name" title="{escape(job.display_name)}">{escape(job.display_name)}</span>'
+        f"{why}</div></div>"
     )
 
 

@@ -6,11 +6,10 @@ from datetime import datetime
 from typing import TypedDict
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from clearmark.settings import Settings
 from clearmark.workers.celery_app import app
-from clearmark.workers.db import FINISHED, Batch, Job, JobEvent, JobStatus, Tenant, session_scope
+from clearmark.workers.db import FINISHED, Batch, Job, JobStatus, Tenant, session_scope
 from clearmark.workers.metrics import queue_depths, status_counts
 from clearmark.workers.preflight import safe_url
 
@@ -26,14 +25,6 @@ class BatchProgress(TypedDict):
     counts: dict[str, int]
 
 
-def source_names(session: Session, job_ids: list[str]) -> dict[str, str]:
-    """Job id -> the file name its owner submitted (when recorded at creation)."""
-    events = session.scalars(
-        select(JobEvent).where(JobEvent.job_id.in_(job_ids), JobEvent.from_status.is_(None))
-    )
-    return {e.job_id: e.detail["source_name"] for e in events if e.detail and e.detail.get("source_name")}
-
-
 def status_text(db_url: str, failures: int = 10) -> str:
     lines = ["jobs by status:"]
     lines += [f"  {status:<13} {n}" for status, n in status_counts(db_url).items()]
@@ -45,12 +36,8 @@ def status_text(db_url: str, failures: int = 10) -> str:
             .limit(failures)
         ).all()
         if failed:
-            names = source_names(session, [j.id for j in failed])
             lines.append(f"recent failures (newest first, up to {failures}):")
-            lines += [
-                f"  {j.id}  {j.error_code}: {j.error_message}  [{names.get(j.id, j.source_uri)}]"
-                for j in failed
-            ]
+            lines += [f"  {j.id}  {j.error_code}: {j.error_message}  [{j.display_name}]" for j in failed]
     return "\n".join(lines)
 
 

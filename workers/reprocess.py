@@ -1,7 +1,10 @@
 """Bulk reprocessing: select finished jobs and queue them again as a new batch.
 
 A run is a `reprocess` batch whose description holds the selection (JSON), so
-`--resume BATCH` continues it with the same selection. Restart safety, per chunk:
+`--resume BATCH` continues it with the same selection. A batch belongs to one tenant and
+takes only that tenant's jobs: a selection that names no tenant is split, one batch per
+tenant whose jobs it selects (`plan`), each recording the selection narrowed to its tenant.
+Restart safety, per chunk:
 1. one transaction moves the chunk's jobs to `queued` with `batch_id` = the run's batch
    (`FOR UPDATE SKIP LOCKED`); a job in the batch is never selected again, and a job that
    is `queued` is not finished, so it is not selected either;
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, overload
@@ -30,7 +33,7 @@ from clearmark.pipeline.versions import current_version_pattern
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import broker
 from clearmark.workers.db import FINISHED, Batch, Job, JobEvent, JobStatus, Priority, Tenant, session_scope
-from clearmark.workers.jobs import create_batch, ensure_tenant, requeue_job
+from clearmark.workers.jobs import create_batch, requeue_job
 
 ENQUEUED = "enqueued"
 
@@ -110,24 +113,93 @@ def dry_run(selection: Selection, settings: Settings | None = None) -> dict[str,
     return dict(sorted(rows))
 
 
-def start(selection: Selection, tenant: str = "local", settings: Settings | None = None) -> str:
-    """A new reprocess batch recording the selection; returns its id."""
+@dataclass(frozen=True)
+class Run:
+    """One tenant's part of a reprocess command: its batch (None: not made yet), the jobs
+    the selection holds for the tenant now, and those its batch holds queued but unsent."""
+
+    tenant: str
+    batch_id: str | None
+    selected: int
+    stranded: int = 0
+
+
+def plan(selection: Selection, settings: Settings | None = None) -> list[Run]:
+    """The selection's runs, one per tenant (by name) with selected jobs or with a batch of
+    this same selection, narrowed to it, that stopped between commit and enqueue: that
+    batch is resumed, so running the same command again finishes it."""
+    s = settings or get_settings()
+    with session_scope(s.database_url) as session:
+        by_id = dict(
+            session.execute(selection.query(Job.tenant_id, func.count()).group_by(Job.tenant_id)).all()
+        )
+        names = dict(session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(list(by_id)))).all())
+        selected = {names[tenant_id]: n for tenant_id, n in by_id.items()}
+        latest: dict[str, str] = {}  # tenant -> its latest batch of this selection
+        for batch_id, description, tenant in session.execute(
+            select(Batch.id, Batch.description, Tenant.name)
+            .join(Tenant, Tenant.id == Batch.tenant_id)
+            .where(Batch.kind == "reprocess")
+            .order_by(Batch.created_at.desc(), Batch.id)
+        ):
+            if tenant not in latest and description == replace(selection, tenant=tenant).to_json():
+                latest[tenant] = batch_id
+        stranded = {
+            tenant: n
+            for tenant, batch_id in latest.items()
+            if (n := session.scalar(select(func.count()).select_from(_stranded(batch_id).subquery())))
+        }
+    return [
+        Run(
+            tenant,
+            latest[tenant] if tenant in stranded else None,
+            selected.get(tenant, 0),
+            stranded.get(tenant, 0),
+        )
+        for tenant in sorted(selected.keys() | stranded.keys())
+    ]
+
+
+def start(selection: Selection, settings: Settings | None = None) -> str:
+    """A new reprocess batch of the tenant the selection names, recording the selection;
+    returns its id."""
     s = settings or get_settings()
     selection.query()  # validate before creating anything
+    if not selection.tenant:
+        raise ValueError("a reprocess batch is one tenant's: narrow the selection to one (plan)")
     with session_scope(s.database_url) as session:
-        owner = ensure_tenant(session, selection.tenant or tenant)
+        owner = session.scalar(select(Tenant).where(Tenant.name == selection.tenant))
+        if owner is None:
+            raise LookupError(f"no tenant {selection.tenant}")
         return create_batch(session, owner, "reprocess", selection.to_json()).id
 
 
 def load(batch_id: str, settings: Settings | None = None) -> Selection:
+    """The batch's selection, narrowed to the batch's tenant (a batch made before batches
+    were split by tenant may record none)."""
     s = settings or get_settings()
     with session_scope(s.database_url) as session:
-        batch = session.get(Batch, batch_id)
-        if batch is None or batch.kind != "reprocess":
+        row = session.execute(
+            select(Batch, Tenant.name).join(Tenant, Tenant.id == Batch.tenant_id).where(Batch.id == batch_id)
+        ).first()
+        if row is None or row[0].kind != "reprocess":
             raise LookupError(f"no reprocess batch {batch_id}")
+        batch, tenant = row
         if batch.description is None:  # `start` always records it
             raise LookupError(f"reprocess batch {batch_id} records no selection")
-        return Selection.from_json(batch.description)
+        return replace(Selection.from_json(batch.description), tenant=tenant)
+
+
+def resumed(batch_id: str, settings: Settings | None = None) -> Run:
+    """The run that `--resume BATCH` continues (LookupError: no such reprocess batch)."""
+    s = settings or get_settings()
+    selection = load(batch_id, s)
+    assert selection.tenant is not None  # load narrows it to the batch's tenant
+    with session_scope(s.database_url) as session:
+        rest = selection.query(Job.id).where(or_(Job.batch_id.is_(None), Job.batch_id != batch_id))
+        selected = session.scalar(select(func.count()).select_from(rest.subquery()))
+        stranded = session.scalar(select(func.count()).select_from(_stranded(batch_id).subquery()))
+    return Run(selection.tenant, batch_id, selected or 0, stranded or 0)
 
 
 def _stranded(batch_id: str) -> Select[str]:
@@ -136,23 +208,6 @@ def _stranded(batch_id: str) -> Select[str]:
         JobEvent.job_id == Job.id, JobEvent.kind == ENQUEUED, JobEvent.detail["batch"].as_string() == batch_id
     )
     return select(Job.id).where(Job.batch_id == batch_id, Job.status == JobStatus.queued.value, ~sent)
-
-
-def unfinished(selection: Selection, settings: Settings | None = None) -> tuple[str, int] | None:
-    """(batch id, stranded jobs) of the latest run of this same selection when it stopped
-    between commit and enqueue, so running the same command again resumes it."""
-    s = settings or get_settings()
-    with session_scope(s.database_url) as session:
-        batch_id = session.scalar(
-            select(Batch.id)
-            .where(Batch.kind == "reprocess", Batch.description == selection.to_json())
-            .order_by(Batch.created_at.desc())
-            .limit(1)
-        )
-        if batch_id is None:
-            return None
-        n = session.scalar(select(func.count()).select_from(_stranded(batch_id).subquery()))
-    return (batch_id, n) if n else None
 
 
 def _mark_enqueued(db_url: str, batch_id: str, job_ids: Sequence[str]) -> None:

@@ -233,6 +233,7 @@ def job_document(job: Job, base_url: str = "") -> dict[str, Any]:
         "id": job.id,
         "status": job.status,
         "priority": job.priority,
+        "source_name": job.source_name,
         "source_sha256": job.source_sha256,
         "idempotency_key": job.idempotency_key,
         "attempts": job.attempts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -147,13 +148,16 @@ def reprocess(
     """Queue finished jobs again, as a new batch on the bulk queue.
 
     Select by tenant, status, creation date, pipeline version (--outdated: not made by the
-    current models), batch or a list of ids. Interrupted, run `--resume BATCH`: nothing
-    is enqueued twice and nothing is lost.
+    current models), batch or a list of ids. A batch is one tenant's: jobs of several
+    tenants make one batch per tenant. Interrupted, run the same command again, or
+    `--resume BATCH`: nothing is enqueued twice and nothing is lost.
     """
     settings = get_settings()
+    runs: list[rp.Run] = []
     if resume:
         try:
             selection = rp.load(resume)
+            runs = [rp.resumed(resume)]
         except LookupError as exc:
             raise click.ClickException(str(exc)) from None
     else:
@@ -171,25 +175,26 @@ def reprocess(
         )
     try:
         counts = rp.dry_run(selection)
+        runs = runs or rp.plan(selection)
     except ValueError as exc:  # a bad date
         raise click.ClickException(str(exc)) from None
     total = sum(counts.values())
     click.echo(
         "selected: " + (", ".join(f"{s} {n}" for s, n in counts.items()) or "none") + f" (total {total})"
     )
-    earlier = None if resume else rp.unfinished(selection)
-    if earlier:
-        resume, stranded = earlier
-        total += stranded
-        click.echo(
-            f"resuming batch {resume}: its last run stopped with {stranded} jobs queued but not yet sent"
-        )
-    if dry_run or not (total or resume):
+    if len(runs) > 1:
+        click.echo("one batch per tenant: " + ", ".join(f"{r.tenant} {r.selected}" for r in runs))
+    for r in runs:
+        if r.stranded and not resume:
+            stopped = f"its last run stopped with {r.stranded} jobs queued but not yet sent"
+            click.echo(f"resuming batch {r.batch_id}: {stopped}")
+    if dry_run:
         return
-    batch_id = resume or rp.start(selection)
-    click.echo(f"batch {batch_id} -> queue {settings.queue_bulk}")
-    sent = sum(follow(rp.run(batch_id, chunk=chunk, rate=rate), total, "enqueue"))
-    click.echo(f"queued {sent} jobs in batch {batch_id}; progress: clearmark batches {batch_id}")
+    for r in runs:
+        batch_id = r.batch_id or rp.start(replace(selection, tenant=r.tenant))
+        click.echo(f"batch {batch_id} (tenant {r.tenant}) -> queue {settings.queue_bulk}")
+        sent = sum(follow(rp.run(batch_id, chunk=chunk, rate=rate), r.selected + r.stranded, "enqueue"))
+        click.echo(f"queued {sent} jobs in batch {batch_id}; progress: clearmark batches {batch_id}")
 
 
 @click.command()

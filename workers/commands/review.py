@@ -20,12 +20,13 @@ def review() -> None:
 @click.option("--limit", default=50, show_default=True)
 @needs_database
 def review_list(tenant: str | None, limit: int) -> None:
-    """Jobs in needs_review, oldest first: id, confidence, residual, source, result, and
-    on the next line why the pipeline sent it to review."""
+    """Jobs in needs_review, oldest first: id, confidence, residual, source (the file's name
+    as submitted, else its URI), result, and on the next line why the pipeline sent it to
+    review."""
     rows = pending(tenant, limit)
     for job, m in rows:
         scores = f"conf {m.detector_confidence:.2f}  resid {m.residual_score:.2f}" if m else "-"
-        click.echo(f"{job.id}  {scores}  {job.source_uri}  {job.result_uri or '-'}")
+        click.echo(f"{job.id}  {scores}  {job.display_name}  {job.result_uri or '-'}")
         if job.review_reason:
             click.echo(f"    why: {job.review_reason}")
     click.echo(f"{len(rows)} job(s) need review", err=True)
