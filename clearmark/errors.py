@@ -47,3 +47,17 @@ class StorageUnavailable(ServiceUnavailable, TransientError):
 
     def __init__(self, detail: str):
         super().__init__("storage", detail)
+
+
+class EngineUnavailable(ClearmarkError):
+    """A worker cannot load its engines (a backend missing here, a weights file missing, a
+    failed build): the worker stops rather than take jobs it cannot run, and a job that no
+    worker runs fails with this code after CLEARMARK_MAX_RESENDS (workers.reaper). The
+    message is one line naming the cause."""
+
+    code = "engine_unavailable"
+
+    @classmethod
+    def because(cls, exc: BaseException) -> EngineUnavailable:
+        text = " ".join(str(exc).split())  # a build log or a traceback text: one line
+        return cls(f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__)

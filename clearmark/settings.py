@@ -328,6 +328,13 @@ class Settings(BaseSettings):
         description="the reaper leaves alone what changed more recently than this (its publish may "
         "be under way)",
     )
+    max_resends: int = Field(
+        5,
+        ge=1,
+        description="the reaper sends a queued job's lost task again at most this many times, then "
+        "fails it: `engine_unavailable` when a worker that took it could not load its engines, "
+        "else `not_claimed`",
+    )
     retry_backoff_max_s: float = Field(
         30.0,
         gt=0,

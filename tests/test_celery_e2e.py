@@ -95,6 +95,9 @@ def service_env(settings: Settings) -> dict[str, str]:
         CLEARMARK_LEASE_S=str(settings.lease_s),
         CLEARMARK_REAP_INTERVAL_S=str(settings.reap_interval_s),
         CLEARMARK_REAP_GRACE_S=str(settings.reap_grace_s),
+        CLEARMARK_MAX_RESENDS=str(settings.max_resends),
+        CLEARMARK_BACKEND=settings.backend,
+        CLEARMARK_ENGINE_DIR=settings.engine_dir,
     )
 
 

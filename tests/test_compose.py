@@ -102,6 +102,8 @@ def test_clearmark_commands_parse():
         ctx = parse(args)
         assert ctx.command.name in {"upgrade", "api", "worker", "beat", "flower"}, name
     assert compose_command("migrate") == ["db", "upgrade"]
+    for name in ("api", "worker-uploads", "worker-bulk", "worker-webhooks", "beat", "flower"):
+        assert SERVICES[name]["restart"] == "on-failure", name  # a worker that exits 1 comes back
     webhooks = parse(compose_command("worker-webhooks")).params
     assert webhooks["queues"] == "clearmark.webhooks" and webhooks["pool"] == "threads"
     assert parse(compose_command("api", {"--port": "9999"})).params["port"] == 9999

@@ -18,7 +18,7 @@ from clearmark.workers import broker, migrate
 from clearmark.workers.attempts import _run_claimed, output_uris
 from clearmark.workers.celery_app import app, configure
 from clearmark.workers.db import Job, JobEvent, JobStatus, session_scope
-from clearmark.workers.jobs import Claim, claim_job, create_job, ensure_tenant, finish_job
+from clearmark.workers.jobs import Claim, claim_job, create_job, ensure_tenant, finish_job, requeue_job
 from clearmark.workers.leases import Heartbeat, renew_lease
 from clearmark.workers.reaper import reap
 from clearmark.workers.storage import read_uri
@@ -170,6 +170,28 @@ def test_reaper(reaping):
     # Everything now has its task: a second pass finds nothing to do.
     again = reap(s)
     assert not (again.expired or again.unsent or again.gave_up or again.webhooks)
+
+
+def test_a_task_that_keeps_vanishing_unrun_fails_its_job(reaping):
+    """The reaper sends a queued job's lost task CLEARMARK_MAX_RESENDS times in one stay in
+    the queue, then fails the job (`not_claimed`: no worker said why), with its webhook; a
+    retry starts the count again."""
+    s = reaping.replace(max_resends=2)
+    job_id = _job(s, callback_url="https://example.com/hook")
+    client = redis.Redis.from_url(s.broker_url)
+    for _ in range(2):
+        assert reap(s).unsent == [job_id]
+        assert client.delete(s.queue_uploads) == 1  # the task is lost again
+    reaped = reap(s)
+    assert (reaped.unclaimed, reaped.unsent) == ([job_id], [])
+    job = _job_row(s, job_id)
+    assert (job.status, job.error_code) == ("failed", "not_claimed") and job.finished_at
+    assert job.error_message.startswith("sent 2 times and never run: no worker took it up")
+    assert job_id in broker.jobs_with_tasks(s)[broker.WEBHOOK_TASK]
+    with session_scope(s.database_url) as session:
+        requeue_job(session, session.get(Job, job_id), reason="retry")
+    assert reap(s).unsent == [job_id]  # a fresh stay in the queue: sent again, not failed
+    assert _job_row(s, job_id).status == "queued"
 
 
 @pytest.mark.integration

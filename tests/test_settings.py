@@ -56,6 +56,7 @@ def test_defaults_unchanged(env, tmp_path):
     assert (s.max_bytes, s.max_pixels, s.min_side) == (50 * 1024 * 1024, 40_000_000, 16)
     assert s.broker_url == "redis://127.0.0.1:6379/0" and s.webhook_allow_hosts == ()
     assert s.detect_flip is True and s.rate_limit == "30/second;600/minute"
+    assert (s.max_attempts, s.max_resends) == (3, 5)
 
 
 def test_negative_size_is_refused_with_its_variable(env):
@@ -122,6 +123,7 @@ def test_other_values_are_checked(env):
     assert "CLEARMARK_DEVICE=gpu" in refused(env, CLEARMARK_DEVICE="gpu")
     assert "CLEARMARK_RATE_LIMIT=fast" in refused(env, CLEARMARK_RATE_LIMIT="fast")
     assert "CLEARMARK_PUBLIC_URL=example.com" in refused(env, CLEARMARK_PUBLIC_URL="example.com")
+    assert "CLEARMARK_MAX_RESENDS=0: " in refused(env, CLEARMARK_MAX_RESENDS="0")
 
 
 @pytest.mark.parametrize(

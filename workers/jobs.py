@@ -14,14 +14,16 @@ import logging
 import math
 import socket
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeGuard
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from clearmark.errors import EngineUnavailable
 from clearmark.settings import get_settings
 from clearmark.workers.db import (
     FINISHED,
@@ -190,6 +192,54 @@ def give_up(session: Session, job: Job) -> None:
     )
     if last and "attempt" in last:  # requeue_job's retry events (a fresh budget) have none
         job.error_message = f"{job.error_message}; last error: {last['reason']}"[:2000]
+    mark_finished(session, job)
+
+
+ENGINE_EVENT = "engine_unavailable"  # a worker took the job's task and could not load its engines
+
+
+def note_engine_unavailable(db_url: str, job_id: str, reason: str) -> None:
+    """Record on a queued job that the worker its task reached cannot load its engines (the
+    task then ends; the reaper sends it again, and counts: `fail_unclaimed`)."""
+    with session_scope(db_url) as session:
+        job = _locked_job(session, job_id)
+        if job is not None and job.status == JobStatus.queued.value:
+            detail = {"reason": reason, "worker": socket.gethostname()}
+            session.add(JobEvent(job_id=job_id, kind=ENGINE_EVENT, detail=detail))
+
+
+def events_since_queued(session: Session, job: Job) -> Sequence[JobEvent]:
+    """The job's events after it last became queued (created, retried, its lease reaped),
+    oldest first: what happened during its current stay in the queue."""
+    entered = (
+        select(func.max(JobEvent.id))
+        .where(JobEvent.job_id == job.id, JobEvent.to_status == JobStatus.queued.value)
+        .scalar_subquery()
+    )
+    return session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.id > func.coalesce(entered, 0))
+        .order_by(JobEvent.id)
+    ).all()
+
+
+def fail_unclaimed(session: Session, job: Job, resends: int, since: Sequence[JobEvent]) -> None:
+    """Fail a queued job whose task the reaper sent `resends` times without any worker
+    claiming it: `engine_unavailable` when a worker that took it said it cannot load its
+    engines (`since`: events_since_queued), else `not_claimed`."""
+    reasons = [e.detail["reason"] for e in since if e.kind == ENGINE_EVENT and e.detail]
+    set_status(session, job, JobStatus.failed, resends=resends)
+    if reasons:
+        job.error_code = EngineUnavailable.code
+        job.error_message = (
+            f"sent {resends} times and never run: the worker that took it cannot load its engines "
+            f"({reasons[-1]})"
+        )[:2000]
+    else:
+        job.error_code = "not_claimed"
+        job.error_message = (
+            f"sent {resends} times and never run: no worker took it up (its task was lost each time)"
+        )
     mark_finished(session, job)
 
 

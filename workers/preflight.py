@@ -1,19 +1,23 @@
 """What a worker (and every command on the service's database) checks before it starts. A
 worker on another database than the one its jobs were written to cannot claim them: each
 task fails there, and the job stays `queued` in the real database with nothing left to run
-it."""
+it. A worker that cannot load its engines would take tasks and fail each one the same way."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from clearmark.errors import ServiceUnavailable
+from clearmark.errors import EngineUnavailable, ServiceUnavailable
 from clearmark.settings import DEFAULT_BROKER_URL, Settings, default_database_url
 from clearmark.workers import migrate
 from clearmark.workers.transient import DATABASE_ERRORS
+
+CANNOT_LOAD = "engines cannot load"  # how `clearmark engines check` and a worker say it
 
 
 def safe_url(url: str) -> str:
@@ -83,3 +87,26 @@ def schema_problem(settings: Settings) -> str | None:
             "expects {head}: run `clearmark db upgrade` with the same CLEARMARK_DATABASE_URL"
         ).replace("{head}", str(head))
     return None
+
+
+def runs_images(queues: str, settings: Settings) -> bool:
+    """Whether a worker on these comma-separated queues cleans images (and so needs engines);
+    one on the webhooks queue alone does not."""
+    return bool({q.strip() for q in queues.split(",")} & {settings.queue_uploads, settings.queue_bulk})
+
+
+def check_engines() -> str:
+    """What the engines are (their version), loaded as a worker's child would load them but
+    in a process of their own (`clearmark engines check`): the worker's main process must not
+    load them (CUDA state does not survive a fork). EngineUnavailable names why they cannot
+    load. Takes as long as the load, a first TensorRT build included (cached for the children)."""
+    command = [sys.executable, "-m", "clearmark", "engines", "check"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode == 0:
+        return done.stdout.strip()
+    said = (done.stderr.strip().splitlines() or [""])[-1]
+    if said.startswith(f"Error: {CANNOT_LOAD}: "):
+        raise EngineUnavailable(said.removeprefix(f"Error: {CANNOT_LOAD}: "))
+    raise EngineUnavailable(
+        f"`clearmark engines check` ended with status {done.returncode}" + (f": {said}" if said else "")
+    )

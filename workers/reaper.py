@@ -6,7 +6,10 @@ One pass (`reap`), safe to run in several places at once (rows are taken with
   lost the broker) goes back to `queued` and its task is sent again; one whose attempts are
   used up fails for good as `too_many_attempts`, with its webhook;
 - a `queued` job with no task on the broker (a crash between commit and publish, a Redis
-  restart without persistence, a submit while the broker was down) gets its task again;
+  restart without persistence, a submit while the broker was down) gets its task again, at
+  most CLEARMARK_MAX_RESENDS times in one stay in the queue: a task that keeps vanishing
+  unrun (taken by workers that cannot load their engines, say) then fails the job as
+  `engine_unavailable` or `not_claimed`, with its webhook;
 - a finished job whose webhook is still due and has no task on the broker gets one again.
 Jobs changed in the last CLEARMARK_REAP_GRACE_S are left alone (their publish may be under
 way). Sending is after the commit; a crash in between leaves jobs the next pass finds.
@@ -27,7 +30,7 @@ from clearmark.errors import ServiceUnavailable
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import broker
 from clearmark.workers.db import Job, JobEvent, JobStatus, session_scope, utcnow
-from clearmark.workers.jobs import give_up, set_status
+from clearmark.workers.jobs import events_since_queued, fail_unclaimed, give_up, set_status
 from clearmark.workers.transient import BROKER_ERRORS, DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ class Reaped:
     expired: list[str] = field(default_factory=list)  # lease expired: queued again
     unsent: list[str] = field(default_factory=list)  # queued without a task: sent again
     gave_up: list[str] = field(default_factory=list)  # attempts used up: failed
+    unclaimed: list[str] = field(default_factory=list)  # sent too often, never run: failed
     webhooks: list[str] = field(default_factory=list)  # due webhook without a task: sent
     not_sent: int = 0  # broker down: the next pass sends them
 
@@ -46,6 +50,7 @@ class Reaped:
         return (
             f"reaped: {len(self.expired)} expired leases requeued, {len(self.unsent)} "
             f"queued jobs re-sent, {len(self.gave_up)} failed (attempts used up), "
+            f"{len(self.unclaimed)} failed (sent too often, never run), "
             f"{len(self.webhooks)} webhooks re-sent"
             + (f", {self.not_sent} not sent (broker down)" if self.not_sent else "")
         )
@@ -103,6 +108,14 @@ def reap(settings: Settings | None = None) -> Reaped:
             if on_broker is not None:
                 queued = (Job.status == JobStatus.queued.value) & (Job.updated_at < cutoff)
                 for job in _without_task(session, queued, on_broker.get(broker.CLEAN_TASK, set())):
+                    since = events_since_queued(session, job)
+                    resends = sum(e.kind == "reaped" for e in since)
+                    if resends >= s.max_resends:
+                        fail_unclaimed(session, job, resends, since)
+                        out.unclaimed.append(job.id)
+                        if job.webhook_pending:
+                            to_send.append((broker.WEBHOOK_TASK, job))
+                        continue
                     job.updated_at = now
                     session.add(
                         JobEvent(job_id=job.id, kind="reaped", detail={"reason": "no task on the broker"})
@@ -111,14 +124,14 @@ def reap(settings: Settings | None = None) -> Reaped:
                     to_send.append((broker.CLEAN_TASK, job))
                 hook_due = Job.webhook_pending.is_(True) & (Job.updated_at < cutoff)
                 for job in _without_task(session, hook_due, on_broker.get(broker.WEBHOOK_TASK, set())):
-                    if job.id not in out.gave_up:
+                    if job.id not in out.gave_up and job.id not in out.unclaimed:
                         job.updated_at = now
                         out.webhooks.append(job.id)
                         to_send.append((broker.WEBHOOK_TASK, job))
     except DATABASE_ERRORS as exc:
         raise ServiceUnavailable("database", f"{type(exc).__name__}: {exc}") from None
     _send(to_send, s, out)
-    if out.expired or out.unsent or out.gave_up or out.webhooks:
+    if out.expired or out.unsent or out.gave_up or out.unclaimed or out.webhooks:
         log.info("%s", out)
     return out
 

@@ -14,10 +14,13 @@ from clearmark.engine_build.bench import BenchRow, bench_one, format_table
 from clearmark.engine_build.onnx_export import ONNX_OPSET, export_onnx, stale_onnx
 from clearmark.engine_build.trt_backend import _cuda_index, ensure_engine, tensorrt_status
 from clearmark.engine_build.trt_cache import parse_profile, stale_engines
+from clearmark.errors import EngineUnavailable
 from clearmark.models.weights import KINDS, weights_sha256
+from clearmark.pipeline.process import Engines
 from clearmark.settings import get_settings
 from clearmark.workers.jpeg_bench import bench_jpeg, format_jpeg_table, photo_files
 from clearmark.workers.pipeline_bench import bench_images, bench_pipeline, format_pipeline_table
+from clearmark.workers.preflight import CANNOT_LOAD
 
 KIND_CHOICE = click.Choice([*KINDS, "all"])
 
@@ -96,6 +99,19 @@ def prune_command(dry_run: bool) -> None:
         f"{len(stale)} stale file(s), {freed / 1e6:.1f} MB "
         f"{'would be freed' if dry_run else 'freed'} in {engine_dir}"
     )
+
+
+@engines_group.command("check")
+def check_command() -> None:
+    """Load the engines as a worker would (backend, weights, engine build), print what they
+    are, or exit 1 with one line naming why they cannot load (`clearmark worker` runs this
+    before it starts)."""
+    settings = get_settings()
+    try:
+        engines = Engines.load(settings)
+    except Exception as exc:  # noqa: BLE001 - whatever the backend raised, said in one line
+        raise click.ClickException(f"{CANNOT_LOAD}: {EngineUnavailable.because(exc).message}") from None
+    click.echo(engines.version)
 
 
 @engines_group.command("info")

@@ -7,13 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import click
+from celery.signals import worker_init
 
+from clearmark.errors import EngineUnavailable
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.celery_app import app
 from clearmark.workers.commands.common import needs_database
-from clearmark.workers.preflight import describe, worker_problems
+from clearmark.workers.preflight import CANNOT_LOAD, check_engines, describe, runs_images, worker_problems
 from clearmark.workers.reaper import reap as reap_once
 from clearmark.workers.reaper import reap_forever
 
@@ -47,13 +50,20 @@ def worker(
 
     Refuses to start when only one of CLEARMARK_DATABASE_URL and CLEARMARK_BROKER_URL is
     set, or when the database is not migrated to this code's revision: such a worker
-    would take tasks whose jobs it cannot see, and they would stay queued."""
+    would take tasks whose jobs it cannot see, and they would stay queued. A worker that
+    cleans images also refuses to start when its engines cannot load, and stops (status 1)
+    when a child process of it cannot load them."""
     settings = get_settings()
     queues = queues or default_queues(settings)
     click.echo(f"{describe(settings)}\nqueues   {queues}", err=True)
     problems = worker_problems(settings)
     if problems:
         raise click.ClickException("worker not started: " + "; ".join(problems))
+    if runs_images(queues, settings):
+        try:
+            click.echo(f"engines  {check_engines()}", err=True)
+        except EngineUnavailable as exc:
+            raise click.ClickException(f"worker not started: {CANNOT_LOAD}: {exc.message}") from None
     argv = [
         "worker",
         "-Q",
@@ -70,10 +80,28 @@ def worker(
         argv += ["-n", hostname]
     reaper = _start_reaper_process() if reap else None
     try:
-        app.worker_main(argv)
+        status = _run_worker(argv)
     finally:
         if reaper is not None:
             reaper.terminate()
+    if status:
+        sys.exit(status)
+
+
+def _run_worker(argv: list[str]) -> int:
+    """Run a Celery worker in this process and return its exit status (1 when it stopped
+    because it cannot run its tasks), which app.worker_main drops."""
+    started: list[Any] = []
+
+    def remember(sender: Any, **_kwargs: object) -> None:
+        started.append(sender)  # the WorkController
+
+    worker_init.connect(remember)
+    try:
+        app.worker_main(argv)
+    finally:
+        worker_init.disconnect(remember)
+    return int(started[-1].exitcode or 0) if started else 0
 
 
 def _start_reaper_process() -> subprocess.Popen[bytes]:
