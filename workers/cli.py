@@ -29,8 +29,8 @@ COMMANDS = {
     "batches": ("jobs:batches", "Batches (newest first) with their jobs by status."),
     "status": (
         "jobs:status",
-        "Counts of jobs by status, the most recent failures, and each queue's waiting tasks "
-        "and the workers consuming it.",
+        "Counts of jobs by status, the most recent failures, and (with a broker set) each "
+        "queue's waiting tasks and the workers consuming it.",
     ),
     "report": (
         "jobs:report",

@@ -17,7 +17,13 @@ from clearmark.workers.commands.common import (
     since_value,
 )
 from clearmark.workers.report_html import build_report
-from clearmark.workers.reports import batch_progress, batches_text, queues_text, status_text
+from clearmark.workers.reports import (
+    batch_progress,
+    batches_text,
+    embedded_text,
+    queues_text,
+    status_text,
+)
 from clearmark.workers.submit import list_uri, submit_files, submit_sources
 
 
@@ -207,10 +213,11 @@ def batches(batch_ids: tuple[str, ...], tenant: str | None, limit: int) -> None:
 @click.option("--failures", default=10, show_default=True, help="Recent failures to list.")
 @needs_database
 def status(failures: int) -> None:
-    """Counts of jobs by status, the most recent failures, and each queue's waiting tasks
-    and the workers consuming it."""
-    click.echo(status_text(get_settings().database_url, failures))
-    click.echo(queues_text(get_settings()))
+    """Counts of jobs by status, the most recent failures, and (with a broker set) each
+    queue's waiting tasks and the workers consuming it."""
+    settings = get_settings()
+    click.echo(status_text(settings.database_url, failures))
+    click.echo(embedded_text(settings) if settings.embedded else queues_text(settings))
 
 
 @click.command()
