@@ -8,15 +8,22 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
-from tqdm import tqdm
 
 from clearmark.errors import ServiceUnavailable
 from clearmark.settings import get_settings
+from clearmark.workers.commands.deferred import deferred
 from clearmark.workers.dates import parse_since
-from clearmark.workers.preflight import schema_problem
+
+if TYPE_CHECKING:
+    import tqdm
+
+    from clearmark.workers import preflight
+else:
+    tqdm = deferred("tqdm")
+    preflight = deferred("clearmark.workers.preflight")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,7 +55,7 @@ def needs_database(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        problem = schema_problem(get_settings())
+        problem = preflight.schema_problem(get_settings())
         if problem:
             raise click.ClickException(problem)
         return fn(*args, **kwargs)
@@ -90,7 +97,7 @@ def since_value(text: str, option: str = "--since") -> datetime:
 
 def follow(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
     """A progress bar on stderr over an iterator of chunk sizes (or single items)."""
-    with tqdm(total=total, desc=desc, unit="job", file=sys.stderr) as bar:
+    with tqdm.tqdm(total=total, desc=desc, unit="job", file=sys.stderr) as bar:
         for n in items:
             bar.update(n if isinstance(n, int) else 1)
             yield n

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import onnxruntime as ort
-import torch
 
-from clearmark.engine_build.base import CPU_AUTO_BACKEND, resolve_device
-from clearmark.engine_build.bench import BenchRow, bench_one, format_table
-from clearmark.engine_build.onnx_export import ONNX_OPSET, export_onnx, stale_onnx
-from clearmark.engine_build.trt_backend import _cuda_index, ensure_engine, tensorrt_status
-from clearmark.engine_build.trt_cache import parse_profile, stale_engines
 from clearmark.models.weights import KINDS, weights_sha256
 from clearmark.settings import get_settings
-from clearmark.workers.jpeg_bench import bench_jpeg, format_jpeg_table, photo_files
-from clearmark.workers.pipeline_bench import bench_images, bench_pipeline, format_pipeline_table
+from clearmark.workers.commands.deferred import deferred
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    import torch
+
+    from clearmark.engine_build import base, bench, onnx_export, trt_backend, trt_cache
+    from clearmark.workers import jpeg_bench, pipeline_bench
+else:
+    ort = deferred("onnxruntime")
+    torch = deferred("torch")
+    base = deferred("clearmark.engine_build.base")
+    bench = deferred("clearmark.engine_build.bench")
+    onnx_export = deferred("clearmark.engine_build.onnx_export")
+    trt_backend = deferred("clearmark.engine_build.trt_backend")
+    trt_cache = deferred("clearmark.engine_build.trt_cache")
+    jpeg_bench = deferred("clearmark.workers.jpeg_bench")
+    pipeline_bench = deferred("clearmark.workers.pipeline_bench")
 
 KIND_CHOICE = click.Choice([*KINDS, "all"])
 
@@ -44,8 +54,8 @@ def engines_group() -> None:
 def export_command(kind: str, precision: str, force: bool) -> None:
     """Export the models to ONNX (dynamic batch/height/width), check and run them."""
     for k in _kinds(kind):
-        path = export_onnx(k, precision, force=force)
-        click.echo(f"{k}: {path} (opset {ONNX_OPSET}, {precision}, checked)")
+        path = onnx_export.export_onnx(k, precision, force=force)
+        click.echo(f"{k}: {path} (opset {onnx_export.ONNX_OPSET}, {precision}, checked)")
 
 
 @engines_group.command("build")
@@ -63,14 +73,16 @@ def export_command(kind: str, precision: str, force: bool) -> None:
 def build_command(kind: str, precision: str, profile: str | None, device: str, force: bool) -> None:
     """Build (or reuse) TensorRT engines from the ONNX files."""
     try:
-        prof = parse_profile(profile)
+        prof = trt_cache.parse_profile(profile)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--profile") from None
-    ok, why = tensorrt_status()
+    ok, why = trt_backend.tensorrt_status()
     if not ok:
         raise click.ClickException(f"cannot build TensorRT engines here: {why}")
     for k in _kinds(kind):
-        result = ensure_engine(k, precision, prof, device_index=_cuda_index(device), force=force)
+        result = trt_backend.ensure_engine(
+            k, precision, prof, device_index=trt_backend._cuda_index(device), force=force
+        )
         state = "built" if result.built else "cached"
         click.echo(
             f"{k}: {result.path} ({state}; {result.key.precision}, "
@@ -85,7 +97,8 @@ def prune_command(dry_run: bool) -> None:
     """Delete cached ONNX files and TensorRT engines made from other weights or code than
     the shipped ones (engines for other GPUs or TensorRT versions are kept)."""
     engine_dir = get_settings().engine_dir
-    stale = stale_onnx(engine_dir) + stale_engines(engine_dir, {k: weights_sha256(k) for k in KINDS})
+    shipped = {k: weights_sha256(k) for k in KINDS}
+    stale = onnx_export.stale_onnx(engine_dir) + trt_cache.stale_engines(engine_dir, shipped)
     freed = 0
     for path in stale:
         freed += path.stat().st_size
@@ -102,16 +115,16 @@ def prune_command(dry_run: bool) -> None:
 def info_command() -> None:
     """Which backends are usable here and what `auto` picks."""
     settings = get_settings()
-    ok, why = tensorrt_status()
+    ok, why = trt_backend.tensorrt_status()
     click.echo(f"tensorrt:    {'yes' if ok else 'no'} ({why})")
     click.echo(f"onnxruntime: {ort.__version__} providers {ort.get_available_providers()}")
     click.echo(f"torch:       {torch.__version__} cuda={torch.cuda.is_available()}")
     click.echo(
         f"settings:    backend={settings.backend} device={settings.device} "
-        f"-> {resolve_device(None)}; threads={settings.threads}; "
+        f"-> {base.resolve_device(None)}; threads={settings.threads}; "
         f"engine_dir={settings.engine_dir}"
     )
-    click.echo(f"auto on CPU: {CPU_AUTO_BACKEND}")
+    click.echo(f"auto on CPU: {base.CPU_AUTO_BACKEND}")
 
 
 @click.command("bench")
@@ -191,20 +204,22 @@ def bench_command(
     --pipeline, seconds per photo for the whole pipeline, stage by stage; with --jpeg,
     what writing a JPEG result costs and changes."""
     if jpeg:  # no engines involved
-        files = photo_files(photos, images)
+        files = jpeg_bench.photo_files(photos, images)
         with click.progressbar(length=len(files), label="photos", file=sys.stderr) as bar:
-            jpeg_rows = bench_jpeg(files, size or 1024, progress=bar.update)
-        click.echo(format_jpeg_table(jpeg_rows))
+            jpeg_rows = jpeg_bench.bench_jpeg(files, size or 1024, progress=bar.update)
+        click.echo(jpeg_bench.format_jpeg_table(jpeg_rows))
         return
 
     if not backends:
-        backends = ("torch", "onnxruntime") + (("tensorrt",) if tensorrt_status()[0] else ())
+        backends = ("torch", "onnxruntime") + (("tensorrt",) if trt_backend.tensorrt_status()[0] else ())
     if pipeline:
-        uploads = bench_images(images, size or 1024)
+        uploads = pipeline_bench.bench_images(images, size or 1024)
         click.echo(
-            format_pipeline_table(
+            pipeline_bench.format_pipeline_table(
                 [
-                    bench_pipeline(uploads, backend, flip, device=device, warmup=min(warmup, 1))
+                    pipeline_bench.bench_pipeline(
+                        uploads, backend, flip, device=device, warmup=min(warmup, 1)
+                    )
                     for backend in backends
                     for flip in (True, False)
                 ]
@@ -212,11 +227,11 @@ def bench_command(
         )
         return
     size = size or 512
-    rows: list[BenchRow] = []
+    rows: list[bench.BenchRow] = []
     for backend in backends:
         for k in _kinds(kind):
             rows.append(
-                bench_one(
+                bench.bench_one(
                     backend,
                     k,
                     batch,
@@ -227,4 +242,4 @@ def bench_command(
                     seconds=seconds,
                 )
             )
-    click.echo(format_table(rows))
+    click.echo(bench.format_table(rows))

@@ -7,15 +7,20 @@ import os
 import signal
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from clearmark.settings import Settings, get_settings
-from clearmark.workers.celery_app import app
 from clearmark.workers.commands.common import needs_database
-from clearmark.workers.preflight import describe, worker_problems
-from clearmark.workers.reaper import reap as reap_once
-from clearmark.workers.reaper import reap_forever
+from clearmark.workers.commands.deferred import deferred
+
+if TYPE_CHECKING:
+    from clearmark.workers import celery_app, preflight, reaper
+else:
+    celery_app = deferred("clearmark.workers.celery_app")
+    preflight = deferred("clearmark.workers.preflight")
+    reaper = deferred("clearmark.workers.reaper")
 
 
 def default_queues(settings: Settings) -> str:
@@ -50,8 +55,8 @@ def worker(
     would take tasks whose jobs it cannot see, and they would stay queued."""
     settings = get_settings()
     queues = queues or default_queues(settings)
-    click.echo(f"{describe(settings)}\nqueues   {queues}", err=True)
-    problems = worker_problems(settings)
+    click.echo(f"{preflight.describe(settings)}\nqueues   {queues}", err=True)
+    problems = preflight.worker_problems(settings)
     if problems:
         raise click.ClickException("worker not started: " + "; ".join(problems))
     argv = [
@@ -68,12 +73,12 @@ def worker(
     ]
     if hostname:
         argv += ["-n", hostname]
-    reaper = _start_reaper_process() if reap else None
+    reaper_process = _start_reaper_process() if reap else None
     try:
-        app.worker_main(argv)
+        celery_app.app.worker_main(argv)
     finally:
-        if reaper is not None:
-            reaper.terminate()
+        if reaper_process is not None:
+            reaper_process.terminate()
 
 
 def _start_reaper_process() -> subprocess.Popen[bytes]:
@@ -106,9 +111,9 @@ def reap(every: float | None) -> None:
     broker. Safe to run anywhere, any number of times."""
     settings = get_settings()
     if every:
-        reap_forever(settings.replace(reap_interval_s=every))
+        reaper.reap_forever(settings.replace(reap_interval_s=every))
         return
-    click.echo(str(reap_once(settings)))
+    click.echo(str(reaper.reap(settings)))
 
 
 @click.command()
@@ -116,4 +121,4 @@ def reap(every: float | None) -> None:
 def beat(loglevel: str) -> None:
     """Run Celery beat: sends a reaper pass every CLEARMARK_REAP_INTERVAL_S (run exactly one)."""
     get_settings().data_dir.mkdir(parents=True, exist_ok=True)
-    app.Beat(loglevel=loglevel).run()
+    celery_app.app.Beat(loglevel=loglevel).run()
