@@ -1,5 +1,5 @@
 """What several commands share: finding images, the exit status when a service is down,
-`--since`, progress bars."""
+`--since`, progress bars, where the synthetic set's photos come from."""
 
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ from clearmark.workers.dates import parse_since
 if TYPE_CHECKING:
     import tqdm
 
+    from clearmark.models import scenes
     from clearmark.workers import preflight
 else:
     tqdm = deferred("tqdm")
+    scenes = deferred("clearmark.models.scenes")
     preflight = deferred("clearmark.workers.preflight")
 
 P = ParamSpec("P")
@@ -83,6 +85,37 @@ def find_images(
                 found.append((path, rel))
             elif skipped is not None:
                 skipped.append(rel)
+    return found
+
+
+def synthetic_photos(data_dir: Path | None, instead: str) -> tuple[Path | None, bool]:
+    """Where the synthetic evaluation set's photo backgrounds come from: (data dir, studio
+    scenes only). A `data_dir` the user named (--data) must hold the held-out grocery
+    photos, else a usage error says so; without one, those beside the checkout
+    (../shared/data), or where there are none (a clone), studio scenes alone, which one
+    line on stderr says, with what to do `instead`."""
+    if data_dir is not None:
+        if not scenes.has_grocery_photos(data_dir, "eval"):
+            raise click.BadParameter(
+                f"no held-out photos in {data_dir}/grocery/iconic and grocery/natural", param_hint="--data"
+            )
+        return data_dir, False
+    if scenes.has_grocery_photos(scenes.DEFAULT_DATA, "eval"):
+        return scenes.DEFAULT_DATA, False
+    click.echo(
+        f"no photos in {scenes.DEFAULT_DATA}/grocery (../shared/data, not in the repository): "
+        f"studio scenes only; {instead}",
+        err=True,
+    )
+    return None, True
+
+
+def photo_folder(folder: Path, n: int) -> list[Path]:
+    """The first `n` images under `folder` (--photos, the user's own), a usage error where
+    there are none."""
+    found = [path for path, _ in find_images([folder], recursive=True)][:n]
+    if not found:
+        raise click.BadParameter(f"no images in {folder}", param_hint="--photos")
     return found
 
 

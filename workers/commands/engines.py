@@ -10,6 +10,7 @@ import click
 
 from clearmark.models.weights import KINDS, weights_sha256
 from clearmark.settings import get_settings
+from clearmark.workers.commands.common import photo_folder, synthetic_photos
 from clearmark.workers.commands.deferred import deferred
 
 if TYPE_CHECKING:
@@ -184,7 +185,9 @@ def info_command() -> None:
     "--photos",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="--jpeg: a folder of photos (default: the dev split of ../shared/data/products).",
+    help="--pipeline, --jpeg: a folder of your own photos instead (sub-folders included). "
+    "Default: --pipeline, the evaluation set's watermarked images; --jpeg, the dev split "
+    "of ../shared/data/products; studio scenes where ../shared/data is not there.",
 )
 def bench_command(
     backends: tuple[str, ...],
@@ -204,16 +207,31 @@ def bench_command(
     --pipeline, seconds per photo for the whole pipeline, stage by stage; with --jpeg,
     what writing a JPEG result costs and changes."""
     if jpeg:  # no engines involved
-        files = jpeg_bench.photo_files(photos, images)
-        with click.progressbar(length=len(files), label="photos", file=sys.stderr) as bar:
-            jpeg_rows = jpeg_bench.bench_jpeg(files, size or 1024, progress=bar.update)
+        size = size or 1024
+        files = photo_folder(photos, images) if photos else jpeg_bench.product_photos(images)
+        if files:
+            shots = jpeg_bench.read_photos(files, size)
+        else:
+            click.echo(
+                "no product photos in ../shared/data/products (not in the repository): "
+                "studio scenes instead; --photos DIR for your own",
+                err=True,
+            )
+            shots = jpeg_bench.studio_photos(images, size)
+        with click.progressbar(length=len(files) or images, label="photos", file=sys.stderr) as bar:
+            jpeg_rows = jpeg_bench.bench_jpeg(shots, progress=bar.update)
         click.echo(jpeg_bench.format_jpeg_table(jpeg_rows))
         return
 
     if not backends:
         backends = ("torch", "onnxruntime") + (("tensorrt",) if trt_backend.tensorrt_status()[0] else ())
     if pipeline:
-        uploads = pipeline_bench.bench_images(images, size or 1024)
+        size = size or 1024
+        if photos:
+            uploads = pipeline_bench.photo_uploads(photo_folder(photos, images), size)
+        else:
+            data_dir, studio_only = synthetic_photos(None, "--photos DIR to bench your own")
+            uploads = pipeline_bench.bench_images(images, size, data_dir=data_dir, studio_only=studio_only)
         click.echo(
             pipeline_bench.format_pipeline_table(
                 [

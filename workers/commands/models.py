@@ -12,6 +12,7 @@ import click
 
 from clearmark.models.weights import KINDS, WEIGHTS_DIR, MissingWeights, read_manifest
 from clearmark.settings import get_settings
+from clearmark.workers.commands.common import synthetic_photos
 from clearmark.workers.commands.deferred import deferred
 
 if TYPE_CHECKING:
@@ -283,7 +284,12 @@ def reproduce_command(
 )
 @click.option("--seed", default=0, show_default=True, help="evaluation seed (never used in training)")
 @click.option(
-    "--data", "data_dir", type=click.Path(path_type=Path), default=_shared_data, show_default=SHARED_DATA
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"directory holding grocery/ (the photo backgrounds); default {SHARED_DATA} "
+    "where it holds them, else studio scenes only",
 )
 @click.option(
     "--weights", "weights_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR, show_default=True
@@ -304,17 +310,23 @@ def reproduce_command(
 def eval_command(
     n: int,
     seed: int,
-    data_dir: Path,
+    data_dir: Path | None,
     weights_dir: Path,
     threads: int,
     json_path: Path | None,
     slices: tuple[str, ...],
     update_manifest: bool,
 ) -> None:
-    """Evaluate the shipped models against two baselines on a held-out synthetic set."""
+    """Evaluate the shipped models against two baselines on a held-out synthetic set.
+
+    Its backgrounds are procedural studio scenes and grocery photos (held out of training)
+    from --data; without the photos (a clone has no ../shared/data), studio scenes only."""
     slices = tuple(slices) or synthetic_eval.SLICES
     if update_manifest and set(slices) != set(synthetic_eval.SLICES):
         raise click.UsageError("--update-manifest records the whole set: drop --slice")
+    data_dir, studio_only = synthetic_photos(data_dir, "--data DIR for photo backgrounds")
+    if update_manifest and studio_only:
+        raise click.UsageError("--update-manifest records the whole set, photos included: give --data")
     settings = get_settings()
     engines = _in_process_engines(weights_dir)
 
@@ -323,7 +335,14 @@ def eval_command(
         return c.restored, c.found, c.mask.dilated
 
     results = synthetic_eval.evaluate(
-        model, settings.mask_dilate_px, n=n, seed=seed, data_dir=data_dir, threads=threads, slices=slices
+        model,
+        settings.mask_dilate_px,
+        n=n,
+        seed=seed,
+        data_dir=data_dir,
+        threads=threads,
+        slices=slices,
+        studio_only=studio_only,
     )
     click.echo(synthetic_eval.format_table(results))
     if json_path:
