@@ -39,7 +39,9 @@ else:
     verdict = deferred("clearmark.pipeline.verdict")
     real_eval = deferred("clearmark.pipeline.evaluate_real")
 
-SHARED_DATA = "../shared/data"  # how --help names scenes.DEFAULT_DATA, beside the checkout
+# Defaults click calls when a command runs, not for its --help (which shows the text given
+# beside them), so that the modules holding them load only then.
+SHARED_DATA = "../shared/data"  # scenes.DEFAULT_DATA, beside the checkout
 
 
 def _shared_data() -> Path:
