@@ -527,6 +527,12 @@ class Settings(BaseSettings):
         """Where the field `name` came from: default, environment, file or override."""
         return self._sources.get(name, "override")
 
+    @property
+    def embedded(self) -> bool:
+        """No broker set (environment, settings file or override): the embedded mode, in
+        which `clearmark clean` runs its jobs in its own process and no broker is used."""
+        return self.source("broker_url") == "default"
+
     def shown(self, name: str) -> str:
         """The field's value as text, passwords masked."""
         return shown_value(name, getattr(self, name))

@@ -117,9 +117,10 @@ _SLICE_DRAW: dict[str, tuple[dict[str, Any], Callable[[Any], bool]]] = {
 }
 
 
-def eval_set(n: int, seed: int = 0, data_dir=None, slices=SLICES):
+def eval_set(n: int, seed: int = 0, data_dir=None, slices=SLICES, studio_only: bool = False):
     """Yield (slice, index, Sample) deterministically; n watermarked + n//3 clean + n//3 text,
-    of the `slices` asked for (an image depends only on seed, slice and index)."""
+    of the `slices` asked for (an image depends only on seed, slice and index).
+    `studio_only`: every background a studio scene, none a photo (where there are none)."""
     sizes = slice_sizes(n)
     plan = [(sl, i) for sl in SLICES if sl in slices for i in range(sizes[sl])]
     for slice_, i in plan:
@@ -128,6 +129,8 @@ def eval_set(n: int, seed: int = 0, data_dir=None, slices=SLICES):
         aspect = [1.0, 4 / 3, 3 / 4, 3 / 2][int(rng.integers(4))]
         h, w = (long_side, int(long_side / aspect)) if aspect < 1 else (int(long_side / aspect), long_side)
         kw, usable = _SLICE_DRAW[slice_]
+        if studio_only:
+            kw = {**kw, "source": "studio"}
         for _ in range(20):  # draw again until the image is what its slice is for
             s = make_sample(rng, h, w, long_side, "eval", data_dir, **kw)
             if usable(s):
@@ -165,6 +168,7 @@ def evaluate(
     data_dir=None,
     threads: int = 2,
     slices=SLICES,
+    studio_only: bool = False,
 ) -> dict:
     """Score `model` (the pipeline's `clean_rgb` over the models under test; the CLI builds
     it) and the baselines, the true-mask Telea dilated by `dilate_px` like the pipeline."""
@@ -176,7 +180,7 @@ def evaluate(
 
     methods: dict[str, Method] = {"model": model, "none": nothing}
     rows: list[dict] = []
-    for slice_, i, s in eval_set(n, seed, data_dir, slices):
+    for slice_, i, s in eval_set(n, seed, data_dir, slices, studio_only):
         methods["telea"] = functools.partial(_true_mask_telea, mask=s.mask, dilate_px=dilate_px)
         near = cv2.dilate(s.mask.astype(np.uint8), np.ones((17, 17), np.uint8)).astype(bool)
         for name, fn in methods.items():
@@ -210,6 +214,7 @@ def evaluate(
         "n": n,
         "seed": seed,
         "slices": [sl for sl in SLICES if sl in slices],
+        "studio_only": studio_only,
         "rows": rows,
         "summary": summarize(rows),
     }
@@ -264,7 +269,12 @@ def format_table(results: dict) -> str:
     )
     n, sizes = results["n"], slice_sizes(results["n"])
     parts = [f"{sizes[sl]} {SLICE_NAMES[sl]}" for sl in results.get("slices", SLICES)]
-    lines = [f"clearmark eval: n={n}: {', '.join(parts)}; seed={results['seed']}", head, "-" * len(head)]
+    only = "; studio scenes only (no photos)" if results.get("studio_only") else ""
+    lines = [
+        f"clearmark eval: n={n}: {', '.join(parts)}; seed={results['seed']}{only}",
+        head,
+        "-" * len(head),
+    ]
     for m, d in summ.items():
         a = d["all"]
         lines.append(

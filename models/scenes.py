@@ -99,6 +99,12 @@ def photo_list(data_dir: str, subset: str, split: str) -> tuple[Path, ...]:
     return tuple(p for p in paths if _is_eval(p.name) == (split == "eval"))
 
 
+def has_grocery_photos(data_dir: Path | str, split: str) -> bool:
+    """Whether `data_dir` holds the grocery photos of both subsets in `split` that
+    `photo_window` draws from (a clone has no ../shared/data)."""
+    return all(photo_list(str(data_dir), subset, split) for subset in ("iconic", "natural"))
+
+
 def read_rgb(path: Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:

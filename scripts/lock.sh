@@ -6,8 +6,7 @@
 # Usage: bash scripts/lock.sh   (then run the tests and commit constraints.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-TORCH_SPEC="${CLEARMARK_TORCH_SPEC:-torch==2.13.0}"   # the CPU build, as in scripts/setup.sh
+source scripts/setup.sh   # TORCH_SPEC (the CPU build) and where pip finds it: torch_index_args
 PYTHON="${PYTHON:-python3}"
 EXTRAS="test,s3,ops"
 
@@ -15,8 +14,10 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 "$PYTHON" -m venv "$tmp/venv"
 pip=("$tmp/venv/bin/pip" --disable-pip-version-check)
+PY="$tmp/venv/bin/python"
+mapfile -t index < <(torch_index_args)
 echo "lock: installing $TORCH_SPEC and .[$EXTRAS] into a fresh venv"
-"${pip[@]}" install -q "$TORCH_SPEC"
+"${pip[@]}" install -q "${index[@]}" "$TORCH_SPEC"
 "${pip[@]}" install -q -e ".[$EXTRAS]"
 
 # --all: setuptools and wheel are runtime requirements here (torch, jpeglib), and

@@ -98,6 +98,15 @@ def redis_url():
     yield REDIS_URL
 
 
+@pytest.fixture
+def no_shared_data(monkeypatch, tmp_path):
+    """A clone's view: no ../shared/data beside the checkout (`models.scenes.DEFAULT_DATA`,
+    which every default reads when it runs, names a folder that does not exist)."""
+    missing = tmp_path / "no-shared-data"
+    monkeypatch.setattr("clearmark.models.scenes.DEFAULT_DATA", missing)
+    return missing
+
+
 GROCERY_SUBSETS = ("iconic", "natural")
 
 

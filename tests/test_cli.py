@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import re
+import uuid
 from collections import Counter
 from datetime import UTC
 
@@ -13,6 +15,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from clearmark.settings import Settings, set_settings
+from clearmark.workers import migrate
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Job, JobMetrics, session_scope
 from clearmark.workers.local import Summary
@@ -101,6 +104,38 @@ def test_start_up_commands_are_listed_without_importing_them():
         assert cli.get_command(ctx, name).get_short_help_str(1000) == short_help, name
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0 and all(name in result.output for name in COMMANDS)
+
+
+def test_status_in_the_embedded_mode_shows_the_local_database_only(tmp_path, monkeypatch):
+    """No broker set (as after `clean`): no queues to flag, and the broker is not asked."""
+    monkeypatch.delenv("CLEARMARK_BROKER_URL", raising=False)
+    settings = Settings(data_dir=tmp_path / "data")
+    set_settings(settings)
+    try:
+        migrate.upgrade(settings.database_url)
+        result = CliRunner().invoke(cli, ["status"])
+    finally:
+        set_settings(None)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "jobs by status:" and "queued" in result.output
+    assert lines[-1].startswith("embedded mode: no broker is set") and settings.database_url in lines[-1]
+    assert "NO WORKER" not in result.output and settings.queue_uploads not in result.output
+
+
+def test_status_with_a_broker_flags_the_queues_no_worker_consumes(tmp_path, redis_url):
+    queues = {f"queue_{q}": f"test-{uuid.uuid4().hex[:8]}.{q}" for q in ("uploads", "bulk", "webhooks")}
+    settings = Settings(data_dir=tmp_path / "data", broker_url=redis_url, **queues)
+    set_settings(settings)
+    try:
+        migrate.upgrade(settings.database_url)
+        result = CliRunner().invoke(cli, ["status"])
+    finally:
+        set_settings(None)
+    assert result.exit_code == 0, result.output
+    assert f"queues on {redis_url}:" in result.output and "embedded" not in result.output
+    for queue in queues.values():
+        assert re.search(rf"^  {re.escape(queue)} +0 waiting +NO WORKER consumes it", result.output, re.M)
 
 
 ODD_NAMES = ["a b.png", "c#1.png", "100%.png", "new\nline.png", "żółw ü.png"]

@@ -496,6 +496,53 @@ def test_cli_bench_pipeline_times_every_stage_of_real_photos(monkeypatch, grocer
     assert [line.split()[:2] for line in res.output.splitlines()[2:]] == [["torch", "on"], ["torch", "off"]]
 
 
+def test_cli_benches_without_shared_data_use_studio_scenes_or_your_photos(tmp_path, no_shared_data):
+    """A clone has no ../shared/data: --pipeline and --jpeg run on studio scenes the project
+    draws itself (one line on stderr says so), or on --photos; a --photos folder without
+    images is a one-line usage error."""
+    from click.testing import CliRunner
+
+    from clearmark.workers.commands.engines import bench_command
+    from tests.test_celery_e2e import product_photo
+
+    runner = CliRunner()
+    pipeline = ["--pipeline", "--backend", "torch", "--images", "2", "--size", "96", "--warmup", "0"]
+    res = runner.invoke(bench_command, pipeline)  # seed 0's second image has a photo background
+    assert res.exit_code == 0 and res.exception is None, res.output
+    assert res.stderr.startswith(f"no photos in {no_shared_data}/grocery") and res.stderr.count("\n") == 1
+    assert [line.split()[:4] for line in res.stdout.splitlines()[2:]] == [
+        ["torch", "on", "96", "2"],
+        ["torch", "off", "96", "2"],
+    ]
+    jpeg = runner.invoke(bench_command, ["--jpeg", "--images", "2", "--size", "128"])
+    assert jpeg.exit_code == 0 and jpeg.exception is None, jpeg.output
+    assert jpeg.stderr.startswith("no product photos in ../shared/data/products")
+    assert [line.split()[:3] for line in jpeg.stdout.splitlines()[1:5]] == [
+        ["corner", "exact", "2"],
+        ["corner", "full", "2"],
+        ["centre", "exact", "2"],
+        ["centre", "full", "2"],
+    ]
+
+    photos = tmp_path / "mine"
+    (photos / "shoes").mkdir(parents=True)
+    product_photo(1).save(photos / "a.png")
+    product_photo(2).save(photos / "shoes" / "b.jpg", quality=90)
+    mine = runner.invoke(bench_command, [*pipeline, "--photos", str(photos)])
+    assert mine.exit_code == 0 and "no photos" not in mine.stderr, mine.output
+    assert [line.split()[:4] for line in mine.stdout.splitlines()[2:]][0] == ["torch", "on", "96", "2"]
+    mine = runner.invoke(bench_command, ["--jpeg", "--images", "1", "--photos", str(photos)])
+    assert mine.exit_code == 0 and "no product photos" not in mine.stderr, mine.output
+    assert mine.stdout.splitlines()[1].split()[:3] == ["corner", "exact", "1"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for mode in ("--pipeline", "--jpeg"):
+        refused = runner.invoke(bench_command, [mode, "--photos", str(empty)])
+        assert refused.exit_code == 2 and isinstance(refused.exception, SystemExit), refused.output
+        assert refused.output.splitlines()[-1] == f"Error: Invalid value for --photos: no images in {empty}"
+
+
 # --------------------------------------------------------------------------- TensorRT
 
 

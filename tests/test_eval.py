@@ -126,3 +126,32 @@ def test_eval_of_one_slice_and_what_the_manifest_refuses(tmp_path, grocery_data)
     assert {r["slice"] for r in rows} == {"clean"} and len(rows) == 3  # one image, 3 methods
     refused = CliRunner().invoke(cli, ["eval", "--n", "3", "--slice", "wm", "--update-manifest"])
     assert refused.exit_code == 2 and "drop --slice" in refused.output
+
+
+def test_eval_without_shared_data_runs_on_studio_scenes(tmp_path, grocery_data, no_shared_data):
+    """A clone has no ../shared/data: the set's photo backgrounds become studio scenes, and
+    one line on stderr says so; --data naming a folder without photos is a usage error."""
+    assert next(eval_set(1, 5, grocery_data, ("wm",)))[2].background.startswith("photo")  # else
+    args = ["eval", "--n", "1", "--seed", "5", "--slice", "wm", "--threads", "1"]
+    out = CliRunner().invoke(cli, [*args, "--json", str(tmp_path / "eval.json")])
+    assert out.exit_code == 0 and out.exception is None, out.output
+    assert out.stderr.splitlines() == [
+        f"no photos in {no_shared_data}/grocery (../shared/data, not in the repository): "
+        "studio scenes only; --data DIR for photo backgrounds"
+    ]
+    assert (
+        out.stdout.splitlines()[0]
+        == "clearmark eval: n=1: 1 watermarked; seed=5; studio scenes only (no photos)"
+    )
+    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert len(rows) == 3 and {r["background"] for r in rows} == {"studio"}
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = CliRunner().invoke(cli, [*args, "--data", str(empty)])
+    assert refused.exit_code == 2 and isinstance(refused.exception, SystemExit)
+    assert refused.output.splitlines()[-1] == (
+        f"Error: Invalid value for --data: no held-out photos in {empty}/grocery/iconic and grocery/natural"
+    )
+    manifest = CliRunner().invoke(cli, ["eval", "--update-manifest"])
+    assert manifest.exit_code == 2 and "photos included: give --data" in manifest.output

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from clearmark.workers.cli import COMMANDS
+
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {
     "workers": "clearmark.workers",
@@ -155,3 +157,81 @@ def test_every_module_imports_cleanly_on_its_own_layer_first():
 )
 def test_light_entry_points_stay_light(module, must_not_load):
     assert _loaded_after(f"import {module}", must_not_load) == []
+
+
+# What the commands run; their --help imports none of it (workers/commands/deferred.py).
+HELP_MUST_NOT_LOAD = (
+    "torch",
+    "onnxruntime",
+    "numpy",
+    "cv2",
+    "PIL",
+    "celery",
+    "kombu",
+    "sqlalchemy",
+    "alembic",
+    "fastapi",
+    "uvicorn",
+)
+
+
+def test_every_commands_help_stays_light():
+    """`clearmark --help`, then each command's and subcommand's in turn, in one process: the
+    first that loads one of HELP_MUST_NOT_LOAD is named."""
+    code = f"""
+import contextlib, io, sys
+import click
+from clearmark.workers.cli import COMMANDS, cli
+def check(path):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        status = cli.main([*path, "--help"], prog_name="clearmark", standalone_mode=False)
+    assert status == 0 and "Usage:" in out.getvalue(), path
+    loaded = [m for m in {HELP_MUST_NOT_LOAD!r} if m in sys.modules]
+    if loaded:
+        sys.exit(f"clearmark {{' '.join(path)}} --help loads {{' '.join(loaded)}}")
+    return 1
+checked = check([])
+for name in COMMANDS:
+    checked += check([name])
+    for sub in getattr(cli.get_command(click.Context(cli), name), "commands", {{}}):
+        checked += check([name, sub])
+print(checked)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) > len(COMMANDS) + 10  # groups' subcommands included
+
+
+def deferred_twins(tree: ast.Module) -> tuple[dict[str, str], dict[str, str]]:
+    """(name -> module) imported in `if TYPE_CHECKING:` blocks, and (name -> module) that
+    their `else:` binds with `deferred("module")`."""
+    typed: dict[str, str] = {}
+    bound: dict[str, str] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"):
+            continue
+        for statement in node.body:
+            if isinstance(statement, ast.Import):
+                typed.update({a.asname or a.name: a.name for a in statement.names})
+            elif isinstance(statement, ast.ImportFrom):
+                typed.update({a.asname or a.name: f"{statement.module}.{a.name}" for a in statement.names})
+        for statement in node.orelse:
+            match statement:
+                case ast.Assign(
+                    targets=[ast.Name(id=name)],
+                    value=ast.Call(func=ast.Name(id="deferred"), args=[ast.Constant(value=str(module))]),
+                ):
+                    bound[name] = module
+    return typed, bound
+
+
+def test_each_deferred_module_is_the_one_its_type_checking_twin_imports():
+    """A deferred module is checked as the module its TYPE_CHECKING import names: the
+    two must name the same one, or the types describe another module than the one run."""
+    found = 0
+    for name, path in MODULES.items():
+        typed, bound = deferred_twins(ast.parse(path.read_text()))
+        found += len(bound)
+        wrong = {n: m for n, m in bound.items() if typed.get(n) != m}
+        assert not wrong, f"{name}: deferred {wrong}, but TYPE_CHECKING imports {typed}"
+    assert found >= 30

@@ -193,6 +193,13 @@ def test_environment_beats_file_beats_default(env, tmp_path):
     )
 
 
+def test_the_embedded_mode_is_no_broker_set(env):
+    assert Settings().embedded and Settings().replace(database_url="sqlite:///other.db").embedded
+    assert not Settings(broker_url="redis://127.0.0.1:6379/3").embedded
+    env.setenv("CLEARMARK_BROKER_URL", Settings().broker_url)  # set, though to the default
+    assert not Settings().embedded
+
+
 def test_a_bad_value_in_the_file_names_the_file(env, tmp_path):
     settings_file = tmp_path / "clearmark.env"
     settings_file.write_text("CLEARMARK_MIN_SIDE=0\n")

@@ -1,9 +1,10 @@
 """The `clearmark` command line: the root group, with every command loaded on first use.
 
-Start-up stays light (`clearmark --help` well under a second): each command lives in a
-module of `workers/commands/` that imports what it needs at its top, and this root imports
-a command's module only when that command runs. `--help` shows the one-line help kept in
-COMMANDS (a test keeps it equal to each command's own).
+Start-up stays light (every `--help` well under a second): each command lives in a module
+of `workers/commands/`, which imports what the command runs only when it runs
+(`commands/deferred.py`), and this root imports a command's module only when that command
+is used. `--help` shows the one-line help kept in COMMANDS (a test keeps it equal to each
+command's own).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ COMMANDS = {
     "batches": ("jobs:batches", "Batches (newest first) with their jobs by status."),
     "status": (
         "jobs:status",
-        "Counts of jobs by status, the most recent failures, and each queue's waiting tasks "
-        "and the workers consuming it.",
+        "Counts of jobs by status, the most recent failures, and (with a broker set) each "
+        "queue's waiting tasks and the workers consuming it.",
     ),
     "report": (
         "jobs:report",

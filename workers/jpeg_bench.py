@@ -1,6 +1,7 @@
 """`clearmark bench --jpeg`: what writing a JPEG result costs, exact path against full re-encode.
 
-Each photo (real product photos by default, long side `size`) gets a semi-transparent
+Each photo (long side at most `size`: the real product photos' dev split where they are,
+else procedural studio scenes, or a folder of the user's own) gets a semi-transparent
 text mark in a corner or in the centre and is saved as a JPEG upload (quality 90, 4:2:0).
 The "restoration" is perfect by construction: the clean photo inside the mark's dilated
 box, the decoded upload everywhere else. So the numbers measure the encoder alone, not
@@ -15,15 +16,15 @@ import io
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, JpegImagePlugin
 
+from clearmark.models import scenes
 from clearmark.models.products import load_photo, split_paths
-from clearmark.models.scenes import DEFAULT_DATA
 from clearmark.pipeline.imaging import decode_image, encode_image
 from clearmark.pipeline.jpeg_exact import reach_of_change
 from clearmark.settings import get_settings
@@ -118,26 +119,32 @@ def measure(
         row.encode_ms.append(ms)
 
 
-def photo_files(photos: Path | None, n: int) -> list[Path]:
-    """`n` photos: every image under `photos`, or the dev split of the real product photos."""
-    files: list[Path]
-    if photos is not None:
-        files = sorted(
-            p for p in Path(photos).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")
-        )
-    else:
-        files = list(split_paths(str(DEFAULT_DATA), "dev"))
-    if not files:
-        raise FileNotFoundError(f"no photos in {photos}")
-    return files[:n]
+def product_photos(n: int) -> list[Path]:
+    """The first `n` of the real product photos' dev split; none where they are not (a
+    clone has no ../shared/data)."""
+    try:
+        return list(split_paths(str(scenes.DEFAULT_DATA), "dev"))[:n]
+    except FileNotFoundError:
+        return []
+
+
+def read_photos(files: Iterable[Path], size: int) -> Iterator[np.ndarray]:
+    for path in files:
+        yield load_photo(path, max_side=size)
+
+
+def studio_photos(n: int, size: int) -> Iterator[np.ndarray]:
+    """`n` procedural studio scenes (`models.scenes`), `size` x 3/4 `size` px: photos the
+    project makes itself, the same every run."""
+    for i in range(n):
+        yield scenes.studio_scene(np.random.default_rng([7, i]), size * 3 // 4, size, size)[0]
 
 
 def bench_jpeg(
-    files: list[Path], size: int, progress: Callable[[int], object] | None = None
+    photos: Iterable[np.ndarray], progress: Callable[[int], object] | None = None
 ) -> list[JpegBenchRow]:
     rows: dict[tuple[str, str], JpegBenchRow] = {}
-    for path in files:
-        photo = load_photo(path, max_side=size)
+    for photo in photos:
         for place in PLACES:
             measure(make_case(photo, place), place, rows)
         if progress:

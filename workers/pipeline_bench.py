@@ -3,9 +3,10 @@
 `clearmark bench` alone times the engines on one batch shape. What a catalogue run costs
 also includes decoding, resizing for the detector, the mirrored pass, the Telea prefill
 of every crop, compositing, the residual check and encoding: `process_image` on real
-files does all of that. The images are the evaluation set's kind (held-out photos and
-studio scenes, every watermark kind, `models.evaluate.eval_set`) resized to `size` px on
-the long side and saved as JPEG quality 90, as a storefront would upload them.
+files does all of that. The images are the evaluation set's watermarked ones (held-out
+photos and studio scenes, or studio scenes alone where there are no photos; every
+watermark kind, `models.evaluate.eval_set`), or the user's own photos, resized to `size` px
+on the long side and saved as JPEG quality 90, as a storefront would upload them.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ from __future__ import annotations
 import io
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
+import numpy as np
 from PIL import Image
 
 from clearmark.engine_build import BackendUnavailable
 from clearmark.models.evaluate import eval_set
+from clearmark.models.products import load_photo
 from clearmark.pipeline.process import Engines, process_image
 from clearmark.settings import get_settings
 
@@ -38,16 +43,27 @@ class PipelineBenchRow:
     error: str = ""
 
 
-def bench_images(n: int, size: int, seed: int = 0) -> list[bytes]:
-    """`n` watermarked catalogue photos, long side `size`, as JPEG files."""
+def bench_images(
+    n: int, size: int, seed: int = 0, data_dir: Path | None = None, studio_only: bool = False
+) -> list[bytes]:
+    """`n` watermarked catalogue photos of the evaluation set, long side `size`, as JPEG
+    files (`studio_only`: every background a studio scene)."""
+    return as_uploads((s.composite for _, _, s in eval_set(n, seed, data_dir, ("wm",), studio_only)), size)
+
+
+def photo_uploads(files: Iterable[Path], size: int) -> list[bytes]:
+    """The user's photos (`--photos`), long side `size`, as JPEG files."""
+    return as_uploads((load_photo(path) for path in files), size)
+
+
+def as_uploads(photos: Iterable[np.ndarray], size: int) -> list[bytes]:
+    """Each RGB photo resized to long side `size` and saved as JPEG quality 90."""
     files: list[bytes] = []
-    for _, _, s in eval_set(n, seed):
-        if len(files) == n:
-            break
-        h, w = s.composite.shape[:2]
+    for rgb in photos:
+        h, w = rgb.shape[:2]
         scale = size / max(h, w)
         rgb = cv2.resize(
-            s.composite,
+            rgb,
             (round(w * scale), round(h * scale)),
             interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
         )

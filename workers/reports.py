@@ -55,6 +55,14 @@ def queue_consumers(settings: Settings, timeout_s: float = 1.0) -> dict[str, lis
     return consumers
 
 
+def embedded_text(settings: Settings) -> str:
+    """What `status` says instead of the queues when no broker is set."""
+    return (
+        "embedded mode: no broker is set (CLEARMARK_BROKER_URL), so no queues or workers; "
+        f"the jobs above are in {safe_url(settings.database_url)}"
+    )
+
+
 def queues_text(settings: Settings) -> str:
     """Each queue's waiting tasks and consumers, flagging a queue that nobody consumes."""
     depths = queue_depths(settings)

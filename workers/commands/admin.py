@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
-from sqlalchemy import select
 
 from clearmark.errors import BadInput
 from clearmark.settings import get_settings
-from clearmark.workers import migrate
 from clearmark.workers.commands.common import needs_database
-from clearmark.workers.db import Tenant, session_scope
-from clearmark.workers.preflight import safe_url
-from clearmark.workers.tenants import TenantExists, create_tenant
-from clearmark.workers.webhooks import check_callback_url
+from clearmark.workers.commands.deferred import deferred
+
+if TYPE_CHECKING:
+    import sqlalchemy
+
+    from clearmark.workers import db as database
+    from clearmark.workers import migrate, preflight, webhooks
+    from clearmark.workers import tenants as tenant_keys
+else:
+    sqlalchemy = deferred("sqlalchemy")
+    database = deferred("clearmark.workers.db")
+    migrate = deferred("clearmark.workers.migrate")
+    preflight = deferred("clearmark.workers.preflight")
+    webhooks = deferred("clearmark.workers.webhooks")
+    tenant_keys = deferred("clearmark.workers.tenants")
 
 
 @click.group()
@@ -25,7 +36,7 @@ def db() -> None:
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION."""
     migrate.upgrade(revision=revision)
-    click.echo(f"database at {revision}: {safe_url(get_settings().database_url)}")
+    click.echo(f"database at {revision}: {preflight.safe_url(get_settings().database_url)}")
 
 
 @db.command("downgrade")
@@ -55,11 +66,11 @@ def tenants_create(name: str, webhook: str | None) -> None:
     settings = get_settings()
     try:
         if webhook:
-            check_callback_url(webhook, settings)
-        with session_scope(settings.database_url) as session:
-            tenant, key = create_tenant(session, name, webhook_url=webhook)
+            webhooks.check_callback_url(webhook, settings)
+        with database.session_scope(settings.database_url) as session:
+            tenant, key = tenant_keys.create_tenant(session, name, webhook_url=webhook)
             tenant_id, secret = tenant.id, tenant.webhook_secret
-    except (BadInput, TenantExists) as exc:
+    except (BadInput, tenant_keys.TenantExists) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"tenant          {name} ({tenant_id})\napi key         {key}\n"
@@ -71,6 +82,7 @@ def tenants_create(name: str, webhook: str | None) -> None:
 @needs_database
 def tenants_list() -> None:
     """Tenants with their id and webhook URL (never keys)."""
-    with session_scope(get_settings().database_url) as session:
-        for t in session.scalars(select(Tenant).order_by(Tenant.name)):
+    with database.session_scope(get_settings().database_url) as session:
+        tenant_rows = sqlalchemy.select(database.Tenant).order_by(database.Tenant.name)
+        for t in session.scalars(tenant_rows):
             click.echo(f"{t.id}\t{t.name}\t{'key' if t.api_key_hash else 'no key'}\t{t.webhook_url or '-'}")

@@ -1,5 +1,5 @@
 """What several commands share: finding images, the exit status when a service is down,
-`--since`, progress bars."""
+`--since`, progress bars, where the synthetic set's photos come from."""
 
 from __future__ import annotations
 
@@ -8,15 +8,24 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
-from tqdm import tqdm
 
 from clearmark.errors import ServiceUnavailable
 from clearmark.settings import get_settings
+from clearmark.workers.commands.deferred import deferred
 from clearmark.workers.dates import parse_since
-from clearmark.workers.preflight import schema_problem
+
+if TYPE_CHECKING:
+    import tqdm
+
+    from clearmark.models import scenes
+    from clearmark.workers import preflight
+else:
+    tqdm = deferred("tqdm")
+    scenes = deferred("clearmark.models.scenes")
+    preflight = deferred("clearmark.workers.preflight")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,7 +57,7 @@ def needs_database(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        problem = schema_problem(get_settings())
+        problem = preflight.schema_problem(get_settings())
         if problem:
             raise click.ClickException(problem)
         return fn(*args, **kwargs)
@@ -79,6 +88,37 @@ def find_images(
     return found
 
 
+def synthetic_photos(data_dir: Path | None, instead: str) -> tuple[Path | None, bool]:
+    """Where the synthetic evaluation set's photo backgrounds come from: (data dir, studio
+    scenes only). A `data_dir` the user named (--data) must hold the held-out grocery
+    photos, else a usage error says so; without one, those beside the checkout
+    (../shared/data), or where there are none (a clone), studio scenes alone, which one
+    line on stderr says, with what to do `instead`."""
+    if data_dir is not None:
+        if not scenes.has_grocery_photos(data_dir, "eval"):
+            raise click.BadParameter(
+                f"no held-out photos in {data_dir}/grocery/iconic and grocery/natural", param_hint="--data"
+            )
+        return data_dir, False
+    if scenes.has_grocery_photos(scenes.DEFAULT_DATA, "eval"):
+        return scenes.DEFAULT_DATA, False
+    click.echo(
+        f"no photos in {scenes.DEFAULT_DATA}/grocery (../shared/data, not in the repository): "
+        f"studio scenes only; {instead}",
+        err=True,
+    )
+    return None, True
+
+
+def photo_folder(folder: Path, n: int) -> list[Path]:
+    """The first `n` images under `folder` (--photos, the user's own), a usage error where
+    there are none."""
+    found = [path for path, _ in find_images([folder], recursive=True)][:n]
+    if not found:
+        raise click.BadParameter(f"no images in {folder}", param_hint="--photos")
+    return found
+
+
 def since_value(text: str, option: str = "--since") -> datetime:
     """`--since` (or `--until`) as a time: an ISO date or time, or an age (12h, 7d, 2w)
     back from now."""
@@ -90,7 +130,7 @@ def since_value(text: str, option: str = "--since") -> datetime:
 
 def follow(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
     """A progress bar on stderr over an iterator of chunk sizes (or single items)."""
-    with tqdm(total=total, desc=desc, unit="job", file=sys.stderr) as bar:
+    with tqdm.tqdm(total=total, desc=desc, unit="job", file=sys.stderr) as bar:
         for n in items:
             bar.update(n if isinstance(n, int) else 1)
             yield n

@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import onnxruntime as ort
-import torch
 
-from clearmark.engine_build.base import CPU_AUTO_BACKEND, resolve_device
-from clearmark.engine_build.bench import BenchRow, bench_one, format_table
-from clearmark.engine_build.onnx_export import ONNX_OPSET, export_onnx, stale_onnx
-from clearmark.engine_build.trt_backend import _cuda_index, ensure_engine, tensorrt_status
-from clearmark.engine_build.trt_cache import parse_profile, stale_engines
 from clearmark.errors import EngineUnavailable
 from clearmark.models.weights import KINDS, weights_sha256
-from clearmark.pipeline.process import Engines
 from clearmark.settings import get_settings
-from clearmark.workers.jpeg_bench import bench_jpeg, format_jpeg_table, photo_files
-from clearmark.workers.pipeline_bench import bench_images, bench_pipeline, format_pipeline_table
-from clearmark.workers.preflight import CANNOT_LOAD
+from clearmark.workers.commands.common import photo_folder, synthetic_photos
+from clearmark.workers.commands.deferred import deferred
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    import torch
+
+    from clearmark.engine_build import base, bench, onnx_export, trt_backend, trt_cache
+    from clearmark.pipeline import process
+    from clearmark.workers import jpeg_bench, pipeline_bench, preflight
+else:
+    ort = deferred("onnxruntime")
+    torch = deferred("torch")
+    base = deferred("clearmark.engine_build.base")
+    bench = deferred("clearmark.engine_build.bench")
+    onnx_export = deferred("clearmark.engine_build.onnx_export")
+    trt_backend = deferred("clearmark.engine_build.trt_backend")
+    trt_cache = deferred("clearmark.engine_build.trt_cache")
+    jpeg_bench = deferred("clearmark.workers.jpeg_bench")
+    pipeline_bench = deferred("clearmark.workers.pipeline_bench")
+    process = deferred("clearmark.pipeline.process")
+    preflight = deferred("clearmark.workers.preflight")
 
 KIND_CHOICE = click.Choice([*KINDS, "all"])
 
@@ -47,8 +59,8 @@ def engines_group() -> None:
 def export_command(kind: str, precision: str, force: bool) -> None:
     """Export the models to ONNX (dynamic batch/height/width), check and run them."""
     for k in _kinds(kind):
-        path = export_onnx(k, precision, force=force)
-        click.echo(f"{k}: {path} (opset {ONNX_OPSET}, {precision}, checked)")
+        path = onnx_export.export_onnx(k, precision, force=force)
+        click.echo(f"{k}: {path} (opset {onnx_export.ONNX_OPSET}, {precision}, checked)")
 
 
 @engines_group.command("build")
@@ -66,14 +78,16 @@ def export_command(kind: str, precision: str, force: bool) -> None:
 def build_command(kind: str, precision: str, profile: str | None, device: str, force: bool) -> None:
     """Build (or reuse) TensorRT engines from the ONNX files."""
     try:
-        prof = parse_profile(profile)
+        prof = trt_cache.parse_profile(profile)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--profile") from None
-    ok, why = tensorrt_status()
+    ok, why = trt_backend.tensorrt_status()
     if not ok:
         raise click.ClickException(f"cannot build TensorRT engines here: {why}")
     for k in _kinds(kind):
-        result = ensure_engine(k, precision, prof, device_index=_cuda_index(device), force=force)
+        result = trt_backend.ensure_engine(
+            k, precision, prof, device_index=trt_backend._cuda_index(device), force=force
+        )
         state = "built" if result.built else "cached"
         click.echo(
             f"{k}: {result.path} ({state}; {result.key.precision}, "
@@ -88,7 +102,8 @@ def prune_command(dry_run: bool) -> None:
     """Delete cached ONNX files and TensorRT engines made from other weights or code than
     the shipped ones (engines for other GPUs or TensorRT versions are kept)."""
     engine_dir = get_settings().engine_dir
-    stale = stale_onnx(engine_dir) + stale_engines(engine_dir, {k: weights_sha256(k) for k in KINDS})
+    shipped = {k: weights_sha256(k) for k in KINDS}
+    stale = onnx_export.stale_onnx(engine_dir) + trt_cache.stale_engines(engine_dir, shipped)
     freed = 0
     for path in stale:
         freed += path.stat().st_size
@@ -108,9 +123,10 @@ def check_command() -> None:
     before it starts)."""
     settings = get_settings()
     try:
-        engines = Engines.load(settings)
+        engines = process.Engines.load(settings)
     except Exception as exc:  # noqa: BLE001 - whatever the backend raised, said in one line
-        raise click.ClickException(f"{CANNOT_LOAD}: {EngineUnavailable.because(exc).message}") from None
+        cause = EngineUnavailable.because(exc).message
+        raise click.ClickException(f"{preflight.CANNOT_LOAD}: {cause}") from None
     click.echo(engines.version)
 
 
@@ -118,16 +134,16 @@ def check_command() -> None:
 def info_command() -> None:
     """Which backends are usable here and what `auto` picks."""
     settings = get_settings()
-    ok, why = tensorrt_status()
+    ok, why = trt_backend.tensorrt_status()
     click.echo(f"tensorrt:    {'yes' if ok else 'no'} ({why})")
     click.echo(f"onnxruntime: {ort.__version__} providers {ort.get_available_providers()}")
     click.echo(f"torch:       {torch.__version__} cuda={torch.cuda.is_available()}")
     click.echo(
         f"settings:    backend={settings.backend} device={settings.device} "
-        f"-> {resolve_device(None)}; threads={settings.threads}; "
+        f"-> {base.resolve_device(None)}; threads={settings.threads}; "
         f"engine_dir={settings.engine_dir}"
     )
-    click.echo(f"auto on CPU: {CPU_AUTO_BACKEND}")
+    click.echo(f"auto on CPU: {base.CPU_AUTO_BACKEND}")
 
 
 @click.command("bench")
@@ -187,7 +203,9 @@ def info_command() -> None:
     "--photos",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="--jpeg: a folder of photos (default: the dev split of ../shared/data/products).",
+    help="--pipeline, --jpeg: a folder of your own photos instead (sub-folders included). "
+    "Default: --pipeline, the evaluation set's watermarked images; --jpeg, the dev split "
+    "of ../shared/data/products; studio scenes where ../shared/data is not there.",
 )
 def bench_command(
     backends: tuple[str, ...],
@@ -207,20 +225,37 @@ def bench_command(
     --pipeline, seconds per photo for the whole pipeline, stage by stage; with --jpeg,
     what writing a JPEG result costs and changes."""
     if jpeg:  # no engines involved
-        files = photo_files(photos, images)
-        with click.progressbar(length=len(files), label="photos", file=sys.stderr) as bar:
-            jpeg_rows = bench_jpeg(files, size or 1024, progress=bar.update)
-        click.echo(format_jpeg_table(jpeg_rows))
+        size = size or 1024
+        files = photo_folder(photos, images) if photos else jpeg_bench.product_photos(images)
+        if files:
+            shots = jpeg_bench.read_photos(files, size)
+        else:
+            click.echo(
+                "no product photos in ../shared/data/products (not in the repository): "
+                "studio scenes instead; --photos DIR for your own",
+                err=True,
+            )
+            shots = jpeg_bench.studio_photos(images, size)
+        with click.progressbar(length=len(files) or images, label="photos", file=sys.stderr) as bar:
+            jpeg_rows = jpeg_bench.bench_jpeg(shots, progress=bar.update)
+        click.echo(jpeg_bench.format_jpeg_table(jpeg_rows))
         return
 
     if not backends:
-        backends = ("torch", "onnxruntime") + (("tensorrt",) if tensorrt_status()[0] else ())
+        backends = ("torch", "onnxruntime") + (("tensorrt",) if trt_backend.tensorrt_status()[0] else ())
     if pipeline:
-        uploads = bench_images(images, size or 1024)
+        size = size or 1024
+        if photos:
+            uploads = pipeline_bench.photo_uploads(photo_folder(photos, images), size)
+        else:
+            data_dir, studio_only = synthetic_photos(None, "--photos DIR to bench your own")
+            uploads = pipeline_bench.bench_images(images, size, data_dir=data_dir, studio_only=studio_only)
         click.echo(
-            format_pipeline_table(
+            pipeline_bench.format_pipeline_table(
                 [
-                    bench_pipeline(uploads, backend, flip, device=device, warmup=min(warmup, 1))
+                    pipeline_bench.bench_pipeline(
+                        uploads, backend, flip, device=device, warmup=min(warmup, 1)
+                    )
                     for backend in backends
                     for flip in (True, False)
                 ]
@@ -228,11 +263,11 @@ def bench_command(
         )
         return
     size = size or 512
-    rows: list[BenchRow] = []
+    rows: list[bench.BenchRow] = []
     for backend in backends:
         for k in _kinds(kind):
             rows.append(
-                bench_one(
+                bench.bench_one(
                     backend,
                     k,
                     batch,
@@ -243,4 +278,4 @@ def bench_command(
                     seconds=seconds,
                 )
             )
-    click.echo(format_table(rows))
+    click.echo(bench.format_table(rows))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from clearmark.errors import BadInput
 from clearmark.settings import get_settings
-from clearmark.workers import reprocess as rp
 from clearmark.workers.commands.common import (
     IMAGE_EXTENSIONS,
     find_images,
@@ -17,9 +17,17 @@ from clearmark.workers.commands.common import (
     needs_database,
     since_value,
 )
-from clearmark.workers.report_html import build_report
-from clearmark.workers.reports import batch_progress, batches_text, queues_text, status_text
-from clearmark.workers.submit import list_uri, submit_files, submit_sources
+from clearmark.workers.commands.deferred import deferred
+
+if TYPE_CHECKING:
+    from clearmark.workers import report_html, reports
+    from clearmark.workers import reprocess as rp
+    from clearmark.workers import submit as submits
+else:
+    report_html = deferred("clearmark.workers.report_html")
+    reports = deferred("clearmark.workers.reports")
+    submits = deferred("clearmark.workers.submit")
+    rp = deferred("clearmark.workers.reprocess")
 
 
 @click.command()
@@ -39,7 +47,7 @@ def submit(inputs: tuple[Path, ...], tenant: str, recursive: bool, bulk: bool) -
     images = find_images(list(inputs), recursive)
     if not images:
         raise click.ClickException("no images found")
-    for job_id, path in submit_files([p for p, _ in images], tenant=tenant, bulk=bulk):
+    for job_id, path in submits.submit_files([p for p, _ in images], tenant=tenant, bulk=bulk):
         click.echo(f"{job_id}\t{path}")
 
 
@@ -61,13 +69,13 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
     if Path(source).exists():
         sources = [p for p, _ in find_images([Path(source)], recursive=True)]
     else:
-        sources = list(list_uri(source, IMAGE_EXTENSIONS))
+        sources = list(submits.list_uri(source, IMAGE_EXTENSIONS))
     if not sources:
         raise click.ClickException(f"no images found under {source}")
     new, batch_id = 0, None
     try:
         for _, _, created, batch_id in follow(
-            submit_sources(sources, tenant, bulk=True, chunk=chunk), len(sources), "submit"
+            submits.submit_sources(sources, tenant, bulk=True, chunk=chunk), len(sources), "submit"
         ):
             new += created
     except BadInput as exc:  # a source inside storage but outside the tenant's prefix
@@ -75,9 +83,9 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
     if not new or batch_id is None:
         click.echo(f"all {len(sources)} images are already known: no new batch")
         return
-    rows = batch_progress(get_settings().database_url, [batch_id])
+    rows = reports.batch_progress(get_settings().database_url, [batch_id])
     click.echo(f"batch {batch_id}: {len(sources)} images, {new} new jobs, {len(sources) - new} already known")
-    click.echo(batches_text(rows))
+    click.echo(reports.batches_text(rows))
 
 
 @click.command()
@@ -204,18 +212,19 @@ def reprocess(
 @needs_database
 def batches(batch_ids: tuple[str, ...], tenant: str | None, limit: int) -> None:
     """Batches (newest first) with their jobs by status."""
-    rows = batch_progress(get_settings().database_url, list(batch_ids), tenant, limit)
-    click.echo(batches_text(rows))
+    rows = reports.batch_progress(get_settings().database_url, list(batch_ids), tenant, limit)
+    click.echo(reports.batches_text(rows))
 
 
 @click.command()
 @click.option("--failures", default=10, show_default=True, help="Recent failures to list.")
 @needs_database
 def status(failures: int) -> None:
-    """Counts of jobs by status, the most recent failures, and each queue's waiting tasks
-    and the workers consuming it."""
-    click.echo(status_text(get_settings().database_url, failures))
-    click.echo(queues_text(get_settings()))
+    """Counts of jobs by status, the most recent failures, and (with a broker set) each
+    queue's waiting tasks and the workers consuming it."""
+    settings = get_settings()
+    click.echo(reports.status_text(settings.database_url, failures))
+    click.echo(reports.embedded_text(settings) if settings.embedded else reports.queues_text(settings))
 
 
 @click.command()
@@ -242,7 +251,7 @@ def report(
 ) -> None:
     """Write a self-contained HTML quality report: counts, failure reasons, latency
     percentiles, confidence and mask-area plots, before/after/mask thumbnails."""
-    html = build_report(
+    html = report_html.build_report(
         tenant, since_value(since) if since else None, sample=sample, worst=worst, review=review_n
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)

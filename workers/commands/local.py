@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from clearmark.workers.commands.common import find_images
-from clearmark.workers.local import clean_folder
+from clearmark.workers.commands.deferred import deferred
+
+if TYPE_CHECKING:
+    from clearmark.workers import local
+else:
+    local = deferred("clearmark.workers.local")
 
 
 @click.command()
@@ -55,7 +61,9 @@ def clean(in_dir: Path, out_dir: Path, masks_dir: Path | None, recursive: bool, 
                 folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise click.ClickException(f"cannot create the output folder {folder}: {exc}")
-    summary = clean_folder(images, out_dir, masks_dir, workers=workers, skipped=[str(p) for p in skipped])
+    summary = local.clean_folder(
+        images, out_dir, masks_dir, workers=workers, skipped=[str(p) for p in skipped]
+    )
     click.echo(summary.render())
     if not summary.ok:
         sys.exit(1)

@@ -6,24 +6,50 @@ import json
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import numpy as np
-from tqdm import tqdm
 
-from clearmark.models import evaluate as synthetic_eval
-from clearmark.models.registry import ModelEngine, load_model
-from clearmark.models.reproduce import ReproduceError, reproduce
-from clearmark.models.scenes import DEFAULT_DATA
-from clearmark.models.text_prior import TextDetector
-from clearmark.models.train import train
 from clearmark.models.weights import KINDS, WEIGHTS_DIR, MissingWeights, read_manifest
-from clearmark.pipeline import calibrate
-from clearmark.pipeline import evaluate_real as real_eval
-from clearmark.pipeline.gate import GateLimits
-from clearmark.pipeline.process import Engines, clean_rgb
-from clearmark.pipeline.verdict import PRIOR_PATH
 from clearmark.settings import get_settings
+from clearmark.workers.commands.common import synthetic_photos
+from clearmark.workers.commands.deferred import deferred
+
+if TYPE_CHECKING:
+    import numpy as np
+    import tqdm
+
+    from clearmark.models import evaluate as synthetic_eval
+    from clearmark.models import registry, scenes, text_prior
+    from clearmark.models import reproduce as repeat
+    from clearmark.models import train as training
+    from clearmark.pipeline import calibrate, gate, process, verdict
+    from clearmark.pipeline import evaluate_real as real_eval
+else:
+    tqdm = deferred("tqdm")
+    synthetic_eval = deferred("clearmark.models.evaluate")
+    registry = deferred("clearmark.models.registry")
+    scenes = deferred("clearmark.models.scenes")
+    text_prior = deferred("clearmark.models.text_prior")
+    repeat = deferred("clearmark.models.reproduce")
+    training = deferred("clearmark.models.train")
+    calibrate = deferred("clearmark.pipeline.calibrate")
+    gate = deferred("clearmark.pipeline.gate")
+    process = deferred("clearmark.pipeline.process")
+    verdict = deferred("clearmark.pipeline.verdict")
+    real_eval = deferred("clearmark.pipeline.evaluate_real")
+
+# Defaults click calls when a command runs, not for its --help (which shows the text given
+# beside them), so that the modules holding them load only then.
+SHARED_DATA = "../shared/data"  # scenes.DEFAULT_DATA, beside the checkout
+
+
+def _shared_data() -> Path:
+    return scenes.DEFAULT_DATA
+
+
+def _shipped_prior() -> Path:
+    return verdict.PRIOR_PATH
 
 
 class CannotRepeat(click.ClickException):
@@ -32,12 +58,13 @@ class CannotRepeat(click.ClickException):
     exit_code = 2
 
 
-def _in_process_engines(weights_dir: Path) -> Engines:
+def _in_process_engines(weights_dir: Path) -> process.Engines:
     """The models in `weights_dir`, run by PyTorch in this process (no engine export):
     candidate weights are evaluated as they are."""
     try:
-        detector, remover = (ModelEngine(load_model(kind, weights_dir)) for kind in KINDS)
-        return Engines(detector, remover, TextDetector.load() if get_settings().text_prior else None)
+        detector, remover = (registry.ModelEngine(registry.load_model(kind, weights_dir)) for kind in KINDS)
+        text = text_prior.TextDetector.load() if get_settings().text_prior else None
+        return process.Engines(detector, remover, text)
     except MissingWeights as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -123,8 +150,8 @@ def _command_line(kind: str) -> str:
     "--data",
     "data_dir",
     type=click.Path(path_type=Path),
-    default=DEFAULT_DATA,
-    show_default=True,
+    default=_shared_data,
+    show_default=SHARED_DATA,
     help="directory holding grocery/ and products/",
 )
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR, show_default=True)
@@ -149,9 +176,9 @@ def train_command(
 ) -> None:
     """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    with tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
+    with tqdm.tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
         try:
-            recipe = train(
+            recipe = training.train(
                 kind,
                 steps=steps,
                 batch=batch,
@@ -204,8 +231,8 @@ def train_command(
     "--data",
     "data_dir",
     type=click.Path(path_type=Path),
-    default=DEFAULT_DATA,
-    show_default=True,
+    default=_shared_data,
+    show_default=SHARED_DATA,
     help="directory holding grocery/",
 )
 @click.option(
@@ -236,10 +263,10 @@ def reproduce_command(
         f"repeating: {recipe.get('command', '?')}\n  (recorded at {recipe.get('code')} "
         f"on {recipe.get('device')}, {recipe.get('train_minutes')} min) into {out_dir}"
     )
-    with tqdm(total=recipe.get("steps", 0), desc=f"reproduce {kind}", mininterval=5) as bar:
+    with tqdm.tqdm(total=recipe.get("steps", 0), desc=f"reproduce {kind}", mininterval=5) as bar:
         try:
-            res = reproduce(kind, out_dir, weights_dir, data_dir, init, detector_masks, bar)
-        except ReproduceError as exc:
+            res = repeat.reproduce(kind, out_dir, weights_dir, data_dir, init, detector_masks, bar)
+        except repeat.ReproduceError as exc:
             raise CannotRepeat(str(exc)) from None
     if res["same"]:
         click.echo(f"reproduced {kind}.pt bit for bit: sha256 {res['got']}")
@@ -258,7 +285,14 @@ def reproduce_command(
     "--n", "n", default=60, show_default=True, help="watermarked images (plus n/3 clean, n/3 product-text)"
 )
 @click.option("--seed", default=0, show_default=True, help="evaluation seed (never used in training)")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"directory holding grocery/ (the photo backgrounds); default {SHARED_DATA} "
+    "where it holds them, else studio scenes only",
+)
 @click.option(
     "--weights", "weights_dir", type=click.Path(path_type=Path), default=WEIGHTS_DIR, show_default=True
 )
@@ -278,26 +312,39 @@ def reproduce_command(
 def eval_command(
     n: int,
     seed: int,
-    data_dir: Path,
+    data_dir: Path | None,
     weights_dir: Path,
     threads: int,
     json_path: Path | None,
     slices: tuple[str, ...],
     update_manifest: bool,
 ) -> None:
-    """Evaluate the shipped models against two baselines on a held-out synthetic set."""
+    """Evaluate the shipped models against two baselines on a held-out synthetic set.
+
+    Its backgrounds are procedural studio scenes and grocery photos (held out of training)
+    from --data; without the photos (a clone has no ../shared/data), studio scenes only."""
     slices = tuple(slices) or synthetic_eval.SLICES
     if update_manifest and set(slices) != set(synthetic_eval.SLICES):
         raise click.UsageError("--update-manifest records the whole set: drop --slice")
+    data_dir, studio_only = synthetic_photos(data_dir, "--data DIR for photo backgrounds")
+    if update_manifest and studio_only:
+        raise click.UsageError("--update-manifest records the whole set, photos included: give --data")
     settings = get_settings()
     engines = _in_process_engines(weights_dir)
 
     def model(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        c = clean_rgb(engines, rgb, settings)
+        c = process.clean_rgb(engines, rgb, settings)
         return c.restored, c.found, c.mask.dilated
 
     results = synthetic_eval.evaluate(
-        model, settings.mask_dilate_px, n=n, seed=seed, data_dir=data_dir, threads=threads, slices=slices
+        model,
+        settings.mask_dilate_px,
+        n=n,
+        seed=seed,
+        data_dir=data_dir,
+        threads=threads,
+        slices=slices,
+        studio_only=studio_only,
     )
     click.echo(synthetic_eval.format_table(results))
     if json_path:
@@ -341,8 +388,8 @@ def eval_command(
     "--data",
     "data_dir",
     type=click.Path(path_type=Path),
-    default=DEFAULT_DATA,
-    show_default=True,
+    default=_shared_data,
+    show_default=SHARED_DATA,
     help="directory holding products/",
 )
 @click.option(
@@ -407,9 +454,9 @@ def eval_real_command(
         engines = _in_process_engines(weights_dir)
         backend = f"torch ({weights_dir})"
     else:
-        engines = Engines.load(settings)
+        engines = process.Engines.load(settings)
     try:
-        with tqdm(total=n_marked + n_clean, desc="eval-real", mininterval=5) as bar:
+        with tqdm.tqdm(total=n_marked + n_clean, desc="eval-real", mininterval=5) as bar:
             results = real_eval.evaluate_real(
                 data_dir,
                 engines,
@@ -427,7 +474,7 @@ def eval_real_command(
         raise click.UsageError(str(exc)) from None
     click.echo(real_eval.format_report(results))
     if sweep_gate:
-        click.echo("\n" + real_eval.format_sweep(results["rows"]["model"], GateLimits))
+        click.echo("\n" + real_eval.format_sweep(results["rows"]["model"], gate.GateLimits))
     if gallery:
         Path(gallery).write_text(real_eval.gallery_html(results))
         click.echo(f"gallery: {gallery}")
@@ -451,12 +498,14 @@ def eval_real_command(
 @click.option("--marked", "n_marked", default=70, show_default=True, type=click.IntRange(1))
 @click.option("--clean", "n_clean", default=90, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=21, show_default=True)
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True)
+@click.option(
+    "--data", "data_dir", type=click.Path(path_type=Path), default=_shared_data, show_default=SHARED_DATA
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    default=PRIOR_PATH,
-    show_default=True,
+    default=_shipped_prior,
+    show_default="models/weights/suspect_prior.json",
     help="where the prior goes",
 )
 def calibrate_suspects_command(n_marked: int, n_clean: int, seed: int, data_dir: Path, out: Path) -> None:
@@ -464,12 +513,12 @@ def calibrate_suspects_command(n_marked: int, n_clean: int, seed: int, data_dir:
     limit there: how likely each region the detector flags is a mark, from the detector's
     scores, the remover's second opinion and the gate's measurements (pipeline/calibrate.py)."""
     settings = get_settings().replace(backend="onnxruntime")
-    engines = Engines.load(settings)
+    engines = process.Engines.load(settings)
     try:
         cases = real_eval.build_set(data_dir, "train", n_marked, n_clean, seed=seed, family="train")
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-    photos = list(tqdm(calibrate.observe(cases, engines, settings), total=len(cases), desc="calibrate"))
+    photos = list(tqdm.tqdm(calibrate.observe(cases, engines, settings), total=len(cases), desc="calibrate"))
     try:
         prior = calibrate.fit_prior(photos)
     except ValueError as exc:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import getpass
+from typing import TYPE_CHECKING
 
 import click
 
 from clearmark.workers.commands.common import needs_database
-from clearmark.workers.review import Decision, decide, pending
+from clearmark.workers.commands.deferred import deferred
+
+if TYPE_CHECKING:
+    from clearmark.workers import review as reviews
+else:
+    reviews = deferred("clearmark.workers.review")
 
 
 @click.group()
@@ -23,7 +29,7 @@ def review_list(tenant: str | None, limit: int) -> None:
     """Jobs in needs_review, oldest first: id, confidence, residual, source (the file's name
     as submitted, else its URI), result, and on the next line why the pipeline sent it to
     review."""
-    rows = pending(tenant, limit)
+    rows = reviews.pending(tenant, limit)
     for job, m in rows:
         scores = f"conf {m.detector_confidence:.2f}  resid {m.residual_score:.2f}" if m else "-"
         click.echo(f"{job.id}  {scores}  {job.display_name}  {job.result_uri or '-'}")
@@ -32,10 +38,10 @@ def review_list(tenant: str | None, limit: int) -> None:
     click.echo(f"{len(rows)} job(s) need review", err=True)
 
 
-def _decide(job_ids: tuple[str, ...], decision: Decision, note: str) -> None:
+def _decide(job_ids: tuple[str, ...], decision: reviews.Decision, note: str) -> None:
     for job_id in job_ids:
         try:
-            click.echo(f"{job_id}\t{decide(job_id, decision, getpass.getuser(), note)}")
+            click.echo(f"{job_id}\t{reviews.decide(job_id, decision, getpass.getuser(), note)}")
         except (LookupError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -47,7 +53,7 @@ def _decide(job_ids: tuple[str, ...], decision: Decision, note: str) -> None:
 def review_accept(job_ids: tuple[str, ...], note: str) -> None:
     """The result is good: the job becomes succeeded (no_watermark when the result is the
     upload unchanged: nothing was removed, and the event says so)."""
-    _decide(job_ids, Decision.accept, note)
+    _decide(job_ids, reviews.Decision.accept, note)
 
 
 @review.command("reject")
@@ -56,7 +62,7 @@ def review_accept(job_ids: tuple[str, ...], note: str) -> None:
 @needs_database
 def review_reject(job_ids: tuple[str, ...], note: str) -> None:
     """The result is not good: the job fails with rejected_in_review (retry or reprocess)."""
-    _decide(job_ids, Decision.reject, note)
+    _decide(job_ids, reviews.Decision.reject, note)
 
 
 @review.command("no-mark")
@@ -66,4 +72,4 @@ def review_reject(job_ids: tuple[str, ...], note: str) -> None:
 def review_no_mark(job_ids: tuple[str, ...], note: str) -> None:
     """A false alarm: the job becomes no_watermark and delivers the upload unchanged with an
     empty mask, whatever the pipeline changed."""
-    _decide(job_ids, Decision.no_mark, note)
+    _decide(job_ids, reviews.Decision.no_mark, note)

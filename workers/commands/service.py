@@ -7,18 +7,21 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from celery.signals import worker_init
 
 from clearmark.errors import EngineUnavailable
 from clearmark.settings import Settings, get_settings
-from clearmark.workers.celery_app import app
 from clearmark.workers.commands.common import needs_database
-from clearmark.workers.preflight import CANNOT_LOAD, check_engines, describe, runs_images, worker_problems
-from clearmark.workers.reaper import reap as reap_once
-from clearmark.workers.reaper import reap_forever
+from clearmark.workers.commands.deferred import deferred
+
+if TYPE_CHECKING:
+    from clearmark.workers import celery_app, preflight, reaper
+else:
+    celery_app = deferred("clearmark.workers.celery_app")
+    preflight = deferred("clearmark.workers.preflight")
+    reaper = deferred("clearmark.workers.reaper")
 
 
 def default_queues(settings: Settings) -> str:
@@ -55,15 +58,17 @@ def worker(
     when a child process of it cannot load them."""
     settings = get_settings()
     queues = queues or default_queues(settings)
-    click.echo(f"{describe(settings)}\nqueues   {queues}", err=True)
-    problems = worker_problems(settings)
+    click.echo(f"{preflight.describe(settings)}\nqueues   {queues}", err=True)
+    problems = preflight.worker_problems(settings)
     if problems:
         raise click.ClickException("worker not started: " + "; ".join(problems))
-    if runs_images(queues, settings):
+    if preflight.runs_images(queues, settings):
         try:
-            click.echo(f"engines  {check_engines()}", err=True)
+            click.echo(f"engines  {preflight.check_engines()}", err=True)
         except EngineUnavailable as exc:
-            raise click.ClickException(f"worker not started: {CANNOT_LOAD}: {exc.message}") from None
+            raise click.ClickException(
+                f"worker not started: {preflight.CANNOT_LOAD}: {exc.message}"
+            ) from None
     argv = [
         "worker",
         "-Q",
@@ -78,12 +83,12 @@ def worker(
     ]
     if hostname:
         argv += ["-n", hostname]
-    reaper = _start_reaper_process() if reap else None
+    reaper_process = _start_reaper_process() if reap else None
     try:
         status = _run_worker(argv)
     finally:
-        if reaper is not None:
-            reaper.terminate()
+        if reaper_process is not None:
+            reaper_process.terminate()
     if status:
         sys.exit(status)
 
@@ -91,6 +96,8 @@ def worker(
 def _run_worker(argv: list[str]) -> int:
     """Run a Celery worker in this process and return its exit status (1 when it stopped
     because it cannot run its tasks), which app.worker_main drops."""
+    from celery.signals import worker_init  # Celery loads only when a worker runs
+
     started: list[Any] = []
 
     def remember(sender: Any, **_kwargs: object) -> None:
@@ -98,7 +105,7 @@ def _run_worker(argv: list[str]) -> int:
 
     worker_init.connect(remember)
     try:
-        app.worker_main(argv)
+        celery_app.app.worker_main(argv)
     finally:
         worker_init.disconnect(remember)
     return int(started[-1].exitcode or 0) if started else 0
@@ -134,9 +141,9 @@ def reap(every: float | None) -> None:
     broker. Safe to run anywhere, any number of times."""
     settings = get_settings()
     if every:
-        reap_forever(settings.replace(reap_interval_s=every))
+        reaper.reap_forever(settings.replace(reap_interval_s=every))
         return
-    click.echo(str(reap_once(settings)))
+    click.echo(str(reaper.reap(settings)))
 
 
 @click.command()
@@ -144,4 +151,4 @@ def reap(every: float | None) -> None:
 def beat(loglevel: str) -> None:
     """Run Celery beat: sends a reaper pass every CLEARMARK_REAP_INTERVAL_S (run exactly one)."""
     get_settings().data_dir.mkdir(parents=True, exist_ok=True)
-    app.Beat(loglevel=loglevel).run()
+    celery_app.app.Beat(loglevel=loglevel).run()

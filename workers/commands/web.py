@@ -7,12 +7,20 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import uvicorn
 
 from clearmark.settings import get_settings
-from clearmark.workers.slow_clients import DeadlineH11Protocol
+from clearmark.workers.commands.deferred import deferred
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from clearmark.workers import slow_clients
+else:
+    uvicorn = deferred("uvicorn")
+    slow_clients = deferred("clearmark.workers.slow_clients")
 
 
 @click.command()
@@ -35,7 +43,7 @@ def api(host: str | None, port: int | None, processes: int) -> None:
         port=port or settings.api_port,
         workers=processes,
         proxy_headers=True,
-        http=DeadlineH11Protocol,
+        http=slow_clients.DeadlineH11Protocol,
     )
 
 
