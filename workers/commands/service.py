@@ -17,8 +17,11 @@ from clearmark.workers.commands.common import needs_database
 from clearmark.workers.commands.deferred import deferred
 
 if TYPE_CHECKING:
+    from celery import signals as celery_signals
+
     from clearmark.workers import celery_app, preflight, reaper
 else:
+    celery_signals = deferred("celery.signals")
     celery_app = deferred("clearmark.workers.celery_app")
     preflight = deferred("clearmark.workers.preflight")
     reaper = deferred("clearmark.workers.reaper")
@@ -96,18 +99,16 @@ def worker(
 def _run_worker(argv: list[str]) -> int:
     """Run a Celery worker in this process and return its exit status (1 when it stopped
     because it cannot run its tasks), which app.worker_main drops."""
-    from celery.signals import worker_init  # Celery loads only when a worker runs
-
     started: list[Any] = []
 
     def remember(sender: Any, **_kwargs: object) -> None:
         started.append(sender)  # the WorkController
 
-    worker_init.connect(remember)
+    celery_signals.worker_init.connect(remember)
     try:
         celery_app.app.worker_main(argv)
     finally:
-        worker_init.disconnect(remember)
+        celery_signals.worker_init.disconnect(remember)
     return int(started[-1].exitcode or 0) if started else 0
 
 
