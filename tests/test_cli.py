@@ -126,8 +126,8 @@ def test_clean_odd_file_names_into_a_folder_with_a_space(tmp_path, local_setting
         "detect",
         "remove",
         "gate",
-        "residual",
         "encode",
+        "residual",
     ]
 
 

@@ -21,6 +21,7 @@ from numpy.typing import ArrayLike
 from PIL import Image, ImageOps
 from sqlalchemy import Select, func, select
 
+from clearmark.pipeline.stages import STAGES
 from clearmark.pipeline.versions import current_version_pattern
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
@@ -28,7 +29,6 @@ from clearmark.workers.storage import read_uri
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 
-STAGES = ("decode", "detect", "remove", "encode", "total")
 DONE = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
 COLOURS = {
     "succeeded": "#2e7d32",
@@ -218,7 +218,7 @@ def build_report(
             "detector_confidence",
             "mask_area_fraction",
             "residual_score",
-            *(f"ms_{stage}" for stage in STAGES),
+            *(f"ms_{stage}" for stage in (*STAGES, "total")),
         ]
         values = np.array(
             session.execute(
@@ -290,13 +290,15 @@ def build_report(
     )
     if len(values):
         pct_rows = []
-        for stage in STAGES:
+        for stage in (*STAGES, "total"):
             ms = metrics[f"ms_{stage}"]
-            pct_rows.append(
-                [stage]
-                + [f"{v:,.0f}" for v in np.percentile(ms, [50, 90, 99])]
-                + [f"{ms.max():,.0f}", f"{ms.mean():,.0f}"]
-            )
+            ms = ms[~np.isnan(ms)]  # NULL: a job from before its stage was timed (gate, residual)
+            if ms.size:
+                pct_rows.append(
+                    [stage]
+                    + [f"{v:,.0f}" for v in np.percentile(ms, [50, 90, 99])]
+                    + [f"{ms.max():,.0f}", f"{ms.mean():,.0f}"]
+                )
         latency = _table(
             ["stage", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"], pct_rows, numeric=(1, 2, 3, 4, 5)
         )
