@@ -27,12 +27,12 @@ from clearmark.settings import set_settings
 from clearmark.workers import api
 from clearmark.workers.attempts import process_job
 from clearmark.workers.cli import cli
-from clearmark.workers.db import Job, JobEvent, Tenant, session_scope
+from clearmark.workers.db import WITH_RESULT, Job, JobEvent, JobStatus, Tenant, session_scope
 from clearmark.workers.jobs import claim_job, create_job, fail_job
 from clearmark.workers.storage import InvalidSourceUri, get_storage, read_uri
 from clearmark.workers.submit import submit_sources
 from clearmark.workers.tenants import create_tenant
-from clearmark.workers.webhooks import DONE_OK, SIGNATURE_HEADER, verify_signature
+from clearmark.workers.webhooks import SIGNATURE_HEADER, verify_signature
 from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
     Service,
     db_url,
@@ -188,7 +188,8 @@ def test_upload_worker_webhook_end_to_end(api_settings, make_shop, receiver, wor
             assert not verify_signature(shop.secret, headers[SIGNATURE_HEADER], body + b" ")
             event = json.loads(body)
             assert event["type"] == "job.finished" and event["job"]["id"] == job_id
-            assert event["job"]["status"] in DONE_OK and event["job"]["metrics"]["width"] == 320
+            assert JobStatus(event["job"]["status"]) in WITH_RESULT
+            assert event["job"]["metrics"]["width"] == 320
 
             job = http.get(f"/v1/jobs/{job_id}").json()
             assert job["status"] == event["job"]["status"] and job["links"]["result"]
@@ -360,7 +361,6 @@ def test_list_pages_and_retry(api_settings, client, make_shop):
 def test_needs_review_job_carries_its_reason(api_settings, client, make_shop):
     """finish_job(needs_review, review_reason=...) -> jobs row -> the job document (GET and
     list); other statuses, and the job once a reviewer accepted it, show null."""
-    from clearmark.workers.db import JobStatus
     from clearmark.workers.jobs import finish_job
     from clearmark.workers.review import Decision, decide
 

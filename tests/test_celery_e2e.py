@@ -19,14 +19,13 @@ from sqlalchemy import func, select
 from clearmark.settings import Settings, set_settings
 from clearmark.workers.celery_app import app, configure
 from clearmark.workers.commands.common import find_images
-from clearmark.workers.db import FINISHED, Job, JobEvent, JobMetrics, session_scope
+from clearmark.workers.db import FINISHED, Job, JobEvent, JobMetrics, JobStatus, session_scope
 from clearmark.workers.local import clean_folder
 from clearmark.workers.storage import read_uri
 from clearmark.workers.submit import submit_files
 from tests.badfiles import bad_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-DONE = {s.value for s in FINISHED}
 
 
 def product_photo(seed: int, size=(640, 480)) -> Image.Image:
@@ -168,7 +167,7 @@ def statuses(db_url, job_ids) -> dict[str, Job]:
 
 def all_done(db_url, job_ids):
     jobs = statuses(db_url, job_ids)
-    return jobs if all(j.status in DONE for j in jobs.values()) else None
+    return jobs if all(JobStatus(j.status) in FINISHED for j in jobs.values()) else None
 
 
 def test_worker_processes_good_and_bad_files(service, workers, tmp_path):
@@ -266,5 +265,5 @@ def test_sigkilled_worker_job_finishes_exactly_once(service, workers, tmp_path):
     # Taken over once its lease ran out (by the redelivered message or the reaper's), and
     # finished once.
     assert kinds.count("takeover") + kinds.count("reaped") >= 1 and kinds[-1] == "status"
-    assert sum(e.to_status in DONE for e in events) == 1
+    assert sum(e.to_status is not None and JobStatus(e.to_status) in FINISHED for e in events) == 1
     assert Image.open(io.BytesIO(read_uri(job.result_uri))).size == (3200, 2400)

@@ -55,11 +55,20 @@ from clearmark.workers.api_errors import (
 )
 from clearmark.workers.api_guard import DOCS_ASSETS, ApiGuard
 from clearmark.workers.celery_app import app as celery_app
-from clearmark.workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get_engine, session_scope
+from clearmark.workers.db import (
+    WITH_RESULT,
+    Job,
+    JobEvent,
+    JobStatus,
+    Priority,
+    Tenant,
+    get_engine,
+    session_scope,
+)
 from clearmark.workers.jobs import create_job, requeue_job
 from clearmark.workers.metrics import render_state
 from clearmark.workers.storage import get_storage, iter_uri, read_uri, tenant_source_uri
-from clearmark.workers.webhooks import DONE_OK, check_callback_url, job_document
+from clearmark.workers.webhooks import check_callback_url, job_document
 
 # Upload rejections by probe_image's code; any other bad input is a 422.
 UPLOAD_STATUS = {
@@ -305,7 +314,7 @@ def _stream(tenant: Tenant, job_id: str, which: str) -> StreamingResponse:
     with session_scope(get_settings().database_url) as session:
         job = _owned_job(session, tenant, job_id)
         uri = job.result_uri if which == "result" else job.mask_uri
-        if job.status not in DONE_OK or not uri:
+        if JobStatus(job.status) not in WITH_RESULT or not uri:
             raise ApiError(409, "not_ready", f"job {job_id} is {job.status}: no {which}")
     try:
         chunks = iter_uri(uri)

@@ -85,7 +85,10 @@ class JobStatus(str, enum.Enum):
     failed = "failed"
 
 
+# A finished job stays in its status until a retry, a reprocessing run or a review.
 FINISHED = frozenset({JobStatus.succeeded, JobStatus.no_watermark, JobStatus.needs_review, JobStatus.failed})
+# Finished with a result and a mask to deliver: every finished status but failed.
+WITH_RESULT = FINISHED - {JobStatus.failed}
 
 # Which status may follow which. running -> running is a take-over of a job whose worker
 # died; finished -> queued is an operator's retry or a reprocessing run; needs_review ends

@@ -24,11 +24,10 @@ from clearmark.pipeline.stages import STAGES
 from clearmark.settings import Settings, get_settings, set_settings
 from clearmark.workers import migrate
 from clearmark.workers.attempts import process_job
-from clearmark.workers.db import Job, JobMetrics, JobStatus, session_scope, utcnow
+from clearmark.workers.db import FINISHED, Job, JobMetrics, JobStatus, session_scope, utcnow
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant, set_status
 
 log = logging.getLogger(__name__)
-DONE = ("succeeded", "needs_review", "no_watermark", "failed")
 
 
 @dataclass
@@ -173,7 +172,7 @@ def _summarise(
         jobs = session.scalars(select(Job).where(Job.batch_id == batch_id)).all()
         for job in sorted(jobs, key=lambda j: str(names.get(j.id, j.source_uri))):
             name = str(names.get(job.id, job.source_uri))
-            if job.status not in DONE:
+            if JobStatus(job.status) not in FINISHED:
                 summary.unfinished.append((name, job.status))
                 continue
             summary.counts[job.status] += 1

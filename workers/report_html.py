@@ -24,12 +24,12 @@ from sqlalchemy import Select, func, select
 from clearmark.pipeline.stages import STAGES
 from clearmark.pipeline.versions import current_version_pattern
 from clearmark.settings import Settings, get_settings
-from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
+from clearmark.workers.db import WITH_RESULT, Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
 from clearmark.workers.storage import read_uri
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 
-DONE = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
+WITH_RESULT_VALUES = [s.value for s in WITH_RESULT]
 COLOURS = {
     "succeeded": "#2e7d32",
     "no_watermark": "#607d8b",
@@ -226,7 +226,7 @@ def build_report(
                     select(*(getattr(JobMetrics, c) for c in cols)).join(Job, Job.id == JobMetrics.job_id),
                     tenant,
                     since,
-                ).where(Job.status.in_(DONE))
+                ).where(Job.status.in_(WITH_RESULT_VALUES))
             ).all(),
             dtype=float,
         ).reshape(-1, len(cols))
@@ -253,7 +253,7 @@ def build_report(
             _query_filters(
                 select(Job, JobMetrics).outerjoin(JobMetrics, JobMetrics.job_id == Job.id), tenant, since
             )
-            .where(Job.status.in_(DONE))
+            .where(Job.status.in_(WITH_RESULT_VALUES))
             .order_by(func.random())
             .limit(sample)
         ).all()

@@ -52,6 +52,7 @@ from clearmark.workers.celery_app import app
 from clearmark.workers.db import (
     JPEG_METRIC_FIELDS,
     METRIC_FIELDS,
+    WITH_RESULT,
     Job,
     JobEvent,
     JobStatus,
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Clearmark-Signature"
 EVENT_HEADER = "Clearmark-Event-Id"
 STANDARD_SECRET_PREFIX = "whsec_"
-DONE_OK = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
 MAX_CALLBACK_URL = 2048
 CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # IPv6 ranges that carry an IPv4 address in their last 32 bits: NAT64 (RFC 6052), SIIT's
@@ -227,7 +227,7 @@ def _iso(value: datetime | None) -> str | None:
 def job_document(job: Job, base_url: str = "") -> dict[str, Any]:
     """A job as the API shows it and webhooks send it (links are relative without a base)."""
     path = f"{base_url.rstrip('/')}/v1/jobs/{job.id}"
-    done = job.status in DONE_OK and job.result_uri
+    done = JobStatus(job.status) in WITH_RESULT and job.result_uri
     m = job.metrics
     return {
         "id": job.id,

@@ -16,6 +16,7 @@ from clearmark.workers.commands.common import (
     needs_database,
     since_value,
 )
+from clearmark.workers.db import FINISHED, JobStatus
 from clearmark.workers.report_html import build_report
 from clearmark.workers.reports import batch_progress, batches_text, queues_text, status_text
 from clearmark.workers.submit import list_uri, submit_files, submit_sources
@@ -85,7 +86,7 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(["succeeded", "no_watermark", "needs_review", "failed"]),
+    type=click.Choice([s.value for s in JobStatus if s in FINISHED]),
     help="Only jobs in this status (repeatable; default: every finished status).",
 )
 @click.option(
