@@ -33,14 +33,7 @@ from clearmark.workers.storage import InvalidSourceUri, get_storage, read_uri
 from clearmark.workers.submit import submit_sources
 from clearmark.workers.tenants import create_tenant
 from clearmark.workers.webhooks import SIGNATURE_HEADER, verify_signature
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    Service,
-    db_url,
-    product_photo,
-    service,
-    wait_for,
-    workers,
-)
+from tests.services import Service, product_photo, wait_for
 from tests.test_compose import compose_command
 
 pytestmark = [pytest.mark.integration]

@@ -16,7 +16,7 @@ from clearmark.settings import Settings, set_settings
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Job, JobMetrics, session_scope
 from clearmark.workers.local import Summary
-from tests.test_celery_e2e import product_photo
+from tests.services import product_photo
 
 
 @pytest.fixture

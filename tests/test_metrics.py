@@ -14,14 +14,7 @@ from sqlalchemy import func, select
 from clearmark.workers import api
 from clearmark.workers.db import JobMetrics, session_scope
 from clearmark.workers.submit import submit_files, submit_sources
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    all_done,
-    db_url,
-    product_photo,
-    service,
-    wait_for,
-    workers,
-)
+from tests.services import all_done, product_photo, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
