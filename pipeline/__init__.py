@@ -9,6 +9,7 @@ Read it top-down, in the order an image goes through it:
 - `gate`        the do-no-harm gate: is each change the lifting of an overlay?
 - `verdict`     what each status promises, over every region any detector flagged, and
                 the suspect prior that judges the learned detector's regions;
+- `stages`      the stages `process_image` times, in order;
 - `versions`    which pipeline made a result (code version and weights' hashes);
 - `calibrate`, `evaluate_real`  fitting the prior and scoring the pipeline on real photos.
 

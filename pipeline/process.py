@@ -25,6 +25,7 @@ from clearmark.models.repetition import REPEAT_HIGH, REPEAT_LOW, Repetition, fin
 from clearmark.models.text_prior import OVERLAY_HIGH, OVERLAY_LOW, TextDetector, TextLine
 from clearmark.pipeline.gate import GateLimits, RegionVerdict, judge
 from clearmark.pipeline.imaging import decode_image, encode_image, orientation_exif, to_stored
+from clearmark.pipeline.stages import STAGES
 from clearmark.pipeline.verdict import (
     DETECTOR,
     REPETITION,
@@ -78,11 +79,9 @@ class PipelineResult:
     mask_png: bytes  # 8-bit grey PNG, upright, output size: 0 untouched, 1-127 changed
     # around the mark (feathered), >= 128 the watermark's own pixels
     metrics: dict[str, Any]  # width, height, mask_area_fraction, detector_confidence,
-    # residual_score, ms_decode, ms_detect, ms_remove, ms_encode, ms_total
+    # residual_score, ms_<stage> for each of `STAGES`, ms_total
     details: dict[str, Any] = field(default_factory=dict)  # input/output format and mode, frames,
-    # jpeg_quality, ms_residual, ms_gate, notes,
-    # gate (each region's verdict), and
-    # `encoding`'s entries
+    # jpeg_quality, notes, gate (each region's verdict), and `encoding`'s entries
     review_reason: str | None = None  # why the status is needs_review
     # How the result file was written (EncodedImage.details: jpeg_exact, blocks changed and
     # total, fallback reason, orientation); empty when the result is the upload itself.
@@ -542,8 +541,6 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         | {"evidence": x.evidence}
         for x in c.suspects
     ]
-    details["ms_residual"] = ms.get("residual", 0.0)
-    details["ms_gate"] = ms.get("gate", 0.0)
     details["gate"] = [v.as_dict() for v in c.verdicts]
     metrics = {
         "width": w,
@@ -551,10 +548,7 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         "mask_area_fraction": c.mask.area_fraction,
         "detector_confidence": c.confidence,
         "residual_score": residual,
-        "ms_decode": ms["decode"],
-        "ms_detect": ms["detect"],
-        "ms_remove": ms["remove"],
-        "ms_encode": ms["encode"],
+        **{f"ms_{stage}": ms[stage] for stage in STAGES},
         "ms_total": round((time.perf_counter() - t_start) * 1000.0, 2),
         "jpeg_exact": details.get("jpeg_exact"),
         "jpeg_blocks_changed": details.get("jpeg_blocks_changed"),

@@ -36,6 +36,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from clearmark.workers.db import FINISHED, JobStatus  # reads no settings: the environment is set later
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 FAULTS = (
@@ -52,7 +54,6 @@ FAULTS = (
 )
 EXAMPLES = sorted((ROOT / "examples" / "watermarked").glob("*.jpg"))
 STORAGE_SIZE = "1g"  # the tmpfs; storage_full fills what is left of it
-DONE = {"succeeded", "no_watermark", "needs_review", "failed"}
 ENV = {  # short leases and reaper passes, so recovery shows within a round
     "CLEARMARK_LEASE_S": "10",
     "CLEARMARK_REAP_INTERVAL_S": "3",
@@ -425,7 +426,7 @@ class Suite:
                 lambda: (
                     (jobs := self.batch_jobs())
                     and len(jobs) == self.n
-                    and all(s in DONE for s in jobs.values())
+                    and all(JobStatus(s) in FINISHED for s in jobs.values())
                 ),
                 self.timeout,
                 "all jobs",
@@ -448,18 +449,19 @@ class Suite:
         terminal = Counter(
             job_id
             for (job_id,) in self.sql(
-                "SELECT job_id FROM job_events WHERE kind IN ('status', 'takeover') AND to_status IN "
-                "('succeeded', 'no_watermark', 'needs_review', 'failed') AND job_id = ANY(:ids)",
+                "SELECT job_id FROM job_events WHERE kind IN ('status', 'takeover') "
+                "AND to_status = ANY(:done) AND job_id = ANY(:ids)",
+                done=[s.value for s in FINISHED],
                 ids=ids,
             )
         )
         hooks = self.receiver.events
-        finished = [j for j, s in jobs.items() if s in DONE]
+        finished = [j for j, s in jobs.items() if JobStatus(s) in FINISHED]
         return {
             "fault": fault,
             "jobs": len(jobs),
             "lost": self.n - len(jobs) + sum(s == "failed" for s in jobs.values()),
-            "stuck": sum(s not in DONE for s in jobs.values()),
+            "stuck": sum(JobStatus(s) not in FINISHED for s in jobs.values()),
             "duplicated": sum(n > 1 for n in terminal.values()),
             "hooks_missing": sum(j not in hooks for j in finished),
             "hooks_repeated": sum(len(hooks.get(j, ())) > len(set(hooks.get(j, ()))) for j in finished),

@@ -1,8 +1,11 @@
-"""Fixtures for real services: a fresh PostgreSQL database and a Redis db per test run;
-and a small generated photo directory standing in for the grocery data.
+"""Fixtures for real services: a fresh PostgreSQL database per test, queues of its own on
+the test Redis database, worker processes; and a small generated photo directory standing
+in for the grocery data.
 
 PostgreSQL and Redis must be running (`.ci/run` starts them). Set
-CLEARMARK_TEST_PG_ADMIN_URL / CLEARMARK_TEST_REDIS_URL to point elsewhere.
+CLEARMARK_TEST_PG_ADMIN_URL / CLEARMARK_TEST_REDIS_URL to point elsewhere. Tests leave
+nothing behind: each drops its databases and deletes its Redis keys, and the run removes
+its engine cache.
 The real data (`models.scenes.DEFAULT_DATA`, `../shared/data` beside the checkout) is not
 part of the repository: tests that synthesise from photos use `grocery_data` instead, and
 the few that check the real data itself skip without it.
@@ -11,22 +14,34 @@ the few that check the real data itself skip without it.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 
 import pytest
+import redis
+from kombu.transport.redis import Channel as KombuChannel
 from sqlalchemy import create_engine, text
 
 from clearmark.settings import Settings, set_settings
 from clearmark.workers import migrate
+from tests.services import Worker
 
 PG_ADMIN_URL = os.environ.get(
     "CLEARMARK_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("CLEARMARK_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 # One engine cache (exported ONNX files) for the whole run and its worker subprocesses,
-# so the export happens once rather than in every test's fresh data dir.
-os.environ.setdefault("CLEARMARK_ENGINE_DIR", tempfile.mkdtemp(prefix="clearmark-engines-"))
+# so the export happens once rather than in every test's fresh data dir; removed when the
+# run ends (one the caller names in CLEARMARK_ENGINE_DIR is the caller's, and stays).
+ENGINE_DIR = None if "CLEARMARK_ENGINE_DIR" in os.environ else tempfile.mkdtemp(prefix="clearmark-engines-")
+if ENGINE_DIR:
+    os.environ["CLEARMARK_ENGINE_DIR"] = ENGINE_DIR
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if ENGINE_DIR:
+        shutil.rmtree(ENGINE_DIR)
 
 
 def _pg_database(name: str):
@@ -72,13 +87,14 @@ def db_url(request, tmp_path):
 
 
 @pytest.fixture
-def settings(tmp_path, db_url):
-    """Settings for this test: its own database, storage and data dir."""
+def settings(tmp_path, db_url, queues):
+    """Settings for this test: its own database, storage, data dir and queues."""
     s = Settings(
         data_dir=tmp_path / "data",
         database_url=db_url,
         storage_uri=(tmp_path / "storage").as_uri(),
         broker_url=REDIS_URL,
+        **queues,
     )
     set_settings(s)
     yield s
@@ -87,14 +103,13 @@ def settings(tmp_path, db_url):
 
 @pytest.fixture
 def redis_url():
-    import redis
-
     client = redis.Redis.from_url(REDIS_URL)
     try:
         client.ping()
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"Redis at {REDIS_URL} is not usable: {exc}")
-    # No flushdb: tests isolate themselves by queue name (other runs may share this db).
+    finally:
+        client.close()
     yield REDIS_URL
 
 
@@ -105,6 +120,95 @@ def no_shared_data(monkeypatch, tmp_path):
     missing = tmp_path / "no-shared-data"
     monkeypatch.setattr("clearmark.models.scenes.DEFAULT_DATA", missing)
     return missing
+
+
+@pytest.fixture
+def queues():
+    """The settings' queue names of this test alone (`queue_uploads`, ...), so that
+    concurrent runs on one Redis never take each other's tasks. No flushdb, for the same
+    reason: at teardown the test's own keys go (`forget_queues`)."""
+    run = uuid.uuid4().hex[:12]
+    yield {f"queue_{q}": f"clearmark.{q}.{run}" for q in ("uploads", "bulk", "webhooks")}
+    forget_queues(run)
+
+
+# Drops kombu's binding deadlines whose binding tables are gone (every consumer of them,
+# e.g. a worker's remote-control queue, has stopped); atomic, so that a binding another
+# run refreshes meanwhile keeps its deadline.
+DROP_STALE_DEADLINES = """
+for _, exchange in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    if redis.call('EXISTS', ARGV[1] .. exchange, ARGV[2] .. exchange) == 0 then
+        redis.call('ZREM', KEYS[1], exchange)
+    end
+end
+"""
+
+
+def forget_queues(run: str) -> None:
+    """Delete every key naming the queues tagged `run` (the queues with any tasks left,
+    their priority lists, kombu's binding tables), their unacknowledged messages, and the
+    deadlines of bindings nobody consumes any more."""
+    from clearmark.workers.broker import UNACKED_KEY  # after CLEARMARK_ENGINE_DIR is set
+
+    with redis.Redis.from_url(REDIS_URL) as client:
+        keys = list(client.scan_iter(match=f"*.{run}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        # An unacknowledged message is [message, exchange, routing key]: the key is the queue.
+        tags = [tag for tag, raw in client.hscan_iter(UNACKED_KEY) if run.encode() in raw]
+        if tags:
+            client.hdel(UNACKED_KEY, *tags)
+            client.zrem(f"{UNACKED_KEY}_index", *tags)
+        tables = (KombuChannel.keyprefix_queue % "", KombuChannel.keyprefix_binding_permanent % "")
+        client.eval(DROP_STALE_DEADLINES, 1, KombuChannel.keyprefix_binding_deadlines, *tables)
+
+
+@pytest.fixture
+def service(tmp_path, pg_url, redis_url, queues):
+    """Settings for real worker processes: a migrated PostgreSQL database, the test's own
+    queues, and time limits above what a loaded machine needs for one image."""
+    from clearmark.workers.celery_app import app, configure  # after CLEARMARK_ENGINE_DIR is set
+
+    migrate.upgrade(pg_url)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=pg_url,
+        storage_uri=(tmp_path / "storage").as_uri(),
+        broker_url=redis_url,
+        visibility_timeout_s=120,  # above the hard time limit (a task still running is not re-delivered)
+        soft_time_limit_s=100,
+        hard_time_limit_s=110,
+        **queues,
+    )
+    set_settings(settings)
+    configure(app, settings)
+    yield settings
+    set_settings(None)
+
+
+@pytest.fixture
+def workers(tmp_path):
+    """start(settings, name="w", *args): a `clearmark worker` (extra options such as -Q or
+    -P in args), stopped at teardown."""
+    started = []
+
+    def start(settings, name="w", *args):
+        worker = Worker(settings, tmp_path / f"{name}-{len(started)}.log", name, *args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+    # A worker killed with SIGKILL could not unbind its remote-control queue (its gossip
+    # queue's binding, named at random, stays until kombu sweeps it: an hour unused).
+    killed = tuple(f"{w.node}.celery.pidbox".encode() for w in started if w.killed)
+    if killed:
+        with redis.Redis.from_url(REDIS_URL) as client:
+            table = KombuChannel.keyprefix_queue % "celery.pidbox"
+            stale = [m for m in client.smembers(table) if m.endswith(killed)]
+            if stale:
+                client.srem(table, *stale)
 
 
 GROCERY_SUBSETS = ("iconic", "natural")

@@ -27,20 +27,13 @@ from clearmark.settings import set_settings
 from clearmark.workers import api
 from clearmark.workers.attempts import process_job
 from clearmark.workers.cli import cli
-from clearmark.workers.db import Job, JobEvent, Tenant, session_scope
+from clearmark.workers.db import WITH_RESULT, Job, JobEvent, JobStatus, Tenant, session_scope
 from clearmark.workers.jobs import claim_job, create_job, fail_job
 from clearmark.workers.storage import InvalidSourceUri, get_storage, read_uri
 from clearmark.workers.submit import submit_sources
 from clearmark.workers.tenants import create_tenant
-from clearmark.workers.webhooks import DONE_OK, SIGNATURE_HEADER, verify_signature
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    Service,
-    db_url,
-    product_photo,
-    service,
-    wait_for,
-    workers,
-)
+from clearmark.workers.webhooks import SIGNATURE_HEADER, verify_signature
+from tests.services import Service, product_photo, wait_for
 from tests.test_compose import compose_command
 
 pytestmark = [pytest.mark.integration]
@@ -188,7 +181,8 @@ def test_upload_worker_webhook_end_to_end(api_settings, make_shop, receiver, wor
             assert not verify_signature(shop.secret, headers[SIGNATURE_HEADER], body + b" ")
             event = json.loads(body)
             assert event["type"] == "job.finished" and event["job"]["id"] == job_id
-            assert event["job"]["status"] in DONE_OK and event["job"]["metrics"]["width"] == 320
+            assert JobStatus(event["job"]["status"]) in WITH_RESULT
+            assert event["job"]["metrics"]["width"] == 320
 
             job = http.get(f"/v1/jobs/{job_id}").json()
             assert job["status"] == event["job"]["status"] and job["links"]["result"]
@@ -338,7 +332,10 @@ def test_list_pages_and_retry(api_settings, client, make_shop):
     assert all(j["priority"] == "low" for j in first["jobs"])
     assert client.get("/v1/jobs?status=failed", headers=shop.auth).json()["jobs"] == []
     assert client.get("/v1/jobs?since=2999-01-01T00:00:00Z", headers=shop.auth).json()["jobs"] == []
-    assert client.get("/v1/jobs?cursor=nonsense", headers=shop.auth).status_code == 400
+    for query in ("cursor=nonsense", "since=0.5", "since=1700000000"):  # since: ISO 8601 only
+        refused = client.get(f"/v1/jobs?{query}", headers=shop.auth)
+        assert refused.status_code == 422, query
+        assert refused.json()["error"]["code"] == ("bad_cursor" if "cursor" in query else "invalid_request")
 
     claim = claim_job(api_settings.database_url, ids[0], api_settings.max_attempts)
     fail_job(api_settings.database_url, claim, "internal_error", "boom")
@@ -361,7 +358,6 @@ def test_list_pages_and_retry(api_settings, client, make_shop):
 def test_needs_review_job_carries_its_reason(api_settings, client, make_shop):
     """finish_job(needs_review, review_reason=...) -> jobs row -> the job document (GET and
     list); other statuses, and the job once a reviewer accepted it, show null."""
-    from clearmark.workers.db import JobStatus
     from clearmark.workers.jobs import finish_job
     from clearmark.workers.review import Decision, decide
 
@@ -398,6 +394,31 @@ def test_needs_review_job_carries_its_reason(api_settings, client, make_shop):
         )
     doc = client.get(f"/v1/jobs/{review_id}", headers=shop.auth).json()
     assert (doc["status"], doc["review_reason"], doc["error"]) == ("needs_review", reason, None)
+    # The whole document, as the response model writes it: every field, times as Python
+    # writes them, the metrics finish_job was given (null: not given).
+    assert list(doc) == [
+        "id",
+        "status",
+        "priority",
+        "source_sha256",
+        "idempotency_key",
+        "attempts",
+        "pipeline_version",
+        "created_at",
+        "updated_at",
+        "finished_at",
+        "error",
+        "review_reason",
+        "metrics",
+        "links",
+    ]
+    assert (doc["id"], doc["priority"], doc["attempts"]) == (review_id, "normal", 1)
+    assert doc["pipeline_version"] == "v"
+    assert doc["created_at"].endswith("+00:00") and doc["finished_at"] > doc["created_at"]
+    null = dict.fromkeys(("ms_gate", "ms_residual", "jpeg_exact", "jpeg_blocks_changed"))
+    assert doc["metrics"] == {**metrics, **null}
+    path = f"http://testserver/v1/jobs/{review_id}"
+    assert doc["links"] == {"self": path, "result": f"{path}/result", "mask": f"{path}/mask"}
     listed = client.get("/v1/jobs?status=needs_review", headers=shop.auth).json()["jobs"]
     assert [(j["id"], j["review_reason"]) for j in listed] == [(review_id, reason)]
     assert client.get(f"/v1/jobs/{ok_id}", headers=shop.auth).json()["review_reason"] is None
@@ -542,4 +563,10 @@ def test_upload_by_source_uri_inside_own_prefix(api_settings, client, make_shop)
         data={"source_uri": mine},
         files={"file": ("p.png", png(5), "image/png")},
     )
-    assert both.status_code == 400 and count_jobs(api_settings) == 1
+    neither = client.post("/v1/images", headers=a.auth, data={"priority": "low"})
+    for r in (both, neither):
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_request")
+        assert "exactly one of 'file' or 'source_uri'" in r.json()["error"]["message"]
+    text_field = client.post("/v1/images", headers=a.auth, data={"file": "photo.png"})
+    assert (text_field.status_code, text_field.json()["error"]["code"]) == (422, "not_a_file")
+    assert count_jobs(api_settings) == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import uvicorn
 from click.testing import CliRunner
 from fsspec.implementations.local import LocalFileSystem
@@ -26,20 +27,18 @@ from clearmark.workers.cli import cli
 from clearmark.workers.commands import web
 from clearmark.workers.slow_clients import DeadlineH11Protocol
 from clearmark.workers.storage import get_storage
+from tests.services import Service, wait_for
 from tests.test_api import (  # noqa: F401 - fixtures used here
     api_settings,
     client,
     count_jobs,
-    db_url,
     documented_client,
     free_port,
     make_shop,
     png,
     queued_messages,
-    service,
     upload,
 )
-from tests.test_celery_e2e import Service, wait_for
 from tests.test_storage import disk_fills_up
 
 pytestmark = [pytest.mark.integration]
@@ -201,6 +200,11 @@ def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after(api_settings, cl
     assert (over.status_code, over.json()["error"]["code"]) == (429, "rate_limited")
     assert 0 < int(over.headers["retry-after"]) <= 3600
     assert client.get("/v1/jobs", headers=other.auth).status_code == 200
+    if storage != "memory://":  # the counters, named by tenant, would live an hour
+        with redis.Redis.from_url(storage) as r:
+            counters = [key for t in (shop, other) for key in r.scan_iter(match=f"LIMITS:*{t.id}*")]
+            assert len(counters) == 2
+            r.delete(*counters)
 
 
 def test_wrong_keys_are_limited_per_client_address(api_settings, make_shop, monkeypatch):

@@ -19,7 +19,7 @@ from clearmark.workers import migrate
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Job, JobMetrics, session_scope
 from clearmark.workers.local import Summary
-from tests.test_celery_e2e import product_photo
+from tests.services import product_photo
 
 
 @pytest.fixture
@@ -161,8 +161,8 @@ def test_clean_odd_file_names_into_a_folder_with_a_space(tmp_path, local_setting
         "detect",
         "remove",
         "gate",
-        "residual",
         "encode",
+        "residual",
     ]
 
 

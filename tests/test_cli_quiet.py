@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_celery_e2e import unique_queues
-
 CLEARMARK = Path(sys.executable).with_name("clearmark")  # the installed console script
 # A logging line (the CLI's format: "time LEVEL logger: message"), or Alembic by name.
 LOG_LINE = re.compile(r"\b(DEBUG|INFO)\b|alembic")
@@ -49,8 +47,7 @@ def log_lines(done: subprocess.CompletedProcess) -> list[str]:
 
 
 @pytest.mark.slow
-def test_commands_without_verbose_print_no_library_logs(tmp_path, redis_url):
-    queues = unique_queues()
+def test_commands_without_verbose_print_no_library_logs(tmp_path, redis_url, queues):
     env = fresh_env(
         tmp_path, CLEARMARK_BROKER_URL=redis_url, **{f"CLEARMARK_{k.upper()}": v for k, v in queues.items()}
     )
@@ -77,12 +74,6 @@ def test_commands_without_verbose_print_no_library_logs(tmp_path, redis_url):
     status = run_cli(env, "status")
     assert "jobs by status:" in status.stdout and "queued        1" in status.stdout
     assert log_lines(status) == []
-
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    for queue in queues.values():
-        client.delete(queue, *client.keys(f"_kombu.binding*{queue}"))
 
 
 @pytest.mark.slow

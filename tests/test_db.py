@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 
@@ -43,6 +44,9 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     assert "ix_jobs_webhook_pending" in index_names
     metrics_columns = {c["name"]: c for c in inspector.get_columns("job_metrics")}
     assert metrics_columns["jpeg_exact"]["nullable"] and metrics_columns["jpeg_blocks_changed"]["nullable"]
+    assert metrics_columns["ms_gate"]["nullable"] and metrics_columns["ms_residual"]["nullable"]
+    migrate.downgrade(url, "0008")  # 0009 alone: the gate and residual times go
+    assert not {"ms_gate", "ms_residual"} & {c["name"] for c in inspect(engine).get_columns("job_metrics")}
     migrate.downgrade(url, "0007")  # 0008 changes data only
     assert "source_name" in {c["name"] for c in inspect(engine).get_columns("jobs")}
     migrate.downgrade(url, "0006")  # 0007 alone: the file names go
@@ -451,6 +455,53 @@ def test_every_tenant_gets_a_webhook_secret(request, backend):
     assert len(set(secrets.values())) == 2 and all(len(s) >= 32 for s in secrets.values())
     with session_scope(url) as session:
         assert len(ensure_tenant(session, "new").webhook_secret) >= 32
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite_url", "pg_url"])
+def test_gate_and_residual_times_move_from_the_status_event_into_the_metrics(request, backend):
+    """Jobs finished before 0007 kept these two times in their status event's detail only;
+    the migration copies their last finish's into job_metrics (none recorded: NULL)."""
+    url = request.getfixturevalue(backend)
+    migrate.upgrade(url, "0006")
+    engine = create_engine(url)
+    row = {"t": "2026-01-01T00:00:00+00:00", **METRICS}
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t', 't', :t)"), row)
+        columns = ", ".join(METRICS)
+        for job in ("timed", "untimed"):
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant_id, source_uri, status, attempts, created_at,"
+                    " updated_at, webhook_pending, priority)"
+                    " VALUES (:j, 't', 'x', 'succeeded', 1, :t, :t, false, 'normal')"
+                ),
+                {**row, "j": job},
+            )
+            conn.execute(
+                text(
+                    f"INSERT INTO job_metrics (job_id, created_at, {columns})"
+                    f" VALUES (:j, :t, {', '.join(':' + c for c in METRICS)})"
+                ),
+                {**row, "j": job},
+            )
+        finishes = [
+            {"ms": {"ms_gate": 5.5, "ms_residual": 7.25}},
+            {"ms": {"ms_gate": 2.5, "ms_residual": 3.0}},
+        ]
+        # The last finish counts; a status event without times (a review, say) changes nothing.
+        for detail in [{"attempt": 1}, *finishes, {"reviewer": "ana"}]:
+            conn.execute(
+                text(
+                    "INSERT INTO job_events (job_id, kind, to_status, detail, created_at)"
+                    " VALUES ('timed', 'status', 'succeeded', :d, :t)"
+                ),
+                {**row, "d": json.dumps(detail)},
+            )
+    migrate.upgrade(url)
+    with engine.begin() as conn:
+        times = conn.execute(text("SELECT job_id, ms_gate, ms_residual FROM job_metrics ORDER BY job_id"))
+        assert [tuple(r) for r in times] == [("timed", 2.5, 3.0), ("untimed", None, None)]
     engine.dispose()
 
 

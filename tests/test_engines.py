@@ -476,8 +476,9 @@ def test_cli_export_bench_and_build(exported):
 def test_cli_bench_pipeline_times_every_stage_of_real_photos(monkeypatch, grocery_data):
     from click.testing import CliRunner
 
+    from clearmark.pipeline.stages import STAGES
     from clearmark.workers.commands.engines import bench_command
-    from clearmark.workers.pipeline_bench import STAGES, bench_images, bench_pipeline
+    from clearmark.workers.pipeline_bench import bench_images, bench_pipeline
 
     # The bench photos come from the eval set, whose photo backgrounds are read from the
     # default data dir (../shared/data, not in the repository): use generated ones.
@@ -503,7 +504,7 @@ def test_cli_benches_without_shared_data_use_studio_scenes_or_your_photos(tmp_pa
     from click.testing import CliRunner
 
     from clearmark.workers.commands.engines import bench_command
-    from tests.test_celery_e2e import product_photo
+    from tests.services import product_photo
 
     runner = CliRunner()
     pipeline = ["--pipeline", "--backend", "torch", "--images", "2", "--size", "96", "--warmup", "0"]

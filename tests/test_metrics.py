@@ -14,14 +14,7 @@ from sqlalchemy import func, select
 from clearmark.workers import api
 from clearmark.workers.db import JobMetrics, session_scope
 from clearmark.workers.submit import submit_files, submit_sources
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    all_done,
-    db_url,
-    product_photo,
-    service,
-    wait_for,
-    workers,
-)
+from tests.services import all_done, product_photo, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,13 +58,13 @@ def test_api_and_worker_metrics(service, workers, tmp_path, monkeypatch):
 
     got = wait_for(worker_metrics, 60, "the worker's counters", interval=0.5)
     assert got[("clearmark_worker_jobs_total", (("status", "failed"),))] == 1
-    assert got[("clearmark_stage_seconds_count", (("stage", "total"),))] == 2
-    assert got[("clearmark_stage_seconds_count", (("stage", "detect"),))] == 2
-    with session_scope(service.database_url) as session:
-        total_ms = session.scalar(select(func.sum(JobMetrics.ms_total)))
-    assert got[("clearmark_stage_seconds_sum", (("stage", "total"),))] == pytest.approx(
-        total_ms / 1000, rel=1e-6
-    )
+    # Every stage, the gate and the residual check included, as the jobs' metrics hold it.
+    for stage in ("decode", "detect", "remove", "gate", "encode", "residual", "total"):
+        assert got[("clearmark_stage_seconds_count", (("stage", stage),))] == 2, stage
+        with session_scope(service.database_url) as session:
+            ms = session.scalar(select(func.sum(getattr(JobMetrics, f"ms_{stage}"))))
+        assert ms > 0, stage
+        assert got[("clearmark_stage_seconds_sum", (("stage", stage),))] == pytest.approx(ms / 1000, rel=1e-6)
     backend = [
         labels for (name, labels), v in got.items() if name == "clearmark_worker_backend_info" and v == 1
     ]

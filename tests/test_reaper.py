@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from clearmark.errors import BadInput
 from clearmark.settings import Settings, set_settings
-from clearmark.workers import broker, migrate
+from clearmark.workers import broker
 from clearmark.workers.attempts import _run_claimed, output_uris
 from clearmark.workers.celery_app import app, configure
 from clearmark.workers.db import Job, JobEvent, JobStatus, session_scope
@@ -22,46 +22,23 @@ from clearmark.workers.jobs import Claim, claim_job, create_job, ensure_tenant, 
 from clearmark.workers.leases import Heartbeat, renew_lease
 from clearmark.workers.reaper import reap
 from clearmark.workers.storage import read_uri
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    all_done,
-    product_photo,
-    service_env,
-    statuses,
-    unique_queues,
-    wait_for,
-    workers,
-)
+from tests.services import Service, all_done, product_photo, service_env, statuses, wait_for
 from tests.test_db import METRICS
 from tests.test_pipeline import GreyRemover, MagentaDetector, fake_engines, marked
 
 
 @pytest.fixture
 def reaping(settings, redis_url):
-    """The test's settings on its own queues, with no grace: the reaper acts at once."""
-    s = settings.replace(reap_grace_s=0, **unique_queues())
+    """The test's settings with no grace: the reaper acts at once."""
+    s = settings.replace(reap_grace_s=0)
     set_settings(s)
     configure(app, s)
-    yield s
-    client = redis.Redis.from_url(redis_url)
-    client.delete(s.queue_uploads, s.queue_bulk, s.queue_webhooks)
+    return s
 
 
-def _pg_settings(pg_url: str, redis_url: str, tmp_path, **changes) -> Settings:
-    """A migrated PostgreSQL database and the test's own queues, for tests that start
-    `clearmark` processes (once, not on each backend)."""
-    migrate.upgrade(pg_url)
-    s = Settings(
-        data_dir=tmp_path / "data",
-        database_url=pg_url,
-        broker_url=redis_url,
-        storage_uri=(tmp_path / "storage").as_uri(),
-        visibility_timeout_s=120,
-        soft_time_limit_s=100,
-        hard_time_limit_s=110,
-        reap_grace_s=0,
-        **unique_queues(),
-        **changes,
-    )
+def _service(service: Settings, **changes) -> Settings:
+    """The service's settings with no grace and `changes`."""
+    s = service.replace(reap_grace_s=0, **changes)
     set_settings(s)
     configure(app, s)
     return s
@@ -196,10 +173,10 @@ def test_a_task_that_keeps_vanishing_unrun_fails_its_job(reaping):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_crash_between_commit_and_publish_is_recovered(pg_url, redis_url, workers, tmp_path):
+def test_crash_between_commit_and_publish_is_recovered(service, workers, tmp_path):
     """`clearmark submit` is SIGKILLed right after its commit, before any task is published;
     a worker started with --reap still finishes every job, exactly once."""
-    s = _pg_settings(pg_url, redis_url, tmp_path, lease_s=10, reap_interval_s=1)
+    s = _service(service, lease_s=10, reap_interval_s=1)
     for i in range(2):
         product_photo(i, size=(160, 120)).save(tmp_path / f"p{i}.png")
     script = textwrap.dedent(f"""
@@ -214,7 +191,7 @@ def test_crash_between_commit_and_publish_is_recovered(pg_url, redis_url, worker
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     with session_scope(s.database_url) as session:
         job_ids = list(session.scalars(select(Job.id)))
-    assert len(job_ids) == 2 and {j.status for j in statuses(pg_url, job_ids).values()} == {"queued"}
+    assert len(job_ids) == 2 and {j.status for j in statuses(s.database_url, job_ids).values()} == {"queued"}
     on_broker = broker.jobs_with_tasks(s)
     assert not set(job_ids) & on_broker.get(broker.CLEAN_TASK, set()), "nothing was published"
 
@@ -235,12 +212,12 @@ def _submit(env: dict, path) -> subprocess.CompletedProcess:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_submit_with_the_broker_or_database_down(pg_url, redis_url, tmp_path):
+def test_submit_with_the_broker_or_database_down(service, tmp_path):
     """One error line and exit 75, no traceback; the job already recorded is sent by the
     reaper (or by submitting again) once the broker is back."""
     from tests.test_api import free_port
 
-    s = _pg_settings(pg_url, redis_url, tmp_path)
+    s = _service(service)
     photo = tmp_path / "p.png"
     product_photo(0, size=(160, 120)).save(photo)
     no_broker = s.replace(broker_url=f"redis://127.0.0.1:{free_port()}/0")
@@ -273,17 +250,16 @@ def test_task_retries_outlast_a_five_minute_outage():
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_api_upload_with_the_broker_down_answers_503_and_keeps_the_job(pg_url, redis_url, tmp_path):
+def test_api_upload_with_the_broker_down_answers_503_and_keeps_the_job(service, tmp_path):
     """A real `clearmark api` whose broker is down: 503, the job stays queued (not failed),
     the same upload again returns it, and the reaper sends it once the broker is back."""
     import httpx
 
     from clearmark.workers.tenants import create_tenant
     from tests.test_api import free_port, png
-    from tests.test_celery_e2e import Service
     from tests.test_compose import compose_command
 
-    s = _pg_settings(pg_url, redis_url, tmp_path)
+    s = _service(service)
     with session_scope(s.database_url) as session:
         _, key = create_tenant(session, "shop")
     port = str(free_port())

@@ -62,6 +62,8 @@ def seed(settings) -> dict[str, str]:
                 mask_area_fraction=0.01 * i,
                 residual_score=0.7 if status == "needs_review" else 0.1,
             )
+            if name == "ok1":
+                values["ms_gate"] = None
             session.add(JobMetrics(job_id=job.id, **values))
     return names
 
@@ -90,8 +92,11 @@ def test_report_has_every_section(settings, tmp_path):
     assert re.search(r"<b>2</b><span>failed</span>", html)
     assert "not_an_image" in html and "truncated_image" in html
     assert "&lt;b&gt;bad1&lt;/b&gt;" in html and "<b>bad1</b>" not in html  # escaped
-    for stage in ("decode", "detect", "remove", "encode", "total"):
+    for stage in ("decode", "detect", "remove", "gate", "encode", "residual", "total"):
         assert f"<td>{stage}</td>" in html
+    # ok1 finished before the gate was timed (NULL): the gate's figures are the others'.
+    gate = html.split("<td>gate</td>")[1].split("</tr>")[0]
+    assert re.findall(r'<td class="n">([\d,]+)</td>', gate) == ["30", "38", "40", "40", "30"]
     assert html.count("<svg") == 4 and "detector confidence" in html
     assert "<td>outdated</td>" in html  # seeded with other weights than the shipped ones
     # Galleries: the review job first; the lowest confidence (0.41) leads its section.

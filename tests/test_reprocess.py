@@ -16,14 +16,7 @@ from clearmark.workers.cli import cli
 from clearmark.workers.db import Batch, Job, JobEvent, Tenant, session_scope
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant
 from clearmark.workers.submit import submit_files
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    all_done,
-    db_url,
-    product_photo,
-    service,
-    wait_for,
-    workers,
-)
+from tests.services import all_done, product_photo, wait_for
 
 pytestmark = [pytest.mark.integration]
 OLD = "pipeline-0+detector:000000000000:torch+remover:000000000000:torch"

@@ -15,13 +15,7 @@ from clearmark.workers.db import Batch, session_scope
 from clearmark.workers.metrics import queue_depths
 from clearmark.workers.reports import queues_text
 from clearmark.workers.submit import submit_files
-from tests.test_celery_e2e import (  # noqa: F401 - fixtures used here
-    db_url,
-    product_photo,
-    service,
-    wait_for,
-    workers,
-)
+from tests.services import product_photo, wait_for
 
 
 @pytest.fixture

@@ -28,17 +28,14 @@ from clearmark.workers.webhooks import (
     signed_headers,
     verify_signature,
 )
+from tests.services import statuses, wait_for
 from tests.test_api import (  # noqa: F401 - fixtures used here
     Receiver,
     _webhook_events,
     api_settings,
-    db_url,
     free_port,
     receiver,
-    service,
-    workers,
 )
-from tests.test_celery_e2e import statuses, wait_for
 from tests.test_compose import compose_command
 
 

@@ -25,6 +25,7 @@ from clearmark.workers import broker, tasks
 from clearmark.workers.celery_app import app
 from clearmark.workers.db import JobEvent, session_scope
 from clearmark.workers.reaper import reap
+from tests.services import statuses, wait_for
 from tests.test_api import (  # noqa: F401 - fixtures used here
     _webhook_events,
     api_settings,
@@ -33,7 +34,6 @@ from tests.test_api import (  # noqa: F401 - fixtures used here
     service,
     workers,
 )
-from tests.test_celery_e2e import statuses, wait_for
 from tests.test_reaper import _job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -17,7 +17,7 @@ import logging
 import mimetypes
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import (
     APIRouter,
@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
+from pydantic import BeforeValidator
 from sqlalchemy import select, text, tuple_
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
@@ -55,11 +56,21 @@ from clearmark.workers.api_errors import (
 )
 from clearmark.workers.api_guard import DOCS_ASSETS, ApiGuard
 from clearmark.workers.celery_app import app as celery_app
-from clearmark.workers.db import Job, JobEvent, JobStatus, Priority, Tenant, get_engine, session_scope
+from clearmark.workers.db import (
+    WITH_RESULT,
+    Job,
+    JobEvent,
+    JobStatus,
+    Priority,
+    Tenant,
+    get_engine,
+    session_scope,
+)
+from clearmark.workers.job_document import JobDocument, JobPage, job_document
 from clearmark.workers.jobs import create_job, requeue_job
 from clearmark.workers.metrics import render_state
 from clearmark.workers.storage import get_storage, iter_uri, read_uri, tenant_source_uri
-from clearmark.workers.webhooks import DONE_OK, check_callback_url, job_document
+from clearmark.workers.webhooks import check_callback_url
 
 # Upload rejections by probe_image's code; any other bad input is a 422.
 UPLOAD_STATUS = {
@@ -76,6 +87,12 @@ IMAGE_TYPES = {
     "image/bmp",
     "image/tiff",
     "application/octet-stream",
+}
+# What OpenAPI cannot infer from the parameters: exactly one of the two sources, and `file`
+# as a file part (a text field there is a 422 not_a_file).
+UPLOAD_BODY = {
+    "schema": {"oneOf": [{"required": ["file"]}, {"required": ["source_uri"]}]},
+    "encoding": {"file": {"contentType": ", ".join(sorted(IMAGE_TYPES))}},
 }
 log = logging.getLogger(__name__)
 
@@ -107,9 +124,11 @@ async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(
-        422, "invalid_request", "the request's parameters are invalid", details=jsonable_encoder(exc.errors())
-    )
+    details = jsonable_encoder(exc.errors())
+    if any(error["loc"] == ["body", "file"] for error in details):  # a text field, not a file
+        message = "'file' must be a file part (with a filename), not a text field"
+        return error_response(422, "not_a_file", message, details=details)
+    return error_response(422, "invalid_request", "the request's parameters are invalid", details=details)
 
 
 async def _failure(request: Request, exc: Exception) -> JSONResponse:
@@ -175,7 +194,7 @@ def _read_source(
 ) -> tuple[bytes, str | None]:
     """The image's bytes, and for a `source_uri` the canonical URI the job records."""
     if (file is None) == (source_uri is None):
-        raise ApiError(400, "bad_request", "send exactly one of 'file' or 'source_uri'")
+        raise ApiError(422, "invalid_request", "send exactly one of 'file' or 'source_uri'")
     if file is not None:
         if file.content_type and file.content_type not in IMAGE_TYPES:
             raise ApiError(
@@ -229,9 +248,10 @@ def _existing_job(
     "/images",
     status_code=202,
     responses={
-        200: {"description": "An existing job (same idempotency key or image)"},
+        200: {"model": JobDocument, "description": "An existing job (same idempotency key or image)"},
         **documented(400, 413, 415),
     },
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": UPLOAD_BODY}}},
 )
 def upload_image(
     request: Request,
@@ -244,10 +264,12 @@ def upload_image(
     priority: Priority = Form(Priority.normal, description="normal or low (bulk)"),
     idempotency_key: str | None = Header(None, max_length=200),
     tenant: Tenant = Depends(current_tenant),
-) -> dict[str, Any]:
-    """Queue an image for cleaning: 202 with the new job, or 200 with the existing job
-    for the same Idempotency-Key and request (or, without a key, the same image and pipeline
-    version); 422 for a key reused with another image or other parameters."""
+) -> JobDocument:
+    """Queue an image for cleaning, sent as exactly one of `file` (a file part) or
+    `source_uri`: 202 with the new job, or 200 with the existing job for the same
+    Idempotency-Key and request (or, without a key, the same image and pipeline version);
+    422 for neither or both, a `file` sent as a text field (`not_a_file`), or a key reused
+    with another image or other parameters."""
     settings = get_settings()
     data, source_uri = _read_source(tenant, file, source_uri, settings)
     try:
@@ -291,12 +313,12 @@ def upload_image(
     if created:
         _enqueue(job.id, job.priority, settings)
     response.status_code = 202 if created else 200
-    response.headers["Location"] = document["links"]["self"]
+    response.headers["Location"] = document.links.self
     return document
 
 
 @v1.get("/jobs/{job_id}", responses=documented(404))
-def get_job(job_id: str, request: Request, tenant: Tenant = Depends(current_tenant)) -> dict[str, Any]:
+def get_job(job_id: str, request: Request, tenant: Tenant = Depends(current_tenant)) -> JobDocument:
     """The job: status, error, metrics, and links to the result and mask when done."""
     with session_scope(get_settings().database_url) as session:
         return job_document(_owned_job(session, tenant, job_id), _base_url(request))
@@ -306,7 +328,7 @@ def _stream(tenant: Tenant, job_id: str, which: str) -> StreamingResponse:
     with session_scope(get_settings().database_url) as session:
         job = _owned_job(session, tenant, job_id)
         uri = job.result_uri if which == "result" else job.mask_uri
-        if job.status not in DONE_OK or not uri:
+        if JobStatus(job.status) not in WITH_RESULT or not uri:
             raise ApiError(409, "not_ready", f"job {job_id} is {job.status}: no {which}")
     try:
         chunks = iter_uri(uri)
@@ -341,18 +363,25 @@ def _after(cursor: str) -> tuple[datetime, str]:
         created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         return datetime.fromisoformat(created), str(job_id)
     except (ValueError, TypeError):
-        raise ApiError(400, "bad_cursor", "cursor is not one this API returned") from None
+        raise ApiError(422, "bad_cursor", "cursor is not one this API returned") from None
 
 
-@v1.get("/jobs", responses=documented(400))
+def _iso_time(value: object) -> object:
+    """ISO 8601 text only: pydantic alone also takes a number as a Unix time (`since=0.5`)."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+@v1.get("/jobs")
 def list_jobs(
     request: Request,
     status: JobStatus | None = None,
-    since: datetime | None = Query(None, description="created at or after (ISO 8601)"),
+    since: Annotated[datetime, BeforeValidator(_iso_time)] | None = Query(
+        None, description="created at or after (ISO 8601; UTC without an offset)"
+    ),
     limit: int = Query(50, ge=1, le=200),
-    cursor: str | None = None,
+    cursor: str | None = Query(None, description="`next_cursor` of the page before"),
     tenant: Tenant = Depends(current_tenant),
-) -> dict[str, Any]:
+) -> JobPage:
     """The tenant's jobs, oldest first; pass `next_cursor` back as `cursor` for the next page."""
     query = select(Job).where(Job.tenant_id == tenant.id)
     if status:
@@ -364,14 +393,14 @@ def list_jobs(
     with session_scope(get_settings().database_url) as session:
         jobs = session.scalars(query.order_by(Job.created_at, Job.id).limit(limit + 1)).all()
         base = _base_url(request)
-        return {
-            "jobs": [job_document(job, base) for job in jobs[:limit]],
-            "next_cursor": _cursor(jobs[limit - 1]) if len(jobs) > limit else None,
-        }
+        return JobPage(
+            jobs=[job_document(job, base) for job in jobs[:limit]],
+            next_cursor=_cursor(jobs[limit - 1]) if len(jobs) > limit else None,
+        )
 
 
 @v1.post("/jobs/{job_id}/retry", status_code=202, responses=documented(404, 409))
-def retry_job(job_id: str, request: Request, tenant: Tenant = Depends(current_tenant)) -> dict[str, Any]:
+def retry_job(job_id: str, request: Request, tenant: Tenant = Depends(current_tenant)) -> JobDocument:
     """Queue a failed job again (409 for a job that has not failed)."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:

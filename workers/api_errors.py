@@ -27,15 +27,16 @@ OUTAGE_TYPES = (
     kombu.exceptions.OperationalError,
 )
 DESCRIPTIONS = {
-    400: "Bad request: neither or both of `file`/`source_uri`, or a cursor not from this API",
+    400: "The body cannot be parsed as multipart/form-data (`http_400`)",
     401: "Missing or unknown API key (`Authorization: Bearer <api key>`)",
     404: "No such job for this tenant",
     408: "The request's headers or body came too slowly; the connection is closed",
     409: "The job is not in a state that allows this",
     413: "Over the byte or pixel limits",
     415: "Not an accepted image type",
-    422: "Invalid request: parameters, callback URL, source URI, image, or an Idempotency-Key "
-    "reused with a different request",
+    422: "Invalid request: a parameter (`since` not ISO 8601, a cursor not from this API, neither "
+    "or both of `file` and `source_uri`, `file` not a file part), callback URL, source URI, "
+    "image, or an Idempotency-Key reused with a different request",
     429: "Over this tenant's rate or concurrent-upload limit: retry after `Retry-After` seconds",
     500: "Unexpected error; the answer carries a `request_id` to quote",
     503: "The database, the broker or the storage cannot be reached: retry after `Retry-After` seconds",

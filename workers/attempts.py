@@ -114,7 +114,6 @@ def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | No
             review_reason=result.review_reason,
             gate=result.details.get("gate"),
             encoding=result.encoding,
-            stage_ms={k: result.details[k] for k in ("ms_gate", "ms_residual") if k in result.details},
         ),
         settings,
         what,

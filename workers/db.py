@@ -39,6 +39,8 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from clearmark.pipeline.stages import STAGES
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -83,7 +85,10 @@ class JobStatus(str, enum.Enum):
     failed = "failed"
 
 
+# A finished job stays in its status until a retry, a reprocessing run or a review.
 FINISHED = frozenset({JobStatus.succeeded, JobStatus.no_watermark, JobStatus.needs_review, JobStatus.failed})
+# Finished with a result and a mask to deliver: every finished status but failed.
+WITH_RESULT = FINISHED - {JobStatus.failed}
 
 # Which status may follow which. running -> running is a take-over of a job whose worker
 # died; finished -> queued is an operator's retry or a reprocessing run; needs_review ends
@@ -222,6 +227,9 @@ class JobMetrics(Base):
     ms_detect: Mapped[float] = mapped_column(Float)
     ms_remove: Mapped[float] = mapped_column(Float)
     ms_encode: Mapped[float] = mapped_column(Float)
+    # None only for jobs finished before 0007 that left no time for them in their events.
+    ms_gate: Mapped[float | None] = mapped_column(Float)
+    ms_residual: Mapped[float | None] = mapped_column(Float)
     ms_total: Mapped[float] = mapped_column(Float)
     # JPEG results: whether the upload's coefficients were kept, and how many of its MCUs
     # changed (None for other formats and for results that are the upload itself).
@@ -251,10 +259,7 @@ METRIC_FIELDS = (
     "mask_area_fraction",
     "detector_confidence",
     "residual_score",
-    "ms_decode",
-    "ms_detect",
-    "ms_remove",
-    "ms_encode",
+    *(f"ms_{stage}" for stage in STAGES),
     "ms_total",
 )
 # Optional (None unless the result is a JPEG the pipeline wrote), so kept apart from the

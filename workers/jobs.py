@@ -330,14 +330,12 @@ def finish_job(
     review_reason: str | None = None,
     gate: list[dict[str, Any]] | None = None,
     encoding: dict[str, Any] | None = None,
-    stage_ms: dict[str, float] | None = None,
 ) -> bool:
     """Record the result; False (and nothing written) when this attempt lost its claim.
     `review_reason` is stored only with needs_review. The status event's detail gets
-    `gate` (the do-no-harm gate's per-region verdicts), `encoding` (how the result file was
-    written: for JPEG, whether the upload's coefficients were kept and how many MCUs
-    changed) and `stage_ms` (stage times job_metrics has no column for: ms_gate,
-    ms_residual)."""
+    `gate` (the do-no-harm gate's per-region verdicts) and `encoding` (how the result file
+    was written: for JPEG, whether the upload's coefficients were kept and how many MCUs
+    changed)."""
     with session_scope(db_url) as session:
         job = _locked_job(session, claim.job_id)
         if not _holds_claim(job, claim):
@@ -351,8 +349,6 @@ def finish_job(
             extra["gate"] = _json_safe(gate)
         if encoding:
             extra["encoding"] = _json_safe(encoding)
-        if stage_ms:
-            extra["ms"] = _json_safe(stage_ms)
         set_status(session, job, status, attempt=claim.attempt, **extra)
         job.result_uri, job.mask_uri = result_uri, mask_uri
         job.pipeline_version = pipeline_version

@@ -20,17 +20,14 @@ from tqdm import tqdm
 from clearmark.engine_build.onnx_export import export_onnx, onnx_path
 from clearmark.errors import TransientError
 from clearmark.pipeline.process import Engines
+from clearmark.pipeline.stages import STAGES
 from clearmark.settings import Settings, get_settings, set_settings
 from clearmark.workers import migrate
 from clearmark.workers.attempts import process_job
-from clearmark.workers.db import Job, JobEvent, JobMetrics, JobStatus, session_scope, utcnow
+from clearmark.workers.db import FINISHED, Job, JobMetrics, JobStatus, session_scope, utcnow
 from clearmark.workers.jobs import create_batch, create_job, ensure_tenant, set_status
 
 log = logging.getLogger(__name__)
-# The stages of one image, in order; together (plus rounding) they make up ms_total.
-# gate and residual are in the status event's detail (`ms`), the rest in job_metrics.
-STAGES = ("decode", "detect", "remove", "gate", "residual", "encode")
-DONE = ("succeeded", "needs_review", "no_watermark", "failed")
 
 
 @dataclass
@@ -164,20 +161,7 @@ def _stage_ms(session: Session, job_ids: list[str]) -> dict[str, float]:
     rows = session.scalars(select(JobMetrics).where(JobMetrics.job_id.in_(job_ids))).all()
     if not rows:
         return {}
-    extra: dict[str, dict[str, float]] = {}  # the latest status event's timings per job
-    for event in session.scalars(
-        select(JobEvent).where(JobEvent.job_id.in_(job_ids), JobEvent.kind == "status").order_by(JobEvent.id)
-    ):
-        if event.detail and "ms" in event.detail:
-            extra[event.job_id] = event.detail["ms"]
-
-    def ms(row: JobMetrics, stage: str) -> float:
-        if stage in ("gate", "residual"):
-            return float(extra.get(row.job_id, {}).get(f"ms_{stage}", 0.0))
-        value: float = getattr(row, f"ms_{stage}")
-        return value
-
-    return {stage: sum(ms(r, stage) for r in rows) / len(rows) for stage in (*STAGES, "total")}
+    return {stage: sum(getattr(r, f"ms_{stage}") for r in rows) / len(rows) for stage in (*STAGES, "total")}
 
 
 def _summarise(
@@ -188,7 +172,7 @@ def _summarise(
         jobs = session.scalars(select(Job).where(Job.batch_id == batch_id)).all()
         for job in sorted(jobs, key=lambda j: str(names.get(j.id, j.source_uri))):
             name = str(names.get(job.id, job.source_uri))
-            if job.status not in DONE:
+            if JobStatus(job.status) not in FINISHED:
                 summary.unfinished.append((name, job.status))
                 continue
             summary.counts[job.status] += 1

@@ -40,6 +40,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
+from clearmark.pipeline.stages import STAGES
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.celery_app import app
 from clearmark.workers.db import Job, JobMetrics, JobStatus, session_scope, utcnow
@@ -48,7 +49,6 @@ if TYPE_CHECKING:  # annotation only: the API serves /metrics without loading an
     from clearmark.pipeline.process import Engines
 
 log = logging.getLogger(__name__)
-STAGES = ("decode", "detect", "remove", "encode", "total")
 # Seconds; product photos take tens of ms (GPU) to tens of seconds (big images on CPU).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RATE_WINDOW_S = 60
@@ -184,6 +184,6 @@ def record_job(job_id: str, status: str | None, settings: Settings) -> None:
         return
     with session_scope(settings.database_url) as session:
         row = session.get(JobMetrics, job_id)
-        times = {stage: getattr(row, f"ms_{stage}") for stage in STAGES} if row else {}
+        times = {stage: getattr(row, f"ms_{stage}") for stage in (*STAGES, "total")} if row else {}
     for stage, ms in times.items():
         m["stage"].labels(stage).observe(ms / 1000.0)

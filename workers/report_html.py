@@ -21,15 +21,15 @@ from numpy.typing import ArrayLike
 from PIL import Image, ImageOps
 from sqlalchemy import Select, func, select
 
+from clearmark.pipeline.stages import STAGES
 from clearmark.pipeline.versions import current_version_pattern
 from clearmark.settings import Settings, get_settings
-from clearmark.workers.db import Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
+from clearmark.workers.db import WITH_RESULT, Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
 from clearmark.workers.storage import read_uri
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 
-STAGES = ("decode", "detect", "remove", "encode", "total")
-DONE = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
+WITH_RESULT_VALUES = [s.value for s in WITH_RESULT]
 COLOURS = {
     "succeeded": "#2e7d32",
     "no_watermark": "#607d8b",
@@ -221,7 +221,7 @@ def build_report(
             "detector_confidence",
             "mask_area_fraction",
             "residual_score",
-            *(f"ms_{stage}" for stage in STAGES),
+            *(f"ms_{stage}" for stage in (*STAGES, "total")),
         ]
         values = np.array(
             session.execute(
@@ -229,7 +229,7 @@ def build_report(
                     select(*(getattr(JobMetrics, c) for c in cols)).join(Job, Job.id == JobMetrics.job_id),
                     tenant,
                     since,
-                ).where(Job.status.in_(DONE))
+                ).where(Job.status.in_(WITH_RESULT_VALUES))
             ).all(),
             dtype=float,
         ).reshape(-1, len(cols))
@@ -256,7 +256,7 @@ def build_report(
             _query_filters(
                 select(Job, JobMetrics).outerjoin(JobMetrics, JobMetrics.job_id == Job.id), tenant, since
             )
-            .where(Job.status.in_(DONE))
+            .where(Job.status.in_(WITH_RESULT_VALUES))
             .order_by(func.random())
             .limit(sample)
         ).all()
@@ -293,13 +293,15 @@ def build_report(
     )
     if len(values):
         pct_rows = []
-        for stage in STAGES:
+        for stage in (*STAGES, "total"):
             ms = metrics[f"ms_{stage}"]
-            pct_rows.append(
-                [stage]
-                + [f"{v:,.0f}" for v in np.percentile(ms, [50, 90, 99])]
-                + [f"{ms.max():,.0f}", f"{ms.mean():,.0f}"]
-            )
+            ms = ms[~np.isnan(ms)]  # NULL: a job from before its stage was timed (gate, residual)
+            if ms.size:
+                pct_rows.append(
+                    [stage]
+                    + [f"{v:,.0f}" for v in np.percentile(ms, [50, 90, 99])]
+                    + [f"{ms.max():,.0f}", f"{ms.mean():,.0f}"]
+                )
         latency = _table(
             ["stage", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"], pct_rows, numeric=(1, 2, 3, 4, 5)
         )

@@ -39,7 +39,6 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -49,22 +48,13 @@ from sqlalchemy import func, select
 from clearmark.errors import BadInput
 from clearmark.settings import WEBHOOK_BACKOFF_CAP_S, Settings, get_settings
 from clearmark.workers.celery_app import app
-from clearmark.workers.db import (
-    JPEG_METRIC_FIELDS,
-    METRIC_FIELDS,
-    Job,
-    JobEvent,
-    JobStatus,
-    Tenant,
-    session_scope,
-    utcnow,
-)
+from clearmark.workers.db import Job, JobEvent, Tenant, session_scope, utcnow
+from clearmark.workers.job_document import job_document
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Clearmark-Signature"
 EVENT_HEADER = "Clearmark-Event-Id"
 STANDARD_SECRET_PREFIX = "whsec_"
-DONE_OK = (JobStatus.succeeded.value, JobStatus.no_watermark.value, JobStatus.needs_review.value)
 MAX_CALLBACK_URL = 2048
 CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # IPv6 ranges that carry an IPv4 address in their last 32 bits: NAT64 (RFC 6052), SIIT's
@@ -220,38 +210,6 @@ def post_pinned(callback: Callback, body: bytes, headers: dict[str, str], timeou
         return client.post(url, content=body, headers=headers, extensions=extensions)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def job_document(job: Job, base_url: str = "") -> dict[str, Any]:
-    """A job as the API shows it and webhooks send it (links are relative without a base)."""
-    path = f"{base_url.rstrip('/')}/v1/jobs/{job.id}"
-    done = job.status in DONE_OK and job.result_uri
-    m = job.metrics
-    return {
-        "id": job.id,
-        "status": job.status,
-        "priority": job.priority,
-        "source_name": job.source_name,
-        "source_sha256": job.source_sha256,
-        "idempotency_key": job.idempotency_key,
-        "attempts": job.attempts,
-        "pipeline_version": job.pipeline_version,
-        "created_at": _iso(job.created_at),
-        "updated_at": _iso(job.updated_at),
-        "finished_at": _iso(job.finished_at),
-        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-        "review_reason": (job.review_reason if job.status == JobStatus.needs_review.value else None),
-        "metrics": ({name: getattr(m, name) for name in METRIC_FIELDS + JPEG_METRIC_FIELDS} if m else None),
-        "links": {
-            "self": path,
-            "result": f"{path}/result" if done else None,
-            "mask": f"{path}/mask" if done and job.mask_uri else None,
-        },
-    }
-
-
 def _log_attempt(db_url: str, job_id: str, **detail: Any) -> None:
     with session_scope(db_url) as session:
         session.add(JobEvent(job_id=job_id, kind="webhook", detail=detail))
@@ -275,8 +233,8 @@ def deliver(job_id: str, attempt: int, settings: Settings | None = None) -> str:
             {
                 "id": event_id,
                 "type": "job.finished",
-                "created_at": _iso(utcnow()),
-                "job": job_document(job, s.public_url),
+                "created_at": utcnow().isoformat(),
+                "job": job_document(job, s.public_url).model_dump(mode="json"),
             }
         ).encode()
     # A URL stored before the length limit existed is not copied whole into every event.

@@ -94,7 +94,7 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(["succeeded", "no_watermark", "needs_review", "failed"]),
+    type=click.Choice(["succeeded", "no_watermark", "needs_review", "failed"]),  # db.FINISHED
     help="Only jobs in this status (repeatable; default: every finished status).",
 )
 @click.option(
