@@ -29,10 +29,7 @@ from tests.services import statuses, wait_for
 from tests.test_api import (  # noqa: F401 - fixtures used here
     _webhook_events,
     api_settings,
-    db_url,
     receiver,
-    service,
-    workers,
 )
 from tests.test_reaper import _job
 
