@@ -400,6 +400,7 @@ def test_needs_review_job_carries_its_reason(api_settings, client, make_shop):
         "id",
         "status",
         "priority",
+        "source_name",
         "source_sha256",
         "idempotency_key",
         "attempts",
