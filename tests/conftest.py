@@ -27,6 +27,9 @@ REDIS_URL = os.environ.get("CLEARMARK_TEST_REDIS_URL", "redis://127.0.0.1:6379/1
 # One engine cache (exported ONNX files) for the whole run and its worker subprocesses,
 # so the export happens once rather than in every test's fresh data dir.
 os.environ.setdefault("CLEARMARK_ENGINE_DIR", tempfile.mkdtemp(prefix="clearmark-engines-"))
+# The tests' workers make those exports on their first start; production workers only load
+# what `clearmark engines build` made (tests/test_worker_engines.py runs one such worker).
+os.environ.setdefault("CLEARMARK_WORKER_BUILD_BUDGET_S", "900")
 
 
 def _pg_database(name: str):

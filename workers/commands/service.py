@@ -61,7 +61,7 @@ def worker(
         raise click.ClickException("worker not started: " + "; ".join(problems))
     if runs_images(queues, settings):
         try:
-            click.echo(f"engines  {check_engines()}", err=True)
+            click.echo(f"engines  {check_engines(settings)}", err=True)
         except EngineUnavailable as exc:
             raise click.ClickException(f"worker not started: {CANNOT_LOAD}: {exc.message}") from None
     argv = [
