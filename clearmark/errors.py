@@ -49,6 +49,9 @@ class StorageUnavailable(ServiceUnavailable, TransientError):
         super().__init__("storage", detail)
 
 
+BUILD_ENGINES_COMMAND = "clearmark engines build"  # what makes the engine files workers load
+
+
 class EngineUnavailable(ClearmarkError):
     """A worker cannot load its engines (a backend missing here, a weights file missing, a
     failed build): the worker stops rather than take jobs it cannot run, and a job that no

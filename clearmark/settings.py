@@ -267,7 +267,11 @@ class Settings(BaseSettings):
         "auto", description=f"engine backend: {', '.join(BACKENDS)}", json_schema_extra=_doc("`auto`")
     )
     device: str = Field(
-        "cpu", description="engine device: cpu, cuda, cuda:N or auto", json_schema_extra=_doc("`cpu`")
+        "auto",
+        description="engine device: cpu, cuda, cuda:N, or auto: cuda when a GPU is usable here (torch, "
+        "TensorRT with pycuda, or onnxruntime's CUDA provider sees one), else cpu; the engines log "
+        "which they chose",
+        json_schema_extra=_doc("`auto`"),
     )
     threads: int = Field(0, ge=0, description="CPU threads per engine (0: the library's default)")
     engine_dir: str = Field(
@@ -276,6 +280,16 @@ class Settings(BaseSettings):
         json_schema_extra=_doc("`<data dir>/engines`", derived=True),
     )
     trt_workspace_mb: int = Field(2048, ge=1, description="TensorRT builder workspace (MiB)")
+    worker_build_budget_s: int = Field(
+        0,
+        ge=0,
+        description="0: a worker only loads its engines, and one whose engine file (ONNX export, "
+        "TensorRT engine for this GPU, TensorRT version and weights) is missing refuses to start, "
+        "naming `clearmark engines build`; above 0: it builds what is missing before it starts "
+        "(one process at a time: the others wait and load), and refuses to start when that takes "
+        "longer than this many seconds",
+        json_schema_extra=_doc("0 (load only)"),
+    )
 
     # Celery.
     queue_uploads: str = Field(

@@ -1,12 +1,17 @@
-"""Throughput of each backend on each model: warm-up, then timed runs of one batch shape."""
+"""Throughput of each backend on each model: warm-up, then timed runs of one batch shape
+of watermarked studio shots (`sample_batch`)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from clearmark.engine_build.base import BackendUnavailable, load_engine
-from clearmark.engine_build.calibration import synthetic_batch
+from clearmark.models.networks import remover_input, to_chw
+from clearmark.models.scenes import studio_scene
+from clearmark.models.synth import watermark_image
 
 
 @dataclass
@@ -20,6 +25,19 @@ class BenchRow:
     runs: int = 0
     key: str = ""
     error: str = ""
+
+
+def sample_batch(kind: str, batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A float32 input batch for `kind` (detector: N x 3, remover: N x 7 x H x W): studio
+    shots (models.scenes) watermarked by the training synthesiser (models.synth), the
+    remover's with their marks as its mask. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(batch):
+        clean, _ = studio_scene(rng, height, width, max(height, width))
+        marked, mask = watermark_image(clean, rng, quality=None)
+        items.append(to_chw(marked) if kind == "detector" else remover_input(marked, mask.astype(np.float32)))
+    return np.ascontiguousarray(np.stack(items), dtype=np.float32)
 
 
 def round_up(px: int, stride: int = 16) -> int:
@@ -46,7 +64,7 @@ def bench_one(
         return row
     row.key = engine.key
     row.backend = engine.backend  # "auto" shows what it resolved to
-    x = synthetic_batch(kind, batch, size, size, seed=7)
+    x = sample_batch(kind, batch, size, size, seed=7)
     for _ in range(warmup):
         engine.run(x)
     runs, start = 0, time.perf_counter()

@@ -15,10 +15,13 @@
 - Each file is checked with `onnx.checker` (full check, shape inference) and run once in
   ONNX Runtime against PyTorch at two shapes before it is kept (fp32 within 1e-3; fp16
   within 5e-2, where the ONNX Runtime build has the fp16 kernels).
+- Each file records the sha256 of the weights it was exported from (metadata
+  `clearmark.weights_sha256`): the engines made from it report those weights.
 - Cache: `{kind}-{precision}-opset18-{model identity}.onnx`, the identity being weights
   sha256 + networks.py hash (engine_build.sources). A cached file that fails the checker
-  is exported again; files are written to a temporary name and renamed, so concurrent
-  processes never read half a file.
+  or records other weights is exported again, under the file's build lock (one exporter
+  at a time; the others wait and load its file), to a temporary name then renamed, so no
+  process reads half a file. `build=False` only loads (EngineNotBuilt when missing).
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from clearmark.engine_build.engine import EngineNotBuilt
+from clearmark.engine_build.files import build_lock
 from clearmark.engine_build.sources import load_source_model, model_identity
 from clearmark.models.networks import IN_CHANNELS, STRIDE
+from clearmark.models.weights import weights_sha256
 from clearmark.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,7 @@ OUTPUT_NAME = "output"
 MAX_BATCH = 256
 MAX_BLOCKS = 1024  # height/width up to 16 * 1024 px
 PRECISIONS = ("fp32", "fp16")
+WEIGHTS_KEY = "clearmark.weights_sha256"  # metadata: the weights the graph holds
 
 
 class ExportError(RuntimeError):
@@ -71,10 +78,13 @@ def onnx_dir(engine_dir: str | Path | None = None) -> Path:
     return Path(engine_dir) / "onnx"
 
 
-def onnx_path(kind: str, precision: str = "fp32", engine_dir: str | Path | None = None) -> Path:
+def onnx_path(
+    kind: str, precision: str = "fp32", engine_dir: str | Path | None = None, weights: str | None = None
+) -> Path:
+    """Where the export of `kind` from `weights` (sha256; default: the file on disk now) lives."""
     if precision not in PRECISIONS:
         raise ValueError(f"ONNX precision must be one of {PRECISIONS}, not {precision!r}")
-    name = f"{kind}-{precision}-opset{ONNX_OPSET}-{model_identity(kind)}.onnx"
+    name = f"{kind}-{precision}-opset{ONNX_OPSET}-{model_identity(kind, weights)}.onnx"
     return onnx_dir(engine_dir) / name
 
 
@@ -91,7 +101,8 @@ def example_input(kind: str, batch: int = 2, height: int = 64, width: int = 80, 
 
 
 def _export(kind: str, precision: str, dest: Path) -> None:
-    model = load_source_model(kind)
+    source = load_source_model(kind)
+    model = source.model
     if precision == "fp16":
         model = _CastWrapper(model).eval()
     x = torch.from_numpy(example_input(kind))
@@ -126,10 +137,14 @@ def _export(kind: str, precision: str, dest: Path) -> None:
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
+    exported = onnx.load(str(dest), load_external_data=False)
+    exported.metadata_props.add(key=WEIGHTS_KEY, value=source.weights_sha256)
+    onnx.save(exported, str(dest))
 
 
-def check_onnx(path: str | Path, kind: str) -> None:
-    """onnx.checker (full) and the expected input/output signature with dynamic axes."""
+def check_onnx(path: str | Path, kind: str) -> str:
+    """onnx.checker (full) and the expected input/output signature with dynamic axes;
+    returns the sha256 of the weights the file records it holds."""
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path), load_external_data=False)
     if [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] != [ONNX_OPSET]:
@@ -142,6 +157,19 @@ def check_onnx(path: str | Path, kind: str) -> None:
         raise ExportError(f"{path}: input is not N x {IN_CHANNELS[kind]} x H x W")
     if any(not dims[i].dim_param for i in (0, 2, 3)):
         raise ExportError(f"{path}: batch, height and width must be dynamic")
+    return _weights_of(model, path)
+
+
+def recorded_weights(path: str | Path) -> str:
+    """The sha256 of the weights an exported file records it holds."""
+    return _weights_of(onnx.load(str(path), load_external_data=False), path)
+
+
+def _weights_of(model: onnx.ModelProto, path: str | Path) -> str:
+    weights = {p.key: p.value for p in model.metadata_props}.get(WEIGHTS_KEY)
+    if not weights:
+        raise ExportError(f"{path}: records no weights hash")
+    return str(weights)
 
 
 def verify_with_onnxruntime(path: str | Path, kind: str, atol: float = 1e-3) -> float:
@@ -149,7 +177,7 @@ def verify_with_onnxruntime(path: str | Path, kind: str, atol: float = 1e-3) -> 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    model = load_source_model(kind)
+    model = load_source_model(kind).model
     worst = 0.0
     for shape in ((1, 32, 48), (2, 48, 32)):
         x = example_input(kind, *shape, seed=1)
@@ -174,32 +202,64 @@ def _verify_fp16(path: str | Path, kind: str) -> None:
         log.info("fp16 ONNX not run in ONNX Runtime here (%s); checker passed", exc)
 
 
+def cached_problem(path: Path, kind: str) -> str | None:
+    """Why the cached file at `path` cannot be loaded (None: it can): missing, invalid, or
+    holding other weights than its name says."""
+    if not path.exists():
+        return "not exported yet"
+    try:
+        weights = check_onnx(path, kind)
+    except Exception as exc:  # corrupt or foreign file: never trust it
+        return f"invalid: {exc}"
+    return None if weights in path.name else f"holds weights {weights[:12]}, not the ones its name says"
+
+
 def export_onnx(
-    kind: str, precision: str = "fp32", engine_dir: str | Path | None = None, force: bool = False
+    kind: str,
+    precision: str = "fp32",
+    engine_dir: str | Path | None = None,
+    force: bool = False,
+    build: bool = True,
 ) -> Path:
-    """The checked ONNX file for `kind`, exported on first use and cached after."""
+    """The checked ONNX file for `kind` (from the weights on disk), exported when missing
+    and cached after; `force` exports again. build=False: EngineNotBuilt when missing."""
     path = onnx_path(kind, precision, engine_dir)
-    if path.exists() and not force:
-        try:
-            check_onnx(path, kind)
+    if not force:
+        why = cached_problem(path, kind)
+        if why is None:
             return path
-        except Exception as exc:  # corrupt or foreign file: never trust it
-            log.warning("cached ONNX %s is invalid (%s); exporting again", path, exc)
+        if not build:
+            weights = weights_sha256(kind)[:12]
+            raise EngineNotBuilt(
+                f"no ONNX export of the {kind} ({precision}, weights {weights}) in {path.parent} ({why})"
+            )
+        if path.exists():
+            log.warning("cached ONNX %s is %s; exporting again", path, why)
+    with build_lock(path):
+        if not force and cached_problem(path, kind) is None:  # another process exported it
+            return path
+        return _export_checked(kind, precision, path)
+
+
+def _export_checked(kind: str, precision: str, path: Path) -> Path:
+    """Export, check and run the graph in a temporary file, then rename it into the cache
+    under the name of the weights it holds (`path`'s, unless the file changed meanwhile)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         _export(kind, precision, Path(tmp))
-        check_onnx(tmp, kind)
+        weights = check_onnx(tmp, kind)
         if precision == "fp32":
             verify_with_onnxruntime(tmp, kind)
         else:
             _verify_fp16(tmp, kind)
+        final = onnx_path(kind, precision, path.parent.parent, weights)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    log.info("exported %s (%s) to %s in %.1fs", kind, precision, path, time.perf_counter() - t0)
-    return path
+    log.info("exported %s (%s) to %s in %.1fs", kind, precision, final, time.perf_counter() - t0)
+    return final

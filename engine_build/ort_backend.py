@@ -1,18 +1,32 @@
 """ONNX Runtime backend: the exported ONNX graph on the CUDA provider when this
-onnxruntime build has it and a CUDA device is asked for, else on the CPU provider."""
+onnxruntime build has it and a CUDA device is asked for, else on the CPU provider. On the
+CUDA provider the remover's crops are padded to a few sizes (engine_build.profiles)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from clearmark.engine_build.engine import Engine
-from clearmark.engine_build.onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx
+from clearmark.engine_build.onnx_export import (
+    INPUT_NAME,
+    ONNX_OPSET,
+    OUTPUT_NAME,
+    WEIGHTS_KEY,
+    export_onnx,
+    onnx_path,
+)
+from clearmark.engine_build.profiles import remover_buckets, run_bucketed
 from clearmark.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None
 
 
 def _cuda_index(device: str) -> int | None:
@@ -32,10 +46,15 @@ class OrtEngine(Engine):
         threads: int | None = None,
         engine_dir: str | None = None,
         settings: Settings | None = None,
+        build: bool = True,
+        force: bool = False,
     ) -> None:
         settings = settings or get_settings()
         self.kind = kind
-        self.path = export_onnx(kind, "fp32", engine_dir or settings.engine_dir)
+        engine_dir = engine_dir or settings.engine_dir
+        before = _mtime(onnx_path(kind, "fp32", engine_dir))
+        self.path = self.artifact = export_onnx(kind, "fp32", engine_dir, force=force, build=build)
+        self.built = _mtime(self.path) != before
         threads = settings.threads if threads is None else threads
 
         opts = ort.SessionOptions()
@@ -57,10 +76,17 @@ class OrtEngine(Engine):
         self.provider: str = self.session.get_providers()[0]
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self.threads = threads
+        # What this session holds, as the file it read records it.
+        self.weights_sha256 = self.session.get_modelmeta().custom_metadata_map[WEIGHTS_KEY]
+        if self.device == "cuda" and kind == "remover":
+            self.buckets = remover_buckets(settings.remove_max_crop)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         self._check_input(x)
+        return run_bucketed(self._infer, x, self.buckets)
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         return out
 

@@ -1,38 +1,40 @@
-"""TensorRT backend, written against the TensorRT 10 Python API with pycuda buffers.
+"""TensorRT backend, written against the TensorRT 10 and 11 Python APIs with pycuda buffers.
 
 Nothing here imports tensorrt or pycuda at module import time: `tensorrt_status()` says
 whether they (and a GPU) are usable, and `load_engine("auto")` falls back when not.
+TensorRT 10 and 11 are supported (the `gpu` extra pins `>=10,<12`); another major
+version is reported unusable.
 
-Build (`ensure_engine`, used by `clearmark engines build` and lazily by `TrtEngine`):
+Build (`ensure_engine`: `clearmark engines build`, or a process allowed to build):
 - ONNX from engine_build.onnx_export, network from the ONNX parser; one optimization
-  profile (min, opt, max) on the dynamic input; workspace limit from
-  settings.trt_workspace_mb; a persistent timing cache per (TensorRT version, GPU)
-  beside the engines.
-- Precision (ARCHITECTURE.md, Engines: TensorRT 11 drops the FP16/INT8 builder flags and
-  the INT8 calibrators, 10.x deprecates them):
-    fp16, TensorRT >= 10: a *strongly typed* network parsed from the fp16 ONNX graph
-        (fp16 weights/activations, float32 I/O casts in the graph); no precision flags.
-    fp16, TensorRT < 10: the fp32 graph with BuilderFlag.FP16 (the old path, kept only
-        behind this version check).
-    fp32: the fp32 graph, weakly typed, TF32 off (fp32 parity with ONNX Runtime).
+  profile per model, sized to what the pipeline sends (engine_build.profiles); workspace
+  limit from settings.trt_workspace_mb; a persistent timing cache per (TensorRT version,
+  GPU) beside the engines. One TensorRT logger per process (`_trt_logger`).
+- Precision (ARCHITECTURE.md, Engines: precision is in the ONNX graph; TensorRT 11 drops
+  the FP16/INT8 builder flags and weak typing):
+    fp16: the fp16 ONNX graph (fp16 weights/activations, float32 I/O casts in the graph),
+        a strongly typed network: the STRONGLY_TYPED flag on 10; 11 types every network
+        strongly and deprecates the flag, so none is set there.
+    fp32: the fp32 graph, TF32 off (fp32 parity with ONNX Runtime).
     fp16 on a GPU without fast fp16 (compute capability < 5.3, or 6.1): built as fp32.
-    int8, TensorRT < 11: fp32 graph, BuilderFlag.INT8 (+FP16) with an entropy calibrator
-        over synthetic watermarked images (engine_build.calibration), calibration cache
-        beside the engines. TensorRT >= 11: refused (needs a Q/DQ graph; not exported yet).
-- Cache key (engine_build.trt_cache.EngineCacheKey): weights sha256, ONNX sha256,
-  TensorRT version, GPU name, compute capability, precision, profile. A key mismatch or a
-  corrupt file is rebuilt; an engine that still fails to deserialise is rebuilt once.
+- Cache key (engine_build.trt_cache.EngineCacheKey): the weights the ONNX graph holds,
+  ONNX sha256, TensorRT version, GPU name, compute capability, precision, profile. A
+  process that may build replaces a mismatched or corrupt file under the build lock, and
+  builds again once an engine that fails to deserialise; a process that only loads (a
+  worker) raises EngineNotBuilt naming `clearmark engines build`.
 
-Run (`TrtEngine.run`): per call `set_input_shape` for the batch's shape, device buffers and
-pinned host buffers grown on demand and reused across calls, `execute_async_v3` on a
-pycuda stream. One execution context, stream and buffer set per thread (TensorRT: one
-execution context per thread). pycuda sits behind `_PycudaLayer`, a few methods wide, so
-cuda-python could replace it without touching the engine code.
+Run (`TrtEngine.run`): the remover's crops padded to their buckets (engine_build.profiles),
+per call `set_input_shape` for the batch's shape, device buffers and pinned host buffers
+grown on demand and reused across calls, `execute_async_v3` on a pycuda stream. One
+execution context, stream and buffer set per thread (TensorRT: one execution context per
+thread). pycuda sits behind `_PycudaLayer`, a few methods wide, so cuda-python could
+replace it without touching the engine code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -44,25 +46,25 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import DTypeLike
 
-from clearmark.engine_build.calibration import synthetic_batch
-from clearmark.engine_build.engine import BackendUnavailable, Engine
-from clearmark.engine_build.onnx_export import INPUT_NAME, export_onnx
-from clearmark.engine_build.trt_cache import (
-    EngineCacheKey,
+from clearmark.engine_build.engine import Engine
+from clearmark.engine_build.files import atomic_write
+from clearmark.engine_build.onnx_export import INPUT_NAME, export_onnx, recorded_weights
+from clearmark.engine_build.profiles import (
     Profile,
-    _atomic_write,
-    engine_path,
-    get_or_build,
+    engine_profile,
     parse_profile,
-    timing_cache_path,
+    remover_buckets,
+    run_bucketed,
 )
+from clearmark.engine_build.trt_cache import EngineCacheKey, engine_path, get_or_build, timing_cache_path
+from clearmark.errors import BUILD_ENGINES_COMMAND
 from clearmark.models.networks import IN_CHANNELS
-from clearmark.models.weights import file_sha256, weights_sha256
+from clearmark.models.weights import file_sha256
 from clearmark.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_BATCHES = 16
+SUPPORTED_MAJORS = (10, 11)
 
 # tensorrt and pycuda have no type information: their objects (ICudaEngine, execution
 # contexts, pycuda's Device) are `Any` here. The two pycuda objects this module keeps are
@@ -128,7 +130,18 @@ def tensorrt_status() -> tuple[bool, str]:
         return False, f"CUDA driver unusable ({exc.__class__.__name__}: {exc})"
     if count < 1:
         return False, "no CUDA GPU visible"
-    return True, f"tensorrt {getattr(trt, '__version__', '?')}, {count} GPU(s)"
+    version = str(getattr(trt, "__version__", "?"))
+    if trt_major(version) not in SUPPORTED_MAJORS:
+        return False, f"tensorrt {version} is not supported (clearmark needs TensorRT 10 or 11)"
+    return True, f"tensorrt {version}, {count} GPU(s)"
+
+
+@functools.cache
+def _trt_logger() -> Any:  # a trt.Logger (tensorrt is untyped)
+    """The process's one TensorRT logger, which builder and runtimes share (TensorRT asks
+    for one logger per process)."""
+    trt = _import_tensorrt()
+    return trt.Logger(trt.Logger.WARNING)
 
 
 def _cuda_index(device: str) -> int:
@@ -186,7 +199,8 @@ class _PycudaLayer:
 
 
 def trt_major(version: str) -> int:
-    return int(str(version).split(".")[0])
+    head = str(version).split(".")[0]
+    return int(head) if head.isdigit() else 0
 
 
 def has_fast_fp16(compute_capability: str) -> bool:
@@ -199,40 +213,25 @@ class BuildPlan:
     """What one engine build does; `builder(plan) -> bytes` turns it into an engine."""
 
     kind: str
-    precision: str  # effective: fp32 | fp16 | int8
+    precision: str  # effective: fp32 | fp16
     onnx_path: Path
-    strongly_typed: bool
-    builder_flags: tuple[str, ...]  # names in trt.BuilderFlag
+    strongly_typed_flag: bool  # set NetworkDefinitionCreationFlag.STRONGLY_TYPED
     profile: Profile
     workspace_mb: int
     timing_cache: Path
-    calibration_cache: Path | None
     device_index: int = 0
 
 
-def plan_precision(
-    precision: str, trt_version: str, compute_capability: str
-) -> tuple[str, str, bool, tuple[str, ...]]:
-    """(effective precision, ONNX precision, strongly typed, builder flags)."""
-    major = trt_major(trt_version)
-    fast16 = has_fast_fp16(compute_capability)
+def plan_precision(precision: str, trt_version: str, compute_capability: str) -> tuple[str, str, bool]:
+    """(effective precision, ONNX precision, set the STRONGLY_TYPED creation flag)."""
     if precision == "fp32":
-        return "fp32", "fp32", False, ()
-    if precision == "fp16":
-        if not fast16:
-            log.warning("GPU sm%s has no fast fp16; building fp32", compute_capability)
-            return "fp32", "fp32", False, ()
-        if major >= 10:
-            return "fp16", "fp16", True, ()
-        return "fp16", "fp32", False, ("FP16",)
-    if precision == "int8":
-        if major >= 11:
-            raise BackendUnavailable(
-                f"TensorRT {trt_version} has no INT8 calibrators; INT8 needs Q/DQ nodes in "
-                "the ONNX graph, which clearmark does not export yet: use fp16"
-            )
-        return "int8", "fp32", False, ("INT8", "FP16") if fast16 else ("INT8",)
-    raise ValueError(f"precision must be fp32, fp16 or int8, not {precision!r}")
+        return "fp32", "fp32", False
+    if precision != "fp16":
+        raise ValueError(f"TensorRT precision must be fp32 or fp16, not {precision!r}")
+    if not has_fast_fp16(compute_capability):
+        log.warning("GPU sm%s has no fast fp16; building fp32", compute_capability)
+        return "fp32", "fp32", False
+    return "fp16", "fp16", trt_major(trt_version) < 11
 
 
 def gpu_identity(device_index: int = 0) -> tuple[str, str, str]:
@@ -261,25 +260,29 @@ def ensure_engine(
     identity: tuple[str, str, str] | None = None,
     builder: Callable[[BuildPlan], bytes] | None = None,
     force: bool = False,
+    build: bool = True,
     settings: Settings | None = None,
 ) -> EngineBuild:
     """The serialized engine for these settings: from the cache when its key matches and
-    its bytes are intact, else built (with `builder`, default the TensorRT builder).
+    its bytes are intact, else built (with `builder`, default the TensorRT builder) under
+    the engine's build lock. build=False only loads: EngineNotBuilt when it is missing.
 
-    `identity` = (TensorRT version, GPU name, compute capability) defaults to the real
-    ones; tests on machines without TensorRT pass it (and a fake `builder`) to exercise
-    this same cache path.
+    `profile` defaults to `engine_profile(kind)`. `identity` = (TensorRT version, GPU
+    name, compute capability) defaults to the real ones; tests on machines without
+    TensorRT pass it (and a fake `builder`) to exercise this same cache path.
     """
     settings = settings or get_settings()
     engine_dir = Path(engine_dir or settings.engine_dir)
-    if not isinstance(profile, Profile):
-        profile = parse_profile(profile, settings)
+    if profile is None:
+        profile = engine_profile(kind, settings)
+    elif not isinstance(profile, Profile):
+        profile = parse_profile(profile)
     trt_version, gpu_name, cc = identity or gpu_identity(device_index)
-    eff, onnx_precision, strongly_typed, flags = plan_precision(precision, trt_version, cc)
-    onnx = export_onnx(kind, onnx_precision, engine_dir)
+    eff, onnx_precision, strongly_typed = plan_precision(precision, trt_version, cc)
+    onnx = export_onnx(kind, onnx_precision, engine_dir, build=build)
     key = EngineCacheKey(
         kind=kind,
-        weights_sha256=weights_sha256(kind),
+        weights_sha256=recorded_weights(onnx),
         onnx_sha256=file_sha256(onnx),
         trt_version=trt_version,
         gpu_name=gpu_name,
@@ -291,75 +294,28 @@ def ensure_engine(
         kind=kind,
         precision=eff,
         onnx_path=onnx,
-        strongly_typed=strongly_typed,
-        builder_flags=flags,
+        strongly_typed_flag=strongly_typed,
         profile=profile,
         workspace_mb=settings.trt_workspace_mb,
         timing_cache=timing_cache_path(engine_dir, trt_version, gpu_name, cc),
-        calibration_cache=(
-            engine_dir / "tensorrt" / f"{kind}-{key.onnx_sha256[:16]}.calib" if eff == "int8" else None
-        ),
         device_index=device_index,
     )
-    build = builder or build_serialized_engine
-    data, built = get_or_build(engine_dir, key, lambda: build(plan), force=force)
+    make = builder or build_serialized_engine
+    data, built = get_or_build(engine_dir, key, (lambda: make(plan)) if build else None, force=force)
     return EngineBuild(data=data, key=key, path=engine_path(engine_dir, key), built=built, plan=plan)
-
-
-def _make_calibrator(
-    trt: Any,  # the tensorrt module, as Any: a class here subclasses one of its classes
-    layer: _PycudaLayer,
-    kind: str,
-    shape: tuple[int, ...],
-    cache: Path | None,
-) -> Any:  # a trt.IInt8EntropyCalibrator2 (tensorrt is untyped)
-    """An IInt8EntropyCalibrator2 over synthetic watermarked images at `shape` (NCHW)."""
-
-    # The base class is only known at run time (tensorrt is untyped): subclassing Any.
-    class SyntheticCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.index = 0
-            self.nbytes = int(np.prod(shape)) * 4
-            self.buffer = layer.alloc(self.nbytes)
-
-        def get_batch_size(self) -> int:
-            return shape[0]
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.index >= CALIBRATION_BATCHES:
-                return None
-            data = synthetic_batch(kind, shape[0], shape[2], shape[3], seed=1000 + self.index)
-            layer.htod(self.buffer, data)
-            self.index += 1
-            return [int(self.buffer)]
-
-        def read_calibration_cache(self) -> bytes | None:
-            if cache is not None and cache.exists():
-                return cache.read_bytes()
-            return None
-
-        def write_calibration_cache(self, blob: bytes) -> None:
-            if cache is not None:
-                _atomic_write(cache, bytes(blob))
-
-    return SyntheticCalibrator()
 
 
 def build_serialized_engine(plan: BuildPlan) -> bytes:
     """Build one engine with the TensorRT builder (needs tensorrt, pycuda and a GPU)."""
     trt = _import_tensorrt()
     layer = _PycudaLayer(plan.device_index)
-    trt_logger = trt.Logger(trt.Logger.WARNING)
     with layer.active():
-        builder = trt.Builder(trt_logger)
+        builder = trt.Builder(_trt_logger())
         flags = 0
-        if trt_major(trt.__version__) < 10:  # implicit batch is gone in 10
-            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        if plan.strongly_typed:
+        if plan.strongly_typed_flag:
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, trt_logger)
+        parser = trt.OnnxParser(network, _trt_logger())
         if not parser.parse_from_file(str(plan.onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise RuntimeError(f"ONNX parser failed on {plan.onnx_path}: {errors}")
@@ -380,30 +336,18 @@ def build_serialized_engine(plan: BuildPlan) -> bytes:
             timing = config.create_timing_cache(b"")
             config.set_timing_cache(timing, ignore_mismatch=True)
 
-        channels = IN_CHANNELS[plan.kind]
-        lo, opt, hi = plan.profile.nchw(channels)
+        lo, opt, hi = plan.profile.nchw(IN_CHANNELS[plan.kind])
         optimization = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             optimization.set_shape(network.get_input(i).name, lo, opt, hi)
         config.add_optimization_profile(optimization)
-
-        for flag in plan.builder_flags:
-            config.set_flag(getattr(trt.BuilderFlag, flag))
         if plan.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
             config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: parity with ONNX
-        calibrator = None
-        if plan.precision == "int8":
-            if not hasattr(trt, "IInt8EntropyCalibrator2"):
-                raise BackendUnavailable(f"TensorRT {trt.__version__} has no INT8 calibrator")
-            calibrator = _make_calibrator(trt, layer, plan.kind, opt, plan.calibration_cache)
-            config.int8_calibrator = calibrator
-            config.set_calibration_profile(optimization)
 
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise RuntimeError(f"TensorRT failed to build {plan.kind} ({plan.precision})")
-        _atomic_write(plan.timing_cache, bytes(config.get_timing_cache().serialize()))
-        del calibrator
+        atomic_write(plan.timing_cache, bytes(config.get_timing_cache().serialize()))
         return bytes(serialized)
 
 
@@ -463,38 +407,51 @@ class TrtEngine(Engine):
         profile: Profile | str | None = None,
         engine_dir: str | Path | None = None,
         settings: Settings | None = None,
+        build: bool = True,
+        force: bool = False,
     ) -> None:
         trt = _import_tensorrt()
+        settings = settings or get_settings()
         self.kind = kind
         self.device_index = _cuda_index(device)
         self._layer = _PycudaLayer(self.device_index)
-        self._trt_logger = trt.Logger(trt.Logger.WARNING)
-        with self._layer.active():
-            build = ensure_engine(
-                kind, precision, profile, engine_dir, device_index=self.device_index, settings=settings
+
+        def ensure(force: bool) -> EngineBuild:
+            return ensure_engine(
+                kind,
+                precision,
+                profile,
+                engine_dir,
+                device_index=self.device_index,
+                force=force,
+                build=build,
+                settings=settings,
             )
-            self._runtime = trt.Runtime(self._trt_logger)
-            engine = self._deserialize(build.data)
-            if engine is None and not build.built:
-                log.warning("cached engine %s failed to deserialise; rebuilding", build.path)
-                build = ensure_engine(
-                    kind,
-                    precision,
-                    profile,
-                    engine_dir,
-                    device_index=self.device_index,
-                    force=True,
-                    settings=settings,
-                )
-                engine = self._deserialize(build.data)
+
+        with self._layer.active():
+            made = ensure(force)
+            self._runtime = trt.Runtime(_trt_logger())
+            engine = self._deserialize(made.data)
+            if engine is None and build and not made.built:
+                log.warning("cached engine %s failed to deserialise; rebuilding", made.path)
+                made = ensure(True)
+                engine = self._deserialize(made.data)
             if engine is None:
-                raise RuntimeError(f"TensorRT could not deserialise {build.path}")
+                again = f"{BUILD_ENGINES_COMMAND} --force"
+                raise RuntimeError(
+                    f"TensorRT could not deserialise {made.path}: build it again with `{again}`"
+                )
         self._engine: Any = engine  # trt.ICudaEngine; None once closed
-        self.cache_key = build.key
-        self.precision = build.key.precision
-        self.profile = build.plan.profile
+        self.cache_key = made.key
+        self.weights_sha256 = made.key.weights_sha256
+        self.precision = made.key.precision
+        self.profile = made.plan.profile
         self.max_batch = self.profile.max.batch
-        self.engine_path = build.path
+        self.engine_path = self.artifact = made.path
+        self.built = made.built
+        if kind == "remover":  # the buckets this profile holds
+            top = min(self.profile.max.height, self.profile.max.width)
+            self.buckets = tuple(b for b in remover_buckets(settings.remove_max_crop) if b <= top)
 
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -530,11 +487,14 @@ class TrtEngine(Engine):
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         self._check_input(x)
+        return run_bucketed(self._infer, x, self.buckets)
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
         n, _, h, w = x.shape
         if not self.profile.contains(n, h, w):
             raise ValueError(
-                f"batch {n}x{h}x{w} is outside the engine profile {self.profile}; "
-                "rebuild with `clearmark engines build --profile ...`"
+                f"{self.kind} batch {n}x{h}x{w} is outside its TensorRT engine's profile {self.profile} "
+                "(engine_build.profiles: what the pipeline sends with these settings)"
             )
         with self._layer.active():
             st = self._state()

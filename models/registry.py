@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +19,32 @@ def build_model(kind: str, **arch) -> torch.nn.Module:
     return _CLASSES[kind](**arch)
 
 
-def load_weights(kind: str, path: Path) -> torch.nn.Module:
-    """The model in eval mode from one weights file, built as the manifest beside it says."""
+def load_weights(kind: str, path: Path, data: bytes | None = None) -> torch.nn.Module:
+    """The model in eval mode from one weights file (or `data`, that file's bytes already
+    read), built as the manifest beside it says."""
     path = Path(path)
     model = build_model(kind, **architecture(kind, path.parent))
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    source = io.BytesIO(data) if data is not None else path
+    model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
     return model.eval()
+
+
+def read_weights(kind: str, weights_dir: Path | None = None) -> tuple[Path, bytes]:
+    """The shipped weights file and its bytes, read once; MissingWeights when it is absent."""
+    path = weights_path(kind, weights_dir)
+    try:
+        return path, path.read_bytes()
+    except FileNotFoundError:
+        raise MissingWeights(
+            f"the {kind} weights file {path} is missing: restore it (git "
+            f"checkout models/weights) or train one (clearmark train {kind})"
+        ) from None
 
 
 def load_model(kind: str, weights_dir: Path | None = None) -> torch.nn.Module:
     """The model in eval mode with the shipped weights; MissingWeights when the file is absent."""
-    path = weights_path(kind, weights_dir)
-    if not path.exists():
-        raise MissingWeights(
-            f"the {kind} weights file {path} is missing: restore it (git "
-            f"checkout models/weights) or train one (clearmark train {kind})"
-        )
-    return load_weights(kind, path)
+    path, data = read_weights(kind, weights_dir)
+    return load_weights(kind, path, data)
 
 
 class ModelEngine:

@@ -58,11 +58,13 @@ class Engines:
     text: TextDetector | None = None
 
     @classmethod
-    def load(cls, settings: Settings | None = None) -> Engines:
+    def load(cls, settings: Settings | None = None, build: bool = True) -> Engines:
+        """The engines these settings name. build=False (workers) only loads: a missing
+        engine file is EngineNotBuilt, naming `clearmark engines build`."""
         s = settings or get_settings()
         return cls(
-            detector=load_engine("detector", backend=s.backend, device=s.device, settings=s),
-            remover=load_engine("remover", backend=s.backend, device=s.device, settings=s),
+            detector=load_engine("detector", backend=s.backend, device=s.device, settings=s, build=build),
+            remover=load_engine("remover", backend=s.backend, device=s.device, settings=s, build=build),
             text=TextDetector.load() if s.text_prior else None,
         )
 

@@ -297,6 +297,7 @@ class Suite:
 
         migrate.upgrade(self.pg.url)
         self.cli("tenants", "create", "faults", "--webhook", self.receiver.url)
+        self.cli("engines", "build")  # once, as compose's build-engines: the workers only load
         self.workers = [Worker(f"w{i}", self.env, self.root) for i in (1, 2)]
         for w in self.workers:
             w.start()

@@ -37,6 +37,9 @@ REDIS_URL = os.environ.get("CLEARMARK_TEST_REDIS_URL", "redis://127.0.0.1:6379/1
 ENGINE_DIR = None if "CLEARMARK_ENGINE_DIR" in os.environ else tempfile.mkdtemp(prefix="clearmark-engines-")
 if ENGINE_DIR:
     os.environ["CLEARMARK_ENGINE_DIR"] = ENGINE_DIR
+# The tests' workers make those exports on their first start; production workers only load
+# what `clearmark engines build` made (tests/test_worker_engines.py runs one such worker).
+os.environ.setdefault("CLEARMARK_WORKER_BUILD_BUDGET_S", "900")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -57,6 +57,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         CLEARMARK_MAX_RESENDS=str(settings.max_resends),
         CLEARMARK_BACKEND=settings.backend,
         CLEARMARK_ENGINE_DIR=settings.engine_dir,
+        CLEARMARK_WORKER_BUILD_BUDGET_S=str(settings.worker_build_budget_s),
     )
 
 

@@ -40,6 +40,11 @@ def parse(args: list[str]) -> click.Context:
     return ctx
 
 
+IMAGES = {"clearmark:latest": "Dockerfile", "clearmark-gpu:latest": "Dockerfile.gpu"}
+IMAGE_WORKERS = {"cpu": ("worker-uploads", "worker-bulk"), "gpu": ("worker-uploads-gpu", "worker-bulk-gpu")}
+BUILDS = {"cpu": "build-engines", "gpu": "build-engines-gpu"}
+
+
 def test_the_full_stack_is_there():
     assert {
         "redis",
@@ -47,11 +52,15 @@ def test_the_full_stack_is_there():
         "minio",
         "minio-init",
         "migrate",
+        "build-engines",
         "api",
         "worker-uploads",
         "worker-bulk",
         "worker-webhooks",
         "flower",
+        "build-engines-gpu",
+        "worker-uploads-gpu",
+        "worker-bulk-gpu",
     } <= set(SERVICES)
     assert "pgdata:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
     assert "local/clearmark" in " ".join(SERVICES["minio-init"]["entrypoint"])
@@ -70,9 +79,14 @@ def test_start_up_order():
             if spec["condition"] == "service_completed_successfully":
                 assert SERVICES[dep].get("restart") == "no", dep
     assert set(SERVICES["migrate"]["depends_on"]) == {"postgres", "redis", "minio-init"}
-    for name in ("api", "worker-uploads", "worker-bulk", "worker-webhooks", "flower"):
+    for name in ("api", "worker-webhooks", "flower", *IMAGE_WORKERS["cpu"], *IMAGE_WORKERS["gpu"]):
         assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert "test" in SERVICES[name]["healthcheck"], name
+    # The engines are built once, like the migration, before any worker that loads them.
+    for profile, build in BUILDS.items():
+        assert SERVICES[build]["command"] == ["engines", "build"] and SERVICES[build]["restart"] == "no"
+        for name in IMAGE_WORKERS[profile]:
+            assert SERVICES[name]["depends_on"][build]["condition"] == "service_completed_successfully"
 
     def deps(name, seen=()):
         assert name not in seen, f"dependency cycle through {name}"
@@ -85,28 +99,52 @@ def test_start_up_order():
 
 def test_clearmark_commands_parse():
     commands = {
-        name: s["command"]
-        for name, s in SERVICES.items()
-        if s.get("image") == "clearmark:latest" and "command" in s
+        name: s["command"] for name, s in SERVICES.items() if s.get("image") in IMAGES and "command" in s
     }
     assert set(commands) >= {
         "migrate",
+        "build-engines",
         "api",
         "worker-uploads",
         "worker-bulk",
         "worker-webhooks",
         "beat",
         "flower",
+        "build-engines-gpu",
+        "worker-uploads-gpu",
+        "worker-bulk-gpu",
     }
     for name, args in commands.items():
         ctx = parse(args)
-        assert ctx.command.name in {"upgrade", "api", "worker", "beat", "flower"}, name
+        assert ctx.command.name in {"upgrade", "build", "api", "worker", "beat", "flower"}, name
     assert compose_command("migrate") == ["db", "upgrade"]
-    for name in ("api", "worker-uploads", "worker-bulk", "worker-webhooks", "beat", "flower"):
+    for name in ("api", "worker-webhooks", "beat", "flower", *IMAGE_WORKERS["cpu"], *IMAGE_WORKERS["gpu"]):
         assert SERVICES[name]["restart"] == "on-failure", name  # a worker that exits 1 comes back
     webhooks = parse(compose_command("worker-webhooks")).params
     assert webhooks["queues"] == "clearmark.webhooks" and webhooks["pool"] == "threads"
     assert parse(compose_command("api", {"--port": "9999"})).params["port"] == 9999
+
+
+def test_the_gpu_profile_runs_the_gpu_image_on_a_reserved_gpu():
+    """Each profile has its engine build and its image-cleaning workers; only the gpu one
+    reserves a GPU, on the image that has TensorRT. What needs no model runs in both."""
+    gpu = {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    for profile in ("cpu", "gpu"):
+        image = "clearmark-gpu:latest" if profile == "gpu" else "clearmark:latest"
+        for name in (BUILDS[profile], *IMAGE_WORKERS[profile]):
+            service = SERVICES[name]
+            assert service["profiles"] == [profile] and service["image"] == image, name
+            assert IMAGES[image] == (service["build"]["dockerfile"] if profile == "gpu" else "Dockerfile")
+            devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
+            assert devices == ([gpu] if profile == "gpu" else None), name
+    assert (
+        SERVICES["worker-uploads-gpu"]["deploy"]["replicas"]
+        == SERVICES["worker-uploads"]["deploy"]["replicas"]
+    )
+    for name in ("api", "migrate", "worker-webhooks", "beat", "flower"):
+        assert "profiles" not in SERVICES[name], name
+    dockerfile = (ROOT / "Dockerfile.gpu").read_text()
+    assert "nvidia/cuda:${CUDA_VERSION}-runtime" in dockerfile and '".[gpu,ops,s3]"' in dockerfile
 
 
 def test_no_default_storage_password_and_no_public_console():

@@ -9,27 +9,28 @@ the TensorRT *cache* logic runs everywhere, with only the TensorRT builder call 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import multiprocessing
+import os
 import shutil
 import sys
+import time
 import types
 
 import numpy as np
 import pytest
 
-from clearmark.engine_build import Engine, load_engine, onnx_export, trt_backend
+from clearmark.engine_build import Engine, EngineNotBuilt, load_engine, onnx_export, trt_backend
 from clearmark.engine_build import base as engine_base
-from clearmark.engine_build.calibration import synthetic_batch
+from clearmark.engine_build.bench import sample_batch
 from clearmark.engine_build.onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx
-from clearmark.engine_build.trt_cache import (
-    EngineCacheKey,
-    cached_engine,
-    engine_path,
-    parse_profile,
-)
+from clearmark.engine_build.profiles import engine_profile, parse_profile, run_bucketed
+from clearmark.engine_build.trt_cache import EngineCacheKey, cached_engine, engine_path
 from clearmark.models.networks import OUT_CHANNELS
-from clearmark.settings import get_settings, set_settings
+from clearmark.models.weights import weights_sha256
+from clearmark.settings import Settings, get_settings, set_settings
 
 SHAPES = [(1, 32, 48), (2, 64, 80), (3, 48, 112), (1, 80, 16)]  # odd multiples of 16 too
 FAKE_IDENTITY = ("10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
@@ -79,7 +80,7 @@ def test_export_is_valid_with_dynamic_shapes(exported, kind):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out_c = OUT_CHANNELS[kind]
     for n, h, w in SHAPES:
-        y = sess.run([OUTPUT_NAME], {INPUT_NAME: synthetic_batch(kind, n, h, w)})[0]
+        y = sess.run([OUTPUT_NAME], {INPUT_NAME: sample_batch(kind, n, h, w)})[0]
         assert y.shape == (n, out_c, h, w) and y.dtype == np.float32
         assert np.isfinite(y).all()
 
@@ -87,7 +88,7 @@ def test_export_is_valid_with_dynamic_shapes(exported, kind):
 def test_export_is_cached_by_model_identity(exported, engine_dir):
     path = exported["detector"]
     assert path.name.startswith("detector-fp32-opset18-")
-    assert trt_backend.weights_sha256("detector") in path.name  # weights sha256 in the key
+    assert weights_sha256("detector") in path.name  # weights sha256 in the key
     mtime = path.stat().st_mtime_ns
     assert export_onnx("detector", "fp32", engine_dir) == path
     assert path.stat().st_mtime_ns == mtime  # not exported again
@@ -118,7 +119,7 @@ def test_corrupt_cached_onnx_is_exported_again(exported, tmp_path, monkeypatch):
 @pytest.mark.parametrize("kind", ["detector", "remover"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_parity_torch_vs_onnxruntime(engines, kind, shape):
-    x = synthetic_batch(kind, *shape, seed=sum(shape))
+    x = sample_batch(kind, *shape, seed=sum(shape))
     ref = engines[(kind, "torch")].run(x)
     got = engines[(kind, "onnxruntime")].run(x)
     assert ref.shape == got.shape == (shape[0], OUT_CHANNELS[kind], *shape[1:])
@@ -128,7 +129,7 @@ def test_parity_torch_vs_onnxruntime(engines, kind, shape):
 
 def test_batch_equals_single_images(engines):
     eng = engines[("remover", "onnxruntime")]
-    x = synthetic_batch("remover", 3, 32, 48, seed=5)
+    x = sample_batch("remover", 3, 32, 48, seed=5)
     batched = eng.run(x)
     singles = np.concatenate([eng.run(x[i : i + 1]) for i in range(3)])
     assert np.abs(batched - singles).max() <= 1e-5
@@ -138,7 +139,7 @@ def test_engine_interface_and_keys(engines):
     t, o = engines[("detector", "torch")], engines[("detector", "onnxruntime")]
     for eng in (t, o):
         assert isinstance(eng, Engine) and eng.stride == 16 and eng.kind == "detector"
-        assert eng.key.startswith(f"detector:{trt_backend.weights_sha256('detector')[:12]}:")
+        assert eng.key.startswith(f"detector:{weights_sha256('detector')[:12]}:")
     assert t.backend == "torch" and o.backend == "onnxruntime"
     assert t.key != o.key
     assert "onnxruntime:CPUExecutionProvider:opset18" in o.key
@@ -191,23 +192,21 @@ def test_every_key_field_changes_the_key():
     assert _key().digest == base.digest  # and it is deterministic
 
 
+def test_each_model_has_one_profile_sized_to_what_the_pipeline_sends():
+    s = get_settings().replace(detect_long_side=640, remove_max_crop=1024)
+    det, rem = engine_profile("detector", s), engine_profile("remover", s)
+    assert str(det) == "1x16x16,2x640x640,2x640x640"  # a photo and its mirror, long side 640
+    assert str(rem) == "1x128x128,2x512x512,8x1024x1024"  # the crop buckets, batches of 8
+    assert str(engine_profile("detector", s.replace(detect_long_side=650))).endswith("2x656x656")
+    assert str(engine_profile("remover", s.replace(remove_max_crop=1500))).endswith("8x1504x1504")
+    assert det.contains(2, 640, 432) and not det.contains(3, 64, 64) and not det.contains(1, 16, 656)
+    assert rem.nchw(7)[2] == (8, 7, 1024, 1024)
+
+
 def test_profile_parsing():
-    previous = get_settings()
-    try:
-        set_settings(previous.replace(detect_long_side=640, remove_max_crop=1024))
-        p = parse_profile(None)
-        assert str(p) == "1x16x16,1x512x512,8x1024x1024"
-        set_settings(previous.replace(remove_max_crop=1500))  # crops the profile must cover
-        assert str(parse_profile("")) == "1x16x16,1x512x512,8x1504x1504"
-    finally:
-        set_settings(previous)
-    assert (
-        p.contains(1, 16, 16)
-        and p.contains(1, 640, 1024)
-        and p.contains(8, 1024, 1024)
-        and not p.contains(9, 64, 64)
-    )
-    assert p.nchw(4)[2] == (8, 4, 1024, 1024)
+    p = parse_profile("1x16x16,1x512x512,8x1024x1024")
+    assert str(p) == "1x16x16,1x512x512,8x1024x1024"
+    assert p.contains(1, 16, 16) and p.contains(8, 1024, 1024) and not p.contains(9, 64, 64)
     assert parse_profile("64,2x128x128,4x256x512").min.batch == 1
     for bad in ("1x32x32,1x64x64", "1x30x32,1x64x64,1x128x128", "4x64x64,1x64x64,8x64x64", "a,b,c"):
         with pytest.raises(ValueError):
@@ -216,13 +215,12 @@ def test_profile_parsing():
 
 def test_precision_plan_follows_tensorrt_version():
     plan = trt_backend.plan_precision
-    assert plan("fp16", "10.3.0", "8.9") == ("fp16", "fp16", True, ())  # strongly typed
-    assert plan("fp16", "8.6.1", "8.9") == ("fp16", "fp32", False, ("FP16",))  # flag path
+    assert plan("fp16", "10.3.0", "8.9") == ("fp16", "fp16", True)  # the fp16 graph, typed
+    assert plan("fp16", "11.4.0", "8.9") == ("fp16", "fp16", False)  # 11 types every network
     assert plan("fp16", "10.3.0", "6.1")[0] == "fp32"  # no fast fp16 on this GPU
-    assert plan("fp32", "10.3.0", "9.0") == ("fp32", "fp32", False, ())
-    assert plan("int8", "10.3.0", "9.0") == ("int8", "fp32", False, ("INT8", "FP16"))
-    with pytest.raises(engine_base.BackendUnavailable, match="Q/DQ"):
-        plan("int8", "11.0.0", "9.0")
+    assert plan("fp32", "10.3.0", "9.0") == plan("fp32", "11.4.0", "9.0") == ("fp32", "fp32", False)
+    with pytest.raises(ValueError, match="fp32 or fp16"):
+        plan("int8", "10.3.0", "9.0")  # INT8 calibration is gone
 
 
 # --------------------------------------------------------------------------- engine cache
@@ -266,7 +264,7 @@ def test_engine_cache_builds_once_then_reuses(trt_dir):
     assert plan.workspace_mb == get_settings().trt_workspace_mb
     assert plan.timing_cache.parent == first.path.parent  # timing cache beside the engines
     assert plan.profile == parse_profile("1x32x32,1x64x64,2x128x128")
-    assert first.key.weights_sha256 == trt_backend.weights_sha256("detector")
+    assert first.key.weights_sha256 == weights_sha256("detector")  # what the ONNX graph holds
     assert first.key.gpu_name == FAKE_IDENTITY[1] and first.key.trt_version == "10.3.0"
     second = _ensure(trt_dir, builder)
     assert not second.built and second.data == first.data and len(builder.plans) == 1
@@ -327,7 +325,7 @@ def test_mismatched_engine_file_is_rebuilt(trt_dir, field):
 def test_new_weights_give_a_new_engine(trt_dir, monkeypatch):
     builder = FakeBuilder()
     first = _ensure(trt_dir, builder)
-    monkeypatch.setattr(trt_backend, "weights_sha256", lambda kind: "f" * 64)
+    monkeypatch.setattr(trt_backend, "recorded_weights", lambda path: "f" * 64)
     second = _ensure(trt_dir, builder)
     assert second.built and second.path != first.path and len(builder.plans) == 2
 
@@ -341,7 +339,7 @@ def test_prune_deletes_only_files_from_other_weights_or_code(trt_dir, monkeypatc
     current = _ensure(trt_dir, builder)
     other_gpu = _ensure(trt_dir, builder, identity=("10.3.0", "NVIDIA L4", "8.9"))
     with monkeypatch.context() as m:  # an engine built from earlier weights
-        m.setattr(trt_backend, "weights_sha256", lambda kind: "f" * 64)
+        m.setattr(trt_backend, "recorded_weights", lambda path: "f" * 64)
         old = _ensure(trt_dir, builder)
     orphan = trt_dir / "tensorrt" / "remover-fp16-0123456789abcdef0123.engine"
     orphan.write_bytes(b"no sidecar")
@@ -402,6 +400,13 @@ def test_tensorrt_status_reasons(monkeypatch):
     ok, why = trt_backend.tensorrt_status()
     assert not ok and "no CUDA GPU" in why
 
+    _fake_pycuda(monkeypatch, count=1)
+    for version, usable in (("9.3.0", False), ("10.3.0", True), ("11.4.0", True), ("12.0.0", False)):
+        monkeypatch.setattr(sys.modules["tensorrt"], "__version__", version, raising=False)
+        ok, why = trt_backend.tensorrt_status()
+        assert ok == usable, (version, why)
+        assert usable or why == f"tensorrt {version} is not supported (clearmark needs TensorRT 10 or 11)"
+
 
 @pytest.mark.parametrize("missing", [("tensorrt",), ("pycuda", "pycuda.driver")])
 def test_auto_falls_back_when_tensorrt_or_pycuda_missing(exported, monkeypatch, caplog, missing):
@@ -412,7 +417,7 @@ def test_auto_falls_back_when_tensorrt_or_pycuda_missing(exported, monkeypatch, 
     eng = load_engine("detector", backend="auto", device="cuda")
     assert eng.backend in ("torch", "onnxruntime")  # torch on CUDA where a GPU exists
     assert f"{missing[0]} not importable" in caplog.text
-    assert eng.run(synthetic_batch("detector", 1, 32, 32)).shape == (1, 1, 32, 32)
+    assert eng.run(sample_batch("detector", 1, 32, 32)).shape == (1, 1, 32, 32)
     with pytest.raises(engine_base.BackendUnavailable, match="not importable"):
         load_engine("detector", backend="tensorrt", device="cuda")
 
@@ -468,9 +473,20 @@ def test_cli_export_bench_and_build(exported):
     assert res.exit_code == 0, res.output
     assert "images/s" in res.output and "ms/image" in res.output
     assert res.output.count("detector") >= 2 and res.output.count("remover") >= 2
+    # `build` makes what workers load with these settings: here (no GPU) the ONNX exports.
+    res = runner.invoke(engines_group, ["build", "--kind", "detector"])
+    assert res.exit_code == 0, res.output
+    assert (
+        res.output
+        == f"detector: {load_engine('detector', device='cpu').key} cached: {exported['detector']}\n"
+    )
     if not trt_backend.tensorrt_status()[0]:
-        res = runner.invoke(engines_group, ["build", "--precision", "fp16"])
-        assert res.exit_code != 0 and "cannot build TensorRT engines here" in res.output
+        set_settings(get_settings().replace(backend="tensorrt"))  # undone by _restore_settings
+        res = runner.invoke(engines_group, ["build"])
+        assert (
+            res.exit_code == 1
+            and "Error: tensorrt backend unavailable: tensorrt not importable" in res.output
+        )
 
 
 def test_cli_bench_pipeline_times_every_stage_of_real_photos(monkeypatch, grocery_data):
@@ -567,11 +583,11 @@ def test_tensorrt_fp32_matches_onnxruntime(engines, engine_dir, trt_profile, kin
     eng = TrtEngine(kind, "cuda:0", precision="fp32", profile=trt_profile)
     assert eng.backend == "tensorrt" and "fp32" in eng.key
     for shape in SHAPES:
-        x = synthetic_batch(kind, *shape, seed=3)
-        ref = engines[(kind, "onnxruntime")].run(x)
+        x = sample_batch(kind, *shape, seed=3)
+        ref = run_bucketed(engines[(kind, "onnxruntime")].run, x, eng.buckets)  # the same padding
         assert np.abs(eng.run(x) - ref).max() <= 1e-3
-    with pytest.raises(ValueError, match="outside the engine profile"):
-        eng.run(synthetic_batch(kind, 8, 32, 32))
+    with pytest.raises(ValueError, match="outside its TensorRT engine's profile"):
+        eng.run(sample_batch(kind, 8, 32, 32))
 
 
 def test_tensorrt_fp16_close_to_onnxruntime(engines, engine_dir, trt_profile):
@@ -579,8 +595,8 @@ def test_tensorrt_fp16_close_to_onnxruntime(engines, engine_dir, trt_profile):
     from clearmark.engine_build.trt_backend import TrtEngine
 
     eng = TrtEngine("remover", "cuda:0", precision="fp16", profile=trt_profile)
-    x = synthetic_batch("remover", 2, 64, 80, seed=4)
-    ref = engines[("remover", "onnxruntime")].run(x)
+    x = sample_batch("remover", 2, 64, 80, seed=4)
+    ref = run_bucketed(engines[("remover", "onnxruntime")].run, x, eng.buckets)
     assert np.abs(eng.run(x) - ref).max() <= 3e-2
 
 
@@ -592,7 +608,7 @@ def test_tensorrt_engine_cache_and_corrupt_file(engine_dir, trt_profile):
     assert not ensure_engine("detector", "fp32", trt_profile, engine_dir).built
     first.path.write_bytes(first.path.read_bytes()[:1000])  # corrupt it
     eng = TrtEngine("detector", "cuda:0", precision="fp32", profile=trt_profile)
-    assert eng.run(synthetic_batch("detector", 1, 32, 32)).shape == (1, 1, 32, 32)
+    assert eng.run(sample_batch("detector", 1, 32, 32)).shape == (1, 1, 32, 32)
     assert cached_engine(engine_dir, first.key)[0] is not None
 
 
@@ -603,7 +619,7 @@ def test_tensorrt_auto_prefers_tensorrt(exported):
 
 # --------------------------------------------------------------------------- TensorRT code
 # path against a fake API (here, where TensorRT cannot run). The fake mimics the
-# TensorRT 10 / pycuda calls the backend makes and executes the parsed ONNX graph with
+# TensorRT 10 and 11 / pycuda calls the backend makes and executes the parsed ONNX graph with
 # ONNX Runtime, so the real build, cache, buffer and run code is exercised end to end.
 # It proves the plumbing, not the real API: the tests above do that on a GPU host.
 
@@ -690,25 +706,32 @@ def _make_fake_cuda():
     return drv
 
 
-def _make_fake_trt(cuda):
+def _make_fake_trt(cuda, version="10.3.0"):
+    """The TensorRT API the backend uses, as 10.x or 11.x has it: 11 has no precision
+    builder flags, and its STRONGLY_TYPED creation flag is a deprecated no-op."""
     import onnxruntime as ort
 
     trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.3.0"
-    trt.builds = []
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
-    trt.NetworkDefinitionCreationFlag = _Enum("EXPLICIT_BATCH", "STRONGLY_TYPED")
-    trt.BuilderFlag = _Enum("FP16", "INT8", "TF32")
+    trt.__version__ = version
+    trt.builds, trt.loggers, trt.executed = [], [], []
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level=2):
+            trt.loggers.append(self)
+
+    trt.Logger = Logger
+    if version.startswith("10."):
+        trt.NetworkDefinitionCreationFlag = _Enum("EXPLICIT_BATCH", "STRONGLY_TYPED")
+        trt.BuilderFlag = _Enum("FP16", "INT8", "TF32")
+    else:
+        trt.NetworkDefinitionCreationFlag = _Enum("STRONGLY_TYPED")
+        trt.BuilderFlag = _Enum("DEBUG", "TF32")
     trt.MemoryPoolType = _Enum("WORKSPACE")
     trt.TensorIOMode = _Enum("NONE", "INPUT", "OUTPUT")
     trt.DataType = _Enum("FLOAT", "HALF")
     trt.nptype = lambda dt: np.float32 if dt == trt.DataType.FLOAT else np.float16
-
-    class IInt8EntropyCalibrator2:
-        def __init__(self):
-            pass
-
-    trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
 
     class Tensor:
         def __init__(self, name):
@@ -743,7 +766,6 @@ def _make_fake_trt(cuda):
     class Config:
         def __init__(self):
             self.flags, self.pool, self.profiles = {trt.BuilderFlag.TF32}, {}, []
-            self.int8_calibrator = None
             self.timing = None
 
         def set_memory_pool_limit(self, pool, size):
@@ -768,9 +790,6 @@ def _make_fake_trt(cuda):
         def clear_flag(self, f):
             self.flags.discard(f)
 
-        def set_calibration_profile(self, p):
-            self.calibration_profile = p
-
     class OptProfile:
         def set_shape(self, name, lo, opt, hi):
             self.shapes = {name: (lo, opt, hi)}
@@ -789,16 +808,9 @@ def _make_fake_trt(cuda):
             return OptProfile()
 
         def build_serialized_network(self, network, config):
-            cal = config.int8_calibrator
-            batches = 0
-            if cal is not None:  # drain the calibrator like TensorRT does
-                while cal.get_batch(["input"]) is not None:
-                    batches += 1
-                cal.write_calibration_cache(b"calib")
             info = {
                 "onnx": network.onnx,
                 "flags": network.flags,
-                "batches": batches,
                 "builder_flags": sorted(config.flags),
                 "pool": config.pool,
                 "shapes": config.profiles[0].shapes["input"],
@@ -823,6 +835,7 @@ def _make_fake_trt(cuda):
             self.addr[name] = ptr
 
         def execute_async_v3(self, handle):
+            trt.executed.append(self.shape)
             count = int(np.prod(self.shape))
             x = cuda.mem[self.addr["input"]][: count * 4].view(np.float32).reshape(self.shape)
             y = self.engine.session.run(None, {"input": x.copy()})[0]
@@ -863,12 +876,19 @@ def _make_fake_trt(cuda):
     return trt
 
 
-@pytest.fixture
-def fake_trt(trt_dir, monkeypatch):
+@pytest.fixture(scope="session")
+def exported_fp16(exported, engine_dir):
+    """The fp16 graphs TensorRT builds from, exported once (trt_dir copies them)."""
+    return {kind: export_onnx(kind, "fp16", engine_dir) for kind in ("detector", "remover")}
+
+
+@pytest.fixture(params=["10.3.0", "11.4.0"])
+def fake_trt(request, exported_fp16, trt_dir, monkeypatch):
     cuda = _make_fake_cuda()
     pkg = types.ModuleType("pycuda")
     pkg.driver = cuda
-    trt = _make_fake_trt(cuda)
+    trt = _make_fake_trt(cuda, request.param)
+    monkeypatch.setattr(trt_backend, "_trt_logger", functools.cache(trt_backend._trt_logger.__wrapped__))
     monkeypatch.setitem(sys.modules, "pycuda", pkg)
     monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
@@ -885,34 +905,41 @@ def _restore_settings():
 
 def test_trt_path_with_fake_api_builds_runs_and_reuses(fake_trt, engines):
     trt, cuda, trt_dir = fake_trt
+    from clearmark.engine_build.profiles import remover_buckets
     from clearmark.engine_build.trt_backend import TrtEngine
 
     assert trt_backend.tensorrt_status()[0]
     eng = load_engine("remover", backend="auto", device="cuda")
-    assert isinstance(eng, TrtEngine) and eng.backend == "tensorrt"
-    assert ":fp32:" not in eng.key and "fp16:trt10.3.0:" in eng.key
+    assert isinstance(eng, TrtEngine) and eng.backend == "tensorrt" and eng.built
+    assert ":fp32:" not in eng.key and f"fp16:trt{trt.__version__}:" in eng.key
     (build,) = trt.builds
     assert build["onnx"].endswith(".onnx") and "-fp16-" in build["onnx"]  # fp16 graph
-    assert build["flags"] == 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
-    assert build["builder_flags"] == [trt.BuilderFlag.TF32]  # no FP16 flag when typed
+    typed = 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    assert build["flags"] == (typed if trt.__version__.startswith("10.") else 0)  # 11: always typed
+    assert build["builder_flags"] == [trt.BuilderFlag.TF32]  # no precision flag: typed
     assert build["pool"] == {trt.MemoryPoolType.WORKSPACE: get_settings().trt_workspace_mb << 20}
-    assert tuple(build["shapes"][2]) == (8, 7, 1024, 1024)
+    assert [tuple(s) for s in build["shapes"]] == [(1, 7, 128, 128), (2, 7, 512, 512), (8, 7, 1024, 1024)]
     assert eng.engine_path.exists() and list(trt_dir.glob("tensorrt/timing-*.cache"))
 
     ref = engines[("remover", "onnxruntime")]
-    for shape in [(1, 32, 48), (3, 64, 80), (1, 16, 16), (2, 64, 80)]:
-        x = synthetic_batch("remover", *shape, seed=2)
-        assert np.abs(eng.run(x) - ref.run(x)).max() <= 3e-2  # the fake runs the fp16 ONNX
+    buckets = remover_buckets(get_settings().remove_max_crop)
+    for shape in [(1, 32, 48), (3, 64, 80), (1, 16, 16), (2, 144, 272)]:
+        x = sample_batch("remover", *shape, seed=2)
+        want = run_bucketed(ref.run, x, buckets)  # what the padded crop gives in fp32
+        assert np.abs(eng.run(x) - want).max() <= 3e-2  # the fake runs the fp16 ONNX
+    assert [s[2:] for s in trt.executed] == [(128, 128)] * 3 + [(256, 384)]  # only bucket sizes
+    assert eng.buckets == buckets
     state = eng._state()
-    assert state.host["in"].size >= 3 * 4 * 64 * 80  # grown once, then reused
-    with pytest.raises(ValueError, match="outside the engine profile"):
-        eng.run(synthetic_batch("remover", 9, 16, 16))
+    assert state.host["in"].size >= 3 * 7 * 128 * 128  # grown once, then reused
+    with pytest.raises(ValueError, match="outside its TensorRT engine's profile"):
+        eng.run(sample_batch("remover", 9, 16, 16))
 
-    again = TrtEngine("remover", "cuda", precision="fp16")
-    assert len(trt.builds) == 1 and again.key == eng.key  # cached engine reused
+    again = TrtEngine("remover", "cuda", precision="fp16", build=False)
+    assert len(trt.builds) == 1 and again.key == eng.key and not again.built  # cached: loaded
     eng.close()
     again.close()
     assert cuda.ctx.depth == 0
+    assert len(trt.loggers) == 1  # one TensorRT logger for builder and both runtimes
 
 
 def test_trt_path_with_fake_api_rebuilds_undeserialisable_engine(fake_trt):
@@ -921,23 +948,247 @@ def test_trt_path_with_fake_api_rebuilds_undeserialisable_engine(fake_trt):
     from clearmark.engine_build.trt_cache import store_engine
 
     first = ensure_engine("detector", "fp32", None, trt_dir)
+    assert str(first.plan.profile) == "1x16x16,2x640x640,2x640x640"
     store_engine(trt_dir, first.key, b"intact on disk, rejected by this TensorRT")
+    with pytest.raises(RuntimeError, match="engines build --force"):  # a worker does not build
+        TrtEngine("detector", "cuda:0", precision="fp32", build=False)
     eng = TrtEngine("detector", "cuda:0", precision="fp32")
-    assert len(trt.builds) == 2 and "fp32" in eng.key
-    assert eng.run(synthetic_batch("detector", 1, 32, 32)).shape == (1, 1, 32, 32)
+    assert len(trt.builds) == 2 and "fp32" in eng.key and eng.buckets == ()  # detector: as it comes
+    assert eng.run(sample_batch("detector", 1, 32, 32)).shape == (1, 1, 32, 32)
+    assert trt.executed[-1] == (1, 3, 32, 32)
     assert trt.builds[-1]["builder_flags"] == []  # TF32 cleared for fp32
-    assert trt.builds[-1]["flags"] == 0  # weakly typed fp32 graph
+    assert trt.builds[-1]["flags"] == 0  # the fp32 graph, no creation flag
 
 
-def test_trt_path_with_fake_api_int8_calibrates_on_synthetic_images(fake_trt):
+def test_trt_load_only_names_the_missing_engine_and_the_command(fake_trt):
+    """A worker (build=False) with no engine for this GPU, TensorRT and weights fails at
+    once with one line, and `auto` does not drop to the CPU instead."""
     trt, _, trt_dir = fake_trt
-    from clearmark.engine_build.trt_backend import CALIBRATION_BATCHES, ensure_engine
-
-    result = ensure_engine("detector", "int8", "1x16x16,1x32x32,2x64x64", trt_dir)
-    (build,) = trt.builds
-    assert build["batches"] == CALIBRATION_BATCHES
-    assert sorted(build["builder_flags"]) == sorted(
-        [trt.BuilderFlag.INT8, trt.BuilderFlag.FP16, trt.BuilderFlag.TF32]
+    with pytest.raises(EngineNotBuilt) as caught:
+        load_engine("detector", backend="auto", device="cuda", build=False)
+    message = str(caught.value)
+    assert "\n" not in message and not trt.builds
+    assert message.startswith(
+        f"no TensorRT engine for the detector (fp16, TensorRT {trt.__version__}, Fake GPU sm8.9, "
+        f"weights {weights_sha256('detector')[:12]}, profile 1x16x16,2x640x640,2x640x640) in "
+        f"{trt_dir / 'tensorrt'} (no cached engine): build it with `clearmark engines build`"
     )
-    assert result.plan.calibration_cache.read_bytes() == b"calib"
-    assert result.key.precision == "int8"
+    load_engine("detector", backend="auto", device="cuda")  # what `clearmark engines build` does
+    assert load_engine("detector", backend="auto", device="cuda", build=False).backend == "tensorrt"
+    assert len(trt.builds) == 1
+
+
+# --------------------------------------------------------------------------- build lock
+
+
+def test_two_processes_build_one_engine_once(trt_dir):
+    """The second process asks while the first is building: it waits for the build lock,
+    then loads what the first wrote; the builder runs once."""
+    ctx = multiprocessing.get_context("fork")
+    building, results = ctx.Event(), ctx.Queue()
+    builds = trt_dir / "builds.log"
+
+    def child():
+        def builder(plan):
+            with open(builds, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            building.set()
+            time.sleep(1.5)
+            return b"FAKE-ENGINE built once"
+
+        result = _ensure(trt_dir, builder)
+        results.put((result.built, result.data))
+
+    first = ctx.Process(target=child)
+    first.start()
+    assert building.wait(60), "the first process never started building"
+    second = ctx.Process(target=child)
+    second.start()
+    outcomes = sorted(results.get(timeout=60) for _ in range(2))
+    for p in (first, second):
+        p.join(30)
+        assert p.exitcode == 0
+    assert outcomes == [(False, b"FAKE-ENGINE built once"), (True, b"FAKE-ENGINE built once")]
+    assert len(builds.read_text().splitlines()) == 1
+
+
+def test_an_engine_is_visible_whole_or_not_at_all(trt_dir):
+    def failing(plan):
+        raise RuntimeError("out of GPU memory")
+
+    with pytest.raises(RuntimeError, match="out of GPU memory"):
+        _ensure(trt_dir, failing)
+    assert [p.name for p in (trt_dir / "tensorrt").iterdir() if not p.name.endswith(".lock")] == []
+
+    seen = []
+
+    def watching(plan):
+        key_path = next(iter((trt_dir / "tensorrt").glob("*.lock"))).with_suffix("")
+        seen.append(key_path.exists())  # nothing at the engine's name while it is built
+        return b"FAKE-ENGINE"
+
+    made = _ensure(trt_dir, watching)
+    assert seen == [False] and made.path.read_bytes() == b"FAKE-ENGINE"
+    assert not list((trt_dir / "tensorrt").glob("*.tmp"))
+
+
+def test_a_file_is_renamed_into_place_only_when_whole(tmp_path):
+    from clearmark.engine_build.files import atomic_write, temporary_beside
+
+    target = tmp_path / "cache" / "model.onnx"
+    atomic_write(target, b"old graph")
+    with pytest.raises(OSError):
+        with temporary_beside(target) as tmp:
+            tmp.write_bytes(b"half a gra")
+            assert target.read_bytes() == b"old graph"  # readers still see the old file
+            raise OSError("disk full")
+    assert target.read_bytes() == b"old graph" and sorted(p.name for p in target.parent.iterdir()) == [
+        "model.onnx"
+    ]
+    with temporary_beside(target) as tmp:
+        tmp.write_bytes(b"new graph")
+        assert target.read_bytes() == b"old graph"
+    assert target.read_bytes() == b"new graph" and len(list(target.parent.iterdir())) == 1
+
+
+# --------------------------------------------------------------------------- load only
+
+
+def test_load_only_names_the_missing_onnx_export_and_the_command(exported, tmp_path):
+    from click.testing import CliRunner
+
+    from clearmark.workers.commands.engines import engines_group
+
+    empty = get_settings().replace(engine_dir=str(tmp_path / "engines"))
+    with pytest.raises(EngineNotBuilt) as caught:
+        load_engine("detector", backend="onnxruntime", device="cpu", settings=empty, build=False)
+    assert str(caught.value) == (
+        f"no ONNX export of the detector (fp32, weights {weights_sha256('detector')[:12]}) in "
+        f"{tmp_path / 'engines' / 'onnx'} (not exported yet): build it with `clearmark engines build` "
+        "(same CLEARMARK_* settings), or let workers build at start (CLEARMARK_WORKER_BUILD_BUDGET_S)"
+    )
+    assert not (tmp_path / "engines").exists()  # loading wrote nothing
+
+    set_settings(empty)  # undone by _restore_settings
+    res = CliRunner().invoke(engines_group, ["check"])
+    assert res.exit_code == 1
+    assert res.output == f"Error: engines cannot load: EngineNotBuilt: {caught.value}\n"
+
+    shutil.copytree(exported["detector"].parent, tmp_path / "engines" / "onnx")  # as `build` leaves it
+    loaded = load_engine("detector", backend="onnxruntime", device="cpu", settings=empty, build=False)
+    assert loaded.artifact == tmp_path / "engines" / "onnx" / exported["detector"].name and not loaded.built
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def test_the_key_names_the_weights_loaded_not_the_file_now(exported, tmp_path, monkeypatch):
+    """Weights replaced under running engines: their keys (and so their jobs' records)
+    still name the weights they hold; an engine made afterwards names the new ones."""
+    import torch
+
+    from clearmark.models import weights
+
+    shutil.copytree(weights.WEIGHTS_DIR, tmp_path / "weights")
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "weights")
+    loaded = weights_sha256("detector")
+    running = [load_engine("detector", backend=b, device="cpu") for b in ("torch", "onnxruntime")]
+    keys = [e.key for e in running]
+    assert all(e.weights_sha256 == loaded and f"detector:{loaded[:12]}:" in e.key for e in running)
+
+    state = torch.load(tmp_path / "weights" / "detector.pt", weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1  # retrained weights, dropped in under the running engines
+    torch.save(state, tmp_path / "weights" / "detector.pt")
+    assert weights_sha256("detector") != loaded
+    assert [e.key for e in running] == keys
+    assert load_engine("detector", backend="torch", device="cpu").weights_sha256 == weights_sha256("detector")
+
+
+# --------------------------------------------------------------------------- crop buckets
+
+
+def test_remover_buckets_and_padding():
+    from clearmark.engine_build.profiles import bucket, remover_buckets
+
+    assert remover_buckets(1024) == (128, 256, 384, 512, 768, 1024)
+    assert remover_buckets(1500) == (128, 256, 384, 512, 768, 1024, 1504)
+    assert remover_buckets(100) == (112,)
+    sides = remover_buckets(1024)
+    assert [bucket(n, sides) for n in (16, 128, 144, 1024, 1040)] == [128, 128, 256, 1024, 1040]
+
+    x = np.arange(2 * 3 * 32 * 48, dtype=np.float32).reshape(2, 3, 32, 48) + 1
+    seen = []
+
+    def run(batch):
+        seen.append(batch)
+        return batch * 2
+
+    out = run_bucketed(run, x, sides)
+    assert seen[0].shape == (2, 3, 128, 128) and np.array_equal(seen[0][..., :32, :48], x)
+    assert not seen[0][..., 32:, :].any() and not seen[0][..., :, 48:].any()  # zeros below, right
+    assert np.array_equal(out, x * 2)
+    assert run_bucketed(run, x, ()) is not None and seen[-1] is x  # no buckets: x itself
+
+
+def test_cpu_engines_run_every_crop_as_it_comes(engines):
+    """The CPU outputs do not move: no CPU engine pads, its run is the session's output."""
+    assert all(e.buckets == () for e in engines.values())
+    eng = engines[("remover", "onnxruntime")]
+    x = sample_batch("remover", 2, 48, 80, seed=1)
+    assert np.array_equal(eng.run(x), eng.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
+
+
+@pytest.mark.parametrize("shape", [(160, 208), (304, 208)])
+def test_a_crop_padded_to_its_bucket_keeps_the_remover_output_where_the_pipeline_uses_it(engines, shape):
+    """The pipeline keeps a crop's core: its margin (CLEARMARK_REMOVE_CROP_MARGIN, 32 px)
+    in from each side is context. There the zero-padded crop gives the unpadded output."""
+    from clearmark.engine_build.profiles import remover_buckets
+
+    eng = engines[("remover", "onnxruntime")]
+    h, w = shape
+    x = sample_batch("remover", 2, 512, 512, seed=11)[..., :h, :w].copy()  # a crop of a photo
+    plain = eng.run(x)
+    shapes = []
+
+    def run(batch):
+        shapes.append(batch.shape[2:])
+        return eng.run(batch)
+
+    diff = np.abs(run_bucketed(run, x, remover_buckets(1024)) - plain)
+    assert shapes == [(256 if h <= 256 else 384, 256)]
+    core = diff[..., 32 : h - 32, 32 : w - 32]
+    assert core.mean() <= 1e-4 and (core > 0.1).mean() <= 1e-3  # rare pixels near the far edges
+    assert diff.max() <= 0.6  # the margin next to the padding moves most
+
+
+# --------------------------------------------------------------------------- device
+
+
+def test_device_auto_is_the_gpu_only_where_one_is_usable(tmp_path, monkeypatch, caplog):
+    def probe():
+        raise AssertionError("a host without an NVIDIA driver is not probed further")
+
+    monkeypatch.setattr(engine_base, "NVIDIA_DRIVER_PATHS", (str(tmp_path / "no-driver"),))
+    monkeypatch.setattr(engine_base, "_torch_cuda_available", probe)
+    monkeypatch.setattr(trt_backend, "tensorrt_status", probe)
+    assert engine_base.gpu_usable() == (False, "no NVIDIA driver on this host")
+
+    driver = tmp_path / "version"
+    driver.write_text("NVRM version: 580.65")
+    monkeypatch.setattr(engine_base, "NVIDIA_DRIVER_PATHS", (str(driver),))
+    monkeypatch.setattr(engine_base, "_torch_cuda_available", lambda: False)
+    monkeypatch.setattr(trt_backend, "tensorrt_status", lambda: (False, "tensorrt not importable"))
+    usable, why = engine_base.gpu_usable()  # this onnxruntime is the CPU build
+    assert not usable and why.startswith("an NVIDIA driver but nothing here can use it")
+    monkeypatch.setattr(trt_backend, "tensorrt_status", lambda: (True, "tensorrt 10.3.0, 1 GPU(s)"))
+    assert engine_base.gpu_usable() == (True, "tensorrt 10.3.0, 1 GPU(s)")
+    monkeypatch.setattr(engine_base, "_torch_cuda_available", lambda: True)
+    assert engine_base.gpu_usable() == (True, "torch sees a CUDA GPU")
+
+    monkeypatch.setattr(engine_base, "_auto_device", functools.cache(engine_base._auto_device.__wrapped__))
+    caplog.set_level(logging.INFO, logger="clearmark.engine_build")
+    assert Settings.model_fields["device"].default == "auto"
+    assert engine_base.resolve_device(None) == engine_base.resolve_device("auto") == "cuda"
+    assert caplog.text.count("device auto -> cuda (torch sees a CUDA GPU)") == 1  # once a process
+    assert engine_base.resolve_device("cpu") == "cpu"  # still there as a setting

@@ -20,6 +20,8 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from clearmark.engine_build.onnx_export import export_onnx
+from clearmark.models.weights import KINDS, weights_sha256
 from clearmark.settings import set_settings
 from clearmark.workers import broker, tasks
 from clearmark.workers.celery_app import app
@@ -72,6 +74,37 @@ def test_a_worker_whose_engines_cannot_load_does_not_start(api_settings, workers
     assert job_id in broker.jobs_with_tasks(s)[broker.CLEAN_TASK]
 
 
+def test_a_worker_only_loads_and_names_the_command_for_a_missing_engine(api_settings, workers, tmp_path):
+    """A worker does not build its engines (a cold TensorRT build outlasts a child's start):
+    without their files it refuses to start at once, naming `clearmark engines build`;
+    with them (as that command leaves them) it starts."""
+    engines = tmp_path / "engines"
+    s = api_settings.replace(engine_dir=str(engines), worker_build_budget_s=0)
+    started = time.monotonic()
+    worker = workers(s, "unbuilt", "-Q", s.queue_uploads)
+    assert worker.proc.wait(60) == 1 and time.monotonic() - started < 60
+    last = Path(worker.log.name).read_text().splitlines()[-1]
+    assert last.startswith(
+        "Error: worker not started: engines cannot load: EngineNotBuilt: no ONNX export of the detector "
+        f"(fp32, weights {weights_sha256('detector')[:12]}) in {engines / 'onnx'} (not exported yet): "
+        "build it with `clearmark engines build`"
+    ), last
+    assert not engines.exists()  # a worker that only loads writes nothing there
+
+    for kind in KINDS:  # as `clearmark engines build` leaves them (the run's exports)
+        export_onnx(kind, "fp32", os.environ["CLEARMARK_ENGINE_DIR"])
+    shutil.copytree(os.environ["CLEARMARK_ENGINE_DIR"], engines)
+    name = f"built{uuid.uuid4().hex[:8]}"
+    worker = workers(s, name, "-Q", s.queue_uploads)
+    wait_for(
+        lambda: app.control.ping(destination=[f"{name}@{socket.gethostname()}"], timeout=0.5),
+        180,
+        "the worker to answer",
+    )
+    log = Path(worker.log.name)
+    wait_for(lambda: "engines loaded" in log.read_text(), 120, "the child to load its engines", interval=0.5)
+
+
 def test_a_worker_stops_when_a_new_child_cannot_load_its_engines(api_settings, workers, tmp_path):
     """The engines loaded at start-up; the child that replaces a dead one cannot load them
     (the engine folder is gone): the worker stops with status 1 and the child's reason,
@@ -92,7 +125,8 @@ def test_a_worker_stops_when_a_new_child_cannot_load_its_engines(api_settings, w
     os.kill(child, signal.SIGKILL)
     assert worker.proc.wait(60) == 1  # not a pool starting children that fail, for ever
     stopping = [line for line in log.read_text().splitlines() if "worker stopping" in line]
-    assert stopping and all("engines cannot load: NotADirectoryError" in line for line in stopping)
+    gone = "engines cannot load: EngineNotBuilt: no ONNX export of the detector"  # a child only loads
+    assert stopping and all(gone in line for line in stopping)
 
 
 @without_tensorrt

@@ -17,8 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from clearmark.engine_build.onnx_export import export_onnx, onnx_path
+from clearmark.engine_build.base import resolve_device
+from clearmark.engine_build.onnx_export import cached_problem, export_onnx, onnx_path
 from clearmark.errors import TransientError
+from clearmark.models.weights import KINDS
 from clearmark.pipeline.process import Engines
 from clearmark.pipeline.stages import STAGES
 from clearmark.settings import Settings, get_settings, set_settings
@@ -104,11 +106,12 @@ def prepare_engines(settings: Settings) -> None:
     """Export the ONNX files the engines load, once, with a progress line: the first run
     on a machine spends about a minute here. Done in this process before any worker
     process starts, so they do not race to export the same files."""
-    if settings.backend not in ("auto", "onnxruntime", "ort", "onnx") or not settings.device.startswith(
-        "cpu"
+    if (
+        settings.backend not in ("auto", "onnxruntime", "ort", "onnx")
+        or resolve_device(settings.device) != "cpu"
     ):
         return
-    missing = [k for k in ("detector", "remover") if not onnx_path(k, "fp32", settings.engine_dir).exists()]
+    missing = [k for k in KINDS if cached_problem(onnx_path(k, "fp32", settings.engine_dir), k) is not None]
     if not missing:
         return
     with tqdm(total=len(missing), desc="preparing engines (first run only)", unit="model") as bar:

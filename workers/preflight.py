@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from clearmark.errors import EngineUnavailable, ServiceUnavailable
+from clearmark.errors import BUILD_ENGINES_COMMAND, EngineUnavailable, ServiceUnavailable
 from clearmark.settings import DEFAULT_BROKER_URL, Settings, default_database_url
 from clearmark.workers import migrate
 from clearmark.workers.transient import DATABASE_ERRORS
@@ -95,13 +95,23 @@ def runs_images(queues: str, settings: Settings) -> bool:
     return bool({q.strip() for q in queues.split(",")} & {settings.queue_uploads, settings.queue_bulk})
 
 
-def check_engines() -> str:
+def check_engines(settings: Settings) -> str:
     """What the engines are (their version), loaded as a worker's child would load them but
     in a process of their own (`clearmark engines check`): the worker's main process must not
     load them (CUDA state does not survive a fork). EngineUnavailable names why they cannot
-    load. Takes as long as the load, a first TensorRT build included (cached for the children)."""
+    load. With CLEARMARK_WORKER_BUILD_BUDGET_S it first builds what is missing (`--build`,
+    under the engines' build locks, so the children only load), within that many seconds."""
     command = [sys.executable, "-m", "clearmark", "engines", "check"]
-    done = subprocess.run(command, capture_output=True, text=True)
+    budget = settings.worker_build_budget_s
+    try:
+        done = subprocess.run(
+            command + (["--build"] if budget else []), capture_output=True, text=True, timeout=budget or None
+        )
+    except subprocess.TimeoutExpired:
+        raise EngineUnavailable(
+            f"the engines were not built within CLEARMARK_WORKER_BUILD_BUDGET_S={budget} s: "
+            f"build them with `{BUILD_ENGINES_COMMAND}`, or give workers more time"
+        ) from None
     if done.returncode == 0:
         return done.stdout.strip()
     said = (done.stderr.strip().splitlines() or [""])[-1]

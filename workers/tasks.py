@@ -2,7 +2,9 @@
 
 The engines are loaded once per worker child (worker_process_init), never per task and
 never in the parent, so CUDA state is not shared across fork (`clearmark worker` has
-checked them in a process of their own before it starts). A child that cannot load them
+checked them in a process of their own before it starts, and built them there when
+CLEARMARK_WORKER_BUILD_BUDGET_S allows). A child only loads: a build there could outlast
+Celery's start-up timeout, and the next child would start it again. A child that cannot load them
 exits, and has the worker stop with status 1: Celery would log the error and go on, with
 every task then failing and the worker looking healthy. With CLEARMARK_METRICS_PORT
 set, the parent serves Prometheus metrics that its children write (workers.metrics:
@@ -56,7 +58,7 @@ def get_engines() -> Engines:
     global _engines
     if _engines is None:
         try:
-            _engines = Engines.load(get_settings())
+            _engines = Engines.load(get_settings(), build=False)
         except Exception as exc:  # noqa: BLE001 - whatever the backend raised, said in one line
             raise EngineUnavailable.because(exc) from exc
         log.info("engines loaded: %s", _engines.version)

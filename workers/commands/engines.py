@@ -65,35 +65,32 @@ def export_command(kind: str, precision: str, force: bool) -> None:
 
 @engines_group.command("build")
 @click.option("--kind", type=KIND_CHOICE, default="all", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True)
 @click.option(
-    "--profile",
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
     default=None,
-    metavar="MIN,OPT,MAX",
-    help="Shapes NxHxW, e.g. 1x16x16,1x512x512,8x1024x1024 (the default; max side "
-    "follows settings detect_long_side / remove_max_crop).",
+    help="Default: what workers load (fp16 on TensorRT, fp32 on CPU).",
 )
-@click.option("--device", default="cuda:0", show_default=True)
-@click.option("--force", is_flag=True, help="Rebuild even when a valid engine is cached.")
-def build_command(kind: str, precision: str, profile: str | None, device: str, force: bool) -> None:
-    """Build (or reuse) TensorRT engines from the ONNX files."""
-    try:
-        prof = trt_cache.parse_profile(profile)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--profile") from None
-    ok, why = trt_backend.tensorrt_status()
-    if not ok:
-        raise click.ClickException(f"cannot build TensorRT engines here: {why}")
+@click.option("--force", is_flag=True, help="Build again even when a valid file is cached.")
+def build_command(kind: str, precision: str | None, force: bool) -> None:
+    """Build the engine files the workers load with these settings (CLEARMARK_BACKEND,
+    CLEARMARK_DEVICE, CLEARMARK_ENGINE_DIR), once: the ONNX export for ONNX Runtime, a
+    TensorRT engine per model for this GPU and TensorRT version. Holds each file's build
+    lock, so another process building the same file waits and then uses it. Workers only
+    load; run this (compose: the build-engines service) before them."""
+    settings = get_settings()
     for k in _kinds(kind):
-        result = trt_backend.ensure_engine(
-            k, precision, prof, device_index=trt_backend._cuda_index(device), force=force
-        )
-        state = "built" if result.built else "cached"
-        click.echo(
-            f"{k}: {result.path} ({state}; {result.key.precision}, "
-            f"TensorRT {result.key.trt_version}, {result.key.gpu_name} "
-            f"sm{result.key.compute_capability}, profile {result.key.profile})"
-        )
+        try:
+            engine = base.load_engine(
+                k, settings.backend, settings.device, precision, settings, build=True, force=force
+            )
+        except base.BackendUnavailable as exc:
+            raise click.ClickException(str(exc)) from None
+        if engine.artifact is None:
+            click.echo(f"{k}: {engine.key} (no engine file: the weights run as they are)")
+        else:
+            state = "built" if engine.built else "cached"
+            click.echo(f"{k}: {engine.key} {state}: {engine.artifact}")
 
 
 @engines_group.command("prune")
@@ -117,13 +114,14 @@ def prune_command(dry_run: bool) -> None:
 
 
 @engines_group.command("check")
-def check_command() -> None:
-    """Load the engines as a worker would (backend, weights, engine build), print what they
-    are, or exit 1 with one line naming why they cannot load (`clearmark worker` runs this
-    before it starts)."""
+@click.option("--build", is_flag=True, help="Build what is missing first, as `clearmark engines build` does.")
+def check_command(build: bool) -> None:
+    """Load the engines as a worker would (backend, weights, cached engine files), print
+    what they are, or exit 1 with one line naming why they cannot load, a missing engine
+    file included (`clearmark worker` runs this before it starts)."""
     settings = get_settings()
     try:
-        engines = process.Engines.load(settings)
+        engines = process.Engines.load(settings, build=build)
     except Exception as exc:  # noqa: BLE001 - whatever the backend raised, said in one line
         cause = EngineUnavailable.because(exc).message
         raise click.ClickException(f"{preflight.CANNOT_LOAD}: {cause}") from None
@@ -138,6 +136,8 @@ def info_command() -> None:
     click.echo(f"tensorrt:    {'yes' if ok else 'no'} ({why})")
     click.echo(f"onnxruntime: {ort.__version__} providers {ort.get_available_providers()}")
     click.echo(f"torch:       {torch.__version__} cuda={torch.cuda.is_available()}")
+    usable, reason = base.gpu_usable()
+    click.echo(f"gpu:         {'yes' if usable else 'no'} ({reason})")
     click.echo(
         f"settings:    backend={settings.backend} device={settings.device} "
         f"-> {base.resolve_device(None)}; threads={settings.threads}; "
@@ -166,7 +166,7 @@ def info_command() -> None:
 @click.option("--device", default=None, help="cpu, cuda[:N] or auto (default: settings).")
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(["fp32", "fp16"]),
     default=None,
     help="Default: fp16 on GPU, fp32 on CPU.",
 )

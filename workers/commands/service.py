@@ -67,7 +67,7 @@ def worker(
         raise click.ClickException("worker not started: " + "; ".join(problems))
     if preflight.runs_images(queues, settings):
         try:
-            click.echo(f"engines  {preflight.check_engines()}", err=True)
+            click.echo(f"engines  {preflight.check_engines(settings)}", err=True)
         except EngineUnavailable as exc:
             raise click.ClickException(
                 f"worker not started: {preflight.CANNOT_LOAD}: {exc.message}"
