@@ -45,6 +45,9 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     metrics_columns = {c["name"]: c for c in inspector.get_columns("job_metrics")}
     assert metrics_columns["jpeg_exact"]["nullable"] and metrics_columns["jpeg_blocks_changed"]["nullable"]
     assert metrics_columns["ms_gate"]["nullable"] and metrics_columns["ms_residual"]["nullable"]
+    assert {"reviewer_keys", "review_sessions"} <= set(inspector.get_table_names())
+    migrate.downgrade(url, "0009")  # 0011 alone (0010 is another branch's): the review page's tables go
+    assert not {"reviewer_keys", "review_sessions"} & set(inspect(engine).get_table_names())
     migrate.downgrade(url, "0008")  # 0009 alone: the gate and residual times go
     assert not {"ms_gate", "ms_residual"} & {c["name"] for c in inspect(engine).get_columns("job_metrics")}
     migrate.downgrade(url, "0007")  # 0008 changes data only

@@ -12,7 +12,13 @@ from clearmark.workers.api import UPLOAD_STATUS
 ROOT = Path(__file__).resolve().parent.parent
 # The API answers with its own codes (these modules), and passes on the BadInput codes of
 # the next ones (status from UPLOAD_STATUS, else 422).
-API_MODULES = ("workers/api.py", "workers/api_errors.py", "workers/api_guard.py", "workers/slow_clients.py")
+API_MODULES = (
+    "workers/api.py",
+    "workers/api_errors.py",
+    "workers/api_guard.py",
+    "workers/slow_clients.py",
+    "workers/review_web.py",
+)
 PASSED_ON = ("pipeline/imaging.py", "workers/storage.py", "workers/webhooks.py")
 NOT_ANSWERED = {"unsafe_key"}  # api.py answers a bad source key with invalid_source_uri
 

@@ -35,7 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
-from pydantic import BeforeValidator
+from pydantic import BaseModel, BeforeValidator, Field
 from sqlalchemy import select, text, tuple_
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
@@ -69,6 +69,8 @@ from clearmark.workers.db import (
 from clearmark.workers.job_document import JobDocument, JobPage, job_document
 from clearmark.workers.jobs import create_job, requeue_job
 from clearmark.workers.metrics import render_state
+from clearmark.workers.review import Decision, decide
+from clearmark.workers.review_web import page as review_page
 from clearmark.workers.storage import get_storage, iter_uri, read_uri, tenant_source_uri
 from clearmark.workers.webhooks import check_callback_url
 
@@ -413,7 +415,39 @@ def retry_job(job_id: str, request: Request, tenant: Tenant = Depends(current_te
     return document
 
 
+class ReviewDecision(BaseModel):
+    decision: Decision = Field(
+        description="accept: the result is good (succeeded; no_watermark when nothing was removed); "
+        "reject: failed with rejected_in_review; no_mark: no_watermark, the upload itself delivered"
+    )
+    note: str = Field(
+        "", max_length=2000, description="Why (kept in the job's events; a rejection's message)"
+    )
+    reviewer: str = Field(
+        "", max_length=200, description="Who decided, as your tool knows them (default: api:<tenant name>)"
+    )
+
+
+@v1.post("/jobs/{job_id}/review", responses=documented(404, 409))
+def review_job(
+    job_id: str, body: ReviewDecision, request: Request, tenant: Tenant = Depends(current_tenant)
+) -> JobDocument:
+    """Decide on a `needs_review` job, as the review page and `clearmark review` do (409 for a
+    job in any other status). The decision is a `review` event naming the reviewer, and the
+    job's webhook fires again with its new status."""
+    reviewer = body.reviewer.strip() or f"api:{tenant.name}"
+    try:
+        decide(job_id, body.decision, reviewer, body.note, tenant_id=tenant.id, via="api")
+    except LookupError:
+        raise ApiError(404, "not_found", f"no job {job_id}") from None
+    except ValueError:
+        raise ApiError(409, "not_in_review", f"job {job_id} is not in needs_review") from None
+    with session_scope(get_settings().database_url) as session:
+        return job_document(_owned_job(session, tenant, job_id), _base_url(request))
+
+
 app.include_router(v1)
+app.include_router(review_page)
 
 
 @app.get("/healthz", tags=["health"], responses=documented(500))

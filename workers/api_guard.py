@@ -13,7 +13,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
@@ -31,6 +33,20 @@ UPLOAD_PATH = "/v1/images"
 PUBLIC_PATHS = ("/v1/openapi.json", "/v1/docs")
 DOCS_ASSETS = "/v1/docs-assets/"  # Swagger UI's files, served for /v1/docs
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields around the file
+REVIEW_PATH = "/review"  # the review page, its assets and its routes (workers.review_web)
+# On every answer under /review: its scripts and styles are the app's own files, never
+# inline or from elsewhere; images come from the app (canvases hold the mask as blob: URLs);
+# no framing, no referrer, nothing cached (a signed-in page).
+REVIEW_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' blob:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+T = TypeVar("T")
 
 
 def upload_limit(settings: Settings) -> int:
@@ -71,21 +87,28 @@ def check_rate(tenant_id: str, settings: Settings) -> None:
             raise _rate_limited(limiter, limit, (tenant_id,), "this tenant's")
 
 
-def _admit(authorization: str, client: str, settings: Settings) -> Tenant:
-    """The tenant whose key this is, within its rate limit (blocking: a database lookup, and
-    the limiter's storage may be Redis). Wrong or missing keys count against the client's
-    address, and past its limit the address is refused before any key is looked up."""
+def admit_key(client: str, settings: Settings, lookup: Callable[[], T]) -> T:
+    """`lookup()`, which raises ApiError for a wrong or missing key, within the client
+    address's limit on wrong keys: each one counts against the address, and past its limit
+    the address is refused before any key is looked up (the API's keys and the review
+    page's sign-in alike)."""
     limiter, limits = _rate_limiter(settings.rate_limit_storage), parse_many(settings.rate_limit_bad_keys)
     address = ("bad_key", client)
     for limit in limits:
         if not limiter.test(limit, *address):
             raise _rate_limited(limiter, limit, address, "this address's wrong-key")
     try:
-        tenant = _tenant_for(authorization, settings.database_url)
+        return lookup()
     except ApiError:
         for limit in limits:
             limiter.hit(limit, *address)
         raise
+
+
+def _admit(authorization: str, client: str, settings: Settings) -> Tenant:
+    """The tenant whose key this is, within its rate limit and the address's limit on wrong
+    keys (blocking: a database lookup, and the limiter's storage may be Redis)."""
+    tenant = admit_key(client, settings, lambda: _tenant_for(authorization, settings.database_url))
     check_rate(tenant.id, settings)
     return tenant
 
@@ -151,10 +174,14 @@ class ApiGuard:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+                if review:
+                    headers.update(REVIEW_HEADERS)
             await send(message)
 
         path = scope["path"]
+        review = path == REVIEW_PATH or path.startswith(REVIEW_PATH + "/")
         if not path.startswith("/v1/") or path in PUBLIC_PATHS or path.startswith(DOCS_ASSETS):
             await self.app(scope, receive, send_with_id)
             return

@@ -114,6 +114,7 @@ def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | No
             review_reason=result.review_reason,
             gate=result.details.get("gate"),
             encoding=result.encoding,
+            suspects=result.details.get("suspects"),
         ),
         settings,
         what,

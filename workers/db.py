@@ -253,6 +253,34 @@ class JobEvent(Base):
     __table_args__ = (Index("ix_job_events_job_id_created_at", "job_id", "created_at"),)
 
 
+class ReviewerKey(Base):
+    """A key that signs a person in to the review page for one tenant (`clearmark tenants
+    reviewer-key`); only its sha256 is kept, like an API key's. `name` is who the page
+    records as the reviewer."""
+
+    __tablename__ = "reviewer_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("uq_reviewer_keys_key_hash", "key_hash", unique=True),)
+
+
+class ReviewSession(Base):
+    """A signed-in review page: the cookie holds a random token, the row its sha256, the
+    tenant, who signed in and the CSRF token every change must carry. Signing out deletes it."""
+
+    __tablename__ = "review_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    reviewer: Mapped[str] = mapped_column(String(200))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+
 METRIC_FIELDS = (
     "width",
     "height",

@@ -330,12 +330,14 @@ def finish_job(
     review_reason: str | None = None,
     gate: list[dict[str, Any]] | None = None,
     encoding: dict[str, Any] | None = None,
+    suspects: list[dict[str, Any]] | None = None,
 ) -> bool:
     """Record the result; False (and nothing written) when this attempt lost its claim.
     `review_reason` is stored only with needs_review. The status event's detail gets
     `gate` (the do-no-harm gate's per-region verdicts) and `encoding` (how the result file
     was written: for JPEG, whether the upload's coefficients were kept and how many MCUs
-    changed)."""
+    changed) and `suspects` (each region a detector flagged: detector, box, scores and what
+    the pipeline did there, its `fate`; the review page draws them)."""
     with session_scope(db_url) as session:
         job = _locked_job(session, claim.job_id)
         if not _holds_claim(job, claim):
@@ -349,6 +351,10 @@ def finish_job(
             extra["gate"] = _json_safe(gate)
         if encoding:
             extra["encoding"] = _json_safe(encoding)
+        if suspects:
+            extra["suspects"] = [
+                _json_safe({k: v for k, v in x.items() if k != "evidence"}) for x in suspects
+            ]
         set_status(session, job, status, attempt=claim.attempt, **extra)
         job.result_uri, job.mask_uri = result_uri, mask_uri
         job.pipeline_version = pipeline_version

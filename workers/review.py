@@ -57,14 +57,22 @@ class Decision(enum.StrEnum):
 
 
 def decide(
-    job_id: str, decision: Decision, reviewer: str = "", note: str = "", settings: Settings | None = None
+    job_id: str,
+    decision: Decision,
+    reviewer: str = "",
+    note: str = "",
+    settings: Settings | None = None,
+    *,
+    tenant_id: str | None = None,
+    via: str = "cli",
 ) -> str:
     """Close a review; returns the job's new status. Raises LookupError for an unknown job
-    and ValueError for one that is not in needs_review."""
+    (or, with `tenant_id`, another tenant's) and ValueError for one that is not in
+    needs_review. `via` (cli, api, page) is kept in the event with who decided."""
     s = settings or get_settings()
     with session_scope(s.database_url) as session:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-        if job is None:
+        if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
             raise LookupError(f"no job {job_id}")
         if job.status != JobStatus.needs_review.value:
             raise ValueError(f"job {job_id} is {job.status}, not needs_review")
@@ -74,6 +82,7 @@ def decide(
             "decision": decision.value,
             "reviewer": reviewer or None,
             "note": note or None,
+            "via": via,
         }
         if decision is Decision.reject:
             new = JobStatus.failed

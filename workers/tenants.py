@@ -1,8 +1,9 @@
-"""Tenants (storefronts) and their API keys.
+"""Tenants (storefronts), their API keys and their reviewer keys.
 
-A key is 32 random bytes (URL-safe base64 behind a `cm_` prefix), shown once at creation;
-the database keeps only its sha256. A plain hash is enough for a key with 256 bits of
-entropy (no dictionary to attack), and it can be looked up by an index.
+A key is 32 random bytes (URL-safe base64 behind a `cm_` prefix; `cmr_` for a reviewer
+key, which opens the review page and nothing else), shown once at creation; the database
+keeps only its sha256. A plain hash is enough for a key with 256 bits of entropy (no
+dictionary to attack), and it can be looked up by an index.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from clearmark.workers.db import Tenant, new_webhook_secret
+from clearmark.workers.db import ReviewerKey, Tenant, new_webhook_secret
 from clearmark.workers.jobs import ensure_tenant
 
 KEY_PREFIX = "cm_"
+REVIEWER_KEY_PREFIX = "cmr_"
 
 
 def hash_key(key: str) -> str:
@@ -45,3 +47,29 @@ def tenant_for_key(session: Session, key: str) -> Tenant | None:
     if not key.startswith(KEY_PREFIX):
         return None
     return session.scalar(select(Tenant).where(Tenant.api_key_hash == hash_key(key)))
+
+
+def create_reviewer_key(session: Session, tenant_name: str, reviewer: str) -> str:
+    """A new reviewer key for the existing tenant `tenant_name`, recorded as `reviewer` on
+    every decision made with it; returns the key (shown once). LookupError: no such tenant."""
+    tenant = session.scalar(select(Tenant).where(Tenant.name == tenant_name))
+    if tenant is None:
+        raise LookupError(f"no tenant {tenant_name!r}")
+    key = REVIEWER_KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(ReviewerKey(tenant_id=tenant.id, name=reviewer, key_hash=hash_key(key)))
+    session.flush()
+    return key
+
+
+def reviewer_for_key(session: Session, key: str) -> tuple[Tenant, str] | None:
+    """(tenant, who) for a reviewer key or the tenant's API key; None for any other. A
+    sign-in with the API key is recorded as `api key`."""
+    if key.startswith(REVIEWER_KEY_PREFIX):
+        row = session.execute(
+            select(Tenant, ReviewerKey.name)
+            .join(ReviewerKey, ReviewerKey.tenant_id == Tenant.id)
+            .where(ReviewerKey.key_hash == hash_key(key))
+        ).first()
+        return (row[0], row[1]) if row else None
+    tenant = tenant_for_key(session, key)
+    return (tenant, "api key") if tenant else None

@@ -86,3 +86,22 @@ def tenants_list() -> None:
         tenant_rows = sqlalchemy.select(database.Tenant).order_by(database.Tenant.name)
         for t in session.scalars(tenant_rows):
             click.echo(f"{t.id}\t{t.name}\t{'key' if t.api_key_hash else 'no key'}\t{t.webhook_url or '-'}")
+
+
+@tenants.command("reviewer-key")
+@click.argument("tenant")
+@click.option(
+    "--name", "reviewer", required=True, help="Who uses it: recorded on every decision made with it."
+)
+@needs_database
+def tenants_reviewer_key(tenant: str, reviewer: str) -> None:
+    """Make a key that signs REVIEWER in to the review page (/review) for TENANT and print
+    it (shown only this once). It opens that page only, not the /v1 API."""
+    with database.session_scope(get_settings().database_url) as session:
+        try:
+            key = tenant_keys.create_reviewer_key(session, tenant, reviewer)
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"reviewer key    {key}\nfor             {reviewer} ({tenant})\nStore it now: it is not shown again."
+    )
