@@ -174,11 +174,14 @@ def test_sign_in_with_a_reviewer_key_then_sign_out(settings, shops):
     # The old cookie is dead on the server too, not only dropped by this browser.
     stale = TestClient(app, cookies={SESSION_COOKIE: token})
     assert stale.get("/review/api/queue").status_code == 401
-    assert stale.post(
-        f"/review/api/jobs/{shops['a'][1][0]}/decision",
-        json={"decision": "accept"},
-        headers={CSRF_HEADER: session["csrf"]},
-    ).json()["error"]["code"] == "signed_out"
+    assert (
+        stale.post(
+            f"/review/api/jobs/{shops['a'][1][0]}/decision",
+            json={"decision": "accept"},
+            headers={CSRF_HEADER: session["csrf"]},
+        ).json()["error"]["code"]
+        == "signed_out"
+    )
 
 
 def test_the_tenants_api_key_signs_in_too_and_a_missing_tenant_is_an_error(settings, shops):
@@ -299,7 +302,11 @@ def test_decisions_from_the_page_need_the_csrf_token_and_record_who(settings, sh
         json={"job_ids": [second, third, first], "decision": "accept"},
         headers={CSRF_HEADER: csrf},
     ).json()["results"]
-    assert [r.get("status") or r["error"]["code"] for r in several] == ["succeeded", "succeeded", "not_in_review"]
+    assert [r.get("status") or r["error"]["code"] for r in several] == [
+        "succeeded",
+        "succeeded",
+        "not_in_review",
+    ]
     queue = client.get("/review/api/queue").json()
     assert queue["total"] == 0 and queue["counts"]["succeeded"] == 3
     spot = client.get("/review/api/queue", params={"status": "succeeded"}).json()
@@ -309,7 +316,9 @@ def test_decisions_from_the_page_need_the_csrf_token_and_record_who(settings, sh
 def test_the_http_api_takes_the_same_decisions(settings, shops):
     key, ids = shops["a"]
     client = TestClient(app, headers={"Authorization": f"Bearer {key}"})
-    r = client.post(f"/v1/jobs/{ids[0]}/review", json={"decision": "reject", "note": "ghost", "reviewer": "bo"})
+    r = client.post(
+        f"/v1/jobs/{ids[0]}/review", json={"decision": "reject", "note": "ghost", "reviewer": "bo"}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "failed" and body["error"] == {"code": "rejected_in_review", "message": "ghost"}
@@ -338,7 +347,13 @@ def test_the_queue_filters_orders_and_pages(settings, shops):
         session.flush()
         batch_id = batch.id
         in_batch = add_job(
-            session, a, 40, reason="a text line was put back", confidence=0.2, batch=batch, version="pipeline-8+x"
+            session,
+            a,
+            40,
+            reason="a text line was put back",
+            confidence=0.2,
+            batch=batch,
+            version="pipeline-8+x",
         )
         late = add_job(session, a, 41, confidence=0.9, finished=datetime(2026, 6, 3, 9, tzinfo=UTC))
     client, _ = signed_in(shops["a"][0])
@@ -358,5 +373,8 @@ def test_the_queue_filters_orders_and_pages(settings, shops):
     page = client.get("/review/api/queue", params={"per_page": 2, "page": 2}).json()
     assert [j["id"] for j in page["jobs"]] == [ids_a[2], in_batch] and page["total"] == 5
     data = client.get("/review/api/queue").json()
-    assert data["batches"][0]["id"] == batch_id and set(data["versions"]) == {"pipeline-7+det", "pipeline-8+x"}
+    assert data["batches"][0]["id"] == batch_id and set(data["versions"]) == {
+        "pipeline-7+det",
+        "pipeline-8+x",
+    }
     assert client.get("/review/api/queue", params={"status": "failed"}).status_code == 422

@@ -223,45 +223,53 @@ function imageUrl(job, which) {
   return `/review/api/jobs/${encodeURIComponent(job.id)}/images/${which}`;
 }
 
-function loadImages(job) {
-  const before = $("img-before");
-  const after = $("img-after");
-  const viewer = $("viewer");
-  viewer.dataset.loaded = "no";
-  before.onload = () => {
-    state.view.w = before.naturalWidth;
-    state.view.h = before.naturalHeight;
-    $("stage").style.width = state.view.w + "px";
-    $("stage").style.height = state.view.h + "px";
-    fit();
-    viewer.dataset.loaded = "yes";
-  };
-  before.src = imageUrl(job, "source");
-  after.src = job.has_result ? imageUrl(job, "result") : imageUrl(job, "source");
-  setSplit(job.has_result ? 0 : 100);
-  drawMask(job);
+function loaded(img, src) {
+  return new Promise((resolve) => {
+    img.onload = img.onerror = () => resolve(img);
+    img.src = src;
+  });
 }
 
-function drawMask(job) {
+// The upload, the result and the mask, each at full resolution; the viewer says
+// data-loaded="yes" once all three are in.
+async function loadImages(job) {
+  const before = $("img-before");
+  const viewer = $("viewer");
+  viewer.dataset.loaded = "no";
+  setSplit(job.has_result ? 0 : 100);
+  const which = job.has_result ? "result" : "source";
+  await Promise.all([
+    loaded(before, imageUrl(job, "source")).then(() => {
+      state.view.w = before.naturalWidth;
+      state.view.h = before.naturalHeight;
+      $("stage").style.width = state.view.w + "px";
+      $("stage").style.height = state.view.h + "px";
+      fit();
+    }),
+    loaded($("img-after"), imageUrl(job, which)),
+    drawMask(job),
+  ]);
+  if (state.job === job) viewer.dataset.loaded = "yes";
+}
+
+async function drawMask(job) {
   const canvas = $("mask-layer");
   const context = canvas.getContext("2d");
   canvas.width = canvas.height = 0;
   if (!job.has_mask) return;
-  const mask = new Image();
-  mask.onload = () => {
-    canvas.width = mask.naturalWidth;
-    canvas.height = mask.naturalHeight;
-    context.drawImage(mask, 0, 0);
-    const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
-    const d = pixels.data;
-    for (let i = 0; i < d.length; i += 4) {
-      const v = d[i];  // grey: 0 untouched, 1-127 around the mark, 128+ the mark itself
-      d[i] = 255; d[i + 1] = 0; d[i + 2] = 170;
-      d[i + 3] = v >= 128 ? 150 : v > 0 ? 60 : 0;
-    }
-    context.putImageData(pixels, 0, 0);
-  };
-  mask.src = imageUrl(job, "mask");
+  const mask = await loaded(new Image(), imageUrl(job, "mask"));
+  if (state.job !== job || !mask.naturalWidth) return;
+  canvas.width = mask.naturalWidth;
+  canvas.height = mask.naturalHeight;
+  context.drawImage(mask, 0, 0);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+  const d = pixels.data;
+  for (let i = 0; i < d.length; i += 4) {
+    const v = d[i];  // grey: 0 untouched, 1-127 around the mark, 128+ the mark itself
+    d[i] = 255; d[i + 1] = 0; d[i + 2] = 170;
+    d[i + 3] = v >= 128 ? 150 : v > 0 ? 60 : 0;
+  }
+  context.putImageData(pixels, 0, 0);
 }
 
 function drawRegions(regions) {

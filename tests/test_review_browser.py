@@ -1,0 +1,154 @@
+"""The review page in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
+driven by Selenium; scripts/system-packages.txt installs them): sign in, open a job from
+the queue, look at it (full resolution, flip, zoom, mask, regions), accept it from the
+keyboard, and find the decision, its reviewer and its webhook in the database.
+
+The API runs in a thread of this process (uvicorn) on the test's PostgreSQL and Redis.
+Skipped, saying why, where Chromium or its driver is not installed."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+
+import pytest
+import redis
+import uvicorn
+from sqlalchemy import select
+
+from clearmark.workers.api import app
+from clearmark.workers.db import Job, JobEvent, session_scope
+from clearmark.workers.tenants import create_reviewer_key, create_tenant
+from tests.services import wait_for
+from tests.test_review_page import add_job
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not (CHROMIUM and DRIVER),
+        reason="Debian's chromium and chromium-driver are not installed (bash scripts/setup.sh installs "
+        "them from scripts/system-packages.txt)",
+    ),
+]
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the test extra) is not installed")
+By = pytest.importorskip("selenium.webdriver.common.by").By
+Keys = pytest.importorskip("selenium.webdriver.common.keys").Keys
+
+
+@pytest.fixture
+def server(service):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=api.run, daemon=True)
+    thread.start()
+    wait_for(lambda: api.started, 30, "the API to start")
+    yield f"http://127.0.0.1:{port}"
+    api.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def visible(driver, css: str):
+    return wait_for(
+        lambda: next((e for e in driver.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()), None),
+        15,
+        css,
+    )
+
+
+def js(driver, script: str):
+    return driver.execute_script("return " + script)
+
+
+def test_sign_in_open_a_job_flip_zoom_and_accept_from_the_keyboard(service, server, browser):
+    with session_scope(service.database_url) as session:
+        tenant, _ = create_tenant(session, "shop", webhook_url="https://shop.example/hooks")
+        ids = [add_job(session, tenant, n) for n in range(2)]
+    with session_scope(service.database_url) as session:
+        key = create_reviewer_key(session, "shop", "ana")
+
+    browser.get(server + "/review")
+    visible(browser, "#key").send_keys(key + Keys.ENTER)
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")) == 2, 15, "the queue")
+    assert "ana · shop" in browser.find_element(By.ID, "who").text
+    assert "needs review: 2" in browser.find_element(By.ID, "counts").text
+
+    browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr td")[1].click()  # the first job's name
+    wait_for(lambda: js(browser, "document.getElementById('viewer').dataset.loaded") == "yes", 15, "images")
+    assert browser.find_element(By.ID, "job-name").text == "photo-0.png"
+    # Full resolution: the images are the stored files themselves, not thumbnails.
+    assert js(
+        browser,
+        "[document.getElementById('img-before').naturalWidth, "
+        "document.getElementById('img-after').naturalHeight]",
+    ) == [120, 90]
+    assert js(browser, "document.getElementById('img-after').complete") is True
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#regions .region")) == 3
+    assert "detector 0.91 -> 0.42 after: removed" in browser.find_element(By.ID, "region-list").text
+
+    body = browser.find_element(By.TAG_NAME, "body")
+    showing = "document.getElementById('viewer').dataset.showing"
+    assert js(browser, showing) == "after"
+    body.send_keys("f")
+    assert js(browser, showing) == "before"
+    body.send_keys("f")
+    assert js(browser, showing) == "after"
+    body.send_keys("1")
+    assert browser.find_element(By.ID, "zoom-level").text == "100%"
+    body.send_keys("+")
+    assert browser.find_element(By.ID, "zoom-level").text == "125%"
+    body.send_keys("m")
+    assert "no-mask" in browser.find_element(By.ID, "viewer").get_attribute("class")
+    painted = js(
+        browser,
+        "(() => { const c = document.getElementById('mask-layer'); "
+        "return c.getContext('2d').getImageData(30, 30, 1, 1).data[3]; })()",
+    )
+    assert painted > 0  # the mark's pixels are coloured in the overlay (hidden now)
+
+    body.send_keys("a")
+    wait_for(lambda: browser.find_element(By.ID, "job-status").text == "succeeded", 15, "the new status")
+    with session_scope(service.database_url) as session:
+        job = session.get(Job, ids[0])
+        assert job.status == "succeeded" and job.webhook_pending
+        event = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id.desc())
+        ).first()
+        assert (event.kind, event.detail["decision"], event.detail["reviewer"], event.detail["via"]) == (
+            "review",
+            "accept",
+            "ana",
+            "page",
+        )
+        assert session.get(Job, ids[1]).status == "needs_review"
+    assert redis.Redis.from_url(service.broker_url).llen(service.queue_webhooks) == 1
+    wait_for(lambda: "by ana (page)" in browser.find_element(By.ID, "events").text, 15, "the history")
+
+    body.send_keys("j")
+    wait_for(lambda: browser.find_element(By.ID, "job-name").text == "photo-1.png", 15, "the next job")
+    assert browser.find_element(By.ID, "job-status").text == "needs_review"
+
+    body.send_keys(Keys.ESCAPE)
+    wait_for(
+        lambda: len(browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")) == 1, 15, "the queue again"
+    )
+    browser.find_element(By.ID, "sign-out").click()
+    visible(browser, "#key")
+    refused = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert refused == []
