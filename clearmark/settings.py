@@ -400,7 +400,8 @@ class Settings(BaseSettings):
     rate_limit_bad_keys: str = Field(
         "5/second;60/minute",
         min_length=1,
-        description="requests to `/v1` with a missing or wrong key per client address; over it, "
+        description="requests to `/v1` (and sign-ins to `/review`) with a missing or wrong key per "
+        "client address; over it, "
         "every request from that address is a `429` until the window passes, before any key is "
         "looked up",
     )

@@ -56,7 +56,7 @@ COMMANDS = {
         "Run Flower (live tasks, workers, retry) on the configured broker; needs the `ops` extra.",
     ),
     "db": ("admin:db", "Database schema (Alembic migrations)."),
-    "tenants": ("admin:tenants", "Tenants (storefronts) and their API keys."),
+    "tenants": ("admin:tenants", "Tenants (storefronts), their API keys and reviewer keys."),
     "train": (
         "models:train_command",
         "Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest.",

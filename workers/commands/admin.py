@@ -54,7 +54,7 @@ def db_current() -> None:
 
 @click.group()
 def tenants() -> None:
-    """Tenants (storefronts) and their API keys."""
+    """Tenants (storefronts), their API keys and reviewer keys."""
 
 
 @tenants.command("create")
