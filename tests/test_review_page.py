@@ -251,15 +251,35 @@ def test_one_job_shows_each_regions_reason_where_it_is(settings, shops):
     assert job["name"] == "photo-1.png" and job["review_reason"] == "the detector still sees a mark"
     assert job["has_result"] and job["has_mask"] and (job["width"], job["height"]) == (120, 90)
     assert job["regions"] == [
-        {"kind": "suspect", "box": [10, 20, 60, 40], "label": "detector 0.91 -> 0.42 after: removed"},
-        {"kind": "suspect", "box": [70, 5, 110, 15], "label": "text 0.50: not removed"},
+        {
+            "kind": "removed",
+            "box": [10, 20, 60, 40],
+            "label": "detector 0.91 -> 0.42 after: removed",
+            "short": "detector: removed",
+        },
+        {
+            "kind": "not_removed",
+            "box": [70, 5, 110, 15],
+            "label": "text 0.50: not removed",
+            "short": "text: not removed",
+        },
+    ]
+    assert [e["to"] for e in job["events"]] == ["queued", "needs_review"]
+    # A job finished before suspects were recorded shows its gate verdicts instead.
+    with session_scope(settings.database_url) as session:
+        event = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job["id"], JobEvent.kind == "status")
+        ).all()[-1]
+        event.detail = {"attempt": 1, "gate": GATE}
+    older = client.get(f"/review/api/jobs/{job['id']}").json()
+    assert older["regions"] == [
         {
             "kind": "put_back",
             "box": [10, 20, 60, 40],
             "label": "put back: the change continues the product's edge",
-        },
+            "short": "put back",
+        }
     ]
-    assert [e["to"] for e in job["events"]] == ["queued", "needs_review"]
 
 
 def test_decisions_from_the_page_need_the_csrf_token_and_record_who(settings, shops):

@@ -128,10 +128,16 @@ def owned_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
 
 
+def _kind(fate: str) -> str:
+    if fate.startswith(("removed", "partly removed")):
+        return "removed"
+    return "put_back" if "put back" in fate else "not_removed"
+
+
 def regions(events: list[JobEvent]) -> list[dict[str, Any]]:
-    """Each region of the latest finished attempt (its status event's `suspects` and `gate`),
-    with what happened there: a detector's suspect and its fate, a changed region the gate
-    kept or put back."""
+    """Each region a detector flagged in the latest finished attempt (its status event's
+    `suspects`), with what the pipeline did there: `label` in full, `short` for drawing on
+    the photo. A job finished before suspects were recorded shows its gate verdicts."""
     latest = next(
         (e.detail for e in reversed(events) if e.detail and ("suspects" in e.detail or "gate" in e.detail)),
         {},
@@ -139,21 +145,26 @@ def regions(events: list[JobEvent]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for s in latest.get("suspects") or []:
         after = "" if s.get("after") is None else f" -> {s['after']:.2f} after"
+        fate = str(s.get("fate", ""))
         out.append(
             {
-                "kind": "suspect",
+                "kind": _kind(fate),
                 "box": s["box"],
-                "label": f"{s['detector']} {s['score']:.2f}{after}: {s['fate']}",
+                "label": f"{s['detector']} {s['score']:.2f}{after}: {fate}",
+                "short": f"{s['detector']}: {fate.split(':')[0]}",
             }
         )
-    for v in latest.get("gate") or []:
-        out.append(
-            {
-                "kind": "kept" if v.get("passed") else "put_back",
-                "box": v["box"],
-                "label": f"{'kept' if v.get('passed') else 'put back'}: {v.get('reason', '')}",
-            }
-        )
+    if not out:
+        for v in latest.get("gate") or []:
+            what = "kept" if v.get("passed") else "put back"
+            out.append(
+                {
+                    "kind": "removed" if v.get("passed") else "put_back",
+                    "box": v["box"],
+                    "label": f"{what}: {v.get('reason', '')}",
+                    "short": what,
+                }
+            )
     return out
 
 

@@ -149,9 +149,9 @@ async function openQueue(page = state.page) {
     box.addEventListener("click", (e) => { e.stopPropagation(); updateBulk(); });
     const pick = document.createElement("td");
     pick.append(box);
-    tr.append(pick, text("td", job.name), text("td", job.review_reason || "", "why"),
+    tr.append(pick, text("td", job.name, "name"), text("td", job.review_reason || "", "why"),
       text("td", fmt(job.confidence), "n"), text("td", fmt(job.residual), "n"),
-      text("td", when(job.finished_at)));
+      text("td", when(job.finished_at), "when"));
     tr.addEventListener("click", () => openJob(job.id));
     return tr;
   });
@@ -280,11 +280,12 @@ function drawRegions(regions) {
     const [x0, y0, x1, y1] = r.box;
     const box = document.createElement("div");
     box.className = "region " + r.kind;
+    box.title = r.label;
     box.style.left = x0 + "px";
     box.style.top = y0 + "px";
     box.style.width = (x1 - x0) + "px";
     box.style.height = (y1 - y0) + "px";
-    box.append(text("span", r.label));
+    box.append(text("span", r.short));
     items.push(box);
   }
   layer.replaceChildren(...items);
