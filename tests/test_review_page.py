@@ -20,9 +20,10 @@ from clearmark.workers.api import app
 from clearmark.workers.celery_app import app as celery_app
 from clearmark.workers.celery_app import configure
 from clearmark.workers.cli import cli
-from clearmark.workers.db import Batch, Job, JobEvent, JobMetrics, Tenant, session_scope
-from clearmark.workers.jobs import create_job
+from clearmark.workers.db import Batch, Job, JobEvent, JobMetrics, JobStatus, Tenant, session_scope
+from clearmark.workers.jobs import claim_job, create_job, ensure_tenant, finish_job
 from clearmark.workers.review_auth import CSRF_HEADER, SESSION_COOKIE
+from clearmark.workers.review_queue import regions
 from clearmark.workers.storage import get_storage
 from clearmark.workers.tenants import create_tenant
 from tests.services import product_photo
@@ -398,3 +399,35 @@ def test_the_queue_filters_orders_and_pages(settings, shops):
         "pipeline-8+x",
     }
     assert client.get("/review/api/queue", params={"status": "failed"}).status_code == 422
+
+
+def test_a_finished_attempt_records_its_suspects_for_the_page(settings):
+    """What the page draws comes from the finishing status event: each suspect's detector,
+    box, scores and fate (its evidence, the prior's inputs, is left out), as plain JSON."""
+    with session_scope(settings.database_url) as session:
+        job, _ = create_job(session, ensure_tenant(session, "shop"), "file:///s/x.png")
+        job_id = job.id
+    claim = claim_job(settings.database_url, job_id, max_attempts=3)
+    suspect = {"detector": "detector", "box": [1, 2, 3, 4], "score": np.float32(0.5), "after": None}
+    suspect |= {"fate": "removed", "evidence": {"mean": 0.4}}
+    metrics = {"width": 4, "height": 4, "mask_area_fraction": 0.1, "detector_confidence": 0.5}
+    metrics |= {"residual_score": 0.0, **{f"ms_{s}": 1.0 for s in ("decode", "detect", "remove", "encode")}}
+    assert finish_job(
+        settings.database_url,
+        claim,
+        JobStatus.needs_review,
+        result_uri="file:///r.png",
+        mask_uri="file:///m.png",
+        metrics={**metrics, "ms_total": 4.0},
+        pipeline_version="p",
+        review_reason="why",
+        suspects=[suspect],
+    )
+    with session_scope(settings.database_url) as session:
+        event = last_event(settings, job_id)
+        assert event.detail["suspects"] == [
+            {"detector": "detector", "box": [1, 2, 3, 4], "score": 0.5, "after": None, "fate": "removed"}
+        ]
+        assert regions(list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id))))[0][
+            "short"
+        ] == ("detector: removed")
