@@ -305,6 +305,7 @@ def test_every_route_declares_the_errors_every_request_can_meet(client):
         "/v1/jobs/{job_id}/result",
         "/v1/jobs/{job_id}/mask",
         "/v1/jobs/{job_id}/retry",
+        "/v1/jobs/{job_id}/review",
         "/healthz",
         "/readyz",
         "/metrics",
