@@ -46,7 +46,7 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     assert metrics_columns["jpeg_exact"]["nullable"] and metrics_columns["jpeg_blocks_changed"]["nullable"]
     assert metrics_columns["ms_gate"]["nullable"] and metrics_columns["ms_residual"]["nullable"]
     assert {"reviewer_keys", "review_sessions"} <= set(inspector.get_table_names())
-    migrate.downgrade(url, "0009")  # 0011 alone (0010 is another branch's): the review page's tables go
+    migrate.downgrade(url, "0009")  # 0010 alone: the review page's tables go
     assert not {"reviewer_keys", "review_sessions"} & set(inspect(engine).get_table_names())
     migrate.downgrade(url, "0008")  # 0009 alone: the gate and residual times go
     assert not {"ms_gate", "ms_residual"} & {c["name"] for c in inspect(engine).get_columns("job_metrics")}

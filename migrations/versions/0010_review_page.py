@@ -1,6 +1,6 @@
 """The review page: reviewer keys and signed-in sessions
 
-Revision ID: 0011
+Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-08 10:00:00
 
@@ -10,7 +10,7 @@ Create Date: 2026-12-08 10:00:00
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
+revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
