@@ -263,9 +263,8 @@ def format_report(res: dict) -> str:
         neg_clean += e["on_clean"]
         neg_other += e["on_others"]
         pos += e["new_scores"]
-    lines.append(
-        f"{'all':24} " + " ".join(f"{np.nanmean(pooled[m]):9.2f}" if pooled[m] else f"{'-':>9}" for m in methods)
-    )
+    means = (f"{np.nanmean(pooled[m]):9.2f}" if pooled[m] else f"{'-':>9}" for m in methods)
+    lines.append(f"{'all':24} " + " ".join(means))
     th = res["threshold"]
     lines += [
         "",

@@ -17,7 +17,11 @@ from clearmark.pipeline import catalogue
 from clearmark.pipeline.catalogue import MATCH_THRESHOLD, RejectedGroup
 from clearmark.pipeline.process import process_image
 from clearmark.settings import Settings, set_settings
+from clearmark.workers import templates
+from clearmark.workers.attempts import process_job
 from clearmark.workers.cli import cli
+from clearmark.workers.db import JobMetrics, session_scope
+from clearmark.workers.jobs import create_job, ensure_tenant
 from tests.test_pipeline import cfg, fake_engines
 
 H, W = 180, 240
@@ -192,3 +196,24 @@ def test_process_image_cleans_with_a_matching_template_and_records_it():
         process_image(plain, fake_engines(), s, [("t1", t)]).image_bytes
         == process_image(plain, fake_engines(), s).image_bytes
     )
+
+
+def test_a_worker_attempt_cleans_with_the_tenants_template_and_records_it(settings, tmp_path):
+    photos, _, alpha = group(8)
+    with session_scope(settings.database_url) as session:
+        template_id = templates.save(session, "local", catalogue.estimate(photos), []).id
+    path = tmp_path / "upload.png"
+    path.write_bytes(_png(composite(background(np.random.default_rng(42)), alpha)))
+    with session_scope(settings.database_url) as session:
+        job, _ = create_job(session, ensure_tenant(session), path.as_uri())
+    assert process_job(job.id, fake_engines(), settings) == "succeeded"
+    with session_scope(settings.database_url) as session:
+        assert session.get(JobMetrics, job.id).method == f"template:{template_id}"
+        assert templates.delete(session, template_id)
+    other = tmp_path / "other.png"  # without the template: the single-image pipeline
+    other.write_bytes(_png(composite(background(np.random.default_rng(43)), alpha)))
+    with session_scope(settings.database_url) as session:
+        job, _ = create_job(session, ensure_tenant(session), other.as_uri())
+    process_job(job.id, fake_engines(), settings)
+    with session_scope(settings.database_url) as session:
+        assert session.get(JobMetrics, job.id).method is None
