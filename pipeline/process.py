@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,8 @@ from clearmark.models.masks import Box, Mask, Tile, bbox, build_mask, component_
 from clearmark.models.networks import remover_input
 from clearmark.models.repetition import REPEAT_HIGH, REPEAT_LOW, Repetition, find_repetition
 from clearmark.models.text_prior import OVERLAY_HIGH, OVERLAY_LOW, TextDetector, TextLine
+from clearmark.pipeline import catalogue
+from clearmark.pipeline.catalogue import MATCH_THRESHOLD, Template
 from clearmark.pipeline.gate import GateLimits, RegionVerdict, judge
 from clearmark.pipeline.imaging import decode_image, encode_image, orientation_exif, to_stored
 from clearmark.pipeline.stages import STAGES
@@ -369,6 +371,74 @@ def clean_rgb(
     )
 
 
+TEMPLATE = "catalogue template"  # pipeline.catalogue: the tenant's learned mark, matched
+
+
+@dataclass
+class TemplateMatch:
+    template_id: str
+    match: catalogue.Match
+
+
+def best_match(rgb: np.ndarray, templates: Sequence[tuple[str, Template]]) -> TemplateMatch | None:
+    """The tenant's template that matches `rgb` best at MATCH_THRESHOLD or above, if any."""
+    found = [(tid, m) for tid, t in templates if (m := catalogue.match(rgb, t)) is not None]
+    found = [(tid, m) for tid, m in found if m.score >= MATCH_THRESHOLD]
+    if not found:
+        return None
+    tid, m = max(found, key=lambda f: f[1].score)
+    return TemplateMatch(tid, m)
+
+
+def clean_with_template(
+    engines: Engines,
+    rgb: np.ndarray,
+    found: TemplateMatch,
+    s: Settings,
+    lap: Callable[[str], None] = lambda stage: None,
+) -> Cleaning:
+    """Invert the matched template's blend (`catalogue.invert`); the remover fills only the
+    residue (where the mark's opacity reaches ALPHA_SOLID), then the do-no-harm gate judges
+    the change as any other. The template is the one suspect: its match score on the
+    delivered image must fall under MATCH_THRESHOLD."""
+    lap("detect")
+    inv = catalogue.invert(rgb, found.match)
+    changed = inv.alpha > 0
+    restored = inv.restored
+    if inv.residue.any():
+        residue = build_mask(inv.residue.astype(np.float32), 0.5, 1, s.mask_dilate_px)
+        filled, _ = remove_watermark(
+            engines.remover, restored, residue, s.remove_crop_margin, s.remove_max_crop, s.remove_flip
+        )
+        restored = np.where(residue.dilated[..., None], filled, restored)
+        changed |= residue.dilated
+    core = inv.alpha >= 0.5 * float(inv.alpha.max())
+    mask = Mask(core=core & changed, dilated=changed, alpha=np.where(changed, 255, 0).astype(np.uint8))
+    lap("remove")
+    x0, y0, x1, y1 = bbox(changed)
+    suspect = Suspect(
+        TEMPLATE,
+        (x0, y0, x1, y1),
+        changed[y0:y1, x0:x1],
+        found.match.score,
+        MATCH_THRESHOLD,
+        evidence={
+            "score": found.match.score,
+            "shift_x": found.match.shift[0],
+            "shift_y": found.match.shift[1],
+        },
+    )
+    sure = np.where(mask.core, np.float32(1), np.float32(0))  # the match is the detection
+    restored, mask, mark, verdicts = apply_gate(
+        rgb, restored, mask, core, sure, gate_limits(s), [suspect], None
+    )
+    again = catalogue.match(restored, found.match.template)
+    suspect.after = again.score if again is not None else 0.0
+    suspect.fate = _fate(suspect, mask.dilated, verdicts, changed, changed, s)
+    lap("gate")
+    return Cleaning(restored, mask, mark, 1.0, verdicts, [suspect])
+
+
 def _fate(
     suspect: Suspect,
     changed: np.ndarray,
@@ -483,8 +553,15 @@ def rerun_detectors(
         x.after = score_p90(prob[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0], x.pixels)
 
 
-def process_image(data: bytes, engines: Engines, settings: Settings | None = None) -> PipelineResult:
+def process_image(
+    data: bytes,
+    engines: Engines,
+    settings: Settings | None = None,
+    templates: Sequence[tuple[str, Template]] = (),
+) -> PipelineResult:
     """Clean one image file (`clean_rgb`, encoding, then the detectors again on the result).
+    When one of the tenant's catalogue `templates` (id, template) matches, that template
+    cleans it instead (`clean_with_template`) and metrics' `method` says `template:<id>`.
 
     The status follows `pipeline.verdict`: "no_watermark" only when no detector flagged any
     region at its low limit (then `image_bytes` are the input bytes unchanged, same
@@ -507,7 +584,11 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
 
     dec = decode_image(data, s)
     lap("decode")
-    c = clean_rgb(engines, dec.rgb, s, lap)
+    found = best_match(dec.rgb, templates) if templates else None
+    if found is None:
+        c = clean_rgb(engines, dec.rgb, s, lap)
+    else:
+        c = clean_with_template(engines, dec.rgb, found, s, lap)
     h, w = dec.rgb.shape[:2]
     details: dict[str, Any] = {
         "input_format": dec.format,
@@ -555,6 +636,8 @@ def process_image(data: bytes, engines: Engines, settings: Settings | None = Non
         "jpeg_exact": details.get("jpeg_exact"),
         "jpeg_blocks_changed": details.get("jpeg_blocks_changed"),
     }
+    if found is not None:
+        metrics["method"] = details["method"] = f"template:{found.template_id}"
     return PipelineResult(
         status=status,
         image_bytes=image_bytes,

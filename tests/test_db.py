@@ -21,7 +21,7 @@ from clearmark.workers.db import (
 )
 from clearmark.workers.jobs import TooManyAttempts, claim_job, create_job, ensure_tenant, fail_job, finish_job
 
-TABLES = {"tenants", "jobs", "job_metrics", "batches", "job_events", "alembic_version"}
+TABLES = {"tenants", "jobs", "job_metrics", "batches", "job_events", "mark_templates", "alembic_version"}
 
 
 @pytest.mark.parametrize("backend", ["sqlite_url", "pg_url"])
@@ -45,7 +45,15 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     metrics_columns = {c["name"]: c for c in inspector.get_columns("job_metrics")}
     assert metrics_columns["jpeg_exact"]["nullable"] and metrics_columns["jpeg_blocks_changed"]["nullable"]
     assert metrics_columns["ms_gate"]["nullable"] and metrics_columns["ms_residual"]["nullable"]
+    assert metrics_columns["method"]["nullable"]
+    assert "ix_mark_templates_tenant_id_created_at" in {
+        ix["name"] for ix in inspector.get_indexes("mark_templates")
+    }
     assert {"reviewer_keys", "review_sessions"} <= set(inspector.get_table_names())
+    migrate.downgrade(url, "0010")  # 0011 alone: the templates and the method go
+    assert "mark_templates" not in inspect(engine).get_table_names()
+    assert "method" not in {c["name"] for c in inspect(engine).get_columns("job_metrics")}
+    assert "ms_gate" in {c["name"] for c in inspect(engine).get_columns("job_metrics")}
     migrate.downgrade(url, "0009")  # 0010 alone: the review page's tables go
     assert not {"reviewer_keys", "review_sessions"} & set(inspect(engine).get_table_names())
     migrate.downgrade(url, "0008")  # 0009 alone: the gate and residual times go
@@ -65,7 +73,7 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     assert "review_reason" in jobs_columns and not {"lease_expires_at", "webhook_pending"} & jobs_columns
     migrate.downgrade(url, "0003")  # 0004 alone: the column goes, the rest stays
     inspector = inspect(engine)
-    assert TABLES <= set(inspector.get_table_names())
+    assert TABLES - {"mark_templates"} <= set(inspector.get_table_names())
     assert "review_reason" not in {c["name"] for c in inspector.get_columns("jobs")}
     migrate.downgrade(url, "base")
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}

@@ -25,6 +25,7 @@ from clearmark.workers.jobs import (
 )
 from clearmark.workers.leases import Heartbeat
 from clearmark.workers.storage import delete_uri, get_storage, job_source_uri, read_uri, write_uri
+from clearmark.workers.templates import tenant_templates
 from clearmark.workers.transient import retry_database
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | No
 
     try:
         data = read_uri(job_source_uri(claim.source_uri, claim.tenant_id), max_bytes=settings.max_bytes)
-        result = process_image(data, engines, settings)
+        templates = retry_database(lambda: tenant_templates(settings, claim.tenant_id), settings, what)
+        result = process_image(data, engines, settings, templates)
         uris = output_uris(claim, result.extension)
         write_uri(uris[0], result.image_bytes)
         write_uri(uris[1], result.mask_png)

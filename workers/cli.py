@@ -55,6 +55,10 @@ COMMANDS = {
         "web:flower",
         "Run Flower (live tasks, workers, retry) on the configured broker; needs the `ops` extra.",
     ),
+    "catalogue": (
+        "catalogue:catalogue",
+        "Catalogue marks: learn a seller's repeated mark from many photos, list, show, delete, eval.",
+    ),
     "db": ("admin:db", "Database schema (Alembic migrations)."),
     "tenants": ("admin:tenants", "Tenants (storefronts), their API keys and reviewer keys."),
     "train": (

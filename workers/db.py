@@ -235,9 +235,38 @@ class JobMetrics(Base):
     # changed (None for other formats and for results that are the upload itself).
     jpeg_exact: Mapped[bool | None] = mapped_column(Boolean)
     jpeg_blocks_changed: Mapped[int | None] = mapped_column(Integer)
+    # `template:<mark template id>` when a catalogue template cleaned the photo; None for
+    # the single-image pipeline (and every job before 0011).
+    method: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="metrics")
+
+
+class MarkTemplate(Base):
+    """A tenant's catalogue mark (`pipeline.catalogue.Template`): alpha and a*W in storage
+    (`data_uri`, an NPZ), where it sits, and how well the photos it came from supported it."""
+
+    __tablename__ = "mark_templates"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    data_uri: Mapped[str] = mapped_column(Text)
+    rule: Mapped[str] = mapped_column(String(16))  # absolute | relative (to the frame's size)
+    frame_width: Mapped[int] = mapped_column(Integer)
+    frame_height: Mapped[int] = mapped_column(Integer)
+    box_x0: Mapped[int] = mapped_column(Integer)
+    box_y0: Mapped[int] = mapped_column(Integer)
+    box_x1: Mapped[int] = mapped_column(Integer)
+    box_y1: Mapped[int] = mapped_column(Integer)
+    images: Mapped[int] = mapped_column(Integer)  # photos the estimate used
+    quality: Mapped[float] = mapped_column(Float)
+    sources: Mapped[list[str] | None] = mapped_column(JSON)  # the photos' names
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("rule IN ('absolute', 'relative')", name="rule_valid"),
+        Index("ix_mark_templates_tenant_id_created_at", "tenant_id", "created_at"),
+    )
 
 
 class JobEvent(Base):
@@ -293,6 +322,8 @@ METRIC_FIELDS = (
 # Optional (None unless the result is a JPEG the pipeline wrote), so kept apart from the
 # numbers that reports average.
 JPEG_METRIC_FIELDS = ("jpeg_exact", "jpeg_blocks_changed")
+# Which cleaning made the result (None: the single-image pipeline), kept apart likewise.
+METHOD_FIELD = "method"
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:

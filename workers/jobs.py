@@ -28,6 +28,7 @@ from clearmark.settings import get_settings
 from clearmark.workers.db import (
     FINISHED,
     JPEG_METRIC_FIELDS,
+    METHOD_FIELD,
     METRIC_FIELDS,
     Batch,
     Job,
@@ -362,8 +363,8 @@ def finish_job(
         job.review_reason = reason
         mark_finished(session, job)
         row = session.get(JobMetrics, job.id) or JobMetrics(job_id=job.id)
-        for name in METRIC_FIELDS + JPEG_METRIC_FIELDS:
-            setattr(row, name, metrics.get(name))  # the jpeg_* ones are optional
+        for name in (*METRIC_FIELDS, *JPEG_METRIC_FIELDS, METHOD_FIELD):
+            setattr(row, name, metrics.get(name))  # the jpeg_* ones and the method are optional
         session.add(row)
         return True
 
