@@ -27,7 +27,7 @@ from clearmark.workers.storage import get_storage
 class BadMask(ValueError):
     """The mask cannot be used: `code` says why (not_png, mask_size, empty_mask)."""
 
-    def __init__(self, message: str, code: str):
+    def __init__(self, message: str, *, code: str):
         super().__init__(message)
         self.code = code
 
@@ -41,21 +41,21 @@ def read_mask(data: bytes, width: int, height: int) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except Exception:  # noqa: BLE001 - whatever Pillow raised, it is not a mask we can read
-        raise BadMask("the mask is not an image", "not_png") from None
+        raise BadMask("the mask is not an image", code="not_png") from None
     if im.format != "PNG":
-        raise BadMask(f"the mask must be a PNG, not {im.format}", "not_png")
+        raise BadMask(f"the mask must be a PNG, not {im.format}", code="not_png")
     if im.size != (width, height):
         raise BadMask(
             f"the mask is {im.size[0]}x{im.size[1]}, the photo {width}x{height}: "
             "paint over the photo as shown",
-            "mask_size",
+            code="mask_size",
         )
     try:
         inside = np.asarray(im.convert("L")) >= 128
     except Exception:  # noqa: BLE001 - a truncated or corrupt PNG
-        raise BadMask("the mask's PNG cannot be decoded", "not_png") from None
+        raise BadMask("the mask's PNG cannot be decoded", code="not_png") from None
     if not inside.any():
-        raise BadMask("the mask is empty: paint over the mark first", "empty_mask")
+        raise BadMask("the mask is empty: paint over the mark first", code="empty_mask")
     return inside
 
 
