@@ -15,6 +15,8 @@ from sqlalchemy import select
 
 from clearmark.errors import BadInput
 from clearmark.pipeline.process import remove_with_mask
+from clearmark.workers.celery_app import app as celery_app
+from clearmark.workers.celery_app import configure
 from clearmark.workers.db import Job, JobEvent, JobMetrics, session_scope
 from clearmark.workers.jobs import MASK_EVENT
 from clearmark.workers.review import Decision, decide
@@ -134,6 +136,14 @@ def test_the_mask_upload_needs_csrf_its_own_tenant_and_a_usable_png(settings, sh
         "edit": 1,
         "pixels": 1000,
     }
+    # Without a broker nothing changes: a queued job would leave the reviewer's hands.
+    configure(celery_app, settings.replace(broker_url="redis://127.0.0.1:1/0"))
+    try:
+        down = post(shops["a"][1][1], good)
+    finally:
+        configure(celery_app, settings)
+    assert (down.status_code, down.json()["error"]["code"]) == (503, "broker_unavailable")
+    assert last_event(settings, shops["a"][1][1]).kind != MASK_EVENT
     client.post("/review/api/sign-out", headers={CSRF_HEADER: csrf})
     assert post(shops["a"][1][1], good).status_code == 401
 

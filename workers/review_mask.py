@@ -11,17 +11,21 @@ claims the job finds that event (`jobs.queued_mask`) and runs
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 
 import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
+from clearmark.errors import ServiceUnavailable
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import broker
 from clearmark.workers.db import Job, JobEvent, JobMetrics, JobStatus, session_scope
 from clearmark.workers.jobs import MASK_EVENT, set_status
 from clearmark.workers.storage import get_storage
+
+log = logging.getLogger(__name__)
 
 
 class BadMask(ValueError):
@@ -76,10 +80,12 @@ def ask_removal(
 ) -> int:
     """Queue the job for a removal with the mask in `data`; returns the edit number.
     LookupError for an unknown job (or another tenant's), ValueError for one not in
-    needs_review, BadMask for a mask it cannot use; ServiceUnavailable when the broker is
-    down (the job is recorded as queued and the reaper sends it later). The attempt gets
+    needs_review, BadMask for a mask it cannot use, ServiceUnavailable when the broker
+    cannot be reached: then nothing changed and the job stays in review (a job queued
+    with no broker would leave the reviewer's hands until a worker runs). The attempt gets
     a fresh attempt budget, as a retry does."""
     s = settings or get_settings()
+    broker.check_reachable(s)
     with session_scope(s.database_url) as session:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
@@ -109,5 +115,8 @@ def ask_removal(
         )
         job.attempts = 0
         job.finished_at = job.lease_expires_at = None
-    broker.enqueue(job_id, s.queue_uploads)
+    try:
+        broker.enqueue(job_id, s.queue_uploads)
+    except ServiceUnavailable as exc:  # lost since the check: queued, the reaper sends it
+        log.warning("job %s: mask %d recorded but not sent yet: %s", job_id, edit, exc)
     return edit

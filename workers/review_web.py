@@ -298,7 +298,7 @@ async def review_mask(job_id: str, request: Request, reviewer: Changing) -> dict
         raise ApiError(
             503,
             "broker_unavailable",
-            f"job {job_id} is queued with the mask but not sent yet (the broker is down); "
-            "it is sent when the broker is back",
+            "the workers' broker cannot be reached: nothing was changed, the job stays in review "
+            "(a removal with a mask runs on a worker)",
         ) from None
     return {"id": job_id, "status": JobStatus.queued.value, "edit": edit}
