@@ -42,6 +42,7 @@ from clearmark.models.text_prior import TextDetector
 from clearmark.models.train import update_manifest
 from clearmark.models.weights import WEIGHTS_DIR
 from clearmark.pipeline.process import Engines, process_image
+from clearmark.pipeline.reviewed import read_reviewed, upright
 from clearmark.settings import Settings
 
 EVAL_REAL_TAG = 3  # rng stream of this set (training uses 1, the synthetic eval 2)
@@ -133,7 +134,7 @@ def text_changed(case: Case, output: np.ndarray) -> bool:
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return upright(data)
 
 
 def _f1(pred: np.ndarray, true: np.ndarray) -> float:
@@ -216,7 +217,7 @@ def run_methods(
             r = process(case.upload)
             sec = time.perf_counter() - t
             out = decode_rgb(r.image_bytes)
-            job_mask = np.asarray(Image.open(io.BytesIO(r.mask_png)))
+            job_mask = upright(r.mask_png, "L")
             mark = job_mask >= 128
             row = score(case, out, mark, r.status)
             gate = r.details.get("gate", [])
@@ -495,9 +496,11 @@ def _ci(t: tuple[float, float, float], fmt: str = "{:.2f}") -> str:
 
 
 def format_report(results: dict) -> str:
+    title = results.get("title") or (
+        f"{results['split']} split, {results['family']} marks, seed {results['seed']}"
+    )
     lines = [
-        f"clearmark eval-real: {results['split']} split, {results['family']} marks, seed "
-        f"{results['seed']}: {results['n_marked']} marked + {results['n_clean']} clean "
+        f"clearmark eval-real: {title}: {results['n_marked']} marked + {results['n_clean']} clean "
         f"photos; backend {results['backend']}; means with bootstrap 95% intervals"
     ]
     for method, s in results["summary"].items():
@@ -584,6 +587,63 @@ def evaluate_real(
         "seed": seed,
         "n_marked": n_marked,
         "n_clean": n_clean,
+        "backend": backend,
+        "summary": {m: summarize(r) for m, r in rows.items()},
+        "styles": by_style(rows["model"]) if "model" in rows else {},
+        "rows": rows,
+        "cases": cases,
+    }
+
+
+def load_reviewed(root: Path | str) -> list[Case]:
+    """The photos of a `clearmark review export` folder (`pipeline.reviewed`) as a test set
+    of real marks: the result the reviewer accepted stands in for the clean photo and the
+    accepted mask's mark pixels (>= 128) for the true mark; a "no mark" photo is a clean
+    one. Its style: `painted` when the reviewer painted the mask, else the decision."""
+    cases = []
+    for photo in read_reviewed(root):
+        upload = photo.upload.read_bytes()
+        composite = upright(upload)
+        mask = upright(photo.mask.read_bytes(), "L") >= 128
+        clean = upright(photo.result.read_bytes())
+        if not (composite.shape == clean.shape and composite.shape[:2] == mask.shape):
+            raise ValueError(f"{photo.job_id}: upload, mask and result are not one size")
+        cases.append(
+            Case(
+                name=photo.name,
+                marked=bool(mask.any()),
+                style="painted" if photo.masks_painted else photo.decision,
+                upload=upload,
+                clean=clean,
+                composite=composite,
+                mask=mask,
+            )
+        )
+    return cases
+
+
+def evaluate_reviewed(
+    root: Path | str, engines: Engines, settings: Settings, methods=METHODS, backend="?", progress=None
+) -> dict:
+    """`evaluate_real`'s numbers on the photos reviewers kept (`load_reviewed`): mask F1 is
+    the pipeline's mark pixels against the accepted mask's, PSNR is against the accepted
+    result, and harm is a `succeeded` result farther from it than the upload was."""
+    cases = load_reviewed(root)
+    if progress is not None:
+        progress.total = len(cases)
+    find_product_text(cases, engines.text or TextDetector.load())
+
+    def process(upload: bytes) -> Cleaned:
+        return process_image(upload, engines, settings)
+
+    rows = run_methods(cases, process, settings.mask_dilate_px, methods, progress)
+    return {
+        "title": f"reviewed photos in {root}",
+        "split": "reviewed",
+        "family": "reviewed",
+        "seed": None,
+        "n_marked": sum(c.marked for c in cases),
+        "n_clean": sum(not c.marked for c in cases),
         "backend": backend,
         "summary": {m: summarize(r) for m, r in rows.items()},
         "styles": by_style(rows["model"]) if "model" in rows else {},

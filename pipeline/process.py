@@ -14,10 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from clearmark.engine_build import load_engine
+from clearmark.errors import BadInput
 from clearmark.models.inference import Runner, ceil_to, detect_probability, detect_scale, pad_to, run_engine
 from clearmark.models.masks import Box, Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import remover_input
@@ -648,3 +650,121 @@ def process_image(
         review_reason="; ".join(reasons) if status == "needs_review" else None,
         encoding=encoding,
     )
+
+
+GIVEN = "reviewer"  # the `detector` named on the regions of a mask a person painted
+
+
+def remove_with_mask(
+    data: bytes, mask: np.ndarray, engines: Engines, settings: Settings | None = None
+) -> PipelineResult:
+    """Remove inside a mask a person gave instead of detecting one: `mask` is bool H x W,
+    upright (as the photo is shown), True on every pixel to restore. Pixels outside it are
+    the decoded input exactly, and the file is encoded as `process_image` encodes (same
+    format, JPEG coefficients kept outside the touched blocks). The job's mask is 255 on
+    the given pixels, 0 elsewhere.
+
+    The status is always needs_review: a person asked for this change and a person decides
+    on it. The do-no-harm gate does not judge it (the review reason says so); the detector
+    scores each painted region before and after, for the reviewer to see. Raises BadInput
+    (`mask_size`) for a mask of another size than the upright image."""
+    s = settings or get_settings()
+    t_start = time.perf_counter()
+    ms: dict[str, float] = {}
+    t = t_start
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        ms[name] = round((now - t) * 1000.0, 2)
+        t = now
+
+    dec = decode_image(data, s)
+    h, w = dec.rgb.shape[:2]
+    inside = np.asarray(mask, bool)
+    if inside.shape != (h, w):
+        raise BadInput(
+            f"the mask is {inside.shape[1]}x{inside.shape[0]}, the image {w}x{h} (upright)", code="mask_size"
+        )
+    lap("decode")
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(inside.astype(np.uint8), connectivity=8)
+    regions = [(int(x), int(y), int(x + bw), int(y + bh)) for x, y, bw, bh, _ in stats[1:]]
+    before = _scores(engines, dec.rgb, inside, labels, regions, s)
+    lap("detect")
+    given = Mask(core=inside, dilated=inside, alpha=np.where(inside, 255, 0).astype(np.uint8))
+    restored = dec.rgb
+    if regions:
+        restored, _ = remove_watermark(
+            engines.remover, dec.rgb, given, s.remove_crop_margin, s.remove_max_crop, s.remove_flip
+        )
+    lap("remove")
+    lap("gate")  # not run: a person's mask is not the gate's to judge
+    details: dict[str, Any] = {
+        "input_format": dec.format,
+        "input_mode": dec.mode,
+        "frames": dec.frames,
+        "jpeg_quality": dec.jpeg_quality,
+        "notes": list(dec.notes),
+        "given_mask": True,
+    }
+    if not regions:
+        image_bytes, ext, encoding = data, dec.input_extension, {}
+        mask_png = _png(given.alpha, dec.orientation)
+        details.update(output_format=dec.format, output_mode=dec.mode)
+    else:
+        encoded = encode_image(dec, restored, inside, s)
+        image_bytes, ext, encoding = encoded.data, encoded.extension, encoded.details
+        details.update(encoding, output_format=dec.output_format, output_mode=dec.base.mode)
+        mask_png = _png(given.alpha, encoding.get("orientation", 1))
+    lap("encode")
+    after = _scores(engines, restored, inside, labels, regions, s)
+    lap("residual")
+    fate = "removed with the reviewer's mask"
+    details["suspects"] = [
+        {"detector": GIVEN, "box": list(box), "score": b, "after": a, "fate": fate}
+        for box, b, a in zip(regions, before, after)
+    ]
+    details["gate"] = []
+    residual = max(after, default=0.0)
+    reason = (
+        f"removed with a reviewer's mask ({int(inside.sum())} px in {len(regions)} region(s)); the "
+        f"do-no-harm gate does not judge a person's mask; the detector after removal: {residual:.2f}"
+        if regions
+        else "the reviewer's mask is empty: nothing was removed"
+    )
+    metrics = {
+        "width": w,
+        "height": h,
+        "mask_area_fraction": float(inside.mean()),
+        "detector_confidence": float(np.mean(before)) if before else 0.0,
+        "residual_score": residual,
+        **{f"ms_{stage}": ms[stage] for stage in STAGES},
+        "ms_total": round((time.perf_counter() - t_start) * 1000.0, 2),
+        "jpeg_exact": details.get("jpeg_exact"),
+        "jpeg_blocks_changed": details.get("jpeg_blocks_changed"),
+    }
+    return PipelineResult(
+        status="needs_review",
+        image_bytes=image_bytes,
+        extension=ext,
+        mask_png=mask_png,
+        metrics=metrics,
+        details=details,
+        review_reason=reason,
+        encoding=encoding,
+    )
+
+
+def _scores(
+    engines: Engines, rgb: np.ndarray, inside: np.ndarray, labels: np.ndarray, regions: list[Box], s: Settings
+) -> list[float]:
+    """The detector's score (`score_p90`) of each region of `inside` on `rgb`: one pass over
+    a crop around all of them."""
+    if not regions:
+        return []
+    prob, (x0, y0) = detect_around(engines.detector, rgb, inside, s.detect_long_side, s.detect_flip)
+    scores = []
+    for k, (bx0, by0, bx1, by1) in enumerate(regions, start=1):
+        pixels = labels[by0:by1, bx0:bx1] == k
+        scores.append(score_p90(prob[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0], pixels))
+    return scores

@@ -19,7 +19,7 @@ API_MODULES = (
     "workers/slow_clients.py",
     "workers/review_web.py",
 )
-PASSED_ON = ("pipeline/imaging.py", "workers/storage.py", "workers/webhooks.py")
+PASSED_ON = ("pipeline/imaging.py", "workers/storage.py", "workers/webhooks.py", "workers/review_mask.py")
 NOT_ANSWERED = {"unsafe_key"}  # api.py answers a bad source key with invalid_source_uri
 
 

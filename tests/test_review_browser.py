@@ -1,26 +1,33 @@
 """The review page in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
 driven by Selenium; scripts/system-packages.txt installs them): sign in, open a job from
 the queue, look at it (full resolution, flip, zoom, mask, regions), accept it from the
-keyboard, and find the decision, its reviewer and its webhook in the database.
+keyboard, and find the decision, its reviewer and its webhook in the database; paint a
+mask (brush, undo, redo), remove with it through a real worker and see the new result.
 
 The API runs in a thread of this process (uvicorn) on the test's PostgreSQL and Redis.
 Skipped, saying why, where Chromium or its driver is not installed."""
 
 from __future__ import annotations
 
+import io
 import shutil
 import socket
 import threading
 
+import numpy as np
 import pytest
 import redis
 import uvicorn
+from PIL import Image
 from sqlalchemy import select
 
 from clearmark.workers.api import app
-from clearmark.workers.db import Job, JobEvent, session_scope
+from clearmark.workers.db import Job, JobEvent, JobMetrics, session_scope
+from clearmark.workers.jobs import MASK_EVENT
+from clearmark.workers.storage import get_storage, read_uri
 from clearmark.workers.tenants import create_reviewer_key, create_tenant
-from tests.services import wait_for
+from tests.badfiles import encode
+from tests.services import product_photo, wait_for
 from tests.test_review_page import add_job
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -35,6 +42,7 @@ pytestmark = [
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the test extra) is not installed")
 By = pytest.importorskip("selenium.webdriver.common.by").By
 Keys = pytest.importorskip("selenium.webdriver.common.keys").Keys
+ActionBuilder = pytest.importorskip("selenium.webdriver.common.actions.action_builder").ActionBuilder
 
 
 @pytest.fixture
@@ -153,5 +161,100 @@ def test_sign_in_open_a_job_flip_zoom_and_accept_from_the_keyboard(service, serv
     )
     browser.find_element(By.ID, "sign-out").click()
     visible(browser, "#key")
+    refused = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert refused == []
+
+
+def pixel_alpha(driver, canvas: str, x: int, y: int) -> int:
+    return js(
+        driver, f"document.getElementById('{canvas}').getContext('2d').getImageData({x}, {y}, 1, 1).data[3]"
+    )
+
+
+def drag(driver, points: list[tuple[int, int]]) -> None:
+    """A pointer stroke through `points`, in the photo's pixels."""
+    left, top, scale = js(
+        driver,
+        "(() => { const b = document.getElementById('viewer').getBoundingClientRect(); "
+        "const m = new DOMMatrix(getComputedStyle(document.getElementById('stage')).transform); "
+        "return [b.left + m.e, b.top + m.f, m.a]; })()",
+    )
+    actions = ActionBuilder(driver)
+    at = [(round(left + x * scale), round(top + y * scale)) for x, y in points]
+    actions.pointer_action.move_to_location(*at[0]).pointer_down()
+    for x, y in at[1:]:
+        actions.pointer_action.move_to_location(x, y)
+    actions.pointer_action.pointer_up()
+    actions.perform()
+
+
+def test_paint_a_mask_undo_redo_and_remove_with_it(service, server, browser, workers):
+    upload = product_photo(5, (160, 120))
+    mask = np.zeros((120, 160), np.uint8)
+    mask[30:50, 40:100] = 255  # what the pipeline changed
+    storage = get_storage()
+    with session_scope(service.database_url) as session:
+        tenant, _ = create_tenant(session, "shop")
+        job_id = add_job(session, tenant, 1)
+        job = session.get(Job, job_id)
+        job.source_uri = job.result_uri = storage.put(f"sources/{tenant.id}/p.png", encode(upload, "PNG"))
+        job.mask_uri = storage.put(f"masks/{job_id}-1.png", encode(Image.fromarray(mask, "L"), "PNG"))
+        metrics = session.get(JobMetrics, job_id)
+        metrics.width, metrics.height = upload.size
+    with session_scope(service.database_url) as session:
+        key = create_reviewer_key(session, "shop", "ana")
+    workers(service)  # it loads its engines while the page opens
+
+    browser.get(server + f"/review#job/{job_id}")
+    visible(browser, "#key").send_keys(key + Keys.ENTER)
+    wait_for(lambda: js(browser, "document.getElementById('viewer').dataset.loaded") == "yes", 15, "images")
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys("1")  # 1:1
+    assert browser.find_element(By.ID, "remove-mask").get_attribute("disabled")
+    body.send_keys("b")
+    assert "on" in browser.find_element(By.ID, "tool-brush").get_attribute("class")
+    # The editor starts from the job's mask, at the photo's full resolution.
+    assert js(
+        browser, "[document.getElementById('mask-edit').width, document.getElementById('mask-edit').height]"
+    ) == [
+        160,
+        120,
+    ]
+    assert pixel_alpha(browser, "mask-edit", 70, 40) == 255 and pixel_alpha(browser, "mask-edit", 80, 95) == 0
+    drag(browser, [(20, 95), (60, 95), (100, 95), (140, 95)])  # a mark the detector missed
+    wait_for(lambda: pixel_alpha(browser, "mask-edit", 80, 95) == 255, 5, "the stroke")
+    body.send_keys("u")
+    assert pixel_alpha(browser, "mask-edit", 80, 95) == 0 and pixel_alpha(browser, "mask-edit", 70, 40) == 255
+    assert browser.find_element(By.ID, "undo").get_attribute("disabled")
+    body.send_keys("U")
+    assert pixel_alpha(browser, "mask-edit", 80, 95) == 255
+
+    browser.find_element(By.ID, "remove-mask").click()
+    wait_for(
+        lambda: "new result is in" in browser.find_element(By.ID, "edit-state").text, 240, "the new result"
+    )
+    assert browser.find_element(By.ID, "job-status").text == "needs_review"
+    with session_scope(service.database_url) as session:
+        job = session.get(Job, job_id)
+        edit = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == MASK_EVENT)
+        ).one()
+        assert (edit.detail["reviewer"], edit.detail["via"], edit.detail["edit"]) == ("ana", "page", 1)
+        result_uri = job.result_uri
+    assert result_uri.endswith(f"{job_id}-edit1-1.png")
+    inside = np.asarray(Image.open(io.BytesIO(read_uri(edit.detail["mask_uri"])))) > 0
+    assert inside[95, 80] and inside[40, 70] and not inside[5, 5]
+    out, src = np.asarray(Image.open(io.BytesIO(read_uri(result_uri))).convert("RGB")), np.asarray(upload)
+    assert np.array_equal(out[~inside], src[~inside]) and not np.array_equal(out[inside], src[inside])
+    # The page shows the new result and its mask (the stroke included).
+    assert js(browser, "document.getElementById('img-after').src").endswith(
+        "?at=" + js(browser, "encodeURIComponent(state.job.finished_at)")
+    )
+    assert pixel_alpha(browser, "mask-layer", 80, 95) > 0
+    assert f"mask {100 * inside.mean():.1f}%" in browser.find_element(By.ID, "job-scores").text
+    assert "mask_edit" in browser.find_element(By.ID, "events").text
+
+    body.send_keys("a")
+    wait_for(lambda: browser.find_element(By.ID, "job-status").text == "succeeded", 15, "the decision")
     refused = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
     assert refused == []

@@ -6,12 +6,15 @@ runs the pipeline (and so loads torch): the API never imports it.
 
 from __future__ import annotations
 
+import io
 import logging
 
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
+from PIL import Image
 
 from clearmark.errors import BadInput, ClearmarkError, StorageUnavailable, TransientError
-from clearmark.pipeline.process import Engines, process_image
+from clearmark.pipeline.process import Engines, process_image, remove_with_mask
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import webhooks
 from clearmark.workers.db import JobStatus
@@ -33,12 +36,29 @@ log = logging.getLogger(__name__)
 
 def output_uris(claim: Claim, extension: str) -> tuple[str, str]:
     """Where the result and mask go: preset on the job (clean), else keys of this attempt
-    in storage (`results/<job>-<attempt><ext>`), never shared with another attempt."""
+    in storage (`results/<job>-<attempt><ext>`), never shared with another attempt. An
+    attempt with a reviewer's mask always writes keys of its own
+    (`results/<job>-edit<n>-<attempt><ext>`): the results before it stay."""
     storage = get_storage()
+    if claim.given_mask is not None:
+        key = f"{claim.job_id}-edit{claim.given_mask[0]}-{claim.attempt}"
+        return storage.uri(f"results/{key}{extension}"), storage.uri(f"masks/{key}.png")
     key = f"{claim.job_id}-{claim.attempt}"
     result = claim.result_uri or storage.uri(f"results/{key}{extension}")
     mask = claim.mask_uri or storage.uri(f"masks/{key}.png")
     return result, mask
+
+
+def _given_mask(uri: str) -> np.ndarray:
+    """The reviewer's mask as stored (workers.review_mask): grey PNG, >= 128 inside."""
+    return np.asarray(Image.open(io.BytesIO(read_uri(uri))).convert("L")) >= 128
+
+
+def _given_mask_record(claim: Claim) -> dict[str, object] | None:
+    if claim.given_mask is None:
+        return None
+    edit, uri = claim.given_mask
+    return {"edit": edit, "uri": uri, "gate": "not applied: a reviewer's mask is the reviewer's to judge"}
 
 
 def _discard_outputs(claim: Claim, uris: tuple[str, str]) -> None:
@@ -84,8 +104,11 @@ def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | No
 
     try:
         data = read_uri(job_source_uri(claim.source_uri, claim.tenant_id), max_bytes=settings.max_bytes)
-        templates = retry_database(lambda: tenant_templates(settings, claim.tenant_id), settings, what)
-        result = process_image(data, engines, settings, templates)
+        if claim.given_mask is None:
+            templates = retry_database(lambda: tenant_templates(settings, claim.tenant_id), settings, what)
+            result = process_image(data, engines, settings, templates)
+        else:
+            result = remove_with_mask(data, _given_mask(claim.given_mask[1]), engines, settings)
         uris = output_uris(claim, result.extension)
         write_uri(uris[0], result.image_bytes)
         write_uri(uris[1], result.mask_png)
@@ -117,6 +140,7 @@ def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | No
             gate=result.details.get("gate"),
             encoding=result.encoding,
             suspects=result.details.get("suspects"),
+            given_mask=_given_mask_record(claim),
         ),
         settings,
         what,

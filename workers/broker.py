@@ -40,6 +40,17 @@ def publish(task: str, job_id: str, queue: str, settings: Settings) -> None:
         raise ServiceUnavailable("broker", f"{_where(settings.broker_url)}: {exc}") from None
 
 
+def check_reachable(settings: Settings, timeout_s: float = 3.0) -> None:
+    """ServiceUnavailable unless the broker answers now: for a change that must not be
+    recorded when its task cannot be sent (the reaper would only send it once a worker and
+    its broker run)."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout_s)
+    except (*BROKER_ERRORS, OSError) as exc:
+        raise ServiceUnavailable("broker", f"{_where(settings.broker_url)}: {exc}") from None
+
+
 def queue_for(priority: str, settings: Settings | None = None) -> str:
     """Low-priority (bulk) jobs go to their own queue so they never delay uploads."""
     s = settings or get_settings()

@@ -91,8 +91,9 @@ FINISHED = frozenset({JobStatus.succeeded, JobStatus.no_watermark, JobStatus.nee
 WITH_RESULT = FINISHED - {JobStatus.failed}
 
 # Which status may follow which. running -> running is a take-over of a job whose worker
-# died; finished -> queued is an operator's retry or a reprocessing run; needs_review ends
-# with a person's accept (succeeded) or reject (failed).
+# died; finished -> queued is an operator's retry, a reprocessing run or (from needs_review)
+# a removal with a reviewer's mask; needs_review ends with a person's accept (succeeded) or
+# reject (failed).
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.failed}),
     JobStatus.running: frozenset({JobStatus.running, JobStatus.queued, *FINISHED}),

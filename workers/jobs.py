@@ -154,6 +154,30 @@ class Claim:
     result_uri: str | None
     mask_uri: str | None
     tenant_id: str
+    # A reviewer's mask this attempt removes with instead of detecting: (edit number, URI).
+    given_mask: tuple[int, str] | None = None
+
+
+MASK_EVENT = "mask_edit"  # a reviewer's mask queued the job (workers.review_mask)
+
+
+def queued_mask(session: Session, job: Job) -> tuple[int, str] | None:
+    """(edit number, mask URI) of the reviewer's mask the job was queued with since it last
+    finished (its `mask_edit` event), or None: the pipeline detects as usual. Read at each
+    claim, so a retry or a reaped attempt of that stay runs with the same mask."""
+    finished = (
+        select(func.max(JobEvent.id))
+        .where(JobEvent.job_id == job.id, JobEvent.to_status.in_([s.value for s in FINISHED]))
+        .scalar_subquery()
+    )
+    detail = session.scalar(
+        select(JobEvent.detail)
+        .where(JobEvent.job_id == job.id, JobEvent.kind == MASK_EVENT)
+        .where(JobEvent.id > func.coalesce(finished, 0))
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    )
+    return (int(detail["edit"]), str(detail["mask_uri"])) if detail else None
 
 
 def _locked_job(session: Session, job_id: str) -> Job | None:
@@ -293,7 +317,15 @@ def claim_job(db_url: str, job_id: str, max_attempts: int, lease_s: float | None
             job.lease_expires_at = job.started_at + timedelta(seconds=lease_s)
             job.review_reason = None  # a new attempt: an earlier review reason no longer holds
             job.worker_host = socket.gethostname()
-        claim = Claim(job.id, job.attempts, job.source_uri, job.result_uri, job.mask_uri, job.tenant_id)
+        claim = Claim(
+            job.id,
+            job.attempts,
+            job.source_uri,
+            job.result_uri,
+            job.mask_uri,
+            job.tenant_id,
+            None if gave_up else queued_mask(session, job),
+        )
     if gave_up:
         raise TooManyAttempts(f"job {job_id}: {claim.attempt} attempts used up")
     return claim
@@ -332,13 +364,16 @@ def finish_job(
     gate: list[dict[str, Any]] | None = None,
     encoding: dict[str, Any] | None = None,
     suspects: list[dict[str, Any]] | None = None,
+    given_mask: dict[str, Any] | None = None,
 ) -> bool:
     """Record the result; False (and nothing written) when this attempt lost its claim.
     `review_reason` is stored only with needs_review. The status event's detail gets
     `gate` (the do-no-harm gate's per-region verdicts) and `encoding` (how the result file
     was written: for JPEG, whether the upload's coefficients were kept and how many MCUs
     changed) and `suspects` (each region a detector flagged: detector, box, scores and what
-    the pipeline did there, its `fate`; the review page draws them)."""
+    the pipeline did there, its `fate`; the review page draws them) and `given_mask` (an
+    attempt with a reviewer's mask: its edit number and URI, and this attempt's result
+    and mask URIs, so every attempt stays on the job)."""
     with session_scope(db_url) as session:
         job = _locked_job(session, claim.job_id)
         if not _holds_claim(job, claim):
@@ -356,6 +391,8 @@ def finish_job(
             extra["suspects"] = [
                 _json_safe({k: v for k, v in x.items() if k != "evidence"}) for x in suspects
             ]
+        if given_mask:
+            extra["given_mask"] = given_mask | {"result_uri": result_uri, "mask_uri": mask_uri}
         set_status(session, job, status, attempt=claim.attempt, **extra)
         job.result_uri, job.mask_uri = result_uri, mask_uri
         job.pipeline_version = pipeline_version

@@ -1,8 +1,9 @@
 """`clearmark report`: one self-contained HTML page about the jobs (no external files).
 
 Counts by status, failure reasons, stage latency percentiles, distributions of detector
-confidence and mask area (inline SVG), and before/after/mask thumbnails (base64 JPEG read
-from storage) for the needs_review jobs, the lowest-confidence jobs and a random sample.
+confidence and mask area (inline SVG), reviews (per day, time per review, what reviewers
+changed), and before/after/mask thumbnails (base64 JPEG read from storage) for the
+needs_review jobs, the lowest-confidence jobs and a random sample.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from clearmark.pipeline.stages import STAGES
 from clearmark.pipeline.versions import current_version_pattern
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.db import WITH_RESULT, Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
+from clearmark.workers.review_history import Review, reviews
 from clearmark.workers.storage import read_uri
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
@@ -194,6 +196,75 @@ def _table(head: list[str], rows: Sequence[Sequence[object]], numeric: tuple[int
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
+# What a review did to the pipeline's result, in the order the report lists them.
+CHANGES = (
+    ("accepted as it was", lambda r: r.decision == "accept" and not r.masks_painted),
+    ("mask painted, then accepted", lambda r: r.decision == "accept" and r.masks_painted > 0),
+    ("there is no mark", lambda r: r.decision == "no_mark"),
+    ("rejected", lambda r: r.decision == "reject"),
+)
+
+
+def _minutes(seconds: list[float], q: float) -> str:
+    return f"{np.percentile(seconds, q) / 60:.1f}" if seconds else "-"
+
+
+def review_section(done: list[Review]) -> str:
+    """Reviews per day (UTC) with the time per review (needs_review to the decision,
+    median and p90), and what reviewers changed: each kind of decision, and the masks
+    they painted."""
+    if not done:
+        return '<p class="empty">no reviews yet</p>'
+    waits = [r.waited_s for r in done if r.waited_s is not None]
+    painted = sum(r.masks_painted for r in done)
+    cards = [
+        (len(done), "reviews"),
+        (sum(r.decision == "accept" for r in done), "accepted"),
+        (sum(r.decision == "reject" for r in done), "rejected"),
+        (sum(r.decision == "no_mark" for r in done), "no mark"),
+        (sum(r.masks_painted > 0 for r in done), "with a painted mask"),
+        (_minutes(waits, 50), "median minutes"),
+    ]
+    days: dict[str, list[Review]] = {}
+    for r in done:
+        days.setdefault(f"{r.at:%Y-%m-%d}", []).append(r)
+    per_day = [
+        [
+            day,
+            len(rs),
+            *(sum(r.decision == d for r in rs) for d in ("accept", "reject", "no_mark")),
+            sum(r.masks_painted > 0 for r in rs),
+            _minutes([r.waited_s for r in rs if r.waited_s is not None], 50),
+            _minutes([r.waited_s for r in rs if r.waited_s is not None], 90),
+        ]
+        for day, rs in sorted(days.items())
+    ]
+    changes = [[label, n, f"{n / len(done):.0%}"] for label, test in CHANGES for n in [sum(map(test, done))]]
+    return (
+        '<div class="cards">'
+        + "".join(f'<div class="card"><b>{v}</b><span>{escape(k)}</span></div>' for v, k in cards)
+        + "</div><h3>Reviews per day</h3>"
+        + _table(
+            [
+                "day (UTC)",
+                "reviews",
+                "accepted",
+                "rejected",
+                "no mark",
+                "mask painted",
+                "median min",
+                "p90 min",
+            ],
+            per_day,
+            numeric=(1, 2, 3, 4, 5, 6, 7),
+        )
+        + "<h3>What reviewers changed</h3>"
+        + _table(["decision", "reviews", "share"], changes, numeric=(1, 2))
+        + f'<p class="meta">{painted} mask(s) painted in all; time per review: from needs_review '
+        "to the decision, removals with a painted mask included.</p>"
+    )
+
+
 def build_report(
     tenant: str | None = None,
     since: datetime | None = None,
@@ -260,6 +331,7 @@ def build_report(
             .order_by(func.random())
             .limit(sample)
         ).all()
+        reviewed = review_section(reviews(session, tenant, since, created_since=True))
         galleries = (
             _gallery(
                 "Needs review",
@@ -354,5 +426,6 @@ def build_report(
         f"<h2>Latency percentiles</h2>{latency}"
         f'<h2>Distributions</h2><div class="plots">{plots}</div>'
         f"<h2>Pipeline versions</h2>{version_table}"
+        f"<h2>Reviews</h2>{reviewed}"
         f"{galleries}</body></html>"
     )

@@ -175,7 +175,11 @@ def _event(e: JobEvent) -> dict[str, Any]:
         "from": e.from_status,
         "to": e.to_status,
         "at": iso(as_utc(e.created_at)),
-        **{k: d[k] for k in ("decision", "reviewer", "note", "via", "attempt", "review_reason") if k in d},
+        **{
+            k: d[k]
+            for k in ("decision", "reviewer", "note", "via", "attempt", "review_reason", "edit", "pixels")
+            if k in d
+        },
     }
 
 

@@ -21,7 +21,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from PIL import Image
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
+from clearmark.errors import ServiceUnavailable
 from clearmark.settings import get_settings
 from clearmark.workers.api_errors import ApiError
 from clearmark.workers.api_guard import admit_key
@@ -40,6 +42,7 @@ from clearmark.workers.review_auth import (
     same_token,
     session_for,
 )
+from clearmark.workers.review_mask import BadMask, ask_removal
 from clearmark.workers.review_queue import (
     MAX_PER_PAGE,
     QUEUE_STATUSES,
@@ -267,3 +270,35 @@ def review_decisions(body: Decisions, reviewer: Changing) -> dict[str, Any]:
         except ApiError as exc:
             results.append({"id": job_id, "error": {"code": exc.code, "message": exc.message}})
     return {"results": results}
+
+
+@page.post("/api/jobs/{job_id}/mask", status_code=202)
+async def review_mask(job_id: str, request: Request, reviewer: Changing) -> dict[str, Any]:
+    """Remove with the reviewer's mask: the body is a PNG of the photo's size as shown
+    (>= 128 inside). The job is queued as an attempt of its own (workers.review_mask) and
+    comes back to needs_review with the new result; 422 for a mask it cannot use (not_png,
+    mask_size, empty_mask), 409 for a job not in review."""
+    limit = get_settings().max_bytes
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise ApiError(413, "too_large_bytes", f"the mask is over the limit of {limit} bytes")
+    try:
+        edit = await run_in_threadpool(
+            lambda: ask_removal(job_id, bytes(data), reviewer.name, tenant_id=reviewer.tenant_id, via="page")
+        )
+    except LookupError:
+        raise ApiError(404, "not_found", f"no job {job_id}") from None
+    except BadMask as exc:
+        raise ApiError(422, exc.code, str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(409, "not_in_review", str(exc)) from None
+    except ServiceUnavailable:
+        raise ApiError(
+            503,
+            "broker_unavailable",
+            "the workers' broker cannot be reached: nothing was changed, the job stays in review "
+            "(a removal with a mask runs on a worker)",
+        ) from None
+    return {"id": job_id, "status": JobStatus.queued.value, "edit": edit}

@@ -423,6 +423,14 @@ def eval_command(
     help="tuning: let every region through, then print which gate limits would have "
     "harmed no image (run it on --split train, never on the split you report)",
 )
+@click.option(
+    "--reviewed",
+    "reviewed_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="score the photos reviewers kept (a `clearmark review export` folder) instead: "
+    "the accepted mask is the truth, the accepted result the clean photo",
+)
 def eval_real_command(
     split: str,
     family: str,
@@ -437,15 +445,17 @@ def eval_real_command(
     baselines: bool,
     update_manifest: bool,
     sweep_gate: bool,
+    reviewed_dir: Path | None,
 ) -> None:
     """Score the pipeline (decode to encode, gate included) on real product photos, marked
     and clean, against doing nothing and true-mask Telea: harm rate, clean photos changed,
     PSNR/SSIM, PSNR inside and outside the mark, mask F1, statuses, per style, with
     bootstrap 95% intervals."""
-    if update_manifest and (weights_dir or not baselines or sweep_gate):
+    if update_manifest and (weights_dir or not baselines or sweep_gate or reviewed_dir):
         raise click.UsageError(
             "--update-manifest records the shipped engines with baselines "
-            "and the gate as set: drop --weights, --no-baselines, --sweep-gate"
+            "and the gate as set on the products set: drop --weights, --no-baselines, --sweep-gate, "
+            "--reviewed"
         )
     settings = get_settings().replace(backend=backend)
     if sweep_gate:
@@ -455,21 +465,27 @@ def eval_real_command(
         backend = f"torch ({weights_dir})"
     else:
         engines = process.Engines.load(settings)
+    methods = real_eval.METHODS if baselines else ("model",)
     try:
         with tqdm.tqdm(total=n_marked + n_clean, desc="eval-real", mininterval=5) as bar:
-            results = real_eval.evaluate_real(
-                data_dir,
-                engines,
-                settings,
-                split,
-                n_marked,
-                n_clean,
-                seed,
-                family,
-                real_eval.METHODS if baselines else ("model",),
-                backend=backend,
-                progress=bar,
-            )
+            if reviewed_dir:
+                results = real_eval.evaluate_reviewed(
+                    reviewed_dir, engines, settings, methods, backend=backend, progress=bar
+                )
+            else:
+                results = real_eval.evaluate_real(
+                    data_dir,
+                    engines,
+                    settings,
+                    split,
+                    n_marked,
+                    n_clean,
+                    seed,
+                    family,
+                    methods,
+                    backend=backend,
+                    progress=bar,
+                )
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(real_eval.format_report(results))

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import getpass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from clearmark.workers.commands.common import needs_database
+from clearmark.workers.commands.common import needs_database, since_value
 from clearmark.workers.commands.deferred import deferred
 
 if TYPE_CHECKING:
     from clearmark.workers import review as reviews
+    from clearmark.workers import review_export
 else:
     reviews = deferred("clearmark.workers.review")
+    review_export = deferred("clearmark.workers.review_export")
 
 
 @click.group()
@@ -73,3 +76,16 @@ def review_no_mark(job_ids: tuple[str, ...], note: str) -> None:
     """A false alarm: the job becomes no_watermark and delivers the upload unchanged with an
     empty mask, whatever the pipeline changed."""
     _decide(job_ids, reviews.Decision.no_mark, note)
+
+
+@review.command("export")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--since", help="Decided since: an ISO date or time, or an age (12h, 7d, 2w).")
+@click.option("--tenant", help="Only this tenant's jobs.")
+@needs_database
+def review_export_command(out: Path, since: str | None, tenant: str | None) -> None:
+    """Write the reviewed photos (accepted, or no mark) to OUT: each upload with its
+    accepted mask and result, and manifest.csv (the format: README, "Learning from
+    reviews"). `clearmark eval-real --reviewed OUT` scores the pipeline on them."""
+    n = review_export.export_reviews(out, since_value(since) if since else None, tenant)
+    click.echo(f"{n} reviewed photo(s) in {out}")

@@ -1,5 +1,5 @@
-// The review page: sign-in, the queue, one job (before/after, zoom and pan, mask, regions)
-// and decisions. Plain JavaScript, no build step; every request goes to /review/api with
+// The review page: sign-in, the queue, one job (before/after, zoom and pan, mask, regions),
+// fixing the mask (brush, eraser, undo, redo, remove with it) and decisions. Plain JavaScript, no build step; every request goes to /review/api with
 // the session cookie, and every POST carries the session's CSRF token.
 "use strict";
 
@@ -14,7 +14,12 @@ const state = {
   index: -1,        // the open job's place in ids
   job: null,
   view: { scale: 1, x: 0, y: 0, w: 0, h: 0 },
+  tool: "pan",      // pan | brush | eraser
+  // The reviewer's mask, at the photo's full resolution: the job's mask (every changed
+  // pixel) as the base, then the strokes; undo and redo replay them on the base.
+  edit: { mask: null, base: null, strokes: [], undone: [], stroke: null, polling: false },
 };
+const EDIT_COLOUR = "#00e5ff";
 
 class SignedOut extends Error {}
 
@@ -199,12 +204,11 @@ async function openJob(id, push = true) {
   state.index = state.ids.indexOf(id);
   if (push) history.pushState(null, "", "#job/" + id);
   $("job-name").textContent = job.name;
-  setStatus(job.status);
-  $("job-reason").textContent = job.review_reason || (job.error ? job.error.message : "");
-  $("job-scores").textContent = `${job.width || "?"} x ${job.height || "?"} px · confidence ` +
-    `${fmt(job.confidence)} · residual ${fmt(job.residual)} · mask ${fmt(100 * (job.mask_area_fraction || 0), 1)}%`;
+  showFacts(job);
   $("decide-result").textContent = "";
   $("note").value = "";
+  resetEdit();
+  $("edit-state").textContent = "";
   $("prev-job").disabled = state.index <= 0 && state.page <= 1;
   $("next-job").disabled = state.index < 0;
   show("job");
@@ -213,14 +217,24 @@ async function openJob(id, push = true) {
   listEvents(job.events);
 }
 
+function showFacts(job) {
+  setStatus(job.status);
+  $("job-reason").textContent = job.review_reason || (job.error ? job.error.message : "");
+  $("job-scores").textContent = `${job.width || "?"} x ${job.height || "?"} px · confidence ` +
+    `${fmt(job.confidence)} · residual ${fmt(job.residual)} · mask ${fmt(100 * (job.mask_area_fraction || 0), 1)}%`;
+}
+
 function setStatus(status) {
   $("job-status").textContent = status;
   $("job-status").className = "badge " + status;
   for (const id of ["accept", "reject", "no-mark"]) $(id).disabled = status !== "needs_review";
+  $("remove-mask").disabled = status !== "needs_review" || !state.edit.base;
 }
 
+// The attempt in the query: a new result of the same job is another URL, never a cached one.
 function imageUrl(job, which) {
-  return `/review/api/jobs/${encodeURIComponent(job.id)}/images/${which}`;
+  const attempt = encodeURIComponent(job.finished_at || "");
+  return `/review/api/jobs/${encodeURIComponent(job.id)}/images/${which}?at=${attempt}`;
 }
 
 function loaded(img, src) {
@@ -232,7 +246,7 @@ function loaded(img, src) {
 
 // The upload, the result and the mask, each at full resolution; the viewer says
 // data-loaded="yes" once all three are in.
-async function loadImages(job) {
+async function loadImages(job, keepView = false) {
   const before = $("img-before");
   const viewer = $("viewer");
   viewer.dataset.loaded = "no";
@@ -244,21 +258,26 @@ async function loadImages(job) {
       state.view.h = before.naturalHeight;
       $("stage").style.width = state.view.w + "px";
       $("stage").style.height = state.view.h + "px";
-      fit();
+      if (!keepView) fit();
     }),
     loaded($("img-after"), imageUrl(job, which)),
     drawMask(job),
   ]);
-  if (state.job === job) viewer.dataset.loaded = "yes";
+  if (state.job === job) {
+    viewer.dataset.loaded = "yes";
+    setStatus(job.status);
+  }
 }
 
 async function drawMask(job) {
   const canvas = $("mask-layer");
   const context = canvas.getContext("2d");
   canvas.width = canvas.height = 0;
+  state.edit.mask = null;
   if (!job.has_mask) return;
   const mask = await loaded(new Image(), imageUrl(job, "mask"));
   if (state.job !== job || !mask.naturalWidth) return;
+  state.edit.mask = mask;
   canvas.width = mask.naturalWidth;
   canvas.height = mask.naturalHeight;
   context.drawImage(mask, 0, 0);
@@ -298,6 +317,201 @@ function listEvents(events) {
     const note = e.note ? ` — ${e.note}` : "";
     return text("li", `${when(e.at)} ${e.kind} ${what}${e.from || ""} → ${e.to || ""}${who}${note}`);
   }));
+}
+
+// --- fixing the mask -------------------------------------------------------------------
+
+function resetEdit() {
+  Object.assign(state.edit, { base: null, strokes: [], undone: [], stroke: null });
+  $("viewer").classList.remove("editing");
+  const canvas = $("mask-edit");
+  canvas.width = canvas.height = 0;
+  setTool("pan");
+  updateEditButtons();
+}
+
+// The first brush or eraser stroke starts from the job's mask: every pixel it changed.
+function startEdit() {
+  if (state.edit.base) return;
+  const canvas = $("mask-edit");
+  const { w, h } = state.view;
+  canvas.width = w;
+  canvas.height = h;
+  const context = canvas.getContext("2d");
+  const base = context.createImageData(w, h);
+  const mask = state.edit.mask;
+  if (mask && mask.naturalWidth === w && mask.naturalHeight === h) {
+    const scratch = document.createElement("canvas");
+    scratch.width = w;
+    scratch.height = h;
+    const sc = scratch.getContext("2d");
+    sc.drawImage(mask, 0, 0);
+    const grey = sc.getImageData(0, 0, w, h).data;
+    const d = base.data;
+    for (let i = 0; i < d.length; i += 4) {
+      if (grey[i] > 0) { d[i] = 0; d[i + 1] = 229; d[i + 2] = 255; d[i + 3] = 255; }
+    }
+  }
+  state.edit.base = base;
+  $("viewer").classList.add("editing");
+  redraw();
+}
+
+function brushSize() {
+  return Number($("brush-size").value);
+}
+
+function setBrushSize(px) {
+  $("brush-size").value = String(Math.min(200, Math.max(2, Math.round(px))));
+  $("brush-px").textContent = `${brushSize()} px`;
+}
+
+function setTool(tool) {
+  state.tool = tool;
+  for (const t of ["pan", "brush", "eraser"]) $("tool-" + t).classList.toggle("on", t === tool);
+  $("viewer").classList.toggle("painting", tool !== "pan");
+  if (tool !== "pan" && state.job) {
+    startEdit();
+    $("show-mask").checked = true;
+    toggleLayers();
+  }
+}
+
+function paint(context, stroke, from) {
+  context.save();
+  context.globalCompositeOperation = stroke.mode === "eraser" ? "destination-out" : "source-over";
+  context.strokeStyle = context.fillStyle = EDIT_COLOUR;
+  context.lineWidth = stroke.size;
+  context.lineCap = context.lineJoin = "round";
+  const p = stroke.points;
+  if (p.length === 1) {
+    context.beginPath();
+    context.arc(p[0][0], p[0][1], stroke.size / 2, 0, 2 * Math.PI);
+    context.fill();
+  } else {
+    context.beginPath();
+    const start = Math.max(0, from - 1);
+    context.moveTo(p[start][0], p[start][1]);
+    for (let i = start + 1; i < p.length; i++) context.lineTo(p[i][0], p[i][1]);
+    context.stroke();
+  }
+  context.restore();
+}
+
+function redraw() {
+  const context = $("mask-edit").getContext("2d");
+  context.putImageData(state.edit.base, 0, 0);
+  for (const stroke of state.edit.strokes) paint(context, stroke, 0);
+  updateEditButtons();
+}
+
+function updateEditButtons() {
+  $("undo").disabled = state.edit.strokes.length === 0;
+  $("redo").disabled = state.edit.undone.length === 0;
+  $("remove-mask").disabled = !state.edit.base || !state.job || state.job.status !== "needs_review";
+}
+
+function undo() {
+  if (!state.edit.strokes.length) return;
+  state.edit.undone.push(state.edit.strokes.pop());
+  redraw();
+}
+
+function redo() {
+  if (!state.edit.undone.length) return;
+  state.edit.strokes.push(state.edit.undone.pop());
+  redraw();
+}
+
+function imagePoint(e) {
+  const box = $("viewer").getBoundingClientRect();
+  const v = state.view;
+  return [(e.clientX - box.left - v.x) / v.scale, (e.clientY - box.top - v.y) / v.scale];
+}
+
+function strokeStart(e) {
+  startEdit();
+  state.edit.stroke = { mode: state.tool, size: brushSize(), points: [imagePoint(e)] };
+  paint($("mask-edit").getContext("2d"), state.edit.stroke, 0);
+}
+
+function strokeMove(e) {
+  const stroke = state.edit.stroke;
+  stroke.points.push(imagePoint(e));
+  paint($("mask-edit").getContext("2d"), stroke, stroke.points.length - 1);
+}
+
+function strokeEnd() {
+  state.edit.strokes.push(state.edit.stroke);
+  state.edit.stroke = null;
+  state.edit.undone = [];
+  updateEditButtons();
+}
+
+// The mask as the server takes it: a grey PNG of the photo's size, white inside.
+function maskPng() {
+  const source = $("mask-edit");
+  const out = document.createElement("canvas");
+  out.width = source.width;
+  out.height = source.height;
+  const context = out.getContext("2d");
+  const painted = source.getContext("2d").getImageData(0, 0, source.width, source.height);
+  const d = painted.data;
+  for (let i = 0; i < d.length; i += 4) {
+    const v = d[i + 3] >= 128 ? 255 : 0;
+    d[i] = d[i + 1] = d[i + 2] = v;
+    d[i + 3] = 255;
+  }
+  context.putImageData(painted, 0, 0);
+  return new Promise((resolve) => out.toBlob(resolve, "image/png"));
+}
+
+async function removeWithMask() {
+  const job = state.job;
+  if (!job || job.status !== "needs_review" || !state.edit.base) return;
+  $("remove-mask").disabled = true;
+  $("edit-state").textContent = "sending the mask…";
+  try {
+    const response = await fetch(`/review/api/jobs/${encodeURIComponent(job.id)}/mask`, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "image/png", "X-CSRF-Token": state.csrf },
+      body: await maskPng(),
+    });
+    const data = await response.json().catch(() => ({}));
+    if (response.status === 401) return showSignIn();
+    if (!response.ok) throw new Error((data.error && data.error.message) || response.statusText);
+    job.status = data.status;
+    setStatus(data.status);
+    $("edit-state").textContent = `removing with mask ${data.edit}…`;
+    await waitForAttempt(job);
+  } catch (error) {
+    if (!(error instanceof SignedOut)) $("edit-state").textContent = error.message;
+    updateEditButtons();
+  }
+}
+
+// Poll the job until the workers are done with it, then show the new result.
+async function waitForAttempt(job) {
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    if (state.job !== job) return;
+    const fresh = await api("jobs/" + encodeURIComponent(job.id));
+    if (state.job !== job) return;
+    if (fresh.status === "queued" || fresh.status === "running") {
+      setStatus(fresh.status);
+      continue;
+    }
+    state.job = fresh;
+    showFacts(fresh);
+    resetEdit();
+    drawRegions(fresh.regions);
+    listEvents(fresh.events);
+    await loadImages(fresh, true);
+    $("edit-state").textContent = fresh.status === "needs_review"
+      ? "the new result is in: decide on it, or paint again" : `the attempt ended ${fresh.status}`;
+    return;
+  }
 }
 
 // --- before / after, zoom and pan ------------------------------------------------------
@@ -351,17 +565,27 @@ function setUpPanning() {
   const viewer = $("viewer");
   let drag = null;
   viewer.addEventListener("pointerdown", (e) => {
+    if (state.tool !== "pan") {
+      viewer.setPointerCapture(e.pointerId);
+      strokeStart(e);
+      return;
+    }
     drag = { x: e.clientX, y: e.clientY, vx: state.view.x, vy: state.view.y };
     viewer.setPointerCapture(e.pointerId);
     viewer.classList.add("panning");
   });
   viewer.addEventListener("pointermove", (e) => {
+    if (state.edit.stroke) return strokeMove(e);
     if (!drag) return;
     state.view.x = drag.vx + e.clientX - drag.x;
     state.view.y = drag.vy + e.clientY - drag.y;
     applyView();
   });
-  const stop = () => { drag = null; viewer.classList.remove("panning"); };
+  const stop = () => {
+    if (state.edit.stroke) strokeEnd();
+    drag = null;
+    viewer.classList.remove("panning");
+  };
   viewer.addEventListener("pointerup", stop);
   viewer.addEventListener("pointercancel", stop);
   viewer.addEventListener("wheel", (e) => {
@@ -412,7 +636,12 @@ function backToQueue() {
 }
 
 function onKey(e) {
-  if (document.body.dataset.view !== "job" || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (document.body.dataset.view !== "job") return;
+  if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") {
+    e.preventDefault();
+    return e.shiftKey ? redo() : undo();
+  }
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
   if (["INPUT", "TEXTAREA", "SELECT"].includes(e.target.tagName) && e.target.type !== "range"
       && e.target.type !== "checkbox") return;
   const actions = {
@@ -426,6 +655,9 @@ function onKey(e) {
     g: () => { $("show-regions").checked = !$("show-regions").checked; toggleLayers(); },
     "+": () => zoomAt(1.25), "=": () => zoomAt(1.25), "-": () => zoomAt(0.8),
     0: fit, 1: oneToOne,
+    b: () => setTool("brush"), e: () => setTool("eraser"), v: () => setTool("pan"),
+    "[": () => setBrushSize(brushSize() / 1.25), "]": () => setBrushSize(brushSize() * 1.25),
+    u: undo, U: redo,
     Escape: backToQueue,
   };
   const action = actions[e.key];
@@ -465,6 +697,11 @@ function start() {
   $("accept").addEventListener("click", () => decideOpen("accept"));
   $("reject").addEventListener("click", () => decideOpen("reject"));
   $("no-mark").addEventListener("click", () => decideOpen("no_mark"));
+  for (const t of ["pan", "brush", "eraser"]) $("tool-" + t).addEventListener("click", () => setTool(t));
+  $("brush-size").addEventListener("input", (e) => setBrushSize(e.target.value));
+  $("undo").addEventListener("click", undo);
+  $("redo").addEventListener("click", redo);
+  $("remove-mask").addEventListener("click", removeWithMask);
   document.addEventListener("keydown", onKey);
   window.addEventListener("popstate", () => (location.hash ? route() : openQueue(state.firstPage || 1)));
   setUpPanning();
