@@ -97,10 +97,12 @@ def create_job(
     callback_url: str | None = None,
     priority: str = Priority.normal.value,
     source_name: str | None = None,
+    catalogue_group: str | None = None,
 ) -> tuple[Job, bool]:
     """A queued job, or the tenant's existing job with the same idempotency key.
     Returns (job, created). `source_name` is the file's name as its owner knows it (the
-    source URI may be a storage hash), kept as people may be shown it (readable_name)."""
+    source URI may be a storage hash), kept as people may be shown it (readable_name);
+    `catalogue_group` the upload's group (workers.groups)."""
     if idempotency_key:
         existing = session.scalar(
             select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
@@ -120,6 +122,7 @@ def create_job(
         attempts=0,
         callback_url=callback_url,
         priority=priority,
+        catalogue_group=catalogue_group,
     )
     try:
         with session.begin_nested():
@@ -154,6 +157,7 @@ class Claim:
     result_uri: str | None
     mask_uri: str | None
     tenant_id: str
+    catalogue_group: str | None = None
 
 
 def _locked_job(session: Session, job_id: str) -> Job | None:
@@ -293,7 +297,15 @@ def claim_job(db_url: str, job_id: str, max_attempts: int, lease_s: float | None
             job.lease_expires_at = job.started_at + timedelta(seconds=lease_s)
             job.review_reason = None  # a new attempt: an earlier review reason no longer holds
             job.worker_host = socket.gethostname()
-        claim = Claim(job.id, job.attempts, job.source_uri, job.result_uri, job.mask_uri, job.tenant_id)
+        claim = Claim(
+            job.id,
+            job.attempts,
+            job.source_uri,
+            job.result_uri,
+            job.mask_uri,
+            job.tenant_id,
+            job.catalogue_group,
+        )
     if gave_up:
         raise TooManyAttempts(f"job {job_id}: {claim.attempt} attempts used up")
     return claim
