@@ -5,6 +5,7 @@ template cleaning an upload through `process_image`."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clearmark.models.evaluate import psnr
+from clearmark.models.text_prior import OVERLAY_HIGH, OVERLAY_LOW, TextLine
 from clearmark.pipeline import catalogue
 from clearmark.pipeline.catalogue import MATCH_THRESHOLD, RejectedGroup
 from clearmark.pipeline.process import process_image
@@ -217,3 +219,36 @@ def test_a_worker_attempt_cleans_with_the_tenants_template_and_records_it(settin
     process_job(job.id, fake_engines(), settings)
     with session_scope(settings.database_url) as session:
         assert session.get(JobMetrics, job.id).method is None
+
+
+class Lines:
+    """The text prior's answer, given: text lines at fixed places (the real detector's
+    verdicts on real lettering are tested in tests/test_text_prior.py)."""
+
+    def __init__(self, *lines: TextLine):
+        self.found = list(lines)
+
+    def lines(self, rgb: np.ndarray) -> list[TextLine]:
+        return self.found
+
+
+def test_a_template_result_that_reaches_printed_product_text_is_put_back_there():
+    photos, _, alpha = group(8)
+    t = catalogue.estimate(photos)
+    truth = background(np.random.default_rng(42))
+    marked = composite(truth, alpha)
+    box = (110, 90, 150, 130)  # the logo's left part, read as printed text
+    line = TextLine(box, np.ones((40, 40), bool), 0.9, OVERLAY_LOW / 2)
+    engines = fake_engines()
+    engines.text = Lines(line)  # type: ignore[assignment]
+    r = process_image(_png(marked), engines, cfg(gate=True), [("t1", t)])
+    out = np.asarray(Image.open(io.BytesIO(r.image_bytes)).convert("RGB"))
+    x0, y0, x1, y1 = box
+    assert (out[y0:y1, x0:x1] == marked[y0:y1, x0:x1]).all()  # exactly the upload there
+    rest = (alpha > 0.02).copy()
+    rest[y0:y1, x0:x1] = False
+    assert psnr(out, truth, rest) > 28  # the rest of the mark is still removed
+    assert r.status == "needs_review" and "product text at (110, 90, 150, 130)" in (r.review_reason or "")
+    engines.text = Lines(replace(line, overlay=OVERLAY_HIGH))  # type: ignore[assignment]
+    overlaid = process_image(_png(marked), engines, cfg(gate=True), [("t1", t)])
+    assert overlaid.status == "succeeded", overlaid.review_reason  # overlaid text: the mark itself
