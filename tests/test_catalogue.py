@@ -17,6 +17,7 @@ from clearmark.models.evaluate import psnr
 from clearmark.models.text_prior import OVERLAY_HIGH, OVERLAY_LOW, TextLine
 from clearmark.pipeline import catalogue
 from clearmark.pipeline.catalogue import MATCH_THRESHOLD, RejectedGroup
+from clearmark.pipeline.evaluate_catalogue import choose_threshold
 from clearmark.pipeline.process import process_image
 from clearmark.settings import Settings, set_settings
 from clearmark.workers import templates
@@ -252,3 +253,15 @@ def test_a_template_result_that_reaches_printed_product_text_is_put_back_there()
     engines.text = Lines(replace(line, overlay=OVERLAY_HIGH))  # type: ignore[assignment]
     overlaid = process_image(_png(marked), engines, cfg(gate=True), [("t1", t)])
     assert overlaid.status == "succeeded", overlaid.review_reason  # overlaid text: the mark itself
+
+
+def test_the_threshold_chosen_clears_every_photo_without_the_mark():
+    def run(*negatives: list[float]) -> dict:
+        groups = [
+            {"k": {8: {"new_scores": [0.6, 0.27], "on_clean": n, "on_others": [0.1]}}} for n in negatives
+        ]
+        return {"groups": [*groups, {"k": {8: {"rejected": "too few"}}}]}
+
+    assert choose_threshold(run([0.12, float("-inf")], [0.21])) == pytest.approx(0.3)  # 0.21 + 0.05, up
+    assert choose_threshold(run([0.25])) == pytest.approx(0.3)  # on a step already
+    assert choose_threshold(run([0.26])) == pytest.approx(0.35)
