@@ -224,6 +224,12 @@ class Settings(BaseSettings):
         "`needs_review` (0: off)",
         json_schema_extra=_doc("0 (off)"),
     )
+    template_min_group: int = Field(
+        4,
+        ge=4,
+        description="uploads sharing a `group` from which a worker learns the group's mark template "
+        "(`workers/groups.py`); a refused group is tried again at twice as many",
+    )
     gate: Flag = Field(
         True,
         description="the do-no-harm gate (`pipeline/gate.py`): every changed region must look like a "

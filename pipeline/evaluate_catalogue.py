@@ -223,6 +223,32 @@ def evaluate(groups: list[Group], clean: list[np.ndarray], pipeline=None, progre
     return out
 
 
+THRESHOLD_STEP = 0.05  # a chosen threshold is a multiple of this
+THRESHOLD_MARGIN = 0.05  # above the highest score of a photo without the template's mark
+
+
+def scores_at_k8(res: dict) -> tuple[list[float], list[float]]:
+    """(scores of the groups' new uploads, scores on clean photos and other groups' photos)
+    of the K = 8 templates."""
+    pos: list[float] = []
+    neg: list[float] = []
+    for r in res["groups"]:
+        e = r["k"].get(8, {})
+        if "on_clean" in e:
+            pos += e["new_scores"]
+            neg += e["on_clean"] + e["on_others"]
+    return pos, neg
+
+
+def choose_threshold(res: dict) -> float:
+    """The match threshold this run supports: the highest score of a photo without the
+    mark plus THRESHOLD_MARGIN, rounded up to THRESHOLD_STEP (MATCH_THRESHOLD is this on
+    the train split: `clearmark catalogue eval --split train --no-pipeline`)."""
+    _, neg = scores_at_k8(res)
+    top = max([s for s in neg if np.isfinite(s)], default=0.0)
+    return float(np.ceil((top + THRESHOLD_MARGIN) / THRESHOLD_STEP - 1e-9) * THRESHOLD_STEP)
+
+
 def format_report(res: dict) -> str:
     lines = [f"match threshold {res['threshold']}"]
     head = f"{'group':24} {'rule':8} {'opac':>5} " + " ".join(f"{'K=' + str(k):>11}" for k in KS)
@@ -273,4 +299,10 @@ def format_report(res: dict) -> str:
         f"(false matches {sum(s >= th for s in neg_clean)} of {len(neg_clean)}); other groups' photos "
         f"max {max(neg_other):.3f} (false matches {sum(s >= th for s in neg_other)} of {len(neg_other)})",
     ]
+    chosen = choose_threshold(res)
+    lines.append(
+        f"this run would choose the threshold {chosen:.2f} (highest score without the mark + "
+        f"{THRESHOLD_MARGIN}); new uploads of the groups at or above it: "
+        f"{sum(s >= chosen for s in pos)} of {len(pos)}"
+    )
     return "\n".join(lines)

@@ -401,8 +401,11 @@ def clean_with_template(
 ) -> Cleaning:
     """Invert the matched template's blend (`catalogue.invert`); the remover fills only the
     residue (where the mark's opacity reaches ALPHA_SOLID), then the do-no-harm gate judges
-    the change as any other. The template is the one suspect: its match score on the
-    delivered image must fall under MATCH_THRESHOLD."""
+    the change as any other, and a change that reached printed product text is put back
+    (`guard_printed_text`, as on the single-image path: a template matched on a product's
+    own lettering must not erase it). The template is the one suspect: its match score on
+    the delivered image must fall under MATCH_THRESHOLD."""
+    lines = engines.text.lines(rgb) if engines.text is not None else []
     lap("detect")
     inv = catalogue.invert(rgb, found.match)
     changed = inv.alpha > 0
@@ -434,11 +437,13 @@ def clean_with_template(
     restored, mask, mark, verdicts = apply_gate(
         rgb, restored, mask, core, sure, gate_limits(s), [suspect], None
     )
+    printed = [line for line in lines if line.overlay < OVERLAY_LOW]
+    restored, mask, mark, guarded = guard_printed_text(rgb, restored, mask, mark, printed)
     again = catalogue.match(restored, found.match.template)
     suspect.after = again.score if again is not None else 0.0
     suspect.fate = _fate(suspect, mask.dilated, verdicts, changed, changed, s)
     lap("gate")
-    return Cleaning(restored, mask, mark, 1.0, verdicts, [suspect])
+    return Cleaning(restored, mask, mark, 1.0, verdicts, [suspect], guarded)
 
 
 def _fate(

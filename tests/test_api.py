@@ -412,11 +412,12 @@ def test_needs_review_job_carries_its_reason(api_settings, client, make_shop):
         "review_reason",
         "metrics",
         "links",
+        "group",
     ]
     assert (doc["id"], doc["priority"], doc["attempts"]) == (review_id, "normal", 1)
     assert doc["pipeline_version"] == "v"
     assert doc["created_at"].endswith("+00:00") and doc["finished_at"] > doc["created_at"]
-    null = dict.fromkeys(("ms_gate", "ms_residual", "jpeg_exact", "jpeg_blocks_changed"))
+    null = dict.fromkeys(("ms_gate", "ms_residual", "jpeg_exact", "jpeg_blocks_changed", "method"))
     assert doc["metrics"] == {**metrics, **null}
     path = f"http://testserver/v1/jobs/{review_id}"
     assert doc["links"] == {"self": path, "result": f"{path}/result", "mask": f"{path}/mask"}

@@ -8,7 +8,7 @@ import re
 from fastapi.testclient import TestClient
 
 from clearmark.workers.api import app
-from clearmark.workers.db import JPEG_METRIC_FIELDS, METRIC_FIELDS
+from clearmark.workers.db import JPEG_METRIC_FIELDS, METHOD_FIELD, METRIC_FIELDS
 
 
 def test_docs_page_and_its_assets_come_from_the_api():
@@ -43,7 +43,9 @@ def test_the_openapi_document_types_every_answer_and_the_upload_rule():
     assert set(document["required"]) == set(document["properties"]) >= {"id", "status", "metrics", "links"}
     assert document["properties"]["status"] == {"$ref": "#/components/schemas/JobStatus"}
     assert document["properties"]["created_at"]["format"] == "date-time"
-    assert set(schemas["JobMetricsDocument"]["properties"]) == set(METRIC_FIELDS + JPEG_METRIC_FIELDS)
+    metrics = {*METRIC_FIELDS, *JPEG_METRIC_FIELDS, METHOD_FIELD}
+    assert set(schemas["JobMetricsDocument"]["properties"]) == metrics
+    assert document["properties"]["group"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
 
     body = paths["/v1/images"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert body["schema"]["oneOf"] == [{"required": ["file"]}, {"required": ["source_uri"]}]

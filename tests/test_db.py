@@ -21,7 +21,16 @@ from clearmark.workers.db import (
 )
 from clearmark.workers.jobs import TooManyAttempts, claim_job, create_job, ensure_tenant, fail_job, finish_job
 
-TABLES = {"tenants", "jobs", "job_metrics", "batches", "job_events", "mark_templates", "alembic_version"}
+TABLES = {
+    "tenants",
+    "jobs",
+    "job_metrics",
+    "batches",
+    "job_events",
+    "mark_templates",
+    "catalogue_groups",
+    "alembic_version",
+}
 
 
 @pytest.mark.parametrize("backend", ["sqlite_url", "pg_url"])
@@ -50,6 +59,10 @@ def test_migrations_upgrade_and_downgrade(request, backend):
         ix["name"] for ix in inspector.get_indexes("mark_templates")
     }
     assert {"reviewer_keys", "review_sessions"} <= set(inspector.get_table_names())
+    assert columns["catalogue_group"]["nullable"] and "ix_jobs_tenant_id_catalogue_group" in index_names
+    migrate.downgrade(url, "0011")  # 0012 alone: the upload groups go
+    assert "catalogue_groups" not in inspect(engine).get_table_names()
+    assert "catalogue_group" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
     migrate.downgrade(url, "0010")  # 0011 alone: the templates and the method go
     assert "mark_templates" not in inspect(engine).get_table_names()
     assert "method" not in {c["name"] for c in inspect(engine).get_columns("job_metrics")}
@@ -73,7 +86,7 @@ def test_migrations_upgrade_and_downgrade(request, backend):
     assert "review_reason" in jobs_columns and not {"lease_expires_at", "webhook_pending"} & jobs_columns
     migrate.downgrade(url, "0003")  # 0004 alone: the column goes, the rest stays
     inspector = inspect(engine)
-    assert TABLES - {"mark_templates"} <= set(inspector.get_table_names())
+    assert TABLES - {"mark_templates", "catalogue_groups"} <= set(inspector.get_table_names())
     assert "review_reason" not in {c["name"] for c in inspector.get_columns("jobs")}
     migrate.downgrade(url, "base")
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}

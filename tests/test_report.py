@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from html import escape
 
+import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
+from clearmark.pipeline.catalogue import Template
+from clearmark.workers import templates
 from clearmark.workers.cli import cli
-from clearmark.workers.db import METRIC_FIELDS, JobMetrics, session_scope
+from clearmark.workers.db import METRIC_FIELDS, CatalogueGroup, JobMetrics, session_scope
 from clearmark.workers.jobs import create_job, ensure_tenant
 from clearmark.workers.report_html import CSS, build_report
 from clearmark.workers.storage import get_storage
@@ -151,3 +155,31 @@ def test_a_long_file_name_stays_inside_its_card(settings, tmp_path):
     # The cards' fixed content (three 170 px thumbnails) fits the gallery's column.
     column = int(re.search(r"minmax\((\d+)px", rules[".gallery"]["grid-template-columns"]).group(1))
     assert 3 * 170 + 2 * 6 + 2 * 8 + 2 <= column <= 1180
+
+
+def test_report_lists_each_tenants_templates_and_the_jobs_they_cleaned(settings, tmp_path):
+    names = seed(settings)
+    mark = Template(
+        np.full((8, 10), 0.5, np.float32), np.full((8, 10, 3), 60.0, np.float32), (5, 6, 15, 14), (48, 64)
+    )
+    with session_scope(settings.database_url) as session:
+        learned = templates.save(session, "shop", replace(mark, images=8, quality=0.71), ["a.jpg"])
+        grouped = templates.save(session, "shop", replace(mark, images=5, quality=0.52), [])
+        theirs = templates.save(session, "other", mark, [])
+        tenant = ensure_tenant(session, "shop")
+        session.add(CatalogueGroup(tenant_id=tenant.id, name="spring <sale>", template_id=grouped.id))
+        for job, template in (("ok1", learned), ("rev", learned), ("other", theirs)):
+            session.get_one(JobMetrics, names[job]).method = f"template:{template.id}"
+    html = build_report(tenant="shop", settings=settings)
+    section = html.split("<h2>Catalogue mark templates</h2>")[1].split("<h2>")[0]
+    rows = {row.split("<code>")[1].split("</code>")[0]: row for row in section.split("<tr>")[2:]}
+    assert set(rows) == {learned.id, grouped.id}  # not the other tenant's
+    assert "<code>catalogue learn</code>" in rows[learned.id]
+    assert (
+        "5,6-15,14 in 64x48 (absolute)" in rows[learned.id] and '<td class="n">0.71</td>' in rows[learned.id]
+    )
+    assert "<td>2 (1 needs review, 1 succeeded)</td>" in rows[learned.id]
+    assert "group spring &lt;sale&gt;" in rows[grouped.id] and "<td>0</td>" in rows[grouped.id]
+    assert theirs.id not in html
+    empty = build_report(tenant="nobody", settings=settings)
+    assert '<h2>Catalogue mark templates</h2><p class="empty">none' in empty

@@ -227,6 +227,7 @@ def _same_request(session: Session, job: Job, request: dict[str, Any]) -> bool:
         "source_uri": job.source_uri,
         "callback_url": job.callback_url,
         "priority": priority,
+        "group": job.catalogue_group,
     }
 
 
@@ -264,6 +265,14 @@ def upload_image(
     ),
     callback_url: str | None = Form(None, description="Webhook URL for this job (default: the tenant's)"),
     priority: Priority = Form(Priority.normal, description="normal or low (bulk)"),
+    group: str | None = Form(
+        None,
+        max_length=200,
+        description="Photos that carry one mark at one place (a listing, a catalogue): once the "
+        "group has CLEARMARK_TEMPLATE_MIN_GROUP uploads, the mark is learned from them as a "
+        "template and the group's jobs that went to review or found no mark are cleaned again "
+        "with it",
+    ),
     idempotency_key: str | None = Header(None, max_length=200),
     tenant: Tenant = Depends(current_tenant),
 ) -> JobDocument:
@@ -291,6 +300,7 @@ def upload_image(
         "source_uri": source_uri,
         "callback_url": callback_url or None,
         "priority": priority.value,
+        "group": group or None,
     }
     with session_scope(settings.database_url) as session:
         job = _existing_job(session, tenant, key, asked, bool(idempotency_key))
@@ -307,6 +317,7 @@ def upload_image(
                 source_name=file.filename if file is not None else None,
                 callback_url=callback_url or None,
                 priority=priority.value,
+                catalogue_group=group or None,
             )
             if not created:  # another request with this key won the race: the same row,
                 # checked (422) to come from the same request

@@ -16,8 +16,8 @@ from PIL import Image
 from clearmark.errors import BadInput, ClearmarkError, StorageUnavailable, TransientError
 from clearmark.pipeline.process import Engines, process_image, remove_with_mask
 from clearmark.settings import Settings, get_settings
-from clearmark.workers import webhooks
-from clearmark.workers.db import JobStatus
+from clearmark.workers import groups, webhooks
+from clearmark.workers.db import WITH_RESULT, JobStatus
 from clearmark.workers.jobs import (
     Claim,
     TooManyAttempts,
@@ -75,22 +75,37 @@ def process_job(job_id: str, engines: Engines, settings: Settings | None = None)
     job with `internal_error`. A job this attempt finished gets its webhook enqueued (when
     it has a callback URL)."""
     settings = settings or get_settings()
-    status = _attempt(job_id, engines, settings)
+    status, claim = _attempt(job_id, engines, settings)
     if status is not None:
         webhooks.notify_finished(job_id, settings)
+    if claim is not None and claim.catalogue_group and status in _CLEANED:
+        _learn_group(claim, settings)
     return status
 
 
-def _attempt(job_id: str, engines: Engines, settings: Settings) -> str | None:
+_CLEANED = {s.value for s in WITH_RESULT}
+
+
+def _learn_group(claim: Claim, settings: Settings) -> None:
+    """The job's group may now have enough uploads for a template (workers.groups); the job
+    is finished whatever happens here."""
+    assert claim.catalogue_group is not None
+    try:
+        groups.learn(settings, claim.tenant_id, claim.catalogue_group)
+    except Exception:  # noqa: BLE001 - learning is extra: the group's next job tries again
+        log.exception("job %s: learning group %s failed", claim.job_id, claim.catalogue_group)
+
+
+def _attempt(job_id: str, engines: Engines, settings: Settings) -> tuple[str | None, Claim | None]:
     try:
         claim = claim_job(settings.database_url, job_id, settings.max_attempts, settings.lease_s)
     except TooManyAttempts as exc:
         log.warning("%s: failed as too_many_attempts", exc)
-        return JobStatus.failed.value  # finished now: its webhook goes out like any other
+        return JobStatus.failed.value, None  # finished now: its webhook goes out like any other
     if claim is None:
-        return None
+        return None, None
     with Heartbeat(settings.database_url, claim, settings.lease_s):
-        return _run_claimed(claim, engines, settings)
+        return _run_claimed(claim, engines, settings), claim
 
 
 def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | None:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     false,
@@ -184,6 +185,9 @@ class Job(Base):
     priority: Mapped[str] = mapped_column(
         String(16), default=Priority.normal.value, server_default=Priority.normal.value
     )
+    # The upload's `group`: the tenant's photos that carry one mark (a listing, a
+    # catalogue); K of them make a template (workers.groups). None: not grouped.
+    catalogue_group: Mapped[str | None] = mapped_column(String(200))
 
     metrics: Mapped[JobMetrics | None] = relationship(back_populates="job", uselist=False)
 
@@ -198,6 +202,13 @@ class Job(Base):
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
         Index("ix_jobs_batch_id", "batch_id"),
+        Index(
+            "ix_jobs_tenant_id_catalogue_group",
+            "tenant_id",
+            "catalogue_group",
+            postgresql_where=text("catalogue_group IS NOT NULL"),
+            sqlite_where=text("catalogue_group IS NOT NULL"),
+        ),
         Index(
             "ix_jobs_webhook_pending",
             "webhook_pending",
@@ -268,6 +279,23 @@ class MarkTemplate(Base):
         CheckConstraint("rule IN ('absolute', 'relative')", name="rule_valid"),
         Index("ix_mark_templates_tenant_id_created_at", "tenant_id", "created_at"),
     )
+
+
+class CatalogueGroup(Base):
+    """What learning from an upload group came to (workers.groups): its template once one
+    was learned, else the photos the last try had and why it refused them."""
+
+    __tablename__ = "catalogue_groups"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    template_id: Mapped[str | None] = mapped_column(ForeignKey("mark_templates.id", ondelete="SET NULL"))
+    tried_with: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
 
 
 class JobEvent(Base):

@@ -9,7 +9,15 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from clearmark.workers.db import JPEG_METRIC_FIELDS, METRIC_FIELDS, WITH_RESULT, Job, JobStatus, Priority
+from clearmark.workers.db import (
+    JPEG_METRIC_FIELDS,
+    METHOD_FIELD,
+    METRIC_FIELDS,
+    WITH_RESULT,
+    Job,
+    JobStatus,
+    Priority,
+)
 
 # Times are ISO 8601 text as Python writes it ("+00:00", not pydantic's "Z").
 Time = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
@@ -39,6 +47,10 @@ class JobMetricsDocument(BaseModel):
     ms_total: float
     jpeg_exact: bool | None = Field(description="JPEG results: the upload's coefficients were kept")
     jpeg_blocks_changed: int | None = Field(description="JPEG results: the MCUs that changed")
+    method: str | None = Field(
+        description="`template:<id>` when one of the tenant's catalogue mark templates cleaned the "
+        "photo; null for the single-image pipeline",
+    )
 
 
 class JobLinks(BaseModel):
@@ -63,6 +75,7 @@ class JobDocument(BaseModel):
     review_reason: str | None = Field(description="Why the job needs review (needs_review only)")
     metrics: JobMetricsDocument | None = Field(description="Once the job has a result")
     links: JobLinks
+    group: str | None = Field(description="The upload's `group`, if it named one")
 
 
 class JobPage(BaseModel):
@@ -94,7 +107,9 @@ def job_document(job: Job, base_url: str = "") -> JobDocument:
         error=JobError(code=job.error_code, message=job.error_message) if job.error_code else None,
         review_reason=job.review_reason if job.status == JobStatus.needs_review.value else None,
         metrics=(
-            JobMetricsDocument(**{name: getattr(m, name) for name in METRIC_FIELDS + JPEG_METRIC_FIELDS})
+            JobMetricsDocument(
+                **{name: getattr(m, name) for name in (*METRIC_FIELDS, *JPEG_METRIC_FIELDS, METHOD_FIELD)}
+            )
             if m
             else None
         ),
@@ -103,4 +118,5 @@ def job_document(job: Job, base_url: str = "") -> JobDocument:
             result=f"{path}/result" if done else None,
             mask=f"{path}/mask" if done and job.mask_uri else None,
         ),
+        group=job.catalogue_group,
     )

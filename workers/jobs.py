@@ -97,10 +97,12 @@ def create_job(
     callback_url: str | None = None,
     priority: str = Priority.normal.value,
     source_name: str | None = None,
+    catalogue_group: str | None = None,
 ) -> tuple[Job, bool]:
     """A queued job, or the tenant's existing job with the same idempotency key.
     Returns (job, created). `source_name` is the file's name as its owner knows it (the
-    source URI may be a storage hash), kept as people may be shown it (readable_name)."""
+    source URI may be a storage hash), kept as people may be shown it (readable_name);
+    `catalogue_group` the upload's group (workers.groups)."""
     if idempotency_key:
         existing = session.scalar(
             select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
@@ -120,6 +122,7 @@ def create_job(
         attempts=0,
         callback_url=callback_url,
         priority=priority,
+        catalogue_group=catalogue_group,
     )
     try:
         with session.begin_nested():
@@ -156,6 +159,7 @@ class Claim:
     tenant_id: str
     # A reviewer's mask this attempt removes with instead of detecting: (edit number, URI).
     given_mask: tuple[int, str] | None = None
+    catalogue_group: str | None = None
 
 
 MASK_EVENT = "mask_edit"  # a reviewer's mask queued the job (workers.review_mask)
@@ -325,6 +329,7 @@ def claim_job(db_url: str, job_id: str, max_attempts: int, lease_s: float | None
             job.mask_uri,
             job.tenant_id,
             None if gave_up else queued_mask(session, job),
+            job.catalogue_group,
         )
     if gave_up:
         raise TooManyAttempts(f"job {job_id}: {claim.attempt} attempts used up")

@@ -2,7 +2,8 @@
 
 Counts by status, failure reasons, stage latency percentiles, distributions of detector
 confidence and mask area (inline SVG), reviews (per day, time per review, what reviewers
-changed), and before/after/mask thumbnails (base64 JPEG read from storage) for the
+changed), each tenant's catalogue mark templates with the jobs they cleaned, and
+before/after/mask thumbnails (base64 JPEG read from storage) for the
 needs_review jobs, the lowest-confidence jobs and a random sample.
 """
 
@@ -21,11 +22,22 @@ import numpy as np
 from numpy.typing import ArrayLike
 from PIL import Image, ImageOps
 from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
 
 from clearmark.pipeline.stages import STAGES
 from clearmark.pipeline.versions import current_version_pattern
 from clearmark.settings import Settings, get_settings
-from clearmark.workers.db import WITH_RESULT, Job, JobMetrics, JobStatus, Tenant, session_scope, utcnow
+from clearmark.workers.db import (
+    WITH_RESULT,
+    CatalogueGroup,
+    Job,
+    JobMetrics,
+    JobStatus,
+    MarkTemplate,
+    Tenant,
+    session_scope,
+    utcnow,
+)
 from clearmark.workers.review_history import Review, reviews
 from clearmark.workers.storage import read_uri
 
@@ -265,6 +277,59 @@ def review_section(done: list[Review]) -> str:
     )
 
 
+def templates_table(session: Session, tenant: str | None, since: datetime | None) -> str:
+    """The catalogue mark templates (of the tenant), newest first: where the mark sits, how
+    it was learned, and the jobs (created since `since`) it cleaned, by status."""
+    query = (
+        select(MarkTemplate, Tenant.name, CatalogueGroup.name)
+        .join(Tenant, Tenant.id == MarkTemplate.tenant_id)
+        .outerjoin(CatalogueGroup, CatalogueGroup.template_id == MarkTemplate.id)
+        .order_by(MarkTemplate.created_at.desc())
+    )
+    if tenant:
+        query = query.where(Tenant.name == tenant)
+    rows = session.execute(query).all()
+    if not rows:
+        return (
+            '<p class="empty">none: <code>clearmark catalogue learn</code>, or uploads that name '
+            "a <code>group</code></p>"
+        )
+    used: dict[str, Counter[str]] = {}
+    for method, status, n in session.execute(
+        _query_filters(
+            select(JobMetrics.method, Job.status, func.count()).join(Job, Job.id == JobMetrics.job_id),
+            tenant,
+            since,
+        )
+        .where(JobMetrics.method.is_not(None))
+        .group_by(JobMetrics.method, Job.status)
+    ):
+        used.setdefault((method or "").removeprefix("template:"), Counter())[status] = n
+
+    def jobs(template_id: str) -> str:
+        by_status = used.get(template_id, Counter())
+        parts = ", ".join(f"{n} {st.replace('_', ' ')}" for st, n in sorted(by_status.items()))
+        return f"{sum(by_status.values())}" + (f" ({escape(parts)})" if parts else "")
+
+    return _table(
+        ["tenant", "template", "learned from", "mark box in frame", "photos", "quality", "created", "jobs"],
+        [
+            [
+                escape(name),
+                f"<code>{t.id}</code>",
+                f"group {escape(group)}" if group else "<code>catalogue learn</code>",
+                f"{t.box_x0},{t.box_y0}-{t.box_x1},{t.box_y1} in {t.frame_width}x{t.frame_height} ({t.rule})",
+                t.images,
+                f"{t.quality:.2f}",
+                f"{t.created_at:%Y-%m-%d %H:%M}",
+                jobs(t.id),
+            ]
+            for t, name, group in rows
+        ],
+        numeric=(4, 5),
+    )
+
+
 def build_report(
     tenant: str | None = None,
     since: datetime | None = None,
@@ -343,6 +408,7 @@ def build_report(
             )
             + _gallery("Random sample", sample_rows, f"{len(sample_rows)} of {len(values)} finished jobs")
         )
+        template_table = templates_table(session, tenant, since)
 
     total = sum(counts.values())
     order = ["succeeded", "needs_review", "no_watermark", "failed", "queued", "running"]
@@ -427,5 +493,6 @@ def build_report(
         f'<h2>Distributions</h2><div class="plots">{plots}</div>'
         f"<h2>Pipeline versions</h2>{version_table}"
         f"<h2>Reviews</h2>{reviewed}"
+        f"<h2>Catalogue mark templates</h2>{template_table}"
         f"{galleries}</body></html>"
     )

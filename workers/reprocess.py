@@ -48,9 +48,13 @@ class Selection:
     version: str | None = None  # pipeline version prefix
     batch: str | None = None
     ids_file: str | None = None  # job ids or source URIs, one per line
+    group: str | None = None  # uploads of this catalogue group (workers.groups)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if self.group is None:  # as batches made before groups recorded it (plan compares the text)
+            del data["group"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Selection:
@@ -84,6 +88,8 @@ class Selection:
             q = q.where(Job.pipeline_version.startswith(self.version, autoescape=True))
         if self.batch:
             q = q.where(Job.batch_id == self.batch)
+        if self.group:
+            q = q.where(Job.catalogue_group == self.group)
         if self.ids_file:
             keys = [
                 line.strip()

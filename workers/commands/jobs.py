@@ -115,6 +115,7 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
 )
 @click.option("--version", "version", help="Only jobs whose pipeline version starts so.")
 @click.option("--batch", help="Only jobs of this batch.")
+@click.option("--group", help="Only uploads of this catalogue group (the API's `group`).")
 @click.option(
     "--ids",
     "ids_file",
@@ -147,6 +148,7 @@ def reprocess(
     outdated: bool,
     version: str | None,
     batch: str | None,
+    group: str | None,
     ids_file: str | None,
     dry_run: bool,
     resume: str | None,
@@ -180,6 +182,7 @@ def reprocess(
             version=version,
             batch=batch,
             ids_file=ids_file and str(Path(ids_file).resolve()),
+            group=group,
         )
     try:
         counts = rp.dry_run(selection)
