@@ -107,7 +107,7 @@ def format_pipeline_table(rows: list[PipelineBenchRow]) -> str:
     head = (
         f"{'backend':<12} {'flip':<4} {'size':>5} {'images':>6} {'mean s':>7} {'median s':>8} "
         + " ".join(f"{s + ' ms':>11}" for s in STAGES)
-        + "  statuses"
+        + "  bound by        statuses"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -118,7 +118,15 @@ def format_pipeline_table(rows: list[PipelineBenchRow]) -> str:
         lines.append(
             f"{r.backend:<12} {'on' if r.flip else 'off':<4} {r.size:>5} {r.images:>6} "
             f"{statistics.mean(r.total_ms) / 1000:7.2f} "
-            f"{statistics.median(r.total_ms) / 1000:8.2f} {stages}  "
+            f"{statistics.median(r.total_ms) / 1000:8.2f} {stages}  {bound_by(r):<15} "
             + ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()))
         )
     return "\n".join(lines)
+
+
+def bound_by(row: PipelineBenchRow) -> str:
+    """The stage that takes the most of an image's time, and its share: what bounds the
+    throughput (detect and remove are the engines; the rest runs on the CPU)."""
+    stage = max(row.stage_ms, key=lambda k: row.stage_ms[k])
+    total = sum(row.stage_ms.values())
+    return f"{stage} {100 * row.stage_ms[stage] / total:.0f}%" if total else "-"
