@@ -84,9 +84,7 @@ def _verdict(name: str, ok: bool, detail: str) -> Check:
     return Check(name, "ok" if ok else "FAIL", detail)
 
 
-def engine_checks(
-    backend: str, device: str, settings: Settings, quick: bool = False
-) -> Iterator[Check]:
+def engine_checks(backend: str, device: str, settings: Settings, quick: bool = False) -> Iterator[Check]:
     """The candidate's detector and remover against the reference at production shapes."""
     tag = f"{backend}:{device}"
     side = ceil_to(settings.detect_long_side, STRIDE)
@@ -94,7 +92,9 @@ def engine_checks(
     ref = load_engine("detector", *REFERENCE, settings=settings).run(x)
     got = load_engine("detector", backend, device, settings=settings).run(x)
     score = iou(got[:, 0] >= settings.mask_threshold, ref[:, 0] >= settings.mask_threshold)
-    yield _verdict(f"{tag} detector {x.shape}", score >= MASK_IOU_MIN, f"mask IoU {score:.4f} (>= {MASK_IOU_MIN})")
+    yield _verdict(
+        f"{tag} detector {x.shape}", score >= MASK_IOU_MIN, f"mask IoU {score:.4f} (>= {MASK_IOU_MIN})"
+    )
     reference = load_engine("remover", *REFERENCE, settings=settings)
     candidate = load_engine("remover", backend, device, settings=settings)
     sides = remover_buckets(settings.remove_max_crop)

@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from clearmark.pipeline.process import Engines, process_image
 from clearmark.settings import Settings
-from clearmark.workers.broker import publish, CLEAN_TASK
+from clearmark.workers.broker import CLEAN_TASK, publish
 from clearmark.workers.db import FINISHED, Job, JobStatus, session_scope
 from clearmark.workers.jobs import create_job, ensure_tenant
 from clearmark.workers.storage import get_storage, write_uri
@@ -53,7 +53,9 @@ class QueueBench:
 
     @property
     def ratio(self) -> float:
-        return self.queued.images_per_s / self.in_process.images_per_s if self.in_process.images_per_s else 0.0
+        return (
+            self.queued.images_per_s / self.in_process.images_per_s if self.in_process.images_per_s else 0.0
+        )
 
     def render(self) -> str:
         def line(name: str, side: Side) -> str:
@@ -85,7 +87,9 @@ def run_in_process(uploads: list[bytes], settings: Settings) -> Side:
 
 
 def bench_settings(settings: Settings, run: str) -> Settings:
-    return settings.replace(**{f"queue_{q}": f"clearmark.bench-{run}.{q}" for q in ("uploads", "bulk", "webhooks")})
+    return settings.replace(
+        **{f"queue_{q}": f"clearmark.bench-{run}.{q}" for q in ("uploads", "bulk", "webhooks")}
+    )
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -120,7 +124,9 @@ def submit(uploads: list[bytes], settings: Settings, run: str, tag: str) -> list
     return ids
 
 
-def wait_finished(settings: Settings, ids: list[str], worker: subprocess.Popen[bytes], timeout_s: float) -> Counter[str]:
+def wait_finished(
+    settings: Settings, ids: list[str], worker: subprocess.Popen[bytes], timeout_s: float
+) -> Counter[str]:
     deadline = time.monotonic() + timeout_s
     while True:
         with session_scope(settings.database_url) as session:
@@ -142,7 +148,18 @@ def run_through_queue(uploads: list[bytes], settings: Settings, log_path: Path, 
     s = bench_settings(settings, run)
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "clearmark", "worker", "-c", "1", "-Q", s.queue_uploads, "-n", f"bench-{run}@%h"],
+            [
+                sys.executable,
+                "-m",
+                "clearmark",
+                "worker",
+                "-c",
+                "1",
+                "-Q",
+                s.queue_uploads,
+                "-n",
+                f"bench-{run}@%h",
+            ],
             env=worker_env(s),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -175,5 +192,9 @@ def forget_queues(broker_url: str, run: str) -> None:
             client.delete(*keys)
 
 
-def bench_through_queue(uploads: list[bytes], settings: Settings, log_path: Path, timeout_s: float = 900.0) -> QueueBench:
-    return QueueBench(run_in_process(uploads, settings), run_through_queue(uploads, settings, log_path, timeout_s))
+def bench_through_queue(
+    uploads: list[bytes], settings: Settings, log_path: Path, timeout_s: float = 900.0
+) -> QueueBench:
+    return QueueBench(
+        run_in_process(uploads, settings), run_through_queue(uploads, settings, log_path, timeout_s)
+    )

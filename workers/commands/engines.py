@@ -158,8 +158,12 @@ def info_command() -> None:
     metavar="BACKEND:DEVICE",
     help="Repeatable; default: tensorrt:cuda and torch:cuda, each skipped where it cannot run.",
 )
-@click.option("--images", default=2, show_default=True, type=click.IntRange(1), help="Photos through process_image.")
-@click.option("--size", default=1024, show_default=True, type=click.IntRange(64), help="Their long side (px).")
+@click.option(
+    "--images", default=2, show_default=True, type=click.IntRange(1), help="Photos through process_image."
+)
+@click.option(
+    "--size", default=1024, show_default=True, type=click.IntRange(64), help="Their long side (px)."
+)
 @click.option(
     "--eval-photos",
     default=6,
@@ -288,6 +292,21 @@ def smoke_command(
     "and database, against the same N through the pipeline in this process: images/s of "
     "both and their ratio (the queue's and the database's overhead).",
 )
+@click.option(
+    "--in-flight",
+    "in_flight",
+    default=None,
+    metavar="K,K,...",
+    help="--pipeline: run the photos with K jobs in flight (threads sharing one set of engines), "
+    "unbatched and batched across jobs (up to --batch-max images per engine call), for each K.",
+)
+@click.option(
+    "--batch-max",
+    default=8,
+    show_default=True,
+    type=click.IntRange(2, 64),
+    help="--in-flight: images per engine call when batched.",
+)
 def bench_command(
     backends: tuple[str, ...],
     batch: int,
@@ -302,6 +321,8 @@ def bench_command(
     jpeg: bool,
     photos: Path | None,
     through_queue: int | None,
+    in_flight: str | None,
+    batch_max: int,
 ) -> None:
     """Images per second and ms per image for detection and removal, per backend; with
     --pipeline, seconds per photo for the whole pipeline, stage by stage; with --jpeg,
@@ -331,6 +352,25 @@ def bench_command(
     if pipeline:
         size = size or 1024
         uploads = _uploads(images, size, photos)
+        if in_flight:
+            try:
+                jobs = [int(k) for k in in_flight.split(",") if k.strip()]
+            except ValueError:
+                raise click.BadParameter(
+                    "a comma-separated list of numbers", param_hint="--in-flight"
+                ) from None
+            click.echo(
+                pipeline_bench.format_in_flight_table(
+                    [
+                        row
+                        for backend in backends
+                        for row in pipeline_bench.bench_in_flight(
+                            uploads, backend, jobs, batch_max, get_settings().batch_wait_ms, device=device
+                        )
+                    ]
+                )
+            )
+            return
         click.echo(
             pipeline_bench.format_pipeline_table(
                 [
