@@ -321,6 +321,29 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         1, ge=1, description="child processes of `clearmark worker` (-c overrides)"
     )
+    jobs_in_flight: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="jobs one worker process runs at once (threads sharing one set of engines; above 1 "
+        "`clearmark worker` runs Celery's threads pool, one process); with CLEARMARK_BATCH_MAX their "
+        "engine calls are batched together",
+    )
+    batch_max: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="images per engine call when batching across the jobs in flight (the detector's "
+        "and the remover's inputs of one shape); 1: off, each job runs its own calls",
+        json_schema_extra=_doc("1 (off)"),
+    )
+    batch_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="the longest a call waits for others to fill its batch (none when every job in "
+        "flight is waiting on an engine)",
+    )
     visibility_timeout_s: int = Field(
         0,
         ge=0,

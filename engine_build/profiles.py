@@ -7,6 +7,8 @@ What the pipeline sends (pipeline/process.py, models/inference.py):
   than L/16 times longer than wide keeps a 16 px short side and so a longer long side:
   outside the profile, its job fails on TensorRT.)
 - remover: crops of up to CLEARMARK_REMOVE_MAX_CROP a side, many small ones per batch.
+- batching across jobs (engine_build.batching): up to CLEARMARK_BATCH_MAX images per call,
+  so both profiles' largest batch is at least that.
 
 On a GPU each crop side is padded up to one of `remover_buckets` and the output cropped
 back (`run_bucketed`): TensorRT meets the few shapes its profile was tuned for, and
@@ -85,13 +87,12 @@ def engine_profile(kind: str, settings: Settings) -> Profile:
     remover crops."""
     if kind == "detector":
         side = ceil_to(settings.detect_long_side, STRIDE)
-        top = Shape(DETECTOR_MAX_BATCH, side, side)
-        return Profile(Shape(1, STRIDE, STRIDE), top, top)
+        top = Shape(max(DETECTOR_MAX_BATCH, settings.batch_max), side, side)
+        return Profile(Shape(1, STRIDE, STRIDE), Shape(DETECTOR_MAX_BATCH, side, side), top)
     sides = remover_buckets(settings.remove_max_crop)
     mid = sides[len(sides) // 2]
-    return Profile(
-        Shape(1, sides[0], sides[0]), Shape(2, mid, mid), Shape(REMOVER_MAX_BATCH, sides[-1], sides[-1])
-    )
+    top_batch = max(REMOVER_MAX_BATCH, settings.batch_max)
+    return Profile(Shape(1, sides[0], sides[0]), Shape(2, mid, mid), Shape(top_batch, sides[-1], sides[-1]))
 
 
 def bucket(side: int, sides: Sequence[int]) -> int:

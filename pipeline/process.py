@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from clearmark.engine_build import load_engine
+from clearmark.engine_build.batching import Batcher, InFlight
 from clearmark.errors import BadInput
 from clearmark.models.inference import Runner, ceil_to, detect_probability, detect_scale, pad_to, run_engine
 from clearmark.models.masks import Box, Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
@@ -53,9 +54,10 @@ RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual 
 
 @dataclass
 class Engines:
-    """The models the pipeline runs: engines from `load` (any backend), or any other
-    `Runner` (evaluation hands in PyTorch models in this process), and the text prior's
-    detector (ONNX Runtime on the CPU; None: the text prior is off)."""
+    """The models the pipeline runs: engines from `load` (any backend; with
+    CLEARMARK_BATCH_MAX above 1, each behind a `Batcher` that the process's jobs in flight
+    share), or any other `Runner` (evaluation hands in PyTorch models in this process),
+    and the text prior's detector (ONNX Runtime on the CPU; None: the text prior is off)."""
 
     detector: Runner
     remover: Runner
@@ -66,10 +68,13 @@ class Engines:
         """The engines these settings name. build=False (workers) only loads: a missing
         engine file is EngineNotBuilt, naming `clearmark engines build`."""
         s = settings or get_settings()
+        detector = load_engine("detector", backend=s.backend, device=s.device, settings=s, build=build)
+        remover = load_engine("remover", backend=s.backend, device=s.device, settings=s, build=build)
+        if s.batch_max == 1:
+            return cls(detector, remover, TextDetector.load() if s.text_prior else None)
+        shared = InFlight(s.jobs_in_flight, s.batch_max, s.batch_wait_ms)
         return cls(
-            detector=load_engine("detector", backend=s.backend, device=s.device, settings=s, build=build),
-            remover=load_engine("remover", backend=s.backend, device=s.device, settings=s, build=build),
-            text=TextDetector.load() if s.text_prior else None,
+            Batcher(detector, shared), Batcher(remover, shared), TextDetector.load() if s.text_prior else None
         )
 
     @property

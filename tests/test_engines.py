@@ -201,6 +201,9 @@ def test_each_model_has_one_profile_sized_to_what_the_pipeline_sends():
     assert str(engine_profile("remover", s.replace(remove_max_crop=1500))).endswith("8x1504x1504")
     assert det.contains(2, 640, 432) and not det.contains(3, 64, 64) and not det.contains(1, 16, 656)
     assert rem.nchw(7)[2] == (8, 7, 1024, 1024)
+    batched = s.replace(batch_max=16)  # batching across jobs: calls of up to 16 images
+    assert str(engine_profile("detector", batched)) == "1x16x16,2x640x640,16x640x640"
+    assert str(engine_profile("remover", batched)).endswith(",16x1024x1024")
 
 
 def test_profile_parsing():

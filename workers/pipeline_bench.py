@@ -14,7 +14,8 @@ from __future__ import annotations
 import io
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from clearmark.engine_build import BackendUnavailable
+from clearmark.engine_build.batching import Batcher
 from clearmark.models.evaluate import eval_set
 from clearmark.models.products import load_photo
 from clearmark.pipeline.process import Engines, process_image
@@ -107,7 +109,7 @@ def format_pipeline_table(rows: list[PipelineBenchRow]) -> str:
     head = (
         f"{'backend':<12} {'flip':<4} {'size':>5} {'images':>6} {'mean s':>7} {'median s':>8} "
         + " ".join(f"{s + ' ms':>11}" for s in STAGES)
-        + "  statuses"
+        + "  bound by        statuses"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -118,7 +120,76 @@ def format_pipeline_table(rows: list[PipelineBenchRow]) -> str:
         lines.append(
             f"{r.backend:<12} {'on' if r.flip else 'off':<4} {r.size:>5} {r.images:>6} "
             f"{statistics.mean(r.total_ms) / 1000:7.2f} "
-            f"{statistics.median(r.total_ms) / 1000:8.2f} {stages}  "
+            f"{statistics.median(r.total_ms) / 1000:8.2f} {stages}  {bound_by(r):<15} "
             + ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()))
+        )
+    return "\n".join(lines)
+
+
+def bound_by(row: PipelineBenchRow) -> str:
+    """The stage that takes the most of an image's time, and its share: what bounds the
+    throughput (detect and remove are the engines; the rest runs on the CPU)."""
+    stage = max(row.stage_ms, key=lambda k: row.stage_ms[k])
+    total = sum(row.stage_ms.values())
+    return f"{stage} {100 * row.stage_ms[stage] / total:.0f}%" if total else "-"
+
+
+@dataclass
+class InFlightRow:
+    backend: str
+    jobs: int
+    batch_max: int  # 1: unbatched
+    images: int = 0
+    seconds: float = 0.0
+    calls_per_run: float = 1.0  # the detector's: jobs' calls per engine run
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def bench_in_flight(
+    files: list[bytes],
+    backend: str,
+    jobs: Sequence[int],
+    batch_max: int,
+    wait_ms: float,
+    device: str | None = None,
+) -> list[InFlightRow]:
+    """Every file through `process_image` with `k` jobs in flight (threads sharing one set
+    of engines), for each k in `jobs`: unbatched, then batched (up to `batch_max` images
+    per engine call), back to back, after one untimed photo each."""
+    rows = []
+    for k in jobs:
+        for top in (1, batch_max):
+            settings = get_settings().replace(
+                backend=backend, jobs_in_flight=k, batch_max=top, batch_wait_ms=wait_ms
+            )
+            if device:
+                settings = settings.replace(device=device)
+            engines = Engines.load(settings)
+            process_image(files[0], engines, settings)
+            row = InFlightRow(engines.detector.backend, k, top, len(files))
+            start = time.perf_counter()
+            with ThreadPoolExecutor(k) as pool:
+                list(pool.map(lambda data: process_image(data, engines, settings), files))
+            row.seconds = time.perf_counter() - start
+            if isinstance(engines.detector, Batcher):
+                sizes = engines.detector.sizes
+                row.calls_per_run = sum(n * c for n, c in sizes.items()) / max(1, sum(sizes.values()))
+            rows.append(row)
+    return rows
+
+
+def format_in_flight_table(rows: list[InFlightRow]) -> str:
+    lines = [
+        f"{'backend':<12} {'in flight':>9} {'batch max':>9} {'images':>6} {'seconds':>8} {'images/s':>8} "
+        f"{'detector calls/run':>18}",
+    ]
+    lines.append("-" * len(lines[0]))
+    for r in rows:
+        lines.append(
+            f"{r.backend:<12} {r.jobs:>9} {r.batch_max if r.batch_max > 1 else 'off':>9} {r.images:>6} "
+            f"{r.seconds:8.1f} {r.images_per_s:8.3f} {r.calls_per_run:18.2f}"
         )
     return "\n".join(lines)

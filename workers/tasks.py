@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from types import FrameType
 
 from celery import Task
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 # Celery handler uses it; CELERY_RDBSIG, a debugging aid, would take it over).
 ENGINES_FAILED = signal.SIGUSR2
 _engines: Engines | None = None
+_engines_lock = threading.Lock()  # the threads pool (CLEARMARK_JOBS_IN_FLIGHT > 1) shares them
 _metrics_dir: str | None = None
 _main_pid: int | None = None  # the worker's main process (worker_init), inherited by its children
 
@@ -54,7 +56,13 @@ _main_pid: int | None = None  # the worker's main process (worker_init), inherit
 
 
 def get_engines() -> Engines:
-    """This process's engines, loaded on first use; EngineUnavailable names why they cannot."""
+    """This process's engines, loaded on first use (once, whichever of its threads asks
+    first); EngineUnavailable names why they cannot."""
+    with _engines_lock:
+        return _load_engines()
+
+
+def _load_engines() -> Engines:
     global _engines
     if _engines is None:
         try:

@@ -19,12 +19,14 @@ if TYPE_CHECKING:
     import torch
 
     from clearmark.engine_build import base, bench, onnx_export, trt_backend, trt_cache
+    from clearmark.models import scenes
     from clearmark.pipeline import process
-    from clearmark.workers import jpeg_bench, pipeline_bench, preflight
+    from clearmark.workers import gpu_smoke, jpeg_bench, pipeline_bench, preflight, queue_bench
 else:
     ort = deferred("onnxruntime")
     torch = deferred("torch")
     base = deferred("clearmark.engine_build.base")
+    scenes = deferred("clearmark.models.scenes")
     bench = deferred("clearmark.engine_build.bench")
     onnx_export = deferred("clearmark.engine_build.onnx_export")
     trt_backend = deferred("clearmark.engine_build.trt_backend")
@@ -33,6 +35,8 @@ else:
     pipeline_bench = deferred("clearmark.workers.pipeline_bench")
     process = deferred("clearmark.pipeline.process")
     preflight = deferred("clearmark.workers.preflight")
+    queue_bench = deferred("clearmark.workers.queue_bench")
+    gpu_smoke = deferred("clearmark.workers.gpu_smoke")
 
 KIND_CHOICE = click.Choice([*KINDS, "all"])
 
@@ -146,6 +150,77 @@ def info_command() -> None:
     click.echo(f"auto on CPU: {base.CPU_AUTO_BACKEND}")
 
 
+@engines_group.command("smoke")
+@click.option(
+    "--candidate",
+    "candidates",
+    multiple=True,
+    metavar="BACKEND:DEVICE",
+    help="Repeatable; default: tensorrt:cuda and torch:cuda, each skipped where it cannot run.",
+)
+@click.option(
+    "--images", default=2, show_default=True, type=click.IntRange(1), help="Photos through process_image."
+)
+@click.option(
+    "--size", default=1024, show_default=True, type=click.IntRange(64), help="Their long side (px)."
+)
+@click.option(
+    "--eval-photos",
+    default=6,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Marked real photos for eval-real's statuses (half as many clean ones); 0: not run.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory holding products/ (default: ../shared/data beside the checkout).",
+)
+@click.option("--quick", is_flag=True, help="The two smallest remover buckets only.")
+@click.option(
+    "--have",
+    type=click.Choice(["tensorrt", "cuda"]),
+    default=None,
+    help="Only say whether TensorRT (with pycuda and a GPU) or PyTorch's CUDA can run here: exit 0 or 1.",
+)
+def smoke_command(
+    candidates: tuple[str, ...],
+    images: int,
+    size: int,
+    eval_photos: int,
+    data_dir: Path | None,
+    quick: bool,
+    have: str | None,
+) -> None:
+    """Compare GPU engines with the CPU's fp32 ONNX Runtime in output terms: engines at
+    production shapes (mask IoU >= 0.98), process_image on watermarked photos (image PSNR
+    >= 45 dB, mask IoU >= 0.98), eval-real's statuses on the same real photos. One line per
+    check (ok, FAIL, skip); exit 1 at the first failure."""
+    if have:
+        ok, why = gpu_smoke.available(have)
+        click.echo(f"{have}: {'yes' if ok else 'no'} ({why})")
+        sys.exit(0 if ok else 1)
+    settings = get_settings()
+    chosen = [gpu_smoke.parse_candidate(c) for c in candidates] or gpu_smoke.default_candidates()
+    runnable = any(not isinstance(c, gpu_smoke.Check) for c in chosen)
+    uploads = _uploads(images, size, None) if runnable else []
+    if data_dir is None:
+        data_dir = scenes.DEFAULT_DATA
+    ok = gpu_smoke.run_smoke(
+        chosen,
+        settings,
+        uploads,
+        data_dir if eval_photos else None,
+        eval_photos,
+        quick,
+        lambda check: click.echo(check.line()),
+    )
+    if not ok:
+        sys.exit(1)
+
+
 @click.command("bench")
 @click.option(
     "--backend",
@@ -207,6 +282,31 @@ def info_command() -> None:
     "Default: --pipeline, the evaluation set's watermarked images; --jpeg, the dev split "
     "of ../shared/data/products; studio scenes where ../shared/data is not there.",
 )
+@click.option(
+    "--through-queue",
+    "through_queue",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="N photos through a real worker (one child, started here) on the configured broker "
+    "and database, against the same N through the pipeline in this process: images/s of "
+    "both and their ratio (the queue's and the database's overhead).",
+)
+@click.option(
+    "--in-flight",
+    "in_flight",
+    default=None,
+    metavar="K,K,...",
+    help="--pipeline: run the photos with K jobs in flight (threads sharing one set of engines), "
+    "unbatched and batched across jobs (up to --batch-max images per engine call), for each K.",
+)
+@click.option(
+    "--batch-max",
+    default=8,
+    show_default=True,
+    type=click.IntRange(2, 64),
+    help="--in-flight: images per engine call when batched.",
+)
 def bench_command(
     backends: tuple[str, ...],
     batch: int,
@@ -220,6 +320,9 @@ def bench_command(
     images: int,
     jpeg: bool,
     photos: Path | None,
+    through_queue: int | None,
+    in_flight: str | None,
+    batch_max: int,
 ) -> None:
     """Images per second and ms per image for detection and removal, per backend; with
     --pipeline, seconds per photo for the whole pipeline, stage by stage; with --jpeg,
@@ -241,15 +344,33 @@ def bench_command(
         click.echo(jpeg_bench.format_jpeg_table(jpeg_rows))
         return
 
+    if through_queue:
+        _bench_through_queue(through_queue, backends, size or 1024, photos)
+        return
     if not backends:
         backends = ("torch", "onnxruntime") + (("tensorrt",) if trt_backend.tensorrt_status()[0] else ())
     if pipeline:
         size = size or 1024
-        if photos:
-            uploads = pipeline_bench.photo_uploads(photo_folder(photos, images), size)
-        else:
-            data_dir, studio_only = synthetic_photos(None, "--photos DIR to bench your own")
-            uploads = pipeline_bench.bench_images(images, size, data_dir=data_dir, studio_only=studio_only)
+        uploads = _uploads(images, size, photos)
+        if in_flight:
+            try:
+                jobs = [int(k) for k in in_flight.split(",") if k.strip()]
+            except ValueError:
+                raise click.BadParameter(
+                    "a comma-separated list of numbers", param_hint="--in-flight"
+                ) from None
+            click.echo(
+                pipeline_bench.format_in_flight_table(
+                    [
+                        row
+                        for backend in backends
+                        for row in pipeline_bench.bench_in_flight(
+                            uploads, backend, jobs, batch_max, get_settings().batch_wait_ms, device=device
+                        )
+                    ]
+                )
+            )
+            return
         click.echo(
             pipeline_bench.format_pipeline_table(
                 [
@@ -279,3 +400,30 @@ def bench_command(
                 )
             )
     click.echo(bench.format_table(rows))
+
+
+def _uploads(images: int, size: int, photos: Path | None) -> list[bytes]:
+    if photos:
+        return pipeline_bench.photo_uploads(photo_folder(photos, images), size)
+    data_dir, studio_only = synthetic_photos(None, "--photos DIR to bench your own")
+    return pipeline_bench.bench_images(images, size, data_dir=data_dir, studio_only=studio_only)
+
+
+def _bench_through_queue(n: int, backends: tuple[str, ...], size: int, photos: Path | None) -> None:
+    settings = get_settings()
+    if len(backends) > 1:
+        raise click.ClickException("--through-queue takes one --backend (default: the settings')")
+    if backends:
+        settings = settings.replace(backend=backends[0])
+    if settings.embedded:
+        raise click.ClickException(
+            "--through-queue needs the service: set CLEARMARK_BROKER_URL and CLEARMARK_DATABASE_URL"
+        )
+    problems = preflight.worker_problems(settings)
+    if problems:
+        raise click.ClickException("; ".join(problems))
+    log_path = settings.data_dir / "bench-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    click.echo(f"{preflight.describe(settings)}\nbench worker log: {log_path}", err=True)
+    result = queue_bench.bench_through_queue(_uploads(n, size, photos), settings, log_path)
+    click.echo(result.render())

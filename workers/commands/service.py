@@ -40,7 +40,11 @@ def default_queues(settings: Settings) -> str:
 @click.option("-c", "--concurrency", type=int, help="Child processes (default from settings).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option(
-    "-P", "--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"])
+    "-P",
+    "--pool",
+    default=None,
+    type=click.Choice(["prefork", "solo", "threads"]),
+    help="Default: prefork; threads when CLEARMARK_JOBS_IN_FLIGHT is above 1.",
 )
 @click.option("-n", "--hostname", help="Worker node name (default celery@host).")
 @click.option(
@@ -50,7 +54,12 @@ def default_queues(settings: Settings) -> str:
     "CLEARMARK_REAP_INTERVAL_S), where no Celery beat runs it.",
 )
 def worker(
-    queues: str | None, concurrency: int | None, loglevel: str, pool: str, hostname: str | None, reap: bool
+    queues: str | None,
+    concurrency: int | None,
+    loglevel: str,
+    pool: str | None,
+    hostname: str | None,
+    reap: bool,
 ) -> None:
     """Start a Celery worker on the configured broker (Redis by default).
 
@@ -58,9 +67,18 @@ def worker(
     set, or when the database is not migrated to this code's revision: such a worker
     would take tasks whose jobs it cannot see, and they would stay queued. A worker that
     cleans images also refuses to start when its engines cannot load, and stops (status 1)
-    when a child process of it cannot load them."""
+    when a child process of it cannot load them. With CLEARMARK_JOBS_IN_FLIGHT above 1 it is
+    one process running that many jobs at once (Celery's threads pool) on one set of
+    engines, batched across jobs with CLEARMARK_BATCH_MAX."""
     settings = get_settings()
     queues = queues or default_queues(settings)
+    if settings.jobs_in_flight > 1:
+        if concurrency not in (None, 1) or pool not in (None, "threads"):
+            raise click.UsageError(
+                f"CLEARMARK_JOBS_IN_FLIGHT={settings.jobs_in_flight}: a worker is one process running that "
+                "many jobs (the threads pool); drop -c and -P, and start more workers for more processes"
+            )
+        pool, concurrency = "threads", settings.jobs_in_flight
     click.echo(f"{preflight.describe(settings)}\nqueues   {queues}", err=True)
     problems = preflight.worker_problems(settings)
     if problems:
@@ -81,7 +99,7 @@ def worker(
         "-l",
         loglevel,
         "-P",
-        pool,
+        pool or "prefork",
         "-E",
     ]
     if hostname:
