@@ -48,7 +48,7 @@ def test_smoke_compares_a_candidate_with_the_cpu_in_output_terms():
         ],
     )
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()  # the note on stderr (no photos here: studio scenes) aside
     assert lines[0].startswith("ok   torch:cpu detector (2, 3, 640, 640): mask IoU ")
     assert [line.split(": ")[0] for line in lines[1:3]] == [
         "ok   torch:cpu remover (1, 7, 128, 128)",  # the two smallest crop buckets
