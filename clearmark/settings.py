@@ -581,22 +581,29 @@ class Settings(BaseSettings):
         """The field's value as text, passwords masked."""
         return shown_value(name, getattr(self, name))
 
+    def environment(self, *names: str) -> dict[str, str]:
+        """The `CLEARMARK_*` variables that give a subprocess these fields' values (not
+        masked), e.g. `dict(os.environ, **s.environment("database_url", ...))`."""
+        return {variable(name): _spelled(getattr(self, name)) for name in names}
+
 
 def is_secret(name: str) -> bool:
     extra = Settings.model_fields[name].json_schema_extra
     return isinstance(extra, dict) and bool(extra.get("secret"))
 
 
+def _spelled(value: Any) -> str:
+    """`value` as an environment variable spells it."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def shown_value(name: str, value: Any) -> str:
     """`value` of the field `name` as an environment variable would spell it, masked if secret."""
-    if isinstance(value, bool):
-        text = "1" if value else "0"
-    elif isinstance(value, tuple):
-        text = ",".join(str(v) for v in value)
-    elif isinstance(value, float):
-        text = f"{value:g}"
-    else:
-        text = str(value)
+    text = f"{value:g}" if isinstance(value, float) else _spelled(value)
     return mask_secret(text) if name in Settings.model_fields and is_secret(name) else text
 
 

@@ -255,3 +255,14 @@ def test_readme_settings_table_is_in_step():
     for name in Settings.model_fields:
         assert f"`CLEARMARK_{name.upper()}`" in table
         assert Settings.model_fields[name].description, f"{name} has no description"
+
+
+def test_environment_gives_a_subprocess_the_same_values(monkeypatch):
+    s = Settings(webhook_allow_hosts=("a.example", "b.example"), webhook_backoff_s=0.25, gate=False)
+    env = s.environment("webhook_allow_hosts", "webhook_backoff_s", "gate", "data_dir")
+    assert env["CLEARMARK_WEBHOOK_ALLOW_HOSTS"] == "a.example,b.example"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    again = Settings()
+    for name in ("webhook_allow_hosts", "webhook_backoff_s", "gate", "data_dir"):
+        assert getattr(again, name) == getattr(s, name)

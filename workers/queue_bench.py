@@ -96,16 +96,18 @@ def worker_env(settings: Settings) -> dict[str, str]:
     """The environment of a worker that sees what these settings name."""
     return dict(
         os.environ,
-        CLEARMARK_DATABASE_URL=settings.database_url,
-        CLEARMARK_BROKER_URL=settings.broker_url,
-        CLEARMARK_STORAGE_URI=settings.storage_uri,
-        CLEARMARK_DATA_DIR=str(settings.data_dir),
-        CLEARMARK_ENGINE_DIR=settings.engine_dir,
-        CLEARMARK_BACKEND=settings.backend,
-        CLEARMARK_DEVICE=settings.device,
-        CLEARMARK_QUEUE_UPLOADS=settings.queue_uploads,
-        CLEARMARK_QUEUE_BULK=settings.queue_bulk,
-        CLEARMARK_QUEUE_WEBHOOKS=settings.queue_webhooks,
+        **settings.environment(
+            "database_url",
+            "broker_url",
+            "storage_uri",
+            "data_dir",
+            "engine_dir",
+            "backend",
+            "device",
+            "queue_uploads",
+            "queue_bulk",
+            "queue_webhooks",
+        ),
     )
 
 
