@@ -8,7 +8,6 @@ pure over its inputs (no database, storage or Celery here) and raises
 from __future__ import annotations
 
 import io
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from clearmark.pipeline import catalogue
 from clearmark.pipeline.catalogue import MATCH_THRESHOLD, Template
 from clearmark.pipeline.gate import GateLimits, RegionVerdict, judge
 from clearmark.pipeline.imaging import decode_image, encode_image, orientation_exif, to_stored
-from clearmark.pipeline.stages import STAGES
+from clearmark.pipeline.stages import StageClock
 from clearmark.pipeline.verdict import (
     DETECTOR,
     REPETITION,
@@ -584,16 +583,7 @@ def process_image(
     decoded input before encoding. Raises BadInput for unusable files.
     """
     s = settings or get_settings()
-    t_start = time.perf_counter()
-    ms: dict[str, float] = {}
-    t = t_start
-
-    def lap(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        ms[name] = round((now - t) * 1000.0, 2)
-        t = now
-
+    lap = StageClock()
     dec = decode_image(data, s)
     lap("decode")
     found = best_match(dec.rgb, templates) if templates else None
@@ -643,8 +633,7 @@ def process_image(
         "mask_area_fraction": c.mask.area_fraction,
         "detector_confidence": c.confidence,
         "residual_score": residual,
-        **{f"ms_{stage}": ms[stage] for stage in STAGES},
-        "ms_total": round((time.perf_counter() - t_start) * 1000.0, 2),
+        **lap.metrics(),
         "jpeg_exact": details.get("jpeg_exact"),
         "jpeg_blocks_changed": details.get("jpeg_blocks_changed"),
     }
@@ -679,16 +668,7 @@ def remove_with_mask(
     scores each painted region before and after, for the reviewer to see. Raises BadInput
     (`mask_size`) for a mask of another size than the upright image."""
     s = settings or get_settings()
-    t_start = time.perf_counter()
-    ms: dict[str, float] = {}
-    t = t_start
-
-    def lap(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        ms[name] = round((now - t) * 1000.0, 2)
-        t = now
-
+    lap = StageClock()
     dec = decode_image(data, s)
     h, w = dec.rgb.shape[:2]
     inside = np.asarray(mask, bool)
@@ -748,8 +728,7 @@ def remove_with_mask(
         "mask_area_fraction": float(inside.mean()),
         "detector_confidence": float(np.mean(before)) if before else 0.0,
         "residual_score": residual,
-        **{f"ms_{stage}": ms[stage] for stage in STAGES},
-        "ms_total": round((time.perf_counter() - t_start) * 1000.0, 2),
+        **lap.metrics(),
         "jpeg_exact": details.get("jpeg_exact"),
         "jpeg_blocks_changed": details.get("jpeg_blocks_changed"),
     }

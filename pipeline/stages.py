@@ -5,4 +5,25 @@ loading any engine."""
 
 from __future__ import annotations
 
+import time
+
 STAGES = ("decode", "detect", "remove", "gate", "encode", "residual")
+
+
+class StageClock:
+    """`clock("detect")` ends that stage: its milliseconds since the previous stage ended
+    (or the clock started) go into `ms`. `metrics()` gives `ms_<stage>` for each of STAGES
+    and `ms_total`."""
+
+    def __init__(self) -> None:
+        self.start = self._last = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = round((now - self._last) * 1000.0, 2)
+        self._last = now
+
+    def metrics(self) -> dict[str, float]:
+        total = round((time.perf_counter() - self.start) * 1000.0, 2)
+        return {f"ms_{stage}": self.ms[stage] for stage in STAGES} | {"ms_total": total}
