@@ -28,7 +28,7 @@ from clearmark.models.text_prior import OVERLAY_HIGH, OVERLAY_LOW, TextDetector,
 from clearmark.pipeline import catalogue
 from clearmark.pipeline.catalogue import MATCH_THRESHOLD, Template
 from clearmark.pipeline.gate import GateLimits, RegionVerdict, judge
-from clearmark.pipeline.imaging import decode_image, encode_image, orientation_exif, to_stored
+from clearmark.pipeline.imaging import DecodedImage, decode_image, encode_image, orientation_exif, to_stored
 from clearmark.pipeline.stages import StageClock
 from clearmark.pipeline.verdict import (
     DETECTOR,
@@ -591,24 +591,15 @@ def process_image(
         c = clean_rgb(engines, dec.rgb, s, lap)
     else:
         c = clean_with_template(engines, dec.rgb, found, s, lap)
-    h, w = dec.rgb.shape[:2]
-    details: dict[str, Any] = {
-        "input_format": dec.format,
-        "input_mode": dec.mode,
-        "frames": dec.frames,
-        "jpeg_quality": dec.jpeg_quality,
-        "notes": list(dec.notes),
-    }
-
-    if c.mask.empty:
-        mask_png = _png(c.mask.alpha, dec.orientation)  # the result is the upload itself
-        image_bytes, ext, encoding = data, dec.input_extension, {}
-        details.update(output_format=dec.format, output_mode=dec.mode)
-    else:
-        encoded = encode_image(dec, c.restored, c.mask.dilated, s)
-        image_bytes, ext, encoding = encoded.data, encoded.extension, encoded.details
-        details.update(encoding, output_format=dec.output_format, output_mode=dec.base.mode)
-        mask_png = _png(mask_image(c.mask, c.found), encoding.get("orientation", 1))
+    out = _deliver(
+        data,
+        dec,
+        c.restored,
+        None if c.mask.empty else c.mask.dilated,
+        c.mask.alpha if c.mask.empty else mask_image(c.mask, c.found),
+        s,
+    )
+    details = out.details
     lap("encode")
     rerun_detectors(engines, c.restored, c.suspects, c.mask.dilated, s)
     lap("residual")
@@ -627,28 +618,76 @@ def process_image(
         for x in c.suspects
     ]
     details["gate"] = [v.as_dict() for v in c.verdicts]
-    metrics = {
+    metrics = _metrics(dec, c.mask.area_fraction, c.confidence, residual, lap, details)
+    if found is not None:
+        metrics["method"] = details["method"] = f"template:{found.template_id}"
+    return PipelineResult(
+        status=status,
+        image_bytes=out.image_bytes,
+        extension=out.extension,
+        mask_png=out.mask_png,
+        metrics=metrics,
+        details=details,
+        review_reason="; ".join(reasons) if status == "needs_review" else None,
+        encoding=out.encoding,
+    )
+
+
+@dataclass
+class _Delivery:
+    image_bytes: bytes
+    extension: str
+    encoding: dict[str, Any]
+    mask_png: bytes
+    details: dict[str, Any]  # the input's and output's format and mode, and `encoding`
+
+
+def _deliver(
+    data: bytes,
+    dec: DecodedImage,
+    restored: np.ndarray,
+    changed: np.ndarray | None,
+    mask: np.ndarray,
+    s: Settings,
+) -> _Delivery:
+    """The result file and the job's mask PNG (`mask`: 8-bit, as the image is stored): the
+    upload itself when nothing changed (`changed` None), else `restored` encoded with the
+    pixels outside `changed` exactly the input's (`encode_image`)."""
+    details: dict[str, Any] = {
+        "input_format": dec.format,
+        "input_mode": dec.mode,
+        "frames": dec.frames,
+        "jpeg_quality": dec.jpeg_quality,
+        "notes": list(dec.notes),
+    }
+    if changed is None:
+        details.update(output_format=dec.format, output_mode=dec.mode)
+        return _Delivery(data, dec.input_extension, {}, _png(mask, dec.orientation), details)
+    encoded = encode_image(dec, restored, changed, s)
+    details.update(encoded.details, output_format=dec.output_format, output_mode=dec.base.mode)
+    mask_png = _png(mask, encoded.details.get("orientation", 1))
+    return _Delivery(encoded.data, encoded.extension, encoded.details, mask_png, details)
+
+
+def _metrics(
+    dec: DecodedImage,
+    area: float,
+    confidence: float,
+    residual: float,
+    lap: StageClock,
+    details: dict[str, Any],
+) -> dict[str, Any]:
+    h, w = dec.rgb.shape[:2]
+    return {
         "width": w,
         "height": h,
-        "mask_area_fraction": c.mask.area_fraction,
-        "detector_confidence": c.confidence,
+        "mask_area_fraction": area,
+        "detector_confidence": confidence,
         "residual_score": residual,
         **lap.metrics(),
         "jpeg_exact": details.get("jpeg_exact"),
         "jpeg_blocks_changed": details.get("jpeg_blocks_changed"),
     }
-    if found is not None:
-        metrics["method"] = details["method"] = f"template:{found.template_id}"
-    return PipelineResult(
-        status=status,
-        image_bytes=image_bytes,
-        extension=ext,
-        mask_png=mask_png,
-        metrics=metrics,
-        details=details,
-        review_reason="; ".join(reasons) if status == "needs_review" else None,
-        encoding=encoding,
-    )
 
 
 GIVEN = "reviewer"  # the `detector` named on the regions of a mask a person painted
@@ -689,23 +728,8 @@ def remove_with_mask(
         )
     lap("remove")
     lap("gate")  # not run: a person's mask is not the gate's to judge
-    details: dict[str, Any] = {
-        "input_format": dec.format,
-        "input_mode": dec.mode,
-        "frames": dec.frames,
-        "jpeg_quality": dec.jpeg_quality,
-        "notes": list(dec.notes),
-        "given_mask": True,
-    }
-    if not regions:
-        image_bytes, ext, encoding = data, dec.input_extension, {}
-        mask_png = _png(given.alpha, dec.orientation)
-        details.update(output_format=dec.format, output_mode=dec.mode)
-    else:
-        encoded = encode_image(dec, restored, inside, s)
-        image_bytes, ext, encoding = encoded.data, encoded.extension, encoded.details
-        details.update(encoding, output_format=dec.output_format, output_mode=dec.base.mode)
-        mask_png = _png(given.alpha, encoding.get("orientation", 1))
+    out = _deliver(data, dec, restored, inside if regions else None, given.alpha, s)
+    details = out.details | {"given_mask": True}
     lap("encode")
     after = _scores(engines, restored, inside, labels, regions, s)
     lap("residual")
@@ -722,25 +746,17 @@ def remove_with_mask(
         if regions
         else "the reviewer's mask is empty: nothing was removed"
     )
-    metrics = {
-        "width": w,
-        "height": h,
-        "mask_area_fraction": float(inside.mean()),
-        "detector_confidence": float(np.mean(before)) if before else 0.0,
-        "residual_score": residual,
-        **lap.metrics(),
-        "jpeg_exact": details.get("jpeg_exact"),
-        "jpeg_blocks_changed": details.get("jpeg_blocks_changed"),
-    }
+    confidence = float(np.mean(before)) if before else 0.0
+    metrics = _metrics(dec, float(inside.mean()), confidence, residual, lap, details)
     return PipelineResult(
         status="needs_review",
-        image_bytes=image_bytes,
-        extension=ext,
-        mask_png=mask_png,
+        image_bytes=out.image_bytes,
+        extension=out.extension,
+        mask_png=out.mask_png,
         metrics=metrics,
         details=details,
         review_reason=reason,
-        encoding=encoding,
+        encoding=out.encoding,
     )
 
 
