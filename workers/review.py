@@ -23,6 +23,7 @@ import io
 import numpy as np
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import webhooks
@@ -56,6 +57,17 @@ class Decision(enum.StrEnum):
     no_mark = "no_mark"
 
 
+def locked_in_review(session: Session, job_id: str, tenant_id: str | None) -> Job:
+    """The job, locked for this transaction. LookupError for an unknown job (or, with
+    `tenant_id`, another tenant's), ValueError for one that is not in needs_review."""
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
+        raise LookupError(f"no job {job_id}")
+    if job.status != JobStatus.needs_review.value:
+        raise ValueError(f"job {job_id} is {job.status}, not needs_review")
+    return job
+
+
 def decide(
     job_id: str,
     decision: Decision,
@@ -71,11 +83,7 @@ def decide(
     needs_review. `via` (cli, api, page) is kept in the event with who decided."""
     s = settings or get_settings()
     with session_scope(s.database_url) as session:
-        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-        if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
-            raise LookupError(f"no job {job_id}")
-        if job.status != JobStatus.needs_review.value:
-            raise ValueError(f"job {job_id} is {job.status}, not needs_review")
+        job = locked_in_review(session, job_id, tenant_id)
         metrics = session.get(JobMetrics, job.id)
         unchanged = metrics is None or not metrics.mask_area_fraction
         detail: dict[str, object] = {

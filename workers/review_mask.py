@@ -21,8 +21,9 @@ from sqlalchemy import func, select
 from clearmark.errors import ServiceUnavailable
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import broker
-from clearmark.workers.db import Job, JobEvent, JobMetrics, JobStatus, session_scope
+from clearmark.workers.db import JobEvent, JobMetrics, JobStatus, session_scope
 from clearmark.workers.jobs import MASK_EVENT, set_status
+from clearmark.workers.review import locked_in_review
 from clearmark.workers.storage import get_storage
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,7 @@ def ask_removal(
     s = settings or get_settings()
     broker.check_reachable(s)
     with session_scope(s.database_url) as session:
-        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-        if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
-            raise LookupError(f"no job {job_id}")
-        if job.status != JobStatus.needs_review.value:
-            raise ValueError(f"job {job_id} is {job.status}, not needs_review")
+        job = locked_in_review(session, job_id, tenant_id)
         metrics = session.get(JobMetrics, job.id)
         if metrics is None:
             raise ValueError(f"job {job_id} has no size recorded")
