@@ -160,5 +160,7 @@ def test_a_job_no_worker_can_run_fails_as_engine_unavailable(api_settings, recei
     wait_for(lambda: receiver.requests, 60, "the webhook")
     document = json.loads(receiver.requests[0][1])["job"]
     assert document["status"] == "failed" and document["error"]["code"] == "engine_unavailable"
+    # the worker records the attempt after the receiver has answered
+    wait_for(lambda: _webhook_events(s, job_id), 60, "the webhook's attempt to be recorded")
     assert [e["outcome"] for e in _webhook_events(s, job_id)] == ["delivered"]
     assert not reap(s).unsent, "a failed job is not sent again"
