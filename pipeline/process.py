@@ -24,7 +24,7 @@ from clearmark.models.inference import Runner, ceil_to, detect_probability, dete
 from clearmark.models.masks import Box, Mask, Tile, bbox, build_mask, component_boxes, confirmed, plan_tiles
 from clearmark.models.networks import remover_input
 from clearmark.models.repetition import REPEAT_HIGH, REPEAT_LOW, Repetition, find_repetition
-from clearmark.models.text_prior import OVERLAY_HIGH, OVERLAY_LOW, TextDetector, TextLine
+from clearmark.models.text_prior import BOX_THRESH, OVERLAY_HIGH, OVERLAY_LOW, TextDetector, TextLine
 from clearmark.pipeline import catalogue
 from clearmark.pipeline.catalogue import MATCH_THRESHOLD, Template
 from clearmark.pipeline.gate import GateLimits, RegionVerdict, judge
@@ -35,6 +35,7 @@ from clearmark.pipeline.verdict import (
     REPETITION,
     SUSPECT_MIN_AREA_AT_DETECTOR,
     TEXT,
+    TEXT_LINE,
     Suspect,
     SuspectPrior,
     as_compared,
@@ -49,6 +50,9 @@ from clearmark.settings import Settings, get_settings
 # Pixels (N*H*W) per remover call: bounds memory when many crops share a size.
 REMOVE_BATCH_PIXELS = 2 * 1024 * 1024
 RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual check
+LINE_CHANGED = 0.02  # share of a text line's middle the removal must change to have changed the line
+LINE_LEFT = 0.25  # share of a changed line's middle where the text detector still finds text
+# on the delivered image: the removal cut the line ("N DHAVEN") instead of removing it
 
 
 @dataclass
@@ -237,6 +241,7 @@ class Cleaning:
     # flagged at its low limit, each with what the pipeline did there (`fate`)
     guarded: list[str] = field(default_factory=list)  # product text the change reached:
     # put back, one sentence each
+    lines: list[TextLine] = field(default_factory=list)  # the text prior's lines on the upload
 
 
 def gate_limits(s: Settings) -> GateLimits:
@@ -374,6 +379,7 @@ def clean_rgb(
         verdicts=verdicts,
         suspects=suspects,
         guarded=guarded,
+        lines=lines,
     )
 
 
@@ -447,7 +453,7 @@ def clean_with_template(
     suspect.after = again.score if again is not None else 0.0
     suspect.fate = _fate(suspect, mask.dilated, verdicts, changed, changed, s)
     lap("gate")
-    return Cleaning(restored, mask, mark, 1.0, verdicts, [suspect], guarded)
+    return Cleaning(restored, mask, mark, 1.0, verdicts, [suspect], guarded, lines)
 
 
 def _fate(
@@ -524,6 +530,54 @@ def guard_printed_text(
     return (*put_back(rgb, restored, mask, found, keep), reasons)
 
 
+def line_middle(line: TextLine) -> np.ndarray:
+    """The middle of a text line's region (bool, the crop at `line.box`): the pixels at
+    least half the deepest distance from its outline. The detector's region is the text's
+    kernel grown on every side by DB's unclip margin; the glyphs are in the middle."""
+    dist = cv2.distanceTransform(np.pad(line.mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    return dist >= 0.5 * float(dist.max()) if dist.max() > 0 else line.mask
+
+
+def changed_lines(lines: list[TextLine], changed: np.ndarray) -> list[Suspect]:
+    """Each line of text on the upload, other than printed product text (those the change
+    reached were put back), whose middle the removal changed (LINE_CHANGED): a suspect the
+    text detector must no longer find on the delivered image (`rerun_detectors`). A removal
+    that takes part of a line and leaves the rest goes to review, whichever detector
+    missed the rest."""
+    out = []
+    for line in lines:
+        if line.overlay < OVERLAY_LOW:
+            continue
+        middle = line_middle(line)
+        x0, y0, x1, y1 = line.box
+        share = float(changed[y0:y1, x0:x1][middle].mean()) if middle.any() else 0.0
+        if share >= LINE_CHANGED:
+            fate = f"the removal changed {share:.2f} of the line's middle"
+            evidence = {"changed": share, "overlay": line.overlay, "text_score": line.score}
+            out.append(
+                Suspect(TEXT_LINE, line.box, middle, line.score, BOX_THRESH, None, fate, evidence, LINE_LEFT)
+            )
+    return out
+
+
+def text_left(text: TextDetector, restored: np.ndarray, suspects: list[Suspect]) -> None:
+    """Set each changed line's `after`: the share of its middle where the text detector,
+    run on a crop of the delivered image around them all, still finds text."""
+    if not suspects:
+        return
+    h, w = restored.shape[:2]
+    pad = max(32, max(x.box[3] - x.box[1] for x in suspects))
+    x0 = max(0, min(x.box[0] for x in suspects) - pad)
+    y0 = max(0, min(x.box[1] for x in suspects) - pad)
+    x1, y1 = min(w, max(x.box[2] for x in suspects) + pad), min(h, max(x.box[3] for x in suspects) + pad)
+    found = np.zeros((h, w), bool)
+    for ln in text.lines(np.ascontiguousarray(restored[y0:y1, x0:x1])):
+        bx0, by0, bx1, by1 = ln.box
+        found[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1] |= ln.mask
+    for x in suspects:
+        x.after = float(found[x.window][x.pixels].mean())
+
+
 def repetition_suspect(tiled: Repetition) -> Suspect:
     """The tiled mark as one suspect: its copies' mask, or the whole photo without one. Its
     limit is REPEAT_HIGH (0.3% of clean train photos reach it; REPEAT_LOW, 4.3%, sent clean
@@ -541,7 +595,8 @@ def rerun_detectors(
 ) -> None:
     """Score every suspect the change touched again on the delivered image (`after`): one
     detector pass over a crop around all of them, at the scale of the first pass; the
-    repetition detector over the whole result."""
+    repetition detector and the text prior over the whole result; the text detector over a
+    crop around the lines the removal changed (`text_left`)."""
     if any(x.detector == REPETITION and x.touched_by(changed) for x in suspects):
         again = find_repetition(restored).score
         for x in suspects:
@@ -552,6 +607,8 @@ def rerun_detectors(
         for x in suspects:
             if x.detector == TEXT and x.touched_by(changed):
                 x.after = max((ln.overlay for ln in lines if _overlaps(ln.box, x.box)), default=0.0)
+    if engines.text is not None:
+        text_left(engines.text, restored, [x for x in suspects if x.detector == TEXT_LINE])
     touched = [x for x in suspects if x.detector == DETECTOR and x.touched_by(changed)]
     if not touched:
         return
@@ -601,6 +658,7 @@ def process_image(
     )
     details = out.details
     lap("encode")
+    c.suspects += changed_lines(c.lines, c.mask.dilated)
     rerun_detectors(engines, c.restored, c.suspects, c.mask.dilated, s)
     lap("residual")
     verdict = decide(c.suspects, changed=not c.mask.empty)

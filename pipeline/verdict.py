@@ -34,6 +34,7 @@ SUSPECT_MIN_AREA_AT_DETECTOR = 24  # px at the detector's scale: smaller blobs a
 DETECTOR = "detector"  # the learned detector (per-pixel watermark probability)
 REPETITION = "repetition detector"  # models.repetition: a mark tiled over the photo
 TEXT = "text prior"  # models.text_prior: a line of overlaid text
+TEXT_LINE = "text detector"  # a line of text (not printed product text) the removal changed
 
 
 @dataclass

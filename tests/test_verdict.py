@@ -12,7 +12,16 @@ from clearmark.models.masks import build_mask
 from clearmark.models.text_prior import TextLine
 from clearmark.pipeline.process import guard_printed_text, process_image
 from clearmark.pipeline.verdict import Suspect, as_compared, decide, find_suspects
-from tests.test_pipeline import GreyRemover, IdentityRemover, cfg, encode, fake_engines, marked, photo
+from tests.test_pipeline import (
+    GreyRemover,
+    IdentityRemover,
+    cfg,
+    encode,
+    fake_engines,
+    is_magenta,
+    marked,
+    photo,
+)
 from tests.test_repetition import composite, product_photo, tiled_alpha
 
 
@@ -158,3 +167,46 @@ def test_guard_leaves_changes_away_from_printed_text_alone():
     mask = build_mask(found.astype(np.float32), 0.5, 1, 2)
     out, kept, _, reasons = guard_printed_text(rgb, restored, mask, found, [line((30, 30, 50, 45), 0.1)])
     assert reasons == [] and out is restored and kept is mask
+
+
+BLUE = (20, 20, 235)
+
+
+class InkText:
+    """A text detector that finds one line around each blob of saturated ink (magenta or
+    blue) in whatever it is shown, the upload or a crop of the result."""
+
+    def __init__(self, overlay: float):
+        self.overlay = overlay
+
+    def lines(self, rgb):
+        ink = is_magenta(rgb) | (np.abs(rgb.astype(int) - BLUE).max(axis=2) < 13)
+        if not ink.any():
+            return []
+        ys, xs = np.nonzero(ink)
+        h, w = ink.shape
+        box = (max(0, xs.min() - 4), max(0, ys.min() - 4), min(w, xs.max() + 5), min(h, ys.max() + 5))
+        return [line(tuple(int(v) for v in box), self.overlay)]
+
+
+def test_a_line_cut_in_half_goes_to_review_though_the_detector_missed_the_rest():
+    """'N DHAVEN': the learned detector finds the magenta half of a line, the blue half
+    is in no detector's mask; the removal takes the first half and would have passed."""
+    img = marked(box=(30, 40, 80, 60))
+    img[40:60, 80:130] = BLUE
+    engines = fake_engines()
+    engines.text = InkText(overlay=0.5)  # neither printed (< OVERLAY_LOW) nor sure (>= OVERLAY_HIGH)
+    r = process_image(png(img), engines, cfg())
+    assert r.status == "needs_review"
+    assert "the text detector still finds a mark at (26, 36, 134, 64) after removal" in r.review_reason
+    assert "the removal changed" in r.review_reason
+    cut = next(x for x in r.details["suspects"] if x["detector"] == "text detector")
+    assert 0.25 <= cut["after"] < 0.9
+
+
+def test_a_line_removed_whole_succeeds():
+    engines = fake_engines()
+    engines.text = InkText(overlay=0.5)
+    r = process_image(png(marked(box=(30, 40, 130, 60))), engines, cfg())
+    assert r.status == "succeeded", r.review_reason
+    assert [x["after"] for x in r.details["suspects"] if x["detector"] == "text detector"] == [0.0]
