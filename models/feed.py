@@ -29,6 +29,7 @@ class BatchRecipe:
     data_dir: Path | None = None
     detector_masks: Path | None = None  # remover: mask crops as this detector would
     photos: str = "synthetic"  # "products": real product photos (detector)
+    reviewed: Path | None = None  # a `clearmark review export` folder: some crops from it
 
 
 # Makes the arrays of one step's batch; a module-level function, so that worker processes

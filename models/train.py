@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clearmark.models import reviewed_data
 from clearmark.models.feed import BatchRecipe, batches
 from clearmark.models.inference import detect_probability
 from clearmark.models.masks import build_mask, dilate_disc
@@ -67,6 +68,7 @@ DETECTOR_CLEAN_SHARE = 0.2  # of those, photos without a mark: its false alarms,
 CLOCK_LEAD = 0.01  # how far the time budget must be ahead of the steps to set the schedule
 PRODUCT_NONE = 0.35  # real-photo detector crops left clean: hard negatives (faces, straps, print)
 PRODUCT_SYNTH_SHARE = 0.25  # detector crops still from procedural studio scenes
+REVIEWED_STREAM = 7  # rng stream of the reviewed crops within a step (`--reviewed`)
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -326,7 +328,12 @@ def make_batch(recipe: BatchRecipe, step: int) -> list[np.ndarray]:
             detector=_detectors[key],
         )
     rng = np.random.default_rng([TRAIN_TAG, recipe.seed, step])
-    return [t.numpy() for t in batch_of(rng, recipe.batch, recipe.crop, recipe.data_dir)]
+    arrays = [t.numpy() for t in batch_of(rng, recipe.batch, recipe.crop, recipe.data_dir)]
+    if recipe.reviewed:
+        mix = np.random.default_rng([TRAIN_TAG, recipe.seed, step, REVIEWED_STREAM])
+        seen = get_settings().detect_long_side
+        arrays = reviewed_data.replace_some(mix, recipe.kind, arrays, recipe.reviewed, recipe.crop, seen)
+    return arrays
 
 
 LOSSES = {"detector": detector_loss, "remover": remover_loss}
@@ -486,6 +493,7 @@ def train(
     device: str = "cpu",
     data_workers: int = 0,
     photos: str = "synthetic",
+    reviewed: Path | None = None,
     command: str | None = None,
     progress=None,
 ) -> dict:
@@ -497,8 +505,10 @@ def train(
     image stays exactly as `init` makes it. `detector_masks` (detector weights, remover
     only) masks most crops the way that detector and the pipeline would (`remover_batch`).
     `refine_width` sets the remover's mark refiner width (default: `init`'s, else 16).
-    `device` is where the network trains ("cuda" on a lent GPU); `data_workers` > 0 makes
-    batches in that many processes (`models.feed`; the same batches either way). `command`
+    `reviewed` (a `clearmark review export` folder) puts `reviewed_data.REVIEWED_SHARE` of
+    each batch's crops from the photos people reviewed. `device` is where the network
+    trains ("cuda" on a lent GPU); `data_workers` > 0 makes batches in that many processes
+    (`models.feed`; the same batches either way). `command`
     (the command line) and the code version go into the recipe; `lineage` gives the
     manifest's history."""
     if trainable not in TRAINABLE or (trainable != "all" and kind != "remover"):
@@ -507,6 +517,7 @@ def train(
         raise ValueError("detector_masks is for training the remover")
     if photos not in ("synthetic", "products") or (photos == "products" and kind not in PRODUCT_BATCHES):
         raise ValueError(f"photos={photos!r} is not available for the {kind}")
+    n_reviewed = len(reviewed_data.load(str(reviewed))) if reviewed else 0  # ValueError when unusable
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: PyTorch sees no CUDA GPU here")
@@ -563,6 +574,11 @@ def train(
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "trainable": trainable,
         "detect_long_side": get_settings().detect_long_side,
+        "reviewed": (
+            {"path": str(reviewed), "photos": n_reviewed, "share": reviewed_data.REVIEWED_SHARE}
+            if reviewed
+            else None
+        ),
         "detector_masks": (
             {
                 "path": str(detector_masks),
@@ -587,7 +603,7 @@ def train(
     ema, done = None, 0
     feed = batches(
         make_batch,
-        BatchRecipe(kind, seed, batch, crop, data_dir, detector_masks, photos),
+        BatchRecipe(kind, seed, batch, crop, data_dir, detector_masks, photos, reviewed),
         steps,
         data_workers,
     )

@@ -38,11 +38,11 @@ from PIL import Image
 from clearmark.models.evaluate import psnr, ssim
 from clearmark.models.masks import dilate_disc
 from clearmark.models.products import load_photo, mark_photo, split_paths
+from clearmark.models.reviewed import read_reviewed, upright
 from clearmark.models.text_prior import TextDetector
 from clearmark.models.train import update_manifest
 from clearmark.models.weights import WEIGHTS_DIR
 from clearmark.pipeline.process import Engines, process_image
-from clearmark.pipeline.reviewed import read_reviewed, upright
 from clearmark.settings import Settings
 
 EVAL_REAL_TAG = 3  # rng stream of this set (training uses 1, the synthetic eval 2)
@@ -356,10 +356,10 @@ OPEN_GATE = {
     "gate_max_flattened": 1.0,
 }
 SWEEP = {
-    "min_confidence": (0.9, 0.93, 0.95),
-    "min_opacity": (0.1, 0.2, 0.3),
+    "min_confidence": (0.8, 0.85, 0.9, 0.93, 0.95),
+    "min_opacity": (0.05, 0.1, 0.15, 0.2, 0.3),
     "min_explained": (0.8, 0.9),
-    "max_continues": (0.05, 0.1),
+    "max_continues": (0.05, 0.1, 0.15, 0.2),
     "max_flattened": (1.0,),
     "sure_prior": (0.5, 0.7, 0.8, 0.9, 0.95, 1.01),
 }

@@ -1,10 +1,12 @@
-"""Learning from reviews: `clearmark review export` then `clearmark eval-real --reviewed` on
-what it wrote, and the report's review numbers on a hand-made history."""
+"""Learning from reviews: `clearmark review export`, then `clearmark eval-real --reviewed` and
+`clearmark train --reviewed` on what it wrote, and the report's review numbers on a
+hand-made history."""
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -12,9 +14,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from clearmark.models import reviewed_data
 from clearmark.models.evaluate import PSNR_CAP
+from clearmark.models.feed import BatchRecipe
+from clearmark.models.reviewed import FIELDS, MANIFEST, read_reviewed
+from clearmark.models.train import make_batch
 from clearmark.models.weights import WEIGHTS_DIR
-from clearmark.pipeline.reviewed import FIELDS, MANIFEST, read_reviewed
 from clearmark.workers.attempts import process_job
 from clearmark.workers.cli import cli
 from clearmark.workers.db import Job, JobEvent, session_scope
@@ -30,7 +35,7 @@ from tests.test_review_page import shops  # noqa: F401
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_export_then_eval_real_reads_it(settings, shops, tmp_path):  # noqa: F811
+def test_export_then_eval_real_and_train_read_it(settings, shops, tmp_path, grocery_data):  # noqa: F811
     accepted, edited, rejected = shops["a"][1]
     no_mark, waiting = shops["b"][1]
     decide(accepted, Decision.accept, "ana")
@@ -79,6 +84,29 @@ def test_export_then_eval_real_reads_it(settings, shops, tmp_path):  # noqa: F81
     [clean] = [r for r in scored["none"] if not r["marked"]]
     assert clean["psnr"] == PSNR_CAP and clean["changed"] is False
     assert all(r["f1"] == 1.0 for r in scored["telea"] if r["marked"])
+
+    # ... and `clearmark train` learns from it: a quarter of each batch's crops are reviewed
+    # photos, the rest of the batch as it would have been.
+    recipe = BatchRecipe("detector", seed=3, batch=16, crop=48, data_dir=grocery_data)
+    plain, mixed = make_batch(recipe, 0), make_batch(replace(recipe, reviewed=out), 0)
+    swapped = [i for i in range(16) if not np.array_equal(plain[0][i], mixed[0][i])]
+    assert 0 < len(swapped) < 16
+    kept = [i for i in range(16) if i not in swapped]
+    assert np.array_equal(plain[0][kept], mixed[0][kept]) and np.array_equal(plain[1][kept], mixed[1][kept])
+    photos = reviewed_data.load(str(out))
+    assert sorted(int(p.mark.sum()) for p in photos) == sorted([0, 50 * 20, int(inside.sum())])
+    for kind in ("detector", "remover"):
+        weights = tmp_path / kind
+        trained = CliRunner().invoke(
+            cli,
+            ["train", kind, "--reviewed", str(out), "--steps", "2", "--batch", "4", "--crop", "48"]
+            + ["--out", str(weights), "--data", str(grocery_data)],
+        )
+        assert trained.exit_code == 0, trained.output
+        entry = json.loads((weights / "manifest.json").read_text())[kind]
+        assert entry["recipe"]["reviewed"] == {"path": str(out), "photos": 3, "share": 0.25}
+    refused = CliRunner().invoke(cli, ["train", "detector", "--reviewed", str(tmp_path), "--steps", "1"])
+    assert refused.exit_code == 2 and "no " in refused.output and "review export" in refused.output
 
 
 def at(day: int, hour: int, minute: int = 0) -> datetime:

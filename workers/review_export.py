@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 from sqlalchemy import select
 
-from clearmark.pipeline.reviewed import FIELDS, MANIFEST
+from clearmark.models.reviewed import FIELDS, MANIFEST
 from clearmark.settings import Settings, get_settings
 from clearmark.workers.db import Job, JobMetrics, session_scope
 from clearmark.workers.review_history import Review, reviews

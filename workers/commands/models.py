@@ -147,6 +147,13 @@ def _command_line(kind: str) -> str:
     "composited at their own resolution, a third left clean",
 )
 @click.option(
+    "--reviewed",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="a `clearmark review export` folder: a quarter of each batch's crops come from the "
+    "photos people reviewed (their accepted masks and results as the truth)",
+)
+@click.option(
     "--data",
     "data_dir",
     type=click.Path(path_type=Path),
@@ -171,10 +178,12 @@ def train_command(
     device: str,
     data_workers: int,
     photos: str,
+    reviewed: Path | None,
     data_dir: Path,
     out_dir: Path,
 ) -> None:
-    """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest."""
+    """Train the detector or the remover on synthetic watermarks (and, with --reviewed,
+    photos people reviewed); writes KIND.pt + manifest."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tqdm.tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
         try:
@@ -196,6 +205,7 @@ def train_command(
                 device=device,
                 data_workers=data_workers,
                 photos=photos,
+                reviewed=reviewed,
                 command=_command_line(kind),
                 progress=bar,
             )
