@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from clearmark.models.weights import weights_sha256
 
-PIPELINE_CODE_VERSION = "7"  # 2: the remover gets a Telea prefill of its crop;
+PIPELINE_CODE_VERSION = "8"  # 2: the remover gets a Telea prefill of its crop;
 # 3: the remover's mask output confirms what changes;
 # 4: mirrored passes, 6 px dilation, own mark threshold;
 # 5: the do-no-harm gate (pipeline.gate);
 # 6: JPEG keeps its coefficients outside the change;
-# 7: statuses from every flagged region (pipeline.verdict)
+# 7: statuses from every flagged region (pipeline.verdict);
+# 8: a text line the removal cut in part goes to review
 
 
 def current_version_pattern() -> str:
