@@ -10,6 +10,7 @@ Skipped, saying why, where Chromium or its driver is not installed."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import socket
 import threading
@@ -84,6 +85,13 @@ def js(driver, script: str):
     return driver.execute_script("return " + script)
 
 
+def shot(driver, name: str) -> None:
+    """With CLEARMARK_SCREENSHOTS set (a folder), keep a screenshot of the page there."""
+    if folder := os.environ.get("CLEARMARK_SCREENSHOTS"):
+        os.makedirs(folder, exist_ok=True)
+        driver.save_screenshot(os.path.join(folder, f"{name}.png"))
+
+
 def test_sign_in_open_a_job_flip_zoom_and_accept_from_the_keyboard(service, server, browser):
     with session_scope(service.database_url) as session:
         tenant, _ = create_tenant(session, "shop", webhook_url="https://shop.example/hooks")
@@ -96,6 +104,7 @@ def test_sign_in_open_a_job_flip_zoom_and_accept_from_the_keyboard(service, serv
     wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")) == 2, 15, "the queue")
     assert "ana · shop" in browser.find_element(By.ID, "who").text
     assert "needs review: 2" in browser.find_element(By.ID, "counts").text
+    shot(browser, "queue")
 
     browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr td")[1].click()  # the first job's name
     wait_for(lambda: js(browser, "document.getElementById('viewer').dataset.loaded") == "yes", 15, "images")
@@ -253,6 +262,7 @@ def test_paint_a_mask_undo_redo_and_remove_with_it(service, server, browser, wor
     assert pixel_alpha(browser, "mask-layer", 80, 95) > 0
     assert f"mask {100 * inside.mean():.1f}%" in browser.find_element(By.ID, "job-scores").text
     assert "mask_edit" in browser.find_element(By.ID, "events").text
+    shot(browser, "edited-mask")
 
     body.send_keys("a")
     wait_for(lambda: browser.find_element(By.ID, "job-status").text == "succeeded", 15, "the decision")
