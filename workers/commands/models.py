@@ -182,8 +182,9 @@ def train_command(
     data_dir: Path,
     out_dir: Path,
 ) -> None:
-    """Train the detector or the remover on synthetic watermarks (and, with --reviewed,
-    photos people reviewed); writes KIND.pt + manifest."""
+    """Train the detector or the remover on synthetic watermarks; writes KIND.pt + manifest.
+
+    With --reviewed, a quarter of each batch's crops are photos people reviewed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tqdm.tqdm(total=steps, desc=f"train {kind}", mininterval=5) as bar:
         try:
