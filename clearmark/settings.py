@@ -230,6 +230,13 @@ class Settings(BaseSettings):
         description="uploads sharing a `group` from which a worker learns the group's mark template "
         "(`workers/groups.py`); a refused group is tried again at twice as many",
     )
+    template_discover_every: int = Field(
+        16,
+        ge=0,
+        description="a worker looks through a tenant's recent uploads without a `group` for photos "
+        "sharing one mark (`workers/discover.py`) each time this many of them could not be cleaned "
+        "(0: never; `clearmark catalogue discover` runs it by hand)",
+    )
     gate: Flag = Field(
         True,
         description="the do-no-harm gate (`pipeline/gate.py`): every changed region must look like a "

@@ -8,11 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import redis
+from click.testing import CliRunner
 from sqlalchemy import select
 
 from clearmark.settings import set_settings
-from clearmark.workers import groups
+from clearmark.workers import discover, groups
 from clearmark.workers.attempts import process_job
+from clearmark.workers.cli import cli
 from clearmark.workers.db import CatalogueGroup, Job, JobEvent, MarkTemplate, session_scope
 from tests.test_api import api_settings, client, make_shop, upload  # noqa: F401 - fixtures
 from tests.test_catalogue import _png, background, composite, logo_alpha
@@ -104,3 +106,50 @@ def test_a_key_reused_with_another_group_is_a_422(api_settings, client, make_sho
     assert upload(client, shop, data, key="k1", group="a").status_code == 200
     again = upload(client, shop, data, key="k1", group="b")
     assert again.status_code == 422 and again.json()["error"]["code"] == "idempotency_conflict"
+
+
+def test_a_mark_shared_without_a_group_is_found_by_a_worker(api_settings, client, make_shop):  # noqa: F811
+    """Nine uploads that named no group and that the pipeline could not clean: six carry one
+    mark at one place, three are plain photos of the same size. The ninth's worker looks
+    through them (CLEARMARK_TEMPLATE_DISCOVER_EVERY=9), finds the six, learns their mark and
+    queues them again; the plain three are left as they were."""
+    settings = api_settings.replace(template_min_group=4, template_discover_every=9)
+    set_settings(settings)
+    shop = make_shop("shop")
+    rng = np.random.default_rng(11)
+    alpha = logo_alpha(0.5)
+    plain = [upload(client, shop, _png(background(rng))).json()["id"] for _ in range(3)]
+    marked = [upload(client, shop, _png(composite(background(rng), alpha))).json()["id"] for _ in range(6)]
+    for job_id in [*plain, *marked[:5]]:
+        assert process_job(job_id, fake_engines(), settings) in groups.REQUEUED
+    with session_scope(settings.database_url) as session:
+        assert session.scalars(select(MarkTemplate)).all() == []
+    assert process_job(marked[5], fake_engines(), settings) in groups.REQUEUED
+
+    name = "found-240x180"
+    with session_scope(settings.database_url) as session:
+        group = session.scalars(select(CatalogueGroup)).one()
+        template = session.get_one(MarkTemplate, group.template_id)
+        assert group.name == name and template.images == 6
+        assert sorted(template.sources or []) == sorted(marked)
+        grouped = {j.id: j.catalogue_group for j in session.scalars(select(Job))}
+    assert {grouped[j] for j in marked} == {name} and {grouped[j] for j in plain} == {None}
+    assert _events(settings, marked[0])[0] == {"found": name}
+    assert all(j.status == "queued" and j.batch_id for j in _jobs(settings, name))
+    assert redis.Redis.from_url(settings.broker_url).llen(settings.queue_bulk) == 6
+
+    # By hand: the three plain uploads left are too few to try; an unknown tenant is an error.
+    res = CliRunner().invoke(cli, ["catalogue", "discover", "--tenant", "shop"])
+    assert res.exit_code == 0 and "shop: no 4 uncleaned uploads of one size or shape" in res.output
+    res = CliRunner().invoke(cli, ["catalogue", "discover", "--tenant", "nobody"])
+    assert res.exit_code == 1 and "no tenant 'nobody'" in res.output
+
+
+def test_clusters_by_size_then_by_shape():
+    photos = [(f"s{i}", "u", 800, 600) for i in range(4)] + [("a", "u", 400, 300), ("b", "u", 1600, 1200)]
+    photos += [("c", "u", 1000, 750), ("d", "u", 500, 375), ("e", "u", 640, 640)]
+    found = discover.clusters(photos, min_group=4)
+    assert found == {
+        "found-800x600": [(f"s{i}", "u") for i in range(4)],
+        "found-4:3": [("a", "u"), ("b", "u"), ("c", "u"), ("d", "u")],
+    }

@@ -16,7 +16,7 @@ from PIL import Image
 from clearmark.errors import BadInput, ClearmarkError, StorageUnavailable, TransientError
 from clearmark.pipeline.process import Engines, process_image, remove_with_mask
 from clearmark.settings import Settings, get_settings
-from clearmark.workers import groups, webhooks
+from clearmark.workers import discover, groups, webhooks
 from clearmark.workers.db import WITH_RESULT, JobStatus
 from clearmark.workers.jobs import (
     Claim,
@@ -80,6 +80,8 @@ def process_job(job_id: str, engines: Engines, settings: Settings | None = None)
         webhooks.notify_finished(job_id, settings)
     if claim is not None and claim.catalogue_group and status in _CLEANED:
         _learn_group(claim, settings)
+    elif claim is not None and not claim.catalogue_group and status in groups.REQUEUED:
+        _discover(claim, settings)
     return status
 
 
@@ -94,6 +96,17 @@ def _learn_group(claim: Claim, settings: Settings) -> None:
         groups.learn(settings, claim.tenant_id, claim.catalogue_group)
     except Exception:  # noqa: BLE001 - learning is extra: the group's next job tries again
         log.exception("job %s: learning group %s failed", claim.job_id, claim.catalogue_group)
+
+
+def _discover(claim: Claim, settings: Settings) -> None:
+    """Every CLEARMARK_TEMPLATE_DISCOVER_EVERY-th upload without a group that was not
+    cleaned, look for a mark the tenant's recent ones share (workers.discover); extra work,
+    as `_learn_group`."""
+    try:
+        if discover.due(settings, claim.tenant_id):
+            discover.discover_for(settings, claim.tenant_id)
+    except Exception:  # noqa: BLE001 - the job is finished; the next due upload tries again
+        log.exception("job %s: looking for a shared mark failed", claim.job_id)
 
 
 def _attempt(job_id: str, engines: Engines, settings: Settings) -> tuple[str | None, Claim | None]:

@@ -17,13 +17,14 @@ from clearmark.workers.commands.deferred import deferred
 if TYPE_CHECKING:
     import cv2
     import numpy as np
+    import sqlalchemy as sa
 
     from clearmark.models import scenes
     from clearmark.pipeline import catalogue as cat
     from clearmark.pipeline import evaluate_catalogue as cat_eval
     from clearmark.pipeline import evaluate_real as real_eval
     from clearmark.pipeline import imaging, process
-    from clearmark.workers import db, migrate, templates
+    from clearmark.workers import db, discover, migrate, templates
 else:
     cv2 = deferred("cv2")
     np = deferred("numpy")
@@ -34,6 +35,8 @@ else:
     imaging = deferred("clearmark.pipeline.imaging")
     process = deferred("clearmark.pipeline.process")
     db = deferred("clearmark.workers.db")
+    discover = deferred("clearmark.workers.discover")
+    sa = deferred("sqlalchemy")
     migrate = deferred("clearmark.workers.migrate")
     templates = deferred("clearmark.workers.templates")
 
@@ -137,6 +140,50 @@ def delete(template_ids: tuple[str, ...]) -> None:
             if not templates.delete(session, template_id):
                 raise click.ClickException(f"no template {template_id}")
             click.echo(f"deleted {template_id}")
+
+
+@catalogue.command("discover")
+@click.option(
+    "--tenant",
+    "tenant_names",
+    multiple=True,
+    help="This tenant's uploads (repeatable; default: every tenant's).",
+)
+@click.option(
+    "--recent",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Uploads looked through per tenant, newest first.",
+)
+@needs_database
+def discover_marks(tenant_names: tuple[str, ...], recent: int) -> None:
+    """Find marks that uploads share without naming a group: each tenant's recent uploads that
+    were not cleaned (needs_review, no_watermark) are clustered by size, then by aspect ratio;
+    a cluster of at least CLEARMARK_TEMPLATE_MIN_GROUP photos that carry one mark at one place
+    becomes a found group, its template is learned and its jobs are cleaned again with it.
+    Workers do this on their own every CLEARMARK_TEMPLATE_DISCOVER_EVERY uncleaned uploads."""
+    settings = get_settings()
+    if not tenant_names:
+        with db.session_scope(settings.database_url) as session:
+            tenant_names = tuple(session.scalars(sa.select(db.Tenant.name).order_by(db.Tenant.name)))
+    for name in tenant_names:
+        try:
+            found = discover.discover(settings, name, recent)
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+        for f in found:
+            if f.learned is not None and f.learned.template_id:
+                click.echo(
+                    f"{name}: {f.group}: template {f.learned.template_id} from {f.photos} photos; "
+                    f"{f.learned.requeued} job(s) queued again (batch {f.learned.batch_id})"
+                )
+            else:
+                click.echo(
+                    f"{name}: {f.group}: {f.photos} photos, no template: {f.reason or 'not due a try'}"
+                )
+        if not found:
+            click.echo(f"{name}: no {settings.template_min_group} uncleaned uploads of one size or shape")
 
 
 def _shared_data() -> Path:
