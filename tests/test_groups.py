@@ -18,7 +18,7 @@ from clearmark.workers.cli import cli
 from clearmark.workers.db import CatalogueGroup, Job, JobEvent, MarkTemplate, session_scope
 from tests.test_api import api_settings, client, make_shop, upload  # noqa: F401 - fixtures
 from tests.test_catalogue import _png, background, composite, logo_alpha
-from tests.test_pipeline import fake_engines
+from tests.test_pipeline import MAGENTA, IdentityRemover, fake_engines
 
 pytestmark = [pytest.mark.integration]
 
@@ -108,23 +108,31 @@ def test_a_key_reused_with_another_group_is_a_422(api_settings, client, make_sho
     assert again.status_code == 422 and again.json()["error"]["code"] == "idempotency_conflict"
 
 
+def flagged_logo(bg: np.ndarray) -> np.ndarray:
+    """The groups' logo, with a dot of pure magenta at its centre for the test detector."""
+    out = composite(bg, logo_alpha(0.5))
+    out[106:114, 146:154] = MAGENTA
+    return out
+
+
 def test_a_mark_shared_without_a_group_is_found_by_a_worker(api_settings, client, make_shop):  # noqa: F811
-    """Nine uploads that named no group and that the pipeline could not clean: six carry one
-    mark at one place, three are plain photos of the same size. The ninth's worker looks
-    through them (CLEARMARK_TEMPLATE_DISCOVER_EVERY=9), finds the six, learns their mark and
-    queues them again; the plain three are left as they were."""
+    """Nine uploads that named no group and that the pipeline could not clean (the test
+    detector flags the logo's magenta dot, the remover lifts nothing): six carry one mark at one
+    place, three are plain photos of the same size. The ninth's worker looks through them
+    (CLEARMARK_TEMPLATE_DISCOVER_EVERY=9), finds the six, learns their mark and queues them
+    again; the plain three are left as they were."""
     settings = api_settings.replace(template_min_group=4, template_discover_every=9)
     set_settings(settings)
     shop = make_shop("shop")
     rng = np.random.default_rng(11)
-    alpha = logo_alpha(0.5)
     plain = [upload(client, shop, _png(background(rng))).json()["id"] for _ in range(3)]
-    marked = [upload(client, shop, _png(composite(background(rng), alpha))).json()["id"] for _ in range(6)]
+    marked = [upload(client, shop, _png(flagged_logo(background(rng)))).json()["id"] for _ in range(6)]
+    stuck = fake_engines(remover=IdentityRemover())
     for job_id in [*plain, *marked[:5]]:
-        assert process_job(job_id, fake_engines(), settings) in groups.REQUEUED
+        assert process_job(job_id, stuck, settings) in groups.REQUEUED
     with session_scope(settings.database_url) as session:
         assert session.scalars(select(MarkTemplate)).all() == []
-    assert process_job(marked[5], fake_engines(), settings) in groups.REQUEUED
+    assert process_job(marked[5], stuck, settings) == "needs_review"
 
     name = "found-240x180"
     with session_scope(settings.database_url) as session:
@@ -143,6 +151,24 @@ def test_a_mark_shared_without_a_group_is_found_by_a_worker(api_settings, client
     assert res.exit_code == 0 and "shop: no 4 uncleaned uploads of one size or shape" in res.output
     res = CliRunner().invoke(cli, ["catalogue", "discover", "--tenant", "nobody"])
     assert res.exit_code == 1 and "no tenant 'nobody'" in res.output
+
+
+def test_structure_the_detectors_never_flagged_is_not_a_found_mark(api_settings, client, make_shop):  # noqa: F811
+    """Six photos share a faint logo that no detector flags (as a catalogue's photos share a
+    composition): the estimate alone would take it for a mark; discovery refuses it."""
+    settings = api_settings.replace(template_min_group=4, template_discover_every=0)
+    shop = make_shop("shop")
+    rng = np.random.default_rng(12)
+    alpha = logo_alpha(0.5)
+    ids = [upload(client, shop, _png(composite(background(rng), alpha))).json()["id"] for _ in range(6)]
+    for job_id in ids:
+        assert process_job(job_id, fake_engines(), settings) in groups.REQUEUED
+    [found] = discover.discover(settings, "shop")
+    assert found.group == "found-240x180" and found.learned is None and found.photos == 6
+    assert found.reason is not None and "the photos' composition, not a mark" in found.reason
+    with session_scope(settings.database_url) as session:
+        assert session.scalars(select(MarkTemplate)).all() == []
+        assert {j.catalogue_group for j in session.scalars(select(Job))} == {None}
 
 
 def test_clusters_by_size_then_by_shape():
