@@ -10,6 +10,7 @@ Skipped, saying why, where Chromium or its driver is not installed."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -22,13 +23,16 @@ import uvicorn
 from PIL import Image
 from sqlalchemy import select
 
+from clearmark.settings import set_settings
 from clearmark.workers.api import app
 from clearmark.workers.db import Job, JobEvent, JobMetrics, session_scope
 from clearmark.workers.jobs import MASK_EVENT
 from clearmark.workers.storage import get_storage, read_uri
 from clearmark.workers.tenants import create_reviewer_key, create_tenant
+from clearmark.workers.webhooks import SIGNATURE_HEADER, verify_signature
 from tests.badfiles import encode
 from tests.services import product_photo, wait_for
+from tests.test_api import receiver  # noqa: F401 - a fixture
 from tests.test_review_page import add_job
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -92,9 +96,16 @@ def shot(driver, name: str) -> None:
         driver.save_screenshot(os.path.join(folder, f"{name}.png"))
 
 
-def test_sign_in_open_a_job_flip_zoom_and_accept_from_the_keyboard(service, server, browser):
+def test_sign_in_open_a_job_flip_zoom_and_accept_from_the_keyboard(
+    service, server, browser, receiver, workers
+):
+    """... and the storefront receives its webhook: a real worker on the webhooks queue
+    delivers it to a receiver on 127.0.0.1, signed with the tenant's secret."""
+    service = service.replace(webhook_allow_hosts=("127.0.0.1",))
+    set_settings(service)
     with session_scope(service.database_url) as session:
-        tenant, _ = create_tenant(session, "shop", webhook_url="https://shop.example/hooks")
+        tenant, _ = create_tenant(session, "shop", webhook_url=receiver.url)
+        secret = tenant.webhook_secret
         ids = [add_job(session, tenant, n) for n in range(2)]
     with session_scope(service.database_url) as session:
         key = create_reviewer_key(session, "shop", "ana")
@@ -158,6 +169,16 @@ def test_sign_in_open_a_job_flip_zoom_and_accept_from_the_keyboard(service, serv
         )
         assert session.get(Job, ids[1]).status == "needs_review"
     assert redis.Redis.from_url(service.broker_url).llen(service.queue_webhooks) == 1
+    workers(service, "hooks", "-Q", service.queue_webhooks)  # prefork: its children load no engines
+    wait_for(lambda: receiver.requests, 60, "the storefront's webhook")
+    [(headers, sent)] = receiver.requests
+    assert verify_signature(secret, headers[SIGNATURE_HEADER], sent)
+    event = json.loads(sent)
+    assert (event["type"], event["job"]["id"], event["job"]["status"]) == (
+        "job.finished",
+        ids[0],
+        "succeeded",
+    )
     wait_for(lambda: "by ana (page)" in browser.find_element(By.ID, "events").text, 15, "the history")
 
     body.send_keys("j")

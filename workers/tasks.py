@@ -103,8 +103,18 @@ def _stop_metrics(**_kwargs: object) -> None:
     metrics.stop_worker_server(_metrics_dir)
 
 
+def _cleans_images() -> bool:
+    """Whether this worker consumes a queue of image tasks (`-Q`; all queues without it):
+    one that only delivers webhooks never needs the engines."""
+    s = get_settings()
+    consumed = app.amqp.queues.consume_from
+    return any(q in consumed for q in (s.queue_uploads, s.queue_bulk))
+
+
 @worker_process_init.connect  # type: ignore[untyped-decorator]
 def _load_engines_in_child(**_kwargs: object) -> None:
+    if not _cleans_images():
+        return
     try:
         get_engines()
     except EngineUnavailable as exc:
