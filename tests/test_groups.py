@@ -79,6 +79,10 @@ def test_a_group_of_uploads_learns_its_mark_and_cleans_its_jobs_again(api_settin
     # one result the gate put back: its change continued a backdrop edge (these synthetic
     # backgrounds are flat rectangles)
     assert statuses.count("succeeded") == 9 and statuses.count("needs_review") == 1
+    # Reprocessing selects by how a result was made: this template's jobs, or none.
+    for method, total in ((f"template:{template.id}", 10), ("template:", 10), ("single-image", 0)):
+        res = CliRunner().invoke(cli, ["reprocess", "--tenant", "shop", "--method", method, "--dry-run"])
+        assert res.exit_code == 0 and f"(total {total})" in res.output, (method, res.output)
 
 
 def test_a_group_without_a_shared_mark_is_refused_with_the_reason(api_settings, client, make_shop):  # noqa: F811
@@ -132,6 +136,8 @@ def test_a_mark_shared_without_a_group_is_found_by_a_worker(api_settings, client
         assert process_job(job_id, stuck, settings) in groups.REQUEUED
     with session_scope(settings.database_url) as session:
         assert session.scalars(select(MarkTemplate)).all() == []
+    res = CliRunner().invoke(cli, ["reprocess", "--method", "single-image", "--dry-run"])
+    assert "(total 8)" in res.output  # made without a template
     assert process_job(marked[5], stuck, settings) == "needs_review"
 
     name = "found-240x180"

@@ -32,10 +32,21 @@ from sqlalchemy.sql import Select
 from clearmark.pipeline.versions import current_version_pattern
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import broker
-from clearmark.workers.db import FINISHED, Batch, Job, JobEvent, JobStatus, Priority, Tenant, session_scope
+from clearmark.workers.db import (
+    FINISHED,
+    Batch,
+    Job,
+    JobEvent,
+    JobMetrics,
+    JobStatus,
+    Priority,
+    Tenant,
+    session_scope,
+)
 from clearmark.workers.jobs import create_batch, requeue_job
 
 ENQUEUED = "enqueued"
+SINGLE_IMAGE = "single-image"  # `method`: results the single-image pipeline made (no template)
 
 
 @dataclass(frozen=True)
@@ -49,11 +60,15 @@ class Selection:
     batch: str | None = None
     ids_file: str | None = None  # job ids or source URIs, one per line
     group: str | None = None  # uploads of this catalogue group (workers.groups)
+    # How the result was made (metrics' `method`): a prefix such as "template:" (any
+    # catalogue template) or "template:<id>", or SINGLE_IMAGE (no template)
+    method: str | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
-        if self.group is None:  # as batches made before groups recorded it (plan compares the text)
-            del data["group"]
+        for added in ("group", "method"):  # as batches made before they were recorded (plan
+            if data[added] is None:  # compares the text)
+                del data[added]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -90,6 +105,10 @@ class Selection:
             q = q.where(Job.batch_id == self.batch)
         if self.group:
             q = q.where(Job.catalogue_group == self.group)
+        if self.method == SINGLE_IMAGE:
+            q = q.where(~Job.metrics.has(JobMetrics.method.is_not(None)))
+        elif self.method:
+            q = q.where(Job.metrics.has(JobMetrics.method.startswith(self.method, autoescape=True)))
         if self.ids_file:
             keys = [
                 line.strip()

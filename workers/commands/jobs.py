@@ -117,6 +117,11 @@ def bulk(source: str, tenant: str, chunk: int) -> None:
 @click.option("--batch", help="Only jobs of this batch.")
 @click.option("--group", help="Only uploads of this catalogue group (the API's `group`).")
 @click.option(
+    "--method",
+    help="Only results made so (the job's metrics `method`): `template:` for any catalogue "
+    "template, `template:ID` for one, `single-image` for none.",
+)
+@click.option(
     "--ids",
     "ids_file",
     type=click.Path(exists=True, dir_okay=False),
@@ -149,6 +154,7 @@ def reprocess(
     version: str | None,
     batch: str | None,
     group: str | None,
+    method: str | None,
     ids_file: str | None,
     dry_run: bool,
     resume: str | None,
@@ -158,7 +164,8 @@ def reprocess(
     """Queue finished jobs again, as a new batch on the bulk queue.
 
     Select by tenant, status, creation date, pipeline version (--outdated: not made by the
-    current models), batch or a list of ids. A batch is one tenant's: jobs of several
+    current models), batch, catalogue group, how the result was made (--method) or a list
+    of ids. A batch is one tenant's: jobs of several
     tenants make one batch per tenant. Interrupted, run the same command again, or
     `--resume BATCH`: nothing is enqueued twice and nothing is lost.
     """
@@ -183,6 +190,7 @@ def reprocess(
             batch=batch,
             ids_file=ids_file and str(Path(ids_file).resolve()),
             group=group,
+            method=method,
         )
     try:
         counts = rp.dry_run(selection)
