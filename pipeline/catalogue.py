@@ -379,16 +379,55 @@ def _peak(values: np.ndarray, at: int) -> float:
     return float(np.clip(0.5 * (left - right) / den, -0.5, 0.5)) if den < 0 else 0.0
 
 
-def invert(rgb: np.ndarray, m: Match) -> Inversion:
+# RGB -> YCbCr without the chroma offset (the blend is linear, the offset cancels), JPEG's
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32)
+_RGB = np.linalg.inv(_YCC).astype(np.float32)
+
+
+def _blocks(x: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
+    """2 x 2 means of `x` (H x W [x C]) on the grid of the photo whose pixel (0, 0) is
+    `origin` (x, y) pixels before x's top-left: what a 4:2:0 JPEG keeps of chroma."""
+    oy, ox = origin[1] % 2, origin[0] % 2
+    h, w = x.shape[:2]
+    hh, ww = (h + oy + 1) // 2 * 2, (w + ox + 1) // 2 * 2
+    pad = ((oy, hh - h - oy), (ox, ww - w - ox)) + ((0, 0),) * (x.ndim - 2)
+    p = np.pad(x, pad, mode="edge")
+    return np.asarray(p.reshape(hh // 2, 2, ww // 2, 2, *x.shape[2:]).mean(axis=(1, 3)), np.float32)
+
+
+def _unblock(x: np.ndarray, shape: tuple[int, int], origin: tuple[int, int]) -> np.ndarray:
+    """`_blocks`' grid back at full resolution (bilinear, as decoders upsample chroma)."""
+    oy, ox = origin[1] % 2, origin[0] % 2
+    big = cv2.resize(x, (x.shape[1] * 2, x.shape[0] * 2), interpolation=cv2.INTER_LINEAR)
+    return big[oy : oy + shape[0], ox : ox + shape[1]]
+
+
+def unblend(
+    obs: np.ndarray, premult: np.ndarray, a: np.ndarray, chroma_halved: bool, origin: tuple[int, int]
+) -> np.ndarray:
+    """`(I - a*W) / (1 - a)` per pixel (H x W x 3 float, `a` H x W x 1). With
+    `chroma_halved` (a 4:2:0 JPEG upload), luma is inverted per pixel and chroma per 2 x 2
+    block of the photo's grid (`origin`: the crop's top-left in the photo), where the
+    upload's chroma was stored: a thin stroke's colour, smeared over its block by the
+    subsampling, is taken out where it went instead of where the stroke is."""
+    if not chroma_halved:
+        return np.asarray((obs - premult) / (1.0 - a), np.float32)
+    i, c = obs @ _YCC.T, premult @ _YCC.T
+    luma = (i[..., 0] - c[..., 0]) / (1.0 - a[..., 0])
+    chroma = (_blocks(i[..., 1:], origin) - _blocks(c[..., 1:], origin)) / (1.0 - _blocks(a, origin))
+    return np.dstack([luma, _unblock(chroma, luma.shape, origin)]) @ _RGB.T
+
+
+def invert(rgb: np.ndarray, m: Match, chroma_halved: bool = False) -> Inversion:
     """Undo the blend of the matched template on `rgb` (see the module docstring); only the
     template's box changes.
 
-    JPEG noise in the upload is amplified by 1 / (1 - a) in the inversion (and its chroma
-    subsampling smears a thin coloured stroke over its neighbours), so each pixel is the
-    inversion and the background inpainted from the surroundings, weighted by the inverse
-    of their expected error: the inversion's JPEG_NOISE / (1 - a), the inpainting's the
-    texture of the surroundings carried in. Over a plain backdrop that is the inpainting,
-    over a textured one the inversion."""
+    `chroma_halved`: the upload is a 4:2:0 JPEG, whose chroma is inverted at its own
+    resolution (`unblend`). JPEG noise in the upload is amplified by 1 / (1 - a) in the
+    inversion, so each pixel is the inversion and the background inpainted from the
+    surroundings, weighted by the inverse of their expected error: the inversion's
+    JPEG_NOISE / (1 - a), the inpainting's the texture of the surroundings carried in. Over
+    a plain backdrop that is the inpainting, over a textured one the inversion."""
     t = m.template
     x0, y0, x1, y1 = t.box
     crop = rgb[y0:y1, x0:x1]
@@ -402,7 +441,7 @@ def invert(rgb: np.ndarray, m: Match) -> Inversion:
     obs = crop.astype(np.float32)
     scale = opacity_scale(obs, guess, alpha, premult)
     a = np.minimum(alpha * scale, 0.999)[..., None]
-    inverted = (obs - premult * scale) / (1.0 - a)
+    inverted = unblend(obs, premult * scale, a, chroma_halved, (x0, y0))
     texture = cv2.inpaint(_local_var(crop), hole, 5, cv2.INPAINT_TELEA)[..., None]
     w_inv = ((1.0 - a) / JPEG_NOISE) ** 2
     w_guess = 1.0 / (texture + INPAINT_NOISE**2)

@@ -79,7 +79,7 @@ def _long_side(photo: np.ndarray, side: int) -> np.ndarray:
 
 def _jpeg(rgb: np.ndarray, quality: int) -> tuple[bytes, np.ndarray]:
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "JPEG", quality=quality)
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality, subsampling=2)  # 4:2:0, as `invert` is told
     return buf.getvalue(), np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
@@ -155,7 +155,7 @@ def template_output(t: Template, composite: np.ndarray) -> tuple[np.ndarray, flo
     m = catalogue.match(composite, t)
     if m is None:
         return composite, float("nan")
-    inv = catalogue.invert(composite, m)
+    inv = catalogue.invert(composite, m, chroma_halved=True)  # `_jpeg`: Pillow's 4:2:0
     return catalogue.fill_residue(inv.restored, inv.residue), m.score
 
 

@@ -408,16 +408,18 @@ def clean_with_template(
     found: TemplateMatch,
     s: Settings,
     lap: Callable[[str], None] = lambda stage: None,
+    chroma_halved: bool = False,
 ) -> Cleaning:
     """Invert the matched template's blend (`catalogue.invert`); the remover fills only the
     residue (where the mark's opacity reaches ALPHA_SOLID), then the do-no-harm gate judges
     the change as any other, and a change that reached printed product text is put back
     (`guard_printed_text`, as on the single-image path: a template matched on a product's
     own lettering must not erase it). The template is the one suspect: its match score on
-    the delivered image must fall under MATCH_THRESHOLD."""
+    the delivered image must fall under MATCH_THRESHOLD. `chroma_halved`: `rgb` is a 4:2:0
+    JPEG as stored (its chroma is inverted at its own resolution)."""
     lines = engines.text.lines(rgb) if engines.text is not None else []
     lap("detect")
-    inv = catalogue.invert(rgb, found.match)
+    inv = catalogue.invert(rgb, found.match, chroma_halved)
     changed = inv.alpha > 0
     restored = inv.restored
     if inv.residue.any():
@@ -647,7 +649,8 @@ def process_image(
     if found is None:
         c = clean_rgb(engines, dec.rgb, s, lap)
     else:
-        c = clean_with_template(engines, dec.rgb, found, s, lap)
+        halved = dec.format == "JPEG" and dec.jpeg_subsampling == 2 and dec.orientation == 1
+        c = clean_with_template(engines, dec.rgb, found, s, lap, halved)
     out = _deliver(
         data,
         dec,

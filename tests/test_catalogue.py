@@ -269,3 +269,34 @@ def test_the_threshold_chosen_clears_every_photo_without_the_mark():
     assert choose_threshold(run([0.12, float("-inf")], [0.21])) == pytest.approx(0.3)  # 0.21 + 0.05, up
     assert choose_threshold(run([0.25])) == pytest.approx(0.3)  # on a step already
     assert choose_threshold(run([0.26])) == pytest.approx(0.35)
+
+
+def test_a_4_2_0_jpeg_inverts_better_with_chroma_at_its_own_resolution():
+    """The blue logo over colourful photos, saved as 4:2:0 JPEGs: with the true template,
+    inverting chroma per 2 x 2 block (where the JPEG kept it) beats per-pixel RGB inside
+    the mark on every photo."""
+    alpha = logo_alpha(0.5)
+    ys, xs = np.nonzero(alpha > 0)
+    x0, y0, x1, y1 = int(xs.min()) - 5, int(ys.min()) - 5, int(xs.max()) + 6, int(ys.max()) + 6
+    premult = (alpha[..., None] * COLOUR)[y0:y1, x0:x1].astype(np.float32)
+    match = catalogue.Match(
+        1.0, (0.0, 0.0), catalogue.Template(alpha[y0:y1, x0:x1], premult, (x0, y0, x1, y1), (H, W))
+    )
+    for seed in range(4):
+        bg = background(np.random.default_rng(seed))
+        upload, clean = (_decoded(_jpeg420(img)) for img in (composite(bg, alpha), bg))
+        rgb_way, jpeg_way = (
+            psnr(catalogue.invert(upload, match, halved).restored, clean, alpha > 0.05)
+            for halved in (False, True)
+        )
+        assert jpeg_way > rgb_way + 1.5, (seed, rgb_way, jpeg_way)
+
+
+def _jpeg420(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90, subsampling=2)
+    return buf.getvalue()
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
