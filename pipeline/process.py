@@ -628,6 +628,7 @@ def process_image(
     engines: Engines,
     settings: Settings | None = None,
     templates: Sequence[tuple[str, Template]] = (),
+    deadline: float | None = None,
 ) -> PipelineResult:
     """Clean one image file (`clean_rgb`, encoding, then the detectors again on the result).
     When one of the tenant's catalogue `templates` (id, template) matches, that template
@@ -639,10 +640,11 @@ def process_image(
     only when something was removed and the detector, run again on the delivered image over
     every flagged region (removed, put back or dropped), is below its limit everywhere;
     else "needs_review" with the reasons. Pixels outside the dilated mask are exactly the
-    decoded input before encoding. Raises BadInput for unusable files.
+    decoded input before encoding. Raises BadInput for unusable files, and OverTime when a
+    stage ends past `deadline` (`time.monotonic()` seconds).
     """
     s = settings or get_settings()
-    lap = StageClock()
+    lap = StageClock(deadline)
     dec = decode_image(data, s)
     lap("decode")
     found = best_match(dec.rgb, templates) if templates else None
@@ -755,7 +757,11 @@ GIVEN = "reviewer"  # the `detector` named on the regions of a mask a person pai
 
 
 def remove_with_mask(
-    data: bytes, mask: np.ndarray, engines: Engines, settings: Settings | None = None
+    data: bytes,
+    mask: np.ndarray,
+    engines: Engines,
+    settings: Settings | None = None,
+    deadline: float | None = None,
 ) -> PipelineResult:
     """Remove inside a mask a person gave instead of detecting one: `mask` is bool H x W,
     upright (as the photo is shown), True on every pixel to restore. Pixels outside it are
@@ -766,9 +772,10 @@ def remove_with_mask(
     The status is always needs_review: a person asked for this change and a person decides
     on it. The do-no-harm gate does not judge it (the review reason says so); the detector
     scores each painted region before and after, for the reviewer to see. Raises BadInput
-    (`mask_size`) for a mask of another size than the upright image."""
+    (`mask_size`) for a mask of another size than the upright image; OverTime as
+    `process_image`."""
     s = settings or get_settings()
-    lap = StageClock()
+    lap = StageClock(deadline)
     dec = decode_image(data, s)
     h, w = dec.rgb.shape[:2]
     inside = np.asarray(mask, bool)

@@ -115,7 +115,7 @@ def test_needs_review_reason_and_gate_verdicts_reach_the_job(settings, tmp_path,
         ms_total=4.0,
     )
 
-    def fake_process_image(data, engines, s, templates=()):
+    def fake_process_image(data, engines, s, templates=(), deadline=None):
         return pipeline.PipelineResult(
             status="needs_review",
             image_bytes=data,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import redis
@@ -82,6 +83,38 @@ def test_a_valid_lease_is_never_taken_over(settings):
     assert renew_lease(settings.database_url, first, 0)  # the lease runs out now
     second = claim_job(settings.database_url, job_id, max_attempts=3)
     assert second.attempt == 2 and _kinds(settings, job_id)[-1] == "takeover"
+
+
+def test_a_heartbeat_stops_at_its_limit_and_the_lease_runs_out(settings):
+    """An attempt hung where its pool cannot stop it (Celery's threads pool) renews its lease
+    only up to the hard time limit; then the job can be taken over."""
+    job_id = _job(settings)
+    first = claim_job(settings.database_url, job_id, max_attempts=3, lease_s=1)
+    with Heartbeat(settings.database_url, first, lease_s=1, every_s=0.05, max_s=0.3):
+        second = wait_for(
+            lambda: claim_job(settings.database_url, job_id, max_attempts=3), 30, "the lease to run out"
+        )
+    assert second.attempt == 2 and _kinds(settings, job_id)[-1] == "takeover"
+
+
+class SlowDetector(MagentaDetector):
+    def run(self, batch):
+        time.sleep(1.5)
+        return super().run(batch)
+
+
+def test_an_attempt_past_its_soft_time_limit_fails_without_a_pool_to_stop_it(settings, tmp_path):
+    """Run as the threads pool runs it (no Celery signal): the pipeline stops at the end of
+    the stage that ended past the soft time limit, and the job fails as `time_limit`."""
+    path = tmp_path / "photo.png"
+    Image.fromarray(marked()).save(path)
+    with session_scope(settings.database_url) as session:
+        job, _ = create_job(session, ensure_tenant(session), path.as_uri())
+    s = settings.replace(soft_time_limit_s=1, hard_time_limit_s=30)
+    claim = claim_job(s.database_url, job.id, 3)
+    assert _run_claimed(claim, fake_engines(SlowDetector(), GreyRemover()), s) == "failed"
+    row = _job_row(s, job.id)
+    assert row.error_code == "time_limit" and "soft time limit (1 s)" in row.error_message
 
 
 def test_each_attempt_writes_its_own_keys_and_the_loser_changes_nothing(settings, tmp_path):

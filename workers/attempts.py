@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
@@ -15,6 +16,7 @@ from PIL import Image
 
 from clearmark.errors import BadInput, ClearmarkError, StorageUnavailable, TransientError
 from clearmark.pipeline.process import Engines, process_image, remove_with_mask
+from clearmark.pipeline.stages import OverTime
 from clearmark.settings import Settings, get_settings
 from clearmark.workers import discover, groups, webhooks
 from clearmark.workers.db import WITH_RESULT, JobStatus
@@ -117,7 +119,9 @@ def _attempt(job_id: str, engines: Engines, settings: Settings) -> tuple[str | N
         return JobStatus.failed.value, None  # finished now: its webhook goes out like any other
     if claim is None:
         return None, None
-    with Heartbeat(settings.database_url, claim, settings.lease_s):
+    # The lease stops being renewed at the hard time limit: an attempt hung where no pool
+    # can stop it (Celery's threads pool) lets its job go to the reaper, which sends it again.
+    with Heartbeat(settings.database_url, claim, settings.lease_s, max_s=settings.hard_time_limit_s):
         return _run_claimed(claim, engines, settings), claim
 
 
@@ -130,13 +134,15 @@ def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | No
         done = retry_database(lambda: fail_job(db_url, claim, code, message), settings, what)
         return JobStatus.failed.value if done else None
 
+    deadline = time.monotonic() + settings.soft_time_limit_s  # kept by the threads pool too
     try:
         data = read_uri(job_source_uri(claim.source_uri, claim.tenant_id), max_bytes=settings.max_bytes)
         if claim.given_mask is None:
             templates = retry_database(lambda: tenant_templates(settings, claim.tenant_id), settings, what)
-            result = process_image(data, engines, settings, templates)
+            result = process_image(data, engines, settings, templates, deadline)
         else:
-            result = remove_with_mask(data, _given_mask(claim.given_mask[1]), engines, settings)
+            mask = _given_mask(claim.given_mask[1])
+            result = remove_with_mask(data, mask, engines, settings, deadline)
         uris = output_uris(claim, result.extension)
         write_uri(uris[0], result.image_bytes)
         write_uri(uris[1], result.mask_png)
@@ -149,7 +155,7 @@ def _run_claimed(claim: Claim, engines: Engines, settings: Settings) -> str | No
         raise
     except ClearmarkError as exc:
         return failed(exc.code, exc.message)
-    except SoftTimeLimitExceeded:
+    except (SoftTimeLimitExceeded, OverTime):
         return failed("time_limit", f"took longer than the soft time limit ({settings.soft_time_limit_s} s)")
     except Exception as exc:  # a bug or an unexpected library error: fail this job only
         log.exception("job %s: unexpected error", claim.job_id)
