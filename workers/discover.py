@@ -29,13 +29,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from clearmark.errors import BadInput
 from clearmark.pipeline import catalogue
-from clearmark.pipeline.imaging import decode_image
 from clearmark.settings import Settings
 from clearmark.workers import groups
 from clearmark.workers.db import Job, JobEvent, JobMetrics, Tenant, session_scope
-from clearmark.workers.storage import job_source_uri, read_uri
 
 log = logging.getLogger(__name__)
 RECENT = 200  # uploads looked through, newest first
@@ -115,14 +112,7 @@ def discover_for(settings: Settings, tenant_id: str, recent: int = RECENT) -> li
 
 
 def _try(settings: Settings, tenant_id: str, name: str, members: list[tuple[str, str]]) -> Found:
-    ids, photos = [], []
-    for job_id, uri in members:
-        try:
-            data = read_uri(job_source_uri(uri, tenant_id), max_bytes=settings.max_bytes)
-            photos.append(decode_image(data, settings).rgb)
-            ids.append(job_id)
-        except BadInput as exc:
-            log.warning("discover %s: job %s's photo is left out: %s", name, job_id, exc.message)
+    ids, photos = groups.read_photos(settings, tenant_id, name, members)
     try:
         t = catalogue.estimate(photos)
     except catalogue.RejectedGroup as exc:

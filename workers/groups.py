@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -54,14 +55,7 @@ def learn(settings: Settings, tenant_id: str, name: str) -> Learned | None:
     tried = _claim_try(settings, tenant_id, name)
     if tried is None:
         return None
-    ids, photos = [], []
-    for job_id, uri in tried:
-        try:
-            data = read_uri(job_source_uri(uri, tenant_id), max_bytes=settings.max_bytes)
-            photos.append(decode_image(data, settings).rgb)
-            ids.append(job_id)
-        except BadInput as exc:  # the job finished, so its photo was usable; not any more
-            log.warning("group %s: job %s's photo is left out: %s", name, job_id, exc.message)
+    ids, photos = read_photos(settings, tenant_id, name, tried)
     try:
         t = catalogue.estimate(photos)
     except catalogue.RejectedGroup as exc:
@@ -91,6 +85,22 @@ def learn(settings: Settings, tenant_id: str, name: str) -> Learned | None:
     requeued = sum(reprocess.run(batch_id, settings=settings))
     log.info("group %s: template %s from %d photos; %d jobs again", name, template_id, len(used), requeued)
     return Learned(template_id, None, len(ids), batch_id, requeued)
+
+
+def read_photos(
+    settings: Settings, tenant_id: str, name: str, jobs: list[tuple[str, str]]
+) -> tuple[list[str], list[np.ndarray]]:
+    """(job ids, photos) of the (job id, source URI) pairs whose upload still decodes; the
+    others are left out with a warning (they finished, so they were usable once)."""
+    ids, photos = [], []
+    for job_id, uri in jobs:
+        try:
+            data = read_uri(job_source_uri(uri, tenant_id), max_bytes=settings.max_bytes)
+            photos.append(decode_image(data, settings).rgb)
+            ids.append(job_id)
+        except BadInput as exc:
+            log.warning("group %s: job %s's photo is left out: %s", name, job_id, exc.message)
+    return ids, photos
 
 
 def _claim_try(settings: Settings, tenant_id: str, name: str) -> list[tuple[str, str]] | None:
