@@ -1,13 +1,13 @@
 """Training crops from photos people reviewed (`clearmark review export`, read by
-`pipeline.reviewed`): real uploads with real marks, the mask a reviewer accepted as the
+`models.reviewed`): real uploads with real marks, the mask a reviewer accepted as the
 truth and the result they accepted as the clean photo. `clearmark train --reviewed DIR`
-puts REVIEWED_SHARE of each batch's crops from them (`ReviewedPhotos.replace_some`).
+puts REVIEWED_SHARE of each batch's crops from them (`replace_some`).
 
 - detector: a window of the upload at the detector's scale; target = the accepted mask's
   mark pixels (>= 128), as `models.train` makes it for synthetic marks;
 - remover: a full-resolution crop; input mask = the accepted mask's changed pixels (> 0);
   target = the accepted result; opacity = a blend fit of upload against result over the
-  mark's pixels (one overlay colour, per-pixel opacity: `pipeline.gate.blend_fit`).
+  mark's pixels (one overlay colour, per-pixel opacity: `models.blend.blend_fit`).
 
 "There is no mark" decisions are clean photos: all-zero targets (the detector's false
 alarms, for it to unlearn); for the remover they carry nothing to restore and are skipped.

@@ -596,7 +596,7 @@ def evaluate_real(
 
 
 def load_reviewed(root: Path | str) -> list[Case]:
-    """The photos of a `clearmark review export` folder (`pipeline.reviewed`) as a test set
+    """The photos of a `clearmark review export` folder (`models.reviewed`) as a test set
     of real marks: the result the reviewer accepted stands in for the clean photo and the
     accepted mask's mark pixels (>= 128) for the true mark; a "no mark" photo is a clean
     one. Its style: `painted` when the reviewer painted the mask, else the decision."""

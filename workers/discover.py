@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from math import gcd
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from clearmark.pipeline import catalogue
 from clearmark.settings import Settings
@@ -52,6 +52,12 @@ class Found:
     reason: str | None = None  # why no mark was found
 
 
+def _uncleaned(tenant_id: str) -> tuple[ColumnElement[bool], ...]:
+    """Where a job is one of the tenant's uploads without a group that finished uncleaned:
+    the candidates (`_candidates`) and what `due` counts."""
+    return Job.tenant_id == tenant_id, Job.catalogue_group.is_(None), Job.status.in_(groups.REQUEUED)
+
+
 def _candidates(settings: Settings, tenant_id: str, recent: int) -> list[tuple[str, str, int, int]]:
     """(job id, source URI, width, height) of the tenant's newest uploads without a group
     that finished uncleaned, newest first."""
@@ -59,11 +65,7 @@ def _candidates(settings: Settings, tenant_id: str, recent: int) -> list[tuple[s
         rows = session.execute(
             select(Job.id, Job.source_uri, JobMetrics.width, JobMetrics.height)
             .join(JobMetrics, JobMetrics.job_id == Job.id)
-            .where(
-                Job.tenant_id == tenant_id,
-                Job.catalogue_group.is_(None),
-                Job.status.in_(groups.REQUEUED),
-            )
+            .where(*_uncleaned(tenant_id))
             .order_by(Job.created_at.desc(), Job.id)
             .limit(recent)
         ).all()
@@ -154,10 +156,9 @@ def _flagged_there(
     for job_id, detail in events:
         if detail and "suspects" in detail:
             latest[job_id] = detail["suspects"] or []
+    (fh, fw), (x0, y0, x1, y1) = t.frame, t.box
     n = 0
     for job_id, (h, w) in zip(job_ids, sizes):
-        fh, fw = t.frame
-        x0, y0, x1, y1 = t.box
         box = (x0 * w / fw, y0 * h / fh, x1 * w / fw, y1 * h / fh)
         n += any(_mostly_inside(s["box"], box) for s in latest.get(job_id, []))
     return n
@@ -179,12 +180,5 @@ def due(settings: Settings, tenant_id: str) -> bool:
     if every <= 0:
         return False
     with session_scope(settings.database_url) as session:
-        n = (
-            session.scalar(
-                select(func.count()).where(
-                    Job.tenant_id == tenant_id, Job.catalogue_group.is_(None), Job.status.in_(groups.REQUEUED)
-                )
-            )
-            or 0
-        )
+        n = session.scalar(select(func.count()).where(*_uncleaned(tenant_id))) or 0
     return n >= settings.template_min_group and n % every == 0

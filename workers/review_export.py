@@ -1,5 +1,5 @@
 """`clearmark review export`: the photos people reviewed and kept (accepted, or "there is no
-mark"), each with its upload, accepted mask and result, as the data set `pipeline.reviewed`
+mark"), each with its upload, accepted mask and result, as the data set `models.reviewed`
 describes. A rejected photo has no accepted result and is left out, as is one whose job
 changed after its decision (retried or reprocessed: its files are another run's).
 """
