@@ -39,6 +39,7 @@ FIT_PIXELS = 20_000  # pixels sampled per region for the blend fit
 MIN_CHANGE = 3.0  # grey levels: a smaller move is JPEG noise, not a change
 RING_PX = 3  # width of the ring outside the region that `continues` looks at
 MIN_APART = 30.0  # removed and fill colours closer than this: `continues` is not measured
+NO_CHANGE = "no visible change"  # the reason of a region the remover did not visibly move
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def judge_region(
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     if not moved.any():  # nothing lifted: keeping it would only re-encode the photo
         return RegionVerdict(
-            box, int(region.sum()), 0.0, 0.0, (0, 0, 0), 0.0, 0.0, core_prob, False, "no visible change"
+            box, int(region.sum()), 0.0, 0.0, (0, 0, 0), 0.0, 0.0, core_prob, False, NO_CHANGE
         )
     idx = np.flatnonzero(moved)
     if len(idx) > FIT_PIXELS:

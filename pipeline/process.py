@@ -27,7 +27,7 @@ from clearmark.models.repetition import REPEAT_HIGH, REPEAT_LOW, Repetition, fin
 from clearmark.models.text_prior import BOX_THRESH, OVERLAY_HIGH, OVERLAY_LOW, TextDetector, TextLine
 from clearmark.pipeline import catalogue
 from clearmark.pipeline.catalogue import MATCH_THRESHOLD, Template
-from clearmark.pipeline.gate import GateLimits, RegionVerdict, judge
+from clearmark.pipeline.gate import NO_CHANGE, GateLimits, RegionVerdict, judge
 from clearmark.pipeline.imaging import DecodedImage, decode_image, encode_image, orientation_exif, to_stored
 from clearmark.pipeline.stages import StageClock
 from clearmark.pipeline.verdict import (
@@ -242,6 +242,21 @@ class Cleaning:
     guarded: list[str] = field(default_factory=list)  # product text the change reached:
     # put back, one sentence each
     lines: list[TextLine] = field(default_factory=list)  # the text prior's lines on the upload
+    proposal: Proposal | None = None  # the removal before the gate put anything back
+
+
+@dataclass
+class Proposal:
+    """The whole removal, the regions the do-no-harm gate put back included (printed
+    product text still put back): what a job in review shows the reviewer, so that accept
+    publishes a removal and not the upload. The status never rests on it: it is decided on
+    the gated result, and a job that shows a proposal is always `needs_review`."""
+
+    restored: np.ndarray
+    mask: Mask
+    found: np.ndarray
+    doubted: int  # regions the gate put back
+    guarded: list[str] = field(default_factory=list)  # as Cleaning.guarded, for the proposal
 
 
 def gate_limits(s: Settings) -> GateLimits:
@@ -359,6 +374,7 @@ def clean_rgb(
     lap("remove")
     verdicts: list[RegionVerdict] = []
     prior = load_prior() if s.suspect_prior else None
+    ungated = (restored, mask, found)
     if core_map is not None and not mask.empty:
         restored, mask, found, verdicts = apply_gate(
             rgb, restored, mask, found, np.where(mask.core, core_map, 0), gate_limits(s), suspects, prior
@@ -368,6 +384,12 @@ def clean_rgb(
     lap("gate")
     printed = [line for line in lines if line.overlay < OVERLAY_LOW]
     restored, mask, found, guarded = guard_printed_text(rgb, restored, mask, found, printed)
+    doubted = sum(not v.passed and v.reason != NO_CHANGE for v in verdicts)
+    proposal = None
+    if doubted:
+        p_restored, p_mask, p_found, p_guarded = guard_printed_text(rgb, *ungated, printed)
+        if p_mask.area_fraction > mask.area_fraction:
+            proposal = Proposal(p_restored, p_mask, p_found, doubted, p_guarded)
     for suspect in suspects:
         suspect.fate = _fate(suspect, mask.dilated, verdicts, confirmed_dilated, detected_core, s)
     kept = core_prob[mask.core[detected_core]]
@@ -380,6 +402,7 @@ def clean_rgb(
         suspects=suspects,
         guarded=guarded,
         lines=lines,
+        proposal=proposal,
     )
 
 
@@ -471,7 +494,7 @@ def _fate(
         return "removed" if not suspect.pixels.any() or _share(suspect, changed) >= 0.5 else "partly removed"
     back = [v for v in verdicts if not v.passed and _overlaps(v.box, suspect.box)]
     if back:
-        return f"put back by the gate: {back[0].reason}"
+        return f"{PUT_BACK}: {back[0].reason}"
     if suspect.touched_by(detected_core) and not suspect.touched_by(confirmed_dilated):
         return f"dropped: the remover found fewer than {s.mask_confirm_px} mark pixels there"
     if suspect.touched_by(detected_core):
@@ -630,7 +653,7 @@ def process_image(
     templates: Sequence[tuple[str, Template]] = (),
     deadline: float | None = None,
 ) -> PipelineResult:
-    """Clean one image file (`clean_rgb`, encoding, then the detectors again on the result).
+    """Clean one image file (`clean_rgb`, the detectors again on the result, encoding).
     When one of the tenant's catalogue `templates` (id, template) matches, that template
     cleans it instead (`clean_with_template`) and metrics' `method` says `template:<id>`.
 
@@ -639,9 +662,12 @@ def process_image(
     extension, any EXIF orientation still applies, and the mask is all zero); "succeeded"
     only when something was removed and the detector, run again on the delivered image over
     every flagged region (removed, put back or dropped), is below its limit everywhere;
-    else "needs_review" with the reasons. Pixels outside the dilated mask are exactly the
-    decoded input before encoding. Raises BadInput for unusable files, and OverTime when a
-    stage ends past `deadline` (`time.monotonic()` seconds).
+    else "needs_review" with the reasons. A job in review whose gate put regions back
+    delivers the `Proposal` (the removal with them, for the reviewer to accept or not;
+    details' `proposal` says so); the status is always decided on the gated result.
+    Pixels outside the dilated mask are exactly the decoded input before encoding. Raises
+    BadInput for unusable files, and OverTime when a stage ends past `deadline`
+    (`time.monotonic()` seconds).
     """
     s = settings or get_settings()
     lap = StageClock(deadline)
@@ -653,16 +679,6 @@ def process_image(
     else:
         halved = dec.format == "JPEG" and dec.jpeg_subsampling == 2 and dec.orientation == 1
         c = clean_with_template(engines, dec.rgb, found, s, lap, halved)
-    out = _deliver(
-        data,
-        dec,
-        c.restored,
-        None if c.mask.empty else c.mask.dilated,
-        c.mask.alpha if c.mask.empty else mask_image(c.mask, c.found),
-        s,
-    )
-    details = out.details
-    lap("encode")
     c.suspects += changed_lines(c.lines, c.mask.dilated)
     rerun_detectors(engines, c.restored, c.suspects, c.mask.dilated, s)
     lap("residual")
@@ -675,13 +691,31 @@ def process_image(
         )
     status = "needs_review" if reasons else verdict.status
     residual = max((x.final[0] for x in c.suspects), default=0.0)
+    shown = Proposal(c.restored, c.mask, c.found, 0)
+    if status == "needs_review" and c.proposal is not None:
+        shown = c.proposal
+        reasons = [proposal_reason(shown), *reasons, *(g for g in shown.guarded if g not in reasons)]
+        for x in c.suspects:
+            if x.fate.startswith(PUT_BACK) and x.touched_by(shown.mask.dilated):
+                x.fate = DOUBTED + x.fate.removeprefix(PUT_BACK)
+    out = _deliver(
+        data,
+        dec,
+        shown.restored,
+        None if shown.mask.empty else shown.mask.dilated,
+        shown.mask.alpha if shown.mask.empty else mask_image(shown.mask, shown.found),
+        s,
+    )
+    details = out.details
+    lap("encode")
     details["suspects"] = [
         {"detector": x.detector, "box": list(x.box), "score": x.value, "after": x.after, "fate": x.fate}
         | {"evidence": x.evidence}
         for x in c.suspects
     ]
     details["gate"] = [v.as_dict() for v in c.verdicts]
-    metrics = _metrics(dec, c.mask.area_fraction, c.confidence, residual, lap, details)
+    details["proposal"] = shown.doubted > 0
+    metrics = _metrics(dec, shown.mask.area_fraction, c.confidence, residual, lap, details)
     if found is not None:
         metrics["method"] = details["method"] = f"template:{found.template_id}"
     return PipelineResult(
@@ -730,6 +764,18 @@ def _deliver(
     details.update(encoded.details, output_format=dec.output_format, output_mode=dec.base.mode)
     mask_png = _png(mask, encoded.details.get("orientation", 1))
     return _Delivery(encoded.data, encoded.extension, encoded.details, mask_png, details)
+
+
+PUT_BACK = "put back by the gate"  # a suspect's fate: the gate did not trust its removal
+DOUBTED = "doubted by the gate, shown removed for review"  # the same, in a job's proposal
+
+
+def proposal_reason(proposal: Proposal) -> str:
+    return (
+        f"the result shown is a proposal: it also removes the {proposal.doubted} region(s) the "
+        "do-no-harm gate put back (the reasons below are those of the removal without them); "
+        "accept publishes it as shown, no_mark delivers the upload"
+    )
 
 
 def _metrics(

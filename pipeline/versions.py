@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from clearmark.models.weights import weights_sha256
 
-PIPELINE_CODE_VERSION = "8"  # 2: the remover gets a Telea prefill of its crop;
+PIPELINE_CODE_VERSION = "9"  # 2: the remover gets a Telea prefill of its crop;
 # 3: the remover's mask output confirms what changes;
 # 4: mirrored passes, 6 px dilation, own mark threshold;
 # 5: the do-no-harm gate (pipeline.gate);
 # 6: JPEG keeps its coefficients outside the change;
 # 7: statuses from every flagged region (pipeline.verdict);
-# 8: a text line the removal cut in part goes to review
+# 8: a text line the removal cut in part goes to review;
+# 9: a job in review shows the removal the gate doubted (pipeline.process.Proposal)
 
 
 def current_version_pattern() -> str:

@@ -126,7 +126,7 @@ class SmearRemover(FakeEngine):
         return np.concatenate([out, m.astype(np.float32)], axis=1).astype(np.float32)
 
 
-def test_a_harmful_change_is_put_back_and_sent_to_review():
+def test_a_harmful_change_goes_to_review_as_a_proposal():
     data = encode(Image.fromarray(textured()), "PNG")
     settings = cfg(gate=True, change_ring_px=3)
     r = process_image(data, fake_engines(detector=BoxDetector(), remover=SmearRemover()), settings)
@@ -134,13 +134,32 @@ def test_a_harmful_change_is_put_back_and_sent_to_review():
     assert "nothing was removed there" in r.review_reason
     assert "put back by the gate" in r.review_reason
     assert "change not explained by one overlay colour (0.521 < 0.8)" in r.review_reason
-    assert np.array_equal(np.asarray(pixels(r.image_bytes).convert("RGB")), textured())
-    assert not np.asarray(pixels(r.mask_png)).any()
     assert r.details["gate"] and not r.details["gate"][0]["passed"]
+    # In review the job shows the whole removal as a proposal, and says so first.
+    assert r.details["proposal"] and r.review_reason.startswith("the result shown is a proposal")
+    shown = np.asarray(pixels(r.image_bytes).convert("RGB"))
+    smeared = np.asarray(pixels(r.mask_png)) > 0
+    assert smeared.any() and r.metrics["mask_area_fraction"] == pytest.approx(smeared.mean())
+    assert np.array_equal(shown[~smeared], textured()[~smeared])
+    assert not np.array_equal(shown, textured())
     # Without the gate the same change goes through as a success: the gate is what stops it.
     no_gate = settings.replace(gate=False, detector_absent_below=1.01)
     r = process_image(data, fake_engines(detector=BoxDetector(), remover=SmearRemover()), no_gate)
     assert r.status == "succeeded"
+
+
+def test_a_proposal_still_leaves_printed_product_text_as_it_was():
+    from tests.test_verdict import FakeText, line
+
+    data = encode(Image.fromarray(textured()), "PNG")
+    engines = fake_engines(detector=BoxDetector(), remover=SmearRemover())
+    engines.text = FakeText(line((60, 35, 100, 55), overlay=0.05))  # printed, across the box
+    r = process_image(data, engines, cfg(gate=True, change_ring_px=3))
+    shown = np.asarray(pixels(r.image_bytes).convert("RGB"))
+    assert r.status == "needs_review" and r.details["proposal"]
+    assert "the removal reached product text at (60, 35, 100, 55)" in r.review_reason
+    assert np.array_equal(shown[35:55, 60:100], textured()[35:55, 60:100])
+    assert not np.array_equal(shown[35:55, 40:60], textured()[35:55, 40:60])
 
 
 class FaintBoxDetector(BoxDetector):
@@ -156,7 +175,7 @@ def test_a_put_back_region_is_never_no_watermark():
     settings = cfg(gate=True, change_ring_px=3, detector_absent_below=0.55)
     r = process_image(data, fake_engines(detector=FaintBoxDetector(), remover=SmearRemover()), settings)
     assert r.status == "needs_review" and "score 0.6 >= 0.55" in r.review_reason
-    assert np.array_equal(np.asarray(pixels(r.image_bytes).convert("RGB")), textured())
+    assert r.details["proposal"]
 
 
 def test_a_false_alarm_below_the_low_limit_is_put_back_as_no_watermark():
@@ -215,8 +234,9 @@ def test_a_job_that_leaves_a_sure_region_in_place_is_not_a_success():
     assert sorted(passed) == [False, True]  # the mark lifted, the texture kept
     assert r.status == "needs_review" and "put back by the gate" in r.review_reason
     out = np.asarray(pixels(r.image_bytes).convert("RGB"))
-    assert np.array_equal(out[:, 80:], marked[:, 80:])
     assert np.abs(out[30:80, 10:70].astype(int) - 100).max() <= 1
+    # The reviewer is shown the texture's removal too, as a proposal, never as a success.
+    assert r.details["proposal"] and not np.array_equal(out[:, 80:], marked[:, 80:])
 
 
 def test_the_prior_waives_confidence_and_opacity_only():

@@ -431,3 +431,13 @@ def test_a_finished_attempt_records_its_suspects_for_the_page(settings):
         assert regions(list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id))))[0][
             "short"
         ] == ("detector: removed")
+
+
+def test_a_region_doubted_in_a_proposal_is_drawn_as_such():
+    from clearmark.pipeline.process import DOUBTED
+    from clearmark.workers.review_queue import regions
+
+    fate = f"{DOUBTED}: too faint a change for an overlay (opacity 0.12 < 0.2)"
+    suspect = {"detector": "detector", "box": [1, 2, 30, 40], "score": 0.9, "after": 0.61, "fate": fate}
+    (region,) = regions([JobEvent(detail={"suspects": [suspect]})])
+    assert region["kind"] == "doubted" and region["short"] == f"detector: {DOUBTED}"

@@ -129,6 +129,8 @@ def owned_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
 
 
 def _kind(fate: str) -> str:
+    if fate.startswith("doubted"):  # pipeline.process.DOUBTED: removed in a proposal
+        return "doubted"
     if fate.startswith(("removed", "partly removed")):
         return "removed"
     return "put_back" if "put back" in fate else "not_removed"
