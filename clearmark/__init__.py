@@ -6,7 +6,8 @@ One installed package. Its subpackages live in folders at the repository root
     clearmark.settings, clearmark.errors   configuration and errors (the core)
     clearmark.models                       networks, synthetic data, training, evaluation
     clearmark.engine_build                 ONNX export, TensorRT engines, backends
-    clearmark.workers                      pipeline, Celery tasks, database, API, CLI
+    clearmark.pipeline                     the image pipeline, for the service and evaluation
+    clearmark.workers                      Celery tasks, database, storage, API, CLI
     clearmark.migrations                   Alembic (uses the database models)
 
 tests/test_imports.py keeps that direction.

@@ -141,10 +141,10 @@ def test_relative_rule_learns_across_sizes():
     bg = background(rng)
     m = catalogue.match(composite(bg, alpha), t)  # the frame's size halved
     unmarked = catalogue.match(bg, t)
-    # at its place, above the same photo without it (this backdrop has an edge across the
-    # mark: the score, 0.36, is under MATCH_THRESHOLD; matching is the weak part)
+    # at its place, though this backdrop has an edge across the mark (0.36 when the whole
+    # box was compared, under the threshold; the mark's edges alone: 0.51)
     assert m is not None and unmarked is not None and max(map(abs, m.shift)) < 1
-    assert m.score > 2 * unmarked.score
+    assert m.score >= MATCH_THRESHOLD > unmarked.score
 
 
 def _png(rgb: np.ndarray) -> bytes:
