@@ -691,19 +691,20 @@ def process_image(
         )
     status = "needs_review" if reasons else verdict.status
     residual = max((x.final[0] for x in c.suspects), default=0.0)
-    shown = Proposal(c.restored, c.mask, c.found, 0)
-    if status == "needs_review" and c.proposal is not None:
-        shown = c.proposal
-        reasons = [proposal_reason(shown), *reasons, *(g for g in shown.guarded if g not in reasons)]
+    restored, mask, mark = c.restored, c.mask, c.found
+    proposal = c.proposal if status == "needs_review" else None
+    if proposal is not None:
+        restored, mask, mark = proposal.restored, proposal.mask, proposal.found
+        reasons = [proposal_reason(proposal), *reasons, *(g for g in proposal.guarded if g not in reasons)]
         for x in c.suspects:
-            if x.fate.startswith(PUT_BACK) and x.touched_by(shown.mask.dilated):
+            if x.fate.startswith(PUT_BACK) and x.touched_by(mask.dilated):
                 x.fate = DOUBTED + x.fate.removeprefix(PUT_BACK)
     out = _deliver(
         data,
         dec,
-        shown.restored,
-        None if shown.mask.empty else shown.mask.dilated,
-        shown.mask.alpha if shown.mask.empty else mask_image(shown.mask, shown.found),
+        restored,
+        None if mask.empty else mask.dilated,
+        mask.alpha if mask.empty else mask_image(mask, mark),
         s,
     )
     details = out.details
@@ -714,8 +715,8 @@ def process_image(
         for x in c.suspects
     ]
     details["gate"] = [v.as_dict() for v in c.verdicts]
-    details["proposal"] = shown.doubted > 0
-    metrics = _metrics(dec, shown.mask.area_fraction, c.confidence, residual, lap, details)
+    details["proposal"] = proposal is not None
+    metrics = _metrics(dec, mask.area_fraction, c.confidence, residual, lap, details)
     if found is not None:
         metrics["method"] = details["method"] = f"template:{found.template_id}"
     return PipelineResult(
