@@ -301,6 +301,39 @@ def apply_gate(
     return (*put_back(rgb, restored, mask, found, keep), verdicts)
 
 
+def propose(
+    rgb: np.ndarray,
+    ungated: tuple[np.ndarray, Mask, np.ndarray],
+    gated: Mask,
+    verdicts: list[RegionVerdict],
+    suspects: list[Suspect],
+    printed: list[TextLine],
+) -> Proposal | None:
+    """The proposal a job in review shows: the gated result plus every region the gate put
+    back that holds a suspect at its limit (what sends the job to review); a region put
+    back that no detector still flags was a false alarm and stays put back, and so does
+    printed product text. `ungated`: the restored image, mask and found pixels the gate
+    judged. None when no such region changes anything."""
+    flagged = [x for x in suspects if x.value >= x.limit]
+    doubted = {
+        v.box
+        for v in verdicts
+        if not v.passed and v.reason != NO_CHANGE and any(_overlaps(v.box, x.box) for x in flagged)
+    }
+    if not doubted:
+        return None
+    restored, mask, found = ungated
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.dilated.astype(np.uint8), connectivity=8)
+    boxes = [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, _ in stats]
+    ids = [i for i in range(1, n) if boxes[i] in doubted]  # pipeline.gate.judge's regions
+    keep = gated.dilated | np.isin(labels, ids)
+    restored, mask, found = put_back(rgb, restored, mask, found, keep)
+    restored, mask, found, guarded = guard_printed_text(rgb, restored, mask, found, printed)
+    if mask.area_fraction <= gated.area_fraction:
+        return None
+    return Proposal(restored, mask, found, len(ids), guarded)
+
+
 def put_back(
     rgb: np.ndarray, restored: np.ndarray, mask: Mask, found: np.ndarray, keep: np.ndarray
 ) -> tuple[np.ndarray, Mask, np.ndarray]:
@@ -384,12 +417,7 @@ def clean_rgb(
     lap("gate")
     printed = [line for line in lines if line.overlay < OVERLAY_LOW]
     restored, mask, found, guarded = guard_printed_text(rgb, restored, mask, found, printed)
-    doubted = sum(not v.passed and v.reason != NO_CHANGE for v in verdicts)
-    proposal = None
-    if doubted:
-        p_restored, p_mask, p_found, p_guarded = guard_printed_text(rgb, *ungated, printed)
-        if p_mask.area_fraction > mask.area_fraction:
-            proposal = Proposal(p_restored, p_mask, p_found, doubted, p_guarded)
+    proposal = propose(rgb, ungated, mask, verdicts, suspects, printed)
     for suspect in suspects:
         suspect.fate = _fate(suspect, mask.dilated, verdicts, confirmed_dilated, detected_core, s)
     kept = core_prob[mask.core[detected_core]]

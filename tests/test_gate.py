@@ -162,6 +162,27 @@ def test_a_proposal_still_leaves_printed_product_text_as_it_was():
     assert not np.array_equal(shown[35:55, 40:60], textured()[35:55, 40:60])
 
 
+def test_a_proposal_leaves_out_what_no_detector_still_flags():
+    """Two smeared regions, both put back: the sure one sends the job to review and is in
+    the proposal; the other scores under the detector's low limit (a false alarm put back)
+    and stays as it was."""
+
+    class SureAndFaint(BoxDetector):
+        def run(self, batch):
+            sure = BoxDetector(box=(0.05, 0.2, 0.4, 0.7)).run(batch)
+            faint = BoxDetector(box=(0.6, 0.2, 0.95, 0.7)).run(batch) * np.float32(0.6)
+            return np.maximum(sure, faint)
+
+    data = encode(Image.fromarray(textured()), "PNG")
+    settings = cfg(gate=True, change_ring_px=3, detector_absent_below=0.65)
+    r = process_image(data, fake_engines(detector=SureAndFaint(), remover=SmearRemover()), settings)
+    assert r.status == "needs_review" and r.details["proposal"]
+    assert sorted(v["passed"] for v in r.details["gate"]) == [False, False]
+    changed = np.asarray(pixels(r.mask_png)) > 0
+    assert changed[:, :64].any() and not changed[:, 80:].any()
+    assert r.review_reason.startswith("the result shown is a proposal: it also removes the 1 region(s)")
+
+
 class FaintBoxDetector(BoxDetector):
     """BoxDetector at probability 0.6: masked (threshold 0.5), not sure."""
 
