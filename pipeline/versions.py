@@ -13,7 +13,8 @@ PIPELINE_CODE_VERSION = "9"  # 2: the remover gets a Telea prefill of its crop;
 # 6: JPEG keeps its coefficients outside the change;
 # 7: statuses from every flagged region (pipeline.verdict);
 # 8: a text line the removal cut in part goes to review;
-# 9: a job in review shows the removal the gate doubted (pipeline.process.Proposal)
+# 9: a job in review shows the removal the gate doubted (pipeline.process.Proposal), and
+#    catalogue templates match over the mark's own edges (pipeline.catalogue.match)
 
 
 def current_version_pattern() -> str:
