@@ -12,6 +12,7 @@ from clearmark.pipeline.gate import GateLimits, RegionVerdict, blend_fit, judge,
 from clearmark.pipeline.process import around_mark, mask_image, process_image
 from tests.badfiles import encode
 from tests.test_pipeline import BoxDetector, FakeEngine, cfg, fake_engines, pixels
+from tests.test_verdict import FakeText, line
 
 
 def textured(h=120, w=160, seed=0) -> np.ndarray:
@@ -149,8 +150,6 @@ def test_a_harmful_change_goes_to_review_as_a_proposal():
 
 
 def test_a_proposal_still_leaves_printed_product_text_as_it_was():
-    from tests.test_verdict import FakeText, line
-
     data = encode(Image.fromarray(textured()), "PNG")
     engines = fake_engines(detector=BoxDetector(), remover=SmearRemover())
     engines.text = FakeText(line((60, 35, 100, 55), overlay=0.05))  # printed, across the box

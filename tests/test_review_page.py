@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
+from clearmark.pipeline.process import DOUBTED
 from clearmark.workers.api import app
 from clearmark.workers.celery_app import app as celery_app
 from clearmark.workers.celery_app import configure
@@ -434,9 +435,6 @@ def test_a_finished_attempt_records_its_suspects_for_the_page(settings):
 
 
 def test_a_region_doubted_in_a_proposal_is_drawn_as_such():
-    from clearmark.pipeline.process import DOUBTED
-    from clearmark.workers.review_queue import regions
-
     fate = f"{DOUBTED}: too faint a change for an overlay (opacity 0.12 < 0.2)"
     suspect = {"detector": "detector", "box": [1, 2, 30, 40], "score": 0.9, "after": 0.61, "fate": fate}
     (region,) = regions([JobEvent(detail={"suspects": [suspect]})])
