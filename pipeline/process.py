@@ -27,7 +27,7 @@ from clearmark.models.repetition import REPEAT_HIGH, REPEAT_LOW, Repetition, fin
 from clearmark.models.text_prior import BOX_THRESH, OVERLAY_HIGH, OVERLAY_LOW, TextDetector, TextLine
 from clearmark.pipeline import catalogue
 from clearmark.pipeline.catalogue import MATCH_THRESHOLD, Template
-from clearmark.pipeline.gate import NO_CHANGE, GateLimits, RegionVerdict, judge
+from clearmark.pipeline.gate import NO_CHANGE, GateLimits, Region, RegionVerdict, judge
 from clearmark.pipeline.imaging import DecodedImage, decode_image, encode_image, orientation_exif, to_stored
 from clearmark.pipeline.stages import StageClock
 from clearmark.pipeline.verdict import (
@@ -279,11 +279,11 @@ def apply_gate(
     limits: GateLimits,
     suspects: list[Suspect],
     prior: SuspectPrior | None,
-) -> tuple[np.ndarray, Mask, np.ndarray, list[RegionVerdict]]:
+) -> tuple[np.ndarray, Mask, np.ndarray, list[Region]]:
     """Judge every changed region (`pipeline.gate.judge`), score the detector's suspects by
     the prior with the gate's measurements, let through a failed region the prior is sure
     of (`GateLimits.waived`), and put back exactly the input in the rest; returns the
-    restored image, mask and found pixels without them."""
+    restored image, mask and found pixels without them, and every judged region."""
     regions = judge(rgb, restored, mask.dilated, prob, limits)
     verdicts = [r.verdict for r in regions]
     score_suspects(suspects, verdicts, prior)
@@ -294,18 +294,18 @@ def apply_gate(
             v.passed, v.reason = True, f"kept: the suspect prior is sure of it ({v.prior:.3g}); {v.reason}"
     failed = [r for r in regions if not r.verdict.passed]
     if not failed:
-        return restored, mask, found, verdicts
+        return restored, mask, found, regions
     keep = mask.dilated.copy()
     for r in failed:
         keep[r.window][r.pixels] = False
-    return (*put_back(rgb, restored, mask, found, keep), verdicts)
+    return (*put_back(rgb, restored, mask, found, keep), regions)
 
 
 def propose(
     rgb: np.ndarray,
     ungated: tuple[np.ndarray, Mask, np.ndarray],
     gated: Mask,
-    verdicts: list[RegionVerdict],
+    regions: list[Region],
     suspects: list[Suspect],
     printed: list[TextLine],
 ) -> Proposal | None:
@@ -313,25 +313,24 @@ def propose(
     back that holds a suspect at its limit (what sends the job to review); a region put
     back that no detector still flags was a false alarm and stays put back, and so does
     printed product text. `ungated`: the restored image, mask and found pixels the gate
-    judged. None when no such region changes anything."""
+    judged and its regions (`apply_gate`). None when no such region changes anything."""
     flagged = [x for x in suspects if x.value >= x.limit]
-    doubted = {
-        v.box
-        for v in verdicts
-        if not v.passed and v.reason != NO_CHANGE and any(_overlaps(v.box, x.box) for x in flagged)
-    }
+    doubted = [
+        r
+        for r in regions
+        if not r.verdict.passed
+        and r.verdict.reason != NO_CHANGE
+        and any(_overlaps(r.verdict.box, x.box) for x in flagged)
+    ]
     if not doubted:
         return None
-    restored, mask, found = ungated
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.dilated.astype(np.uint8), connectivity=8)
-    boxes = [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, _ in stats]
-    ids = [i for i in range(1, n) if boxes[i] in doubted]  # pipeline.gate.judge's regions
-    keep = gated.dilated | np.isin(labels, ids)
-    restored, mask, found = put_back(rgb, restored, mask, found, keep)
-    restored, mask, found, guarded = guard_printed_text(rgb, restored, mask, found, printed)
+    keep = gated.dilated.copy()
+    for r in doubted:
+        keep[r.window] |= r.pixels
+    restored, mask, found, guarded = guard_printed_text(rgb, *put_back(rgb, *ungated, keep), printed)
     if mask.area_fraction <= gated.area_fraction:
         return None
-    return Proposal(restored, mask, found, len(ids), guarded)
+    return Proposal(restored, mask, found, len(doubted), guarded)
 
 
 def put_back(
@@ -405,19 +404,20 @@ def clean_rgb(
             mask = around_mark(found, mask, s.change_ring_px)
         restored = _blend(rgb, restored, mask.alpha)
     lap("remove")
-    verdicts: list[RegionVerdict] = []
+    regions: list[Region] = []
     prior = load_prior() if s.suspect_prior else None
     ungated = (restored, mask, found)
     if core_map is not None and not mask.empty:
-        restored, mask, found, verdicts = apply_gate(
+        restored, mask, found, regions = apply_gate(
             rgb, restored, mask, found, np.where(mask.core, core_map, 0), gate_limits(s), suspects, prior
         )
     else:
-        score_suspects(suspects, verdicts, prior)
+        score_suspects(suspects, [], prior)
+    verdicts = [r.verdict for r in regions]
     lap("gate")
     printed = [line for line in lines if line.overlay < OVERLAY_LOW]
     restored, mask, found, guarded = guard_printed_text(rgb, restored, mask, found, printed)
-    proposal = propose(rgb, ungated, mask, verdicts, suspects, printed)
+    proposal = propose(rgb, ungated, mask, regions, suspects, printed)
     for suspect in suspects:
         suspect.fate = _fate(suspect, mask.dilated, verdicts, confirmed_dilated, detected_core, s)
     kept = core_prob[mask.core[detected_core]]
@@ -497,9 +497,10 @@ def clean_with_template(
         },
     )
     sure = np.where(mask.core, np.float32(1), np.float32(0))  # the match is the detection
-    restored, mask, mark, verdicts = apply_gate(
+    restored, mask, mark, regions = apply_gate(
         rgb, restored, mask, core, sure, gate_limits(s), [suspect], None
     )
+    verdicts = [r.verdict for r in regions]
     printed = [line for line in lines if line.overlay < OVERLAY_LOW]
     restored, mask, mark, guarded = guard_printed_text(rgb, restored, mask, mark, printed)
     again = catalogue.match(restored, found.match.template)
