@@ -171,6 +171,8 @@ def score(case: Case, output: np.ndarray, mark: np.ndarray, status: str) -> dict
             psnr_in_input=inside_before,
             psnr_out=psnr(output, case.composite, outside),
             f1=f1,
+            mask_precision=float((mark & case.mask).sum()) / max(1, int(mark.sum())),
+            mask_recall=float((mark & case.mask).sum()) / max(1, int(case.mask.sum())),
             mark_left=bool(
                 status == "succeeded" and (f1 < MARK_LEFT_F1 or inside < inside_before + MARK_LEFT_GAIN_DB)
             ),

@@ -52,6 +52,11 @@ REMOVE_BATCH_PIXELS = 2 * 1024 * 1024
 RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual check
 LINE_CHANGED = 0.02  # share of a text line's middle the removal must change to have changed the line
 LINE_LEFT = 0.25  # share of a changed line's middle where the text detector still finds text
+# share of a printed line's length (`line_coverage`) the gated removal must take for a
+# proposal to show the line removed: a mark the text prior mistakes for print (large opaque
+# lettering) is taken end to end, a false alarm on product text takes a letter or two
+LINE_WHOLE = 0.9
+MARK_MOVED = 4  # levels: a mark pixel the removal moved by no more is not reported as mark
 # on the delivered image: the removal cut the line ("N DHAVEN") instead of removing it
 
 
@@ -181,9 +186,17 @@ def mask_image(mask: Mask, found: np.ndarray) -> np.ndarray:
     """The job's mask, uint8 H x W: 0 where nothing changed, 1-127 where pixels changed
     around the mark (the feathered dilation, `mask.alpha` halved), 255 on the watermark's
     own pixels (`found`), so `>= 128` is the mark and `> 0` everything that changed."""
-    out = ((mask.alpha.astype(np.uint16) + 1) // 2).astype(np.uint8)
+    out = np.minimum((mask.alpha.astype(np.uint16) + 1) // 2, 127).astype(np.uint8)
     out[found & mask.dilated] = 255
     return out
+
+
+def moved(rgb: np.ndarray, restored: np.ndarray) -> np.ndarray:
+    """Where the removal moved a pixel by more than MARK_MOVED levels (bool H x W): the
+    remover's mark pixels it left as they were were background to it too, and a mask that
+    reports them as mark is fat around every stroke."""
+    diff: np.ndarray = np.abs(restored.astype(np.int16) - rgb.astype(np.int16)).max(axis=2)
+    return diff > MARK_MOVED
 
 
 def _png(gray: np.ndarray, orientation: int = 1) -> bytes:
@@ -257,6 +270,8 @@ class Proposal:
     found: np.ndarray
     doubted: int  # regions the gate put back
     guarded: list[str] = field(default_factory=list)  # as Cleaning.guarded, for the proposal
+    taken: list[str] = field(default_factory=list)  # lines the text prior calls printed that
+    # the gated removal took whole, shown removed: one sentence each
 
 
 def gate_limits(s: Settings) -> GateLimits:
@@ -305,14 +320,17 @@ def propose(
     rgb: np.ndarray,
     ungated: tuple[np.ndarray, Mask, np.ndarray],
     gated: Mask,
+    guarded: Mask,
     regions: list[Region],
     suspects: list[Suspect],
     printed: list[TextLine],
 ) -> Proposal | None:
-    """The proposal a job in review shows: the gated result plus every region the gate put
-    back that holds a suspect at its limit (what sends the job to review); a region put
-    back that no detector still flags was a false alarm and stays put back, and so does
-    printed product text. `ungated`: the restored image, mask and found pixels the gate
+    """The proposal a job in review shows: the gated result (`gated`, before product text
+    was put back; `guarded`, after) plus every region the gate put back that holds a
+    suspect at its limit (what sends the job to review); a region put back that no detector
+    still flags was a false alarm and stays put back. Printed product text stays put back,
+    except a line the gated removal took whole (`LINE_WHOLE`): overlaid lettering the text
+    prior mistook for print. `ungated`: the restored image, mask and found pixels the gate
     judged and its regions (`apply_gate`). None when no such region changes anything."""
     flagged = [x for x in suspects if x.value >= x.limit]
     doubted = [
@@ -322,15 +340,24 @@ def propose(
         and r.verdict.reason != NO_CHANGE
         and any(_overlaps(r.verdict.box, x.box) for x in flagged)
     ]
-    if not doubted:
+    coverage = [line_coverage(line, gated.dilated) for line in printed]
+    taken = [
+        f"the removal took the line at {line.box} whole ({as_compared(c, LINE_WHOLE)} >= {LINE_WHOLE} of "
+        f"its length), though the text prior calls it printed ({as_compared(line.overlay, OVERLAY_LOW)} "
+        f"< {OVERLAY_LOW}): shown removed"
+        for line, c in zip(printed, coverage)
+        if c >= LINE_WHOLE
+    ]
+    if not doubted and not taken:
         return None
     keep = gated.dilated.copy()
     for r in doubted:
         keep[r.window] |= r.pixels
-    restored, mask, found, guarded = guard_printed_text(rgb, *put_back(rgb, *ungated, keep), printed)
-    if mask.area_fraction <= gated.area_fraction:
+    protected = [line for line, c in zip(printed, coverage) if c < LINE_WHOLE]
+    restored, mask, found, reasons = guard_printed_text(rgb, *put_back(rgb, *ungated, keep), protected)
+    if mask.area_fraction <= guarded.area_fraction:
         return None
-    return Proposal(restored, mask, found, len(doubted), guarded)
+    return Proposal(restored, mask, found, len(doubted), reasons, taken)
 
 
 def put_back(
@@ -416,8 +443,9 @@ def clean_rgb(
     verdicts = [r.verdict for r in regions]
     lap("gate")
     printed = [line for line in lines if line.overlay < OVERLAY_LOW]
+    gated = mask
     restored, mask, found, guarded = guard_printed_text(rgb, restored, mask, found, printed)
-    proposal = propose(rgb, ungated, mask, regions, suspects, printed)
+    proposal = propose(rgb, ungated, gated, mask, regions, suspects, printed)
     for suspect in suspects:
         suspect.fate = _fate(suspect, mask.dilated, verdicts, confirmed_dilated, detected_core, s)
     kept = core_prob[mask.core[detected_core]]
@@ -584,6 +612,28 @@ def guard_printed_text(
     return (*put_back(rgb, restored, mask, found, keep), reasons)
 
 
+def line_coverage(line: TextLine, changed: np.ndarray) -> float:
+    """The share of a text line's length that `changed` (bool H x W) touches: its middle
+    (`line_middle`) cut across its direction into steps of half its thickness, the share
+    of steps with a changed pixel. A removal that takes the line end to end gives 1, one
+    that takes two letters of ten about 0.2, whatever the letters' size."""
+    middle = line_middle(line)
+    ys, xs = np.nonzero(middle)
+    if xs.size < 4:
+        return 0.0
+    pts = np.stack([xs, ys], axis=1).astype(np.float64)
+    pts -= pts.mean(axis=0)
+    along = pts @ np.linalg.eigh(np.cov(pts.T))[1][:, -1]  # the principal axis
+    depth = cv2.distanceTransform(np.pad(line.mask, 1).astype(np.uint8), cv2.DIST_L2, 3)
+    step = max(2.0, float(depth.max()))  # half the thickness
+    steps = ((along - along.min()) // step).astype(int)
+    x0, y0, x1, y1 = line.box
+    hit = changed[y0:y1, x0:x1][middle]
+    touched = np.zeros(int(steps.max()) + 1, bool)
+    touched[steps[hit]] = True
+    return float(touched.mean())
+
+
 def line_middle(line: TextLine) -> np.ndarray:
     """The middle of a text line's region (bool, the crop at `line.box`): the pixels at
     least half the deepest distance from its outline. The detector's region is the text's
@@ -724,7 +774,12 @@ def process_image(
     proposal = c.proposal if status == "needs_review" else None
     if proposal is not None:
         restored, mask, mark = proposal.restored, proposal.mask, proposal.found
-        reasons = [proposal_reason(proposal), *reasons, *(g for g in proposal.guarded if g not in reasons)]
+        reasons = [
+            proposal_reason(proposal),
+            *reasons,
+            *(g for g in proposal.guarded if g not in reasons),
+            *proposal.taken,
+        ]
         for x in c.suspects:
             if x.fate.startswith(PUT_BACK) and x.touched_by(mask.dilated):
                 x.fate = DOUBTED + x.fate.removeprefix(PUT_BACK)
@@ -733,7 +788,7 @@ def process_image(
         dec,
         restored,
         None if mask.empty else mask.dilated,
-        mask.alpha if mask.empty else mask_image(mask, mark),
+        mask.alpha if mask.empty else mask_image(mask, mark & moved(dec.rgb, restored)),
         s,
     )
     details = out.details
@@ -801,10 +856,15 @@ DOUBTED = "doubted by the gate, shown removed for review"  # the same, in a job'
 
 
 def proposal_reason(proposal: Proposal) -> str:
+    also = []
+    if proposal.doubted:
+        also.append(f"the {proposal.doubted} region(s) the do-no-harm gate put back")
+    if proposal.taken:
+        n = len(proposal.taken)
+        also.append(f"the {n} line(s) of text it took whole that the text prior calls printed")
     return (
-        f"the result shown is a proposal: it also removes the {proposal.doubted} region(s) the "
-        "do-no-harm gate put back (the reasons below are those of the removal without them); "
-        "accept publishes it as shown, no_mark delivers the upload"
+        f"the result shown is a proposal: it also removes {' and '.join(also)} (the reasons below are "
+        "those of the removal without them); accept publishes it as shown, no_mark delivers the upload"
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from clearmark.models.weights import weights_sha256
 
-PIPELINE_CODE_VERSION = "9"  # 2: the remover gets a Telea prefill of its crop;
+PIPELINE_CODE_VERSION = "10"  # 2: the remover gets a Telea prefill of its crop;
 # 3: the remover's mask output confirms what changes;
 # 4: mirrored passes, 6 px dilation, own mark threshold;
 # 5: the do-no-harm gate (pipeline.gate);
@@ -14,7 +14,10 @@ PIPELINE_CODE_VERSION = "9"  # 2: the remover gets a Telea prefill of its crop;
 # 7: statuses from every flagged region (pipeline.verdict);
 # 8: a text line the removal cut in part goes to review;
 # 9: a job in review shows the removal the gate doubted (pipeline.process.Proposal), and
-#    catalogue templates match over the mark's own edges (pipeline.catalogue.match)
+#    catalogue templates match over the mark's own edges (pipeline.catalogue.match);
+# 10: the mask reports as mark only the pixels the removal moved, and never the changed
+#    ring (it had 128 where the ring's alpha was 255); a proposal shows removed a line the
+#    text prior calls printed when the gated removal took it whole (LINE_WHOLE)
 
 
 def current_version_pattern() -> str:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from clearmark.models.masks import build_mask
 from clearmark.models.text_prior import TextLine
-from clearmark.pipeline.process import guard_printed_text, process_image
+from clearmark.pipeline.process import LINE_WHOLE, guard_printed_text, line_coverage, process_image
 from clearmark.pipeline.verdict import Suspect, as_compared, decide, find_suspects
 from tests.test_pipeline import (
     GreyRemover,
@@ -49,6 +49,20 @@ def test_a_half_removed_mark_goes_to_review():
     r = process_image(png(marked(box=(20, 30, 140, 60))), fake_engines(remover=LeftHalfRemover()), cfg())
     assert r.status == "needs_review"
     assert "still finds a mark at (20, 30, 140, 60) after removal (score 1 >= 0.5" in r.review_reason
+
+
+def test_the_reported_mark_is_only_what_the_removal_moved():
+    """The mask's mark pixels (>= 128) are the remover's mark pixels that the removal
+    moved: the half it left in place is changed area at most, not reported as removed mark."""
+    img = marked(box=(20, 30, 140, 60))
+    r = process_image(png(img), fake_engines(remover=LeftHalfRemover()), cfg())
+    mark = np.asarray(Image.open(io.BytesIO(r.mask_png))) >= 128
+    out = np.asarray(Image.open(io.BytesIO(r.image_bytes)).convert("RGB"))
+    moved = np.abs(out.astype(int) - img).max(axis=2) > 4
+    assert mark.any() and not mark[~moved].any()
+    values = np.unique(np.asarray(Image.open(io.BytesIO(r.mask_png))))
+    assert values.max() == 255 and values[-2] <= 127  # changed around the mark: never >= 128
+    assert is_magenta(out).any() and not mark[is_magenta(out)].any()
 
 
 def test_a_mark_the_remover_left_in_place_goes_to_review():
@@ -157,6 +171,35 @@ def test_a_removal_that_reaches_product_text_is_put_back_and_reviewed():
         and "the removal reached product text at (70, 40, 120, 70)" in r.review_reason
     )
     assert (out[30:40, 40:90] != img[30:40, 40:90]).any()  # the rest of the mark still went
+
+
+def test_lettering_the_text_prior_calls_printed_but_the_removal_took_whole_is_proposed_removed():
+    """Large opaque lettering the text prior mistakes for print: the gated removal takes
+    the line end to end. The status still rests on the result with the line put back
+    (review), and the proposal shows it removed, saying why."""
+    img = marked(box=(40, 30, 90, 60))
+    engines = fake_engines()
+    engines.text = FakeText(line((36, 26, 94, 64), overlay=0.05))  # the whole mark, "printed"
+    r = process_image(png(img), engines, cfg())
+    out = np.asarray(Image.open(io.BytesIO(r.image_bytes)).convert("RGB"))
+    assert r.status == "needs_review" and r.details["proposal"]
+    assert "the removal reached product text at (36, 26, 94, 64)" in r.review_reason
+    assert "it also removes the 1 line(s) of text it took whole" in r.review_reason
+    assert f"took the line at (36, 26, 94, 64) whole (1 >= {LINE_WHOLE} of its length)" in r.review_reason
+    assert not is_magenta(out[30:60, 40:90]).any()
+
+
+def test_line_coverage_is_the_share_of_the_line_s_length_touched():
+    ln = line((10, 20, 110, 40), overlay=0.05)
+    changed = np.zeros((60, 120), bool)
+    changed[25:35, 10:110] = True
+    assert line_coverage(ln, changed) == 1.0
+    changed[:] = False
+    changed[25:35, 30:42] = True  # one letter of a line of ten
+    assert 0.05 < line_coverage(ln, changed) < 0.3
+    changed[:] = False
+    changed[0:15, :] = True  # beside the line, not on it
+    assert line_coverage(ln, changed) == 0.0
 
 
 def test_guard_leaves_changes_away_from_printed_text_alone():
