@@ -191,12 +191,17 @@ def mask_image(mask: Mask, found: np.ndarray) -> np.ndarray:
     return out
 
 
-def moved(rgb: np.ndarray, restored: np.ndarray) -> np.ndarray:
-    """Where the removal moved a pixel by more than MARK_MOVED levels (bool H x W): the
-    remover's mark pixels it left as they were were background to it too, and a mask that
-    reports them as mark is fat around every stroke."""
-    diff: np.ndarray = np.abs(restored.astype(np.int16) - rgb.astype(np.int16)).max(axis=2)
-    return diff > MARK_MOVED
+def lifted(rgb: np.ndarray, restored: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """The mark pixels the removal lifted (bool H x W): `found` where the removal moved the
+    pixel by more than MARK_MOVED levels. The remover's mark pixels it left as they were
+    were background to it too, and a mask that reports them as mark is fat around every
+    stroke."""
+    out = np.zeros(found.shape, bool)
+    if found.any():
+        x0, y0, x1, y1 = bbox(found)
+        diff = np.abs(restored[y0:y1, x0:x1].astype(np.int16) - rgb[y0:y1, x0:x1]).max(axis=2)
+        out[y0:y1, x0:x1] = found[y0:y1, x0:x1] & (diff > MARK_MOVED)
+    return out
 
 
 def _png(gray: np.ndarray, orientation: int = 1) -> bytes:
@@ -788,7 +793,7 @@ def process_image(
         dec,
         restored,
         None if mask.empty else mask.dilated,
-        mask.alpha if mask.empty else mask_image(mask, mark & moved(dec.rgb, restored)),
+        mask.alpha if mask.empty else mask_image(mask, lifted(dec.rgb, restored, mark)),
         s,
     )
     details = out.details
