@@ -52,12 +52,12 @@ REMOVE_BATCH_PIXELS = 2 * 1024 * 1024
 RESIDUAL_CONTEXT = 128  # px at detector scale around the mask for the residual check
 LINE_CHANGED = 0.02  # share of a text line's middle the removal must change to have changed the line
 LINE_LEFT = 0.25  # share of a changed line's middle where the text detector still finds text
+# on the delivered image: the removal cut the line ("N DHAVEN") instead of removing it
 # share of a printed line's length (`line_coverage`) the gated removal must take for a
 # proposal to show the line removed: a mark the text prior mistakes for print (large opaque
 # lettering) is taken end to end, a false alarm on product text takes a letter or two
 LINE_WHOLE = 0.9
 MARK_MOVED = 4  # levels: a mark pixel the removal moved by no more is not reported as mark
-# on the delivered image: the removal cut the line ("N DHAVEN") instead of removing it
 
 
 @dataclass
