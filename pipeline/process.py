@@ -275,8 +275,9 @@ class Proposal:
     found: np.ndarray
     doubted: int  # regions the gate put back
     guarded: list[str] = field(default_factory=list)  # as Cleaning.guarded, for the proposal
-    taken: list[str] = field(default_factory=list)  # lines the text prior calls printed that
-    # the gated removal took whole, shown removed: one sentence each
+    # lines the text prior calls printed that the gated removal took whole, shown removed,
+    # each with its `line_coverage`
+    taken: list[tuple[TextLine, float]] = field(default_factory=list)
 
 
 def gate_limits(s: Settings) -> GateLimits:
@@ -346,13 +347,7 @@ def propose(
         and any(_overlaps(r.verdict.box, x.box) for x in flagged)
     ]
     coverage = [line_coverage(line, gated.dilated) for line in printed]
-    taken = [
-        f"the removal took the line at {line.box} whole ({as_compared(c, LINE_WHOLE)} >= {LINE_WHOLE} of "
-        f"its length), though the text prior calls it printed ({as_compared(line.overlay, OVERLAY_LOW)} "
-        f"< {OVERLAY_LOW}): shown removed"
-        for line, c in zip(printed, coverage)
-        if c >= LINE_WHOLE
-    ]
+    taken = [(line, c) for line, c in zip(printed, coverage) if c >= LINE_WHOLE]
     if not doubted and not taken:
         return None
     keep = gated.dilated.copy()
@@ -783,7 +778,7 @@ def process_image(
             proposal_reason(proposal),
             *reasons,
             *(g for g in proposal.guarded if g not in reasons),
-            *proposal.taken,
+            *(taken_reason(line, c) for line, c in proposal.taken),
         ]
         for x in c.suspects:
             if x.fate.startswith(PUT_BACK) and x.touched_by(mask.dilated):
@@ -803,6 +798,17 @@ def process_image(
         | {"evidence": x.evidence}
         for x in c.suspects
     ]
+    for line, cover in proposal.taken if proposal is not None else []:  # the review page draws them
+        details["suspects"].append(
+            {
+                "detector": TEXT,
+                "box": list(line.box),
+                "score": line.overlay,
+                "after": None,
+                "fate": f"{TAKEN} ({cover:.2f} of its length)",
+                "evidence": {"coverage": cover},
+            }
+        )
     details["gate"] = [v.as_dict() for v in c.verdicts]
     details["proposal"] = proposal is not None
     metrics = _metrics(dec, mask.area_fraction, c.confidence, residual, lap, details)
@@ -858,6 +864,18 @@ def _deliver(
 
 PUT_BACK = "put back by the gate"  # a suspect's fate: the gate did not trust its removal
 DOUBTED = "doubted by the gate, shown removed for review"  # the same, in a job's proposal
+
+
+# a taken line's fate (the review page draws "doubted..." fates as removed in the proposal)
+TAKEN = "doubted as printed text, shown removed for review: the removal took the whole line"
+
+
+def taken_reason(line: TextLine, coverage: float) -> str:
+    return (
+        f"the removal took the line at {line.box} whole ({as_compared(coverage, LINE_WHOLE)} >= {LINE_WHOLE} "
+        f"of its length), though the text prior calls it printed ({as_compared(line.overlay, OVERLAY_LOW)} "
+        f"< {OVERLAY_LOW}): shown removed"
+    )
 
 
 def proposal_reason(proposal: Proposal) -> str:

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from clearmark.pipeline.process import DOUBTED
+from clearmark.pipeline.process import DOUBTED, TAKEN
 from clearmark.workers.api import app
 from clearmark.workers.celery_app import app as celery_app
 from clearmark.workers.celery_app import configure
@@ -439,3 +439,11 @@ def test_a_region_doubted_in_a_proposal_is_drawn_as_such():
     suspect = {"detector": "detector", "box": [1, 2, 30, 40], "score": 0.9, "after": 0.61, "fate": fate}
     (region,) = regions([JobEvent(detail={"suspects": [suspect]})])
     assert region["kind"] == "doubted" and region["short"] == f"detector: {DOUBTED}"
+
+
+def test_a_printed_line_taken_whole_in_a_proposal_is_drawn_as_doubted():
+    taken = {"detector": "text prior", "box": [5, 6, 70, 20], "score": 0.03, "after": None}
+    taken["fate"] = f"{TAKEN} (1.00 of its length)"
+    (region,) = regions([JobEvent(detail={"suspects": [taken]})])
+    assert region["kind"] == "doubted"
+    assert region["short"] == "text prior: doubted as printed text, shown removed for review"

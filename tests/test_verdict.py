@@ -10,7 +10,7 @@ from PIL import Image
 
 from clearmark.models.masks import build_mask
 from clearmark.models.text_prior import TextLine
-from clearmark.pipeline.process import LINE_WHOLE, guard_printed_text, line_coverage, process_image
+from clearmark.pipeline.process import LINE_WHOLE, TAKEN, guard_printed_text, line_coverage, process_image
 from clearmark.pipeline.verdict import Suspect, as_compared, decide, find_suspects
 from tests.test_pipeline import (
     GreyRemover,
@@ -187,6 +187,8 @@ def test_lettering_the_text_prior_calls_printed_but_the_removal_took_whole_is_pr
     assert "it also removes the 1 line(s) of text it took whole" in r.review_reason
     assert f"took the line at (36, 26, 94, 64) whole (1 >= {LINE_WHOLE} of its length)" in r.review_reason
     assert not is_magenta(out[30:60, 40:90]).any()
+    (drawn,) = [x for x in r.details["suspects"] if x["fate"].startswith(TAKEN)]
+    assert drawn["box"] == [36, 26, 94, 64] and drawn["evidence"]["coverage"] == 1.0
 
 
 def test_line_coverage_is_the_share_of_the_line_s_length_touched():
