@@ -442,6 +442,8 @@ def summarize(rows: list[dict]) -> dict:
             psnr_in_input=bootstrap([r["psnr_in_input"] for r in marked]),
             psnr_out=bootstrap([r["psnr_out"] for r in marked]),
             f1=bootstrap([r["f1"] for r in marked]),
+            mask_precision=bootstrap([r["mask_precision"] for r in marked]),
+            mask_recall=bootstrap([r["mask_recall"] for r in marked]),
             marked_succeeded=sum(r["status"] == "succeeded" for r in marked),
             marked_succeeded_share=bootstrap([float(r["status"] == "succeeded") for r in marked]),
             marked_no_watermark=bootstrap([float(r["status"] == "no_watermark") for r in marked]),
@@ -527,7 +529,8 @@ def format_report(results: dict) -> str:
             lines.append(
                 f"  marked photos: PSNR {_ci(s['psnr_marked'])}; inside the mark "
                 f"{_ci(s['psnr_in'])} (input {s['psnr_in_input'][0]:.2f}); outside "
-                f"{_ci(s['psnr_out'])}; mask F1 {_ci(s['f1'], '{:.3f}')}; succeeded "
+                f"{_ci(s['psnr_out'])}; mask F1 {_ci(s['f1'], '{:.3f}')} (precision "
+                f"{s['mask_precision'][0]:.3f}, recall {s['mask_recall'][0]:.3f}); succeeded "
                 f"{s['marked_succeeded']}/{s['n_marked']}"
             )
             lines.append(

@@ -48,6 +48,7 @@ def test_a_change_worse_than_the_input_is_harm_only_when_reported_succeeded():
     r = score(c, out, pred, "succeeded")
     assert r["psnr"] == pytest.approx(10 * math.log10(255**2 / (640 + 40)))
     assert r["harm"] and r["f1"] == pytest.approx(2 * 4 / (2 * 4 + 0 + 6))
+    assert r["mask_precision"] == 1.0 and r["mask_recall"] == pytest.approx(0.4)
     assert not score(c, out, pred, "needs_review")["harm"]
 
 
@@ -75,6 +76,7 @@ def test_summary_rates_and_intervals():
     assert s["clean_changed"][0] == 0.5 and s["clean_review"][0] == 0.5
     assert s["clean_changed_succeeded"][0] == 0.0
     assert s["f1"][0] == 0.5 and s["marked_succeeded"] == 1
+    assert s["mask_precision"][0] == 0.5 and s["mask_recall"][0] == 0.5  # no pixel claimed: 0
     mean, lo, hi = bootstrap([1.0, 0.0, 1.0, 0.0])
     assert mean == 0.5 and 0.0 <= lo < 0.5 < hi <= 1.0
     assert bootstrap([2.0, 2.0]) == (2.0, 2.0, 2.0)
