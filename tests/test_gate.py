@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clearmark.models.masks import build_mask
+from clearmark.models.masks import Mask, build_mask
 from clearmark.models.networks import IN_CHANNELS
 from clearmark.pipeline.gate import GateLimits, RegionVerdict, blend_fit, judge, judge_region
 from clearmark.pipeline.process import around_mark, mask_image, process_image
@@ -216,6 +216,16 @@ def test_changes_stay_near_the_marks_own_pixels():
     job_mask = mask_image(tight, found)
     assert (job_mask[found] == 255).all()
     assert ((job_mask > 0) == tight.dilated).all() and job_mask[~found].max() < 128
+
+
+def test_a_fully_changed_pixel_off_the_mark_is_never_reported_as_mark():
+    found = np.zeros((20, 20), bool)
+    found[8:12, 8:12] = True
+    changed = np.zeros((20, 20), bool)
+    changed[5:15, 5:15] = True
+    full = Mask(core=found, dilated=changed, alpha=np.where(changed, 255, 0).astype(np.uint8))
+    job_mask = mask_image(full, found)
+    assert (job_mask[found] == 255).all() and job_mask[changed & ~found].max() == 127
 
 
 class GreyFillRemover(SmearRemover):
