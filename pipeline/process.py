@@ -617,15 +617,14 @@ def line_coverage(line: TextLine, changed: np.ndarray) -> float:
     (`line_middle`) cut across its direction into steps of half its thickness, the share
     of steps with a changed pixel. A removal that takes the line end to end gives 1, one
     that takes two letters of ten about 0.2, whatever the letters' size."""
-    middle = line_middle(line)
+    middle, depth = _middle_and_depth(line)
     ys, xs = np.nonzero(middle)
     if xs.size < 4:
         return 0.0
     pts = np.stack([xs, ys], axis=1).astype(np.float64)
     pts -= pts.mean(axis=0)
     along = pts @ np.linalg.eigh(np.cov(pts.T))[1][:, -1]  # the principal axis
-    depth = cv2.distanceTransform(np.pad(line.mask, 1).astype(np.uint8), cv2.DIST_L2, 3)
-    step = max(2.0, float(depth.max()))  # half the thickness
+    step = max(2.0, depth)  # half the thickness
     steps = ((along - along.min()) // step).astype(int)
     x0, y0, x1, y1 = line.box
     hit = changed[y0:y1, x0:x1][middle]
@@ -638,8 +637,14 @@ def line_middle(line: TextLine) -> np.ndarray:
     """The middle of a text line's region (bool, the crop at `line.box`): the pixels at
     least half the deepest distance from its outline. The detector's region is the text's
     kernel grown on every side by DB's unclip margin; the glyphs are in the middle."""
+    return _middle_and_depth(line)[0]
+
+
+def _middle_and_depth(line: TextLine) -> tuple[np.ndarray, float]:
+    """`line_middle` and the deepest distance from the outline (half the line's thickness)."""
     dist = cv2.distanceTransform(np.pad(line.mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    return dist >= 0.5 * float(dist.max()) if dist.max() > 0 else line.mask
+    depth = float(dist.max())
+    return (dist >= 0.5 * depth if depth > 0 else line.mask), depth
 
 
 def changed_lines(lines: list[TextLine], changed: np.ndarray) -> list[Suspect]:
